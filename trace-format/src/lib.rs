@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod dtype;
+mod error;
+pub mod layout;
+pub mod lineage;
+pub mod record;
+pub mod stats;
+
+pub use codec::{DataRef, EngineOp, IndexEntry, Lineage, Metadata, Op, SourceLayout, Stats, StorageDesc, TensorDesc, Value};
+pub use dtype::{DType, NativeType};
+pub use error::{FormatError, LayoutError};
+pub use layout::{ElementLayout, Layout};
+pub use record::RecordKind;

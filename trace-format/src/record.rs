@@ -1,0 +1,314 @@
+//! File framing: file header, record headers, body layout, trailer (SPEC.md §2–§3).
+
+use crate::error::FormatError;
+
+/// The first 8 bytes of every trace: `\x89TDUMP\r\n`.
+pub const FILE_MAGIC: [u8; 8] = *b"\x89TDUMP\r\n";
+/// Format major version written and read.
+pub const VERSION_MAJOR: u16 = 1;
+/// Format minor version written.
+pub const VERSION_MINOR: u16 = 0;
+/// Size of the file header.
+pub const FILE_HEADER_BYTES: u64 = 64;
+/// The first 4 bytes of every record header.
+pub const RECORD_MAGIC: [u8; 4] = *b"TREC";
+/// Size of a record header.
+pub const RECORD_HEADER_BYTES: u64 = 32;
+/// Size of the body prefix (descriptor length + payload length).
+pub const BODY_PREFIX_BYTES: u64 = 16;
+/// Records and payloads start at multiples of this.
+pub const ALIGN: u64 = 64;
+/// Size of the trailer that ends a finished file.
+pub const TRAILER_BYTES: u64 = 32;
+/// The first 8 bytes of the trailer.
+pub const TRAILER_MAGIC: [u8; 8] = *b"TDUMPEND";
+
+/// Kinds of record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum RecordKind {
+    /// Run-level metadata.
+    RunMetadata = 1,
+    /// Raw bytes that tensors view.
+    Storage = 2,
+    /// A tensor: a view with metadata and lineage, maybe with its own bytes.
+    Tensor = 3,
+    /// The index of every record before it.
+    Footer = 4,
+}
+
+impl RecordKind {
+    /// The kind with code `code`, if known.
+    pub fn from_code(code: u16) -> Option<Self> {
+        Some(match code {
+            1 => RecordKind::RunMetadata,
+            2 => RecordKind::Storage,
+            3 => RecordKind::Tensor,
+            4 => RecordKind::Footer,
+            _ => return None,
+        })
+    }
+}
+
+/// crc32c (Castagnoli) of `bytes`.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(bytes)
+}
+
+/// Continue a crc32c over more bytes.
+pub fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, bytes)
+}
+
+/// Round `x` up to a multiple of [`ALIGN`].
+pub fn align_up(x: u64) -> Option<u64> {
+    x.checked_add(ALIGN - 1).map(|v| v & !(ALIGN - 1))
+}
+
+/// The 64-byte file header.
+pub fn encode_file_header() -> [u8; FILE_HEADER_BYTES as usize] {
+    let mut h = [0u8; FILE_HEADER_BYTES as usize];
+    h[0..8].copy_from_slice(&FILE_MAGIC);
+    h[8..10].copy_from_slice(&VERSION_MAJOR.to_le_bytes());
+    h[10..12].copy_from_slice(&VERSION_MINOR.to_le_bytes());
+    let crc = crc32c(&h[0..60]);
+    h[60..64].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Check a file header; returns (major, minor).
+pub fn decode_file_header(h: &[u8]) -> Result<(u16, u16), FormatError> {
+    if h.len() < FILE_HEADER_BYTES as usize {
+        return Err(FormatError::Truncated {
+            field: "file header",
+            offset: 0,
+            needed: FILE_HEADER_BYTES,
+            available: h.len() as u64,
+        });
+    }
+    let invalid = |offset, reason: String| FormatError::Invalid { field: "file header", offset, reason };
+    if h[0..8] != FILE_MAGIC {
+        return Err(invalid(0, "not a tracedump trace (bad magic)".into()));
+    }
+    let crc = u32::from_le_bytes(h[60..64].try_into().unwrap_or_default());
+    if crc != crc32c(&h[0..60]) {
+        return Err(invalid(60, "checksum mismatch".into()));
+    }
+    let major = u16::from_le_bytes([h[8], h[9]]);
+    let minor = u16::from_le_bytes([h[10], h[11]]);
+    if major != VERSION_MAJOR {
+        return Err(invalid(8, format!("format version {major}.{minor}; this reader reads {VERSION_MAJOR}.x")));
+    }
+    if h[12..60].iter().any(|&b| b != 0) {
+        return Err(invalid(12, "reserved bytes are not zero".into()));
+    }
+    Ok((major, minor))
+}
+
+/// A decoded record header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Record kind code (see [`RecordKind`]).
+    pub kind: u16,
+    /// Flags (0 in v1).
+    pub flags: u16,
+    /// The record's id: its position among the file's records, from 0.
+    pub record_id: u64,
+    /// Length of the body that follows the header.
+    pub body_len: u64,
+    /// crc32c of the body.
+    pub body_crc32c: u32,
+}
+
+impl RecordHeader {
+    /// The 32 header bytes, with the header checksum.
+    pub fn encode(&self) -> [u8; RECORD_HEADER_BYTES as usize] {
+        let mut h = [0u8; RECORD_HEADER_BYTES as usize];
+        h[0..4].copy_from_slice(&RECORD_MAGIC);
+        h[4..6].copy_from_slice(&self.kind.to_le_bytes());
+        h[6..8].copy_from_slice(&self.flags.to_le_bytes());
+        h[8..16].copy_from_slice(&self.record_id.to_le_bytes());
+        h[16..24].copy_from_slice(&self.body_len.to_le_bytes());
+        h[24..28].copy_from_slice(&self.body_crc32c.to_le_bytes());
+        let crc = crc32c(&h[0..28]);
+        h[28..32].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    /// Decode and check a header found at file offset `offset`.
+    pub fn decode(h: &[u8], offset: u64) -> Result<Self, FormatError> {
+        if h.len() < RECORD_HEADER_BYTES as usize {
+            return Err(FormatError::Truncated {
+                field: "record header",
+                offset,
+                needed: RECORD_HEADER_BYTES,
+                available: h.len() as u64,
+            });
+        }
+        let invalid = |reason: &str| FormatError::Invalid { field: "record header", offset, reason: reason.into() };
+        if h[0..4] != RECORD_MAGIC {
+            return Err(invalid("bad record magic"));
+        }
+        let le32 = |r: std::ops::Range<usize>| u32::from_le_bytes(h[r].try_into().unwrap_or_default());
+        let le64 = |r: std::ops::Range<usize>| u64::from_le_bytes(h[r].try_into().unwrap_or_default());
+        if le32(28..32) != crc32c(&h[0..28]) {
+            return Err(invalid("header checksum mismatch"));
+        }
+        let flags = u16::from_le_bytes([h[6], h[7]]);
+        if flags != 0 {
+            return Err(invalid("unknown flags"));
+        }
+        Ok(RecordHeader {
+            kind: u16::from_le_bytes([h[4], h[5]]),
+            flags,
+            record_id: le64(8..16),
+            body_len: le64(16..24),
+            body_crc32c: le32(24..28),
+        })
+    }
+}
+
+/// Absolute file offset of the payload of a record at `record_offset` whose
+/// descriptor is `descriptor_len` bytes (when it has a payload).
+pub fn payload_offset(record_offset: u64, descriptor_len: u64) -> Option<u64> {
+    align_up(record_offset.checked_add(RECORD_HEADER_BYTES + BODY_PREFIX_BYTES)?.checked_add(descriptor_len)?)
+}
+
+/// The body length of a record at `record_offset` with the given descriptor and payload lengths.
+pub fn body_len(record_offset: u64, descriptor_len: u64, payload_len: u64) -> Option<u64> {
+    if payload_len == 0 {
+        return (BODY_PREFIX_BYTES).checked_add(descriptor_len);
+    }
+    let start = payload_offset(record_offset, descriptor_len)?;
+    (start - record_offset - RECORD_HEADER_BYTES).checked_add(payload_len)
+}
+
+/// Offset of the record after one at `record_offset` with a body of `body_len` bytes.
+pub fn next_record_offset(record_offset: u64, body_len: u64) -> Option<u64> {
+    align_up(record_offset.checked_add(RECORD_HEADER_BYTES)?.checked_add(body_len)?)
+}
+
+/// Everything of a body before its payload: prefix, descriptor, zero padding.
+pub fn body_head(record_offset: u64, descriptor: &[u8], payload_len: u64) -> Vec<u8> {
+    let d = descriptor.len() as u64;
+    let head_len = if payload_len == 0 {
+        BODY_PREFIX_BYTES + d
+    } else {
+        payload_offset(record_offset, d).unwrap_or(0) - record_offset - RECORD_HEADER_BYTES
+    };
+    let mut b = Vec::with_capacity(head_len as usize);
+    b.extend_from_slice(&d.to_le_bytes());
+    b.extend_from_slice(&payload_len.to_le_bytes());
+    b.extend_from_slice(descriptor);
+    b.resize(head_len as usize, 0);
+    b
+}
+
+/// A decoded body: descriptor and payload slices, checked against the framing rules.
+#[derive(Clone, Copy, Debug)]
+pub struct Body<'a> {
+    /// The descriptor bytes.
+    pub descriptor: &'a [u8],
+    /// Absolute offset of the descriptor.
+    pub descriptor_offset: u64,
+    /// The payload bytes (empty if none).
+    pub payload: &'a [u8],
+    /// Absolute offset of the payload.
+    pub payload_offset: u64,
+}
+
+/// Split a body found for a record at `record_offset` into descriptor and payload.
+pub fn split_body(body: &[u8], record_offset: u64) -> Result<Body<'_>, FormatError> {
+    let body_at = record_offset + RECORD_HEADER_BYTES;
+    let invalid = |offset, reason: String| FormatError::Invalid { field: "record body", offset, reason };
+    if body.len() < BODY_PREFIX_BYTES as usize {
+        return Err(FormatError::Truncated {
+            field: "record body prefix",
+            offset: body_at,
+            needed: BODY_PREFIX_BYTES,
+            available: body.len() as u64,
+        });
+    }
+    let d = u64::from_le_bytes(body[0..8].try_into().unwrap_or_default());
+    let p = u64::from_le_bytes(body[8..16].try_into().unwrap_or_default());
+    let expect = body_len(record_offset, d, p).ok_or_else(|| invalid(body_at, "lengths overflow".into()))?;
+    if expect != body.len() as u64 {
+        return Err(invalid(
+            body_at,
+            format!("descriptor {d} + payload {p} bytes need a body of {expect} bytes; it has {}", body.len()),
+        ));
+    }
+    let d_end = (BODY_PREFIX_BYTES + d) as usize;
+    let p_start = body.len() - p as usize;
+    if body[d_end..p_start].iter().any(|&x| x != 0) {
+        return Err(invalid(body_at + d_end as u64, "padding before the payload is not zero".into()));
+    }
+    Ok(Body {
+        descriptor: &body[BODY_PREFIX_BYTES as usize..d_end],
+        descriptor_offset: body_at + BODY_PREFIX_BYTES,
+        payload: &body[p_start..],
+        payload_offset: body_at + p_start as u64,
+    })
+}
+
+/// The 32-byte trailer of a finished file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trailer {
+    /// Offset of the FOOTER record.
+    pub footer_offset: u64,
+    /// Records before the footer (the footer's own record id).
+    pub record_count: u64,
+}
+
+impl Trailer {
+    /// Encode with checksum.
+    pub fn encode(&self) -> [u8; TRAILER_BYTES as usize] {
+        let mut t = [0u8; TRAILER_BYTES as usize];
+        t[0..8].copy_from_slice(&TRAILER_MAGIC);
+        t[8..16].copy_from_slice(&self.footer_offset.to_le_bytes());
+        t[16..24].copy_from_slice(&self.record_count.to_le_bytes());
+        let crc = crc32c(&t[0..28]);
+        t[28..32].copy_from_slice(&crc.to_le_bytes());
+        t
+    }
+
+    /// Decode the last 32 bytes of a file; `None` if they are not a valid trailer.
+    pub fn decode(t: &[u8]) -> Option<Self> {
+        if t.len() != TRAILER_BYTES as usize || t[0..8] != TRAILER_MAGIC || t[24..28] != [0; 4] {
+            return None;
+        }
+        let crc = u32::from_le_bytes(t[28..32].try_into().ok()?);
+        if crc != crc32c(&t[0..28]) {
+            return None;
+        }
+        Some(Trailer {
+            footer_offset: u64::from_le_bytes(t[8..16].try_into().ok()?),
+            record_count: u64::from_le_bytes(t[16..24].try_into().ok()?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_round_trip() {
+        let desc = vec![7u8; 10];
+        let off = 128;
+        let head = body_head(off, &desc, 100);
+        assert_eq!((off + RECORD_HEADER_BYTES + head.len() as u64) % ALIGN, 0);
+        let mut body = head.clone();
+        body.extend(std::iter::repeat_n(9u8, 100));
+        assert_eq!(body.len() as u64, body_len(off, 10, 100).unwrap());
+        let b = split_body(&body, off).unwrap();
+        assert_eq!(b.descriptor, &desc[..]);
+        assert_eq!(b.payload.len(), 100);
+        assert_eq!(b.payload_offset % ALIGN, 0);
+        let h = RecordHeader { kind: 3, flags: 0, record_id: 5, body_len: body.len() as u64, body_crc32c: 1 };
+        assert_eq!(RecordHeader::decode(&h.encode(), 0).unwrap(), h);
+        let t = Trailer { footer_offset: 640, record_count: 9 };
+        assert_eq!(Trailer::decode(&t.encode()), Some(t));
+        decode_file_header(&encode_file_header()).unwrap();
+    }
+}
