@@ -1,0 +1,69 @@
+//! The writer's errors.
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Why a record could not be written.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum WriterError {
+    /// The operating system refused a write (disk full, permissions, …).
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The trace file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An earlier write failed; the file holds every record before it and
+    /// nothing more is appended.
+    #[error("{}: an earlier write failed ({message}); the file keeps every record before it", path.display())]
+    Failed {
+        /// The trace file.
+        path: PathBuf,
+        /// The first failure.
+        message: String,
+    },
+    /// The tensor's layout is invalid or reaches outside its bytes.
+    #[error("tensor `{name}`: {source}")]
+    Layout {
+        /// The tensor.
+        name: String,
+        /// What is wrong.
+        #[source]
+        source: trace_format::LayoutError,
+    },
+    /// The byte count does not match dtype × shape.
+    #[error("tensor `{name}`: {actual} bytes given, dtype and shape need {expected}")]
+    DataLength {
+        /// The tensor.
+        name: String,
+        /// Bytes needed.
+        expected: u64,
+        /// Bytes given.
+        actual: u64,
+    },
+    /// A view names a storage this writer did not record.
+    #[error("tensor `{name}`: storage record {storage} was not recorded by this writer")]
+    UnknownStorage {
+        /// The tensor.
+        name: String,
+        /// The storage id given.
+        storage: u64,
+    },
+    /// A storage could not be queued (background queue full in drop mode).
+    #[error("storage `{name}` was dropped: the background queue is full")]
+    Dropped {
+        /// The storage.
+        name: String,
+    },
+    /// The request needs something this writer cannot do.
+    #[error("tensor `{name}`: {what} is not supported")]
+    Unsupported {
+        /// The tensor.
+        name: String,
+        /// What.
+        what: String,
+    },
+}

@@ -1,0 +1,625 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod error;
+mod filter;
+mod sink;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+pub use error::WriterError;
+pub use filter::CaptureFilter;
+pub use trace_format::{DType, EngineOp, Layout, Lineage, Metadata, Op, SourceLayout, Stats, Value};
+
+use sink::{RecordParts, Sink};
+use trace_format::codec::{encode_run_metadata, encode_storage, encode_tensor, DataRef, StorageDesc, TensorDesc};
+use trace_format::record::{crc32c, RecordKind};
+use trace_format::stats::compute_stats;
+use trace_format::NativeType;
+
+/// A record's id: its position among the file's records, from 0. Tensors are
+/// identified by it (names repeat); storages are referred to by it.
+pub type RecordId = u64;
+
+/// What to do when the background queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Wait until the writer thread has made room (nothing is lost).
+    Block,
+    /// Drop the record and count it ([`Writer::dropped`]); `add_*` return `Ok(None)`.
+    Drop,
+}
+
+/// How records reach the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The recording thread frames and writes the record itself.
+    Sync,
+    /// The recording thread copies the bytes once into a queue; a writer
+    /// thread does the I/O. At most `budget_bytes` wait in the queue.
+    Background {
+        /// Most bytes (payloads and descriptors) held in the queue.
+        budget_bytes: u64,
+        /// Block or drop when the budget is used up.
+        when_full: WhenFull,
+    },
+}
+
+/// Options of [`Writer::with_options`].
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    /// Sync (default) or background.
+    pub mode: Mode,
+    /// Which tensors to record (default: all).
+    pub filter: CaptureFilter,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions { mode: Mode::Sync, filter: CaptureFilter::default() }
+    }
+}
+
+/// Everything about a tensor besides its bytes and layout.
+#[derive(Clone, Debug, Default)]
+pub struct TensorMeta {
+    /// Decode step.
+    pub step: Option<i64>,
+    /// Layer number.
+    pub layer: Option<i64>,
+    /// Role (`q`, `k`, `v`, `mask`, `kq`, `kqv_out`, `k_hot`, `k_quant`, …).
+    pub role: Option<String>,
+    /// Parents, steps and engine op.
+    pub lineage: Lineage,
+    /// The engine's own layout (ggml `ne`/`nb`).
+    pub source_layout: Option<SourceLayout>,
+    /// Statistics to store with the tensor.
+    pub stats: Option<Stats>,
+    /// Free typed metadata.
+    pub metadata: Metadata,
+}
+
+impl TensorMeta {
+    /// Empty metadata.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Set the step.
+    pub fn step(mut self, step: i64) -> Self {
+        self.step = Some(step);
+        self
+    }
+    /// Set the layer.
+    pub fn layer(mut self, layer: i64) -> Self {
+        self.layer = Some(layer);
+        self
+    }
+    /// Set the role.
+    pub fn role(mut self, role: impl Into<String>) -> Self {
+        self.role = Some(role.into());
+        self
+    }
+    /// Add a parent tensor.
+    pub fn parent(mut self, id: RecordId) -> Self {
+        self.lineage.parents.push(id);
+        self
+    }
+    /// Add a lineage step.
+    pub fn op(mut self, op: Op) -> Self {
+        self.lineage.ops.push(op);
+        self
+    }
+    /// Set the engine's op, kept verbatim.
+    pub fn engine_op(mut self, engine: &str, op: &str, params: &[u8]) -> Self {
+        self.lineage.engine_op = Some(EngineOp { engine: engine.into(), op: op.into(), params: params.to_vec() });
+        self
+    }
+    /// Keep ggml's `ne`/`nb` (fastest first) beside the canonical layout.
+    pub fn ggml_layout(mut self, ne: &[i64], nb: &[u64]) -> Self {
+        self.source_layout = Some(SourceLayout::Ggml { ne: ne.to_vec(), nb: nb.to_vec() });
+        self
+    }
+    /// Add a metadata entry.
+    pub fn meta(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.metadata.insert(key, value);
+        self
+    }
+}
+
+/// What [`Writer::finish`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishSummary {
+    /// Records written (footer excluded).
+    pub records: u64,
+    /// Records dropped because the background queue was full.
+    pub dropped: u64,
+    /// File size in bytes.
+    pub bytes: u64,
+}
+
+/// A record waiting in the background queue.
+#[derive(Debug)]
+struct Pending {
+    kind: RecordKind,
+    name: String,
+    step: Option<i64>,
+    layer: Option<i64>,
+    descriptor: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl Pending {
+    fn cost(&self) -> u64 {
+        (self.descriptor.len() + self.payload.len() + self.name.len()) as u64
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Pending>,
+    queued_bytes: u64,
+    /// Ids handed out (background mode assigns ids at enqueue time).
+    next_id: u64,
+    writing: bool,
+    closing: bool,
+    dropped: u64,
+    error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    path: PathBuf,
+    sink: Mutex<Sink>,
+    queue: Mutex<Queue>,
+    /// Signalled when items arrive or the writer should close.
+    work: Condvar,
+    /// Signalled when room is made or the queue drains.
+    room: Condvar,
+    /// Storage lengths by record id, to check views when they are recorded.
+    storages: Mutex<HashMap<RecordId, u64>>,
+    /// The first I/O error of sync mode (the file is then not extended further).
+    failed: Mutex<Option<String>>,
+}
+
+/// Records tensors into a `.tdump` trace. `Send + Sync`: share it by
+/// reference or `Arc` between threads; records land whole, never interleaved.
+///
+/// Dropping a writer without [`Writer::finish`] flushes what was recorded
+/// and leaves a file without footer, which readers open by scanning.
+#[derive(Debug)]
+pub struct Writer {
+    shared: Arc<Shared>,
+    mode: Mode,
+    filter: CaptureFilter,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the data
+    // half-updated in a way later calls trust; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Writer {
+    /// Create (truncate) `path` and record `run_metadata` as record 0, in sync mode.
+    pub fn create(path: impl AsRef<Path>, run_metadata: Metadata) -> Result<Writer, WriterError> {
+        Self::with_options(path, run_metadata, WriterOptions::default())
+    }
+
+    /// Create (truncate) `path` with options.
+    pub fn with_options(path: impl AsRef<Path>, run_metadata: Metadata, options: WriterOptions) -> Result<Writer, WriterError> {
+        let path = path.as_ref().to_path_buf();
+        let mut sink = Sink::create(&path).map_err(|source| WriterError::Io { path: path.clone(), source })?;
+        let descriptor = encode_run_metadata(&run_metadata);
+        sink.append(&RecordParts {
+            kind: RecordKind::RunMetadata,
+            name: "",
+            step: None,
+            layer: None,
+            descriptor: &descriptor,
+            payload: &[],
+            payload_crc: None,
+        })
+        .map_err(|source| WriterError::Io { path: path.clone(), source })?;
+        let shared = Arc::new(Shared {
+            path,
+            sink: Mutex::new(sink),
+            queue: Mutex::new(Queue { next_id: 1, ..Default::default() }),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            storages: Mutex::new(HashMap::new()),
+            failed: Mutex::new(None),
+        });
+        let thread = match options.mode {
+            Mode::Sync => None,
+            Mode::Background { .. } => {
+                let s = Arc::clone(&shared);
+                Some(
+                    std::thread::Builder::new()
+                        .name("tracedump-writer".into())
+                        .spawn(move || background_loop(&s))
+                        .map_err(|source| WriterError::Io { path: shared.path.clone(), source })?,
+                )
+            }
+        };
+        Ok(Writer { shared, mode: options.mode, filter: options.filter, thread })
+    }
+
+    /// The file being written.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Records dropped so far because the background queue was full.
+    pub fn dropped(&self) -> u64 {
+        lock(&self.shared.queue).dropped
+    }
+
+    /// Whether a tensor with this name, step and layer passes the capture filter.
+    pub fn wants(&self, name: &str, step: Option<i64>, layer: Option<i64>) -> bool {
+        self.filter.accepts(name, step, layer)
+    }
+
+    /// Record raw bytes that tensors can view ([`Writer::add_view`]).
+    /// Storages are not subject to the capture filter.
+    pub fn add_storage(&self, name: &str, bytes: &[u8]) -> Result<RecordId, WriterError> {
+        self.add_storage_with(name, bytes, Metadata::new())
+    }
+
+    /// [`Writer::add_storage`] with metadata.
+    pub fn add_storage_with(&self, name: &str, bytes: &[u8], metadata: Metadata) -> Result<RecordId, WriterError> {
+        let descriptor = encode_storage(&StorageDesc { name: name.to_owned(), metadata });
+        let id = self
+            .append(RecordKind::Storage, name, None, None, descriptor, bytes)?
+            .ok_or_else(|| WriterError::Dropped { name: name.to_owned() })?;
+        lock(&self.shared.storages).insert(id, bytes.len() as u64);
+        Ok(id)
+    }
+
+    /// Record a contiguous (row-major) tensor with its own bytes.
+    /// `Ok(None)` when the capture filter or a full queue skipped it.
+    pub fn add_tensor(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        bytes: &[u8],
+        meta: TensorMeta,
+    ) -> Result<Option<RecordId>, WriterError> {
+        if !self.wants(name, meta.step, meta.layer) {
+            return Ok(None);
+        }
+        let layout = Layout::contiguous(dtype, shape, 0).map_err(|source| WriterError::Layout { name: name.into(), source })?;
+        let expected = trace_format::layout::numel(shape)
+            .and_then(|n| dtype.bytes_for(n))
+            .ok_or_else(|| WriterError::Layout {
+                name: name.into(),
+                source: trace_format::LayoutError::PartialBlock {
+                    dtype,
+                    block_elems: dtype.block_elems(),
+                    numel: trace_format::layout::numel(shape).unwrap_or(u64::MAX),
+                },
+            })?;
+        if expected != bytes.len() as u64 {
+            return Err(WriterError::DataLength { name: name.into(), expected, actual: bytes.len() as u64 });
+        }
+        self.add_inline(name, dtype, &layout, bytes, meta)
+    }
+
+    /// Record a tensor with its own bytes laid out as `layout` says (any
+    /// strides, negative or zero included): `bytes` is the storage the
+    /// layout's offset and strides point into.
+    pub fn add_strided(
+        &self,
+        name: &str,
+        dtype: DType,
+        layout: &Layout,
+        bytes: &[u8],
+        meta: TensorMeta,
+    ) -> Result<Option<RecordId>, WriterError> {
+        if !self.wants(name, meta.step, meta.layer) {
+            return Ok(None);
+        }
+        self.add_inline(name, dtype, layout, bytes, meta)
+    }
+
+    fn add_inline(
+        &self,
+        name: &str,
+        dtype: DType,
+        layout: &Layout,
+        bytes: &[u8],
+        meta: TensorMeta,
+    ) -> Result<Option<RecordId>, WriterError> {
+        layout
+            .check_within(dtype, bytes.len() as u64)
+            .map_err(|source| WriterError::Layout { name: name.into(), source })?;
+        let desc = tensor_desc(name, dtype, DataRef::Inline { offset: layout.storage_offset }, layout, meta);
+        self.append(RecordKind::Tensor, name, desc.step, desc.layer, encode_tensor(&desc), bytes)
+    }
+
+    /// Record a view over an earlier storage: `layout.storage_offset` and
+    /// its byte strides are relative to the storage's first byte.
+    pub fn add_view(
+        &self,
+        name: &str,
+        dtype: DType,
+        storage: RecordId,
+        layout: &Layout,
+        meta: TensorMeta,
+    ) -> Result<Option<RecordId>, WriterError> {
+        if !self.wants(name, meta.step, meta.layer) {
+            return Ok(None);
+        }
+        let len = lock(&self.shared.storages)
+            .get(&storage)
+            .copied()
+            .ok_or_else(|| WriterError::UnknownStorage { name: name.into(), storage })?;
+        layout.check_within(dtype, len).map_err(|source| WriterError::Layout { name: name.into(), source })?;
+        let desc = tensor_desc(name, dtype, DataRef::Storage { storage, offset: layout.storage_offset }, layout, meta);
+        self.append(RecordKind::Tensor, name, desc.step, desc.layer, encode_tensor(&desc), &[])
+    }
+
+    /// Record an `ndarray` view with its real strides: a standard-layout
+    /// view as a contiguous tensor, any other (sliced, transposed, negative
+    /// or zero strides) as a view over the bytes it spans.
+    pub fn add_ndarray<T: NativeType, D: ndarray::Dimension>(
+        &self,
+        name: &str,
+        array: &ndarray::ArrayView<'_, T, D>,
+        meta: TensorMeta,
+    ) -> Result<Option<RecordId>, WriterError> {
+        let shape: Vec<u64> = array.shape().iter().map(|&n| n as u64).collect();
+        if let Some(slice) = array.as_slice() {
+            return self.add_tensor(name, T::DTYPE, &shape, bytemuck::cast_slice(slice), meta);
+        }
+        if !self.wants(name, meta.step, meta.layer) {
+            return Ok(None);
+        }
+        let size = std::mem::size_of::<T>() as isize;
+        let (mut lo, mut hi) = (0isize, 0isize);
+        if array.is_empty() {
+            let layout = Layout::contiguous(T::DTYPE, &shape, 0).map_err(|source| WriterError::Layout { name: name.into(), source })?;
+            return self.add_inline(name, T::DTYPE, &layout, &[], meta);
+        }
+        for (&n, &s) in array.shape().iter().zip(array.strides()) {
+            let reach = (n as isize - 1) * s;
+            if reach < 0 {
+                lo += reach;
+            } else {
+                hi += reach;
+            }
+        }
+        let count = (hi - lo + 1) as usize;
+        // SAFETY: `array` is a non-empty view; every element it can index lies
+        // in one allocation of initialised `T`s, and the elements at the lowest
+        // (`lo`) and highest (`hi`) element offsets from `as_ptr()` are among
+        // them, so `[as_ptr() + lo, as_ptr() + hi]` is inside that allocation.
+        // The borrow lives as long as `array`'s, and `T: Pod` has no padding.
+        let span: &[T] = unsafe { std::slice::from_raw_parts(array.as_ptr().offset(lo), count) };
+        let layout = Layout::new(
+            shape,
+            array.strides().iter().map(|&s| (s * size) as i64).collect(),
+            (-lo * size) as u64,
+        )
+        .map_err(|source| WriterError::Layout { name: name.into(), source })?;
+        self.add_inline(name, T::DTYPE, &layout, bytemuck::cast_slice(span), meta)
+    }
+
+    /// Record statistics only (no data) for a tensor of `dtype` and `shape`.
+    pub fn add_stats(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        stats: Stats,
+        mut meta: TensorMeta,
+    ) -> Result<Option<RecordId>, WriterError> {
+        if !self.wants(name, meta.step, meta.layer) {
+            return Ok(None);
+        }
+        let layout = Layout::contiguous(dtype, shape, 0).map_err(|source| WriterError::Layout { name: name.into(), source })?;
+        meta.stats = Some(stats);
+        let desc = tensor_desc(name, dtype, DataRef::StatsOnly, &layout, meta);
+        self.append(RecordKind::Tensor, name, desc.step, desc.layer, encode_tensor(&desc), &[])
+    }
+
+    /// Compute statistics of contiguous `bytes` and record them without the data.
+    pub fn add_stats_of(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        bytes: &[u8],
+        meta: TensorMeta,
+    ) -> Result<Option<RecordId>, WriterError> {
+        if !self.wants(name, meta.step, meta.layer) {
+            return Ok(None);
+        }
+        let stats = compute_stats(dtype, bytes).ok_or_else(|| WriterError::Unsupported {
+            name: name.into(),
+            what: format!("statistics of {dtype} values (dequantize first)"),
+        })?;
+        self.add_stats(name, dtype, shape, stats, meta)
+    }
+
+    fn append(
+        &self,
+        kind: RecordKind,
+        name: &str,
+        step: Option<i64>,
+        layer: Option<i64>,
+        descriptor: Vec<u8>,
+        payload: &[u8],
+    ) -> Result<Option<RecordId>, WriterError> {
+        match self.mode {
+            Mode::Sync => {
+                let payload_crc = crc32c(payload);
+                let mut failed = lock(&self.shared.failed);
+                if let Some(msg) = failed.as_ref() {
+                    return Err(WriterError::Failed { path: self.shared.path.clone(), message: msg.clone() });
+                }
+                let mut sink = lock(&self.shared.sink);
+                let parts = RecordParts {
+                    kind,
+                    name,
+                    step,
+                    layer,
+                    descriptor: &descriptor,
+                    payload,
+                    payload_crc: Some(payload_crc),
+                };
+                match sink.append(&parts) {
+                    Ok(id) => Ok(Some(id)),
+                    Err(source) => {
+                        *failed = Some(source.to_string());
+                        Err(WriterError::Io { path: self.shared.path.clone(), source })
+                    }
+                }
+            }
+            Mode::Background { budget_bytes, when_full } => {
+                let item = Pending { kind, name: name.to_owned(), step, layer, descriptor, payload: payload.to_vec() };
+                let cost = item.cost();
+                let mut q = lock(&self.shared.queue);
+                loop {
+                    if let Some(msg) = &q.error {
+                        return Err(WriterError::Failed { path: self.shared.path.clone(), message: msg.clone() });
+                    }
+                    let fits = q.queued_bytes + cost <= budget_bytes || (q.items.is_empty() && !q.writing);
+                    if fits {
+                        break;
+                    }
+                    match when_full {
+                        WhenFull::Drop => {
+                            q.dropped += 1;
+                            return Ok(None);
+                        }
+                        WhenFull::Block => q = self.shared.room.wait(q).unwrap_or_else(|e| e.into_inner()),
+                    }
+                }
+                let id = q.next_id;
+                q.next_id += 1;
+                q.queued_bytes += cost;
+                q.items.push_back(item);
+                drop(q);
+                self.shared.work.notify_one();
+                Ok(Some(id))
+            }
+        }
+    }
+
+    /// Wait until every record added so far is handed to the operating
+    /// system: it then survives a crash of this process.
+    pub fn flush(&self) -> Result<(), WriterError> {
+        self.drain()?;
+        lock(&self.shared.sink).flush().map_err(|source| WriterError::Io { path: self.shared.path.clone(), source })
+    }
+
+    /// [`Writer::flush`], then `fsync`: the records survive a crash of the machine.
+    pub fn sync_all(&self) -> Result<(), WriterError> {
+        self.drain()?;
+        lock(&self.shared.sink).sync_all().map_err(|source| WriterError::Io { path: self.shared.path.clone(), source })
+    }
+
+    fn drain(&self) -> Result<(), WriterError> {
+        if self.thread.is_none() {
+            return match lock(&self.shared.failed).as_ref() {
+                Some(msg) => Err(WriterError::Failed { path: self.shared.path.clone(), message: msg.clone() }),
+                None => Ok(()),
+            };
+        }
+        let mut q = lock(&self.shared.queue);
+        while !q.items.is_empty() || q.writing {
+            q = self.shared.room.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+        match &q.error {
+            Some(msg) => Err(WriterError::Failed { path: self.shared.path.clone(), message: msg.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Write the footer index and trailer and close the file.
+    pub fn finish(mut self) -> Result<FinishSummary, WriterError> {
+        self.drain()?;
+        self.stop_thread();
+        let (records, bytes) = lock(&self.shared.sink)
+            .finish()
+            .map_err(|source| WriterError::Io { path: self.shared.path.clone(), source })?;
+        Ok(FinishSummary { records, dropped: self.dropped(), bytes })
+    }
+
+    fn stop_thread(&mut self) {
+        if let Some(t) = self.thread.take() {
+            lock(&self.shared.queue).closing = true;
+            self.shared.work.notify_all();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop_thread();
+        let _ = lock(&self.shared.sink).flush();
+    }
+}
+
+fn background_loop(shared: &Shared) {
+    loop {
+        let item = {
+            let mut q = lock(&shared.queue);
+            loop {
+                if let Some(item) = q.items.pop_front() {
+                    q.writing = true;
+                    break item;
+                }
+                if q.closing {
+                    return;
+                }
+                q = shared.work.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let failed = lock(&shared.queue).error.is_some();
+        let result = if failed {
+            Ok(0)
+        } else {
+            lock(&shared.sink).append(&RecordParts {
+                kind: item.kind,
+                name: &item.name,
+                step: item.step,
+                layer: item.layer,
+                descriptor: &item.descriptor,
+                payload: &item.payload,
+                payload_crc: None,
+            })
+        };
+        let mut q = lock(&shared.queue);
+        q.writing = false;
+        q.queued_bytes -= item.cost();
+        if let Err(e) = result {
+            q.error.get_or_insert_with(|| e.to_string());
+        }
+        drop(q);
+        shared.room.notify_all();
+    }
+}
+
+fn tensor_desc(name: &str, dtype: DType, data: DataRef, layout: &Layout, meta: TensorMeta) -> TensorDesc {
+    TensorDesc {
+        name: name.to_owned(),
+        dtype,
+        data,
+        shape: layout.shape.clone(),
+        byte_strides: layout.byte_strides.clone(),
+        step: meta.step,
+        layer: meta.layer,
+        role: meta.role,
+        source_layout: meta.source_layout,
+        lineage: meta.lineage,
+        stats: meta.stats,
+        metadata: meta.metadata,
+    }
+}

@@ -1,0 +1,120 @@
+//! The file end of the writer: appends framed records and keeps the index.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use trace_format::codec::{encode_footer, IndexEntry};
+use trace_format::record::{
+    self, body_head, crc32c, crc32c_append, encode_file_header, next_record_offset, RecordHeader, RecordKind, Trailer,
+};
+
+/// A record ready to be framed: its descriptor and payload.
+#[derive(Debug)]
+pub(crate) struct RecordParts<'a> {
+    pub kind: RecordKind,
+    pub name: &'a str,
+    pub step: Option<i64>,
+    pub layer: Option<i64>,
+    pub descriptor: &'a [u8],
+    pub payload: &'a [u8],
+    /// crc32c of `payload`, when the caller already has it.
+    pub payload_crc: Option<u32>,
+}
+
+const ZEROS: [u8; 64] = [0; 64];
+
+/// Appends records to the file; owns the footer index.
+#[derive(Debug)]
+pub(crate) struct Sink {
+    file: BufWriter<File>,
+    offset: u64,
+    index: Vec<IndexEntry>,
+    names: Vec<u8>,
+}
+
+impl Sink {
+    pub fn create(path: &Path) -> io::Result<Sink> {
+        let file = File::create(path)?;
+        let mut file = BufWriter::with_capacity(1 << 20, file);
+        let header = encode_file_header();
+        file.write_all(&header)?;
+        Ok(Sink { file, offset: header.len() as u64, index: Vec::new(), names: Vec::new() })
+    }
+
+    /// The id the next record gets.
+    pub fn next_id(&self) -> u64 {
+        self.index.len() as u64
+    }
+
+    /// Frame and append one record; returns its id.
+    pub fn append(&mut self, r: &RecordParts<'_>) -> io::Result<u64> {
+        let id = self.next_id();
+        let record_offset = self.offset;
+        let head = body_head(record_offset, r.descriptor, r.payload.len() as u64);
+        let body_len = head.len() as u64 + r.payload.len() as u64;
+        let payload_crc = r.payload_crc.unwrap_or_else(|| crc32c(r.payload));
+        let head_crc = crc32c(&head);
+        let body_crc = if r.payload.is_empty() {
+            head_crc
+        } else {
+            crc32c::crc32c_combine(head_crc, payload_crc, r.payload.len())
+        };
+        debug_assert_eq!(body_crc, crc32c_append(head_crc, r.payload));
+        let header = RecordHeader { kind: r.kind as u16, flags: 0, record_id: id, body_len, body_crc32c: body_crc };
+        let next = next_record_offset(record_offset, body_len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "record too large"))?;
+        let pad = (next - record_offset - record::RECORD_HEADER_BYTES - body_len) as usize;
+        self.file.write_all(&header.encode())?;
+        self.file.write_all(&head)?;
+        self.file.write_all(r.payload)?;
+        self.file.write_all(&ZEROS[..pad])?;
+        self.offset = next;
+        let name_offset = self.names.len() as u64;
+        self.names.extend_from_slice(r.name.as_bytes());
+        self.index.push(IndexEntry {
+            offset: record_offset,
+            body_len,
+            kind: r.kind as u16,
+            step: r.step,
+            layer: r.layer,
+            name_offset,
+            name_len: r.name.len() as u32,
+        });
+        Ok(id)
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+
+    pub fn sync_all(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        self.file.get_ref().sync_all()
+    }
+
+    /// Write the footer and trailer; returns (records, file bytes).
+    pub fn finish(&mut self) -> io::Result<(u64, u64)> {
+        let record_count = self.next_id();
+        let footer_offset = self.offset;
+        let descriptor = encode_footer(&self.index, &self.names);
+        let head = body_head(footer_offset, &descriptor, 0);
+        let header = RecordHeader {
+            kind: RecordKind::Footer as u16,
+            flags: 0,
+            record_id: record_count,
+            body_len: head.len() as u64,
+            body_crc32c: crc32c(&head),
+        };
+        let next = next_record_offset(footer_offset, head.len() as u64)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "footer too large"))?;
+        let pad = (next - footer_offset - record::RECORD_HEADER_BYTES - head.len() as u64) as usize;
+        self.file.write_all(&header.encode())?;
+        self.file.write_all(&head)?;
+        self.file.write_all(&ZEROS[..pad])?;
+        self.file.write_all(&Trailer { footer_offset, record_count }.encode())?;
+        self.file.flush()?;
+        self.offset = next + record::TRAILER_BYTES;
+        Ok((record_count, self.offset))
+    }
+}
