@@ -338,11 +338,17 @@ impl Writer {
             .check_within(dtype, bytes.len() as u64)
             .map_err(|source| WriterError::Layout { name: name.into(), source })?;
         let desc = tensor_desc(name, dtype, DataRef::Inline { offset: layout.storage_offset }, layout, meta);
-        self.append(RecordKind::Tensor, name, desc.step, desc.layer, encode_tensor(&desc), bytes)
+        let id = self.append(RecordKind::Tensor, name, desc.step, desc.layer, encode_tensor(&desc), bytes)?;
+        if let Some(id) = id {
+            // a tensor's own bytes are a storage other views may use
+            lock(&self.shared.storages).insert(id, bytes.len() as u64);
+        }
+        Ok(id)
     }
 
-    /// Record a view over an earlier storage: `layout.storage_offset` and
-    /// its byte strides are relative to the storage's first byte.
+    /// Record a view over an earlier storage, or over the bytes of an
+    /// earlier tensor recorded with its own bytes: `layout.storage_offset`
+    /// and its byte strides are relative to the storage's first byte.
     pub fn add_view(
         &self,
         name: &str,

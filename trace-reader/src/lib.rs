@@ -1,0 +1,20 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod error;
+mod source;
+mod trace;
+mod verify;
+mod view;
+
+pub use error::ReaderError;
+pub use source::Source;
+pub use trace::{RecordEntry, StorageInfo, TensorFilter, TensorInfo, TornTail, Trace};
+pub use trace_format::{DType, Layout, Lineage, Metadata, Op, SourceLayout, Stats, Value};
+pub use verify::{Fault, VerifyReport};
+pub use view::TensorView;
+
+/// Open a trace file (see [`Trace::open`]).
+pub fn open(path: impl AsRef<std::path::Path>) -> Result<Trace, ReaderError> {
+    Trace::open(path)
+}

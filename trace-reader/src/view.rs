@@ -1,0 +1,261 @@
+//! Zero-copy views of a tensor's bytes and the copies made from them.
+
+use ndarray::{ArrayViewD, Axis, IxDyn, ShapeBuilder};
+use trace_format::stats::StatsAccumulator;
+use trace_format::{DType, Layout, NativeType, Stats};
+
+use crate::error::ReaderError;
+use crate::trace::TensorInfo;
+
+/// A tensor and the bytes of its storage. Its layout was checked against
+/// the storage when the tensor was decoded, so every element it names is
+/// inside `storage_bytes()`.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorView<'a> {
+    info: &'a TensorInfo,
+    storage: &'a [u8],
+}
+
+/// Call `f(byte_offset)` for every element of a checked layout, row-major.
+fn walk(layout: &Layout, mut f: impl FnMut(usize)) {
+    let shape = &layout.shape;
+    let strides = &layout.byte_strides;
+    if shape.contains(&0) {
+        return;
+    }
+    let nd = shape.len();
+    if nd == 0 {
+        f(layout.storage_offset as usize);
+        return;
+    }
+    let (inner_n, inner_s) = (shape[nd - 1], strides[nd - 1] as isize);
+    let mut idx = vec![0u64; nd - 1];
+    let mut base = layout.storage_offset as isize;
+    loop {
+        let mut o = base;
+        for _ in 0..inner_n {
+            f(o as usize);
+            o += inner_s;
+        }
+        let mut d = nd - 1;
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            idx[d] += 1;
+            base += strides[d] as isize;
+            if idx[d] < shape[d] {
+                break;
+            }
+            base -= strides[d] as isize * shape[d] as isize;
+            idx[d] = 0;
+        }
+    }
+}
+
+impl<'a> TensorView<'a> {
+    pub(crate) fn new(info: &'a TensorInfo, storage: &'a [u8]) -> Self {
+        TensorView { info, storage }
+    }
+
+    /// The tensor's description.
+    pub fn info(&self) -> &'a TensorInfo {
+        self.info
+    }
+
+    /// The whole storage the tensor views.
+    pub fn storage_bytes(&self) -> &'a [u8] {
+        self.storage
+    }
+
+    fn unsupported(&self, what: impl Into<String>) -> ReaderError {
+        ReaderError::Unsupported { tensor: self.info.name.clone(), what: what.into() }
+    }
+
+    fn require_data(&self) -> Result<(), ReaderError> {
+        if self.info.is_stats_only() {
+            return Err(self.unsupported("it was recorded as statistics only; it has no values"));
+        }
+        Ok(())
+    }
+
+    /// The tensor's bytes, without copying, when they are contiguous
+    /// (row-major, dense; for block types, whole blocks from a block boundary).
+    pub fn contiguous_bytes(&self) -> Option<&'a [u8]> {
+        let info = self.info;
+        if info.is_stats_only() || !info.is_contiguous() {
+            return None;
+        }
+        let numel = info.layout.numel();
+        let dtype = info.dtype;
+        let start = if dtype.is_block() {
+            let el = info.layout.element_layout(dtype).ok()?;
+            if el.offset % dtype.block_elems() != 0 {
+                return None;
+            }
+            el.offset / dtype.block_elems() * dtype.block_bytes()
+        } else {
+            info.layout.storage_offset
+        };
+        let len = dtype.bytes_for(numel)?;
+        self.storage.get(start as usize..start.checked_add(len)? as usize)
+    }
+
+    /// The values as a slice of `T`, without copying: the tensor must be
+    /// contiguous, of `T`'s dtype, and aligned for `T`.
+    pub fn as_slice<T: NativeType>(&self) -> Result<&'a [T], ReaderError> {
+        self.check_dtype::<T>()?;
+        let bytes = self.contiguous_bytes().ok_or_else(|| self.unsupported("not contiguous: use array() or materialize()"))?;
+        bytemuck::try_cast_slice(bytes).map_err(|e| self.unsupported(format!("cannot view the bytes as {}: {e}", T::DTYPE)))
+    }
+
+    fn check_dtype<T: NativeType>(&self) -> Result<(), ReaderError> {
+        self.require_data()?;
+        if self.info.dtype != T::DTYPE {
+            return Err(ReaderError::DTypeMismatch { tensor: self.info.name.clone(), actual: self.info.dtype, requested: T::DTYPE });
+        }
+        Ok(())
+    }
+
+    /// An `ndarray` view with the tensor's real strides (negative, zero and
+    /// overlapping included), without copying. The storage offset and every
+    /// stride of a dimension longer than 1 must be whole elements, and the
+    /// storage aligned for `T` (payloads start 64-byte aligned in the file).
+    pub fn array<T: NativeType>(&self) -> Result<ArrayViewD<'a, T>, ReaderError> {
+        self.check_dtype::<T>()?;
+        let layout = &self.info.layout;
+        let size = std::mem::size_of::<T>() as i64;
+        let shape: Vec<usize> = layout.shape.iter().map(|&n| n as usize).collect();
+        if layout.shape.contains(&0) {
+            return Ok(ArrayViewD::from_shape(IxDyn(&shape), &[]).map_err(|e| self.unsupported(e.to_string()))?);
+        }
+        let mut strides = Vec::with_capacity(shape.len());
+        let mut low = layout.storage_offset as i64;
+        for (&n, &s) in layout.shape.iter().zip(&layout.byte_strides) {
+            if n <= 1 {
+                strides.push(0usize);
+                continue;
+            }
+            if s % size != 0 {
+                return Err(self.unsupported(format!("byte stride {s} is not a whole number of {}-byte elements", size)));
+            }
+            if s < 0 {
+                low += s * (n as i64 - 1);
+            }
+            strides.push((s.unsigned_abs() / size as u64) as usize);
+        }
+        if low % size != 0 {
+            return Err(self.unsupported(format!("storage offset {} is not a whole number of elements", layout.storage_offset)));
+        }
+        let from = &self.storage[low as usize..];
+        let usable = from.len() - from.len() % size as usize;
+        let elems: &[T] = bytemuck::try_cast_slice(&from[..usable])
+            .map_err(|e| self.unsupported(format!("storage bytes are not aligned for {}: {e}", T::DTYPE)))?;
+        let mut view = ArrayViewD::from_shape(IxDyn(&shape).strides(IxDyn(&strides)), elems)
+            .map_err(|e| self.unsupported(format!("ndarray refused the layout: {e}")))?;
+        for (d, &s) in layout.byte_strides.iter().enumerate() {
+            if s < 0 && layout.shape[d] > 1 {
+                view.invert_axis(Axis(d));
+            }
+        }
+        Ok(view)
+    }
+
+    /// A contiguous row-major copy in the tensor's own dtype (block types:
+    /// the raw blocks of a contiguous, block-aligned tensor).
+    pub fn materialize(&self) -> Result<Vec<u8>, ReaderError> {
+        self.require_data()?;
+        if let Some(b) = self.contiguous_bytes() {
+            return Ok(b.to_vec());
+        }
+        let Some(size) = self.info.dtype.element_bytes() else {
+            return Err(self.unsupported(format!(
+                "raw {} blocks of a strided view cannot be copied without dequantizing",
+                self.info.dtype
+            )));
+        };
+        let layout = &self.info.layout;
+        let total = self.info.dtype.bytes_for(layout.numel()).unwrap_or(0) as usize;
+        let mut out = Vec::with_capacity(total);
+        let inner_contig = layout.byte_strides.last() == Some(&(size as i64));
+        if inner_contig && layout.ndim() > 0 {
+            let n = *layout.shape.last().unwrap_or(&1) as usize * size;
+            let outer = Layout {
+                shape: layout.shape[..layout.ndim() - 1].to_vec(),
+                byte_strides: layout.byte_strides[..layout.ndim() - 1].to_vec(),
+                storage_offset: layout.storage_offset,
+            };
+            if n > 0 {
+                walk(&outer, |o| out.extend_from_slice(&self.storage[o..o + n]));
+            }
+        } else {
+            walk(layout, |o| out.extend_from_slice(&self.storage[o..o + size]));
+        }
+        Ok(out)
+    }
+
+    fn decode_with<T>(&self, decode: impl Fn(DType, &[u8]) -> Option<T>) -> Result<Vec<T>, ReaderError> {
+        self.require_data()?;
+        let dtype = self.info.dtype;
+        if dtype.is_block() {
+            return Err(self.unsupported(format!("dequantization of {dtype} is not available in this reader")));
+        }
+        let mut out = Vec::with_capacity(self.info.layout.numel() as usize);
+        let storage = self.storage;
+        let mut failed = false;
+        walk(&self.info.layout, |o| match decode(dtype, &storage[o..]) {
+            Some(v) => out.push(v),
+            None => failed = true,
+        });
+        if failed {
+            return Err(self.unsupported(format!("cannot decode {dtype} values")));
+        }
+        Ok(out)
+    }
+
+    /// The values as f32, row-major (f64 and 64-bit integers rounded).
+    pub fn to_f32(&self) -> Result<Vec<f32>, ReaderError> {
+        if self.info.dtype == DType::F32 {
+            if let Ok(s) = self.as_slice::<f32>() {
+                return Ok(s.to_vec());
+            }
+        }
+        self.decode_with(DType::decode_f32)
+    }
+
+    /// The values as f64, row-major.
+    pub fn to_f64(&self) -> Result<Vec<f64>, ReaderError> {
+        self.decode_with(DType::decode_f64)
+    }
+
+    /// Statistics of the values (and the crc32c of the row-major bytes).
+    pub fn compute_stats(&self) -> Result<Stats, ReaderError> {
+        let values = self.to_f64()?;
+        let mut acc = StatsAccumulator::new();
+        values.iter().for_each(|&v| acc.push(v));
+        let crc = trace_format::record::crc32c(&self.materialize()?);
+        Ok(acc.finish(Some(crc)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walk_visits_row_major() {
+        let l = Layout::new(vec![2, 3], vec![4, 8], 0).unwrap();
+        let mut v = vec![];
+        walk(&l, |o| v.push(o));
+        assert_eq!(v, vec![0, 8, 16, 4, 12, 20]);
+        let l = Layout::new(vec![2, 2], vec![-8, -4], 12).unwrap();
+        let mut v = vec![];
+        walk(&l, |o| v.push(o));
+        assert_eq!(v, vec![12, 8, 4, 0]);
+        let l = Layout::new(vec![], vec![], 4).unwrap();
+        let mut v = vec![];
+        walk(&l, |o| v.push(o));
+        assert_eq!(v, vec![4]);
+    }
+}
