@@ -28,12 +28,14 @@ pub enum ReaderError {
         source: FormatError,
     },
     /// A record's bytes are malformed.
-    #[error("{}: record {record} (at byte {offset}): {source}", path.display())]
+    #[error("{}: record {record}{} (at byte {offset}): {source}", path.display(), if name.is_empty() { String::new() } else { format!(" `{name}`") })]
     Record {
         /// The file.
         path: PathBuf,
         /// The record id.
         record: u64,
+        /// The record's name (tensor or storage), empty if unknown.
+        name: String,
         /// Offset of the record header.
         offset: u64,
         /// What is wrong.

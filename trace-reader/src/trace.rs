@@ -426,7 +426,8 @@ impl Trace {
 
     pub(crate) fn record_error(&self, id: u64, source: FormatError) -> ReaderError {
         let offset = self.records.get(id as usize).map_or(0, |r| r.offset);
-        ReaderError::Record { path: self.path.clone(), record: id, offset, source }
+        let name = self.record_name(id).unwrap_or("").to_owned();
+        ReaderError::Record { path: self.path.clone(), record: id, name, offset, source }
     }
 
     /// The header of record `id`, checked against the index.
@@ -466,7 +467,14 @@ impl Trace {
     fn decode_tensor(&self, id: u64) -> Result<TensorInfo, ReaderError> {
         let body = self.body(id)?;
         let r = self.records[id as usize];
-        let d = decode_tensor(body.descriptor, body.descriptor_offset).map_err(|e| self.record_error(id, e))?;
+        let d = decode_tensor(body.descriptor, body.descriptor_offset).map_err(|e| match self.record_error(id, e) {
+            ReaderError::Record { path, record, name, offset, source } if name.is_empty() => {
+                // name the tensor from its own descriptor when the index has no name
+                let name = trace_format::codec::Decoder::new(body.descriptor, 0).str("name").unwrap_or("").to_owned();
+                ReaderError::Record { path, record, name, offset, source }
+            }
+            other => other,
+        })?;
         let tensor_err = |reason: String| ReaderError::Tensor {
             path: self.path.clone(),
             tensor: d.name.clone(),

@@ -1,0 +1,61 @@
+//! The worked example of `trace-format/SPEC.md` §10, kept as a golden file.
+//!
+//! `build_spec_example` writes the example trace; the test checks that the
+//! writer still produces `tests/golden/spec_example.tdump` byte for byte.
+//! Regenerate with `TRACEDUMP_BLESS=1 cargo test -p tracedump-tests --test spec_example`
+//! (and update the hex dump in SPEC.md §10 to match).
+
+use std::path::Path;
+
+use trace_writer::{DType, FinishSummary, Layout, Metadata, Op, TensorMeta, Writer, WriterError};
+
+/// Write the SPEC.md §10 example trace to `path`:
+///
+/// | id | kind         | content                                                        |
+/// |----|--------------|----------------------------------------------------------------|
+/// | 0  | RUN_METADATA | `{"engine": "spec-example"}`                                   |
+/// | 1  | STORAGE      | `cache`: 8 f32 values 0.0 … 7.0 (32 bytes)                     |
+/// | 2  | TENSOR       | `cache`: f32 [2,4] strides [16,4] over record 1, layer 0       |
+/// | 3  | TENSOR       | `k-0`: f32 [4,2] strides [4,16] over record 1, role `k`, parent 2, transpose(0,1) |
+/// | 4  | TENSOR       | `logits`: f32 [3], stats only, of [1.0, -2.0, 0.5]             |
+/// | 5  | FOOTER       | index of records 0–4, then the trailer                         |
+pub fn build_spec_example(path: &Path) -> Result<FinishSummary, WriterError> {
+    let w = Writer::create(path, Metadata::new().with("engine", "spec-example"))?;
+    let values: Vec<u8> = (0..8).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let storage = w.add_storage("cache", &values)?;
+    let full = Layout::contiguous(DType::F32, &[2, 4], 0).expect("contiguous [2,4]");
+    let cache = w
+        .add_view("cache", DType::F32, storage, &full, TensorMeta::new().layer(0))?
+        .expect("not filtered");
+    let transposed = Layout::new(vec![4, 2], vec![4, 16], 0).expect("transposed [4,2]");
+    let k_meta = TensorMeta::new().role("k").parent(cache).op(Op::Transpose { a: 0, b: 1 });
+    w.add_view("k-0", DType::F32, storage, &transposed, k_meta)?;
+    let logits: Vec<u8> = [1.0f32, -2.0, 0.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+    w.add_stats_of("logits", DType::F32, &[3], &logits, TensorMeta::new())?;
+    w.finish()
+}
+
+#[test]
+fn golden_file_is_byte_identical() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden").join("spec_example.tdump");
+    if std::env::var("TRACEDUMP_BLESS").as_deref() == Ok("1") {
+        build_spec_example(&golden).expect("write the golden file");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("spec_example.tdump");
+    let summary = build_spec_example(&path).expect("write the example");
+    assert_eq!(summary.records, 5);
+    let built = std::fs::read(&path).expect("read the example");
+    let expected = std::fs::read(&golden)
+        .unwrap_or_else(|e| panic!("{}: {e} (bless with TRACEDUMP_BLESS=1)", golden.display()));
+    if let Some(i) = built.iter().zip(&expected).position(|(a, b)| a != b) {
+        panic!(
+            "byte {i:#x} differs from {}: built {:#04x}, golden {:#04x} (bless with TRACEDUMP_BLESS=1 if the format changed on purpose, and update SPEC.md §10)",
+            golden.display(),
+            built[i],
+            expected[i]
+        );
+    }
+    assert_eq!(built.len(), expected.len(), "file length differs from {}", golden.display());
+}
