@@ -59,3 +59,23 @@ fn golden_file_is_byte_identical() {
     }
     assert_eq!(built.len(), expected.len(), "file length differs from {}", golden.display());
 }
+
+/// The committed golden file reads back as SPEC.md §10 describes it.
+#[test]
+fn golden_file_reads_back() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden").join("spec_example.tdump");
+    let t = trace_reader::Trace::open(&golden).expect("open the golden file");
+    assert!(t.is_finished());
+    let rep = t.verify();
+    assert!(rep.is_ok(), "{:?}", rep.faults);
+    assert_eq!(rep.lineages_replayed, 1);
+    assert_eq!(t.tensor_ids(), &[2, 3, 4]);
+    assert_eq!(t.run_metadata().get("engine"), Some(&trace_format::Value::Str("spec-example".into())));
+    let k = t.view_by_name("k-0").expect("k-0");
+    assert_eq!(k.info().layout.byte_strides, vec![4, 16]);
+    assert_eq!(k.to_f32().expect("values"), vec![0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0]);
+    let logits = t.get("logits").expect("logits");
+    let s = logits.stats.as_ref().expect("stats");
+    assert_eq!((s.count, s.min, s.max, s.abs_max), (3, -2.0, 1.0, 2.0));
+    assert_eq!(s.bytes_crc32c, Some(0x86739cf2));
+}

@@ -396,6 +396,29 @@ mod tests {
         assert_eq!(DType::all().count(), 30);
     }
 
+    /// SPEC.md §8 repeats the table; the two must agree row for row.
+    #[test]
+    fn spec_table_matches() {
+        let spec = include_str!("../SPEC.md");
+        let section = spec.split("## §8").nth(1).expect("SPEC.md has §8");
+        let rows: Vec<Vec<&str>> = section
+            .lines()
+            .take_while(|l| !l.starts_with("## §9"))
+            .filter(|l| l.starts_with("| ") && l.as_bytes().get(2).is_some_and(u8::is_ascii_digit))
+            .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+            .collect();
+        assert_eq!(rows.len(), DTYPE_TABLE.len());
+        for (row, info) in rows.iter().zip(DTYPE_TABLE) {
+            let class = format!("{:?}", info.class).to_lowercase();
+            assert_eq!(
+                row[..5],
+                [info.id.to_string().as_str(), info.name, &info.block_elems.to_string(), &info.block_bytes.to_string(), &class],
+                "SPEC.md §8 row for {}",
+                info.name
+            );
+        }
+    }
+
     #[test]
     fn fp8_decoding() {
         assert_eq!(f8_e4m3_to_f32(0x38), 1.0);

@@ -132,8 +132,9 @@ impl Layout {
     /// byte stride must be the block size (ggml's `nb[0]`) and its element
     /// stride is 1; every other stride `s` maps to `s · block_elems /
     /// block_bytes` elements and the offset likewise, each of which must be
-    /// whole. A q8_0 K-cache view `nb=[34,17,34,8704]` (head_dim 16) maps to
-    /// element strides `[32,16,32,8192]` fastest first.
+    /// whole. A q8_0 K-cache view `ne=[16,2,256,1]`, `nb=[34,17,34,8704]`
+    /// (head_dim 16) maps to element strides `[8192,32,16,1]` in canonical
+    /// order (`[1,16,32,8192]` fastest first).
     pub fn element_layout(&self, dtype: DType) -> Result<ElementLayout, LayoutError> {
         let (be, bb) = (dtype.block_elems() as i128, dtype.block_bytes() as i128);
         let map = |bytes: i128, what: &str| -> Result<i64, LayoutError> {

@@ -482,6 +482,12 @@ impl Trace {
             offset: r.offset,
             reason,
         };
+        if !matches!(d.data, DataRef::Inline { .. }) && !body.payload.is_empty() {
+            return Err(tensor_err(format!(
+                "carries {} payload bytes but does not say they are its data",
+                body.payload.len()
+            )));
+        }
         let layout = Layout::new(d.shape.clone(), d.byte_strides.clone(), 0)
             .map_err(|source| ReaderError::Layout { path: self.path.clone(), tensor: d.name.clone(), record: id, source })?;
         let (storage, offset, storage_at, storage_len) = match d.data {
