@@ -154,7 +154,8 @@ pub struct Trace {
     torn: Option<TornTail>,
     pub(crate) warnings: Vec<String>,
     run_metadata: Metadata,
-    infos: Vec<OnceLock<TensorInfo>>,
+    /// Decoded tensors, filled on first use (boxed: an unused slot costs 8 bytes).
+    infos: Vec<OnceLock<Box<TensorInfo>>>,
     by_name: OnceLock<HashMap<String, Vec<u64>>>,
 }
 
@@ -315,7 +316,7 @@ impl Trace {
         if let Some(info) = cell.get() {
             return Ok(info);
         }
-        let info = self.decode_tensor(id)?;
+        let info = Box::new(self.decode_tensor(id)?);
         Ok(cell.get_or_init(|| info))
     }
 

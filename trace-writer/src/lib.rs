@@ -16,7 +16,7 @@ pub use trace_format::{DType, EngineOp, Layout, Lineage, Metadata, Op, SourceLay
 
 use sink::{RecordParts, Sink};
 use trace_format::codec::{encode_run_metadata, encode_storage, encode_tensor, DataRef, StorageDesc, TensorDesc};
-use trace_format::record::{crc32c, RecordKind};
+use trace_format::record::RecordKind;
 use trace_format::stats::compute_stats;
 use trace_format::NativeType;
 
@@ -161,9 +161,13 @@ impl Pending {
 struct Queue {
     items: VecDeque<Pending>,
     queued_bytes: u64,
+    /// The background budget (0 in sync mode).
+    budget: u64,
     /// Ids handed out (background mode assigns ids at enqueue time).
     next_id: u64,
     writing: bool,
+    /// The writer thread is waiting for work (only then is it woken).
+    writer_idle: bool,
     closing: bool,
     dropped: u64,
     error: Option<String>,
@@ -182,6 +186,46 @@ struct Shared {
     storages: Mutex<HashMap<RecordId, u64>>,
     /// The first I/O error of sync mode (the file is then not extended further).
     failed: Mutex<Option<String>>,
+    /// Payload buffers written by the background thread, kept for reuse so
+    /// the recording thread copies into memory that is already mapped.
+    spare: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Payloads below this size are not worth recycling.
+const RECYCLE_MIN_BYTES: usize = 64 << 10;
+
+impl Shared {
+    /// Copy `payload` into a recycled buffer when one is big enough.
+    fn copy_payload(&self, payload: &[u8]) -> Vec<u8> {
+        if payload.len() >= RECYCLE_MIN_BYTES {
+            let mut spare = lock(&self.spare);
+            if let Some(i) = spare.iter().position(|b| b.capacity() >= payload.len()) {
+                let mut buf = spare.swap_remove(i);
+                drop(spare);
+                buf.clear();
+                buf.extend_from_slice(payload);
+                return buf;
+            }
+        }
+        payload.to_vec()
+    }
+
+    /// Keep the large payload buffers of a written batch, up to the queue budget.
+    fn recycle(&self, batch: VecDeque<Pending>) {
+        let budget = match lock(&self.queue).budget {
+            0 => return,
+            b => b as usize,
+        };
+        let mut spare = lock(&self.spare);
+        let mut held: usize = spare.iter().map(Vec::capacity).sum();
+        for item in batch {
+            let cap = item.payload.capacity();
+            if cap >= RECYCLE_MIN_BYTES && held + cap <= budget {
+                held += cap;
+                spare.push(item.payload);
+            }
+        }
+    }
 }
 
 /// Records tensors into a `.tdump` trace. `Send + Sync`: share it by
@@ -221,17 +265,24 @@ impl Writer {
             layer: None,
             descriptor: &descriptor,
             payload: &[],
-            payload_crc: None,
         })
         .map_err(|source| WriterError::Io { path: path.clone(), source })?;
         let shared = Arc::new(Shared {
             path,
             sink: Mutex::new(sink),
-            queue: Mutex::new(Queue { next_id: 1, ..Default::default() }),
+            queue: Mutex::new(Queue {
+                next_id: 1,
+                budget: match options.mode {
+                    Mode::Background { budget_bytes, .. } => budget_bytes,
+                    Mode::Sync => 0,
+                },
+                ..Default::default()
+            }),
             work: Condvar::new(),
             room: Condvar::new(),
             storages: Mutex::new(HashMap::new()),
             failed: Mutex::new(None),
+            spare: Mutex::new(Vec::new()),
         });
         let thread = match options.mode {
             Mode::Sync => None,
@@ -463,7 +514,6 @@ impl Writer {
     ) -> Result<Option<RecordId>, WriterError> {
         match self.mode {
             Mode::Sync => {
-                let payload_crc = crc32c(payload);
                 let mut failed = lock(&self.shared.failed);
                 if let Some(msg) = failed.as_ref() {
                     return Err(WriterError::Failed { path: self.shared.path.clone(), message: msg.clone() });
@@ -476,7 +526,6 @@ impl Writer {
                     layer,
                     descriptor: &descriptor,
                     payload,
-                    payload_crc: Some(payload_crc),
                 };
                 match sink.append(&parts) {
                     Ok(id) => Ok(Some(id)),
@@ -487,7 +536,7 @@ impl Writer {
                 }
             }
             Mode::Background { budget_bytes, when_full } => {
-                let item = Pending { kind, name: name.to_owned(), step, layer, descriptor, payload: payload.to_vec() };
+                let item = Pending { kind, name: name.to_owned(), step, layer, descriptor, payload: self.shared.copy_payload(payload) };
                 let cost = item.cost();
                 let mut q = lock(&self.shared.queue);
                 loop {
@@ -510,8 +559,11 @@ impl Writer {
                 q.next_id += 1;
                 q.queued_bytes += cost;
                 q.items.push_back(item);
+                let wake = q.writer_idle;
                 drop(q);
-                self.shared.work.notify_one();
+                if wake {
+                    self.shared.work.notify_one();
+                }
                 Ok(Some(id))
             }
         }
@@ -575,38 +627,50 @@ impl Drop for Writer {
 
 fn background_loop(shared: &Shared) {
     loop {
-        let item = {
+        // take everything queued at once: one lock round per batch, not per record
+        let (batch, failed) = {
             let mut q = lock(&shared.queue);
             loop {
-                if let Some(item) = q.items.pop_front() {
+                if !q.items.is_empty() {
                     q.writing = true;
-                    break item;
+                    break (std::mem::take(&mut q.items), q.error.is_some());
                 }
                 if q.closing {
                     return;
                 }
+                q.writer_idle = true;
                 q = shared.work.wait(q).unwrap_or_else(|e| e.into_inner());
+                q.writer_idle = false;
             }
         };
-        let failed = lock(&shared.queue).error.is_some();
-        let result = if failed {
-            Ok(0)
-        } else {
-            lock(&shared.sink).append(&RecordParts {
-                kind: item.kind,
-                name: &item.name,
-                step: item.step,
-                layer: item.layer,
-                descriptor: &item.descriptor,
-                payload: &item.payload,
-                payload_crc: None,
-            })
-        };
+        let mut error = None;
+        let mut cost = 0;
+        {
+            let mut sink = lock(&shared.sink);
+            for item in &batch {
+                cost += item.cost();
+                if failed || error.is_some() {
+                    continue;
+                }
+                let parts = RecordParts {
+                    kind: item.kind,
+                    name: &item.name,
+                    step: item.step,
+                    layer: item.layer,
+                    descriptor: &item.descriptor,
+                    payload: &item.payload,
+                };
+                if let Err(e) = sink.append(&parts) {
+                    error = Some(e.to_string());
+                }
+            }
+        }
+        shared.recycle(batch);
         let mut q = lock(&shared.queue);
         q.writing = false;
-        q.queued_bytes -= item.cost();
-        if let Err(e) = result {
-            q.error.get_or_insert_with(|| e.to_string());
+        q.queued_bytes -= cost;
+        if let Some(e) = error {
+            q.error.get_or_insert(e);
         }
         drop(q);
         shared.room.notify_all();

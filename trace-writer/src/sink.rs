@@ -18,11 +18,23 @@ pub(crate) struct RecordParts<'a> {
     pub layer: Option<i64>,
     pub descriptor: &'a [u8],
     pub payload: &'a [u8],
-    /// crc32c of `payload`, when the caller already has it.
-    pub payload_crc: Option<u32>,
 }
 
 const ZEROS: [u8; 64] = [0; 64];
+
+/// Payloads at least this long are checksummed on a second thread while they
+/// are written (the size of the write buffer, so they bypass it without a copy).
+const STREAM_BYTES: usize = 1 << 20;
+
+#[cfg(unix)]
+fn write_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+}
+
+#[cfg(not(unix))]
+fn write_at(_file: &File, _bytes: &[u8], _offset: u64) -> io::Result<()> {
+    unreachable!("streaming writes are only used on unix")
+}
 
 /// Appends records to the file; owns the footer index.
 #[derive(Debug)]
@@ -36,7 +48,7 @@ pub(crate) struct Sink {
 impl Sink {
     pub fn create(path: &Path) -> io::Result<Sink> {
         let file = File::create(path)?;
-        let mut file = BufWriter::with_capacity(1 << 20, file);
+        let mut file = BufWriter::with_capacity(STREAM_BYTES, file);
         let header = encode_file_header();
         file.write_all(&header)?;
         Ok(Sink { file, offset: header.len() as u64, index: Vec::new(), names: Vec::new() })
@@ -53,22 +65,38 @@ impl Sink {
         let record_offset = self.offset;
         let head = body_head(record_offset, r.descriptor, r.payload.len() as u64);
         let body_len = head.len() as u64 + r.payload.len() as u64;
-        let payload_crc = r.payload_crc.unwrap_or_else(|| crc32c(r.payload));
-        let head_crc = crc32c(&head);
-        let body_crc = if r.payload.is_empty() {
-            head_crc
-        } else {
-            crc32c::crc32c_combine(head_crc, payload_crc, r.payload.len())
-        };
-        debug_assert_eq!(body_crc, crc32c_append(head_crc, r.payload));
-        let header = RecordHeader { kind: r.kind as u16, flags: 0, record_id: id, body_len, body_crc32c: body_crc };
         let next = next_record_offset(record_offset, body_len)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "record too large"))?;
         let pad = (next - record_offset - record::RECORD_HEADER_BYTES - body_len) as usize;
-        self.file.write_all(&header.encode())?;
-        self.file.write_all(&head)?;
-        self.file.write_all(r.payload)?;
-        self.file.write_all(&ZEROS[..pad])?;
+        let head_crc = crc32c(&head);
+        let header = |body_crc32c| {
+            RecordHeader { kind: r.kind as u16, flags: 0, record_id: id, body_len, body_crc32c }.encode()
+        };
+        if cfg!(unix) && r.payload.len() >= STREAM_BYTES {
+            // Large payload: checksum it on a second thread while this one
+            // writes it, and write the header last, in place. Until then the
+            // header bytes are zero, which a reader takes for the end of the
+            // complete records: a crash in between loses only this record.
+            self.file.write_all(&[0u8; record::RECORD_HEADER_BYTES as usize])?;
+            self.file.write_all(&head)?;
+            let file = &mut self.file;
+            let crc = std::thread::scope(|scope| -> io::Result<u32> {
+                let worker = std::thread::Builder::new().spawn_scoped(scope, || crc32c_append(head_crc, r.payload));
+                file.write_all(r.payload)?;
+                match worker {
+                    Ok(handle) => handle.join().map_err(|_| io::Error::other("checksum thread panicked")),
+                    Err(_) => Ok(crc32c_append(head_crc, r.payload)),
+                }
+            })?;
+            self.file.write_all(&ZEROS[..pad])?;
+            self.file.flush()?;
+            write_at(self.file.get_ref(), &header(crc), record_offset)?;
+        } else {
+            self.file.write_all(&header(crc32c_append(head_crc, r.payload)))?;
+            self.file.write_all(&head)?;
+            self.file.write_all(r.payload)?;
+            self.file.write_all(&ZEROS[..pad])?;
+        }
         self.offset = next;
         let name_offset = self.names.len() as u64;
         self.names.extend_from_slice(r.name.as_bytes());
