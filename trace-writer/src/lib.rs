@@ -24,6 +24,23 @@ use trace_format::NativeType;
 /// identified by it (names repeat); storages are referred to by it.
 pub type RecordId = u64;
 
+/// Run metadata a user would want in every trace: the command line
+/// (`command_line`), the time (`created_unix_ns`), the process id (`pid`) and
+/// the writer's version (`tracedump_version`). Add your own keys (`engine`,
+/// `model`, `engine_version`, …) to it.
+pub fn default_run_metadata() -> Metadata {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let args: Vec<String> = std::env::args().collect();
+    Metadata::new()
+        .with("command_line", args.join(" "))
+        .with("created_unix_ns", now)
+        .with("pid", u64::from(std::process::id()))
+        .with("tracedump_version", env!("CARGO_PKG_VERSION"))
+}
+
 /// What to do when the background queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WhenFull {
@@ -39,7 +56,9 @@ pub enum Mode {
     /// The recording thread frames and writes the record itself.
     Sync,
     /// The recording thread copies the bytes once into a queue; a writer
-    /// thread does the I/O. At most `budget_bytes` wait in the queue.
+    /// thread does the I/O. At most `budget_bytes` wait in the queue, and at
+    /// most as much again is kept as written buffers for reuse, so memory
+    /// stays below twice the budget whatever the recording rate.
     Background {
         /// Most bytes (payloads and descriptors) held in the queue.
         budget_bytes: u64,
