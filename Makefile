@@ -1,7 +1,8 @@
 # tracedump — the two set-up commands: `make demo` and `make test`.
 CARGO ?= cargo
-TRACEDUMP := target/release/tracedump
-DEMO := target/demo/demo.tdump
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+TRACEDUMP := $(TARGET_DIR)/release/tracedump
+DEMO := $(TARGET_DIR)/demo/demo.tdump
 
 .PHONY: demo test test-rust lint bench build
 
