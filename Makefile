@@ -3,18 +3,22 @@ CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 TRACEDUMP := $(TARGET_DIR)/release/tracedump
 DEMO := $(TARGET_DIR)/demo/demo.tdump
+DEMO_REF := $(TARGET_DIR)/demo/demo.reference.tdump
 
 .PHONY: demo test test-rust lint bench build
 
 build:
 	$(CARGO) build --release -p trace-reader
 
-## Write the built-in example trace and show what is in it.
+## Write the built-in example (two runs of a tiny model, one with a planted
+## bug), show what is in the first, and find where the runs part ways.
 demo: build
 	@mkdir -p $(dir $(DEMO))
 	$(TRACEDUMP) demo $(DEMO)
-	$(TRACEDUMP) inspect $(DEMO)
+	$(TRACEDUMP) inspect $(DEMO) --layer 0 --ggml
 	$(TRACEDUMP) verify $(DEMO)
+	@# diff exits 1 when the runs diverge, which is what the demo plants
+	$(TRACEDUMP) diff $(DEMO) $(DEMO_REF); test $$? -eq 1
 
 ## Every test, Rust and (once the Python package exists) Python.
 test: test-rust

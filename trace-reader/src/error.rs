@@ -25,7 +25,7 @@ pub enum ReaderError {
         path: PathBuf,
         /// What is wrong with the header.
         #[source]
-        source: FormatError,
+        source: Box<FormatError>,
     },
     /// A record's bytes are malformed.
     #[error("{}: record {record}{} (at byte {offset}): {source}", path.display(), if name.is_empty() { String::new() } else { format!(" `{name}`") })]
@@ -40,7 +40,7 @@ pub enum ReaderError {
         offset: u64,
         /// What is wrong.
         #[source]
-        source: FormatError,
+        source: Box<FormatError>,
     },
     /// A tensor's description is inconsistent with the file (bad storage
     /// reference, unknown dtype, view outside its storage).
@@ -68,7 +68,7 @@ pub enum ReaderError {
         record: u64,
         /// The layout fault, with its byte range.
         #[source]
-        source: LayoutError,
+        source: Box<LayoutError>,
     },
     /// No tensor has this name (or the occurrence asked for does not exist).
     #[error("{}: no tensor named `{name}`", path.display())]

@@ -174,7 +174,7 @@ impl Trace {
 
     fn from_source(path: PathBuf, source: Source) -> Result<Trace, ReaderError> {
         let bytes = source.bytes();
-        let version = decode_file_header(bytes).map_err(|source| ReaderError::NotATrace { path: path.clone(), source })?;
+        let version = decode_file_header(bytes).map_err(|source| ReaderError::NotATrace { path: path.clone(), source: Box::new(source) })?;
         let mut warnings = Vec::new();
         let (records, finished, footer_offset, torn) = match read_footer(bytes) {
             Ok(Some((records, footer_offset))) => (records, true, Some(footer_offset), None),
@@ -428,7 +428,7 @@ impl Trace {
     pub(crate) fn record_error(&self, id: u64, source: FormatError) -> ReaderError {
         let offset = self.records.get(id as usize).map_or(0, |r| r.offset);
         let name = self.record_name(id).unwrap_or("").to_owned();
-        ReaderError::Record { path: self.path.clone(), record: id, name, offset, source }
+        ReaderError::Record { path: self.path.clone(), record: id, name, offset, source: Box::new(source) }
     }
 
     /// The header of record `id`, checked against the index.
@@ -490,7 +490,7 @@ impl Trace {
             )));
         }
         let layout = Layout::new(d.shape.clone(), d.byte_strides.clone(), 0)
-            .map_err(|source| ReaderError::Layout { path: self.path.clone(), tensor: d.name.clone(), record: id, source })?;
+            .map_err(|source| ReaderError::Layout { path: self.path.clone(), tensor: d.name.clone(), record: id, source: Box::new(source) })?;
         let (storage, offset, storage_at, storage_len) = match d.data {
             DataRef::StatsOnly => {
                 if d.stats.is_none() {
@@ -522,7 +522,7 @@ impl Trace {
                 path: self.path.clone(),
                 tensor: d.name.clone(),
                 record: id,
-                source: annotate(source, s),
+                source: Box::new(annotate(source, s)),
             })?;
         }
         Ok(TensorInfo {

@@ -1,55 +1,114 @@
-//! The `tracedump` binary on the demo trace and on a torn copy of it.
+//! The `tracedump` binary: every verb on the demo traces and on hostile files,
+//! with its output snapshotted (a change in output is a reviewed change).
 
+use std::path::Path;
 use std::process::Command;
 
+use insta_cmd::{assert_cmd_snapshot, get_cargo_bin};
 use trace_reader::Trace;
 
-fn tracedump(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tracedump")).args(args).output().expect("run tracedump");
+fn tracedump(dir: &Path) -> Command {
+    let mut c = Command::new(get_cargo_bin("tracedump"));
+    c.current_dir(dir).env_remove("COLUMNS");
+    c
+}
+
+fn run(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = tracedump(dir).args(args).output().expect("run tracedump");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
 
-#[test]
-fn demo_inspect_verify() {
+fn demo_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let demo = dir.path().join("demo.tdump");
-    let demo_s = demo.to_str().unwrap();
-    assert_eq!(tracedump(&["demo", demo_s]).0, 0);
+    assert_eq!(run(dir.path(), &["demo", "demo.tdump"]).0, 0);
+    dir
+}
 
-    let (code, text) = tracedump(&["inspect", demo_s]);
-    assert_eq!(code, 0, "{text}");
-    assert!(text.contains("status   finished"), "{text}");
-    assert!(text.contains("lineage cache_k_l0#2 → view(+0, [1,8,4,16]) → permute(0,2,1,3) → [ggml PERMUTE]"), "{text}");
-    assert!(text.contains("k-0  f32 [1,4,8,16] bytes[2048,64,256,4] elems[512,16,64,1] strided"), "{text}");
-    assert_eq!(tracedump(&["verify", demo_s]).0, 0);
+#[test]
+fn snapshots() {
+    let dir = demo_dir();
+    let d = dir.path();
+    assert_cmd_snapshot!("inspect_layer0_ggml", tracedump(d).args(["inspect", "demo.tdump", "--layer", "0", "--ggml"]));
+    assert_cmd_snapshot!("inspect_tree", tracedump(d).args(["inspect", "demo.tdump", "--tree", "--layer", "1"]));
+    assert_cmd_snapshot!("inspect_stats", tracedump(d).args(["inspect", "demo.reference.tdump", "--filter", "^(k|kq_soft_max)-0$", "--stats"]));
+    assert_cmd_snapshot!("diff", tracedump(d).args(["diff", "demo.tdump", "demo.reference.tdump"]));
+    assert_cmd_snapshot!("show_k", tracedump(d).args(["show", "demo.tdump", "k-0"]));
+    assert_cmd_snapshot!("show_slice", tracedump(d).args(["show", "demo.tdump", "k-0 (copy)", "--slice", "0, 1, -2:, ::5"]));
+    assert_cmd_snapshot!("verify", tracedump(d).args(["verify", "demo.tdump"]));
+}
 
+#[test]
+fn diff_finds_the_planted_divergence_and_gates_ci() {
+    let dir = demo_dir();
+    let d = dir.path();
+    let (code, text) = run(d, &["diff", "demo.tdump", "demo.reference.tdump", "--json"]);
+    assert_eq!(code, 1, "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let first = json["first_divergence"].as_u64().unwrap() as usize;
+    assert_eq!(json["pairs"][first]["key"], "ffn_norm-2");
+    // the permuted f16-fed K view of A is compared by value with B's contiguous K
+    let k0 = json["pairs"].as_array().unwrap().iter().find(|p| p["key"] == "k-0").unwrap();
+    assert_eq!(k0["a"]["contiguous"], false);
+    assert_eq!(k0["b"]["contiguous"], true);
+    assert_eq!(k0["verdict"]["kind"], "agree");
+    assert_eq!(k0["metrics"]["max_abs"], 0.0);
+    // a run compared with itself agrees: exit 0
+    assert_eq!(run(d, &["diff", "demo.reference.tdump", "demo.reference.tdump"]).0, 0);
+    // loose enough tolerances make the planted bug pass
+    let (code, _) = run(d, &["diff", "demo.tdump", "demo.reference.tdump", "--atol", "10", "--min-cosine", "0.9"]);
+    assert_eq!(code, 0);
+    // renaming pairs differently named runs
+    let (code, text) = run(d, &["diff", "demo.tdump", "demo.reference.tdump", "--rename", "^ffn_norm-(\\d+)$=>nothing-$1", "--json"]);
+    assert_eq!(code, 1);
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(json["only_in_a"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().starts_with("ffn_norm-2")));
+}
+
+#[test]
+fn demo_values_and_layouts() {
+    let dir = demo_dir();
+    let trace = Trace::open(dir.path().join("demo.tdump")).unwrap();
+    assert!(trace.verify().is_ok());
     // the f16 copy holds exactly the permuted view's values, rounded to f16
-    let trace = Trace::open(&demo).unwrap();
     let view = trace.view_by_name("k-0").unwrap().to_f32().unwrap();
     let copy = trace.view_by_name("k-0 (copy)").unwrap().to_f32().unwrap();
     assert_eq!(view.len(), 512);
     let rounded: Vec<f32> = view.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
     assert_eq!(rounded, copy);
-    // and the view is not the storage read contiguously (the misread of the user reports)
+    // read contiguously, the cache's first 512 values are not the view (the users' misread)
     let cache = trace.view_by_name("cache_k_l0").unwrap().to_f32().unwrap();
     assert_ne!(&cache[..512], &view[..]);
+    let reference = Trace::open(dir.path().join("demo.reference.tdump")).unwrap();
+    assert_eq!(reference.view_by_name("k-0").unwrap().to_f32().unwrap(), view);
+}
 
-    // a torn copy: inspect says so, verify fails, both name the offset
-    let bytes = std::fs::read(&demo).unwrap();
-    let torn = dir.path().join("torn.tdump");
-    std::fs::write(&torn, &bytes[..bytes.len() - 700]).unwrap();
-    let (code, text) = tracedump(&["inspect", torn.to_str().unwrap()]);
+#[test]
+fn hostile_files_are_clear_errors() {
+    let dir = demo_dir();
+    let d = dir.path();
+    let bytes = std::fs::read(d.join("demo.tdump")).unwrap();
+    std::fs::write(d.join("torn.tdump"), &bytes[..bytes.len() - 700]).unwrap();
+    let (code, text) = run(d, &["inspect", "torn.tdump"]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("UNFINISHED: torn tail"), "{text}");
-    let (code, text) = tracedump(&["verify", torn.to_str().unwrap()]);
+    let (code, text) = run(d, &["verify", "torn.tdump"]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("FAULT") && text.contains("unfinished trace"), "{text}");
 
-    // not a trace at all: exit 2 with the file named
-    let junk = dir.path().join("junk.tdump");
-    std::fs::write(&junk, b"hello").unwrap();
-    let (code, text) = tracedump(&["inspect", junk.to_str().unwrap()]);
+    std::fs::write(d.join("junk.tdump"), b"hello").unwrap();
+    for verb in [&["inspect", "junk.tdump"][..], &["verify", "junk.tdump"], &["show", "junk.tdump", "x"], &["diff", "junk.tdump", "demo.tdump"]] {
+        let (code, text) = run(d, verb);
+        assert_eq!(code, 2, "{verb:?}: {text}");
+        assert!(text.contains("junk.tdump") && text.starts_with("error:"), "{verb:?}: {text}");
+    }
+    let (code, text) = run(d, &["show", "demo.tdump", "no-such-tensor"]);
     assert_eq!(code, 2);
-    assert!(text.contains("junk.tdump"), "{text}");
+    assert!(text.contains("no tensor named `no-such-tensor`"), "{text}");
+    let (code, text) = run(d, &["show", "demo.tdump", "kq_soft_max-0"]);
+    assert_eq!(code, 2);
+    assert!(text.contains("statistics only"), "{text}");
+    let (code, text) = run(d, &["show", "demo.tdump", "k-0", "--slice", "0,9"]);
+    assert_eq!(code, 2);
+    assert!(text.contains("out of range"), "{text}");
 }

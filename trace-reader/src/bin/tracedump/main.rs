@@ -1,42 +1,152 @@
-//! `tracedump`: look inside tensor traces.
+//! `tracedump`: look inside tensor traces and find where two runs part ways.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use trace_reader::{TensorInfo, Trace};
+use regex::Regex;
+use trace_reader::compare::{diff, Renamer, Tolerance};
+use trace_reader::{DType, TensorFilter, Trace};
 
 mod demo;
+mod diffcmd;
+mod inspect;
+mod output;
+mod show;
 
 #[derive(Parser)]
-#[command(name = "tracedump", version, about = "Capture and inspect named tensors from ML inference engines")]
+#[command(
+    name = "tracedump",
+    version,
+    about = "Capture and inspect named tensors from ML inference engines; find where two runs part ways",
+    after_help = "Exit status: 0 success (diff: the runs agree), 1 diff found a divergence or verify a fault, 2 error.\nStart with: tracedump demo demo.tdump && tracedump diff demo.tdump demo.reference.tdump"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::Args)]
+struct Filters {
+    /// Only tensors whose name matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    filter: Option<String>,
+    /// Only tensors of this layer.
+    #[arg(long, value_name = "N")]
+    layer: Option<i64>,
+    /// Only tensors of this step.
+    #[arg(long, value_name = "N")]
+    step: Option<i64>,
+    /// Only tensors with this role (q, k, v, kq, kqv_out, k_cache, ...).
+    #[arg(long, value_name = "ROLE")]
+    role: Option<String>,
+}
+
+impl Filters {
+    fn build(&self) -> Result<TensorFilter> {
+        Ok(TensorFilter {
+            name: self.filter.as_deref().map(Regex::new).transpose().context("--filter")?,
+            layer: self.layer,
+            step: self.step,
+            role: self.role.clone(),
+        })
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// What is in a trace and how each tensor is laid out.
     ///
-    /// Example: tracedump inspect run.tdump
+    /// One row per tensor in record (= execution) order: name, dtype, shape,
+    /// byte strides (element strides where they differ), contiguous or not,
+    /// storage and offset, layer/step/role, and the lineage as one chain.
+    #[command(after_help = "Examples:\n  tracedump inspect run.tdump\n  tracedump inspect run.tdump --ggml --layer 0\n  tracedump inspect run.tdump --tree\n  tracedump inspect run.tdump --filter '^k-' --stats --json")]
     Inspect {
         /// The trace file.
         file: PathBuf,
+        /// Also show ggml's ne/nb (fastest dimension first) where recorded.
+        #[arg(long)]
+        ggml: bool,
+        /// Group views under their storages and parents.
+        #[arg(long)]
+        tree: bool,
+        /// Add min/max/mean/std/abs-max/NaN/Inf of every tensor.
+        #[arg(long)]
+        stats: bool,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// The values of a tensor, printed as numpy and ggml's eval callback do.
+    #[command(after_help = "Examples:\n  tracedump show run.tdump k-0\n  tracedump show run.tdump 'Qcur-0#2' --slice '0, :, 0:4'\n  tracedump show run.tdump logits --as f16 --full")]
+    Show {
+        /// The trace file.
+        file: PathBuf,
+        /// Tensor name: its first occurrence; `name#k` for the k-th (from 0).
+        name: String,
+        /// A numpy slice, e.g. `0, :, 1:8:2` or `..., -1` is not supported; trailing dimensions may be left out.
+        #[arg(long, value_name = "SLICE")]
+        slice: Option<String>,
+        /// Convert the values to this dtype before printing (f32, f16, bf16).
+        #[arg(long = "as", value_name = "DTYPE")]
+        as_dtype: Option<String>,
+        /// Print every value, not the first and last three of each dimension longer than six.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Where two runs part ways: pair tensors by name, compare values, name the first divergence.
+    ///
+    /// A is the run under test, B the reference. Layouts may differ (a
+    /// permuted f16 view against a contiguous f32 tensor is compared by
+    /// value). An element agrees when |a - b| <= atol + rtol*|b|; a pair
+    /// diverges when any element does not, when its cosine is below
+    /// --min-cosine, on NaN/Inf mismatches, or when its shapes differ.
+    #[command(after_help = "Examples:\n  tracedump diff mine.tdump llama.tdump\n  tracedump diff llama.tdump hf.tdump --preset llama-hf --atol 1e-2\n  tracedump diff a.tdump b.tdump --rename '^blk\\.(\\d+)\\.=>layers.$1.' --json\n\nExit status: 0 the runs agree, 1 they diverge, 2 error.")]
+    Diff {
+        /// The run under test.
+        a: PathBuf,
+        /// The reference run.
+        b: PathBuf,
+        /// Rename A's tensors: `PATTERN=>REPLACEMENT` (regex, `$1` for groups); repeatable, first match wins.
+        #[arg(long, value_name = "RULE")]
+        rename: Vec<String>,
+        /// A mapping file: one `PATTERN => REPLACEMENT` per line, `#` comments.
+        #[arg(long, value_name = "FILE")]
+        map: Option<PathBuf>,
+        /// A built-in mapping: `llama-hf` (llama.cpp names to HF transformers module names).
+        #[arg(long, value_name = "NAME")]
+        preset: Option<String>,
+        /// Absolute tolerance.
+        #[arg(long, default_value_t = Tolerance::default().atol)]
+        atol: f64,
+        /// Relative tolerance (against B).
+        #[arg(long, default_value_t = Tolerance::default().rtol)]
+        rtol: f64,
+        /// Smallest cosine similarity that agrees.
+        #[arg(long, default_value_t = Tolerance::default().min_cosine)]
+        min_cosine: f64,
+        /// List every pair, not only the divergent ones.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Check every checksum, padding byte and lineage replay; exit 1 on any fault.
-    ///
-    /// Example: tracedump verify run.tdump
+    #[command(after_help = "Example:\n  tracedump verify run.tdump")]
     Verify {
         /// The trace file.
         file: PathBuf,
     },
-    /// Write the built-in example trace (one attention block's KV cache).
+    /// Write the built-in example: a 4-layer model run twice, with a planted divergence.
     ///
-    /// Example: tracedump demo demo.tdump
+    /// OUT is the run under test; OUT's stem + `.reference.tdump` is the reference.
+    #[command(after_help = "Example:\n  tracedump demo demo.tdump && tracedump diff demo.tdump demo.reference.tdump")]
     Demo {
-        /// Where to write it.
+        /// Where to write the run under test.
         out: PathBuf,
     },
 }
@@ -52,15 +162,61 @@ fn main() -> ExitCode {
     }
 }
 
+fn open(path: &PathBuf) -> Result<Trace> {
+    Ok(Trace::open(path)?)
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Inspect { file } => {
-            let trace = Trace::open(&file)?;
-            print!("{}", inspect(&trace));
+        Command::Inspect { file, ggml, tree, stats, json, filters } => {
+            let trace = open(&file)?;
+            let opts = inspect::InspectOptions { ggml, tree, stats, filter: filters.build()? };
+            if json {
+                println!("{}", inspect::inspect_json(&trace, &opts)?);
+            } else {
+                print!("{}", inspect::inspect_text(&trace, &opts)?);
+            }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Show { file, name, slice, as_dtype, full } => {
+            let trace = open(&file)?;
+            let as_dtype = match as_dtype {
+                Some(d) => match DType::from_name(&d) {
+                    Some(x @ (DType::F32 | DType::F16 | DType::BF16 | DType::F64)) => Some(x),
+                    _ => bail!("--as {d}: choose f32, f16, bf16 or f64"),
+                },
+                None => None,
+            };
+            print!("{}", show::show(&trace, &name, slice.as_deref(), as_dtype, full)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Diff { a, b, rename, map, preset, atol, rtol, min_cosine, all, json } => {
+            let mut renamer = Renamer::none();
+            for rule in &rename {
+                let (pat, rep) = rule.split_once("=>").with_context(|| format!("--rename {rule}: expected PATTERN=>REPLACEMENT"))?;
+                renamer.push(pat, rep).with_context(|| format!("--rename {rule}"))?;
+            }
+            if let Some(m) = &map {
+                let text = std::fs::read_to_string(m).with_context(|| format!("{}", m.display()))?;
+                renamer.extend(Renamer::from_map(&text).map_err(anyhow::Error::msg).with_context(|| format!("{}", m.display()))?);
+            }
+            if let Some(p) = &preset {
+                renamer.extend(Renamer::preset(p).with_context(|| format!("--preset {p}: the presets are: llama-hf"))?);
+            }
+            let (ta, tb) = (open(&a)?, open(&b)?);
+            let tol = Tolerance { atol, rtol, min_cosine };
+            let bar = output::progress(ta.len() as u64, true, "comparing");
+            let report = diff(&ta, &tb, &renamer, &tol, |done, _| bar.set_position(done as u64))?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", diffcmd::diff_text(&ta, &tb, &report, all)?);
+            }
+            Ok(if report.agrees() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
         Command::Verify { file } => {
-            let trace = Trace::open(&file)?;
+            let trace = open(&file)?;
             let rep = trace.verify();
             for f in &rep.faults {
                 println!("FAULT {f}");
@@ -78,108 +234,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(if rep.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Demo { out } => {
-            let n = demo::write_demo(&out).with_context(|| format!("writing {}", out.display()))?;
-            println!("wrote {} ({n} records)", out.display());
+            for (path, n) in demo::write_demo(&out).with_context(|| format!("writing {}", out.display()))? {
+                println!("wrote {} ({n} records)", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn join<T: std::fmt::Display>(v: &[T]) -> String {
-    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
-}
-
-fn lineage_chain(trace: &Trace, t: &TensorInfo) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    if !t.lineage.parents.is_empty() {
-        let names: Vec<String> = t
-            .lineage
-            .parents
-            .iter()
-            .map(|&p| format!("{}#{p}", trace.record_name(p).unwrap_or("?")))
-            .collect();
-        parts.push(names.join(" + "));
-    }
-    parts.extend(t.lineage.ops.iter().map(|o| o.to_string()));
-    if let Some(op) = &t.lineage.engine_op {
-        parts.push(format!("[{} {}]", op.engine, op.op));
-    }
-    parts.join(" → ")
-}
-
-fn inspect(trace: &Trace) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let (major, minor) = trace.version();
-    let _ = writeln!(s, "file     {}", trace.path().display());
-    let _ = writeln!(s, "format   tracedump v{major}.{minor}, {} bytes", trace.file_len());
-    let status = match trace.torn_tail() {
-        _ if trace.is_finished() => "finished (footer index present)".to_string(),
-        Some(t) => format!("UNFINISHED: torn tail of {} bytes at byte {} ({})", t.bytes, t.offset, t.reason),
-        None => "UNFINISHED: no footer (read by scanning)".to_string(),
-    };
-    let _ = writeln!(s, "status   {status}");
-    let storages = trace.records().iter().filter(|r| r.kind == 2).count();
-    let _ = writeln!(s, "records  {} ({} tensors, {} storages)", trace.records().len(), trace.len(), storages);
-    for (k, v) in trace.run_metadata().iter() {
-        let _ = writeln!(s, "run      {k} = {v}");
-    }
-    for w in trace.warnings() {
-        let _ = writeln!(s, "warning  {w}");
-    }
-    let _ = writeln!(s);
-    for &id in trace.tensor_ids() {
-        match trace.tensor(id) {
-            Err(e) => {
-                let _ = writeln!(s, "#{id:<4} {:<20} ERROR {e}", trace.record_name(id).unwrap_or("?"));
-            }
-            Ok(t) => {
-                let occ = match trace.occurrence(id) {
-                    Some((k, n)) if n > 1 => format!(" ({} of {n})", k + 1),
-                    _ => String::new(),
-                };
-                let where_ = match t.storage {
-                    None => "stats only".to_string(),
-                    Some(sid) if sid == id => format!("own bytes +{}", t.layout.storage_offset),
-                    Some(sid) => format!("storage #{sid} +{}", t.layout.storage_offset),
-                };
-                let estr = t.element_strides().map(|e| format!(" elems[{}]", join(&e))).unwrap_or_default();
-                let mut labels = Vec::new();
-                if let Some(l) = t.layer {
-                    labels.push(format!("layer={l}"));
-                }
-                if let Some(st) = t.step {
-                    labels.push(format!("step={st}"));
-                }
-                if let Some(r) = &t.role {
-                    labels.push(format!("role={r}"));
-                }
-                let _ = writeln!(
-                    s,
-                    "#{id:<4} {}{occ}  {} [{}] bytes[{}]{estr} {}  {where_}  {}",
-                    t.name,
-                    t.dtype,
-                    join(&t.layout.shape),
-                    join(&t.layout.byte_strides),
-                    if t.is_contiguous() { "contiguous" } else { "strided" },
-                    labels.join(" "),
-                );
-                if let Some(trace_reader::SourceLayout::Ggml { ne, nb }) = &t.source_layout {
-                    let _ = writeln!(s, "        ggml ne=[{}] nb=[{}]", join(ne), join(nb));
-                }
-                let chain = lineage_chain(trace, t);
-                if !chain.is_empty() {
-                    let _ = writeln!(s, "        lineage {chain}");
-                }
-                if let Some(st) = &t.stats {
-                    let _ = writeln!(
-                        s,
-                        "        stats min={:.6} max={:.6} mean={:.6} std={:.6} absmax={:.6} nan={} inf={}",
-                        st.min, st.max, st.mean, st.std, st.abs_max, st.nan_count, st.inf_count
-                    );
-                }
-            }
-        }
-    }
-    s
 }

@@ -1,0 +1,152 @@
+//! `tracedump diff`: where do two runs part ways.
+
+use std::fmt::Write;
+
+use anyhow::Result;
+use trace_reader::compare::{DiffReport, Pair, Verdict};
+use trace_reader::Trace;
+
+use crate::inspect::{lineage_chain, num};
+use crate::output::{join, Grid};
+
+fn verdict_cell(v: &Verdict) -> String {
+    match v {
+        Verdict::Agree => "ok".into(),
+        Verdict::Diverge(_) => "DIVERGE".into(),
+        Verdict::ShapeMismatch => "SHAPE".into(),
+        Verdict::StatsOnly => "stats".into(),
+        Verdict::Skipped(why) => format!("skipped: {why}"),
+    }
+}
+
+fn name_cell(p: &Pair) -> String {
+    if p.a.name == p.b.name {
+        p.a.name.clone()
+    } else {
+        format!("{} = {}", p.a.name, p.b.name)
+    }
+}
+
+fn side(trace: &Trace, id: u64) -> String {
+    match trace.tensor(id) {
+        Ok(t) => format!(
+            "{} #{id}: {} [{}] byte strides [{}] {}, {}\n      lineage: {}",
+            t.name,
+            t.dtype,
+            join(&t.layout.shape),
+            join(&t.layout.byte_strides),
+            if t.is_contiguous() { "contiguous" } else { "strided" },
+            match t.storage {
+                None => "stats only".to_string(),
+                Some(s) if s == id => format!("own bytes +{}", t.layout.storage_offset),
+                Some(s) => format!("storage #{s} +{}", t.layout.storage_offset),
+            },
+            match lineage_chain(trace, t) {
+                c if c.is_empty() => "(none)".to_string(),
+                c => c,
+            }
+        ),
+        Err(e) => e.to_string(),
+    }
+}
+
+pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<String> {
+    let mut s = String::new();
+    writeln!(s, "A (under test) {}", a.path().display())?;
+    writeln!(s, "B (reference)  {}", b.path().display())?;
+    let t = &r.tolerance;
+    let divergent = r.pairs.iter().filter(|p| p.verdict.is_divergent()).count();
+    writeln!(
+        s,
+        "{} pairs compared, {} divergent; {} only in A, {} only in B (atol {}, rtol {}, min cosine {})",
+        r.pairs.len(),
+        divergent,
+        r.only_in_a.len(),
+        r.only_in_b.len(),
+        t.atol,
+        t.rtol,
+        t.min_cosine
+    )?;
+
+    let mut lt = Grid::new(&["layer", "div/pairs", "max abs err", "min cos", "output", "mean A", "std A", "mean B", "std B", "std A/B"]);
+    for l in &r.layers {
+        lt.row(vec![
+            l.layer.map_or("-".into(), |x| x.to_string()),
+            format!("{}/{}", l.divergent, l.pairs),
+            num(l.max_abs),
+            if l.min_cosine.is_finite() { format!("{:.5}", l.min_cosine) } else { "-".into() },
+            l.last.clone(),
+            num(l.a.mean),
+            num(l.a.std),
+            num(l.b.mean),
+            num(l.b.std),
+            format!("{:.4}", l.std_ratio),
+        ]);
+    }
+    writeln!(s, "\nper layer (mean/std of the layer's last tensor: its output)\n{lt}")?;
+
+    let mut pt = Grid::new(&["#A", "name", "shape", "max abs", "max rel", "cosine", "ulp", "verdict"]);
+    for (i, p) in r.pairs.iter().enumerate() {
+        if !all && !p.verdict.is_divergent() && Some(i) != r.first_divergence && !matches!(p.verdict, Verdict::Skipped(_)) {
+            continue;
+        }
+        let m = p.metrics.as_ref();
+        let stats = matches!(p.verdict, Verdict::StatsOnly);
+        pt.row(vec![
+            p.a.id.to_string(),
+            name_cell(p),
+            format!("[{}]", join(&p.a.shape)),
+            m.filter(|_| !stats).map_or(String::new(), |m| num(m.max_abs)),
+            m.filter(|_| !stats).map_or(String::new(), |m| num(m.max_rel)),
+            m.filter(|_| !stats).map_or(String::new(), |m| format!("{:.5}", m.cosine)),
+            m.and_then(|m| m.max_ulp).map_or(String::new(), |u| u.to_string()),
+            verdict_cell(&p.verdict),
+        ]);
+    }
+    if all {
+        writeln!(s, "\nevery pair, in A's execution order\n{pt}")?;
+    } else {
+        writeln!(s, "\ndivergent pairs (all pairs: --all)\n{pt}")?;
+    }
+
+    match r.first_divergence {
+        None => writeln!(s, "\nthe runs agree: no pair diverges")?,
+        Some(i) => {
+            let p = &r.pairs[i];
+            writeln!(s, "\nFIRST DIVERGENCE: {} (pair {} of {}, in A's execution order)", p.key, i + 1, r.pairs.len())?;
+            match (&p.verdict, &p.metrics) {
+                (Verdict::Diverge(why), Some(m)) => {
+                    writeln!(s, "  why: {}", why.join("; "))?;
+                    writeln!(
+                        s,
+                        "  max abs err {} at [{}]: A = {}, B = {}; max rel {}, mean abs {}, rmse {}, cosine {:.6}",
+                        num(m.max_abs),
+                        join(&m.max_abs_index),
+                        num(m.max_abs_a),
+                        num(m.max_abs_b),
+                        num(m.max_rel),
+                        num(m.mean_abs),
+                        num(m.rmse),
+                        m.cosine
+                    )?;
+                    writeln!(s, "  A mean {} std {}; B mean {} std {}", num(m.a.mean), num(m.a.std), num(m.b.mean), num(m.b.std))?;
+                }
+                (Verdict::ShapeMismatch, _) => writeln!(s, "  shapes differ: A [{}], B [{}]", join(&p.a.shape), join(&p.b.shape))?,
+                _ => {}
+            }
+            writeln!(s, "  A {}", side(a, p.a.id))?;
+            writeln!(s, "  B {}", side(b, p.b.id))?;
+            if i > 0 {
+                let prev = &r.pairs[i - 1];
+                writeln!(s, "  the pair before it: {} ({})", prev.key, verdict_cell(&prev.verdict))?;
+            }
+        }
+    }
+    if !r.only_in_a.is_empty() {
+        writeln!(s, "\nonly in A: {}", r.only_in_a.join(", "))?;
+    }
+    if !r.only_in_b.is_empty() {
+        writeln!(s, "only in B: {}", r.only_in_b.join(", "))?;
+    }
+    Ok(s)
+}

@@ -1,0 +1,382 @@
+//! `tracedump inspect`: what is in a trace and how each tensor is laid out.
+
+use std::fmt::Write;
+
+use anyhow::Result;
+use serde::Serialize;
+use trace_reader::{SourceLayout, TensorFilter, TensorInfo, Trace};
+
+use crate::output::{join, progress, Grid};
+
+/// What `inspect` shows.
+pub struct InspectOptions {
+    pub ggml: bool,
+    pub tree: bool,
+    pub stats: bool,
+    pub filter: TensorFilter,
+}
+
+#[derive(Serialize)]
+struct Header {
+    file: String,
+    format_version: String,
+    bytes: u64,
+    finished: bool,
+    torn_tail: Option<TornJson>,
+    records: usize,
+    tensors: usize,
+    storages: usize,
+    run_metadata: serde_json::Map<String, serde_json::Value>,
+    warnings: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct TornJson {
+    offset: u64,
+    bytes: u64,
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct StatsJson {
+    min: f64,
+    max: f64,
+    mean: f64,
+    std: f64,
+    abs_max: f64,
+    nan: u64,
+    inf: u64,
+    stored: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    id: u64,
+    name: String,
+    occurrence: Option<(usize, usize)>,
+    dtype: String,
+    shape: Vec<u64>,
+    byte_strides: Vec<i64>,
+    element_strides: Option<Vec<i64>>,
+    contiguous: bool,
+    storage: Option<u64>,
+    storage_offset: u64,
+    layer: Option<i64>,
+    step: Option<i64>,
+    role: Option<String>,
+    ggml_ne: Option<Vec<i64>>,
+    ggml_nb: Option<Vec<u64>>,
+    parents: Vec<u64>,
+    lineage: String,
+    stats: Option<StatsJson>,
+    error: Option<String>,
+}
+
+pub fn value_json(v: &trace_reader::Value) -> serde_json::Value {
+    use trace_reader::Value as V;
+    match v {
+        V::Bool(b) => (*b).into(),
+        V::I64(x) => (*x).into(),
+        V::U64(x) => (*x).into(),
+        V::F64(x) => serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into),
+        V::Str(s) => s.clone().into(),
+        V::Bytes(b) => b.iter().map(|x| format!("{x:02x}")).collect::<String>().into(),
+        V::List(items) => items.iter().map(value_json).collect::<Vec<_>>().into(),
+        V::Map(items) => items.iter().map(|(k, v)| (k.clone(), value_json(v))).collect::<serde_json::Map<_, _>>().into(),
+    }
+}
+
+/// The lineage as one readable chain: `cache_k_l0#2 → view(+0, [..]) → permute(0,2,1,3) → [ggml PERMUTE]`.
+pub fn lineage_chain(trace: &Trace, t: &TensorInfo) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if !t.lineage.parents.is_empty() {
+        let names: Vec<String> =
+            t.lineage.parents.iter().map(|&p| format!("{}#{p}", trace.record_name(p).unwrap_or("?"))).collect();
+        parts.push(names.join(" + "));
+    }
+    parts.extend(t.lineage.ops.iter().map(|o| o.to_string()));
+    if let Some(op) = &t.lineage.engine_op {
+        parts.push(format!("[{} {}]", op.engine, op.op));
+    }
+    parts.join(" → ")
+}
+
+fn row(trace: &Trace, id: u64, stats: bool) -> Row {
+    let t = match trace.tensor(id) {
+        Ok(t) => t,
+        Err(e) => {
+            return Row {
+                id,
+                name: trace.record_name(id).unwrap_or("?").to_owned(),
+                occurrence: None,
+                dtype: String::new(),
+                shape: vec![],
+                byte_strides: vec![],
+                element_strides: None,
+                contiguous: false,
+                storage: None,
+                storage_offset: 0,
+                layer: None,
+                step: None,
+                role: None,
+                ggml_ne: None,
+                ggml_nb: None,
+                parents: vec![],
+                lineage: String::new(),
+                stats: None,
+                error: Some(e.to_string()),
+            }
+        }
+    };
+    let (ggml_ne, ggml_nb) = match &t.source_layout {
+        Some(SourceLayout::Ggml { ne, nb }) => (Some(ne.clone()), Some(nb.clone())),
+        None => (None, None),
+    };
+    let mut error = None;
+    let stats = if let (true, Some(s)) = (t.is_stats_only(), &t.stats) {
+        Some(StatsJson { min: s.min, max: s.max, mean: s.mean, std: s.std, abs_max: s.abs_max, nan: s.nan_count, inf: s.inf_count, stored: true })
+    } else if stats {
+        match trace.view(id).and_then(|v| v.compute_stats()) {
+            Ok(s) => Some(StatsJson { min: s.min, max: s.max, mean: s.mean, std: s.std, abs_max: s.abs_max, nan: s.nan_count, inf: s.inf_count, stored: false }),
+            Err(e) => {
+                error = Some(format!("stats: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Row {
+        id,
+        name: t.name.clone(),
+        occurrence: trace.occurrence(id).filter(|&(_, n)| n > 1),
+        dtype: t.dtype.to_string(),
+        shape: t.layout.shape.clone(),
+        byte_strides: t.layout.byte_strides.clone(),
+        element_strides: t.element_strides(),
+        contiguous: t.is_contiguous(),
+        storage: t.storage,
+        storage_offset: t.layout.storage_offset,
+        layer: t.layer,
+        step: t.step,
+        role: t.role.clone(),
+        ggml_ne,
+        ggml_nb,
+        parents: t.lineage.parents.clone(),
+        lineage: lineage_chain(trace, t),
+        stats,
+        error,
+    }
+}
+
+fn header(trace: &Trace) -> Header {
+    let (major, minor) = trace.version();
+    Header {
+        file: trace.path().display().to_string(),
+        format_version: format!("{major}.{minor}"),
+        bytes: trace.file_len(),
+        finished: trace.is_finished(),
+        torn_tail: trace.torn_tail().map(|t| TornJson { offset: t.offset, bytes: t.bytes, reason: t.reason.clone() }),
+        records: trace.records().len(),
+        tensors: trace.len(),
+        storages: trace.records().iter().filter(|r| r.kind == 2).count(),
+        run_metadata: trace.run_metadata().iter().map(|(k, v)| (k.to_owned(), value_json(v))).collect(),
+        warnings: trace.warnings().to_vec(),
+    }
+}
+
+fn rows(trace: &Trace, opts: &InspectOptions) -> Result<Vec<Row>> {
+    let ids = trace.filter(&opts.filter)?;
+    let bar = progress(ids.len() as u64, opts.stats && ids.len() > 200, "stats");
+    let out = ids
+        .iter()
+        .map(|&id| {
+            bar.inc(1);
+            row(trace, id, opts.stats)
+        })
+        .collect();
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+pub fn inspect_json(trace: &Trace, opts: &InspectOptions) -> Result<String> {
+    #[derive(Serialize)]
+    struct Doc {
+        header: Header,
+        tensors: Vec<Row>,
+    }
+    Ok(serde_json::to_string_pretty(&Doc { header: header(trace), tensors: rows(trace, opts)? })?)
+}
+
+fn where_(r: &Row) -> String {
+    match r.storage {
+        None if r.error.is_none() => "stats only".into(),
+        None => String::new(),
+        Some(s) if s == r.id => format!("own bytes +{}", r.storage_offset),
+        Some(s) => format!("storage #{s} +{}", r.storage_offset),
+    }
+}
+
+fn labels(r: &Row) -> String {
+    let mut l = Vec::new();
+    if let Some(x) = r.layer {
+        l.push(format!("L{x}"));
+    }
+    if let Some(x) = r.step {
+        l.push(format!("S{x}"));
+    }
+    if let Some(x) = &r.role {
+        l.push(x.clone());
+    }
+    l.join(" ")
+}
+
+pub fn inspect_text(trace: &Trace, opts: &InspectOptions) -> Result<String> {
+    let mut s = String::new();
+    let h = header(trace);
+    writeln!(s, "file      {}", h.file)?;
+    writeln!(s, "format    tracedump v{}, {} bytes", h.format_version, h.bytes)?;
+    let status = match &h.torn_tail {
+        _ if h.finished => "finished (footer index present)".to_string(),
+        Some(t) => format!("UNFINISHED: torn tail of {} bytes at byte {} ({})", t.bytes, t.offset, t.reason),
+        None => "UNFINISHED: no footer (read by scanning)".to_string(),
+    };
+    writeln!(s, "status    {status}")?;
+    writeln!(s, "records   {} ({} tensors, {} storages)", h.records, h.tensors, h.storages)?;
+    for (k, v) in trace.run_metadata().iter() {
+        writeln!(s, "run       {k} = {v}")?;
+    }
+    for w in &h.warnings {
+        writeln!(s, "warning   {w}")?;
+    }
+    let rows = rows(trace, opts)?;
+    if opts.tree {
+        writeln!(s)?;
+        s.push_str(&tree(trace, &rows));
+        return Ok(s);
+    }
+    writeln!(s)?;
+    for r in &rows {
+        if let (Some(e), true) = (&r.error, r.dtype.is_empty()) {
+            writeln!(s, "#{:<4} {}  ERROR {e}", r.id, r.name)?;
+            continue;
+        }
+        let name = match r.occurrence {
+            Some((k, n)) => format!("{} ({} of {n})", r.name, k + 1),
+            None => r.name.clone(),
+        };
+        writeln!(s, "#{:<4} {name}  {} [{}]  {}", r.id, r.dtype, join(&r.shape), labels(r))?;
+        let elems = match &r.element_strides {
+            Some(e) if !r.contiguous => format!("  elems [{}]", join(e)),
+            _ => String::new(),
+        };
+        let layout = if r.storage.is_none() { "-" } else if r.contiguous { "contiguous" } else { "strided" };
+        writeln!(s, "      {layout}  bytes [{}]{elems}  {}", join(&r.byte_strides), where_(r))?;
+        if !r.lineage.is_empty() {
+            writeln!(s, "      lineage  {}", r.lineage)?;
+        }
+        if let (true, Some(ne), Some(nb)) = (opts.ggml, &r.ggml_ne, &r.ggml_nb) {
+            writeln!(s, "      ggml  ne [{}]  nb [{}]", join(ne), join(nb))?;
+        }
+        if let Some(e) = &r.error {
+            writeln!(s, "      error  {e}")?;
+        }
+    }
+    if opts.stats {
+        let mut st = Grid::new(&["#", "name", "min", "max", "mean", "std", "abs max", "NaN", "Inf"]);
+        for r in &rows {
+            match (&r.stats, &r.error) {
+                (Some(x), _) => {
+                    st.row(vec![
+                        r.id.to_string(),
+                        format!("{}{}", r.name, if x.stored { " (stored)" } else { "" }),
+                        num(x.min),
+                        num(x.max),
+                        num(x.mean),
+                        num(x.std),
+                        num(x.abs_max),
+                        x.nan.to_string(),
+                        x.inf.to_string(),
+                    ]);
+                }
+                (None, Some(e)) => {
+                    st.row(vec![r.id.to_string(), r.name.clone(), e.clone()]);
+                }
+                _ => {}
+            }
+        }
+        writeln!(s, "\n{st}")?;
+    }
+    Ok(s)
+}
+
+/// A number in at most 10 characters: fixed for ordinary magnitudes, else scientific.
+pub fn num(x: f64) -> String {
+    if x.is_nan() {
+        "nan".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "inf" } else { "-inf" }.into()
+    } else if x == 0.0 {
+        "0".into()
+    } else if x.abs() >= 1e4 || x.abs() < 1e-3 {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.5}")
+    }
+}
+
+/// Views grouped under their storages, children under their parents.
+fn tree(trace: &Trace, rows: &[Row]) -> String {
+    let mut s = String::new();
+    let shown: std::collections::HashSet<u64> = rows.iter().map(|r| r.id).collect();
+    let by_id: std::collections::HashMap<u64, &Row> = rows.iter().map(|r| (r.id, r)).collect();
+    let line = |r: &Row| {
+        format!("#{} {} {} [{}] bytes[{}] {}", r.id, r.name, r.dtype, join(&r.shape), join(&r.byte_strides), labels(r))
+    };
+    // a tensor's tree parent: its first parent that is shown and shares its storage
+    let parent_of = |r: &Row| r.parents.iter().copied().find(|p| shown.contains(p) && by_id.get(p).is_some_and(|pr| pr.storage == r.storage));
+    fn walk(
+        s: &mut String,
+        id: u64,
+        depth: usize,
+        rows: &[Row],
+        line: &dyn Fn(&Row) -> String,
+        parent_of: &dyn Fn(&Row) -> Option<u64>,
+        storage: Option<u64>,
+    ) {
+        for r in rows.iter().filter(|r| parent_of(r) == Some(id) && r.storage == storage) {
+            let _ = writeln!(s, "{}└─ {}  {}", "   ".repeat(depth), line(r), r.lineage.rsplit(" → ").next().unwrap_or(""));
+            walk(s, r.id, depth + 1, rows, line, parent_of, storage);
+        }
+    }
+    let mut storages: Vec<Option<u64>> = Vec::new();
+    for r in rows {
+        if !storages.contains(&r.storage) {
+            storages.push(r.storage);
+        }
+    }
+    for st in storages {
+        match st {
+            Some(sid) if trace.records().get(sid as usize).is_some_and(|e| e.kind == 2) => {
+                let len = trace.storage(sid).map(|x| x.len).unwrap_or(0);
+                let _ = writeln!(s, "storage #{sid} {} ({len} bytes)", trace.record_name(sid).unwrap_or(""));
+                for r in rows.iter().filter(|r| r.storage == st && parent_of(r).is_none()) {
+                    let _ = writeln!(s, "└─ {}", line(r));
+                    walk(&mut s, r.id, 1, rows, &line, &parent_of, st);
+                }
+            }
+            None => {
+                for r in rows.iter().filter(|r| r.storage.is_none()) {
+                    let _ = writeln!(s, "(stats only) {}", line(r));
+                }
+            }
+            Some(_) => {
+                for r in rows.iter().filter(|r| r.storage == st && parent_of(r).is_none()) {
+                    let _ = writeln!(s, "own bytes {}", line(r));
+                    walk(&mut s, r.id, 1, rows, &line, &parent_of, st);
+                }
+            }
+        }
+    }
+    s
+}

@@ -1,0 +1,543 @@
+//! Comparing two runs: pair tensors by name (or by rename rules), compare
+//! their logical values whatever their layouts, and find the first tensor
+//! where the runs part ways.
+//!
+//! Run **A** is the run under test, run **B** the reference: relative
+//! errors and tolerances are measured against B's values.
+
+use std::collections::HashMap;
+
+use regex::Regex;
+use trace_format::DType;
+
+use crate::error::ReaderError;
+use crate::trace::{TensorInfo, Trace};
+
+/// When two tensors count as agreeing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Tolerance {
+    /// Absolute tolerance: an element agrees when `|a − b| ≤ atol + rtol·|b|`.
+    pub atol: f64,
+    /// Relative tolerance (see `atol`).
+    pub rtol: f64,
+    /// Smallest cosine similarity that agrees.
+    pub min_cosine: f64,
+}
+
+impl Default for Tolerance {
+    /// `atol = 1e-3`, `rtol = 1e-2`, `min_cosine = 0.999`: loose enough for
+    /// an f16 engine against an f32 reference, tight enough for real bugs.
+    fn default() -> Self {
+        Tolerance { atol: 1e-3, rtol: 1e-2, min_cosine: 0.999 }
+    }
+}
+
+/// Mean and spread of one side's values.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Moments {
+    /// Mean of the finite values.
+    pub mean: f64,
+    /// Population standard deviation of the finite values.
+    pub std: f64,
+    /// Smallest finite value.
+    pub min: f64,
+    /// Largest finite value.
+    pub max: f64,
+}
+
+/// Element-wise comparison of two equally long value sequences.
+#[derive(Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Metrics {
+    /// Elements compared.
+    pub numel: u64,
+    /// Largest `|a − b|` over elements finite on both sides.
+    pub max_abs: f64,
+    /// Row-major index of that element.
+    pub max_abs_index: Vec<u64>,
+    /// A's value there.
+    pub max_abs_a: f64,
+    /// B's value there.
+    pub max_abs_b: f64,
+    /// Largest `|a − b| / max(|a|, |b|)` (0 where both are 0); at most 2.
+    pub max_rel: f64,
+    /// Mean `|a − b|`.
+    pub mean_abs: f64,
+    /// Root mean square of `a − b`.
+    pub rmse: f64,
+    /// Cosine similarity of the finite values (1 when both are all zero).
+    pub cosine: f64,
+    /// Largest distance in units in the last place, for f16 or bf16 tensors
+    /// (the other side rounded to that type first).
+    pub max_ulp: Option<u64>,
+    /// Elements NaN on one side only.
+    pub nan_mismatch: u64,
+    /// Elements infinite on one side only, or infinite with opposite signs.
+    pub inf_mismatch: u64,
+    /// Elements outside `atol + rtol·|b|`.
+    pub outside_tolerance: u64,
+    /// A's moments.
+    pub a: Moments,
+    /// B's moments.
+    pub b: Moments,
+}
+
+fn moments(v: &[f64]) -> Moments {
+    let mut acc = trace_format::stats::StatsAccumulator::new();
+    v.iter().for_each(|&x| acc.push(x));
+    let s = acc.finish(None);
+    Moments { mean: s.mean, std: s.std, min: s.min, max: s.max }
+}
+
+/// Map a 16-bit float's bits to an integer line where neighbours differ by 1.
+fn ordered16(bits: u16) -> i32 {
+    if bits & 0x8000 != 0 {
+        -((bits & 0x7fff) as i32)
+    } else {
+        bits as i32
+    }
+}
+
+fn to_bits16(dtype: DType, v: f64) -> u16 {
+    match dtype {
+        DType::BF16 => half::bf16::from_f64(v).to_bits(),
+        _ => half::f16::from_f64(v).to_bits(),
+    }
+}
+
+/// Compare `a` against the reference `b` (same length, row-major of `shape`).
+/// `ulp_dtype` is f16 or bf16 when either side is stored in it.
+pub fn compare_values(a: &[f64], b: &[f64], shape: &[u64], tol: &Tolerance, ulp_dtype: Option<DType>) -> Metrics {
+    let mut m = Metrics { numel: a.len().min(b.len()) as u64, ..Default::default() };
+    let (mut dot, mut na, mut nb, mut sum_abs, mut sum_sq, mut finite) = (0.0, 0.0, 0.0, 0.0, 0.0, 0u64);
+    let mut max_ulp = 0u64;
+    let mut at = None;
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        if x.is_nan() || y.is_nan() {
+            if x.is_nan() != y.is_nan() {
+                m.nan_mismatch += 1;
+                m.outside_tolerance += 1;
+            }
+            continue;
+        }
+        if x.is_infinite() || y.is_infinite() {
+            if x != y {
+                m.inf_mismatch += 1;
+                m.outside_tolerance += 1;
+            }
+            continue;
+        }
+        let d = (x - y).abs();
+        if d > m.max_abs || at.is_none() {
+            m.max_abs = d;
+            at = Some(i);
+        }
+        let scale = x.abs().max(y.abs());
+        if scale > 0.0 {
+            m.max_rel = m.max_rel.max(d / scale);
+        }
+        if d > tol.atol + tol.rtol * y.abs() {
+            m.outside_tolerance += 1;
+        }
+        if let Some(dt) = ulp_dtype {
+            let u = (ordered16(to_bits16(dt, x)) - ordered16(to_bits16(dt, y))).unsigned_abs() as u64;
+            max_ulp = max_ulp.max(u);
+        }
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+        sum_abs += d;
+        sum_sq += d * d;
+        finite += 1;
+    }
+    if let Some(i) = at {
+        m.max_abs_index = unravel(i as u64, shape);
+        m.max_abs_a = a[i];
+        m.max_abs_b = b[i];
+    }
+    if finite > 0 {
+        m.mean_abs = sum_abs / finite as f64;
+        m.rmse = (sum_sq / finite as f64).sqrt();
+    }
+    m.cosine = if na == 0.0 && nb == 0.0 {
+        1.0
+    } else if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    };
+    m.max_ulp = ulp_dtype.map(|_| max_ulp);
+    m.a = moments(a);
+    m.b = moments(b);
+    m
+}
+
+/// The multi-index of row-major position `flat` in `shape`.
+pub fn unravel(mut flat: u64, shape: &[u64]) -> Vec<u64> {
+    let mut idx = vec![0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        let n = shape[d].max(1);
+        idx[d] = flat % n;
+        flat /= n;
+    }
+    idx
+}
+
+/// Rules that rename run A's tensors before pairing them with run B's.
+#[derive(Clone, Debug, Default)]
+pub struct Renamer {
+    rules: Vec<(Regex, String)>,
+}
+
+/// The `llama-hf` preset: llama.cpp eval-callback names to HF transformers
+/// module names (a module's output; `.input` marks a module's input).
+pub const PRESET_LLAMA_HF: &str = include_str!("../presets/llama-hf.map");
+
+impl Renamer {
+    /// No renaming.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Add a rule: names matching `pattern` (a regex) become `replacement`
+    /// (`$1`… refer to groups). The first matching rule wins.
+    pub fn push(&mut self, pattern: &str, replacement: &str) -> Result<(), regex::Error> {
+        self.rules.push((Regex::new(pattern)?, replacement.to_owned()));
+        Ok(())
+    }
+
+    /// Rules from a mapping file's text: one `PATTERN => REPLACEMENT` per
+    /// line; blank lines and lines starting with `#` are ignored.
+    pub fn from_map(text: &str) -> Result<Self, String> {
+        let mut r = Renamer::none();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (pat, rep) = line.split_once("=>").ok_or_else(|| format!("line {}: expected `PATTERN => REPLACEMENT`", n + 1))?;
+            r.push(pat.trim(), rep.trim()).map_err(|e| format!("line {}: {e}", n + 1))?;
+        }
+        Ok(r)
+    }
+
+    /// A named preset (`llama-hf`).
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "llama-hf" => Self::from_map(PRESET_LLAMA_HF).ok(),
+            _ => None,
+        }
+    }
+
+    /// Append another renamer's rules after this one's.
+    pub fn extend(&mut self, other: Renamer) {
+        self.rules.extend(other.rules);
+    }
+
+    /// The name `name` pairs under.
+    pub fn apply(&self, name: &str) -> String {
+        for (re, rep) in &self.rules {
+            if re.is_match(name) {
+                return re.replace(name, rep.as_str()).into_owned();
+            }
+        }
+        name.to_owned()
+    }
+}
+
+/// The verdict on one pair.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(tag = "kind", content = "detail", rename_all = "snake_case"))]
+pub enum Verdict {
+    /// Within tolerance.
+    Agree,
+    /// Outside tolerance; the reasons say how.
+    Diverge(Vec<String>),
+    /// The logical shapes differ (size-1 dimensions aside).
+    ShapeMismatch,
+    /// Only statistics were recorded on a side: compared by moments, no verdict.
+    StatsOnly,
+    /// Could not be compared (e.g. a block dtype before dequantization).
+    Skipped(String),
+}
+
+impl Verdict {
+    /// Whether this pair marks the runs as parted.
+    pub fn is_divergent(&self) -> bool {
+        matches!(self, Verdict::Diverge(_) | Verdict::ShapeMismatch)
+    }
+}
+
+/// One side of a pair.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Side {
+    /// Record id.
+    pub id: u64,
+    /// Name in its trace.
+    pub name: String,
+    /// Dtype name.
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Byte strides.
+    pub byte_strides: Vec<i64>,
+    /// Whether contiguous.
+    pub contiguous: bool,
+    /// Layer.
+    pub layer: Option<i64>,
+}
+
+impl Side {
+    fn of(t: &TensorInfo) -> Self {
+        Side {
+            id: t.id,
+            name: t.name.clone(),
+            dtype: t.dtype.to_string(),
+            shape: t.layout.shape.clone(),
+            byte_strides: t.layout.byte_strides.clone(),
+            contiguous: t.is_contiguous(),
+            layer: t.layer,
+        }
+    }
+}
+
+/// One compared pair.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Pair {
+    /// The name both sides pair under (A's name after renaming).
+    pub key: String,
+    /// Run A's tensor.
+    pub a: Side,
+    /// Run B's tensor.
+    pub b: Side,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The metrics (absent when skipped or shapes differ; moments only for stats-only pairs).
+    pub metrics: Option<Metrics>,
+}
+
+/// Per-layer error growth, as people tabulate it by hand.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct LayerSummary {
+    /// The layer (`None`: tensors without a layer).
+    pub layer: Option<i64>,
+    /// Pairs compared in the layer.
+    pub pairs: u64,
+    /// Pairs that diverge.
+    pub divergent: u64,
+    /// Largest max-abs error in the layer.
+    pub max_abs: f64,
+    /// Smallest cosine in the layer.
+    pub min_cosine: f64,
+    /// The layer's last compared tensor (its output, in execution order).
+    pub last: String,
+    /// A's moments of that tensor.
+    pub a: Moments,
+    /// B's moments of that tensor.
+    pub b: Moments,
+    /// `a.std / b.std`.
+    pub std_ratio: f64,
+}
+
+/// Everything `diff` found.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct DiffReport {
+    /// The tolerance used.
+    pub tolerance: Tolerance,
+    /// Pairs in run A's execution order.
+    pub pairs: Vec<Pair>,
+    /// Index into `pairs` of the first divergent pair.
+    pub first_divergence: Option<usize>,
+    /// A's tensors without a partner (`name (record id)`).
+    pub only_in_a: Vec<String>,
+    /// B's tensors without a partner.
+    pub only_in_b: Vec<String>,
+    /// Per-layer summary, in layer order.
+    pub layers: Vec<LayerSummary>,
+}
+
+impl DiffReport {
+    /// Whether the runs agree: no divergent pair.
+    pub fn agrees(&self) -> bool {
+        self.first_divergence.is_none()
+    }
+}
+
+fn squeezed(shape: &[u64]) -> Vec<u64> {
+    shape.iter().copied().filter(|&n| n != 1).collect()
+}
+
+fn compare_pair(ta: &Trace, a: &TensorInfo, tb: &Trace, b: &TensorInfo, tol: &Tolerance) -> Result<(Verdict, Option<Metrics>), ReaderError> {
+    if a.is_stats_only() || b.is_stats_only() {
+        let moments_of = |trace: &Trace, t: &TensorInfo| -> Result<Moments, ReaderError> {
+            match &t.stats {
+                Some(s) if t.is_stats_only() => Ok(Moments { mean: s.mean, std: s.std, min: s.min, max: s.max }),
+                _ => Ok(moments(&trace.view(t.id)?.to_f64()?)),
+            }
+        };
+        let (ma, mb) = (moments_of(ta, a)?, moments_of(tb, b)?);
+        return Ok((Verdict::StatsOnly, Some(Metrics { a: ma, b: mb, ..Default::default() })));
+    }
+    for t in [a, b] {
+        if t.dtype.is_block() {
+            return Ok((Verdict::Skipped(format!("{} values need dequantization", t.dtype)), None));
+        }
+    }
+    if squeezed(&a.layout.shape) != squeezed(&b.layout.shape) {
+        return Ok((Verdict::ShapeMismatch, None));
+    }
+    let va = ta.view(a.id)?.to_f64()?;
+    let vb = tb.view(b.id)?.to_f64()?;
+    let ulp = [a.dtype, b.dtype].into_iter().find(|d| matches!(d, DType::F16 | DType::BF16));
+    let m = compare_values(&va, &vb, &a.layout.shape, tol, ulp);
+    let mut why = Vec::new();
+    if m.outside_tolerance > 0 {
+        why.push(format!("{} of {} elements outside atol {} + rtol {}·|b|", m.outside_tolerance, m.numel, tol.atol, tol.rtol));
+    }
+    if m.cosine < tol.min_cosine {
+        why.push(format!("cosine {:.6} < {}", m.cosine, tol.min_cosine));
+    }
+    if m.nan_mismatch > 0 {
+        why.push(format!("{} NaN mismatches", m.nan_mismatch));
+    }
+    if m.inf_mismatch > 0 {
+        why.push(format!("{} Inf mismatches", m.inf_mismatch));
+    }
+    let verdict = if why.is_empty() { Verdict::Agree } else { Verdict::Diverge(why) };
+    Ok((verdict, Some(m)))
+}
+
+/// Pair run A's tensors with run B's and compare them.
+///
+/// A's names pass through `renamer`; the k-th occurrence of a name in A
+/// pairs with the k-th occurrence in B. `progress` is called after each pair
+/// with (done, total).
+pub fn diff(
+    a: &Trace,
+    b: &Trace,
+    renamer: &Renamer,
+    tol: &Tolerance,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<DiffReport, ReaderError> {
+    let mut b_by_name: HashMap<&str, Vec<u64>> = HashMap::new();
+    for &id in b.tensor_ids() {
+        b_by_name.entry(b.record_name(id).unwrap_or("")).or_default().push(id);
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut used_b = std::collections::HashSet::new();
+    let mut pairs = Vec::new();
+    let mut only_in_a = Vec::new();
+    let total = a.len();
+    for (done, &ida) in a.tensor_ids().iter().enumerate() {
+        let ta = a.tensor(ida)?;
+        let key = renamer.apply(&ta.name);
+        let k = seen.entry(key.clone()).or_insert(0);
+        let partner = b_by_name.get(key.as_str()).and_then(|ids| ids.get(*k)).copied();
+        *k += 1;
+        match partner {
+            None => only_in_a.push(format!("{} (#{ida})", ta.name)),
+            Some(idb) => {
+                used_b.insert(idb);
+                let tb = b.tensor(idb)?;
+                let (verdict, metrics) = compare_pair(a, ta, b, tb, tol)?;
+                pairs.push(Pair { key, a: Side::of(ta), b: Side::of(tb), verdict, metrics });
+            }
+        }
+        progress(done + 1, total);
+    }
+    let only_in_b = b
+        .tensor_ids()
+        .iter()
+        .filter(|id| !used_b.contains(*id))
+        .map(|&id| format!("{} (#{id})", b.record_name(id).unwrap_or("")))
+        .collect();
+    let first_divergence = pairs.iter().position(|p| p.verdict.is_divergent());
+    let layers = layer_summary(&pairs);
+    Ok(DiffReport { tolerance: *tol, pairs, first_divergence, only_in_a, only_in_b, layers })
+}
+
+fn layer_summary(pairs: &[Pair]) -> Vec<LayerSummary> {
+    let mut layers: Vec<LayerSummary> = Vec::new();
+    for p in pairs {
+        let Some(m) = &p.metrics else { continue };
+        let layer = p.a.layer.or(p.b.layer);
+        let i = match layers.iter().position(|l| l.layer == layer) {
+            Some(i) => i,
+            None => {
+                layers.push(LayerSummary {
+                    layer,
+                    pairs: 0,
+                    divergent: 0,
+                    max_abs: 0.0,
+                    min_cosine: f64::INFINITY,
+                    last: String::new(),
+                    a: Moments::default(),
+                    b: Moments::default(),
+                    std_ratio: f64::NAN,
+                });
+                layers.len() - 1
+            }
+        };
+        let l = &mut layers[i];
+        l.pairs += 1;
+        l.divergent += u64::from(p.verdict.is_divergent());
+        if p.verdict != Verdict::StatsOnly {
+            l.max_abs = l.max_abs.max(m.max_abs);
+            l.min_cosine = l.min_cosine.min(m.cosine);
+        }
+        l.last = p.key.clone();
+        l.a = m.a;
+        l.b = m.b;
+        l.std_ratio = if m.b.std != 0.0 { m.a.std / m.b.std } else { f64::NAN };
+    }
+    layers.sort_by_key(|l| l.layer.unwrap_or(i64::MIN));
+    layers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_of_known_values() {
+        let a = [1.0, 2.0, 3.0, f64::NAN, 5.0];
+        let b = [1.0, 2.5, 3.0, 4.0, f64::NAN];
+        let m = compare_values(&a, &b, &[5], &Tolerance::default(), None);
+        assert_eq!(m.max_abs, 0.5);
+        assert_eq!(m.max_abs_index, vec![1]);
+        assert_eq!((m.max_abs_a, m.max_abs_b), (2.0, 2.5));
+        assert_eq!(m.nan_mismatch, 2);
+        assert_eq!(m.max_rel, 0.5 / 2.5);
+        assert_eq!(m.outside_tolerance, 3);
+        let cos = (1.0 + 5.0 + 9.0) / ((1.0f64 + 4.0 + 9.0).sqrt() * (1.0f64 + 6.25 + 9.0).sqrt());
+        assert!((m.cosine - cos).abs() < 1e-15);
+        assert!((m.rmse - (0.25f64 / 3.0).sqrt()).abs() < 1e-15);
+    }
+
+    #[test]
+    fn ulp_distance_in_f16() {
+        let one = 1.0;
+        let next = half::f16::from_bits(0x3c01).to_f64();
+        let m = compare_values(&[one, -0.0], &[next, 0.0], &[2], &Tolerance::default(), Some(DType::F16));
+        assert_eq!(m.max_ulp, Some(1));
+    }
+
+    #[test]
+    fn preset_maps_llama_names() {
+        let r = Renamer::preset("llama-hf").unwrap();
+        assert_eq!(r.apply("attn_norm-0"), "model.layers.0.input_layernorm");
+        assert_eq!(r.apply("Qcur-12"), "model.layers.12.self_attn.q_proj");
+        assert_eq!(r.apply("kqv_out-3"), "model.layers.3.self_attn.o_proj.input");
+        assert_eq!(r.apply("ffn_out-7"), "model.layers.7.mlp.down_proj");
+        assert_eq!(r.apply("result_output"), "lm_head");
+        assert_eq!(r.apply("something_else"), "something_else");
+        assert!(Renamer::from_map("no arrow here").is_err());
+    }
+}
