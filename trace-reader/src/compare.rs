@@ -67,7 +67,7 @@ pub struct Metrics {
     pub mean_abs: f64,
     /// Root mean square of `a − b`.
     pub rmse: f64,
-    /// Cosine similarity of the finite values (1 when both are all zero).
+    /// Cosine similarity of the finite values (exactly 1 when they are identical).
     pub cosine: f64,
     /// Largest distance in units in the last place, for f16 or bf16 tensors
     /// (the other side rounded to that type first).
@@ -161,12 +161,13 @@ pub fn compare_values(a: &[f64], b: &[f64], shape: &[u64], tol: &Tolerance, ulp_
         m.mean_abs = sum_abs / finite as f64;
         m.rmse = (sum_sq / finite as f64).sqrt();
     }
-    m.cosine = if na == 0.0 && nb == 0.0 {
+    m.cosine = if sum_sq == 0.0 {
+        // identical finite values: exactly 1, not 1 − rounding
         1.0
     } else if na == 0.0 || nb == 0.0 {
         0.0
     } else {
-        dot / (na.sqrt() * nb.sqrt())
+        (dot / (na.sqrt() * nb.sqrt())).clamp(-1.0, 1.0)
     };
     m.max_ulp = ulp_dtype.map(|_| max_ulp);
     m.a = moments(a);

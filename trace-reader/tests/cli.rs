@@ -112,3 +112,54 @@ fn hostile_files_are_clear_errors() {
     assert_eq!(code, 2);
     assert!(text.contains("out of range"), "{text}");
 }
+
+#[test]
+fn recover_export_import_round_trip() {
+    let dir = demo_dir();
+    let d = dir.path();
+    // a writer killed mid-file: recover keeps every complete record and finishes the file
+    let bytes = std::fs::read(d.join("demo.tdump")).unwrap();
+    std::fs::write(d.join("torn.tdump"), &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let torn = Trace::open(d.join("torn.tdump")).unwrap();
+    let (code, text) = run(d, &["recover", "torn.tdump", "fixed.tdump"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("stopped at byte"), "{text}");
+    let fixed = Trace::open(d.join("fixed.tdump")).unwrap();
+    assert!(fixed.is_finished() && fixed.verify().is_ok());
+    assert_eq!(fixed.tensor_ids(), torn.tensor_ids());
+    for &id in torn.tensor_ids() {
+        let (a, b) = (torn.view(id).unwrap(), fixed.view(id).unwrap());
+        assert_eq!(a.info().name, b.info().name);
+        if !a.info().is_stats_only() {
+            assert_eq!(a.materialize().unwrap(), b.materialize().unwrap());
+        }
+    }
+    assert_eq!(run(d, &["recover", "fixed.tdump", "fixed.tdump"]).0, 2, "refuses to overwrite its input");
+
+    // export the reference to safetensors, import it back: the runs agree exactly
+    let (code, text) = run(d, &["export", "demo.reference.tdump", "--to", "safetensors", "ref.safetensors"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(run(d, &["import", "ref.safetensors", "ref2.tdump"]).0, 0);
+    let (code, text) = run(d, &["diff", "ref2.tdump", "demo.reference.tdump", "--atol", "0", "--rtol", "0", "--min-cosine", "1"]);
+    assert_eq!(code, 0, "{text}");
+    // the backend run: strided views are written contiguous, stats-only skipped, f16 kept
+    let (code, text) = run(d, &["export", "demo.tdump", "--to", "safetensors", "a.safetensors", "--layer", "0", "--json"]);
+    assert_eq!(code, 0, "{text}");
+    let sum: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(sum["exported"].as_array().unwrap().iter().any(|n| n == "k-0"));
+    assert!(sum["skipped"].as_array().unwrap().iter().any(|p| p[0] == "kq_soft_max-0"));
+    assert_eq!(run(d, &["import", "a.safetensors", "a.tdump"]).0, 0);
+    let a = Trace::open(d.join("a.tdump")).unwrap();
+    let k = a.get("k-0").unwrap();
+    assert!(k.is_contiguous());
+    assert_eq!(
+        a.view(k.id).unwrap().to_f32().unwrap(),
+        Trace::open(d.join("demo.tdump")).unwrap().view_by_name("k-0").unwrap().to_f32().unwrap()
+    );
+    let (code, text) = run(d, &["export", "demo.tdump", "--to", "npz", "a.npz", "--filter", "^Qcur"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(std::fs::metadata(d.join("a.npz")).unwrap().len() > 4 * 8 * 64 * 2);
+    let (code, text) = run(d, &["export", "demo.tdump", "--to", "csv", "x.csv"]);
+    assert_eq!(code, 2);
+    assert!(text.contains("choose safetensors or npz"), "{text}");
+}

@@ -10,6 +10,8 @@ use trace_reader::compare::{diff, Renamer, Tolerance};
 use trace_reader::{DType, TensorFilter, Trace};
 
 mod demo;
+mod export;
+mod recover;
 mod diffcmd;
 mod inspect;
 mod output;
@@ -141,6 +143,49 @@ enum Command {
         /// The trace file.
         file: PathBuf,
     },
+    /// Turn a torn trace (writer killed) into a clean, finished one holding every complete record.
+    ///
+    /// Records are copied byte for byte with their ids; a footer index is
+    /// added. Recovery stops at the first record whose checksum fails.
+    #[command(after_help = "Example:\n  tracedump recover crashed.tdump recovered.tdump")]
+    Recover {
+        /// The torn (or any) trace.
+        input: PathBuf,
+        /// Where to write the clean trace (not the input).
+        output: PathBuf,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write logical tensors (contiguous, row-major) to safetensors or npz.
+    ///
+    /// Repeated names get `#k` for their k-th occurrence. Stats-only and
+    /// block-quantized tensors are skipped and listed. safetensors keeps the
+    /// run metadata and every source layout in `__metadata__`; npz (numpy)
+    /// gets bf16/fp8 as float32.
+    #[command(after_help = "Examples:\n  tracedump export run.tdump --to safetensors run.safetensors\n  tracedump export run.tdump --to npz layer0.npz --layer 0")]
+    Export {
+        /// The trace file.
+        file: PathBuf,
+        /// `safetensors` or `npz`.
+        #[arg(long, value_name = "FORMAT")]
+        to: String,
+        /// The output file.
+        out: PathBuf,
+        #[command(flatten)]
+        filters: Filters,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert a safetensors file into a trace.
+    #[command(after_help = "Example:\n  tracedump import weights.safetensors weights.tdump")]
+    Import {
+        /// The safetensors file.
+        file: PathBuf,
+        /// The trace to write.
+        out: PathBuf,
+    },
     /// Write the built-in example: a 4-layer model run twice, with a planted divergence.
     ///
     /// OUT is the run under test; OUT's stem + `.reference.tdump` is the reference.
@@ -232,6 +277,49 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if rep.is_ok() { "OK".to_string() } else { format!("{} faults", rep.faults.len()) }
             );
             Ok(if rep.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Recover { input, output, json } => {
+            let sum = recover::recover(&input, &output)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sum)?);
+            } else {
+                println!("wrote {}: {} records, {} bytes", output.display(), sum.records, sum.bytes_written);
+                match &sum.stopped_at {
+                    Some((offset, why)) => {
+                        println!("stopped at byte {offset}: {why}; {} bytes of the input were not carried over", sum.dropped_tail_bytes)
+                    }
+                    None => println!("every record of the input was carried over"),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { file, to, out, filters, json } => {
+            let format = match to.to_ascii_lowercase().as_str() {
+                "safetensors" => export::ExportFormat::Safetensors,
+                "npz" => export::ExportFormat::Npz,
+                other => bail!("--to {other}: choose safetensors or npz"),
+            };
+            let trace = open(&file)?;
+            let filter = filters.build()?;
+            let ids = trace.filter(&filter)?;
+            let sum = export::export(&trace, format, &out, Some(&ids))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sum)?);
+            } else {
+                println!("wrote {}: {} tensors, {} bytes", out.display(), sum.exported.len(), sum.bytes);
+                for (name, why) in &sum.converted {
+                    println!("  converted {name}: {why}");
+                }
+                for (name, why) in &sum.skipped {
+                    println!("  skipped {name}: {why}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import { file, out } => {
+            let sum = export::import_safetensors(&file, &out)?;
+            println!("wrote {}: {} tensors, {} bytes", out.display(), sum.tensors, sum.bytes);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo { out } => {
             for (path, n) in demo::write_demo(&out).with_context(|| format!("writing {}", out.display()))? {
