@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use trace_format::codec::{encode_footer, encode_run_metadata, encode_storage, encode_tensor, DataRef, IndexEntry, StorageDesc, TensorDesc};
+use trace_format::codec::{encode_run_metadata, encode_storage, encode_tensor, DataRef, IndexEntry, StorageDesc, TensorDesc};
 use trace_format::layout::ggml;
-use trace_format::record::{body_head, crc32c, encode_file_header, next_record_offset, RecordHeader, RecordKind, Trailer};
+use trace_format::record::{encode_file_header, frame_footer, frame_record, RecordKind, Trailer};
 use trace_format::{DType, Layout, Lineage, Metadata, Op};
 use trace_reader::{ReaderError, Trace};
 use trace_writer::{Mode, TensorMeta, WhenFull, Writer, WriterOptions};
@@ -112,30 +112,20 @@ impl RawTrace {
     fn push(&mut self, kind: RecordKind, name: &str, descriptor: &[u8], payload: &[u8]) -> u64 {
         let id = self.index.len() as u64;
         let off = self.bytes.len() as u64;
-        let mut body = body_head(off, descriptor, payload.len() as u64);
-        body.extend_from_slice(payload);
-        let h = RecordHeader { kind: kind as u16, flags: 0, record_id: id, body_len: body.len() as u64, body_crc32c: crc32c(&body) };
-        self.bytes.extend_from_slice(&h.encode());
-        self.bytes.extend_from_slice(&body);
-        self.bytes.resize(next_record_offset(off, body.len() as u64).unwrap() as usize, 0);
+        let framed = frame_record(off, id, kind, descriptor, payload);
+        let body_len = u64::from_le_bytes(framed[16..24].try_into().unwrap());
+        self.bytes.extend_from_slice(&framed);
         let name_offset = self.names.len() as u64;
         self.names.extend_from_slice(name.as_bytes());
-        self.index.push(IndexEntry { offset: off, body_len: body.len() as u64, kind: kind as u16, step: None, layer: None, name_offset, name_len: name.len() as u32 });
+        self.index.push(IndexEntry { offset: off, body_len, kind: kind as u16, step: None, layer: None, name_offset, name_len: name.len() as u32 });
         id
     }
     fn tensor(&mut self, desc: &TensorDesc, payload: &[u8]) -> u64 {
         self.push(RecordKind::Tensor, &desc.name, &encode_tensor(desc), payload)
     }
     fn finish(mut self) -> Vec<u8> {
-        let fo = self.bytes.len() as u64;
-        let n = self.index.len() as u64;
-        let d = encode_footer(&self.index, &self.names);
-        let body = body_head(fo, &d, 0);
-        let h = RecordHeader { kind: RecordKind::Footer as u16, flags: 0, record_id: n, body_len: body.len() as u64, body_crc32c: crc32c(&body) };
-        self.bytes.extend_from_slice(&h.encode());
-        self.bytes.extend_from_slice(&body);
-        self.bytes.resize(next_record_offset(fo, body.len() as u64).unwrap() as usize, 0);
-        self.bytes.extend_from_slice(&Trailer { footer_offset: fo, record_count: n }.encode());
+        let tail = frame_footer(self.bytes.len() as u64, &self.index, &self.names);
+        self.bytes.extend_from_slice(&tail);
         self.bytes
     }
 }

@@ -204,6 +204,31 @@ pub fn body_head(record_offset: u64, descriptor: &[u8], payload_len: u64) -> Vec
     b
 }
 
+/// One whole record as it lies in the file at `record_offset`: header, body
+/// and the zero padding up to the next record. For small records and tools;
+/// the writer streams large payloads instead of copying them.
+pub fn frame_record(record_offset: u64, record_id: u64, kind: RecordKind, descriptor: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut body = body_head(record_offset, descriptor, payload.len() as u64);
+    body.extend_from_slice(payload);
+    let header = RecordHeader { kind: kind as u16, flags: 0, record_id, body_len: body.len() as u64, body_crc32c: crc32c(&body) };
+    let end = next_record_offset(record_offset, body.len() as u64).unwrap_or(u64::MAX);
+    let mut out = Vec::with_capacity((end - record_offset) as usize);
+    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(&body);
+    out.resize((end - record_offset) as usize, 0);
+    out
+}
+
+/// The end of a finished file written at `footer_offset`: the FOOTER record
+/// indexing `entries` (whose names are in `names`), its padding, and the trailer.
+pub fn frame_footer(footer_offset: u64, entries: &[crate::codec::IndexEntry], names: &[u8]) -> Vec<u8> {
+    let record_count = entries.len() as u64;
+    let descriptor = crate::codec::encode_footer(entries, names);
+    let mut out = frame_record(footer_offset, record_count, RecordKind::Footer, &descriptor, &[]);
+    out.extend_from_slice(&Trailer { footer_offset, record_count }.encode());
+    out
+}
+
 /// A decoded body: descriptor and payload slices, checked against the framing rules.
 #[derive(Clone, Copy, Debug)]
 pub struct Body<'a> {

@@ -362,12 +362,14 @@ pub struct DiffReport {
     pub only_in_b: Vec<String>,
     /// Per-layer summary, in layer order.
     pub layers: Vec<LayerSummary>,
+    /// Tensors that could not be read (bad layout, unknown dtype, …), with the error.
+    pub unreadable: Vec<String>,
 }
 
 impl DiffReport {
-    /// Whether the runs agree: no divergent pair.
+    /// Whether the runs agree: no divergent pair and no unreadable tensor.
     pub fn agrees(&self) -> bool {
-        self.first_divergence.is_none()
+        self.first_divergence.is_none() && self.unreadable.is_empty()
     }
 }
 
@@ -436,8 +438,16 @@ pub fn diff(
     let mut pairs = Vec::new();
     let mut only_in_a = Vec::new();
     let total = a.len();
+    let mut unreadable = Vec::new();
     for (done, &ida) in a.tensor_ids().iter().enumerate() {
-        let ta = a.tensor(ida)?;
+        progress(done + 1, total);
+        let ta = match a.tensor(ida) {
+            Ok(t) => t,
+            Err(e) => {
+                unreadable.push(format!("A: {e}"));
+                continue;
+            }
+        };
         let key = renamer.apply(&ta.name);
         let k = seen.entry(key.clone()).or_insert(0);
         let partner = b_by_name.get(key.as_str()).and_then(|ids| ids.get(*k)).copied();
@@ -446,12 +456,25 @@ pub fn diff(
             None => only_in_a.push(format!("{} (#{ida})", ta.name)),
             Some(idb) => {
                 used_b.insert(idb);
-                let tb = b.tensor(idb)?;
-                let (verdict, metrics) = compare_pair(a, ta, b, tb, tol)?;
+                let tb = match b.tensor(idb) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        unreadable.push(format!("B: {e}"));
+                        continue;
+                    }
+                };
+                let (verdict, metrics) = match compare_pair(a, ta, b, tb, tol) {
+                    Ok(x) => x,
+                    Err(e) => (Verdict::Skipped(format!("unreadable: {e}")), None),
+                };
+                if let Verdict::Skipped(why) = &verdict {
+                    if why.starts_with("unreadable") {
+                        unreadable.push(format!("{key}: {why}"));
+                    }
+                }
                 pairs.push(Pair { key, a: Side::of(ta), b: Side::of(tb), verdict, metrics });
             }
         }
-        progress(done + 1, total);
     }
     let only_in_b = b
         .tensor_ids()
@@ -461,7 +484,7 @@ pub fn diff(
         .collect();
     let first_divergence = pairs.iter().position(|p| p.verdict.is_divergent());
     let layers = layer_summary(&pairs);
-    Ok(DiffReport { tolerance: *tol, pairs, first_divergence, only_in_a, only_in_b, layers })
+    Ok(DiffReport { tolerance: *tol, pairs, first_divergence, only_in_a, only_in_b, layers, unreadable })
 }
 
 fn layer_summary(pairs: &[Pair]) -> Vec<LayerSummary> {

@@ -4,9 +4,9 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use trace_format::codec::{encode_footer, IndexEntry};
+use trace_format::codec::IndexEntry;
 use trace_format::record::{
-    self, body_head, crc32c, crc32c_append, encode_file_header, next_record_offset, RecordHeader, RecordKind, Trailer,
+    self, body_head, crc32c, crc32c_append, encode_file_header, frame_footer, next_record_offset, RecordHeader, RecordKind,
 };
 
 /// A record ready to be framed: its descriptor and payload.
@@ -123,26 +123,10 @@ impl Sink {
 
     /// Write the footer and trailer; returns (records, file bytes).
     pub fn finish(&mut self) -> io::Result<(u64, u64)> {
-        let record_count = self.next_id();
-        let footer_offset = self.offset;
-        let descriptor = encode_footer(&self.index, &self.names);
-        let head = body_head(footer_offset, &descriptor, 0);
-        let header = RecordHeader {
-            kind: RecordKind::Footer as u16,
-            flags: 0,
-            record_id: record_count,
-            body_len: head.len() as u64,
-            body_crc32c: crc32c(&head),
-        };
-        let next = next_record_offset(footer_offset, head.len() as u64)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "footer too large"))?;
-        let pad = (next - footer_offset - record::RECORD_HEADER_BYTES - head.len() as u64) as usize;
-        self.file.write_all(&header.encode())?;
-        self.file.write_all(&head)?;
-        self.file.write_all(&ZEROS[..pad])?;
-        self.file.write_all(&Trailer { footer_offset, record_count }.encode())?;
+        let tail = frame_footer(self.offset, &self.index, &self.names);
+        self.file.write_all(&tail)?;
         self.file.flush()?;
-        self.offset = next + record::TRAILER_BYTES;
-        Ok((record_count, self.offset))
+        self.offset += tail.len() as u64;
+        Ok((self.next_id(), self.offset))
     }
 }

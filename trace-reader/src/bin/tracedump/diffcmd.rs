@@ -142,6 +142,9 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
             }
         }
     }
+    for u in &r.unreadable {
+        writeln!(s, "UNREADABLE {u}")?;
+    }
     if !r.only_in_a.is_empty() {
         writeln!(s, "\nonly in A: {}", r.only_in_a.join(", "))?;
     }

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use trace_format::codec::{decode_storage, decode_tensor, encode_footer, IndexEntry};
+use trace_format::codec::{decode_storage, decode_tensor, IndexEntry};
 use trace_format::record::{
-    body_head, crc32c, next_record_offset, split_body, RecordHeader, RecordKind, Trailer, FILE_HEADER_BYTES,
+    crc32c, frame_footer, next_record_offset, split_body, RecordHeader, RecordKind, FILE_HEADER_BYTES,
     RECORD_HEADER_BYTES,
 };
 use trace_reader::{RecordEntry, Trace};
@@ -183,28 +183,12 @@ fn write_recovered(trace: &Trace, kept: &[RecordEntry], path: &Path) -> Result<u
         offset = next;
     }
 
-    // The footer and trailer, as trace-writer's Sink::finish() writes them.
-    let record_count = kept.len() as u64;
-    let footer_offset = offset;
-    let descriptor = encode_footer(&index, &names);
-    let head = body_head(footer_offset, &descriptor, 0);
-    let header = RecordHeader {
-        kind: RecordKind::Footer as u16,
-        flags: 0,
-        record_id: record_count,
-        body_len: head.len() as u64,
-        body_crc32c: crc32c(&head),
-    };
-    let next = next_record_offset(footer_offset, head.len() as u64).context("footer too large")?;
-    let pad = (next - footer_offset - RECORD_HEADER_BYTES - head.len() as u64) as usize;
-    out.write_all(&header.encode()).map_err(io)?;
-    out.write_all(&head).map_err(io)?;
-    out.write_all(&ZEROS[..pad]).map_err(io)?;
-    let trailer = Trailer { footer_offset, record_count }.encode();
-    out.write_all(&trailer).map_err(io)?;
+    // The footer and trailer, framed as trace-writer frames them.
+    let tail = frame_footer(offset, &index, &names);
+    out.write_all(&tail).map_err(io)?;
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
-    Ok(next + trailer.len() as u64)
+    Ok(offset + tail.len() as u64)
 }
 
 /// A sibling of `path` to write into before renaming it over `path`.
