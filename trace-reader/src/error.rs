@@ -10,25 +10,23 @@ use trace_format::{DType, FormatError, LayoutError};
 #[non_exhaustive]
 pub enum ReaderError {
     /// The file could not be opened or mapped.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not a trace this reader can read (bad magic, version, header).
-    #[error("{}: not a readable trace: {source}", path.display())]
+    #[error("{}: not a readable trace: {error}", path.display())]
     NotATrace {
         /// The file.
         path: PathBuf,
         /// What is wrong with the header.
-        #[source]
-        source: Box<FormatError>,
+        error: Box<FormatError>,
     },
     /// A record's bytes are malformed.
-    #[error("{}: record {record}{} (at byte {offset}): {source}", path.display(), if name.is_empty() { String::new() } else { format!(" `{name}`") })]
+    #[error("{}: record {record}{} (at byte {offset}): {error}", path.display(), if name.is_empty() { String::new() } else { format!(" `{name}`") })]
     Record {
         /// The file.
         path: PathBuf,
@@ -39,8 +37,7 @@ pub enum ReaderError {
         /// Offset of the record header.
         offset: u64,
         /// What is wrong.
-        #[source]
-        source: Box<FormatError>,
+        error: Box<FormatError>,
     },
     /// A tensor's description is inconsistent with the file (bad storage
     /// reference, unknown dtype, view outside its storage).
@@ -58,7 +55,7 @@ pub enum ReaderError {
         reason: String,
     },
     /// A tensor's view reaches outside its storage, or cannot be mapped.
-    #[error("{}: tensor `{tensor}` (record {record}): {source}", path.display())]
+    #[error("{}: tensor `{tensor}` (record {record}): {error}", path.display())]
     Layout {
         /// The file.
         path: PathBuf,
@@ -67,8 +64,7 @@ pub enum ReaderError {
         /// The tensor's record id.
         record: u64,
         /// The layout fault, with its byte range.
-        #[source]
-        source: Box<LayoutError>,
+        error: Box<LayoutError>,
     },
     /// No tensor has this name (or the occurrence asked for does not exist).
     #[error("{}: no tensor named `{name}`", path.display())]

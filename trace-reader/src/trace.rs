@@ -163,7 +163,7 @@ impl Trace {
     /// Open a trace file.
     pub fn open(path: impl AsRef<Path>) -> Result<Trace, ReaderError> {
         let path = path.as_ref().to_path_buf();
-        let source = Source::map(&path).map_err(|source| ReaderError::Io { path: path.clone(), source })?;
+        let source = Source::map(&path).map_err(|source| ReaderError::Io { path: path.clone(), error: source })?;
         Self::from_source(path, source)
     }
 
@@ -174,7 +174,7 @@ impl Trace {
 
     fn from_source(path: PathBuf, source: Source) -> Result<Trace, ReaderError> {
         let bytes = source.bytes();
-        let version = decode_file_header(bytes).map_err(|source| ReaderError::NotATrace { path: path.clone(), source: Box::new(source) })?;
+        let version = decode_file_header(bytes).map_err(|source| ReaderError::NotATrace { path: path.clone(), error: Box::new(source) })?;
         let mut warnings = Vec::new();
         let (records, finished, footer_offset, torn) = match read_footer(bytes) {
             Ok(Some((records, footer_offset))) => (records, true, Some(footer_offset), None),
@@ -354,7 +354,8 @@ impl Trace {
         Err(ReaderError::NotFound { path: self.path.clone(), name: name.to_owned() })
     }
 
-    /// Record ids of the tensors that pass `filter`, in order.
+    /// Record ids of the tensors that pass `filter`, in order. Tensors whose
+    /// description cannot be decoded are kept when only their role is unknown.
     pub fn filter(&self, filter: &TensorFilter) -> Result<Vec<u64>, ReaderError> {
         let mut out = Vec::new();
         for &id in &self.tensor_ids {
@@ -364,17 +365,17 @@ impl Trace {
                     continue;
                 }
             }
-            let (layer, step) = if filter.role.is_some() || r.step.is_none() || r.layer.is_none() {
-                let t = self.tensor(id)?;
-                if filter.role.is_some() && t.role != filter.role {
-                    continue;
-                }
-                (t.layer, t.step)
-            } else {
-                (r.layer, r.step)
-            };
-            if filter.layer.is_some() && layer != filter.layer || filter.step.is_some() && step != filter.step {
+            // the index's step and layer are the records' own (verify checks that)
+            if filter.layer.is_some() && r.layer != filter.layer || filter.step.is_some() && r.step != filter.step {
                 continue;
+            }
+            if filter.role.is_some() {
+                // a tensor that cannot be decoded stays in, so its error is seen
+                if let Ok(t) = self.tensor(id) {
+                    if t.role != filter.role {
+                        continue;
+                    }
+                }
             }
             out.push(id);
         }
@@ -428,7 +429,7 @@ impl Trace {
     pub(crate) fn record_error(&self, id: u64, source: FormatError) -> ReaderError {
         let offset = self.records.get(id as usize).map_or(0, |r| r.offset);
         let name = self.record_name(id).unwrap_or("").to_owned();
-        ReaderError::Record { path: self.path.clone(), record: id, name, offset, source: Box::new(source) }
+        ReaderError::Record { path: self.path.clone(), record: id, name, offset, error: Box::new(source) }
     }
 
     /// The header of record `id`, checked against the index.
@@ -469,10 +470,10 @@ impl Trace {
         let body = self.body(id)?;
         let r = self.records[id as usize];
         let d = decode_tensor(body.descriptor, body.descriptor_offset).map_err(|e| match self.record_error(id, e) {
-            ReaderError::Record { path, record, name, offset, source } if name.is_empty() => {
+            ReaderError::Record { path, record, name, offset, error: source } if name.is_empty() => {
                 // name the tensor from its own descriptor when the index has no name
                 let name = trace_format::codec::Decoder::new(body.descriptor, 0).str("name").unwrap_or("").to_owned();
-                ReaderError::Record { path, record, name, offset, source }
+                ReaderError::Record { path, record, name, offset, error: source }
             }
             other => other,
         })?;
@@ -490,7 +491,7 @@ impl Trace {
             )));
         }
         let layout = Layout::new(d.shape.clone(), d.byte_strides.clone(), 0)
-            .map_err(|source| ReaderError::Layout { path: self.path.clone(), tensor: d.name.clone(), record: id, source: Box::new(source) })?;
+            .map_err(|source| ReaderError::Layout { path: self.path.clone(), tensor: d.name.clone(), record: id, error: Box::new(source) })?;
         let (storage, offset, storage_at, storage_len) = match d.data {
             DataRef::StatsOnly => {
                 if d.stats.is_none() {
@@ -522,7 +523,7 @@ impl Trace {
                 path: self.path.clone(),
                 tensor: d.name.clone(),
                 record: id,
-                source: Box::new(annotate(source, s)),
+                error: Box::new(annotate(source, s)),
             })?;
         }
         Ok(TensorInfo {

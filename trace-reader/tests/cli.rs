@@ -163,3 +163,71 @@ fn recover_export_import_round_trip() {
     assert_eq!(code, 2);
     assert!(text.contains("choose safetensors or npz"), "{text}");
 }
+
+/// A trace written record by record, with what the writer refuses to write:
+/// a view past its storage and a dtype id no reader knows.
+fn hostile_trace(path: &Path) {
+    use trace_format::codec::{encode_run_metadata, encode_storage, encode_tensor, DataRef, IndexEntry, StorageDesc, TensorDesc};
+    use trace_format::record::{encode_file_header, frame_footer, frame_record, RecordKind};
+    use trace_format::{Lineage, Metadata};
+    let mut bytes = encode_file_header().to_vec();
+    let mut index = Vec::new();
+    let mut names = Vec::new();
+    let mut push = |bytes: &mut Vec<u8>, kind: RecordKind, name: &str, descriptor: Vec<u8>, payload: &[u8]| {
+        let off = bytes.len() as u64;
+        let framed = frame_record(off, index.len() as u64, kind, &descriptor, payload);
+        let body_len = u64::from_le_bytes(framed[16..24].try_into().unwrap());
+        bytes.extend_from_slice(&framed);
+        index.push(IndexEntry { offset: off, body_len, kind: kind as u16, step: None, layer: None, name_offset: names.len() as u64, name_len: name.len() as u32 });
+        names.extend_from_slice(name.as_bytes());
+    };
+    let tensor = |name: &str, dtype: trace_format::DType, data, shape: &[u64], strides: &[i64]| TensorDesc {
+        name: name.into(),
+        dtype,
+        data,
+        shape: shape.to_vec(),
+        byte_strides: strides.to_vec(),
+        step: None,
+        layer: None,
+        role: None,
+        source_layout: None,
+        lineage: Lineage::default(),
+        stats: None,
+        metadata: Metadata::new(),
+    };
+    push(&mut bytes, RecordKind::RunMetadata, "", encode_run_metadata(&Metadata::new().with("engine", "hostile")), &[]);
+    push(&mut bytes, RecordKind::Storage, "buf", encode_storage(&StorageDesc { name: "buf".into(), metadata: Metadata::new() }), &[0u8; 64]);
+    let good = tensor("good", trace_format::DType::F32, DataRef::Storage { storage: 1, offset: 0 }, &[4, 4], &[16, 4]);
+    push(&mut bytes, RecordKind::Tensor, "good", encode_tensor(&good), &[]);
+    let bad = tensor("bad_strides", trace_format::DType::F32, DataRef::Storage { storage: 1, offset: 0 }, &[4, 4], &[32, 4]);
+    push(&mut bytes, RecordKind::Tensor, "bad_strides", encode_tensor(&bad), &[]);
+    let mut unknown = encode_tensor(&tensor("mystery", trace_format::DType::F32, DataRef::Inline { offset: 0 }, &[1], &[4]));
+    unknown[11..13].copy_from_slice(&777u16.to_le_bytes()); // the dtype id follows the 4+7-byte name
+    push(&mut bytes, RecordKind::Tensor, "mystery", unknown, &[0; 4]);
+    let tail = frame_footer(bytes.len() as u64, &index, &names);
+    bytes.extend_from_slice(&tail);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn bad_strides_and_unknown_dtypes_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    hostile_trace(&d.join("hostile.tdump"));
+    let (code, text) = run(d, &["inspect", "hostile.tdump"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("#3    bad_strides  ERROR") && text.contains("view covers bytes 0..112 but the storage has 64 bytes"), "{text}");
+    assert!(text.contains("#4    mystery  ERROR") && text.contains("unknown dtype id 777 at byte"), "{text}");
+    let (code, text) = run(d, &["show", "hostile.tdump", "bad_strides"]);
+    assert_eq!(code, 2);
+    assert!(text.contains("hostile.tdump") && text.contains("bad_strides") && text.contains("0..112"), "{text}");
+    let (code, text) = run(d, &["verify", "hostile.tdump"]);
+    assert_eq!(code, 1);
+    assert_eq!(text.matches("FAULT").count(), 2, "{text}");
+    let (code, text) = run(d, &["diff", "hostile.tdump", "hostile.tdump"]);
+    assert_eq!(code, 1, "an unreadable tensor fails the gate: {text}");
+    assert!(text.contains("UNREADABLE") && text.contains("mystery"), "{text}");
+    let (code, text) = run(d, &["export", "hostile.tdump", "--to", "safetensors", "h.safetensors"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("skipped bad_strides"), "{text}");
+}

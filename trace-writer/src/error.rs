@@ -8,13 +8,12 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum WriterError {
     /// The operating system refused a write (disk full, permissions, …).
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The trace file.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// An earlier write failed; the file holds every record before it and
     /// nothing more is appended.
@@ -26,13 +25,12 @@ pub enum WriterError {
         message: String,
     },
     /// The tensor's layout is invalid or reaches outside its bytes.
-    #[error("tensor `{name}`: {source}")]
+    #[error("tensor `{name}`: {error}")]
     Layout {
         /// The tensor.
         name: String,
         /// What is wrong.
-        #[source]
-        source: trace_format::LayoutError,
+        error: trace_format::LayoutError,
     },
     /// The byte count does not match dtype × shape.
     #[error("tensor `{name}`: {actual} bytes given, dtype and shape need {expected}")]

@@ -275,7 +275,7 @@ impl Writer {
     /// Create (truncate) `path` with options.
     pub fn with_options(path: impl AsRef<Path>, run_metadata: Metadata, options: WriterOptions) -> Result<Writer, WriterError> {
         let path = path.as_ref().to_path_buf();
-        let mut sink = Sink::create(&path).map_err(|source| WriterError::Io { path: path.clone(), source })?;
+        let mut sink = Sink::create(&path).map_err(|source| WriterError::Io { path: path.clone(), error: source })?;
         let descriptor = encode_run_metadata(&run_metadata);
         sink.append(&RecordParts {
             kind: RecordKind::RunMetadata,
@@ -285,7 +285,7 @@ impl Writer {
             descriptor: &descriptor,
             payload: &[],
         })
-        .map_err(|source| WriterError::Io { path: path.clone(), source })?;
+        .map_err(|source| WriterError::Io { path: path.clone(), error: source })?;
         let shared = Arc::new(Shared {
             path,
             sink: Mutex::new(sink),
@@ -311,7 +311,7 @@ impl Writer {
                     std::thread::Builder::new()
                         .name("tracedump-writer".into())
                         .spawn(move || background_loop(&s))
-                        .map_err(|source| WriterError::Io { path: shared.path.clone(), source })?,
+                        .map_err(|source| WriterError::Io { path: shared.path.clone(), error: source })?,
                 )
             }
         };
@@ -362,12 +362,12 @@ impl Writer {
         if !self.wants(name, meta.step, meta.layer) {
             return Ok(None);
         }
-        let layout = Layout::contiguous(dtype, shape, 0).map_err(|source| WriterError::Layout { name: name.into(), source })?;
+        let layout = Layout::contiguous(dtype, shape, 0).map_err(|source| WriterError::Layout { name: name.into(), error: source })?;
         let expected = trace_format::layout::numel(shape)
             .and_then(|n| dtype.bytes_for(n))
             .ok_or_else(|| WriterError::Layout {
                 name: name.into(),
-                source: trace_format::LayoutError::PartialBlock {
+                error: trace_format::LayoutError::PartialBlock {
                     dtype,
                     block_elems: dtype.block_elems(),
                     numel: trace_format::layout::numel(shape).unwrap_or(u64::MAX),
@@ -406,7 +406,7 @@ impl Writer {
     ) -> Result<Option<RecordId>, WriterError> {
         layout
             .check_within(dtype, bytes.len() as u64)
-            .map_err(|source| WriterError::Layout { name: name.into(), source })?;
+            .map_err(|source| WriterError::Layout { name: name.into(), error: source })?;
         let desc = tensor_desc(name, dtype, DataRef::Inline { offset: layout.storage_offset }, layout, meta);
         let id = self.append(RecordKind::Tensor, name, desc.step, desc.layer, encode_tensor(&desc), bytes)?;
         if let Some(id) = id {
@@ -434,7 +434,7 @@ impl Writer {
             .get(&storage)
             .copied()
             .ok_or_else(|| WriterError::UnknownStorage { name: name.into(), storage })?;
-        layout.check_within(dtype, len).map_err(|source| WriterError::Layout { name: name.into(), source })?;
+        layout.check_within(dtype, len).map_err(|source| WriterError::Layout { name: name.into(), error: source })?;
         let desc = tensor_desc(name, dtype, DataRef::Storage { storage, offset: layout.storage_offset }, layout, meta);
         self.append(RecordKind::Tensor, name, desc.step, desc.layer, encode_tensor(&desc), &[])
     }
@@ -458,7 +458,7 @@ impl Writer {
         let size = std::mem::size_of::<T>() as isize;
         let (mut lo, mut hi) = (0isize, 0isize);
         if array.is_empty() {
-            let layout = Layout::contiguous(T::DTYPE, &shape, 0).map_err(|source| WriterError::Layout { name: name.into(), source })?;
+            let layout = Layout::contiguous(T::DTYPE, &shape, 0).map_err(|source| WriterError::Layout { name: name.into(), error: source })?;
             return self.add_inline(name, T::DTYPE, &layout, &[], meta);
         }
         for (&n, &s) in array.shape().iter().zip(array.strides()) {
@@ -481,7 +481,7 @@ impl Writer {
             array.strides().iter().map(|&s| (s * size) as i64).collect(),
             (-lo * size) as u64,
         )
-        .map_err(|source| WriterError::Layout { name: name.into(), source })?;
+        .map_err(|source| WriterError::Layout { name: name.into(), error: source })?;
         self.add_inline(name, T::DTYPE, &layout, bytemuck::cast_slice(span), meta)
     }
 
@@ -497,7 +497,7 @@ impl Writer {
         if !self.wants(name, meta.step, meta.layer) {
             return Ok(None);
         }
-        let layout = Layout::contiguous(dtype, shape, 0).map_err(|source| WriterError::Layout { name: name.into(), source })?;
+        let layout = Layout::contiguous(dtype, shape, 0).map_err(|source| WriterError::Layout { name: name.into(), error: source })?;
         meta.stats = Some(stats);
         let desc = tensor_desc(name, dtype, DataRef::StatsOnly, &layout, meta);
         self.append(RecordKind::Tensor, name, desc.step, desc.layer, encode_tensor(&desc), &[])
@@ -550,7 +550,7 @@ impl Writer {
                     Ok(id) => Ok(Some(id)),
                     Err(source) => {
                         *failed = Some(source.to_string());
-                        Err(WriterError::Io { path: self.shared.path.clone(), source })
+                        Err(WriterError::Io { path: self.shared.path.clone(), error: source })
                     }
                 }
             }
@@ -592,13 +592,13 @@ impl Writer {
     /// system: it then survives a crash of this process.
     pub fn flush(&self) -> Result<(), WriterError> {
         self.drain()?;
-        lock(&self.shared.sink).flush().map_err(|source| WriterError::Io { path: self.shared.path.clone(), source })
+        lock(&self.shared.sink).flush().map_err(|source| WriterError::Io { path: self.shared.path.clone(), error: source })
     }
 
     /// [`Writer::flush`], then `fsync`: the records survive a crash of the machine.
     pub fn sync_all(&self) -> Result<(), WriterError> {
         self.drain()?;
-        lock(&self.shared.sink).sync_all().map_err(|source| WriterError::Io { path: self.shared.path.clone(), source })
+        lock(&self.shared.sink).sync_all().map_err(|source| WriterError::Io { path: self.shared.path.clone(), error: source })
     }
 
     fn drain(&self) -> Result<(), WriterError> {
@@ -624,7 +624,7 @@ impl Writer {
         self.stop_thread();
         let (records, bytes) = lock(&self.shared.sink)
             .finish()
-            .map_err(|source| WriterError::Io { path: self.shared.path.clone(), source })?;
+            .map_err(|source| WriterError::Io { path: self.shared.path.clone(), error: source })?;
         Ok(FinishSummary { records, dropped: self.dropped(), bytes })
     }
 
