@@ -20,11 +20,11 @@ fn verdict_cell(v: &Verdict) -> String {
 }
 
 fn name_cell(p: &Pair) -> String {
-    if p.a.name == p.b.name {
-        p.a.name.clone()
-    } else {
-        format!("{} = {}", p.a.name, p.b.name)
+    let mut s = if p.a.name == p.b.name { p.a.name.clone() } else { format!("{} = {}", p.a.name, p.b.name) };
+    if p.a.dtype != p.b.dtype {
+        s.push_str(&format!(" ({} vs {})", p.a.dtype, p.b.dtype));
     }
+    s
 }
 
 fn side(trace: &Trace, id: u64) -> String {
