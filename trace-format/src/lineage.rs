@@ -19,8 +19,10 @@ pub struct ParentLayout {
 /// The result of replaying a lineage: what the tensor must look like.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Replayed {
-    /// The dtype it must have.
-    pub dtype: DType,
+    /// The dtype it must have; `None` when the steps leave it open (a
+    /// concat of parts of different dtypes, e.g. f16 hot + q8_0 cold, joins
+    /// their values: the recorded tensor or a later step says the type).
+    pub dtype: Option<DType>,
     /// The shape it must have.
     pub shape: Vec<u64>,
     /// Its byte strides, when the steps determine them.
@@ -42,7 +44,7 @@ pub fn replay(lineage: &Lineage, parents: &[ParentLayout]) -> Result<Option<Repl
             return Err(LayoutError::BadConcat { axis: 0, reason: "lineage steps but no parent".into() });
         };
         Replayed {
-            dtype: p.dtype,
+            dtype: Some(p.dtype),
             shape: p.layout.shape.clone(),
             byte_strides: Some(p.layout.byte_strides.clone()),
             storage: Some((p.storage, p.layout.storage_offset)),
@@ -73,13 +75,11 @@ fn concat(axis: u32, parents: &[ParentLayout]) -> Result<Replayed, LayoutError> 
         }
         shape[a] = shape[a].checked_add(p.layout.shape[a]).ok_or_else(|| bad("length overflows".into()))?;
     }
-    // Parts may differ in dtype (f16 hot + q8_0 cold): the joined tensor is
-    // the parts' values, so its dtype is given by the next step or the
-    // recorded tensor; a concat of same-typed parts keeps that type.
-    let same = parents.iter().all(|p| p.dtype == first.dtype);
-    let dtype = if same { first.dtype } else { DType::F32 };
-    let strides = Layout::contiguous(dtype, &shape, 0)?.byte_strides;
-    Ok(Replayed { dtype, shape, byte_strides: Some(strides), storage: None })
+    // Parts of one dtype join into that dtype, contiguous; parts of several
+    // dtypes leave the dtype (and so the strides) to the recorded tensor.
+    let dtype = parents.iter().all(|p| p.dtype == first.dtype).then_some(first.dtype);
+    let byte_strides = dtype.map(|d| Layout::contiguous(d, &shape, 0)).transpose()?.map(|l| l.byte_strides);
+    Ok(Replayed { dtype, shape, byte_strides, storage: None })
 }
 
 fn step(s: Replayed, op: &Op) -> Result<Replayed, LayoutError> {
@@ -110,12 +110,12 @@ fn step(s: Replayed, op: &Op) -> Result<Replayed, LayoutError> {
             axes.swap(*a as usize, *b as usize);
             permute(s, &axes)?
         }
-        Op::Reshape { shape } => match known(&s) {
-            Some(l) => {
-                let r = l.reshape(s.dtype, shape)?;
+        Op::Reshape { shape } => match (known(&s), s.dtype) {
+            (Some(l), Some(dtype)) => {
+                let r = l.reshape(dtype, shape)?;
                 Replayed { byte_strides: Some(r.byte_strides), shape: r.shape, ..s }
             }
-            None => {
+            _ => {
                 if numel(shape) != numel(&s.shape) {
                     return Err(LayoutError::BadReshape { from: s.shape, to: shape.clone(), reason: "the element counts differ" });
                 }
@@ -123,11 +123,11 @@ fn step(s: Replayed, op: &Op) -> Result<Replayed, LayoutError> {
             }
         },
         Op::Cont => {
-            let strides = Layout::contiguous(s.dtype, &s.shape, 0)?.byte_strides;
-            Replayed { byte_strides: Some(strides), storage: None, ..s }
+            let strides = s.dtype.map(|d| Layout::contiguous(d, &s.shape, 0)).transpose()?.map(|l| l.byte_strides);
+            Replayed { byte_strides: strides, storage: None, ..s }
         }
         Op::Convert { dtype } | Op::Quantize { dtype } | Op::Dequantize { dtype } => {
-            Replayed { dtype: *dtype, byte_strides: None, storage: None, ..s }
+            Replayed { dtype: Some(*dtype), byte_strides: None, storage: None, ..s }
         }
         Op::Concat { axis } => {
             return Err(LayoutError::BadConcat { axis: *axis, reason: "concat must be the first step".into() })
@@ -169,7 +169,7 @@ mod tests {
         let mut l2 = lineage.clone();
         l2.ops.push(Op::Convert { dtype: DType::F16 });
         let r = replay(&l2, &[parent]).unwrap().unwrap();
-        assert_eq!((r.dtype, r.byte_strides, r.storage), (DType::F16, None, None));
+        assert_eq!((r.dtype, r.byte_strides, r.storage), (Some(DType::F16), None, None));
     }
 
     #[test]
@@ -179,6 +179,6 @@ mod tests {
         let l = Lineage { parents: vec![1, 2], ops: vec![Op::Concat { axis: 0 }, Op::Permute { axes: vec![1, 0, 2] }], engine_op: None };
         let r = replay(&l, &[cold, hot]).unwrap().unwrap();
         assert_eq!(r.shape, vec![2, 256, 32]);
-        assert_eq!(r.dtype, DType::F32);
+        assert_eq!((r.dtype, r.byte_strides), (None, None));
     }
 }

@@ -143,8 +143,8 @@ impl Trace {
                     Ok(Some(r)) => {
                         rep.lineages_replayed += 1;
                         let mut diffs = Vec::new();
-                        if r.dtype != t.dtype && !(t.lineage.ops.first().is_some_and(|o| matches!(o, trace_format::Op::Concat { .. })) && parents.iter().any(|p| p.dtype != parents[0].dtype)) {
-                            diffs.push(format!("dtype {} (recorded {})", r.dtype, t.dtype));
+                        if let Some(d) = r.dtype.filter(|&d| d != t.dtype) {
+                            diffs.push(format!("dtype {d} (recorded {})", t.dtype));
                         }
                         if r.shape != t.layout.shape {
                             diffs.push(format!("shape {:?} (recorded {:?})", r.shape, t.layout.shape));

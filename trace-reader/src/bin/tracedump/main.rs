@@ -89,7 +89,7 @@ enum Command {
         file: PathBuf,
         /// Tensor name: its first occurrence; `name#k` for the k-th (from 0).
         name: String,
-        /// A numpy slice, e.g. `0, :, 1:8:2` or `..., -1` is not supported; trailing dimensions may be left out.
+        /// A numpy slice, e.g. `0, :, 1:8:2` or `-1, ::-1` (no `...`; trailing dimensions may be left out).
         #[arg(long, value_name = "SLICE")]
         slice: Option<String>,
         /// Convert the values to this dtype before printing (f32, f16, bf16).
