@@ -20,7 +20,10 @@ const LARGE_BYTES: usize = 4 * MIB;
 const SMALL_COUNT: usize = 20_000;
 const OPEN_COUNT: usize = 100_000;
 const SMALL_BYTES: usize = 256;
-const BACKGROUND: Mode = Mode::Background { budget_bytes: 256 * MIB as u64, when_full: WhenFull::Block };
+const BACKGROUND: Mode = Mode::Background {
+    budget_bytes: 256 * MIB as u64,
+    when_full: WhenFull::Block,
+};
 const USAGE: &str = "usage: tracedump-bench [--scale F] [--repeat N] [--json PATH]
   --scale F   fraction of every tensor count, in (0, 1] (default 1: the full 1 GiB run)
   --repeat N  runs per figure; best of N is kept, medians of 2N+1 for open (default 3)
@@ -33,7 +36,11 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { scale: 1.0, repeat: 3, json: Path::new(env!("CARGO_MANIFEST_DIR")).join("results.json") };
+    let mut args = Args {
+        scale: 1.0,
+        repeat: 3,
+        json: Path::new(env!("CARGO_MANIFEST_DIR")).join("results.json"),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -49,7 +56,9 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     if !(args.scale > 0.0 && args.scale <= 1.0) || args.repeat == 0 {
-        return Err(format!("--scale must be in (0, 1] and --repeat at least 1\n{USAGE}"));
+        return Err(format!(
+            "--scale must be in (0, 1] and --repeat at least 1\n{USAGE}"
+        ));
     }
     Ok(args)
 }
@@ -83,7 +92,13 @@ impl Row {
     }
 
     /// A time row (lower is better), with an optional upper bound on `ours`.
-    fn time(name: &str, unit: &'static str, ours: f64, baseline: Option<f64>, max: Option<f64>) -> Row {
+    fn time(
+        name: &str,
+        unit: &'static str,
+        ours: f64,
+        baseline: Option<f64>,
+        max: Option<f64>,
+    ) -> Row {
         Row {
             name: name.into(),
             unit,
@@ -159,25 +174,56 @@ fn run(args: &Args) -> Res<()> {
     let names = tensor_names(n_large);
     let [plain, sync, bg] = best_of_three(args.repeat, &dir.0, &names, large, LARGE_BYTES, false)?;
     let label = format!("{n_large} x 4 MiB f32");
-    rows.push(Row::throughput(&format!("write {label}, sync"), large.len(), sync, plain));
-    rows.push(Row::throughput(&format!("write {label}, background"), large.len(), bg, plain));
+    rows.push(Row::throughput(
+        &format!("write {label}, sync"),
+        large.len(),
+        sync,
+        plain,
+    ));
+    rows.push(Row::throughput(
+        &format!("write {label}, background"),
+        large.len(),
+        bg,
+        plain,
+    ));
 
     // 2. Small tensors: per-tensor cost.
     let small = &data[..n_small * SMALL_BYTES];
     let names = tensor_names(n_small);
     let [plain, sync, bg] = best_of_three(args.repeat, &dir.0, &names, small, SMALL_BYTES, true)?;
     let per = |d: Duration| d.as_secs_f64() * 1e6 / n_small as f64;
-    rows.push(Row::time(&format!("{n_small} x 256 B, sync, per tensor"), "µs", per(sync), Some(per(plain)), Some(2.0)));
-    rows.push(Row::time(&format!("{n_small} x 256 B, background, per tensor"), "µs", per(bg), Some(per(plain)), Some(2.0)));
+    rows.push(Row::time(
+        &format!("{n_small} x 256 B, sync, per tensor"),
+        "µs",
+        per(sync),
+        Some(per(plain)),
+        Some(2.0),
+    ));
+    rows.push(Row::time(
+        &format!("{n_small} x 256 B, background, per tensor"),
+        "µs",
+        per(bg),
+        Some(per(plain)),
+        Some(2.0),
+    ));
 
     // 3. Opening a trace of many small tensors (file in the page cache).
     let path = dir.0.join("open.tdump");
     let names = tensor_names(n_open);
-    write_trace(&path, Mode::Sync, &names, &data[..n_open * SMALL_BYTES], SMALL_BYTES)?;
+    write_trace(
+        &path,
+        Mode::Sync,
+        &names,
+        &data[..n_open * SMALL_BYTES],
+        SMALL_BYTES,
+    )?;
     let (footer_offset, file_len) = {
         let t = Trace::open(&path)?;
         check(&t, n_open)?;
-        (t.footer_offset().ok_or("the trace has no footer")?, t.file_len())
+        (
+            t.footer_offset().ok_or("the trace has no footer")?,
+            t.file_len(),
+        )
     };
     let (mut open, mut listed, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..2 * args.repeat + 1 {
@@ -188,14 +234,30 @@ fn run(args: &Args) -> Res<()> {
         drop(t);
         let start = Instant::now();
         let t = Trace::open(&path)?;
-        let chars: usize = t.tensor_ids().iter().map(|&id| t.record_name(id).map_or(0, str::len)).sum();
+        let chars: usize = t
+            .tensor_ids()
+            .iter()
+            .map(|&id| t.record_name(id).map_or(0, str::len))
+            .sum();
         black_box(chars);
         listed.push(start.elapsed());
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let (open, listed, floor) = (ms(median(open)), ms(median(listed)), ms(median(floor)));
-    rows.push(Row::time(&format!("open {n_open}-tensor trace"), "ms", open, Some(floor), Some(50.0)));
-    rows.push(Row::time(&format!("open {n_open}-tensor trace + list names"), "ms", listed, Some(floor), None));
+    rows.push(Row::time(
+        &format!("open {n_open}-tensor trace"),
+        "ms",
+        open,
+        Some(floor),
+        Some(50.0),
+    ));
+    rows.push(Row::time(
+        &format!("open {n_open}-tensor trace + list names"),
+        "ms",
+        listed,
+        Some(floor),
+        None,
+    ));
 
     let (mut first, mut warm) = (Duration::MAX, Duration::MAX);
     for _ in 0..args.repeat {
@@ -204,10 +266,22 @@ fn run(args: &Args) -> Res<()> {
         warm = warm.min(view_all(&t)?);
     }
     let per = |d: Duration| d.as_secs_f64() * 1e6 / n_open as f64;
-    rows.push(Row::time("first view(id) + as_slice, per tensor", "µs", per(first), Some(per(warm)), None));
+    rows.push(Row::time(
+        "first view(id) + as_slice, per tensor",
+        "µs",
+        per(first),
+        Some(per(warm)),
+        None,
+    ));
 
     print_table(&rows);
-    let report = Report { date, machine, scale: args.scale, repeat: args.repeat, rows };
+    let report = Report {
+        date,
+        machine,
+        scale: args.scale,
+        repeat: args.repeat,
+        rows,
+    };
     if let Some(parent) = args.json.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent)?;
     }
@@ -218,7 +292,14 @@ fn run(args: &Args) -> Res<()> {
 
 /// Best-of-`repeat` times of [plain, sync writer, background writer] over the
 /// same tensors, interleaved so that drifts in machine load hit all three.
-fn best_of_three(repeat: usize, dir: &Path, names: &[String], data: &[u8], tensor: usize, buffered: bool) -> Res<[Duration; 3]> {
+fn best_of_three(
+    repeat: usize,
+    dir: &Path,
+    names: &[String],
+    data: &[u8],
+    tensor: usize,
+    buffered: bool,
+) -> Res<[Duration; 3]> {
     let mut best = [Duration::MAX; 3];
     for round in 0..repeat {
         let path = dir.join("plain.bin");
@@ -259,13 +340,29 @@ fn write_plain(path: &Path, data: &[u8], chunk: usize, buffered: bool) -> Res<Du
 }
 
 /// Create a trace, add every tensor (1-D f32), finish; no fsync.
-fn write_trace(path: &Path, mode: Mode, names: &[String], data: &[u8], tensor: usize) -> Res<Duration> {
+fn write_trace(
+    path: &Path,
+    mode: Mode,
+    names: &[String],
+    data: &[u8],
+    tensor: usize,
+) -> Res<Duration> {
     let shape = [(tensor / 4) as u64];
     let start = Instant::now();
-    let w = Writer::with_options(path, Metadata::new(), WriterOptions { mode, ..Default::default() })?;
+    let w = Writer::with_options(
+        path,
+        Metadata::new(),
+        WriterOptions {
+            mode,
+            ..Default::default()
+        },
+    )?;
     for (i, (name, bytes)) in names.iter().zip(data.chunks_exact(tensor)).enumerate() {
-        let meta = TensorMeta::new().layer((i % 32) as i64).step((i / 32) as i64);
-        w.add_tensor(name, DType::F32, &shape, bytes, meta)?.ok_or("a tensor was not recorded")?;
+        let meta = TensorMeta::new()
+            .layer((i % 32) as i64)
+            .step((i / 32) as i64);
+        w.add_tensor(name, DType::F32, &shape, bytes, meta)?
+            .ok_or("a tensor was not recorded")?;
     }
     let summary = w.finish()?;
     let elapsed = start.elapsed();
@@ -277,7 +374,12 @@ fn write_trace(path: &Path, mode: Mode, names: &[String], data: &[u8], tensor: u
 
 fn check(t: &Trace, expected: usize) -> Res<()> {
     if !t.is_finished() || t.len() != expected {
-        return Err(format!("trace {} has {} tensors, expected {expected}", t.path().display(), t.len()).into());
+        return Err(format!(
+            "trace {} has {} tensors, expected {expected}",
+            t.path().display(),
+            t.len()
+        )
+        .into());
     }
     Ok(())
 }
@@ -316,7 +418,9 @@ fn gbps(bytes: usize, d: Duration) -> f64 {
 /// Names shaped like an engine's (`blk.7.attn_q-123`), all distinct.
 fn tensor_names(n: usize) -> Vec<String> {
     const ROLES: [&str; 4] = ["attn_q", "attn_k", "attn_v", "ffn_out"];
-    (0..n).map(|i| format!("blk.{}.{}-{i}", i % 32, ROLES[i / 32 % 4])).collect()
+    (0..n)
+        .map(|i| format!("blk.{}.{}-{i}", i % 32, ROLES[i / 32 % 4]))
+        .collect()
 }
 
 /// Cheap deterministic f32 data (not zeros, not constant).
@@ -333,7 +437,10 @@ fn print_table(rows: &[Row]) {
         "GB/s" | "ms" => format!("{v:.2} {unit}"),
         _ => format!("{v:.3} {unit}"),
     };
-    println!("\n{:<44} {:>12} {:>12} {:>7}  {:<14} result", "benchmark", "ours", "baseline", "ratio", "goal");
+    println!(
+        "\n{:<44} {:>12} {:>12} {:>7}  {:<14} result",
+        "benchmark", "ours", "baseline", "ratio", "goal"
+    );
     for r in rows {
         println!(
             "{:<44} {:>12} {:>12} {:>7}  {:<14} {}",
@@ -350,7 +457,10 @@ fn print_table(rows: &[Row]) {
 fn machine() -> Machine {
     let read = |p| fs::read_to_string(p).unwrap_or_default();
     let field = |text: &str, key: &str| {
-        text.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_owned())
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
     };
     let meminfo = read("/proc/meminfo");
     Machine {
@@ -364,7 +474,9 @@ fn machine() -> Machine {
 
 /// The current UTC time as `YYYY-MM-DD HH:MM:SS UTC` (days-to-civil, H. Hinnant).
 fn utc_now() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let (z, rem) = ((secs / 86_400) as i64 + 719_468, secs % 86_400);
     let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
     let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
@@ -373,5 +485,10 @@ fn utc_now() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

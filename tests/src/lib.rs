@@ -6,7 +6,10 @@ use std::process::Command;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The Python interpreter that has the reference packages: `$TRACEDUMP_PYTHON`,
@@ -33,7 +36,9 @@ pub fn run_python(script: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> String 
     for a in args {
         cmd.arg(a.as_ref());
     }
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
     assert!(
         out.status.success(),
         "{script} failed ({}):\n{}",

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use trace_format::codec::{encode_run_metadata, encode_storage, encode_tensor, DataRef, IndexEntry, StorageDesc, TensorDesc};
+use trace_format::codec::{
+    encode_run_metadata, encode_storage, encode_tensor, DataRef, IndexEntry, StorageDesc,
+    TensorDesc,
+};
 use trace_format::layout::ggml;
 use trace_format::record::{encode_file_header, frame_footer, frame_record, RecordKind, Trailer};
 use trace_format::{DType, Layout, Lineage, Metadata, Op};
@@ -15,14 +18,42 @@ fn small_trace() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.tdump");
     let w = Writer::create(&path, Metadata::new().with("engine", "test")).unwrap();
-    let data: Vec<u8> = (0..96u32).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect();
+    let data: Vec<u8> = (0..96u32)
+        .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+        .collect();
     let s = w.add_storage("cache", &data).unwrap();
     let full = Layout::contiguous(DType::F32, &[4, 2, 3, 4], 0).unwrap();
-    let c = w.add_view("cache", DType::F32, s, &full, TensorMeta::new().layer(0)).unwrap().unwrap();
+    let c = w
+        .add_view("cache", DType::F32, s, &full, TensorMeta::new().layer(0))
+        .unwrap()
+        .unwrap();
     let p = full.permute(&[0, 2, 1, 3]).unwrap();
-    w.add_view("k-0", DType::F32, s, &p, TensorMeta::new().layer(0).parent(c).op(Op::Permute { axes: vec![0, 2, 1, 3] })).unwrap();
-    w.add_tensor("q-0", DType::F16, &[2, 3], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], TensorMeta::new().step(1)).unwrap();
-    w.add_stats_of("logits", DType::F32, &[2], &[0, 0, 128, 63, 0, 0, 0, 192], TensorMeta::new()).unwrap();
+    w.add_view(
+        "k-0",
+        DType::F32,
+        s,
+        &p,
+        TensorMeta::new().layer(0).parent(c).op(Op::Permute {
+            axes: vec![0, 2, 1, 3],
+        }),
+    )
+    .unwrap();
+    w.add_tensor(
+        "q-0",
+        DType::F16,
+        &[2, 3],
+        &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+        TensorMeta::new().step(1),
+    )
+    .unwrap();
+    w.add_stats_of(
+        "logits",
+        DType::F32,
+        &[2],
+        &[0, 0, 128, 63, 0, 0, 0, 192],
+        TensorMeta::new(),
+    )
+    .unwrap();
     w.finish().unwrap();
     std::fs::read(&path).unwrap()
 }
@@ -33,7 +64,11 @@ fn contents(t: &Trace) -> Vec<(u64, String, Vec<u8>)> {
         .iter()
         .map(|&id| {
             let v = t.view(id).unwrap();
-            let bytes = if v.info().is_stats_only() { vec![] } else { v.materialize().unwrap() };
+            let bytes = if v.info().is_stats_only() {
+                vec![]
+            } else {
+                v.materialize().unwrap()
+            };
             (id, v.info().name.clone(), bytes)
         })
         .collect()
@@ -46,24 +81,38 @@ fn truncated_at_every_byte_yields_exactly_the_complete_records() {
     assert!(whole.is_finished());
     assert!(whole.verify().is_ok(), "{:?}", whole.verify().faults);
     let all = contents(&whole);
-    let ends: Vec<u64> = whole.records().iter().map(|r| r.offset + 32 + r.body_len).collect();
+    let ends: Vec<u64> = whole
+        .records()
+        .iter()
+        .map(|r| r.offset + 32 + r.body_len)
+        .collect();
     for cut in 0..full.len() {
         let res = Trace::from_bytes(format!("cut{cut}"), full[..cut].to_vec());
         if cut < 64 {
-            assert!(matches!(res, Err(ReaderError::NotATrace { .. })), "cut {cut}");
+            assert!(
+                matches!(res, Err(ReaderError::NotATrace { .. })),
+                "cut {cut}"
+            );
             continue;
         }
         let t = res.unwrap_or_else(|e| panic!("cut {cut}: {e}"));
         assert!(!t.is_finished(), "cut {cut}");
         let complete = ends.iter().filter(|&&e| e <= cut as u64).count();
         assert_eq!(t.records().len(), complete, "cut {cut}");
-        let expect: Vec<_> = all.iter().filter(|(id, _, _)| (*id as usize) < complete).cloned().collect();
+        let expect: Vec<_> = all
+            .iter()
+            .filter(|(id, _, _)| (*id as usize) < complete)
+            .cloned()
+            .collect();
         assert_eq!(contents(&t), expect, "cut {cut}");
         // a torn file is a fault for verify, and says where
         let rep = t.verify();
         assert!(!rep.is_ok());
         if let Some(tail) = t.torn_tail() {
-            assert!(tail.offset <= cut as u64 && tail.offset + tail.bytes == cut as u64, "cut {cut}: {tail:?}");
+            assert!(
+                tail.offset <= cut as u64 && tail.offset + tail.bytes == cut as u64,
+                "cut {cut}: {tail:?}"
+            );
         }
     }
 }
@@ -105,8 +154,17 @@ struct RawTrace {
 
 impl RawTrace {
     fn new() -> Self {
-        let mut r = RawTrace { bytes: encode_file_header().to_vec(), index: vec![], names: vec![] };
-        r.push(RecordKind::RunMetadata, "", &encode_run_metadata(&Metadata::new()), &[]);
+        let mut r = RawTrace {
+            bytes: encode_file_header().to_vec(),
+            index: vec![],
+            names: vec![],
+        };
+        r.push(
+            RecordKind::RunMetadata,
+            "",
+            &encode_run_metadata(&Metadata::new()),
+            &[],
+        );
         r
     }
     fn push(&mut self, kind: RecordKind, name: &str, descriptor: &[u8], payload: &[u8]) -> u64 {
@@ -117,11 +175,24 @@ impl RawTrace {
         self.bytes.extend_from_slice(&framed);
         let name_offset = self.names.len() as u64;
         self.names.extend_from_slice(name.as_bytes());
-        self.index.push(IndexEntry { offset: off, body_len, kind: kind as u16, step: None, layer: None, name_offset, name_len: name.len() as u32 });
+        self.index.push(IndexEntry {
+            offset: off,
+            body_len,
+            kind: kind as u16,
+            step: None,
+            layer: None,
+            name_offset,
+            name_len: name.len() as u32,
+        });
         id
     }
     fn tensor(&mut self, desc: &TensorDesc, payload: &[u8]) -> u64 {
-        self.push(RecordKind::Tensor, &desc.name, &encode_tensor(desc), payload)
+        self.push(
+            RecordKind::Tensor,
+            &desc.name,
+            &encode_tensor(desc),
+            payload,
+        )
     }
     fn finish(mut self) -> Vec<u8> {
         let tail = frame_footer(self.bytes.len() as u64, &self.index, &self.names);
@@ -150,24 +221,133 @@ fn desc(name: &str, dtype: DType, data: DataRef, shape: &[u64], strides: &[i64])
 #[test]
 fn hostile_views_are_clear_errors() {
     let mut r = RawTrace::new();
-    let s = r.push(RecordKind::Storage, "buf", &encode_storage(&StorageDesc { name: "buf".into(), metadata: Metadata::new() }), &[7u8; 64]);
-    let ok = r.tensor(&desc("ok", DType::F32, DataRef::Storage { storage: s, offset: 0 }, &[4, 4], &[16, 4]), &[]);
-    let past_end = r.tensor(&desc("past_end", DType::F32, DataRef::Storage { storage: s, offset: 4 }, &[4, 4], &[16, 4]), &[]);
-    let negative = r.tensor(&desc("negative", DType::F32, DataRef::Storage { storage: s, offset: 0 }, &[2, 4], &[-16, 4]), &[]);
-    let overflow = r.tensor(&desc("overflow", DType::F32, DataRef::Storage { storage: s, offset: 0 }, &[1 << 40, 1 << 40], &[4, 4]), &[]);
-    let huge_stride = r.tensor(&desc("huge_stride", DType::F32, DataRef::Storage { storage: s, offset: u64::MAX }, &[3], &[i64::MAX]), &[]);
-    let forward = r.tensor(&desc("forward_ref", DType::F32, DataRef::Storage { storage: 99, offset: 0 }, &[1], &[4]), &[]);
-    let not_storage = r.tensor(&desc("not_storage", DType::F32, DataRef::Storage { storage: ok, offset: 0 }, &[1], &[4]), &[]);
-    let mut unknown = encode_tensor(&desc("unknown_dtype", DType::F32, DataRef::Inline { offset: 0 }, &[1], &[4]));
+    let s = r.push(
+        RecordKind::Storage,
+        "buf",
+        &encode_storage(&StorageDesc {
+            name: "buf".into(),
+            metadata: Metadata::new(),
+        }),
+        &[7u8; 64],
+    );
+    let ok = r.tensor(
+        &desc(
+            "ok",
+            DType::F32,
+            DataRef::Storage {
+                storage: s,
+                offset: 0,
+            },
+            &[4, 4],
+            &[16, 4],
+        ),
+        &[],
+    );
+    let past_end = r.tensor(
+        &desc(
+            "past_end",
+            DType::F32,
+            DataRef::Storage {
+                storage: s,
+                offset: 4,
+            },
+            &[4, 4],
+            &[16, 4],
+        ),
+        &[],
+    );
+    let negative = r.tensor(
+        &desc(
+            "negative",
+            DType::F32,
+            DataRef::Storage {
+                storage: s,
+                offset: 0,
+            },
+            &[2, 4],
+            &[-16, 4],
+        ),
+        &[],
+    );
+    let overflow = r.tensor(
+        &desc(
+            "overflow",
+            DType::F32,
+            DataRef::Storage {
+                storage: s,
+                offset: 0,
+            },
+            &[1 << 40, 1 << 40],
+            &[4, 4],
+        ),
+        &[],
+    );
+    let huge_stride = r.tensor(
+        &desc(
+            "huge_stride",
+            DType::F32,
+            DataRef::Storage {
+                storage: s,
+                offset: u64::MAX,
+            },
+            &[3],
+            &[i64::MAX],
+        ),
+        &[],
+    );
+    let forward = r.tensor(
+        &desc(
+            "forward_ref",
+            DType::F32,
+            DataRef::Storage {
+                storage: 99,
+                offset: 0,
+            },
+            &[1],
+            &[4],
+        ),
+        &[],
+    );
+    let not_storage = r.tensor(
+        &desc(
+            "not_storage",
+            DType::F32,
+            DataRef::Storage {
+                storage: ok,
+                offset: 0,
+            },
+            &[1],
+            &[4],
+        ),
+        &[],
+    );
+    let mut unknown = encode_tensor(&desc(
+        "unknown_dtype",
+        DType::F32,
+        DataRef::Inline { offset: 0 },
+        &[1],
+        &[4],
+    ));
     // the dtype id follows the name (4-byte length + 13 bytes)
     unknown[17..19].copy_from_slice(&999u16.to_le_bytes());
     let unknown_id = r.push(RecordKind::Tensor, "", &unknown, &[0; 4]);
     let bytes = r.finish();
     let t = Trace::from_bytes("hostile.tdump", bytes).unwrap();
     assert!(t.view(ok).is_ok());
-    let err = |id: u64| t.view(id).err().unwrap_or_else(|| panic!("record {id} accepted")).to_string();
+    let err = |id: u64| {
+        t.view(id)
+            .err()
+            .unwrap_or_else(|| panic!("record {id} accepted"))
+            .to_string()
+    };
     let e = err(past_end);
-    assert!(e.contains("hostile.tdump") && e.contains("past_end") && e.contains("4..68") && e.contains("64 bytes"), "{e}");
+    assert!(
+        e.contains("hostile.tdump")
+            && e.contains("past_end")
+            && e.contains("4..68")
+            && e.contains("64 bytes"),
+        "{e}"
+    );
     let e = err(negative);
     assert!(e.contains("negative") && e.contains("-16..16"), "{e}");
     assert!(err(overflow).contains("overflows 64 bits"));
@@ -175,7 +355,10 @@ fn hostile_views_are_clear_errors() {
     assert!(err(forward).contains("does not come before it"));
     assert!(err(not_storage).contains("not a storage"));
     let e = err(unknown_id);
-    assert!(e.contains("unknown dtype id 999") && e.contains("unknown_dtype") && e.contains("byte"), "{e}");
+    assert!(
+        e.contains("unknown dtype id 999") && e.contains("unknown_dtype") && e.contains("byte"),
+        "{e}"
+    );
     let rep = t.verify();
     assert_eq!(rep.faults.len(), 7, "{:#?}", rep.faults);
 }
@@ -186,7 +369,10 @@ fn hostile_footers_fall_back_to_scanning() {
     let n = good.len();
     // a trailer that points past the end, with a valid checksum
     let mut b = good.clone();
-    let t = Trailer { footer_offset: 1 << 40, record_count: u64::MAX };
+    let t = Trailer {
+        footer_offset: 1 << 40,
+        record_count: u64::MAX,
+    };
     b[n - 32..].copy_from_slice(&t.encode());
     let tr = Trace::from_bytes("bad-trailer", b).unwrap();
     assert!(!tr.is_finished() && !tr.warnings().is_empty());
@@ -205,18 +391,41 @@ fn names_are_not_identities() {
     let mut ids = vec![];
     for (i, op) in ["MUL_MAT", "RESHAPE", "ROPE"].iter().enumerate() {
         let v = [i as u8; 4];
-        ids.push(w.add_tensor("Qcur-0", DType::F32, &[1], &v, TensorMeta::new().engine_op("ggml", op, &[])).unwrap().unwrap());
+        ids.push(
+            w.add_tensor(
+                "Qcur-0",
+                DType::F32,
+                &[1],
+                &v,
+                TensorMeta::new().engine_op("ggml", op, &[]),
+            )
+            .unwrap()
+            .unwrap(),
+        );
     }
-    w.add_tensor("node_21", DType::F32, &[1], &[0; 4], TensorMeta::new()).unwrap();
+    w.add_tensor("node_21", DType::F32, &[1], &[0; 4], TensorMeta::new())
+        .unwrap();
     w.finish().unwrap();
     let t = Trace::open(&path).unwrap();
     assert_eq!(t.find("Qcur-0"), &ids[..]);
     assert_eq!(t.get("Qcur-0").unwrap().id, ids[0]);
     assert_eq!(t.get("Qcur-0#2").unwrap().id, ids[2]);
-    assert_eq!(t.get("Qcur-0#2").unwrap().lineage.engine_op.as_ref().unwrap().op, "ROPE");
+    assert_eq!(
+        t.get("Qcur-0#2")
+            .unwrap()
+            .lineage
+            .engine_op
+            .as_ref()
+            .unwrap()
+            .op,
+        "ROPE"
+    );
     assert_eq!(t.occurrence(ids[1]), Some((1, 3)));
     assert!(t.get("Qcur-0#3").is_err());
-    assert!(matches!(t.get("missing"), Err(ReaderError::NotFound { .. })));
+    assert!(matches!(
+        t.get("missing"),
+        Err(ReaderError::NotFound { .. })
+    ));
 }
 
 #[test]
@@ -228,13 +437,26 @@ fn q8_0_view_with_half_block_heads() {
     let w = Writer::create(&path, Metadata::new()).unwrap();
     let s = w.add_storage("cache_k_l0", &blocks).unwrap();
     let k = ggml::to_canonical(&[16, 2, 256, 1], &[34, 17, 34, 8704], 0).unwrap();
-    let meta = TensorMeta::new().role("k_quant").ggml_layout(&[16, 2, 256, 1], &[34, 17, 34, 8704]);
-    let id = w.add_view("k-0", DType::Q8_0, s, &k, meta).unwrap().unwrap();
+    let meta = TensorMeta::new()
+        .role("k_quant")
+        .ggml_layout(&[16, 2, 256, 1], &[34, 17, 34, 8704]);
+    let id = w
+        .add_view("k-0", DType::Q8_0, s, &k, meta)
+        .unwrap()
+        .unwrap();
     let head1 = k.view(17, &[1, 256, 1, 16], &[8704, 34, 17, 34]).unwrap();
-    w.add_view("k-0-head1", DType::Q8_0, s, &head1, TensorMeta::new()).unwrap().unwrap();
+    w.add_view("k-0-head1", DType::Q8_0, s, &head1, TensorMeta::new())
+        .unwrap()
+        .unwrap();
     let bad = k.view(3, &[1, 256, 1, 16], &[8704, 34, 17, 34]).unwrap();
-    let e = w.add_view("bad", DType::Q8_0, s, &bad, TensorMeta::new()).unwrap_err().to_string();
-    assert!(e.contains("bad") && e.contains("whole number of elements"), "{e}");
+    let e = w
+        .add_view("bad", DType::Q8_0, s, &bad, TensorMeta::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bad") && e.contains("whole number of elements"),
+        "{e}"
+    );
     w.finish().unwrap();
     let t = Trace::open(&path).unwrap();
     let info = t.tensor(id).unwrap();
@@ -244,24 +466,65 @@ fn q8_0_view_with_half_block_heads() {
     let h1 = t.get("k-0-head1").unwrap();
     assert_eq!(h1.layout.element_layout(DType::Q8_0).unwrap().offset, 16);
     assert!(!h1.is_contiguous());
-    // values need dequantization, which this reader does not do yet: a clear error, not garbage
-    let e = t.view(id).unwrap().to_f32().unwrap_err().to_string();
+    // values: the blocks dequantized, then indexed in elements; head 1 of
+    // every position is the second half of that position's block
+    // (compared as bits: some of these arbitrary scales are NaN)
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let all = trace_quant::dequantize_to_vec(DType::Q8_0, &blocks).unwrap();
+    assert!(bits(&t.view(id).unwrap().to_f32().unwrap()) == bits(&all));
+    let want: Vec<f32> = (0..256)
+        .flat_map(|p| all[p * 32 + 16..p * 32 + 32].to_vec())
+        .collect();
+    assert!(bits(&t.view(h1.id).unwrap().to_f32().unwrap()) == bits(&want));
+    // raw blocks of a half-block view cannot be copied as blocks: a clear error
+    let e = t
+        .view(h1.id)
+        .unwrap()
+        .materialize()
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("q8_0"), "{e}");
 }
 
 #[test]
 fn eight_threads_share_one_writer() {
-    for mode in [Mode::Sync, Mode::Background { budget_bytes: 1 << 20, when_full: WhenFull::Block }] {
+    for mode in [
+        Mode::Sync,
+        Mode::Background {
+            budget_bytes: 1 << 20,
+            when_full: WhenFull::Block,
+        },
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mt.tdump");
-        let w = Arc::new(Writer::with_options(&path, Metadata::new(), WriterOptions { mode, ..Default::default() }).unwrap());
+        let w = Arc::new(
+            Writer::with_options(
+                &path,
+                Metadata::new(),
+                WriterOptions {
+                    mode,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
         let handles: Vec<_> = (0..8u32)
             .map(|t| {
                 let w = Arc::clone(&w);
                 std::thread::spawn(move || {
                     for i in 0..2000u32 {
-                        let v: Vec<u8> = (0..16u32).flat_map(|k| (t * 1_000_000 + i * 16 + k).to_le_bytes()).collect();
-                        w.add_tensor(&format!("t{t}-{i}"), DType::U32, &[16], &v, TensorMeta::new().step(i64::from(i))).unwrap().unwrap();
+                        let v: Vec<u8> = (0..16u32)
+                            .flat_map(|k| (t * 1_000_000 + i * 16 + k).to_le_bytes())
+                            .collect();
+                        w.add_tensor(
+                            &format!("t{t}-{i}"),
+                            DType::U32,
+                            &[16],
+                            &v,
+                            TensorMeta::new().step(i64::from(i)),
+                        )
+                        .unwrap()
+                        .unwrap();
                     }
                 })
             })
@@ -285,12 +548,27 @@ fn eight_threads_share_one_writer() {
 fn background_drop_mode_counts_and_never_grows() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("drop.tdump");
-    let opts = WriterOptions { mode: Mode::Background { budget_bytes: 64 << 10, when_full: WhenFull::Drop }, ..Default::default() };
+    let opts = WriterOptions {
+        mode: Mode::Background {
+            budget_bytes: 64 << 10,
+            when_full: WhenFull::Drop,
+        },
+        ..Default::default()
+    };
     let w = Writer::with_options(&path, Metadata::new(), opts).unwrap();
     let big = vec![1u8; 32 << 10];
     let mut kept = vec![];
     for i in 0..500 {
-        if let Some(id) = w.add_tensor(&format!("x{i}"), DType::U8, &[big.len() as u64], &big, TensorMeta::new()).unwrap() {
+        if let Some(id) = w
+            .add_tensor(
+                &format!("x{i}"),
+                DType::U8,
+                &[big.len() as u64],
+                &big,
+                TensorMeta::new(),
+            )
+            .unwrap()
+        {
             kept.push(id);
         }
     }
@@ -304,20 +582,44 @@ fn background_drop_mode_counts_and_never_grows() {
 
 #[test]
 fn dropped_without_finish_is_readable() {
-    for mode in [Mode::Sync, Mode::Background { budget_bytes: 1 << 20, when_full: WhenFull::Block }] {
+    for mode in [
+        Mode::Sync,
+        Mode::Background {
+            budget_bytes: 1 << 20,
+            when_full: WhenFull::Block,
+        },
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nofinish.tdump");
         {
-            let w = Writer::with_options(&path, Metadata::new(), WriterOptions { mode, ..Default::default() }).unwrap();
+            let w = Writer::with_options(
+                &path,
+                Metadata::new(),
+                WriterOptions {
+                    mode,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             for i in 0..100u8 {
-                w.add_tensor(&format!("x{i}"), DType::U8, &[3], &[i, i, i], TensorMeta::new()).unwrap();
+                w.add_tensor(
+                    &format!("x{i}"),
+                    DType::U8,
+                    &[3],
+                    &[i, i, i],
+                    TensorMeta::new(),
+                )
+                .unwrap();
             }
         }
         let t = Trace::open(&path).unwrap();
         assert!(!t.is_finished());
         assert_eq!(t.torn_tail(), None);
         assert_eq!(t.len(), 100);
-        assert_eq!(t.view_by_name("x42").unwrap().contiguous_bytes().unwrap(), &[42, 42, 42]);
+        assert_eq!(
+            t.view_by_name("x42").unwrap().contiguous_bytes().unwrap(),
+            &[42, 42, 42]
+        );
     }
 }
 
@@ -328,32 +630,79 @@ fn lineage_replay_catches_a_lie() {
     let w = Writer::create(&path, Metadata::new()).unwrap();
     let s = w.add_storage("buf", &[0u8; 96]).unwrap();
     let full = Layout::contiguous(DType::F32, &[4, 6], 0).unwrap();
-    let c = w.add_view("full", DType::F32, s, &full, TensorMeta::new()).unwrap().unwrap();
+    let c = w
+        .add_view("full", DType::F32, s, &full, TensorMeta::new())
+        .unwrap()
+        .unwrap();
     // recorded as transpose(0,1) but laid out as the untransposed reshape
     let wrong = full.reshape(DType::F32, &[6, 4]).unwrap();
-    w.add_view("t", DType::F32, s, &wrong, TensorMeta::new().parent(c).op(Op::Transpose { a: 0, b: 1 })).unwrap();
+    w.add_view(
+        "t",
+        DType::F32,
+        s,
+        &wrong,
+        TensorMeta::new().parent(c).op(Op::Transpose { a: 0, b: 1 }),
+    )
+    .unwrap();
     w.finish().unwrap();
     let rep = Trace::open(&path).unwrap().verify();
     assert_eq!(rep.faults.len(), 1, "{:?}", rep.faults);
-    assert!(rep.faults[0].message.contains("byte strides [4, 24]"), "{}", rep.faults[0]);
+    assert!(
+        rep.faults[0].message.contains("byte strides [4, 24]"),
+        "{}",
+        rep.faults[0]
+    );
 }
 
 #[test]
 fn large_payloads_are_streamed_and_checked() {
-    for mode in [Mode::Sync, Mode::Background { budget_bytes: 16 << 20, when_full: WhenFull::Block }] {
+    for mode in [
+        Mode::Sync,
+        Mode::Background {
+            budget_bytes: 16 << 20,
+            when_full: WhenFull::Block,
+        },
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("large.tdump");
-        let w = Writer::with_options(&path, Metadata::new(), WriterOptions { mode, ..Default::default() }).unwrap();
-        let big: Vec<u8> = (0..(3u32 << 20) + 12).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let w = Writer::with_options(
+            &path,
+            Metadata::new(),
+            WriterOptions {
+                mode,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let big: Vec<u8> = (0..(3u32 << 20) + 12)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         for i in 0..4 {
-            w.add_tensor(&format!("big{i}"), DType::U8, &[big.len() as u64], &big, TensorMeta::new()).unwrap();
-            w.add_tensor(&format!("small{i}"), DType::U8, &[3], &[1, 2, 3], TensorMeta::new()).unwrap();
+            w.add_tensor(
+                &format!("big{i}"),
+                DType::U8,
+                &[big.len() as u64],
+                &big,
+                TensorMeta::new(),
+            )
+            .unwrap();
+            w.add_tensor(
+                &format!("small{i}"),
+                DType::U8,
+                &[3],
+                &[1, 2, 3],
+                TensorMeta::new(),
+            )
+            .unwrap();
         }
         w.finish().unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let t = Trace::from_bytes("large", bytes.clone()).unwrap();
         assert!(t.verify().is_ok(), "{:?}", t.verify().faults);
-        assert_eq!(t.view_by_name("big3").unwrap().contiguous_bytes().unwrap(), &big[..]);
+        assert_eq!(
+            t.view_by_name("big3").unwrap().contiguous_bytes().unwrap(),
+            &big[..]
+        );
         // a writer killed after the payload but before the header went in place:
         // the record's header is still zero, so the scan ends there
         let big2 = t.records()[t.find("big2")[0] as usize];

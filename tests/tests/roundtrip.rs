@@ -53,14 +53,38 @@ struct Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (0..SCALARS.len(), prop::collection::vec(0u64..5, 0..5), any::<bool>(), 0u64..16, any::<u8>())
+    (
+        0..SCALARS.len(),
+        prop::collection::vec(0u64..5, 0..5),
+        any::<bool>(),
+        0u64..16,
+        any::<u8>(),
+    )
         .prop_flat_map(|(di, shape, as_view, slack, seed)| {
             let nd = shape.len();
             let perm = Just((0..nd as u32).collect::<Vec<_>>()).prop_shuffle();
             let strides = prop::collection::vec(-40i64..40, nd);
-            (Just(SCALARS[di]), Just(shape), strides, perm, Just(slack), Just(as_view), Just(seed))
+            (
+                Just(SCALARS[di]),
+                Just(shape),
+                strides,
+                perm,
+                Just(slack),
+                Just(as_view),
+                Just(seed),
+            )
         })
-        .prop_map(|(dtype, shape, strides_el, perm, slack, as_view, seed)| Case { dtype, shape, strides_el, perm, slack, as_view, seed })
+        .prop_map(
+            |(dtype, shape, strides_el, perm, slack, as_view, seed)| Case {
+                dtype,
+                shape,
+                strides_el,
+                perm,
+                slack,
+                as_view,
+                seed,
+            },
+        )
 }
 
 proptest! {
@@ -172,10 +196,18 @@ fn ndarray_views_keep_their_strides() {
     w.add_ndarray("bcast", &bcast, TensorMeta::new()).unwrap();
     w.finish().unwrap();
     let trace = Trace::open(&path).unwrap();
-    for (name, want) in [("rev", rev.to_owned().into_dyn()), ("perm", perm.to_owned().into_dyn()), ("bcast", bcast.to_owned().into_dyn())] {
+    for (name, want) in [
+        ("rev", rev.to_owned().into_dyn()),
+        ("perm", perm.to_owned().into_dyn()),
+        ("bcast", bcast.to_owned().into_dyn()),
+    ] {
         let v = trace.view_by_name(name).unwrap();
         assert_eq!(v.array::<f32>().unwrap(), want.view(), "{name}");
-        assert_eq!(v.to_f32().unwrap(), want.iter().copied().collect::<Vec<_>>(), "{name}");
+        assert_eq!(
+            v.to_f32().unwrap(),
+            want.iter().copied().collect::<Vec<_>>(),
+            "{name}"
+        );
     }
     let rev_info = trace.get("rev").unwrap();
     assert_eq!(rev_info.layout.byte_strides, vec![-80, 40, 4]);

@@ -25,19 +25,33 @@ pub fn build_spec_example(path: &Path) -> Result<FinishSummary, WriterError> {
     let storage = w.add_storage("cache", &values)?;
     let full = Layout::contiguous(DType::F32, &[2, 4], 0).expect("contiguous [2,4]");
     let cache = w
-        .add_view("cache", DType::F32, storage, &full, TensorMeta::new().layer(0))?
+        .add_view(
+            "cache",
+            DType::F32,
+            storage,
+            &full,
+            TensorMeta::new().layer(0),
+        )?
         .expect("not filtered");
     let transposed = Layout::new(vec![4, 2], vec![4, 16], 0).expect("transposed [4,2]");
-    let k_meta = TensorMeta::new().role("k").parent(cache).op(Op::Transpose { a: 0, b: 1 });
+    let k_meta = TensorMeta::new()
+        .role("k")
+        .parent(cache)
+        .op(Op::Transpose { a: 0, b: 1 });
     w.add_view("k-0", DType::F32, storage, &transposed, k_meta)?;
-    let logits: Vec<u8> = [1.0f32, -2.0, 0.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let logits: Vec<u8> = [1.0f32, -2.0, 0.5]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     w.add_stats_of("logits", DType::F32, &[3], &logits, TensorMeta::new())?;
     w.finish()
 }
 
 #[test]
 fn golden_file_is_byte_identical() {
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden").join("spec_example.tdump");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join("spec_example.tdump");
     if std::env::var("TRACEDUMP_BLESS").as_deref() == Ok("1") {
         build_spec_example(&golden).expect("write the golden file");
         return;
@@ -57,23 +71,36 @@ fn golden_file_is_byte_identical() {
             expected[i]
         );
     }
-    assert_eq!(built.len(), expected.len(), "file length differs from {}", golden.display());
+    assert_eq!(
+        built.len(),
+        expected.len(),
+        "file length differs from {}",
+        golden.display()
+    );
 }
 
 /// The committed golden file reads back as SPEC.md §10 describes it.
 #[test]
 fn golden_file_reads_back() {
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden").join("spec_example.tdump");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join("spec_example.tdump");
     let t = trace_reader::Trace::open(&golden).expect("open the golden file");
     assert!(t.is_finished());
     let rep = t.verify();
     assert!(rep.is_ok(), "{:?}", rep.faults);
     assert_eq!(rep.lineages_replayed, 1);
     assert_eq!(t.tensor_ids(), &[2, 3, 4]);
-    assert_eq!(t.run_metadata().get("engine"), Some(&trace_format::Value::Str("spec-example".into())));
+    assert_eq!(
+        t.run_metadata().get("engine"),
+        Some(&trace_format::Value::Str("spec-example".into()))
+    );
     let k = t.view_by_name("k-0").expect("k-0");
     assert_eq!(k.info().layout.byte_strides, vec![4, 16]);
-    assert_eq!(k.to_f32().expect("values"), vec![0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0]);
+    assert_eq!(
+        k.to_f32().expect("values"),
+        vec![0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0]
+    );
     let logits = t.get("logits").expect("logits");
     let s = logits.stats.as_ref().expect("stats");
     assert_eq!((s.count, s.min, s.max, s.abs_max), (3, -2.0, 1.0, 2.0));

@@ -190,14 +190,27 @@ pub enum Op {
 impl Op {
     /// Whether the step only re-describes the parent's bytes.
     pub fn is_view(&self) -> bool {
-        matches!(self, Op::View { .. } | Op::Permute { .. } | Op::Reshape { .. } | Op::Transpose { .. })
+        matches!(
+            self,
+            Op::View { .. } | Op::Permute { .. } | Op::Reshape { .. } | Op::Transpose { .. }
+        )
     }
 }
 
 impl std::fmt::Display for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let join = |v: &[u32]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
-        let joinu = |v: &[u64]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+        let join = |v: &[u32]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let joinu = |v: &[u64]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         match self {
             Op::View { offset, shape, .. } => write!(f, "view(+{offset}, [{}])", joinu(shape)),
             Op::Permute { axes } => write!(f, "permute({})", join(axes)),
@@ -295,6 +308,10 @@ pub enum DataRef {
         /// Byte offset of element (0,…,0) in the payload.
         offset: u64,
     },
+    /// Tag 3: no bytes of its own: the values are the lineage replayed on
+    /// the parents' values (SPEC.md §5.4, value replay) — e.g. one logical
+    /// K made of an f16 hot window and a q8_0 cold part.
+    Derived,
 }
 
 /// The descriptor of a TENSOR record.
@@ -370,7 +387,9 @@ pub struct Encoder {
 impl Encoder {
     /// A new, empty encoder.
     pub fn new() -> Self {
-        Encoder { buf: Vec::with_capacity(256) }
+        Encoder {
+            buf: Vec::with_capacity(256),
+        }
     }
     /// Append a u8.
     pub fn u8(&mut self, v: u8) {
@@ -481,7 +500,11 @@ impl Encoder {
     /// Append a lineage op.
     pub fn op(&mut self, op: &Op) {
         match op {
-            Op::View { offset, shape, byte_strides } => {
+            Op::View {
+                offset,
+                shape,
+                byte_strides,
+            } => {
                 self.u8(1);
                 self.u64(*offset);
                 self.u64s(shape);
@@ -554,6 +577,7 @@ pub fn encode_tensor(t: &TensorDesc) -> Vec<u8> {
             e.u8(2);
             e.u64(offset);
         }
+        DataRef::Derived => e.u8(3),
     }
     e.u64s(&t.shape);
     e.i64s(&t.byte_strides);
@@ -614,7 +638,9 @@ pub fn encode_run_metadata(m: &Metadata) -> Vec<u8> {
 
 /// Encode a FOOTER descriptor from index entries and the names they point into.
 pub fn encode_footer(entries: &[IndexEntry], names: &[u8]) -> Vec<u8> {
-    let mut e = Encoder { buf: Vec::with_capacity(16 + entries.len() * INDEX_ENTRY_BYTES + names.len()) };
+    let mut e = Encoder {
+        buf: Vec::with_capacity(16 + entries.len() * INDEX_ENTRY_BYTES + names.len()),
+    };
     e.u64(entries.len() as u64);
     for x in entries {
         e.u64(x.offset);
@@ -700,7 +726,11 @@ impl<'a> Decoder<'a> {
         Ok(f64::from_le_bytes(self.arr(field)?))
     }
     fn invalid(&self, field: &'static str, at: u64, reason: impl Into<String>) -> FormatError {
-        FormatError::Invalid { field, offset: at, reason: reason.into() }
+        FormatError::Invalid {
+            field,
+            offset: at,
+            reason: reason.into(),
+        }
     }
     /// Read a count of items each at least `min_item_bytes` long, refusing
     /// counts the remaining bytes cannot hold (so no huge allocation happens).
@@ -711,7 +741,10 @@ impl<'a> Decoder<'a> {
             return Err(self.invalid(
                 field,
                 at,
-                format!("count {n} needs more than the {} bytes left", self.remaining()),
+                format!(
+                    "count {n} needs more than the {} bytes left",
+                    self.remaining()
+                ),
             ));
         }
         Ok(n)
@@ -737,7 +770,11 @@ impl<'a> Decoder<'a> {
         }
     }
     fn opt_i64(&mut self, field: &'static str) -> Result<Option<i64>, FormatError> {
-        Ok(if self.flag(field)? { Some(self.i64(field)?) } else { None })
+        Ok(if self.flag(field)? {
+            Some(self.i64(field)?)
+        } else {
+            None
+        })
     }
     fn u64s(&mut self, field: &'static str) -> Result<Vec<u64>, FormatError> {
         let n = self.count(field, 8)?;
@@ -757,7 +794,11 @@ impl<'a> Decoder<'a> {
     pub fn value(&mut self, depth: usize) -> Result<Value, FormatError> {
         let at = self.offset();
         if depth > MAX_VALUE_DEPTH {
-            return Err(self.invalid("metadata value", at, format!("nested deeper than {MAX_VALUE_DEPTH}")));
+            return Err(self.invalid(
+                "metadata value",
+                at,
+                format!("nested deeper than {MAX_VALUE_DEPTH}"),
+            ));
         }
         Ok(match self.u8("metadata value tag")? {
             1 => Value::Bool(self.flag("bool value")?),
@@ -768,7 +809,11 @@ impl<'a> Decoder<'a> {
             6 => Value::Bytes(self.bytes("bytes value")?.to_vec()),
             7 => {
                 let n = self.count("list length", 1)?;
-                Value::List((0..n).map(|_| self.value(depth + 1)).collect::<Result<_, _>>()?)
+                Value::List(
+                    (0..n)
+                        .map(|_| self.value(depth + 1))
+                        .collect::<Result<_, _>>()?,
+                )
             }
             8 => {
                 let n = self.count("map length", 5)?;
@@ -803,15 +848,32 @@ impl<'a> Decoder<'a> {
             },
             2 => {
                 let n = self.count("permute axes", 4)?;
-                Op::Permute { axes: (0..n).map(|_| self.u32("permute axis")).collect::<Result<_, _>>()? }
+                Op::Permute {
+                    axes: (0..n)
+                        .map(|_| self.u32("permute axis"))
+                        .collect::<Result<_, _>>()?,
+                }
             }
-            3 => Op::Reshape { shape: self.u64s("reshape shape")? },
-            4 => Op::Transpose { a: self.u32("transpose axis")?, b: self.u32("transpose axis")? },
+            3 => Op::Reshape {
+                shape: self.u64s("reshape shape")?,
+            },
+            4 => Op::Transpose {
+                a: self.u32("transpose axis")?,
+                b: self.u32("transpose axis")?,
+            },
             5 => Op::Cont,
-            6 => Op::Convert { dtype: self.dtype()? },
-            7 => Op::Quantize { dtype: self.dtype()? },
-            8 => Op::Dequantize { dtype: self.dtype()? },
-            9 => Op::Concat { axis: self.u32("concat axis")? },
+            6 => Op::Convert {
+                dtype: self.dtype()?,
+            },
+            7 => Op::Quantize {
+                dtype: self.dtype()?,
+            },
+            8 => Op::Dequantize {
+                dtype: self.dtype()?,
+            },
+            9 => Op::Concat {
+                axis: self.u32("concat axis")?,
+            },
             t => return Err(self.invalid("op tag", at, format!("unknown op tag {t}"))),
         })
     }
@@ -824,7 +886,11 @@ impl<'a> Decoder<'a> {
         for x in &mut f {
             *x = self.f64("stats")?;
         }
-        let bytes_crc32c = if self.flag("stats crc")? { Some(self.u32("stats crc")?) } else { None };
+        let bytes_crc32c = if self.flag("stats crc")? {
+            Some(self.u32("stats crc")?)
+        } else {
+            None
+        };
         Ok(Stats {
             count,
             nan_count,
@@ -841,7 +907,11 @@ impl<'a> Decoder<'a> {
     /// Fail unless every byte was consumed.
     pub fn finish(&self, field: &'static str) -> Result<(), FormatError> {
         if self.remaining() != 0 {
-            return Err(self.invalid(field, self.offset(), format!("{} unexpected trailing bytes", self.remaining())));
+            return Err(self.invalid(
+                field,
+                self.offset(),
+                format!("{} unexpected trailing bytes", self.remaining()),
+            ));
         }
         Ok(())
     }
@@ -855,8 +925,14 @@ pub fn decode_tensor(buf: &[u8], base: u64) -> Result<TensorDesc, FormatError> {
     let at = d.offset();
     let data = match d.u8("data kind")? {
         0 => DataRef::StatsOnly,
-        1 => DataRef::Storage { storage: d.u64("storage id")?, offset: d.u64("storage offset")? },
-        2 => DataRef::Inline { offset: d.u64("storage offset")? },
+        1 => DataRef::Storage {
+            storage: d.u64("storage id")?,
+            offset: d.u64("storage offset")?,
+        },
+        2 => DataRef::Inline {
+            offset: d.u64("storage offset")?,
+        },
+        3 => DataRef::Derived,
         k => return Err(d.invalid("data kind", at, format!("unknown data kind {k}"))),
     };
     let shape = d.u64s("shape")?;
@@ -866,16 +942,27 @@ pub fn decode_tensor(buf: &[u8], base: u64) -> Result<TensorDesc, FormatError> {
         return Err(d.invalid(
             "byte_strides",
             at,
-            format!("{} strides for {} dimensions", byte_strides.len(), shape.len()),
+            format!(
+                "{} strides for {} dimensions",
+                byte_strides.len(),
+                shape.len()
+            ),
         ));
     }
     let step = d.opt_i64("step")?;
     let layer = d.opt_i64("layer")?;
-    let role = if d.flag("role")? { Some(d.str("role")?.to_owned()) } else { None };
+    let role = if d.flag("role")? {
+        Some(d.str("role")?.to_owned())
+    } else {
+        None
+    };
     let at = d.offset();
     let source_layout = match d.u8("source layout")? {
         0 => None,
-        1 => Some(SourceLayout::Ggml { ne: d.i64s("ggml ne")?, nb: d.u64s("ggml nb")? }),
+        1 => Some(SourceLayout::Ggml {
+            ne: d.i64s("ggml ne")?,
+            nb: d.u64s("ggml nb")?,
+        }),
         k => return Err(d.invalid("source layout", at, format!("unknown convention {k}"))),
     };
     let parents = d.u64s("parents")?;
@@ -890,7 +977,11 @@ pub fn decode_tensor(buf: &[u8], base: u64) -> Result<TensorDesc, FormatError> {
     } else {
         None
     };
-    let stats = if d.flag("stats")? { Some(d.stats()?) } else { None };
+    let stats = if d.flag("stats")? {
+        Some(d.stats()?)
+    } else {
+        None
+    };
     let metadata = d.metadata()?;
     d.finish("tensor descriptor")?;
     Ok(TensorDesc {
@@ -903,7 +994,11 @@ pub fn decode_tensor(buf: &[u8], base: u64) -> Result<TensorDesc, FormatError> {
         layer,
         role,
         source_layout,
-        lineage: Lineage { parents, ops, engine_op },
+        lineage: Lineage {
+            parents,
+            ops,
+            engine_op,
+        },
         stats,
         metadata,
     })
@@ -932,7 +1027,11 @@ pub fn decode_footer(buf: &[u8], base: u64) -> Result<(Vec<IndexEntry>, &[u8]), 
     let at = d.offset();
     let n = d.u64("record count")?;
     if n.saturating_mul(INDEX_ENTRY_BYTES as u64) > d.remaining() as u64 {
-        return Err(d.invalid("record count", at, format!("{n} entries do not fit in the footer")));
+        return Err(d.invalid(
+            "record count",
+            at,
+            format!("{n} entries do not fit in the footer"),
+        ));
     }
     let mut entries = Vec::with_capacity(n as usize);
     for _ in 0..n {
@@ -942,7 +1041,11 @@ pub fn decode_footer(buf: &[u8], base: u64) -> Result<(Vec<IndexEntry>, &[u8]), 
         let kind = d.u16("index kind")?;
         let flags = d.u16("index flags")?;
         if flags & !3 != 0 {
-            return Err(d.invalid("index flags", at + 18, format!("unknown flag bits {flags:#x}")));
+            return Err(d.invalid(
+                "index flags",
+                at + 18,
+                format!("unknown flag bits {flags:#x}"),
+            ));
         }
         let name_len = d.u32("index name_len")?;
         let name_offset = d.u64("index name_offset")?;
@@ -973,19 +1076,38 @@ mod tests {
         let t = TensorDesc {
             name: "Qcur-0".into(),
             dtype: DType::F16,
-            data: DataRef::Storage { storage: 3, offset: 64 },
+            data: DataRef::Storage {
+                storage: 3,
+                offset: 64,
+            },
             shape: vec![1, 8, 4],
             byte_strides: vec![64, 8, 2],
             step: Some(0),
             layer: Some(0),
             role: Some("q".into()),
-            source_layout: Some(SourceLayout::Ggml { ne: vec![4, 8, 1, 1], nb: vec![2, 8, 64, 64] }),
+            source_layout: Some(SourceLayout::Ggml {
+                ne: vec![4, 8, 1, 1],
+                nb: vec![2, 8, 64, 64],
+            }),
             lineage: Lineage {
                 parents: vec![2],
-                ops: vec![Op::Permute { axes: vec![0, 2, 1] }, Op::Convert { dtype: DType::F16 }],
-                engine_op: Some(EngineOp { engine: "ggml".into(), op: "CPY".into(), params: vec![1, 2, 3] }),
+                ops: vec![
+                    Op::Permute {
+                        axes: vec![0, 2, 1],
+                    },
+                    Op::Convert { dtype: DType::F16 },
+                ],
+                engine_op: Some(EngineOp {
+                    engine: "ggml".into(),
+                    op: "CPY".into(),
+                    params: vec![1, 2, 3],
+                }),
             },
-            stats: Some(Stats { count: 32, min: -1.0, ..Default::default() }),
+            stats: Some(Stats {
+                count: 32,
+                min: -1.0,
+                ..Default::default()
+            }),
             metadata: Metadata::new().with("n", Value::List(vec![1i64.into(), "x".into()])),
         };
         let b = encode_tensor(&t);
@@ -1000,7 +1122,10 @@ mod tests {
         let mut e = Encoder::new();
         e.u32(u32::MAX); // metadata count
         let err = decode_run_metadata(&e.buf, 100).unwrap_err();
-        assert!(matches!(err, FormatError::Invalid { offset: 100, .. }), "{err}");
+        assert!(
+            matches!(err, FormatError::Invalid { offset: 100, .. }),
+            "{err}"
+        );
         let mut e = Encoder::new();
         e.u64(u64::MAX / 2);
         assert!(decode_footer(&e.buf, 0).is_err());

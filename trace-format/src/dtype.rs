@@ -191,7 +191,10 @@ impl DType {
             "float8_e5m2" | "f8e5m2" => "f8_e5m2",
             other => other,
         };
-        DTYPE_TABLE.iter().find(|r| r.name == alias).map(|r| r.dtype)
+        DTYPE_TABLE
+            .iter()
+            .find(|r| r.name == alias)
+            .map(|r| r.dtype)
     }
 
     /// The id stored in the file.
@@ -280,8 +283,12 @@ impl DType {
     pub fn decode_f32(self, bytes: &[u8]) -> Option<f32> {
         Some(match self {
             DType::F32 => f32::from_le_bytes(bytes.get(..4)?.try_into().ok()?),
-            DType::F16 => half::f16::from_bits(u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?)).to_f32(),
-            DType::BF16 => half::bf16::from_bits(u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?)).to_f32(),
+            DType::F16 => {
+                half::f16::from_bits(u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?)).to_f32()
+            }
+            DType::BF16 => {
+                half::bf16::from_bits(u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?)).to_f32()
+            }
             DType::F8_E4M3 => f8_e4m3_to_f32(*bytes.first()?),
             DType::F8_E5M2 => f8_e5m2_to_f32(*bytes.first()?),
             _ => self.decode_f64(bytes)? as f32,
@@ -391,7 +398,11 @@ mod tests {
             (DType::MXFP4, 39, 32, 17),
         ];
         for &(d, id, be, bb) in expect {
-            assert_eq!((d.id(), d.block_elems(), d.block_bytes()), (id, be, bb), "{d}");
+            assert_eq!(
+                (d.id(), d.block_elems(), d.block_bytes()),
+                (id, be, bb),
+                "{d}"
+            );
         }
         assert_eq!(DType::all().count(), 30);
     }
@@ -412,7 +423,13 @@ mod tests {
             let class = format!("{:?}", info.class).to_lowercase();
             assert_eq!(
                 row[..5],
-                [info.id.to_string().as_str(), info.name, &info.block_elems.to_string(), &info.block_bytes.to_string(), &class],
+                [
+                    info.id.to_string().as_str(),
+                    info.name,
+                    &info.block_elems.to_string(),
+                    &info.block_bytes.to_string(),
+                    &class
+                ],
                 "SPEC.md §8 row for {}",
                 info.name
             );

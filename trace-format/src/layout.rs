@@ -64,17 +64,31 @@ pub fn row_major_strides(shape: &[u64], unit: i64) -> Option<Vec<i64>> {
 impl Layout {
     /// A layout from its parts, checking rank, dimension count and that the
     /// element count fits in 64 bits.
-    pub fn new(shape: Vec<u64>, byte_strides: Vec<i64>, storage_offset: u64) -> Result<Self, LayoutError> {
+    pub fn new(
+        shape: Vec<u64>,
+        byte_strides: Vec<i64>,
+        storage_offset: u64,
+    ) -> Result<Self, LayoutError> {
         if shape.len() != byte_strides.len() {
-            return Err(LayoutError::RankMismatch { shape: shape.len(), strides: byte_strides.len() });
+            return Err(LayoutError::RankMismatch {
+                shape: shape.len(),
+                strides: byte_strides.len(),
+            });
         }
         if shape.len() > MAX_DIMS {
-            return Err(LayoutError::TooManyDims { ndim: shape.len(), max: MAX_DIMS });
+            return Err(LayoutError::TooManyDims {
+                ndim: shape.len(),
+                max: MAX_DIMS,
+            });
         }
         if numel(&shape).is_none() {
             return Err(LayoutError::Overflow { shape });
         }
-        Ok(Layout { shape, byte_strides, storage_offset })
+        Ok(Layout {
+            shape,
+            byte_strides,
+            storage_offset,
+        })
     }
 
     /// The row-major contiguous layout of `shape` for `dtype` at `storage_offset`.
@@ -82,10 +96,19 @@ impl Layout {
     /// For block types the innermost dimension must hold whole blocks when
     /// the tensor has more than one row, and its byte stride is the block size
     /// (ggml's `nb[0]`).
-    pub fn contiguous(dtype: DType, shape: &[u64], storage_offset: u64) -> Result<Self, LayoutError> {
-        let overflow = || LayoutError::Overflow { shape: shape.to_vec() };
+    pub fn contiguous(
+        dtype: DType,
+        shape: &[u64],
+        storage_offset: u64,
+    ) -> Result<Self, LayoutError> {
+        let overflow = || LayoutError::Overflow {
+            shape: shape.to_vec(),
+        };
         if shape.len() > MAX_DIMS {
-            return Err(LayoutError::TooManyDims { ndim: shape.len(), max: MAX_DIMS });
+            return Err(LayoutError::TooManyDims {
+                ndim: shape.len(),
+                max: MAX_DIMS,
+            });
         }
         numel(shape).ok_or_else(overflow)?;
         let strides = if dtype.is_block() {
@@ -95,13 +118,22 @@ impl Layout {
                 strides[last] = bb as i64;
                 let rows_of_blocks = shape[..last].iter().any(|&n| n > 1);
                 if rows_of_blocks && shape[last] % be != 0 {
-                    return Err(LayoutError::PartialBlock { dtype, block_elems: be, numel: shape[last] });
+                    return Err(LayoutError::PartialBlock {
+                        dtype,
+                        block_elems: be,
+                        numel: shape[last],
+                    });
                 }
-                let row_bytes = (shape[last].max(1) / be).max(1).checked_mul(bb).ok_or_else(overflow)?;
+                let row_bytes = (shape[last].max(1) / be)
+                    .max(1)
+                    .checked_mul(bb)
+                    .ok_or_else(overflow)?;
                 let mut acc = i64::try_from(row_bytes).map_err(|_| overflow())?;
                 for d in (0..last).rev() {
                     strides[d] = acc;
-                    acc = acc.checked_mul(i64::try_from(shape[d].max(1)).map_err(|_| overflow())?).ok_or_else(overflow)?;
+                    acc = acc
+                        .checked_mul(i64::try_from(shape[d].max(1)).map_err(|_| overflow())?)
+                        .ok_or_else(overflow)?;
                 }
             }
             strides
@@ -109,7 +141,11 @@ impl Layout {
             let eb = dtype.block_bytes() as i64;
             row_major_strides(shape, eb).ok_or_else(overflow)?
         };
-        Ok(Layout { shape: shape.to_vec(), byte_strides: strides, storage_offset })
+        Ok(Layout {
+            shape: shape.to_vec(),
+            byte_strides: strides,
+            storage_offset,
+        })
     }
 
     /// Number of dimensions.
@@ -145,7 +181,9 @@ impl Layout {
                     reason: format!("{what} of {bytes} bytes is not a whole number of elements ({bb} bytes hold {be} values)"),
                 });
             }
-            i64::try_from(scaled / bb).map_err(|_| LayoutError::Overflow { shape: self.shape.clone() })
+            i64::try_from(scaled / bb).map_err(|_| LayoutError::Overflow {
+                shape: self.shape.clone(),
+            })
         };
         let last = self.ndim().checked_sub(1);
         let mut strides = Vec::with_capacity(self.ndim());
@@ -170,7 +208,11 @@ impl Layout {
             strides.push(es);
         }
         let offset = map(self.storage_offset as i128, "the storage offset")? as u64;
-        Ok(ElementLayout { shape: self.shape.clone(), strides, offset })
+        Ok(ElementLayout {
+            shape: self.shape.clone(),
+            strides,
+            offset,
+        })
     }
 
     /// Element strides, where every byte stride divides (see [`Layout::element_layout`]).
@@ -185,7 +227,9 @@ impl Layout {
             return true;
         }
         if dtype.is_block() {
-            let Ok(el) = self.element_layout(dtype) else { return false };
+            let Ok(el) = self.element_layout(dtype) else {
+                return false;
+            };
             let mut expect: i64 = 1;
             for d in (0..self.ndim()).rev() {
                 if self.shape[d] != 1 && el.strides[d] != expect {
@@ -213,16 +257,22 @@ impl Layout {
         if self.shape.contains(&0) {
             return Ok(None);
         }
-        let overflow = || LayoutError::Overflow { shape: self.shape.clone() };
+        let overflow = || LayoutError::Overflow {
+            shape: self.shape.clone(),
+        };
         if dtype.is_block() {
             let el = self.element_layout(dtype)?;
-            let (lo, hi) = extent(&el.shape, &el.strides, el.offset as i128).ok_or_else(overflow)?;
+            let (lo, hi) =
+                extent(&el.shape, &el.strides, el.offset as i128).ok_or_else(overflow)?;
             let (be, bb) = (dtype.block_elems() as i128, dtype.block_bytes() as i128);
             let start = lo.div_euclid(be).checked_mul(bb).ok_or_else(overflow)?;
-            let end = (hi.div_euclid(be) + 1).checked_mul(bb).ok_or_else(overflow)?;
+            let end = (hi.div_euclid(be) + 1)
+                .checked_mul(bb)
+                .ok_or_else(overflow)?;
             Ok(Some((start, end)))
         } else {
-            let (lo, hi) = extent(&self.shape, &self.byte_strides, self.storage_offset as i128).ok_or_else(overflow)?;
+            let (lo, hi) = extent(&self.shape, &self.byte_strides, self.storage_offset as i128)
+                .ok_or_else(overflow)?;
             Ok(Some((lo, hi + dtype.block_bytes() as i128)))
         }
     }
@@ -232,7 +282,11 @@ impl Layout {
     pub fn check_within(&self, dtype: DType, storage_len: u64) -> Result<(), LayoutError> {
         if let Some((start, end)) = self.byte_span(dtype)? {
             if start < 0 || end > storage_len as i128 {
-                return Err(LayoutError::OutOfBounds { start, end, storage_len });
+                return Err(LayoutError::OutOfBounds {
+                    start,
+                    end,
+                    storage_len,
+                });
             }
         }
         Ok(())
@@ -240,11 +294,18 @@ impl Layout {
 
     /// `view(offset, shape, byte_strides)`: a new view of the same storage,
     /// `offset` bytes after this one's start.
-    pub fn view(&self, offset: u64, shape: &[u64], byte_strides: &[i64]) -> Result<Layout, LayoutError> {
-        let storage_offset = self
-            .storage_offset
-            .checked_add(offset)
-            .ok_or_else(|| LayoutError::Overflow { shape: shape.to_vec() })?;
+    pub fn view(
+        &self,
+        offset: u64,
+        shape: &[u64],
+        byte_strides: &[i64],
+    ) -> Result<Layout, LayoutError> {
+        let storage_offset =
+            self.storage_offset
+                .checked_add(offset)
+                .ok_or_else(|| LayoutError::Overflow {
+                    shape: shape.to_vec(),
+                })?;
         Layout::new(shape.to_vec(), byte_strides.to_vec(), storage_offset)
     }
 
@@ -254,7 +315,10 @@ impl Layout {
         check_axes(axes, self.ndim())?;
         Ok(Layout {
             shape: axes.iter().map(|&a| self.shape[a as usize]).collect(),
-            byte_strides: axes.iter().map(|&a| self.byte_strides[a as usize]).collect(),
+            byte_strides: axes
+                .iter()
+                .map(|&a| self.byte_strides[a as usize])
+                .collect(),
             storage_offset: self.storage_offset,
         })
     }
@@ -263,7 +327,10 @@ impl Layout {
     pub fn transpose(&self, a: u32, b: u32) -> Result<Layout, LayoutError> {
         let mut axes: Vec<u32> = (0..self.ndim() as u32).collect();
         if a as usize >= axes.len() || b as usize >= axes.len() {
-            return Err(LayoutError::BadAxes { axes: vec![a, b], ndim: self.ndim() });
+            return Err(LayoutError::BadAxes {
+                axes: vec![a, b],
+                ndim: self.ndim(),
+            });
         }
         axes.swap(a as usize, b as usize);
         self.permute(&axes)
@@ -272,7 +339,11 @@ impl Layout {
     /// `reshape(shape)` of a contiguous layout (as ggml and `torch.view` of a
     /// contiguous tensor): same start, row-major strides for the new shape.
     pub fn reshape(&self, dtype: DType, shape: &[u64]) -> Result<Layout, LayoutError> {
-        let bad = |reason| LayoutError::BadReshape { from: self.shape.clone(), to: shape.to_vec(), reason };
+        let bad = |reason| LayoutError::BadReshape {
+            from: self.shape.clone(),
+            to: shape.to_vec(),
+            reason,
+        };
         if numel(shape) != Some(self.numel()) {
             return Err(bad("the element counts differ"));
         }
@@ -308,7 +379,10 @@ fn check_axes(axes: &[u32], ndim: usize) -> Result<(), LayoutError> {
     if ok {
         Ok(())
     } else {
-        Err(LayoutError::BadAxes { axes: axes.to_vec(), ndim })
+        Err(LayoutError::BadAxes {
+            axes: axes.to_vec(),
+            ndim,
+        })
     }
 }
 
@@ -330,7 +404,11 @@ pub mod ggml {
         let strides = nb
             .iter()
             .rev()
-            .map(|&b| i64::try_from(b).map_err(|_| LayoutError::Overflow { shape: shape.clone() }))
+            .map(|&b| {
+                i64::try_from(b).map_err(|_| LayoutError::Overflow {
+                    shape: shape.clone(),
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Layout::new(shape, strides, offset)
     }
@@ -395,7 +473,10 @@ mod tests {
         assert_eq!(head1.element_layout(DType::Q8_0).unwrap().offset, 16);
         // a 3-byte offset is not a whole number of elements
         let bad = l.view(3, &[1, 256, 1, 16], &[8704, 34, 17, 34]).unwrap();
-        assert!(matches!(bad.element_layout(DType::Q8_0), Err(LayoutError::BlockMapping { .. })));
+        assert!(matches!(
+            bad.element_layout(DType::Q8_0),
+            Err(LayoutError::BlockMapping { .. })
+        ));
     }
 
     #[test]
@@ -413,14 +494,20 @@ mod tests {
         assert_eq!(l.byte_span(DType::F32).unwrap(), Some((0, 48)));
         l.check_within(DType::F32, 48).unwrap();
         let l = Layout::new(vec![3, 4], vec![-16, 4], 16).unwrap();
-        assert!(matches!(l.check_within(DType::F32, 48), Err(LayoutError::OutOfBounds { start: -16, .. })));
+        assert!(matches!(
+            l.check_within(DType::F32, 48),
+            Err(LayoutError::OutOfBounds { start: -16, .. })
+        ));
         let bcast = Layout::new(vec![1000, 4], vec![0, 4], 0).unwrap();
         assert_eq!(bcast.byte_span(DType::F32).unwrap(), Some((0, 16)));
     }
 
     #[test]
     fn overflow_is_an_error() {
-        assert!(matches!(Layout::new(vec![u64::MAX, 2], vec![1, 1], 0), Err(LayoutError::Overflow { .. })));
+        assert!(matches!(
+            Layout::new(vec![u64::MAX, 2], vec![1, 1], 0),
+            Err(LayoutError::Overflow { .. })
+        ));
         let l = Layout::new(vec![1 << 40, 1 << 20], vec![i64::MAX, i64::MAX], u64::MAX).unwrap();
         assert!(l.check_within(DType::F32, 100).is_err());
     }

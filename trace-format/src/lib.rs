@@ -9,7 +9,10 @@ pub mod lineage;
 pub mod record;
 pub mod stats;
 
-pub use codec::{DataRef, EngineOp, IndexEntry, Lineage, Metadata, Op, SourceLayout, Stats, StorageDesc, TensorDesc, Value};
+pub use codec::{
+    DataRef, EngineOp, IndexEntry, Lineage, Metadata, Op, SourceLayout, Stats, StorageDesc,
+    TensorDesc, Value,
+};
 pub use dtype::{DType, NativeType};
 pub use error::{FormatError, LayoutError};
 pub use layout::{ElementLayout, Layout};

@@ -86,7 +86,11 @@ pub fn decode_file_header(h: &[u8]) -> Result<(u16, u16), FormatError> {
             available: h.len() as u64,
         });
     }
-    let invalid = |offset, reason: String| FormatError::Invalid { field: "file header", offset, reason };
+    let invalid = |offset, reason: String| FormatError::Invalid {
+        field: "file header",
+        offset,
+        reason,
+    };
     if h[0..8] != FILE_MAGIC {
         return Err(invalid(0, "not a tracedump trace (bad magic)".into()));
     }
@@ -97,7 +101,10 @@ pub fn decode_file_header(h: &[u8]) -> Result<(u16, u16), FormatError> {
     let major = u16::from_le_bytes([h[8], h[9]]);
     let minor = u16::from_le_bytes([h[10], h[11]]);
     if major != VERSION_MAJOR {
-        return Err(invalid(8, format!("format version {major}.{minor}; this reader reads {VERSION_MAJOR}.x")));
+        return Err(invalid(
+            8,
+            format!("format version {major}.{minor}; this reader reads {VERSION_MAJOR}.x"),
+        ));
     }
     if h[12..60].iter().any(|&b| b != 0) {
         return Err(invalid(12, "reserved bytes are not zero".into()));
@@ -145,12 +152,18 @@ impl RecordHeader {
                 available: h.len() as u64,
             });
         }
-        let invalid = |reason: &str| FormatError::Invalid { field: "record header", offset, reason: reason.into() };
+        let invalid = |reason: &str| FormatError::Invalid {
+            field: "record header",
+            offset,
+            reason: reason.into(),
+        };
         if h[0..4] != RECORD_MAGIC {
             return Err(invalid("bad record magic"));
         }
-        let le32 = |r: std::ops::Range<usize>| u32::from_le_bytes(h[r].try_into().unwrap_or_default());
-        let le64 = |r: std::ops::Range<usize>| u64::from_le_bytes(h[r].try_into().unwrap_or_default());
+        let le32 =
+            |r: std::ops::Range<usize>| u32::from_le_bytes(h[r].try_into().unwrap_or_default());
+        let le64 =
+            |r: std::ops::Range<usize>| u64::from_le_bytes(h[r].try_into().unwrap_or_default());
         if le32(28..32) != crc32c(&h[0..28]) {
             return Err(invalid("header checksum mismatch"));
         }
@@ -171,7 +184,11 @@ impl RecordHeader {
 /// Absolute file offset of the payload of a record at `record_offset` whose
 /// descriptor is `descriptor_len` bytes (when it has a payload).
 pub fn payload_offset(record_offset: u64, descriptor_len: u64) -> Option<u64> {
-    align_up(record_offset.checked_add(RECORD_HEADER_BYTES + BODY_PREFIX_BYTES)?.checked_add(descriptor_len)?)
+    align_up(
+        record_offset
+            .checked_add(RECORD_HEADER_BYTES + BODY_PREFIX_BYTES)?
+            .checked_add(descriptor_len)?,
+    )
 }
 
 /// The body length of a record at `record_offset` with the given descriptor and payload lengths.
@@ -185,7 +202,11 @@ pub fn body_len(record_offset: u64, descriptor_len: u64, payload_len: u64) -> Op
 
 /// Offset of the record after one at `record_offset` with a body of `body_len` bytes.
 pub fn next_record_offset(record_offset: u64, body_len: u64) -> Option<u64> {
-    align_up(record_offset.checked_add(RECORD_HEADER_BYTES)?.checked_add(body_len)?)
+    align_up(
+        record_offset
+            .checked_add(RECORD_HEADER_BYTES)?
+            .checked_add(body_len)?,
+    )
 }
 
 /// Everything of a body before its payload: prefix, descriptor, zero padding.
@@ -207,10 +228,22 @@ pub fn body_head(record_offset: u64, descriptor: &[u8], payload_len: u64) -> Vec
 /// One whole record as it lies in the file at `record_offset`: header, body
 /// and the zero padding up to the next record. For small records and tools;
 /// the writer streams large payloads instead of copying them.
-pub fn frame_record(record_offset: u64, record_id: u64, kind: RecordKind, descriptor: &[u8], payload: &[u8]) -> Vec<u8> {
+pub fn frame_record(
+    record_offset: u64,
+    record_id: u64,
+    kind: RecordKind,
+    descriptor: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
     let mut body = body_head(record_offset, descriptor, payload.len() as u64);
     body.extend_from_slice(payload);
-    let header = RecordHeader { kind: kind as u16, flags: 0, record_id, body_len: body.len() as u64, body_crc32c: crc32c(&body) };
+    let header = RecordHeader {
+        kind: kind as u16,
+        flags: 0,
+        record_id,
+        body_len: body.len() as u64,
+        body_crc32c: crc32c(&body),
+    };
     let end = next_record_offset(record_offset, body.len() as u64).unwrap_or(u64::MAX);
     let mut out = Vec::with_capacity((end - record_offset) as usize);
     out.extend_from_slice(&header.encode());
@@ -221,11 +254,27 @@ pub fn frame_record(record_offset: u64, record_id: u64, kind: RecordKind, descri
 
 /// The end of a finished file written at `footer_offset`: the FOOTER record
 /// indexing `entries` (whose names are in `names`), its padding, and the trailer.
-pub fn frame_footer(footer_offset: u64, entries: &[crate::codec::IndexEntry], names: &[u8]) -> Vec<u8> {
+pub fn frame_footer(
+    footer_offset: u64,
+    entries: &[crate::codec::IndexEntry],
+    names: &[u8],
+) -> Vec<u8> {
     let record_count = entries.len() as u64;
     let descriptor = crate::codec::encode_footer(entries, names);
-    let mut out = frame_record(footer_offset, record_count, RecordKind::Footer, &descriptor, &[]);
-    out.extend_from_slice(&Trailer { footer_offset, record_count }.encode());
+    let mut out = frame_record(
+        footer_offset,
+        record_count,
+        RecordKind::Footer,
+        &descriptor,
+        &[],
+    );
+    out.extend_from_slice(
+        &Trailer {
+            footer_offset,
+            record_count,
+        }
+        .encode(),
+    );
     out
 }
 
@@ -245,7 +294,11 @@ pub struct Body<'a> {
 /// Split a body found for a record at `record_offset` into descriptor and payload.
 pub fn split_body(body: &[u8], record_offset: u64) -> Result<Body<'_>, FormatError> {
     let body_at = record_offset + RECORD_HEADER_BYTES;
-    let invalid = |offset, reason: String| FormatError::Invalid { field: "record body", offset, reason };
+    let invalid = |offset, reason: String| FormatError::Invalid {
+        field: "record body",
+        offset,
+        reason,
+    };
     if body.len() < BODY_PREFIX_BYTES as usize {
         return Err(FormatError::Truncated {
             field: "record body prefix",
@@ -256,17 +309,24 @@ pub fn split_body(body: &[u8], record_offset: u64) -> Result<Body<'_>, FormatErr
     }
     let d = u64::from_le_bytes(body[0..8].try_into().unwrap_or_default());
     let p = u64::from_le_bytes(body[8..16].try_into().unwrap_or_default());
-    let expect = body_len(record_offset, d, p).ok_or_else(|| invalid(body_at, "lengths overflow".into()))?;
+    let expect =
+        body_len(record_offset, d, p).ok_or_else(|| invalid(body_at, "lengths overflow".into()))?;
     if expect != body.len() as u64 {
         return Err(invalid(
             body_at,
-            format!("descriptor {d} + payload {p} bytes need a body of {expect} bytes; it has {}", body.len()),
+            format!(
+                "descriptor {d} + payload {p} bytes need a body of {expect} bytes; it has {}",
+                body.len()
+            ),
         ));
     }
     let d_end = (BODY_PREFIX_BYTES + d) as usize;
     let p_start = body.len() - p as usize;
     if body[d_end..p_start].iter().any(|&x| x != 0) {
-        return Err(invalid(body_at + d_end as u64, "padding before the payload is not zero".into()));
+        return Err(invalid(
+            body_at + d_end as u64,
+            "padding before the payload is not zero".into(),
+        ));
     }
     Ok(Body {
         descriptor: &body[BODY_PREFIX_BYTES as usize..d_end],
@@ -330,9 +390,18 @@ mod tests {
         assert_eq!(b.descriptor, &desc[..]);
         assert_eq!(b.payload.len(), 100);
         assert_eq!(b.payload_offset % ALIGN, 0);
-        let h = RecordHeader { kind: 3, flags: 0, record_id: 5, body_len: body.len() as u64, body_crc32c: 1 };
+        let h = RecordHeader {
+            kind: 3,
+            flags: 0,
+            record_id: 5,
+            body_len: body.len() as u64,
+            body_crc32c: 1,
+        };
         assert_eq!(RecordHeader::decode(&h.encode(), 0).unwrap(), h);
-        let t = Trailer { footer_offset: 640, record_count: 9 };
+        let t = Trailer {
+            footer_offset: 640,
+            record_count: 9,
+        };
         assert_eq!(Trailer::decode(&t.encode()), Some(t));
         decode_file_header(&encode_file_header()).unwrap();
     }

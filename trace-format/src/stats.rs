@@ -22,7 +22,11 @@ pub struct StatsAccumulator {
 impl StatsAccumulator {
     /// An empty accumulator.
     pub fn new() -> Self {
-        StatsAccumulator { min: f64::INFINITY, max: f64::NEG_INFINITY, ..Default::default() }
+        StatsAccumulator {
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            ..Default::default()
+        }
     }
 
     /// Add one value.
@@ -57,7 +61,11 @@ impl StatsAccumulator {
             min: if none { f64::NAN } else { self.min },
             max: if none { f64::NAN } else { self.max },
             mean: if none { f64::NAN } else { self.mean },
-            std: if none { f64::NAN } else { (self.m2 / self.finite as f64).sqrt() },
+            std: if none {
+                f64::NAN
+            } else {
+                (self.m2 / self.finite as f64).sqrt()
+            },
             abs_max: if none { f64::NAN } else { self.abs_max },
             l2_norm: self.sum_sq.sqrt(),
             bytes_crc32c,
@@ -88,7 +96,11 @@ mod tests {
         assert_eq!((s.count, s.nan_count, s.inf_count), (7, 1, 1));
         assert_eq!((s.min, s.max, s.abs_max), (-6.0, 4.0, 6.0));
         assert_eq!(s.mean, 4.0 / 5.0);
-        let var = [1.0, 2.0, 3.0, 4.0, -6.0].iter().map(|v: &f64| (v - 0.8).powi(2)).sum::<f64>() / 5.0;
+        let var = [1.0, 2.0, 3.0, 4.0, -6.0]
+            .iter()
+            .map(|v: &f64| (v - 0.8).powi(2))
+            .sum::<f64>()
+            / 5.0;
         assert!((s.std - var.sqrt()).abs() < 1e-12);
         assert_eq!(s.l2_norm, 66f64.sqrt());
         assert_eq!(s.bytes_crc32c, Some(crc32c(&bytes)));

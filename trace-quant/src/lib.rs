@@ -45,11 +45,18 @@ fn check_lengths(dtype: DType, blocks: usize, out: usize) -> Result<usize, Quant
     let bb = dtype.block_bytes() as usize;
     let be = dtype.block_elems() as usize;
     if blocks % bb != 0 {
-        return Err(QuantError::PartialBlock { dtype, bytes: blocks as u64 });
+        return Err(QuantError::PartialBlock {
+            dtype,
+            bytes: blocks as u64,
+        });
     }
     let n = blocks / bb;
     if n.checked_mul(be) != Some(out) {
-        return Err(QuantError::OutputLength { dtype, blocks: n as u64, values: out as u64 });
+        return Err(QuantError::OutputLength {
+            dtype,
+            blocks: n as u64,
+            values: out as u64,
+        });
     }
     Ok(n)
 }
@@ -75,7 +82,12 @@ pub fn dequantize(dtype: DType, blocks: &[u8], out: &mut [f32]) -> Result<(), Qu
         DType::Q6_K => kquants::dequantize_q6_k(blocks, out),
         DType::Q8_K => kquants::dequantize_q8_k(blocks, out),
         DType::IQ4_XS => kquants::dequantize_iq4_xs(blocks, out),
-        _ => return Err(QuantError::Unsupported { dtype, what: "dequantization" }),
+        _ => {
+            return Err(QuantError::Unsupported {
+                dtype,
+                what: "dequantization",
+            })
+        }
     }
     Ok(())
 }
@@ -99,7 +111,12 @@ pub fn quantize(dtype: DType, values: &[f32], out: &mut [u8]) -> Result<(), Quan
     match dtype {
         DType::Q8_0 => legacy::quantize_q8_0(values, out),
         DType::Q4_0 => legacy::quantize_q4_0(values, out),
-        _ => return Err(QuantError::Unsupported { dtype, what: "quantization" }),
+        _ => {
+            return Err(QuantError::Unsupported {
+                dtype,
+                what: "quantization",
+            })
+        }
     }
     Ok(())
 }
@@ -111,7 +128,11 @@ pub fn quantize_to_vec(dtype: DType, values: &[f32]) -> Result<Vec<u8>, QuantErr
     }
     let be = dtype.block_elems() as usize;
     if values.len() % be != 0 {
-        return Err(QuantError::OutputLength { dtype, blocks: (values.len() / be) as u64, values: values.len() as u64 });
+        return Err(QuantError::OutputLength {
+            dtype,
+            blocks: (values.len() / be) as u64,
+            values: values.len() as u64,
+        });
     }
     let mut out = vec![0u8; values.len() / be * dtype.block_bytes() as usize];
     quantize(dtype, values, &mut out)?;

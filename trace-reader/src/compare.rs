@@ -29,7 +29,11 @@ impl Default for Tolerance {
     /// `atol = 1e-3`, `rtol = 1e-2`, `min_cosine = 0.999`: loose enough for
     /// an f16 engine against an f32 reference, tight enough for real bugs.
     fn default() -> Self {
-        Tolerance { atol: 1e-3, rtol: 1e-2, min_cosine: 0.999 }
+        Tolerance {
+            atol: 1e-3,
+            rtol: 1e-2,
+            min_cosine: 0.999,
+        }
     }
 }
 
@@ -88,7 +92,12 @@ fn moments(v: &[f64]) -> Moments {
     let mut acc = trace_format::stats::StatsAccumulator::new();
     v.iter().for_each(|&x| acc.push(x));
     let s = acc.finish(None);
-    Moments { mean: s.mean, std: s.std, min: s.min, max: s.max }
+    Moments {
+        mean: s.mean,
+        std: s.std,
+        min: s.min,
+        max: s.max,
+    }
 }
 
 /// Map a 16-bit float's bits to an integer line where neighbours differ by 1.
@@ -109,9 +118,19 @@ fn to_bits16(dtype: DType, v: f64) -> u16 {
 
 /// Compare `a` against the reference `b` (same length, row-major of `shape`).
 /// `ulp_dtype` is f16 or bf16 when either side is stored in it.
-pub fn compare_values(a: &[f64], b: &[f64], shape: &[u64], tol: &Tolerance, ulp_dtype: Option<DType>) -> Metrics {
-    let mut m = Metrics { numel: a.len().min(b.len()) as u64, ..Default::default() };
-    let (mut dot, mut na, mut nb, mut sum_abs, mut sum_sq, mut finite) = (0.0, 0.0, 0.0, 0.0, 0.0, 0u64);
+pub fn compare_values(
+    a: &[f64],
+    b: &[f64],
+    shape: &[u64],
+    tol: &Tolerance,
+    ulp_dtype: Option<DType>,
+) -> Metrics {
+    let mut m = Metrics {
+        numel: a.len().min(b.len()) as u64,
+        ..Default::default()
+    };
+    let (mut dot, mut na, mut nb, mut sum_abs, mut sum_sq, mut finite) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0u64);
     let mut max_ulp = 0u64;
     let mut at = None;
     for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
@@ -142,7 +161,8 @@ pub fn compare_values(a: &[f64], b: &[f64], shape: &[u64], tol: &Tolerance, ulp_
             m.outside_tolerance += 1;
         }
         if let Some(dt) = ulp_dtype {
-            let u = (ordered16(to_bits16(dt, x)) - ordered16(to_bits16(dt, y))).unsigned_abs() as u64;
+            let u =
+                (ordered16(to_bits16(dt, x)) - ordered16(to_bits16(dt, y))).unsigned_abs() as u64;
             max_ulp = max_ulp.max(u);
         }
         dot += x * y;
@@ -205,7 +225,8 @@ impl Renamer {
     /// Add a rule: names matching `pattern` (a regex) become `replacement`
     /// (`$1`… refer to groups). The first matching rule wins.
     pub fn push(&mut self, pattern: &str, replacement: &str) -> Result<(), regex::Error> {
-        self.rules.push((Regex::new(pattern)?, replacement.to_owned()));
+        self.rules
+            .push((Regex::new(pattern)?, replacement.to_owned()));
         Ok(())
     }
 
@@ -218,8 +239,11 @@ impl Renamer {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (pat, rep) = line.split_once("=>").ok_or_else(|| format!("line {}: expected `PATTERN => REPLACEMENT`", n + 1))?;
-            r.push(pat.trim(), rep.trim()).map_err(|e| format!("line {}: {e}", n + 1))?;
+            let (pat, rep) = line
+                .split_once("=>")
+                .ok_or_else(|| format!("line {}: expected `PATTERN => REPLACEMENT`", n + 1))?;
+            r.push(pat.trim(), rep.trim())
+                .map_err(|e| format!("line {}: {e}", n + 1))?;
         }
         Ok(r)
     }
@@ -251,7 +275,10 @@ impl Renamer {
 /// The verdict on one pair.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[cfg_attr(feature = "serde", serde(tag = "kind", content = "detail", rename_all = "snake_case"))]
+#[cfg_attr(
+    feature = "serde",
+    serde(tag = "kind", content = "detail", rename_all = "snake_case")
+)]
 pub enum Verdict {
     /// Within tolerance.
     Agree,
@@ -377,20 +404,44 @@ fn squeezed(shape: &[u64]) -> Vec<u64> {
     shape.iter().copied().filter(|&n| n != 1).collect()
 }
 
-fn compare_pair(ta: &Trace, a: &TensorInfo, tb: &Trace, b: &TensorInfo, tol: &Tolerance) -> Result<(Verdict, Option<Metrics>), ReaderError> {
+fn compare_pair(
+    ta: &Trace,
+    a: &TensorInfo,
+    tb: &Trace,
+    b: &TensorInfo,
+    tol: &Tolerance,
+) -> Result<(Verdict, Option<Metrics>), ReaderError> {
     if a.is_stats_only() || b.is_stats_only() {
         let moments_of = |trace: &Trace, t: &TensorInfo| -> Result<Moments, ReaderError> {
             match &t.stats {
-                Some(s) if t.is_stats_only() => Ok(Moments { mean: s.mean, std: s.std, min: s.min, max: s.max }),
+                Some(s) if t.is_stats_only() => Ok(Moments {
+                    mean: s.mean,
+                    std: s.std,
+                    min: s.min,
+                    max: s.max,
+                }),
                 _ => Ok(moments(&trace.view(t.id)?.to_f64()?)),
             }
         };
         let (ma, mb) = (moments_of(ta, a)?, moments_of(tb, b)?);
-        return Ok((Verdict::StatsOnly, Some(Metrics { a: ma, b: mb, ..Default::default() })));
+        return Ok((
+            Verdict::StatsOnly,
+            Some(Metrics {
+                a: ma,
+                b: mb,
+                ..Default::default()
+            }),
+        ));
     }
     for t in [a, b] {
-        if t.dtype.is_block() {
-            return Ok((Verdict::Skipped(format!("{} values need dequantization", t.dtype)), None));
+        if t.dtype.is_block() && !trace_quant::can_dequantize(t.dtype) {
+            return Ok((
+                Verdict::Skipped(format!(
+                    "{} blocks cannot be dequantized by this version",
+                    t.dtype
+                )),
+                None,
+            ));
         }
     }
     if squeezed(&a.layout.shape) != squeezed(&b.layout.shape) {
@@ -398,11 +449,16 @@ fn compare_pair(ta: &Trace, a: &TensorInfo, tb: &Trace, b: &TensorInfo, tol: &To
     }
     let va = ta.view(a.id)?.to_f64()?;
     let vb = tb.view(b.id)?.to_f64()?;
-    let ulp = [a.dtype, b.dtype].into_iter().find(|d| matches!(d, DType::F16 | DType::BF16));
+    let ulp = [a.dtype, b.dtype]
+        .into_iter()
+        .find(|d| matches!(d, DType::F16 | DType::BF16));
     let m = compare_values(&va, &vb, &a.layout.shape, tol, ulp);
     let mut why = Vec::new();
     if m.outside_tolerance > 0 {
-        why.push(format!("{} of {} elements outside atol {} + rtol {}·|b|", m.outside_tolerance, m.numel, tol.atol, tol.rtol));
+        why.push(format!(
+            "{} of {} elements outside atol {} + rtol {}·|b|",
+            m.outside_tolerance, m.numel, tol.atol, tol.rtol
+        ));
     }
     if m.cosine < tol.min_cosine {
         why.push(format!("cosine {:.6} < {}", m.cosine, tol.min_cosine));
@@ -413,7 +469,11 @@ fn compare_pair(ta: &Trace, a: &TensorInfo, tb: &Trace, b: &TensorInfo, tol: &To
     if m.inf_mismatch > 0 {
         why.push(format!("{} Inf mismatches", m.inf_mismatch));
     }
-    let verdict = if why.is_empty() { Verdict::Agree } else { Verdict::Diverge(why) };
+    let verdict = if why.is_empty() {
+        Verdict::Agree
+    } else {
+        Verdict::Diverge(why)
+    };
     Ok((verdict, Some(m)))
 }
 
@@ -431,7 +491,10 @@ pub fn diff(
 ) -> Result<DiffReport, ReaderError> {
     let mut b_by_name: HashMap<&str, Vec<u64>> = HashMap::new();
     for &id in b.tensor_ids() {
-        b_by_name.entry(b.record_name(id).unwrap_or("")).or_default().push(id);
+        b_by_name
+            .entry(b.record_name(id).unwrap_or(""))
+            .or_default()
+            .push(id);
     }
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut used_b = std::collections::HashSet::new();
@@ -450,7 +513,10 @@ pub fn diff(
         };
         let key = renamer.apply(&ta.name);
         let k = seen.entry(key.clone()).or_insert(0);
-        let partner = b_by_name.get(key.as_str()).and_then(|ids| ids.get(*k)).copied();
+        let partner = b_by_name
+            .get(key.as_str())
+            .and_then(|ids| ids.get(*k))
+            .copied();
         *k += 1;
         match partner {
             None => only_in_a.push(format!("{} (#{ida})", ta.name)),
@@ -472,7 +538,13 @@ pub fn diff(
                         unreadable.push(format!("{key}: {why}"));
                     }
                 }
-                pairs.push(Pair { key, a: Side::of(ta), b: Side::of(tb), verdict, metrics });
+                pairs.push(Pair {
+                    key,
+                    a: Side::of(ta),
+                    b: Side::of(tb),
+                    verdict,
+                    metrics,
+                });
             }
         }
     }
@@ -484,7 +556,15 @@ pub fn diff(
         .collect();
     let first_divergence = pairs.iter().position(|p| p.verdict.is_divergent());
     let layers = layer_summary(&pairs);
-    Ok(DiffReport { tolerance: *tol, pairs, first_divergence, only_in_a, only_in_b, layers, unreadable })
+    Ok(DiffReport {
+        tolerance: *tol,
+        pairs,
+        first_divergence,
+        only_in_a,
+        only_in_b,
+        layers,
+        unreadable,
+    })
 }
 
 fn layer_summary(pairs: &[Pair]) -> Vec<LayerSummary> {
@@ -519,7 +599,11 @@ fn layer_summary(pairs: &[Pair]) -> Vec<LayerSummary> {
         l.last = p.key.clone();
         l.a = m.a;
         l.b = m.b;
-        l.std_ratio = if m.b.std != 0.0 { m.a.std / m.b.std } else { f64::NAN };
+        l.std_ratio = if m.b.std != 0.0 {
+            m.a.std / m.b.std
+        } else {
+            f64::NAN
+        };
     }
     layers.sort_by_key(|l| l.layer.unwrap_or(i64::MIN));
     layers
@@ -549,7 +633,13 @@ mod tests {
     fn ulp_distance_in_f16() {
         let one = 1.0;
         let next = half::f16::from_bits(0x3c01).to_f64();
-        let m = compare_values(&[one, -0.0], &[next, 0.0], &[2], &Tolerance::default(), Some(DType::F16));
+        let m = compare_values(
+            &[one, -0.0],
+            &[next, 0.0],
+            &[2],
+            &Tolerance::default(),
+            Some(DType::F16),
+        );
         assert_eq!(m.max_ulp, Some(1));
     }
 
@@ -558,7 +648,10 @@ mod tests {
         let r = Renamer::preset("llama-hf").unwrap();
         assert_eq!(r.apply("attn_norm-0"), "model.layers.0.input_layernorm");
         assert_eq!(r.apply("Qcur-12"), "model.layers.12.self_attn.q_proj");
-        assert_eq!(r.apply("kqv_out-3"), "model.layers.3.self_attn.o_proj.input");
+        assert_eq!(
+            r.apply("kqv_out-3"),
+            "model.layers.3.self_attn.o_proj.input"
+        );
         assert_eq!(r.apply("ffn_out-7"), "model.layers.7.mlp.down_proj");
         assert_eq!(r.apply("result_output"), "lm_head");
         assert_eq!(r.apply("something_else"), "something_else");

@@ -101,4 +101,21 @@ pub enum ReaderError {
         /// What cannot be done.
         what: String,
     },
+    /// A GGUF file is malformed, or uses a version or byte order this
+    /// reader does not read (see [`crate::gguf`]).
+    #[error(
+        "{}: GGUF at byte {offset}{}: {reason}",
+        path.display(),
+        tensor.as_ref().map(|t| format!(" (tensor `{t}`)")).unwrap_or_default()
+    )]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// Absolute offset of the offending field.
+        offset: u64,
+        /// The tensor whose info or data is at fault, when known.
+        tensor: Option<String>,
+        /// What is wrong.
+        reason: String,
+    },
 }

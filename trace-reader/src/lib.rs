@@ -3,8 +3,11 @@
 
 pub mod compare;
 mod error;
+pub mod gguf;
+pub mod names;
 mod source;
 mod trace;
+pub mod values;
 mod verify;
 mod view;
 

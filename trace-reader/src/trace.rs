@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use regex::Regex;
-use trace_format::codec::{decode_footer, decode_run_metadata, decode_storage, decode_tensor, DataRef};
-use trace_format::record::{
-    decode_file_header, next_record_offset, split_body, Body, RecordHeader, RecordKind, Trailer, FILE_HEADER_BYTES,
-    RECORD_HEADER_BYTES, TRAILER_BYTES,
+use trace_format::codec::{
+    decode_footer, decode_run_metadata, decode_storage, decode_tensor, DataRef,
 };
-use trace_format::{DType, FormatError, Layout, Lineage, Metadata, SourceLayout, Stats};
+use trace_format::record::{
+    decode_file_header, next_record_offset, split_body, Body, RecordHeader, RecordKind, Trailer,
+    FILE_HEADER_BYTES, RECORD_HEADER_BYTES, TRAILER_BYTES,
+};
+use trace_format::{DType, FormatError, Layout, Lineage, Metadata, SourceLayout, Stats, Value};
 
 use crate::error::ReaderError;
 use crate::source::Source;
@@ -75,6 +77,9 @@ pub struct TensorInfo {
     pub metadata: Metadata,
     /// Offset of the record header in the file.
     pub record_offset: u64,
+    /// Whether the values are rebuilt from the parents by replaying the
+    /// lineage (data kind 3, SPEC.md §5.4) instead of read from a storage.
+    pub derived: bool,
     storage_at: u64,
     storage_len: u64,
 }
@@ -82,7 +87,12 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Whether the tensor has no data, only statistics.
     pub fn is_stats_only(&self) -> bool {
-        self.storage.is_none()
+        self.storage.is_none() && !self.derived
+    }
+
+    /// Whether the tensor has values (stored, or derived from its parents).
+    pub fn has_values(&self) -> bool {
+        self.storage.is_some() || self.derived
     }
 
     /// Element strides where they divide (block types: SPEC.md §6).
@@ -157,13 +167,18 @@ pub struct Trace {
     /// Decoded tensors, filled on first use (boxed: an unused slot costs 8 bytes).
     infos: Vec<OnceLock<Box<TensorInfo>>>,
     by_name: OnceLock<HashMap<String, Vec<u64>>>,
+    /// For a GGUF file opened as a trace: its tensor table.
+    gguf: Option<Box<[crate::gguf::GgufTensorInfo]>>,
 }
 
 impl Trace {
     /// Open a trace file.
     pub fn open(path: impl AsRef<Path>) -> Result<Trace, ReaderError> {
         let path = path.as_ref().to_path_buf();
-        let source = Source::map(&path).map_err(|source| ReaderError::Io { path: path.clone(), error: source })?;
+        let source = Source::map(&path).map_err(|source| ReaderError::Io {
+            path: path.clone(),
+            error: source,
+        })?;
         Self::from_source(path, source)
     }
 
@@ -174,7 +189,13 @@ impl Trace {
 
     fn from_source(path: PathBuf, source: Source) -> Result<Trace, ReaderError> {
         let bytes = source.bytes();
-        let version = decode_file_header(bytes).map_err(|source| ReaderError::NotATrace { path: path.clone(), error: Box::new(source) })?;
+        if bytes.starts_with(crate::gguf::GGUF_MAGIC) {
+            return Self::from_gguf(path, source);
+        }
+        let version = decode_file_header(bytes).map_err(|source| ReaderError::NotATrace {
+            path: path.clone(),
+            error: Box::new(source),
+        })?;
         let mut warnings = Vec::new();
         let (records, finished, footer_offset, torn) = match read_footer(bytes) {
             Ok(Some((records, footer_offset))) => (records, true, Some(footer_offset), None),
@@ -183,7 +204,9 @@ impl Trace {
                 (records, false, None, torn)
             }
             Err(e) => {
-                warnings.push(format!("the footer index is damaged ({e}); records were found by scanning"));
+                warnings.push(format!(
+                    "the footer index is damaged ({e}); records were found by scanning"
+                ));
                 let (records, torn) = scan(bytes);
                 (records, false, None, torn)
             }
@@ -195,7 +218,10 @@ impl Trace {
                 tensor_slot[id] = tensor_ids.len() as u32;
                 tensor_ids.push(id as u64);
             } else if RecordKind::from_code(r.kind).is_none() {
-                warnings.push(format!("record {id} at byte {} has unknown kind {}; skipped", r.offset, r.kind));
+                warnings.push(format!(
+                    "record {id} at byte {} has unknown kind {}; skipped",
+                    r.offset, r.kind
+                ));
             }
         }
         let infos = (0..tensor_ids.len()).map(|_| OnceLock::new()).collect();
@@ -213,12 +239,14 @@ impl Trace {
             run_metadata: Metadata::new(),
             infos,
             by_name: OnceLock::new(),
+            gguf: None,
         };
         let mut run = Metadata::new();
         for id in 0..trace.records.len() as u64 {
             if trace.records[id as usize].kind == RecordKind::RunMetadata as u16 {
                 let body = trace.body(id)?;
-                let m = decode_run_metadata(body.descriptor, body.descriptor_offset).map_err(|e| trace.record_error(id, e))?;
+                let m = decode_run_metadata(body.descriptor, body.descriptor_offset)
+                    .map_err(|e| trace.record_error(id, e))?;
                 for (k, v) in m.0 {
                     run.insert(k, v);
                 }
@@ -226,6 +254,112 @@ impl Trace {
         }
         trace.run_metadata = run;
         Ok(trace)
+    }
+
+    /// A GGUF file as a trace: every tensor (raw blocks, ggml `ne` kept as
+    /// the source layout), the key-value metadata as run metadata, layer
+    /// and step parsed from the tensor names.
+    fn from_gguf(path: PathBuf, source: Source) -> Result<Trace, ReaderError> {
+        let g = crate::gguf::parse(&path, source.bytes())?;
+        let mut run = Metadata::new();
+        run.insert("format", Value::Str("gguf".into()));
+        run.insert("gguf_version", Value::U64(u64::from(g.version)));
+        for (k, v) in &g.metadata {
+            run.insert(k.clone(), v.to_value());
+        }
+        let records: Vec<RecordEntry> = g
+            .tensors
+            .iter()
+            .map(|t| RecordEntry {
+                offset: t.info_offset,
+                body_len: 0,
+                kind: RecordKind::Tensor as u16,
+                step: crate::names::step_from_name(&t.name),
+                layer: crate::names::layer_from_name(&t.name),
+                name_at: t.name_offset,
+                name_len: t.name.len() as u32,
+            })
+            .collect();
+        let n = records.len();
+        Ok(Trace {
+            path,
+            source: Arc::new(source),
+            version: (0, 0),
+            tensor_ids: (0..n as u64).collect(),
+            tensor_slot: (0..n as u32).collect(),
+            records,
+            finished: true,
+            footer_offset: None,
+            torn: None,
+            warnings: Vec::new(),
+            run_metadata: run,
+            infos: (0..n).map(|_| OnceLock::new()).collect(),
+            by_name: OnceLock::new(),
+            gguf: Some(g.tensors.into_boxed_slice()),
+        })
+    }
+
+    /// Whether this is a GGUF file opened as a trace (no records, no
+    /// checksums; [`Trace::version`] is (0, 0)).
+    pub fn is_gguf(&self) -> bool {
+        self.gguf.is_some()
+    }
+
+    fn decode_gguf_tensor(
+        &self,
+        id: u64,
+        tensors: &[crate::gguf::GgufTensorInfo],
+    ) -> Result<TensorInfo, ReaderError> {
+        let t = &tensors[id as usize];
+        let err = |reason: String| ReaderError::Gguf {
+            path: self.path.clone(),
+            offset: t.info_offset,
+            tensor: Some(t.name.clone()),
+            reason,
+        };
+        let dtype = t.dtype.ok_or_else(|| {
+            err(format!(
+                "ggml type {} is not known to this reader",
+                t.ggml_type
+            ))
+        })?;
+        let shape: Vec<u64> = t.ne.iter().rev().copied().collect();
+        let layout = Layout::contiguous(dtype, &shape, 0).map_err(|e| err(e.to_string()))?;
+        layout
+            .check_within(dtype, t.nbytes)
+            .map_err(|e| err(e.to_string()))?;
+        let ne: Vec<i64> = t.ne.iter().map(|&n| n as i64).collect();
+        let nb: Vec<u64> = {
+            let mut nb = vec![dtype.block_bytes(); t.ne.len()];
+            for i in 1..t.ne.len() {
+                let prev = if i == 1 {
+                    t.ne[0] / dtype.block_elems()
+                } else {
+                    t.ne[i - 1]
+                };
+                nb[i] = nb[i - 1].saturating_mul(prev);
+            }
+            nb
+        };
+        let r = self.records[id as usize];
+        Ok(TensorInfo {
+            id,
+            name: t.name.clone(),
+            dtype,
+            layout,
+            storage: Some(id),
+            step: r.step,
+            layer: r.layer,
+            role: None,
+            source_layout: Some(SourceLayout::Ggml { ne, nb }),
+            lineage: Lineage::default(),
+            stats: None,
+            metadata: Metadata::new().with("gguf_offset", t.offset),
+            record_offset: t.info_offset,
+            derived: false,
+            storage_at: t.file_offset,
+            storage_len: t.nbytes,
+        })
     }
 
     /// The file's path (or the label given to [`Trace::from_bytes`]).
@@ -297,7 +431,10 @@ impl Trace {
     /// The name of record `id` (tensor or storage), from the index.
     pub fn record_name(&self, id: u64) -> Option<&str> {
         let r = self.records.get(id as usize)?;
-        let b = self.source.bytes().get(r.name_at as usize..(r.name_at + u64::from(r.name_len)) as usize)?;
+        let b = self
+            .source
+            .bytes()
+            .get(r.name_at as usize..(r.name_at + u64::from(r.name_len)) as usize)?;
         std::str::from_utf8(b).ok()
     }
 
@@ -308,21 +445,36 @@ impl Trace {
 
     /// The tensor with record id `id`, decoded and bounds-checked.
     pub fn tensor(&self, id: u64) -> Result<&TensorInfo, ReaderError> {
-        let slot = *self.tensor_slot.get(id as usize).ok_or(ReaderError::NoSuchTensor { path: self.path.clone(), record: id })?;
+        let slot = *self
+            .tensor_slot
+            .get(id as usize)
+            .ok_or(ReaderError::NoSuchTensor {
+                path: self.path.clone(),
+                record: id,
+            })?;
         if slot == u32::MAX {
-            return Err(ReaderError::NoSuchTensor { path: self.path.clone(), record: id });
+            return Err(ReaderError::NoSuchTensor {
+                path: self.path.clone(),
+                record: id,
+            });
         }
         let cell = &self.infos[slot as usize];
         if let Some(info) = cell.get() {
             return Ok(info);
         }
-        let info = Box::new(self.decode_tensor(id)?);
+        let info = Box::new(match &self.gguf {
+            Some(tensors) => self.decode_gguf_tensor(id, tensors)?,
+            None => self.decode_tensor(id)?,
+        });
         Ok(cell.get_or_init(|| info))
     }
 
     /// Record ids of every tensor named `name`, in order.
     pub fn find(&self, name: &str) -> &[u64] {
-        self.name_index().get(name).map(Vec::as_slice).unwrap_or(&[])
+        self.name_index()
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// Which occurrence of its name tensor `id` is: `(k, n)`, the k-th (from 0) of n.
@@ -351,7 +503,10 @@ impl Trace {
                 }
             }
         }
-        Err(ReaderError::NotFound { path: self.path.clone(), name: name.to_owned() })
+        Err(ReaderError::NotFound {
+            path: self.path.clone(),
+            name: name.to_owned(),
+        })
     }
 
     /// Record ids of the tensors that pass `filter`, in order. Tensors whose
@@ -366,7 +521,9 @@ impl Trace {
                 }
             }
             // the index's step and layer are the records' own (verify checks that)
-            if filter.layer.is_some() && r.layer != filter.layer || filter.step.is_some() && r.step != filter.step {
+            if filter.layer.is_some() && r.layer != filter.layer
+                || filter.step.is_some() && r.step != filter.step
+            {
                 continue;
             }
             if filter.role.is_some() {
@@ -391,7 +548,7 @@ impl Trace {
         } else {
             &[][..]
         };
-        Ok(TensorView::new(info, storage))
+        Ok(TensorView::new(self, info, storage))
     }
 
     /// [`Trace::view`] by name (see [`Trace::get`] for repeated names).
@@ -401,12 +558,22 @@ impl Trace {
 
     /// The storage record `id`.
     pub fn storage(&self, id: u64) -> Result<StorageInfo, ReaderError> {
-        let r = self.records.get(id as usize).ok_or(ReaderError::NoSuchTensor { path: self.path.clone(), record: id })?;
+        let r = self
+            .records
+            .get(id as usize)
+            .ok_or(ReaderError::NoSuchTensor {
+                path: self.path.clone(),
+                record: id,
+            })?;
         if r.kind != RecordKind::Storage as u16 {
-            return Err(ReaderError::NoSuchTensor { path: self.path.clone(), record: id });
+            return Err(ReaderError::NoSuchTensor {
+                path: self.path.clone(),
+                record: id,
+            });
         }
         let body = self.body(id)?;
-        let d = decode_storage(body.descriptor, body.descriptor_offset).map_err(|e| self.record_error(id, e))?;
+        let d = decode_storage(body.descriptor, body.descriptor_offset)
+            .map_err(|e| self.record_error(id, e))?;
         Ok(StorageInfo {
             id,
             name: d.name,
@@ -420,7 +587,9 @@ impl Trace {
         self.by_name.get_or_init(|| {
             let mut m: HashMap<String, Vec<u64>> = HashMap::with_capacity(self.tensor_ids.len());
             for &id in &self.tensor_ids {
-                m.entry(self.record_name(id).unwrap_or("").to_owned()).or_default().push(id);
+                m.entry(self.record_name(id).unwrap_or("").to_owned())
+                    .or_default()
+                    .push(id);
             }
             m
         })
@@ -429,7 +598,13 @@ impl Trace {
     pub(crate) fn record_error(&self, id: u64, source: FormatError) -> ReaderError {
         let offset = self.records.get(id as usize).map_or(0, |r| r.offset);
         let name = self.record_name(id).unwrap_or("").to_owned();
-        ReaderError::Record { path: self.path.clone(), record: id, name, offset, error: Box::new(source) }
+        ReaderError::Record {
+            path: self.path.clone(),
+            record: id,
+            name,
+            offset,
+            error: Box::new(source),
+        }
     }
 
     /// The header of record `id`, checked against the index.
@@ -441,7 +616,11 @@ impl Trace {
         let mismatch = |what: &str| {
             self.record_error(
                 id,
-                FormatError::Invalid { field: "record header", offset: r.offset, reason: format!("{what} differs from the index") },
+                FormatError::Invalid {
+                    field: "record header",
+                    offset: r.offset,
+                    reason: format!("{what} differs from the index"),
+                },
             )
         };
         if header.record_id != id {
@@ -469,13 +648,30 @@ impl Trace {
     fn decode_tensor(&self, id: u64) -> Result<TensorInfo, ReaderError> {
         let body = self.body(id)?;
         let r = self.records[id as usize];
-        let d = decode_tensor(body.descriptor, body.descriptor_offset).map_err(|e| match self.record_error(id, e) {
-            ReaderError::Record { path, record, name, offset, error: source } if name.is_empty() => {
-                // name the tensor from its own descriptor when the index has no name
-                let name = trace_format::codec::Decoder::new(body.descriptor, 0).str("name").unwrap_or("").to_owned();
-                ReaderError::Record { path, record, name, offset, error: source }
+        let d = decode_tensor(body.descriptor, body.descriptor_offset).map_err(|e| {
+            match self.record_error(id, e) {
+                ReaderError::Record {
+                    path,
+                    record,
+                    name,
+                    offset,
+                    error: source,
+                } if name.is_empty() => {
+                    // name the tensor from its own descriptor when the index has no name
+                    let name = trace_format::codec::Decoder::new(body.descriptor, 0)
+                        .str("name")
+                        .unwrap_or("")
+                        .to_owned();
+                    ReaderError::Record {
+                        path,
+                        record,
+                        name,
+                        offset,
+                        error: source,
+                    }
+                }
+                other => other,
             }
-            other => other,
         })?;
         let tensor_err = |reason: String| ReaderError::Tensor {
             path: self.path.clone(),
@@ -490,8 +686,14 @@ impl Trace {
                 body.payload.len()
             )));
         }
-        let layout = Layout::new(d.shape.clone(), d.byte_strides.clone(), 0)
-            .map_err(|source| ReaderError::Layout { path: self.path.clone(), tensor: d.name.clone(), record: id, error: Box::new(source) })?;
+        let layout = Layout::new(d.shape.clone(), d.byte_strides.clone(), 0).map_err(|source| {
+            ReaderError::Layout {
+                path: self.path.clone(),
+                tensor: d.name.clone(),
+                record: id,
+                error: Box::new(source),
+            }
+        })?;
         let (storage, offset, storage_at, storage_len) = match d.data {
             DataRef::StatsOnly => {
                 if d.stats.is_none() {
@@ -499,32 +701,62 @@ impl Trace {
                 }
                 (None, 0, 0, 0)
             }
-            DataRef::Inline { offset } => (Some(id), offset, body.payload_offset, body.payload.len() as u64),
+            DataRef::Derived => {
+                if d.lineage.ops.is_empty() {
+                    return Err(tensor_err(
+                        "derived tensor without lineage steps to rebuild it from".into(),
+                    ));
+                }
+                (None, 0, 0, 0)
+            }
+            DataRef::Inline { offset } => (
+                Some(id),
+                offset,
+                body.payload_offset,
+                body.payload.len() as u64,
+            ),
             DataRef::Storage { storage, offset } => {
                 if storage >= id {
-                    return Err(tensor_err(format!("views storage record {storage}, which does not come before it")));
+                    return Err(tensor_err(format!(
+                        "views storage record {storage}, which does not come before it"
+                    )));
                 }
                 let kind = self.records[storage as usize].kind;
                 let sb = self.body(storage)?;
                 if kind == RecordKind::Tensor as u16 {
-                    let sd = decode_tensor(sb.descriptor, sb.descriptor_offset).map_err(|e| self.record_error(storage, e))?;
+                    let sd = decode_tensor(sb.descriptor, sb.descriptor_offset)
+                        .map_err(|e| self.record_error(storage, e))?;
                     if !matches!(sd.data, DataRef::Inline { .. }) {
-                        return Err(tensor_err(format!("record {storage} is a tensor without its own bytes, not a storage")));
+                        return Err(tensor_err(format!(
+                            "record {storage} is a tensor without its own bytes, not a storage"
+                        )));
                     }
                 } else if kind != RecordKind::Storage as u16 {
-                    return Err(tensor_err(format!("record {storage} is not a storage (kind {kind})")));
+                    return Err(tensor_err(format!(
+                        "record {storage} is not a storage (kind {kind})"
+                    )));
                 }
-                (Some(storage), offset, sb.payload_offset, sb.payload.len() as u64)
+                (
+                    Some(storage),
+                    offset,
+                    sb.payload_offset,
+                    sb.payload.len() as u64,
+                )
             }
         };
-        let layout = Layout { storage_offset: offset, ..layout };
+        let layout = Layout {
+            storage_offset: offset,
+            ..layout
+        };
         if let Some(s) = storage {
-            layout.check_within(d.dtype, storage_len).map_err(|source| ReaderError::Layout {
-                path: self.path.clone(),
-                tensor: d.name.clone(),
-                record: id,
-                error: Box::new(annotate(source, s)),
-            })?;
+            layout
+                .check_within(d.dtype, storage_len)
+                .map_err(|source| ReaderError::Layout {
+                    path: self.path.clone(),
+                    tensor: d.name.clone(),
+                    record: id,
+                    error: Box::new(annotate(source, s)),
+                })?;
         }
         Ok(TensorInfo {
             id,
@@ -540,6 +772,7 @@ impl Trace {
             stats: d.stats,
             metadata: d.metadata,
             record_offset: r.offset,
+            derived: matches!(d.data, DataRef::Derived),
             storage_at,
             storage_len,
         })
@@ -550,7 +783,10 @@ impl Trace {
 fn annotate(e: trace_format::LayoutError, storage: u64) -> trace_format::LayoutError {
     match e {
         trace_format::LayoutError::BlockMapping { dtype, reason } => {
-            trace_format::LayoutError::BlockMapping { dtype, reason: format!("{reason} (storage {storage})") }
+            trace_format::LayoutError::BlockMapping {
+                dtype,
+                reason: format!("{reason} (storage {storage})"),
+            }
         }
         other => other,
     }
@@ -563,19 +799,40 @@ fn read_footer(bytes: &[u8]) -> Result<Option<(Vec<RecordEntry>, u64)>, FormatEr
     if len < FILE_HEADER_BYTES + TRAILER_BYTES {
         return Ok(None);
     }
-    let Some(trailer) = Trailer::decode(&bytes[(len - TRAILER_BYTES) as usize..]) else { return Ok(None) };
-    let invalid = |offset, reason: String| FormatError::Invalid { field: "footer", offset, reason };
+    let Some(trailer) = Trailer::decode(&bytes[(len - TRAILER_BYTES) as usize..]) else {
+        return Ok(None);
+    };
+    let invalid = |offset, reason: String| FormatError::Invalid {
+        field: "footer",
+        offset,
+        reason,
+    };
     let fo = trailer.footer_offset;
-    if fo < FILE_HEADER_BYTES || fo % 64 != 0 || fo.saturating_add(RECORD_HEADER_BYTES) > len - TRAILER_BYTES {
-        return Err(invalid(len - TRAILER_BYTES, format!("trailer points to byte {fo}, outside the file")));
+    if fo < FILE_HEADER_BYTES
+        || fo % 64 != 0
+        || fo.saturating_add(RECORD_HEADER_BYTES) > len - TRAILER_BYTES
+    {
+        return Err(invalid(
+            len - TRAILER_BYTES,
+            format!("trailer points to byte {fo}, outside the file"),
+        ));
     }
     let h = RecordHeader::decode(&bytes[fo as usize..], fo)?;
     if h.kind != RecordKind::Footer as u16 || h.record_id != trailer.record_count {
-        return Err(invalid(fo, "the trailer does not point to the footer record".into()));
+        return Err(invalid(
+            fo,
+            "the trailer does not point to the footer record".into(),
+        ));
     }
     let body_start = fo + RECORD_HEADER_BYTES;
     if next_record_offset(fo, h.body_len) != Some(len - TRAILER_BYTES) {
-        return Err(invalid(fo, format!("footer body of {} bytes does not end where the trailer starts", h.body_len)));
+        return Err(invalid(
+            fo,
+            format!(
+                "footer body of {} bytes does not end where the trailer starts",
+                h.body_len
+            ),
+        ));
     }
     let body = &bytes[body_start as usize..(body_start + h.body_len) as usize];
     if trace_format::record::crc32c(body) != h.body_crc32c {
@@ -584,7 +841,10 @@ fn read_footer(bytes: &[u8]) -> Result<Option<(Vec<RecordEntry>, u64)>, FormatEr
     let b = split_body(body, fo)?;
     let (entries, names) = decode_footer(b.descriptor, b.descriptor_offset)?;
     if entries.len() as u64 != trailer.record_count {
-        return Err(invalid(fo, "record count differs from the trailer's".into()));
+        return Err(invalid(
+            fo,
+            "record count differs from the trailer's".into(),
+        ));
     }
     let names_at = b.descriptor_offset + b.descriptor.len() as u64 - names.len() as u64;
     let mut records = Vec::with_capacity(entries.len());
@@ -592,14 +852,31 @@ fn read_footer(bytes: &[u8]) -> Result<Option<(Vec<RecordEntry>, u64)>, FormatEr
     for (id, e) in entries.iter().enumerate() {
         let at = b.descriptor_offset + 8 + (id * trace_format::codec::INDEX_ENTRY_BYTES) as u64;
         if e.offset != expect {
-            return Err(invalid(at, format!("record {id} is indexed at byte {}, expected {expect}", e.offset)));
+            return Err(invalid(
+                at,
+                format!(
+                    "record {id} is indexed at byte {}, expected {expect}",
+                    e.offset
+                ),
+            ));
         }
         expect = next_record_offset(e.offset, e.body_len)
             .filter(|&n| n <= fo)
-            .ok_or_else(|| invalid(at, format!("record {id} of {} bytes runs past the footer", e.body_len)))?;
-        let name_end = e.name_offset.checked_add(u64::from(e.name_len)).filter(|&n| n <= names.len() as u64);
+            .ok_or_else(|| {
+                invalid(
+                    at,
+                    format!("record {id} of {} bytes runs past the footer", e.body_len),
+                )
+            })?;
+        let name_end = e
+            .name_offset
+            .checked_add(u64::from(e.name_len))
+            .filter(|&n| n <= names.len() as u64);
         let Some(name_end) = name_end else {
-            return Err(invalid(at, format!("record {id}'s name lies outside the name table")));
+            return Err(invalid(
+                at,
+                format!("record {id}'s name lies outside the name table"),
+            ));
         };
         if std::str::from_utf8(&names[e.name_offset as usize..name_end as usize]).is_err() {
             return Err(invalid(at, format!("record {id}'s name is not UTF-8")));
@@ -615,7 +892,10 @@ fn read_footer(bytes: &[u8]) -> Result<Option<(Vec<RecordEntry>, u64)>, FormatEr
         });
     }
     if expect != fo {
-        return Err(invalid(fo, format!("bytes {expect}..{fo} before the footer belong to no record")));
+        return Err(invalid(
+            fo,
+            format!("bytes {expect}..{fo} before the footer belong to no record"),
+        ));
     }
     Ok(Some((records, fo)))
 }
@@ -627,7 +907,13 @@ fn scan(bytes: &[u8]) -> (Vec<RecordEntry>, Option<TornTail>) {
     let len = bytes.len() as u64;
     let mut records = Vec::new();
     let mut at = FILE_HEADER_BYTES;
-    let stop = |at: u64, reason: String| Some(TornTail { offset: at, bytes: len - at, reason });
+    let stop = |at: u64, reason: String| {
+        Some(TornTail {
+            offset: at,
+            bytes: len - at,
+            reason,
+        })
+    };
     loop {
         if at >= len {
             return (records, None);
@@ -637,26 +923,50 @@ fn scan(bytes: &[u8]) -> (Vec<RecordEntry>, Option<TornTail>) {
             Err(e) => return (records, stop(at, e.to_string())),
         };
         if h.record_id != records.len() as u64 {
-            let reason = format!("record header says id {}, expected {}", h.record_id, records.len());
+            let reason = format!(
+                "record header says id {}, expected {}",
+                h.record_id,
+                records.len()
+            );
             return (records, stop(at, reason));
         }
-        let end = at.checked_add(RECORD_HEADER_BYTES).and_then(|x| x.checked_add(h.body_len));
+        let end = at
+            .checked_add(RECORD_HEADER_BYTES)
+            .and_then(|x| x.checked_add(h.body_len));
         let Some(end) = end.filter(|&e| e <= len) else {
-            return (records, stop(at, format!("record {} needs {} body bytes; the file ends first", h.record_id, h.body_len)));
+            return (
+                records,
+                stop(
+                    at,
+                    format!(
+                        "record {} needs {} body bytes; the file ends first",
+                        h.record_id, h.body_len
+                    ),
+                ),
+            );
         };
         let body = &bytes[(at + RECORD_HEADER_BYTES) as usize..end as usize];
         if h.kind == RecordKind::Footer as u16 {
             let trailing = len - at;
-            return (records, stop(at, format!("footer record without a valid trailer ({trailing} bytes)")));
+            return (
+                records,
+                stop(
+                    at,
+                    format!("footer record without a valid trailer ({trailing} bytes)"),
+                ),
+            );
         }
         let Ok(b) = split_body(body, at) else {
             return (records, stop(at, "malformed record body".into()));
         };
-        let (mut name_at, mut name_len, mut step, mut layer) = (b.descriptor_offset, 0u32, None, None);
+        let (mut name_at, mut name_len, mut step, mut layer) =
+            (b.descriptor_offset, 0u32, None, None);
         if h.kind == RecordKind::Tensor as u16 || h.kind == RecordKind::Storage as u16 {
             if b.descriptor.len() >= 4 {
                 let n = u32::from_le_bytes(b.descriptor[0..4].try_into().unwrap_or_default());
-                if 4 + n as usize <= b.descriptor.len() && std::str::from_utf8(&b.descriptor[4..4 + n as usize]).is_ok() {
+                if 4 + n as usize <= b.descriptor.len()
+                    && std::str::from_utf8(&b.descriptor[4..4 + n as usize]).is_ok()
+                {
                     name_at = b.descriptor_offset + 4;
                     name_len = n;
                 }
@@ -668,11 +978,27 @@ fn scan(bytes: &[u8]) -> (Vec<RecordEntry>, Option<TornTail>) {
                 }
             }
         }
-        records.push(RecordEntry { offset: at, body_len: h.body_len, kind: h.kind, step, layer, name_at, name_len });
+        records.push(RecordEntry {
+            offset: at,
+            body_len: h.body_len,
+            kind: h.kind,
+            step,
+            layer,
+            name_at,
+            name_len,
+        });
         match next_record_offset(at, h.body_len) {
             Some(next) if next <= len => at = next,
             // the last record is complete; only its padding was cut
-            _ => return (records, stop(end, "the file ends inside the padding after the last record".into())),
+            _ => {
+                return (
+                    records,
+                    stop(
+                        end,
+                        "the file ends inside the padding after the last record".into(),
+                    ),
+                )
+            }
         }
     }
 }

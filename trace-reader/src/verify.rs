@@ -1,7 +1,9 @@
 //! `verify()`: every checksum, every padding byte, every lineage replay.
 
 use trace_format::lineage::{replay, ParentLayout};
-use trace_format::record::{crc32c, next_record_offset, RecordHeader, RecordKind, RECORD_HEADER_BYTES};
+use trace_format::record::{
+    crc32c, next_record_offset, RecordHeader, RecordKind, RECORD_HEADER_BYTES,
+};
 
 use crate::trace::Trace;
 
@@ -21,7 +23,11 @@ pub struct Fault {
 impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (&self.record, &self.tensor) {
-            (Some(r), Some(t)) => write!(f, "record {r} (tensor `{t}`), byte {}: {}", self.offset, self.message),
+            (Some(r), Some(t)) => write!(
+                f,
+                "record {r} (tensor `{t}`), byte {}: {}",
+                self.offset, self.message
+            ),
             (Some(r), None) => write!(f, "record {r}, byte {}: {}", self.offset, self.message),
             _ => write!(f, "byte {}: {}", self.offset, self.message),
         }
@@ -60,20 +66,51 @@ impl Trace {
     pub fn verify(&self) -> VerifyReport {
         let mut rep = VerifyReport::default();
         let bytes = self.source.bytes();
-        let fault = |rep: &mut VerifyReport, record: Option<u64>, tensor: Option<String>, offset: u64, message: String| {
-            rep.faults.push(Fault { record, tensor, offset, message });
+        let fault = |rep: &mut VerifyReport,
+                     record: Option<u64>,
+                     tensor: Option<String>,
+                     offset: u64,
+                     message: String| {
+            rep.faults.push(Fault {
+                record,
+                tensor,
+                offset,
+                message,
+            });
         };
         for w in &self.warnings {
             fault(&mut rep, None, None, 0, w.clone());
         }
         if let Some(t) = self.torn_tail() {
-            fault(&mut rep, None, None, t.offset, format!("unfinished trace: torn tail of {} bytes ({})", t.bytes, t.reason));
+            fault(
+                &mut rep,
+                None,
+                None,
+                t.offset,
+                format!(
+                    "unfinished trace: torn tail of {} bytes ({})",
+                    t.bytes, t.reason
+                ),
+            );
         } else if !self.is_finished() {
-            fault(&mut rep, None, None, self.file_len(), "unfinished trace: no footer".into());
+            fault(
+                &mut rep,
+                None,
+                None,
+                self.file_len(),
+                "unfinished trace: no footer".into(),
+            );
         }
-        for (id, r) in self.records.iter().enumerate() {
+        // a GGUF file has no record framing or checksums: its tensors are checked below
+        let framed = if self.is_gguf() {
+            &[][..]
+        } else {
+            &self.records[..]
+        };
+        for (id, r) in framed.iter().enumerate() {
             let id = id as u64;
-            let name = (r.kind == RecordKind::Tensor as u16).then(|| self.record_name(id).unwrap_or("").to_owned());
+            let name = (r.kind == RecordKind::Tensor as u16)
+                .then(|| self.record_name(id).unwrap_or("").to_owned());
             let header = match self.header(id) {
                 Ok(h) => h,
                 Err(e) => {
@@ -86,12 +123,26 @@ impl Trace {
             rep.records += 1;
             rep.bytes += RECORD_HEADER_BYTES + r.body_len;
             if crc32c(body) != header.body_crc32c {
-                fault(&mut rep, Some(id), name.clone(), r.offset + 24, "body checksum mismatch".into());
+                fault(
+                    &mut rep,
+                    Some(id),
+                    name.clone(),
+                    r.offset + 24,
+                    "body checksum mismatch".into(),
+                );
             }
             let end = start + r.body_len as usize;
-            let next = next_record_offset(r.offset, r.body_len).unwrap_or(u64::MAX).min(bytes.len() as u64) as usize;
+            let next = next_record_offset(r.offset, r.body_len)
+                .unwrap_or(u64::MAX)
+                .min(bytes.len() as u64) as usize;
             if let Some(p) = bytes[end..next].iter().position(|&b| b != 0) {
-                fault(&mut rep, Some(id), name.clone(), (end + p) as u64, "padding after the record is not zero".into());
+                fault(
+                    &mut rep,
+                    Some(id),
+                    name.clone(),
+                    (end + p) as u64,
+                    "padding after the record is not zero".into(),
+                );
             }
             if let Err(e) = self.body(id) {
                 fault(&mut rep, Some(id), name.clone(), r.offset, e.to_string());
@@ -104,7 +155,13 @@ impl Trace {
                 let end = (fo + RECORD_HEADER_BYTES + h.body_len) as usize;
                 let next = bytes.len() - trace_format::record::TRAILER_BYTES as usize;
                 if let Some(p) = bytes[end.min(next)..next].iter().position(|&b| b != 0) {
-                    fault(&mut rep, None, None, (end + p) as u64, "padding after the footer is not zero".into());
+                    fault(
+                        &mut rep,
+                        None,
+                        None,
+                        (end + p) as u64,
+                        "padding after the footer is not zero".into(),
+                    );
                 }
                 rep.bytes += RECORD_HEADER_BYTES + h.body_len;
             }
@@ -114,26 +171,57 @@ impl Trace {
                 Ok(t) => t,
                 Err(e) => {
                     let name = self.record_name(id).map(str::to_owned);
-                    fault(&mut rep, Some(id), name, self.records[id as usize].offset, e.to_string());
+                    fault(
+                        &mut rep,
+                        Some(id),
+                        name,
+                        self.records[id as usize].offset,
+                        e.to_string(),
+                    );
                     continue;
                 }
             };
             rep.tensors += 1;
-            if self.records[id as usize].step != t.step || self.records[id as usize].layer != t.layer || self.record_name(id) != Some(&t.name) {
-                fault(&mut rep, Some(id), Some(t.name.clone()), t.record_offset, "the index's name, step or layer differs from the record's".into());
+            if self.records[id as usize].step != t.step
+                || self.records[id as usize].layer != t.layer
+                || self.record_name(id) != Some(&t.name)
+            {
+                fault(
+                    &mut rep,
+                    Some(id),
+                    Some(t.name.clone()),
+                    t.record_offset,
+                    "the index's name, step or layer differs from the record's".into(),
+                );
             }
             let mut parents = Vec::with_capacity(t.lineage.parents.len());
             let mut parents_ok = true;
             for &p in &t.lineage.parents {
                 match (p < id).then(|| self.tensor(p)) {
-                    Some(Ok(pt)) => parents.push(ParentLayout { dtype: pt.dtype, layout: pt.layout.clone(), storage: pt.storage }),
+                    Some(Ok(pt)) => parents.push(ParentLayout {
+                        dtype: pt.dtype,
+                        layout: pt.layout.clone(),
+                        storage: pt.storage,
+                    }),
                     Some(Err(e)) => {
                         parents_ok = false;
-                        fault(&mut rep, Some(id), Some(t.name.clone()), t.record_offset, format!("parent {p}: {e}"));
+                        fault(
+                            &mut rep,
+                            Some(id),
+                            Some(t.name.clone()),
+                            t.record_offset,
+                            format!("parent {p}: {e}"),
+                        );
                     }
                     None => {
                         parents_ok = false;
-                        fault(&mut rep, Some(id), Some(t.name.clone()), t.record_offset, format!("parent {p} is not an earlier tensor record"));
+                        fault(
+                            &mut rep,
+                            Some(id),
+                            Some(t.name.clone()),
+                            t.record_offset,
+                            format!("parent {p} is not an earlier tensor record"),
+                        );
                     }
                 }
             }
@@ -147,30 +235,71 @@ impl Trace {
                             diffs.push(format!("dtype {d} (recorded {})", t.dtype));
                         }
                         if r.shape != t.layout.shape {
-                            diffs.push(format!("shape {:?} (recorded {:?})", r.shape, t.layout.shape));
+                            diffs.push(format!(
+                                "shape {:?} (recorded {:?})",
+                                r.shape, t.layout.shape
+                            ));
                         }
                         if let Some(s) = &r.byte_strides {
                             if !same_strides(&r.shape, s, &t.layout.byte_strides) {
-                                diffs.push(format!("byte strides {:?} (recorded {:?})", s, t.layout.byte_strides));
+                                diffs.push(format!(
+                                    "byte strides {:?} (recorded {:?})",
+                                    s, t.layout.byte_strides
+                                ));
                             }
                         }
                         if let Some((storage, offset)) = r.storage {
                             if storage != t.storage || offset != t.layout.storage_offset {
-                                diffs.push(format!("storage {storage:?} + {offset} (recorded {:?} + {})", t.storage, t.layout.storage_offset));
+                                diffs.push(format!(
+                                    "storage {storage:?} + {offset} (recorded {:?} + {})",
+                                    t.storage, t.layout.storage_offset
+                                ));
                             }
                         }
                         if !diffs.is_empty() {
-                            fault(&mut rep, Some(id), Some(t.name.clone()), t.record_offset, format!("lineage replay gives {}", diffs.join(", ")));
+                            fault(
+                                &mut rep,
+                                Some(id),
+                                Some(t.name.clone()),
+                                t.record_offset,
+                                format!("lineage replay gives {}", diffs.join(", ")),
+                            );
                         }
                     }
-                    Err(e) => fault(&mut rep, Some(id), Some(t.name.clone()), t.record_offset, format!("lineage cannot be replayed: {e}")),
+                    Err(e) => fault(
+                        &mut rep,
+                        Some(id),
+                        Some(t.name.clone()),
+                        t.record_offset,
+                        format!("lineage cannot be replayed: {e}"),
+                    ),
                 }
             }
-            if let (Some(crc), false) = (t.stats.as_ref().and_then(|s| s.bytes_crc32c), t.is_stats_only()) {
+            if t.derived {
+                if let Err(e) = self.view(id).and_then(|v| v.to_f32()) {
+                    fault(
+                        &mut rep,
+                        Some(id),
+                        Some(t.name.clone()),
+                        t.record_offset,
+                        e.to_string(),
+                    );
+                }
+            }
+            if let (Some(crc), false) = (
+                t.stats.as_ref().and_then(|s| s.bytes_crc32c),
+                t.is_stats_only(),
+            ) {
                 if let Ok(b) = self.view(id).and_then(|v| v.materialize()) {
                     rep.value_checksums += 1;
                     if crc32c(&b) != crc {
-                        fault(&mut rep, Some(id), Some(t.name.clone()), t.record_offset, "values differ from the stored checksum of the tensor's bytes".into());
+                        fault(
+                            &mut rep,
+                            Some(id),
+                            Some(t.name.clone()),
+                            t.record_offset,
+                            "values differ from the stored checksum of the tensor's bytes".into(),
+                        );
                     }
                 }
             }
@@ -182,5 +311,9 @@ impl Trace {
 
 /// Strides equal, ignoring dimensions of size 1 (whose stride means nothing).
 fn same_strides(shape: &[u64], a: &[i64], b: &[i64]) -> bool {
-    a.len() == b.len() && shape.iter().zip(a.iter().zip(b)).all(|(&n, (x, y))| n == 1 || x == y)
+    a.len() == b.len()
+        && shape
+            .iter()
+            .zip(a.iter().zip(b))
+            .all(|(&n, (x, y))| n == 1 || x == y)
 }

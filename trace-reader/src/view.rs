@@ -5,58 +5,26 @@ use trace_format::stats::StatsAccumulator;
 use trace_format::{DType, Layout, NativeType, Stats};
 
 use crate::error::ReaderError;
-use crate::trace::TensorInfo;
+use crate::trace::{TensorInfo, Trace};
+use crate::values::{derive, gather, value_limit, walk};
 
 /// A tensor and the bytes of its storage. Its layout was checked against
 /// the storage when the tensor was decoded, so every element it names is
 /// inside `storage_bytes()`.
 #[derive(Clone, Copy, Debug)]
 pub struct TensorView<'a> {
+    trace: &'a Trace,
     info: &'a TensorInfo,
     storage: &'a [u8],
 }
 
-/// Call `f(byte_offset)` for every element of a checked layout, row-major.
-fn walk(layout: &Layout, mut f: impl FnMut(usize)) {
-    let shape = &layout.shape;
-    let strides = &layout.byte_strides;
-    if shape.contains(&0) {
-        return;
-    }
-    let nd = shape.len();
-    if nd == 0 {
-        f(layout.storage_offset as usize);
-        return;
-    }
-    let (inner_n, inner_s) = (shape[nd - 1], strides[nd - 1] as isize);
-    let mut idx = vec![0u64; nd - 1];
-    let mut base = layout.storage_offset as isize;
-    loop {
-        let mut o = base;
-        for _ in 0..inner_n {
-            f(o as usize);
-            o += inner_s;
-        }
-        let mut d = nd - 1;
-        loop {
-            if d == 0 {
-                return;
-            }
-            d -= 1;
-            idx[d] += 1;
-            base += strides[d] as isize;
-            if idx[d] < shape[d] {
-                break;
-            }
-            base -= strides[d] as isize * shape[d] as isize;
-            idx[d] = 0;
-        }
-    }
-}
-
 impl<'a> TensorView<'a> {
-    pub(crate) fn new(info: &'a TensorInfo, storage: &'a [u8]) -> Self {
-        TensorView { info, storage }
+    pub(crate) fn new(trace: &'a Trace, info: &'a TensorInfo, storage: &'a [u8]) -> Self {
+        TensorView {
+            trace,
+            info,
+            storage,
+        }
     }
 
     /// The tensor's description.
@@ -70,7 +38,10 @@ impl<'a> TensorView<'a> {
     }
 
     fn unsupported(&self, what: impl Into<String>) -> ReaderError {
-        ReaderError::Unsupported { tensor: self.info.name.clone(), what: what.into() }
+        ReaderError::Unsupported {
+            tensor: self.info.name.clone(),
+            what: what.into(),
+        }
     }
 
     fn require_data(&self) -> Result<(), ReaderError> {
@@ -80,11 +51,21 @@ impl<'a> TensorView<'a> {
         Ok(())
     }
 
+    fn require_stored(&self, what: &str) -> Result<(), ReaderError> {
+        self.require_data()?;
+        if self.info.derived {
+            return Err(self.unsupported(format!(
+                "it is derived from its parents (no bytes of its own): {what} needs stored bytes; use to_f32()"
+            )));
+        }
+        Ok(())
+    }
+
     /// The tensor's bytes, without copying, when they are contiguous
     /// (row-major, dense; for block types, whole blocks from a block boundary).
     pub fn contiguous_bytes(&self) -> Option<&'a [u8]> {
         let info = self.info;
-        if info.is_stats_only() || !info.is_contiguous() {
+        if !info.storage.is_some() || !info.is_contiguous() {
             return None;
         }
         let numel = info.layout.numel();
@@ -99,21 +80,29 @@ impl<'a> TensorView<'a> {
             info.layout.storage_offset
         };
         let len = dtype.bytes_for(numel)?;
-        self.storage.get(start as usize..start.checked_add(len)? as usize)
+        self.storage
+            .get(start as usize..start.checked_add(len)? as usize)
     }
 
     /// The values as a slice of `T`, without copying: the tensor must be
     /// contiguous, of `T`'s dtype, and aligned for `T`.
     pub fn as_slice<T: NativeType>(&self) -> Result<&'a [T], ReaderError> {
         self.check_dtype::<T>()?;
-        let bytes = self.contiguous_bytes().ok_or_else(|| self.unsupported("not contiguous: use array() or materialize()"))?;
-        bytemuck::try_cast_slice(bytes).map_err(|e| self.unsupported(format!("cannot view the bytes as {}: {e}", T::DTYPE)))
+        let bytes = self
+            .contiguous_bytes()
+            .ok_or_else(|| self.unsupported("not contiguous: use array() or materialize()"))?;
+        bytemuck::try_cast_slice(bytes)
+            .map_err(|e| self.unsupported(format!("cannot view the bytes as {}: {e}", T::DTYPE)))
     }
 
     fn check_dtype<T: NativeType>(&self) -> Result<(), ReaderError> {
-        self.require_data()?;
+        self.require_stored("a zero-copy view")?;
         if self.info.dtype != T::DTYPE {
-            return Err(ReaderError::DTypeMismatch { tensor: self.info.name.clone(), actual: self.info.dtype, requested: T::DTYPE });
+            return Err(ReaderError::DTypeMismatch {
+                tensor: self.info.name.clone(),
+                actual: self.info.dtype,
+                requested: T::DTYPE,
+            });
         }
         Ok(())
     }
@@ -128,7 +117,8 @@ impl<'a> TensorView<'a> {
         let size = std::mem::size_of::<T>() as i64;
         let shape: Vec<usize> = layout.shape.iter().map(|&n| n as usize).collect();
         if layout.shape.contains(&0) {
-            return ArrayViewD::from_shape(IxDyn(&shape), &[]).map_err(|e| self.unsupported(e.to_string()));
+            return ArrayViewD::from_shape(IxDyn(&shape), &[])
+                .map_err(|e| self.unsupported(e.to_string()));
         }
         let mut strides = Vec::with_capacity(shape.len());
         let mut low = layout.storage_offset as i64;
@@ -138,7 +128,10 @@ impl<'a> TensorView<'a> {
                 continue;
             }
             if s % size != 0 {
-                return Err(self.unsupported(format!("byte stride {s} is not a whole number of {}-byte elements", size)));
+                return Err(self.unsupported(format!(
+                    "byte stride {s} is not a whole number of {}-byte elements",
+                    size
+                )));
             }
             if s < 0 {
                 low += s * (n as i64 - 1);
@@ -146,12 +139,19 @@ impl<'a> TensorView<'a> {
             strides.push((s.unsigned_abs() / size as u64) as usize);
         }
         if low % size != 0 {
-            return Err(self.unsupported(format!("storage offset {} is not a whole number of elements", layout.storage_offset)));
+            return Err(self.unsupported(format!(
+                "storage offset {} is not a whole number of elements",
+                layout.storage_offset
+            )));
         }
         let from = &self.storage[low as usize..];
         let usable = from.len() - from.len() % size as usize;
-        let elems: &[T] = bytemuck::try_cast_slice(&from[..usable])
-            .map_err(|e| self.unsupported(format!("storage bytes are not aligned for {}: {e}", T::DTYPE)))?;
+        let elems: &[T] = bytemuck::try_cast_slice(&from[..usable]).map_err(|e| {
+            self.unsupported(format!(
+                "storage bytes are not aligned for {}: {e}",
+                T::DTYPE
+            ))
+        })?;
         let mut view = ArrayViewD::from_shape(IxDyn(&shape).strides(IxDyn(&strides)), elems)
             .map_err(|e| self.unsupported(format!("ndarray refused the layout: {e}")))?;
         for (d, &s) in layout.byte_strides.iter().enumerate() {
@@ -163,9 +163,19 @@ impl<'a> TensorView<'a> {
     }
 
     /// A contiguous row-major copy in the tensor's own dtype (block types:
-    /// the raw blocks of a contiguous, block-aligned tensor).
+    /// the raw blocks of a contiguous, block-aligned tensor; derived tensors:
+    /// their rebuilt values encoded in their dtype, a float type).
     pub fn materialize(&self) -> Result<Vec<u8>, ReaderError> {
         self.require_data()?;
+        if self.info.derived {
+            let values = self.to_f64()?;
+            return encode_floats(self.info.dtype, &values).ok_or_else(|| {
+                self.unsupported(format!(
+                    "a derived {} tensor has no byte form; use to_f32()",
+                    self.info.dtype
+                ))
+            });
+        }
         if let Some(b) = self.contiguous_bytes() {
             return Ok(b.to_vec());
         }
@@ -190,43 +200,57 @@ impl<'a> TensorView<'a> {
                 walk(&outer, |o| out.extend_from_slice(&self.storage[o..o + n]));
             }
         } else {
-            walk(layout, |o| out.extend_from_slice(&self.storage[o..o + size]));
+            walk(layout, |o| {
+                out.extend_from_slice(&self.storage[o..o + size])
+            });
         }
         Ok(out)
     }
 
-    fn decode_with<T>(&self, decode: impl Fn(DType, &[u8]) -> Option<T>) -> Result<Vec<T>, ReaderError> {
+    fn values<T>(&self, conv: impl Fn(f64) -> T) -> Result<Vec<T>, ReaderError> {
         self.require_data()?;
-        let dtype = self.info.dtype;
-        if dtype.is_block() {
-            return Err(self.unsupported(format!("dequantization of {dtype} is not available in this reader")));
+        if self.info.derived {
+            let array = derive(self.trace, self.info, 0)?;
+            return Ok(array.iter().map(|&v| conv(v)).collect());
         }
-        let mut out = Vec::with_capacity(self.info.layout.numel() as usize);
-        let storage = self.storage;
-        let mut failed = false;
-        walk(&self.info.layout, |o| match decode(dtype, &storage[o..]) {
-            Some(v) => out.push(v),
-            None => failed = true,
-        });
-        if failed {
-            return Err(self.unsupported(format!("cannot decode {dtype} values")));
-        }
-        Ok(out)
+        gather(
+            self.info.dtype,
+            &self.info.layout,
+            self.storage,
+            value_limit(self.trace.file_len()),
+            conv,
+        )
+        .map_err(|reason| ReaderError::Tensor {
+            path: self.trace.path().to_path_buf(),
+            tensor: self.info.name.clone(),
+            record: self.info.id,
+            offset: self.info.record_offset,
+            reason,
+        })
     }
 
-    /// The values as f32, row-major (f64 and 64-bit integers rounded).
+    /// The logical values as f32, row-major: block types dequantized
+    /// (bit-exact with ggml's reference C), derived tensors rebuilt from
+    /// their parents, f64 and 64-bit integers rounded.
     pub fn to_f32(&self) -> Result<Vec<f32>, ReaderError> {
-        if self.info.dtype == DType::F32 {
+        if self.info.dtype == DType::F32 && !self.info.derived {
             if let Ok(s) = self.as_slice::<f32>() {
                 return Ok(s.to_vec());
             }
         }
-        self.decode_with(DType::decode_f32)
+        self.values(|v| v as f32)
     }
 
-    /// The values as f64, row-major.
+    /// The logical values as f64, row-major (see [`TensorView::to_f32`]).
     pub fn to_f64(&self) -> Result<Vec<f64>, ReaderError> {
-        self.decode_with(DType::decode_f64)
+        self.values(|v| v)
+    }
+
+    /// The logical values as an owned f32 `ndarray` of the tensor's shape.
+    pub fn to_array_f32(&self) -> Result<ndarray::ArrayD<f32>, ReaderError> {
+        let shape: Vec<usize> = self.info.layout.shape.iter().map(|&n| n as usize).collect();
+        ndarray::ArrayD::from_shape_vec(IxDyn(&shape), self.to_f32()?)
+            .map_err(|e| self.unsupported(e.to_string()))
     }
 
     /// Statistics of the values (and the crc32c of the row-major bytes).
@@ -234,14 +258,42 @@ impl<'a> TensorView<'a> {
         let values = self.to_f64()?;
         let mut acc = StatsAccumulator::new();
         values.iter().for_each(|&v| acc.push(v));
-        let crc = trace_format::record::crc32c(&self.materialize()?);
-        Ok(acc.finish(Some(crc)))
+        // the crc is of the row-major bytes "as stored"; a strided view of
+        // blocks (a head that is half a block) has no such bytes
+        let crc = self
+            .materialize()
+            .ok()
+            .map(|b| trace_format::record::crc32c(&b));
+        Ok(acc.finish(crc))
     }
+}
+
+/// `values` encoded little-endian in the float dtype `dtype` (values are
+/// already representable in it); `None` for other dtypes.
+fn encode_floats(dtype: DType, values: &[f64]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(values.len() * dtype.element_bytes()?);
+    for &v in values {
+        match dtype {
+            DType::F64 => out.extend_from_slice(&v.to_le_bytes()),
+            DType::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
+            DType::F16 => out.extend_from_slice(&half::f16::from_f64(v).to_le_bytes()),
+            DType::BF16 => out.extend_from_slice(&half::bf16::from_f64(v).to_le_bytes()),
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encode_floats_round_trips() {
+        let b = encode_floats(DType::F16, &[1.5, -2.0]).unwrap();
+        assert_eq!(b, [0x00, 0x3e, 0x00, 0xc0]);
+        assert!(encode_floats(DType::Q8_0, &[1.0]).is_none());
+    }
 
     #[test]
     fn walk_visits_row_major() {

@@ -15,7 +15,8 @@ fn tracedump(dir: &Path) -> Command {
 
 fn run(dir: &Path, args: &[&str]) -> (i32, String) {
     let out = tracedump(dir).args(args).output().expect("run tracedump");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -29,12 +30,39 @@ fn demo_dir() -> tempfile::TempDir {
 fn snapshots() {
     let dir = demo_dir();
     let d = dir.path();
-    assert_cmd_snapshot!("inspect_layer0_ggml", tracedump(d).args(["inspect", "demo.tdump", "--layer", "0", "--ggml"]));
-    assert_cmd_snapshot!("inspect_tree", tracedump(d).args(["inspect", "demo.tdump", "--tree", "--layer", "1"]));
-    assert_cmd_snapshot!("inspect_stats", tracedump(d).args(["inspect", "demo.reference.tdump", "--filter", "^(k|kq_soft_max)-0$", "--stats"]));
-    assert_cmd_snapshot!("diff", tracedump(d).args(["diff", "demo.tdump", "demo.reference.tdump"]));
+    assert_cmd_snapshot!(
+        "inspect_layer0_ggml",
+        tracedump(d).args(["inspect", "demo.tdump", "--layer", "0", "--ggml"])
+    );
+    assert_cmd_snapshot!(
+        "inspect_tree",
+        tracedump(d).args(["inspect", "demo.tdump", "--tree", "--layer", "1"])
+    );
+    assert_cmd_snapshot!(
+        "inspect_stats",
+        tracedump(d).args([
+            "inspect",
+            "demo.reference.tdump",
+            "--filter",
+            "^(k|kq_soft_max)-0$",
+            "--stats"
+        ])
+    );
+    assert_cmd_snapshot!(
+        "diff",
+        tracedump(d).args(["diff", "demo.tdump", "demo.reference.tdump"])
+    );
     assert_cmd_snapshot!("show_k", tracedump(d).args(["show", "demo.tdump", "k-0"]));
-    assert_cmd_snapshot!("show_slice", tracedump(d).args(["show", "demo.tdump", "k-0 (copy)", "--slice", "0, 1, -2:, ::5"]));
+    assert_cmd_snapshot!(
+        "show_slice",
+        tracedump(d).args([
+            "show",
+            "demo.tdump",
+            "k-0 (copy)",
+            "--slice",
+            "0, 1, -2:, ::5"
+        ])
+    );
     assert_cmd_snapshot!("verify", tracedump(d).args(["verify", "demo.tdump"]));
 }
 
@@ -48,21 +76,54 @@ fn diff_finds_the_planted_divergence_and_gates_ci() {
     let first = json["first_divergence"].as_u64().unwrap() as usize;
     assert_eq!(json["pairs"][first]["key"], "ffn_norm-2");
     // the permuted f16-fed K view of A is compared by value with B's contiguous K
-    let k0 = json["pairs"].as_array().unwrap().iter().find(|p| p["key"] == "k-0").unwrap();
+    let k0 = json["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == "k-0")
+        .unwrap();
     assert_eq!(k0["a"]["contiguous"], false);
     assert_eq!(k0["b"]["contiguous"], true);
     assert_eq!(k0["verdict"]["kind"], "agree");
     assert_eq!(k0["metrics"]["max_abs"], 0.0);
     // a run compared with itself agrees: exit 0
-    assert_eq!(run(d, &["diff", "demo.reference.tdump", "demo.reference.tdump"]).0, 0);
+    assert_eq!(
+        run(d, &["diff", "demo.reference.tdump", "demo.reference.tdump"]).0,
+        0
+    );
     // loose enough tolerances make the planted bug pass
-    let (code, _) = run(d, &["diff", "demo.tdump", "demo.reference.tdump", "--atol", "10", "--min-cosine", "0.9"]);
+    let (code, _) = run(
+        d,
+        &[
+            "diff",
+            "demo.tdump",
+            "demo.reference.tdump",
+            "--atol",
+            "10",
+            "--min-cosine",
+            "0.9",
+        ],
+    );
     assert_eq!(code, 0);
     // renaming pairs differently named runs
-    let (code, text) = run(d, &["diff", "demo.tdump", "demo.reference.tdump", "--rename", "^ffn_norm-(\\d+)$=>nothing-$1", "--json"]);
+    let (code, text) = run(
+        d,
+        &[
+            "diff",
+            "demo.tdump",
+            "demo.reference.tdump",
+            "--rename",
+            "^ffn_norm-(\\d+)$=>nothing-$1",
+            "--json",
+        ],
+    );
     assert_eq!(code, 1);
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert!(json["only_in_a"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().starts_with("ffn_norm-2")));
+    assert!(json["only_in_a"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n.as_str().unwrap().starts_with("ffn_norm-2")));
 }
 
 #[test]
@@ -74,13 +135,19 @@ fn demo_values_and_layouts() {
     let view = trace.view_by_name("k-0").unwrap().to_f32().unwrap();
     let copy = trace.view_by_name("k-0 (copy)").unwrap().to_f32().unwrap();
     assert_eq!(view.len(), 512);
-    let rounded: Vec<f32> = view.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+    let rounded: Vec<f32> = view
+        .iter()
+        .map(|&x| half::f16::from_f32(x).to_f32())
+        .collect();
     assert_eq!(rounded, copy);
     // read contiguously, the cache's first 512 values are not the view (the users' misread)
     let cache = trace.view_by_name("cache_k_l0").unwrap().to_f32().unwrap();
     assert_ne!(&cache[..512], &view[..]);
     let reference = Trace::open(dir.path().join("demo.reference.tdump")).unwrap();
-    assert_eq!(reference.view_by_name("k-0").unwrap().to_f32().unwrap(), view);
+    assert_eq!(
+        reference.view_by_name("k-0").unwrap().to_f32().unwrap(),
+        view
+    );
 }
 
 #[test]
@@ -94,13 +161,24 @@ fn hostile_files_are_clear_errors() {
     assert!(text.contains("UNFINISHED: torn tail"), "{text}");
     let (code, text) = run(d, &["verify", "torn.tdump"]);
     assert_eq!(code, 1, "{text}");
-    assert!(text.contains("FAULT") && text.contains("unfinished trace"), "{text}");
+    assert!(
+        text.contains("FAULT") && text.contains("unfinished trace"),
+        "{text}"
+    );
 
     std::fs::write(d.join("junk.tdump"), b"hello").unwrap();
-    for verb in [&["inspect", "junk.tdump"][..], &["verify", "junk.tdump"], &["show", "junk.tdump", "x"], &["diff", "junk.tdump", "demo.tdump"]] {
+    for verb in [
+        &["inspect", "junk.tdump"][..],
+        &["verify", "junk.tdump"],
+        &["show", "junk.tdump", "x"],
+        &["diff", "junk.tdump", "demo.tdump"],
+    ] {
         let (code, text) = run(d, verb);
         assert_eq!(code, 2, "{verb:?}: {text}");
-        assert!(text.contains("junk.tdump") && text.starts_with("error:"), "{verb:?}: {text}");
+        assert!(
+            text.contains("junk.tdump") && text.starts_with("error:"),
+            "{verb:?}: {text}"
+        );
     }
     let (code, text) = run(d, &["show", "demo.tdump", "no-such-tensor"]);
     assert_eq!(code, 2);
@@ -134,29 +212,91 @@ fn recover_export_import_round_trip() {
             assert_eq!(a.materialize().unwrap(), b.materialize().unwrap());
         }
     }
-    assert_eq!(run(d, &["recover", "fixed.tdump", "fixed.tdump"]).0, 2, "refuses to overwrite its input");
+    assert_eq!(
+        run(d, &["recover", "fixed.tdump", "fixed.tdump"]).0,
+        2,
+        "refuses to overwrite its input"
+    );
 
     // export the reference to safetensors, import it back: the runs agree exactly
-    let (code, text) = run(d, &["export", "demo.reference.tdump", "--to", "safetensors", "ref.safetensors"]);
+    let (code, text) = run(
+        d,
+        &[
+            "export",
+            "demo.reference.tdump",
+            "--to",
+            "safetensors",
+            "ref.safetensors",
+        ],
+    );
     assert_eq!(code, 0, "{text}");
     assert_eq!(run(d, &["import", "ref.safetensors", "ref2.tdump"]).0, 0);
-    let (code, text) = run(d, &["diff", "ref2.tdump", "demo.reference.tdump", "--atol", "0", "--rtol", "0", "--min-cosine", "1"]);
+    let (code, text) = run(
+        d,
+        &[
+            "diff",
+            "ref2.tdump",
+            "demo.reference.tdump",
+            "--atol",
+            "0",
+            "--rtol",
+            "0",
+            "--min-cosine",
+            "1",
+        ],
+    );
     assert_eq!(code, 0, "{text}");
     // the backend run: strided views are written contiguous, stats-only skipped, f16 kept
-    let (code, text) = run(d, &["export", "demo.tdump", "--to", "safetensors", "a.safetensors", "--layer", "0", "--json"]);
+    let (code, text) = run(
+        d,
+        &[
+            "export",
+            "demo.tdump",
+            "--to",
+            "safetensors",
+            "a.safetensors",
+            "--layer",
+            "0",
+            "--json",
+        ],
+    );
     assert_eq!(code, 0, "{text}");
     let sum: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert!(sum["exported"].as_array().unwrap().iter().any(|n| n == "k-0"));
-    assert!(sum["skipped"].as_array().unwrap().iter().any(|p| p[0] == "kq_soft_max-0"));
+    assert!(sum["exported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == "k-0"));
+    assert!(sum["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p[0] == "kq_soft_max-0"));
     assert_eq!(run(d, &["import", "a.safetensors", "a.tdump"]).0, 0);
     let a = Trace::open(d.join("a.tdump")).unwrap();
     let k = a.get("k-0").unwrap();
     assert!(k.is_contiguous());
     assert_eq!(
         a.view(k.id).unwrap().to_f32().unwrap(),
-        Trace::open(d.join("demo.tdump")).unwrap().view_by_name("k-0").unwrap().to_f32().unwrap()
+        Trace::open(d.join("demo.tdump"))
+            .unwrap()
+            .view_by_name("k-0")
+            .unwrap()
+            .to_f32()
+            .unwrap()
     );
-    let (code, text) = run(d, &["export", "demo.tdump", "--to", "npz", "a.npz", "--filter", "^Qcur"]);
+    let (code, text) = run(
+        d,
+        &[
+            "export",
+            "demo.tdump",
+            "--to",
+            "npz",
+            "a.npz",
+            "--filter",
+            "^Qcur",
+        ],
+    );
     assert_eq!(code, 0, "{text}");
     assert!(std::fs::metadata(d.join("a.npz")).unwrap().len() > 4 * 8 * 64 * 2);
     let (code, text) = run(d, &["export", "demo.tdump", "--to", "csv", "x.csv"]);
@@ -167,41 +307,105 @@ fn recover_export_import_round_trip() {
 /// A trace written record by record, with what the writer refuses to write:
 /// a view past its storage and a dtype id no reader knows.
 fn hostile_trace(path: &Path) {
-    use trace_format::codec::{encode_run_metadata, encode_storage, encode_tensor, DataRef, IndexEntry, StorageDesc, TensorDesc};
+    use trace_format::codec::{
+        encode_run_metadata, encode_storage, encode_tensor, DataRef, IndexEntry, StorageDesc,
+        TensorDesc,
+    };
     use trace_format::record::{encode_file_header, frame_footer, frame_record, RecordKind};
     use trace_format::{Lineage, Metadata};
     let mut bytes = encode_file_header().to_vec();
     let mut index = Vec::new();
     let mut names = Vec::new();
-    let mut push = |bytes: &mut Vec<u8>, kind: RecordKind, name: &str, descriptor: Vec<u8>, payload: &[u8]| {
-        let off = bytes.len() as u64;
-        let framed = frame_record(off, index.len() as u64, kind, &descriptor, payload);
-        let body_len = u64::from_le_bytes(framed[16..24].try_into().unwrap());
-        bytes.extend_from_slice(&framed);
-        index.push(IndexEntry { offset: off, body_len, kind: kind as u16, step: None, layer: None, name_offset: names.len() as u64, name_len: name.len() as u32 });
-        names.extend_from_slice(name.as_bytes());
-    };
-    let tensor = |name: &str, dtype: trace_format::DType, data, shape: &[u64], strides: &[i64]| TensorDesc {
-        name: name.into(),
-        dtype,
-        data,
-        shape: shape.to_vec(),
-        byte_strides: strides.to_vec(),
-        step: None,
-        layer: None,
-        role: None,
-        source_layout: None,
-        lineage: Lineage::default(),
-        stats: None,
-        metadata: Metadata::new(),
-    };
-    push(&mut bytes, RecordKind::RunMetadata, "", encode_run_metadata(&Metadata::new().with("engine", "hostile")), &[]);
-    push(&mut bytes, RecordKind::Storage, "buf", encode_storage(&StorageDesc { name: "buf".into(), metadata: Metadata::new() }), &[0u8; 64]);
-    let good = tensor("good", trace_format::DType::F32, DataRef::Storage { storage: 1, offset: 0 }, &[4, 4], &[16, 4]);
-    push(&mut bytes, RecordKind::Tensor, "good", encode_tensor(&good), &[]);
-    let bad = tensor("bad_strides", trace_format::DType::F32, DataRef::Storage { storage: 1, offset: 0 }, &[4, 4], &[32, 4]);
-    push(&mut bytes, RecordKind::Tensor, "bad_strides", encode_tensor(&bad), &[]);
-    let mut unknown = encode_tensor(&tensor("mystery", trace_format::DType::F32, DataRef::Inline { offset: 0 }, &[1], &[4]));
+    let mut push =
+        |bytes: &mut Vec<u8>, kind: RecordKind, name: &str, descriptor: Vec<u8>, payload: &[u8]| {
+            let off = bytes.len() as u64;
+            let framed = frame_record(off, index.len() as u64, kind, &descriptor, payload);
+            let body_len = u64::from_le_bytes(framed[16..24].try_into().unwrap());
+            bytes.extend_from_slice(&framed);
+            index.push(IndexEntry {
+                offset: off,
+                body_len,
+                kind: kind as u16,
+                step: None,
+                layer: None,
+                name_offset: names.len() as u64,
+                name_len: name.len() as u32,
+            });
+            names.extend_from_slice(name.as_bytes());
+        };
+    let tensor =
+        |name: &str, dtype: trace_format::DType, data, shape: &[u64], strides: &[i64]| TensorDesc {
+            name: name.into(),
+            dtype,
+            data,
+            shape: shape.to_vec(),
+            byte_strides: strides.to_vec(),
+            step: None,
+            layer: None,
+            role: None,
+            source_layout: None,
+            lineage: Lineage::default(),
+            stats: None,
+            metadata: Metadata::new(),
+        };
+    push(
+        &mut bytes,
+        RecordKind::RunMetadata,
+        "",
+        encode_run_metadata(&Metadata::new().with("engine", "hostile")),
+        &[],
+    );
+    push(
+        &mut bytes,
+        RecordKind::Storage,
+        "buf",
+        encode_storage(&StorageDesc {
+            name: "buf".into(),
+            metadata: Metadata::new(),
+        }),
+        &[0u8; 64],
+    );
+    let good = tensor(
+        "good",
+        trace_format::DType::F32,
+        DataRef::Storage {
+            storage: 1,
+            offset: 0,
+        },
+        &[4, 4],
+        &[16, 4],
+    );
+    push(
+        &mut bytes,
+        RecordKind::Tensor,
+        "good",
+        encode_tensor(&good),
+        &[],
+    );
+    let bad = tensor(
+        "bad_strides",
+        trace_format::DType::F32,
+        DataRef::Storage {
+            storage: 1,
+            offset: 0,
+        },
+        &[4, 4],
+        &[32, 4],
+    );
+    push(
+        &mut bytes,
+        RecordKind::Tensor,
+        "bad_strides",
+        encode_tensor(&bad),
+        &[],
+    );
+    let mut unknown = encode_tensor(&tensor(
+        "mystery",
+        trace_format::DType::F32,
+        DataRef::Inline { offset: 0 },
+        &[1],
+        &[4],
+    ));
     unknown[11..13].copy_from_slice(&777u16.to_le_bytes()); // the dtype id follows the 4+7-byte name
     push(&mut bytes, RecordKind::Tensor, "mystery", unknown, &[0; 4]);
     let tail = frame_footer(bytes.len() as u64, &index, &names);
@@ -216,18 +420,40 @@ fn bad_strides_and_unknown_dtypes_are_named() {
     hostile_trace(&d.join("hostile.tdump"));
     let (code, text) = run(d, &["inspect", "hostile.tdump"]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("#3    bad_strides  ERROR") && text.contains("view covers bytes 0..112 but the storage has 64 bytes"), "{text}");
-    assert!(text.contains("#4    mystery  ERROR") && text.contains("unknown dtype id 777 at byte"), "{text}");
+    assert!(
+        text.contains("#3    bad_strides  ERROR")
+            && text.contains("view covers bytes 0..112 but the storage has 64 bytes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("#4    mystery  ERROR") && text.contains("unknown dtype id 777 at byte"),
+        "{text}"
+    );
     let (code, text) = run(d, &["show", "hostile.tdump", "bad_strides"]);
     assert_eq!(code, 2);
-    assert!(text.contains("hostile.tdump") && text.contains("bad_strides") && text.contains("0..112"), "{text}");
+    assert!(
+        text.contains("hostile.tdump") && text.contains("bad_strides") && text.contains("0..112"),
+        "{text}"
+    );
     let (code, text) = run(d, &["verify", "hostile.tdump"]);
     assert_eq!(code, 1);
     assert_eq!(text.matches("FAULT").count(), 2, "{text}");
     let (code, text) = run(d, &["diff", "hostile.tdump", "hostile.tdump"]);
     assert_eq!(code, 1, "an unreadable tensor fails the gate: {text}");
-    assert!(text.contains("UNREADABLE") && text.contains("mystery"), "{text}");
-    let (code, text) = run(d, &["export", "hostile.tdump", "--to", "safetensors", "h.safetensors"]);
+    assert!(
+        text.contains("UNREADABLE") && text.contains("mystery"),
+        "{text}"
+    );
+    let (code, text) = run(
+        d,
+        &[
+            "export",
+            "hostile.tdump",
+            "--to",
+            "safetensors",
+            "h.safetensors",
+        ],
+    );
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("skipped bad_strides"), "{text}");
 }

@@ -26,7 +26,10 @@ impl CaptureFilter {
 
     /// Only names matching `pattern`.
     pub fn names(pattern: &str) -> Result<Self, regex::Error> {
-        Ok(CaptureFilter { name: Some(Regex::new(pattern)?), ..Default::default() })
+        Ok(CaptureFilter {
+            name: Some(Regex::new(pattern)?),
+            ..Default::default()
+        })
     }
 
     /// Also restrict to these layers.
@@ -48,7 +51,9 @@ impl CaptureFilter {
             (Some(s), Some(v)) => s.contains(&v),
             (Some(_), None) => !self.require_labels,
         };
-        self.name.as_ref().is_none_or(|r| r.is_match(name)) && labelled(&self.steps, step) && labelled(&self.layers, layer)
+        self.name.as_ref().is_none_or(|r| r.is_match(name))
+            && labelled(&self.steps, step)
+            && labelled(&self.layers, layer)
     }
 }
 
@@ -58,12 +63,17 @@ mod tests {
 
     #[test]
     fn filters() {
-        let f = CaptureFilter::names("^(Qcur|Kcur)-").unwrap().with_layers([0, 3]);
+        let f = CaptureFilter::names("^(Qcur|Kcur)-")
+            .unwrap()
+            .with_layers([0, 3]);
         assert!(f.accepts("Qcur-0", None, Some(0)));
         assert!(!f.accepts("Qcur-1", None, Some(1)));
         assert!(!f.accepts("ffn_out-0", None, Some(0)));
         assert!(f.accepts("Kcur-x", Some(5), None));
-        let strict = CaptureFilter { require_labels: true, ..f };
+        let strict = CaptureFilter {
+            require_labels: true,
+            ..f
+        };
         assert!(!strict.accepts("Kcur-x", Some(5), None));
         assert!(CaptureFilter::all().accepts("anything", None, None));
     }

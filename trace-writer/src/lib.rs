@@ -12,10 +12,14 @@ use std::thread::JoinHandle;
 
 pub use error::WriterError;
 pub use filter::CaptureFilter;
-pub use trace_format::{DType, EngineOp, Layout, Lineage, Metadata, Op, SourceLayout, Stats, Value};
+pub use trace_format::{
+    DType, EngineOp, Layout, Lineage, Metadata, Op, SourceLayout, Stats, Value,
+};
 
 use sink::{RecordParts, Sink};
-use trace_format::codec::{encode_run_metadata, encode_storage, encode_tensor, DataRef, StorageDesc, TensorDesc};
+use trace_format::codec::{
+    encode_run_metadata, encode_storage, encode_tensor, DataRef, StorageDesc, TensorDesc,
+};
 use trace_format::record::RecordKind;
 use trace_format::stats::compute_stats;
 use trace_format::NativeType;
@@ -78,7 +82,10 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions { mode: Mode::Sync, filter: CaptureFilter::default() }
+        WriterOptions {
+            mode: Mode::Sync,
+            filter: CaptureFilter::default(),
+        }
     }
 }
 
@@ -133,12 +140,19 @@ impl TensorMeta {
     }
     /// Set the engine's op, kept verbatim.
     pub fn engine_op(mut self, engine: &str, op: &str, params: &[u8]) -> Self {
-        self.lineage.engine_op = Some(EngineOp { engine: engine.into(), op: op.into(), params: params.to_vec() });
+        self.lineage.engine_op = Some(EngineOp {
+            engine: engine.into(),
+            op: op.into(),
+            params: params.to_vec(),
+        });
         self
     }
     /// Keep ggml's `ne`/`nb` (fastest first) beside the canonical layout.
     pub fn ggml_layout(mut self, ne: &[i64], nb: &[u64]) -> Self {
-        self.source_layout = Some(SourceLayout::Ggml { ne: ne.to_vec(), nb: nb.to_vec() });
+        self.source_layout = Some(SourceLayout::Ggml {
+            ne: ne.to_vec(),
+            nb: nb.to_vec(),
+        });
         self
     }
     /// Add a metadata entry.
@@ -273,9 +287,16 @@ impl Writer {
     }
 
     /// Create (truncate) `path` with options.
-    pub fn with_options(path: impl AsRef<Path>, run_metadata: Metadata, options: WriterOptions) -> Result<Writer, WriterError> {
+    pub fn with_options(
+        path: impl AsRef<Path>,
+        run_metadata: Metadata,
+        options: WriterOptions,
+    ) -> Result<Writer, WriterError> {
         let path = path.as_ref().to_path_buf();
-        let mut sink = Sink::create(&path).map_err(|source| WriterError::Io { path: path.clone(), error: source })?;
+        let mut sink = Sink::create(&path).map_err(|source| WriterError::Io {
+            path: path.clone(),
+            error: source,
+        })?;
         let descriptor = encode_run_metadata(&run_metadata);
         sink.append(&RecordParts {
             kind: RecordKind::RunMetadata,
@@ -285,7 +306,10 @@ impl Writer {
             descriptor: &descriptor,
             payload: &[],
         })
-        .map_err(|source| WriterError::Io { path: path.clone(), error: source })?;
+        .map_err(|source| WriterError::Io {
+            path: path.clone(),
+            error: source,
+        })?;
         let shared = Arc::new(Shared {
             path,
             sink: Mutex::new(sink),
@@ -311,11 +335,19 @@ impl Writer {
                     std::thread::Builder::new()
                         .name("tracedump-writer".into())
                         .spawn(move || background_loop(&s))
-                        .map_err(|source| WriterError::Io { path: shared.path.clone(), error: source })?,
+                        .map_err(|source| WriterError::Io {
+                            path: shared.path.clone(),
+                            error: source,
+                        })?,
                 )
             }
         };
-        Ok(Writer { shared, mode: options.mode, filter: options.filter, thread })
+        Ok(Writer {
+            shared,
+            mode: options.mode,
+            filter: options.filter,
+            thread,
+        })
     }
 
     /// The file being written.
@@ -340,11 +372,21 @@ impl Writer {
     }
 
     /// [`Writer::add_storage`] with metadata.
-    pub fn add_storage_with(&self, name: &str, bytes: &[u8], metadata: Metadata) -> Result<RecordId, WriterError> {
-        let descriptor = encode_storage(&StorageDesc { name: name.to_owned(), metadata });
+    pub fn add_storage_with(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        metadata: Metadata,
+    ) -> Result<RecordId, WriterError> {
+        let descriptor = encode_storage(&StorageDesc {
+            name: name.to_owned(),
+            metadata,
+        });
         let id = self
             .append(RecordKind::Storage, name, None, None, descriptor, bytes)?
-            .ok_or_else(|| WriterError::Dropped { name: name.to_owned() })?;
+            .ok_or_else(|| WriterError::Dropped {
+                name: name.to_owned(),
+            })?;
         lock(&self.shared.storages).insert(id, bytes.len() as u64);
         Ok(id)
     }
@@ -362,7 +404,10 @@ impl Writer {
         if !self.wants(name, meta.step, meta.layer) {
             return Ok(None);
         }
-        let layout = Layout::contiguous(dtype, shape, 0).map_err(|source| WriterError::Layout { name: name.into(), error: source })?;
+        let layout = Layout::contiguous(dtype, shape, 0).map_err(|source| WriterError::Layout {
+            name: name.into(),
+            error: source,
+        })?;
         let expected = trace_format::layout::numel(shape)
             .and_then(|n| dtype.bytes_for(n))
             .ok_or_else(|| WriterError::Layout {
@@ -374,7 +419,11 @@ impl Writer {
                 },
             })?;
         if expected != bytes.len() as u64 {
-            return Err(WriterError::DataLength { name: name.into(), expected, actual: bytes.len() as u64 });
+            return Err(WriterError::DataLength {
+                name: name.into(),
+                expected,
+                actual: bytes.len() as u64,
+            });
         }
         self.add_inline(name, dtype, &layout, bytes, meta)
     }
@@ -406,9 +455,27 @@ impl Writer {
     ) -> Result<Option<RecordId>, WriterError> {
         layout
             .check_within(dtype, bytes.len() as u64)
-            .map_err(|source| WriterError::Layout { name: name.into(), error: source })?;
-        let desc = tensor_desc(name, dtype, DataRef::Inline { offset: layout.storage_offset }, layout, meta);
-        let id = self.append(RecordKind::Tensor, name, desc.step, desc.layer, encode_tensor(&desc), bytes)?;
+            .map_err(|source| WriterError::Layout {
+                name: name.into(),
+                error: source,
+            })?;
+        let desc = tensor_desc(
+            name,
+            dtype,
+            DataRef::Inline {
+                offset: layout.storage_offset,
+            },
+            layout,
+            meta,
+        );
+        let id = self.append(
+            RecordKind::Tensor,
+            name,
+            desc.step,
+            desc.layer,
+            encode_tensor(&desc),
+            bytes,
+        )?;
         if let Some(id) = id {
             // a tensor's own bytes are a storage other views may use
             lock(&self.shared.storages).insert(id, bytes.len() as u64);
@@ -433,10 +500,34 @@ impl Writer {
         let len = lock(&self.shared.storages)
             .get(&storage)
             .copied()
-            .ok_or_else(|| WriterError::UnknownStorage { name: name.into(), storage })?;
-        layout.check_within(dtype, len).map_err(|source| WriterError::Layout { name: name.into(), error: source })?;
-        let desc = tensor_desc(name, dtype, DataRef::Storage { storage, offset: layout.storage_offset }, layout, meta);
-        self.append(RecordKind::Tensor, name, desc.step, desc.layer, encode_tensor(&desc), &[])
+            .ok_or_else(|| WriterError::UnknownStorage {
+                name: name.into(),
+                storage,
+            })?;
+        layout
+            .check_within(dtype, len)
+            .map_err(|source| WriterError::Layout {
+                name: name.into(),
+                error: source,
+            })?;
+        let desc = tensor_desc(
+            name,
+            dtype,
+            DataRef::Storage {
+                storage,
+                offset: layout.storage_offset,
+            },
+            layout,
+            meta,
+        );
+        self.append(
+            RecordKind::Tensor,
+            name,
+            desc.step,
+            desc.layer,
+            encode_tensor(&desc),
+            &[],
+        )
     }
 
     /// Record an `ndarray` view with its real strides: a standard-layout
@@ -458,7 +549,11 @@ impl Writer {
         let size = std::mem::size_of::<T>() as isize;
         let (mut lo, mut hi) = (0isize, 0isize);
         if array.is_empty() {
-            let layout = Layout::contiguous(T::DTYPE, &shape, 0).map_err(|source| WriterError::Layout { name: name.into(), error: source })?;
+            let layout =
+                Layout::contiguous(T::DTYPE, &shape, 0).map_err(|source| WriterError::Layout {
+                    name: name.into(),
+                    error: source,
+                })?;
             return self.add_inline(name, T::DTYPE, &layout, &[], meta);
         }
         for (&n, &s) in array.shape().iter().zip(array.strides()) {
@@ -481,8 +576,86 @@ impl Writer {
             array.strides().iter().map(|&s| (s * size) as i64).collect(),
             (-lo * size) as u64,
         )
-        .map_err(|source| WriterError::Layout { name: name.into(), error: source })?;
+        .map_err(|source| WriterError::Layout {
+            name: name.into(),
+            error: source,
+        })?;
         self.add_inline(name, T::DTYPE, &layout, bytemuck::cast_slice(span), meta)
+    }
+
+    /// Record a tensor whose values are rebuilt by the reader from its
+    /// parents by replaying `meta`'s lineage on values (data kind 3, SPEC.md
+    /// §5.4): no bytes are stored twice. The mixed KV cache is the case in
+    /// point: `K = Concat(K_quant, K_hot)` along the sequence axis, then
+    /// permuted as the engine permutes it, recorded as f32.
+    pub fn add_derived(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        meta: TensorMeta,
+    ) -> Result<Option<RecordId>, WriterError> {
+        if !self.wants(name, meta.step, meta.layer) {
+            return Ok(None);
+        }
+        if meta.lineage.ops.is_empty() || meta.lineage.parents.is_empty() {
+            return Err(WriterError::Unsupported {
+                name: name.into(),
+                what: "a derived tensor without parents and lineage steps to rebuild it from"
+                    .into(),
+            });
+        }
+        let layout = Layout::contiguous(dtype, shape, 0).map_err(|source| WriterError::Layout {
+            name: name.into(),
+            error: source,
+        })?;
+        let desc = tensor_desc(name, dtype, DataRef::Derived, &layout, meta);
+        self.append(
+            RecordKind::Tensor,
+            name,
+            desc.step,
+            desc.layer,
+            encode_tensor(&desc),
+            &[],
+        )
+    }
+
+    /// Quantize row-major f32 `values` of `shape` to the block dtype `dtype`
+    /// (Q8_0 or Q4_0, bit-exact with ggml's reference quantizer) and record
+    /// the blocks: how a test or a Rust engine writes a `K_quant`.
+    pub fn add_quantized(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        values: &[f32],
+        meta: TensorMeta,
+    ) -> Result<Option<RecordId>, WriterError> {
+        if !self.wants(name, meta.step, meta.layer) {
+            return Ok(None);
+        }
+        if trace_format::layout::numel(shape) != Some(values.len() as u64) {
+            return Err(WriterError::DataLength {
+                name: name.into(),
+                expected: trace_format::layout::numel(shape).unwrap_or(u64::MAX),
+                actual: values.len() as u64,
+            });
+        }
+        if shape.last().is_some_and(|&n| n % dtype.block_elems() != 0) {
+            return Err(WriterError::Unsupported {
+                name: name.into(),
+                what: format!(
+                    "quantizing rows of {} values to {dtype} (rows must be whole blocks)",
+                    shape.last().unwrap_or(&0)
+                ),
+            });
+        }
+        let blocks =
+            trace_quant::quantize_to_vec(dtype, values).map_err(|e| WriterError::Unsupported {
+                name: name.into(),
+                what: e.to_string(),
+            })?;
+        self.add_tensor(name, dtype, shape, &blocks, meta)
     }
 
     /// Record statistics only (no data) for a tensor of `dtype` and `shape`.
@@ -497,10 +670,20 @@ impl Writer {
         if !self.wants(name, meta.step, meta.layer) {
             return Ok(None);
         }
-        let layout = Layout::contiguous(dtype, shape, 0).map_err(|source| WriterError::Layout { name: name.into(), error: source })?;
+        let layout = Layout::contiguous(dtype, shape, 0).map_err(|source| WriterError::Layout {
+            name: name.into(),
+            error: source,
+        })?;
         meta.stats = Some(stats);
         let desc = tensor_desc(name, dtype, DataRef::StatsOnly, &layout, meta);
-        self.append(RecordKind::Tensor, name, desc.step, desc.layer, encode_tensor(&desc), &[])
+        self.append(
+            RecordKind::Tensor,
+            name,
+            desc.step,
+            desc.layer,
+            encode_tensor(&desc),
+            &[],
+        )
     }
 
     /// Compute statistics of contiguous `bytes` and record them without the data.
@@ -515,9 +698,23 @@ impl Writer {
         if !self.wants(name, meta.step, meta.layer) {
             return Ok(None);
         }
-        let stats = compute_stats(dtype, bytes).ok_or_else(|| WriterError::Unsupported {
+        let stats = if dtype.is_block() {
+            let values = trace_quant::dequantize_to_vec(dtype, bytes).map_err(|e| {
+                WriterError::Unsupported {
+                    name: name.into(),
+                    what: format!("statistics of {dtype} values: {e}"),
+                }
+            })?;
+            compute_stats(DType::F32, bytemuck::cast_slice(&values)).map(|s| Stats {
+                bytes_crc32c: Some(trace_format::record::crc32c(bytes)),
+                ..s
+            })
+        } else {
+            compute_stats(dtype, bytes)
+        };
+        let stats = stats.ok_or_else(|| WriterError::Unsupported {
             name: name.into(),
-            what: format!("statistics of {dtype} values (dequantize first)"),
+            what: format!("statistics of {dtype} values"),
         })?;
         self.add_stats(name, dtype, shape, stats, meta)
     }
@@ -535,7 +732,10 @@ impl Writer {
             Mode::Sync => {
                 let mut failed = lock(&self.shared.failed);
                 if let Some(msg) = failed.as_ref() {
-                    return Err(WriterError::Failed { path: self.shared.path.clone(), message: msg.clone() });
+                    return Err(WriterError::Failed {
+                        path: self.shared.path.clone(),
+                        message: msg.clone(),
+                    });
                 }
                 let mut sink = lock(&self.shared.sink);
                 let parts = RecordParts {
@@ -550,19 +750,36 @@ impl Writer {
                     Ok(id) => Ok(Some(id)),
                     Err(source) => {
                         *failed = Some(source.to_string());
-                        Err(WriterError::Io { path: self.shared.path.clone(), error: source })
+                        Err(WriterError::Io {
+                            path: self.shared.path.clone(),
+                            error: source,
+                        })
                     }
                 }
             }
-            Mode::Background { budget_bytes, when_full } => {
-                let item = Pending { kind, name: name.to_owned(), step, layer, descriptor, payload: self.shared.copy_payload(payload) };
+            Mode::Background {
+                budget_bytes,
+                when_full,
+            } => {
+                let item = Pending {
+                    kind,
+                    name: name.to_owned(),
+                    step,
+                    layer,
+                    descriptor,
+                    payload: self.shared.copy_payload(payload),
+                };
                 let cost = item.cost();
                 let mut q = lock(&self.shared.queue);
                 loop {
                     if let Some(msg) = &q.error {
-                        return Err(WriterError::Failed { path: self.shared.path.clone(), message: msg.clone() });
+                        return Err(WriterError::Failed {
+                            path: self.shared.path.clone(),
+                            message: msg.clone(),
+                        });
                     }
-                    let fits = q.queued_bytes + cost <= budget_bytes || (q.items.is_empty() && !q.writing);
+                    let fits =
+                        q.queued_bytes + cost <= budget_bytes || (q.items.is_empty() && !q.writing);
                     if fits {
                         break;
                     }
@@ -571,7 +788,9 @@ impl Writer {
                             q.dropped += 1;
                             return Ok(None);
                         }
-                        WhenFull::Block => q = self.shared.room.wait(q).unwrap_or_else(|e| e.into_inner()),
+                        WhenFull::Block => {
+                            q = self.shared.room.wait(q).unwrap_or_else(|e| e.into_inner())
+                        }
                     }
                 }
                 let id = q.next_id;
@@ -592,19 +811,32 @@ impl Writer {
     /// system: it then survives a crash of this process.
     pub fn flush(&self) -> Result<(), WriterError> {
         self.drain()?;
-        lock(&self.shared.sink).flush().map_err(|source| WriterError::Io { path: self.shared.path.clone(), error: source })
+        lock(&self.shared.sink)
+            .flush()
+            .map_err(|source| WriterError::Io {
+                path: self.shared.path.clone(),
+                error: source,
+            })
     }
 
     /// [`Writer::flush`], then `fsync`: the records survive a crash of the machine.
     pub fn sync_all(&self) -> Result<(), WriterError> {
         self.drain()?;
-        lock(&self.shared.sink).sync_all().map_err(|source| WriterError::Io { path: self.shared.path.clone(), error: source })
+        lock(&self.shared.sink)
+            .sync_all()
+            .map_err(|source| WriterError::Io {
+                path: self.shared.path.clone(),
+                error: source,
+            })
     }
 
     fn drain(&self) -> Result<(), WriterError> {
         if self.thread.is_none() {
             return match lock(&self.shared.failed).as_ref() {
-                Some(msg) => Err(WriterError::Failed { path: self.shared.path.clone(), message: msg.clone() }),
+                Some(msg) => Err(WriterError::Failed {
+                    path: self.shared.path.clone(),
+                    message: msg.clone(),
+                }),
                 None => Ok(()),
             };
         }
@@ -613,7 +845,10 @@ impl Writer {
             q = self.shared.room.wait(q).unwrap_or_else(|e| e.into_inner());
         }
         match &q.error {
-            Some(msg) => Err(WriterError::Failed { path: self.shared.path.clone(), message: msg.clone() }),
+            Some(msg) => Err(WriterError::Failed {
+                path: self.shared.path.clone(),
+                message: msg.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -622,10 +857,18 @@ impl Writer {
     pub fn finish(mut self) -> Result<FinishSummary, WriterError> {
         self.drain()?;
         self.stop_thread();
-        let (records, bytes) = lock(&self.shared.sink)
-            .finish()
-            .map_err(|source| WriterError::Io { path: self.shared.path.clone(), error: source })?;
-        Ok(FinishSummary { records, dropped: self.dropped(), bytes })
+        let (records, bytes) =
+            lock(&self.shared.sink)
+                .finish()
+                .map_err(|source| WriterError::Io {
+                    path: self.shared.path.clone(),
+                    error: source,
+                })?;
+        Ok(FinishSummary {
+            records,
+            dropped: self.dropped(),
+            bytes,
+        })
     }
 
     fn stop_thread(&mut self) {
@@ -696,7 +939,13 @@ fn background_loop(shared: &Shared) {
     }
 }
 
-fn tensor_desc(name: &str, dtype: DType, data: DataRef, layout: &Layout, meta: TensorMeta) -> TensorDesc {
+fn tensor_desc(
+    name: &str,
+    dtype: DType,
+    data: DataRef,
+    layout: &Layout,
+    meta: TensorMeta,
+) -> TensorDesc {
     TensorDesc {
         name: name.to_owned(),
         dtype,

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use trace_format::codec::IndexEntry;
 use trace_format::record::{
-    self, body_head, crc32c, crc32c_append, encode_file_header, frame_footer, next_record_offset, RecordHeader, RecordKind,
+    self, body_head, crc32c, crc32c_append, encode_file_header, frame_footer, next_record_offset,
+    RecordHeader, RecordKind,
 };
 
 /// A record ready to be framed: its descriptor and payload.
@@ -51,7 +52,12 @@ impl Sink {
         let mut file = BufWriter::with_capacity(STREAM_BYTES, file);
         let header = encode_file_header();
         file.write_all(&header)?;
-        Ok(Sink { file, offset: header.len() as u64, index: Vec::new(), names: Vec::new() })
+        Ok(Sink {
+            file,
+            offset: header.len() as u64,
+            index: Vec::new(),
+            names: Vec::new(),
+        })
     }
 
     /// The id the next record gets.
@@ -70,21 +76,32 @@ impl Sink {
         let pad = (next - record_offset - record::RECORD_HEADER_BYTES - body_len) as usize;
         let head_crc = crc32c(&head);
         let header = |body_crc32c| {
-            RecordHeader { kind: r.kind as u16, flags: 0, record_id: id, body_len, body_crc32c }.encode()
+            RecordHeader {
+                kind: r.kind as u16,
+                flags: 0,
+                record_id: id,
+                body_len,
+                body_crc32c,
+            }
+            .encode()
         };
         if cfg!(unix) && r.payload.len() >= STREAM_BYTES {
             // Large payload: checksum it on a second thread while this one
             // writes it, and write the header last, in place. Until then the
             // header bytes are zero, which a reader takes for the end of the
             // complete records: a crash in between loses only this record.
-            self.file.write_all(&[0u8; record::RECORD_HEADER_BYTES as usize])?;
+            self.file
+                .write_all(&[0u8; record::RECORD_HEADER_BYTES as usize])?;
             self.file.write_all(&head)?;
             let file = &mut self.file;
             let crc = std::thread::scope(|scope| -> io::Result<u32> {
-                let worker = std::thread::Builder::new().spawn_scoped(scope, || crc32c_append(head_crc, r.payload));
+                let worker = std::thread::Builder::new()
+                    .spawn_scoped(scope, || crc32c_append(head_crc, r.payload));
                 file.write_all(r.payload)?;
                 match worker {
-                    Ok(handle) => handle.join().map_err(|_| io::Error::other("checksum thread panicked")),
+                    Ok(handle) => handle
+                        .join()
+                        .map_err(|_| io::Error::other("checksum thread panicked")),
                     Err(_) => Ok(crc32c_append(head_crc, r.payload)),
                 }
             })?;
@@ -92,7 +109,8 @@ impl Sink {
             self.file.flush()?;
             write_at(self.file.get_ref(), &header(crc), record_offset)?;
         } else {
-            self.file.write_all(&header(crc32c_append(head_crc, r.payload)))?;
+            self.file
+                .write_all(&header(crc32c_append(head_crc, r.payload)))?;
             self.file.write_all(&head)?;
             self.file.write_all(r.payload)?;
             self.file.write_all(&ZEROS[..pad])?;

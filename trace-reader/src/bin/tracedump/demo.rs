@@ -81,12 +81,18 @@ pub fn reference_path(out: &Path) -> PathBuf {
 /// Write both runs; returns the paths and record counts.
 pub fn write_demo(out: &Path) -> Result<Vec<(PathBuf, u64)>> {
     let reference = reference_path(out);
-    Ok(vec![(out.to_path_buf(), write_run(out, Run::Test)?), (reference.clone(), write_run(&reference, Run::Reference)?)])
+    Ok(vec![
+        (out.to_path_buf(), write_run(out, Run::Test)?),
+        (reference.clone(), write_run(&reference, Run::Reference)?),
+    ])
 }
 
 fn ggml_2d(ne0: usize, ne1: usize, elem: u64) -> TensorMeta {
     let nb1 = ne0 as u64 * elem;
-    TensorMeta::new().ggml_layout(&[ne0 as i64, ne1 as i64, 1, 1], &[elem, nb1, nb1 * ne1 as u64, nb1 * ne1 as u64])
+    TensorMeta::new().ggml_layout(
+        &[ne0 as i64, ne1 as i64, 1, 1],
+        &[elem, nb1, nb1 * ne1 as u64, nb1 * ne1 as u64],
+    )
 }
 
 fn write_run(path: &Path, run: Run) -> Result<u64> {
@@ -96,12 +102,20 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
     };
     let meta = Metadata::new()
         .with("engine", engine)
-        .with("model", "tiny-llama: 4 layers, n_embd 64, 4 heads of 16, n_ff 128, vocab 256")
+        .with(
+            "model",
+            "tiny-llama: 4 layers, n_embd 64, 4 heads of 16, n_ff 128, vocab 256",
+        )
         .with("n_tokens", N_TOK as u64)
         .with("engine_version", env!("CARGO_PKG_VERSION"));
     let w = Writer::create(path, meta)?;
     let f32s = |v: &[f32]| -> Vec<u8> { bytemuck::cast_slice(v).to_vec() };
-    let act = |name: &str, layer: Option<usize>, role: &str, v: &[f32], cols: usize| -> Result<Option<u64>> {
+    let act = |name: &str,
+               layer: Option<usize>,
+               role: &str,
+               v: &[f32],
+               cols: usize|
+     -> Result<Option<u64>> {
         let mut m = ggml_2d(cols, N_TOK, 4).role(role).step(0);
         if let Some(l) = layer {
             m = m.layer(l as i64);
@@ -110,7 +124,10 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
     };
 
     let emb = weights(1, N_VOCAB * N_EMBD, 1);
-    let mut x: Vec<f32> = TOKENS.iter().flat_map(|&t| emb[(t % N_VOCAB) * N_EMBD..][..N_EMBD].to_vec()).collect();
+    let mut x: Vec<f32> = TOKENS
+        .iter()
+        .flat_map(|&t| emb[(t % N_VOCAB) * N_EMBD..][..N_EMBD].to_vec())
+        .collect();
     act("inp_embd", None, "embedding", &x, N_EMBD)?;
 
     for l in 0..N_LAYER {
@@ -121,16 +138,33 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
             weights(seed + 3, N_EMBD * N_EMBD, N_EMBD),
             weights(seed + 4, N_EMBD * N_EMBD, N_EMBD),
         );
-        let (wg, wu, wd) = (weights(seed + 5, N_FF * N_EMBD, N_EMBD), weights(seed + 6, N_FF * N_EMBD, N_EMBD), weights(seed + 7, N_EMBD * N_FF, N_FF));
+        let (wg, wu, wd) = (
+            weights(seed + 5, N_FF * N_EMBD, N_EMBD),
+            weights(seed + 6, N_FF * N_EMBD, N_EMBD),
+            weights(seed + 7, N_EMBD * N_FF, N_FF),
+        );
 
         let h = rms_norm(&x, 1e-5);
         act(&format!("attn_norm-{l}"), Some(l), "attn_norm", &h, N_EMBD)?;
-        let (q, k, v) = (matmul(&h, &wq, N_EMBD, N_EMBD), matmul(&h, &wk, N_EMBD, N_EMBD), matmul(&h, &wv, N_EMBD, N_EMBD));
+        let (q, k, v) = (
+            matmul(&h, &wq, N_EMBD, N_EMBD),
+            matmul(&h, &wk, N_EMBD, N_EMBD),
+            matmul(&h, &wv, N_EMBD, N_EMBD),
+        );
         let q_id = if run == Run::Test {
             // the backend keeps Q in f16
-            let q16: Vec<u16> = q.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+            let q16: Vec<u16> = q
+                .iter()
+                .map(|&v| half::f16::from_f32(v).to_bits())
+                .collect();
             let m = ggml_2d(N_EMBD, N_TOK, 2).layer(l as i64).step(0).role("q");
-            w.add_tensor(&format!("Qcur-{l}"), DType::F16, &[N_TOK as u64, N_EMBD as u64], bytemuck::cast_slice(&q16), m)?
+            w.add_tensor(
+                &format!("Qcur-{l}"),
+                DType::F16,
+                &[N_TOK as u64, N_EMBD as u64],
+                bytemuck::cast_slice(&q16),
+                m,
+            )?
         } else {
             act(&format!("Qcur-{l}"), Some(l), "q", &q, N_EMBD)?
         };
@@ -161,7 +195,13 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
                         if j > i {
                             f32::NEG_INFINITY
                         } else {
-                            (0..HEAD_DIM).map(|d| q[i * N_EMBD + hd * HEAD_DIM + d] * k[j * N_EMBD + hd * HEAD_DIM + d]).sum::<f32>() * scale
+                            (0..HEAD_DIM)
+                                .map(|d| {
+                                    q[i * N_EMBD + hd * HEAD_DIM + d]
+                                        * k[j * N_EMBD + hd * HEAD_DIM + d]
+                                })
+                                .sum::<f32>()
+                                * scale
                         }
                     })
                     .collect();
@@ -172,30 +212,63 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
                     let p = ej / sum;
                     kq.push(p);
                     for d in 0..HEAD_DIM {
-                        kqv[i * N_EMBD + hd * HEAD_DIM + d] += p * v[j * N_EMBD + hd * HEAD_DIM + d];
+                        kqv[i * N_EMBD + hd * HEAD_DIM + d] +=
+                            p * v[j * N_EMBD + hd * HEAD_DIM + d];
                     }
                 }
             }
         }
         let kq_shape = [1, N_HEAD as u64, N_TOK as u64, N_TOK as u64];
         let kq_bytes = f32s(&kq);
-        let mut kq_meta = TensorMeta::new().layer(l as i64).step(0).role("kq").engine_op("ggml", "SOFT_MAX", &[]);
+        let mut kq_meta = TensorMeta::new()
+            .layer(l as i64)
+            .step(0)
+            .role("kq")
+            .engine_op("ggml", "SOFT_MAX", &[]);
         kq_meta.lineage.parents.extend(q_id.into_iter().chain(k_id));
         match run {
             Run::Test => {
                 let stats = compute_stats(DType::F32, &kq_bytes).expect("f32 stats");
-                w.add_stats(&format!("kq_soft_max-{l}"), DType::F32, &kq_shape, stats, kq_meta)?;
+                w.add_stats(
+                    &format!("kq_soft_max-{l}"),
+                    DType::F32,
+                    &kq_shape,
+                    stats,
+                    kq_meta,
+                )?;
             }
             Run::Reference => {
-                w.add_tensor(&format!("kq_soft_max-{l}"), DType::F32, &kq_shape, &kq_bytes, kq_meta)?;
+                w.add_tensor(
+                    &format!("kq_soft_max-{l}"),
+                    DType::F32,
+                    &kq_shape,
+                    &kq_bytes,
+                    kq_meta,
+                )?;
             }
         }
         act(&format!("kqv_out-{l}"), Some(l), "kqv_out", &kqv, N_EMBD)?;
         let attn_out = matmul(&kqv, &wo, N_EMBD, N_EMBD);
-        act(&format!("attn_out-{l}"), Some(l), "attn_out", &attn_out, N_EMBD)?;
+        act(
+            &format!("attn_out-{l}"),
+            Some(l),
+            "attn_out",
+            &attn_out,
+            N_EMBD,
+        )?;
         let ffn_inp: Vec<f32> = attn_out.iter().zip(&x).map(|(a, b)| a + b).collect();
-        act(&format!("ffn_inp-{l}"), Some(l), "ffn_inp", &ffn_inp, N_EMBD)?;
-        let eps = if run == Run::Test && l == BUGGY_LAYER { 1e-1 } else { 1e-5 };
+        act(
+            &format!("ffn_inp-{l}"),
+            Some(l),
+            "ffn_inp",
+            &ffn_inp,
+            N_EMBD,
+        )?;
+        let eps = if run == Run::Test && l == BUGGY_LAYER {
+            1e-1
+        } else {
+            1e-5
+        };
         let hn = rms_norm(&ffn_inp, eps);
         act(&format!("ffn_norm-{l}"), Some(l), "ffn_norm", &hn, N_EMBD)?;
         let gate = matmul(&hn, &wg, N_EMBD, N_FF);
@@ -212,7 +285,12 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
     }
     let norm = rms_norm(&x, 1e-5);
     act("result_norm", None, "result_norm", &norm, N_EMBD)?;
-    let logits = matmul(&norm, &weights(9, N_VOCAB * N_EMBD, N_EMBD), N_EMBD, N_VOCAB);
+    let logits = matmul(
+        &norm,
+        &weights(9, N_VOCAB * N_EMBD, N_EMBD),
+        N_EMBD,
+        N_VOCAB,
+    );
     act("result_output", None, "logits", &logits, N_VOCAB)?;
     Ok(w.finish()?.records)
 }
@@ -227,25 +305,52 @@ fn record_k_cache(w: &Writer, l: usize, k: &[f32]) -> Result<u64> {
     let storage = w.add_storage(&format!("cache_k_l{l}"), bytemuck::cast_slice(&cache))?;
     let full = Layout::contiguous(DType::F32, &[N_CTX as u64, N_EMBD as u64], 0)?;
     let cache_meta = ggml_2d(N_EMBD, N_CTX, 4).layer(l as i64).role("k_cache");
-    let cache_id = w.add_view(&format!("cache_k_l{l}"), DType::F32, storage, &full, cache_meta)?.expect("no filter");
+    let cache_id = w
+        .add_view(
+            &format!("cache_k_l{l}"),
+            DType::F32,
+            storage,
+            &full,
+            cache_meta,
+        )?
+        .expect("no filter");
 
     // ggml_view_3d(k, head_dim, n_head, n_kv, nb1=64, nb2=256, 0) → ne=[16,4,8,1]
-    let view = full.view(0, &[1, N_TOK as u64, N_HEAD as u64, HEAD_DIM as u64], &[(N_TOK * N_EMBD * 4) as i64, (N_EMBD * 4) as i64, (HEAD_DIM * 4) as i64, 4])?;
+    let view = full.view(
+        0,
+        &[1, N_TOK as u64, N_HEAD as u64, HEAD_DIM as u64],
+        &[
+            (N_TOK * N_EMBD * 4) as i64,
+            (N_EMBD * 4) as i64,
+            (HEAD_DIM * 4) as i64,
+            4,
+        ],
+    )?;
     // ggml_permute(k, 0, 2, 1, 3) → ne=[16,8,4,1], nb=[4,256,64,2048]
     let axes = trace_format::layout::ggml::permute_axes(&[0, 2, 1, 3]).expect("a permutation");
     let permuted = view.permute(&axes)?;
-    let op_params: Vec<u8> = [0i32, 2, 1, 3].iter().flat_map(|v| v.to_le_bytes()).collect();
-    let (ne, nb) = trace_format::layout::ggml::from_canonical(&permuted, 4).expect("positive strides");
+    let op_params: Vec<u8> = [0i32, 2, 1, 3]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let (ne, nb) =
+        trace_format::layout::ggml::from_canonical(&permuted, 4).expect("positive strides");
     let k_meta = TensorMeta::new()
         .layer(l as i64)
         .step(0)
         .role("k")
         .parent(cache_id)
-        .op(Op::View { offset: 0, shape: view.shape.clone(), byte_strides: view.byte_strides.clone() })
+        .op(Op::View {
+            offset: 0,
+            shape: view.shape.clone(),
+            byte_strides: view.byte_strides.clone(),
+        })
         .op(Op::Permute { axes })
         .engine_op("ggml", "PERMUTE", &op_params)
         .ggml_layout(&ne, &nb);
-    let k_id = w.add_view(&format!("k-{l}"), DType::F32, storage, &permuted, k_meta)?.expect("no filter");
+    let k_id = w
+        .add_view(&format!("k-{l}"), DType::F32, storage, &permuted, k_meta)?
+        .expect("no filter");
 
     // flash attention takes K as f16: CPY f32 → f16, contiguous
     let k16: Vec<u16> = (0..N_HEAD)
@@ -262,6 +367,12 @@ fn record_k_cache(w: &Writer, l: usize, k: &[f32]) -> Result<u64> {
         .op(Op::Convert { dtype: DType::F16 })
         .engine_op("ggml", "CPY", &[])
         .ggml_layout(&ne, &nb);
-    w.add_tensor(&format!("k-{l} (copy)"), DType::F16, &permuted.shape, bytemuck::cast_slice(&k16), cpy_meta)?;
+    w.add_tensor(
+        &format!("k-{l} (copy)"),
+        DType::F16,
+        &permuted.shape,
+        bytemuck::cast_slice(&k16),
+        cpy_meta,
+    )?;
     Ok(k_id)
 }

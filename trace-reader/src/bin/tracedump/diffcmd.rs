@@ -20,7 +20,11 @@ fn verdict_cell(v: &Verdict) -> String {
 }
 
 fn name_cell(p: &Pair) -> String {
-    let mut s = if p.a.name == p.b.name { p.a.name.clone() } else { format!("{} = {}", p.a.name, p.b.name) };
+    let mut s = if p.a.name == p.b.name {
+        p.a.name.clone()
+    } else {
+        format!("{} = {}", p.a.name, p.b.name)
+    };
     if p.a.dtype != p.b.dtype {
         s.push_str(&format!(" ({} vs {})", p.a.dtype, p.b.dtype));
     }
@@ -35,7 +39,11 @@ fn side(trace: &Trace, id: u64) -> String {
             t.dtype,
             join(&t.layout.shape),
             join(&t.layout.byte_strides),
-            if t.is_contiguous() { "contiguous" } else { "strided" },
+            if t.is_contiguous() {
+                "contiguous"
+            } else {
+                "strided"
+            },
             match t.storage {
                 None => "stats only".to_string(),
                 Some(s) if s == id => format!("own bytes +{}", t.layout.storage_offset),
@@ -68,13 +76,28 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
         t.min_cosine
     )?;
 
-    let mut lt = Grid::new(&["layer", "div/pairs", "max abs err", "min cos", "output", "mean A", "std A", "mean B", "std B", "std A/B"]);
+    let mut lt = Grid::new(&[
+        "layer",
+        "div/pairs",
+        "max abs err",
+        "min cos",
+        "output",
+        "mean A",
+        "std A",
+        "mean B",
+        "std B",
+        "std A/B",
+    ]);
     for l in &r.layers {
         lt.row(vec![
             l.layer.map_or("-".into(), |x| x.to_string()),
             format!("{}/{}", l.divergent, l.pairs),
             num(l.max_abs),
-            if l.min_cosine.is_finite() { format!("{:.5}", l.min_cosine) } else { "-".into() },
+            if l.min_cosine.is_finite() {
+                format!("{:.5}", l.min_cosine)
+            } else {
+                "-".into()
+            },
             l.last.clone(),
             num(l.a.mean),
             num(l.a.std),
@@ -83,11 +106,20 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
             format!("{:.4}", l.std_ratio),
         ]);
     }
-    writeln!(s, "\nper layer (mean/std of the layer's last tensor: its output)\n{lt}")?;
+    writeln!(
+        s,
+        "\nper layer (mean/std of the layer's last tensor: its output)\n{lt}"
+    )?;
 
-    let mut pt = Grid::new(&["#A", "name", "shape", "max abs", "max rel", "cosine", "ulp", "verdict"]);
+    let mut pt = Grid::new(&[
+        "#A", "name", "shape", "max abs", "max rel", "cosine", "ulp", "verdict",
+    ]);
     for (i, p) in r.pairs.iter().enumerate() {
-        if !all && !p.verdict.is_divergent() && Some(i) != r.first_divergence && !matches!(p.verdict, Verdict::Skipped(_)) {
+        if !all
+            && !p.verdict.is_divergent()
+            && Some(i) != r.first_divergence
+            && !matches!(p.verdict, Verdict::Skipped(_))
+        {
             continue;
         }
         let m = p.metrics.as_ref();
@@ -96,10 +128,14 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
             p.a.id.to_string(),
             name_cell(p),
             format!("[{}]", join(&p.a.shape)),
-            m.filter(|_| !stats).map_or(String::new(), |m| num(m.max_abs)),
-            m.filter(|_| !stats).map_or(String::new(), |m| num(m.max_rel)),
-            m.filter(|_| !stats).map_or(String::new(), |m| format!("{:.5}", m.cosine)),
-            m.and_then(|m| m.max_ulp).map_or(String::new(), |u| u.to_string()),
+            m.filter(|_| !stats)
+                .map_or(String::new(), |m| num(m.max_abs)),
+            m.filter(|_| !stats)
+                .map_or(String::new(), |m| num(m.max_rel)),
+            m.filter(|_| !stats)
+                .map_or(String::new(), |m| format!("{:.5}", m.cosine)),
+            m.and_then(|m| m.max_ulp)
+                .map_or(String::new(), |u| u.to_string()),
             verdict_cell(&p.verdict),
         ]);
     }
@@ -113,7 +149,13 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
         None => writeln!(s, "\nthe runs agree: no pair diverges")?,
         Some(i) => {
             let p = &r.pairs[i];
-            writeln!(s, "\nFIRST DIVERGENCE: {} (pair {} of {}, in A's execution order)", p.key, i + 1, r.pairs.len())?;
+            writeln!(
+                s,
+                "\nFIRST DIVERGENCE: {} (pair {} of {}, in A's execution order)",
+                p.key,
+                i + 1,
+                r.pairs.len()
+            )?;
             match (&p.verdict, &p.metrics) {
                 (Verdict::Diverge(why), Some(m)) => {
                     writeln!(s, "  why: {}", why.join("; "))?;
@@ -129,16 +171,33 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
                         num(m.rmse),
                         m.cosine
                     )?;
-                    writeln!(s, "  A mean {} std {}; B mean {} std {}", num(m.a.mean), num(m.a.std), num(m.b.mean), num(m.b.std))?;
+                    writeln!(
+                        s,
+                        "  A mean {} std {}; B mean {} std {}",
+                        num(m.a.mean),
+                        num(m.a.std),
+                        num(m.b.mean),
+                        num(m.b.std)
+                    )?;
                 }
-                (Verdict::ShapeMismatch, _) => writeln!(s, "  shapes differ: A [{}], B [{}]", join(&p.a.shape), join(&p.b.shape))?,
+                (Verdict::ShapeMismatch, _) => writeln!(
+                    s,
+                    "  shapes differ: A [{}], B [{}]",
+                    join(&p.a.shape),
+                    join(&p.b.shape)
+                )?,
                 _ => {}
             }
             writeln!(s, "  A {}", side(a, p.a.id))?;
             writeln!(s, "  B {}", side(b, p.b.id))?;
             if i > 0 {
                 let prev = &r.pairs[i - 1];
-                writeln!(s, "  the pair before it: {} ({})", prev.key, verdict_cell(&prev.verdict))?;
+                writeln!(
+                    s,
+                    "  the pair before it: {} ({})",
+                    prev.key,
+                    verdict_cell(&prev.verdict)
+                )?;
             }
         }
     }

@@ -79,15 +79,26 @@ struct Plan<'t> {
 /// first occurrence, `name#k` for the k-th later one. A `name#k` that is also
 /// some tensor's literal name (or a name `reserved` refuses) gets the record
 /// id appended, `name#k@id`, and is reported as renamed.
-fn export_names(trace: &Trace, reserved: &dyn Fn(&str) -> bool) -> (HashMap<u64, String>, Vec<(u64, String)>) {
-    let literal: HashSet<&str> = trace.tensor_ids().iter().filter_map(|&id| trace.record_name(id)).collect();
+fn export_names(
+    trace: &Trace,
+    reserved: &dyn Fn(&str) -> bool,
+) -> (HashMap<u64, String>, Vec<(u64, String)>) {
+    let literal: HashSet<&str> = trace
+        .tensor_ids()
+        .iter()
+        .filter_map(|&id| trace.record_name(id))
+        .collect();
     let mut used = HashSet::new();
     let mut names = HashMap::new();
     let mut renamed = Vec::new();
     for &id in trace.tensor_ids() {
         let base = trace.record_name(id).unwrap_or("");
         let k = trace.occurrence(id).map_or(0, |(k, _)| k);
-        let plain = if k == 0 { base.to_owned() } else { format!("{base}#{k}") };
+        let plain = if k == 0 {
+            base.to_owned()
+        } else {
+            format!("{base}#{k}")
+        };
         let clash = |n: &str| used.contains(n) || reserved(n) || (k > 0 && literal.contains(n));
         let mut name = plain.clone();
         if clash(&name) {
@@ -95,7 +106,10 @@ fn export_names(trace: &Trace, reserved: &dyn Fn(&str) -> bool) -> (HashMap<u64,
             while clash(&name) {
                 name.push('_');
             }
-            renamed.push((id, format!("exported as `{name}`: `{plain}` is another tensor's name or reserved")));
+            renamed.push((
+                id,
+                format!("exported as `{name}`: `{plain}` is another tensor's name or reserved"),
+            ));
         }
         used.insert(name.clone());
         names.insert(id, name);
@@ -110,7 +124,12 @@ fn lineage_text(t: &TensorInfo, names: &HashMap<u64, String>) -> String {
             .lineage
             .parents
             .iter()
-            .map(|p| names.get(p).cloned().unwrap_or_else(|| format!("record {p}")))
+            .map(|p| {
+                names
+                    .get(p)
+                    .cloned()
+                    .unwrap_or_else(|| format!("record {p}"))
+            })
             .collect();
         parts.push(ps.join(" + "));
     }
@@ -138,7 +157,11 @@ fn describe(t: &TensorInfo, names: &HashMap<u64, String>) -> serde_json::Value {
     })
 }
 
-fn plan<'t>(trace: &'t Trace, filter: Option<&[u64]>, reserved: &dyn Fn(&str) -> bool) -> Result<Plan<'t>> {
+fn plan<'t>(
+    trace: &'t Trace,
+    filter: Option<&[u64]>,
+    reserved: &dyn Fn(&str) -> bool,
+) -> Result<Plan<'t>> {
     let selected: Vec<u64> = match filter {
         None => trace.tensor_ids().to_vec(),
         Some(ids) => {
@@ -147,11 +170,21 @@ fn plan<'t>(trace: &'t Trace, filter: Option<&[u64]>, reserved: &dyn Fn(&str) ->
             if let Some(bad) = ids.iter().find(|id| !all.contains(id)) {
                 bail!("{}: record {bad} is not a tensor", trace.path().display());
             }
-            trace.tensor_ids().iter().copied().filter(|id| want.contains(id)).collect()
+            trace
+                .tensor_ids()
+                .iter()
+                .copied()
+                .filter(|id| want.contains(id))
+                .collect()
         }
     };
     let (names, renamed_ids) = export_names(trace, reserved);
-    let mut p = Plan { tensors: Vec::new(), described: BTreeMap::new(), skipped: Vec::new(), renamed: Vec::new() };
+    let mut p = Plan {
+        tensors: Vec::new(),
+        described: BTreeMap::new(),
+        skipped: Vec::new(),
+        renamed: Vec::new(),
+    };
     let selected_set: HashSet<u64> = selected.iter().copied().collect();
     for (id, what) in renamed_ids {
         if selected_set.contains(&id) {
@@ -170,8 +203,11 @@ fn plan<'t>(trace: &'t Trace, filter: Option<&[u64]>, reserved: &dyn Fn(&str) ->
         let mut d = describe(t, &names);
         let why = if t.is_stats_only() {
             Some("statistics only: the trace holds no values".to_string())
-        } else if t.dtype.is_block() {
-            Some(format!("{} is block-quantized; exporting it needs dequantization, which is not supported yet", t.dtype))
+        } else if t.dtype.is_block() && !trace_quant::can_dequantize(t.dtype) {
+            Some(format!(
+                "{} blocks cannot be dequantized by this version",
+                t.dtype
+            ))
         } else {
             None
         };
@@ -179,7 +215,10 @@ fn plan<'t>(trace: &'t Trace, filter: Option<&[u64]>, reserved: &dyn Fn(&str) ->
             d["skipped"] = json!(why);
             p.skipped.push((name.clone(), why));
         } else {
-            p.tensors.push(Planned { name: name.clone(), view: trace.view(id).with_context(|| format!("tensor `{name}`"))? });
+            p.tensors.push(Planned {
+                name: name.clone(),
+                view: trace.view(id).with_context(|| format!("tensor `{name}`"))?,
+            });
         }
         p.described.insert(name, d);
     }
@@ -188,9 +227,17 @@ fn plan<'t>(trace: &'t Trace, filter: Option<&[u64]>, reserved: &dyn Fn(&str) ->
 
 /// Write the tensors of `trace` (those in `filter`, by record id, or all) to
 /// `out` as `format`.
-pub fn export(trace: &Trace, format: ExportFormat, out: &Path, filter: Option<&[u64]>) -> Result<ExportSummary> {
+pub fn export(
+    trace: &Trace,
+    format: ExportFormat,
+    out: &Path,
+    filter: Option<&[u64]>,
+) -> Result<ExportSummary> {
     if same_file(trace.path(), out) {
-        bail!("{}: the output must be a different file from the trace", out.display());
+        bail!(
+            "{}: the output must be a different file from the trace",
+            out.display()
+        );
     }
     let reserved = |n: &str| format == ExportFormat::Safetensors && n == "__metadata__";
     let plan = plan(trace, filter, &reserved)?;
@@ -201,18 +248,35 @@ pub fn export(trace: &Trace, format: ExportFormat, out: &Path, filter: Option<&[
         bytes: 0,
     };
     match format {
-        ExportFormat::Safetensors => write_safetensors(trace, &plan, out)?,
+        ExportFormat::Safetensors => {
+            for p in plan
+                .tensors
+                .iter()
+                .filter(|p| p.view.info().dtype.is_block())
+            {
+                let d = p.view.info().dtype;
+                summary.converted.push((
+                    p.name.clone(),
+                    format!("{d} → f32 (dequantized; safetensors has no {d})"),
+                ));
+            }
+            write_safetensors(trace, &plan, out)?
+        }
         ExportFormat::Npz => {
             let tmp = temp_path(out);
-            let result = write_npz(&plan, &tmp, &mut summary.converted)
-                .and_then(|()| fs::rename(&tmp, out).with_context(|| format!("cannot move {} to {}", tmp.display(), out.display())));
+            let result = write_npz(&plan, &tmp, &mut summary.converted).and_then(|()| {
+                fs::rename(&tmp, out)
+                    .with_context(|| format!("cannot move {} to {}", tmp.display(), out.display()))
+            });
             if let Err(e) = result {
                 let _ = fs::remove_file(&tmp);
                 return Err(e);
             }
         }
     }
-    summary.bytes = fs::metadata(out).with_context(|| format!("{}", out.display()))?.len();
+    summary.bytes = fs::metadata(out)
+        .with_context(|| format!("{}", out.display()))?
+        .len();
     Ok(summary)
 }
 
@@ -281,6 +345,26 @@ impl View for StTensor<'_> {
         &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
+        let info = self.view.info();
+        if info.dtype.is_block() {
+            // safetensors has no ggml block types: the logical (dequantized) values
+            let values = self
+                .view
+                .to_f32()
+                .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+            return match values {
+                Ok(v) if v.len() == self.len => Cow::Owned(v),
+                other => {
+                    let why = other
+                        .err()
+                        .map_or_else(|| "wrong length".to_string(), |e| e.to_string());
+                    self.failed
+                        .borrow_mut()
+                        .get_or_insert(format!("tensor `{}`: {why}", info.name));
+                    Cow::Owned(vec![0; self.len])
+                }
+            };
+        }
         if let Some(b) = self.view.contiguous_bytes() {
             return Cow::Borrowed(b);
         }
@@ -291,7 +375,9 @@ impl View for StTensor<'_> {
                     Err(e) => e.to_string(),
                     Ok(v) => format!("{} bytes materialized, {} expected", v.len(), self.len),
                 };
-                self.failed.borrow_mut().get_or_insert(format!("tensor `{}`: {why}", self.view.info().name));
+                self.failed
+                    .borrow_mut()
+                    .get_or_insert(format!("tensor `{}`: {why}", self.view.info().name));
                 Cow::Owned(vec![0; self.len])
             }
         }
@@ -314,21 +400,50 @@ fn write_safetensors(trace: &Trace, plan: &Plan<'_>, out: &Path) -> Result<()> {
     for p in &plan.tensors {
         let info = p.view.info();
         let ctx = || format!("tensor `{}`", p.name);
-        let dtype = st_dtype(info.dtype).ok_or_else(|| anyhow!("{} has no safetensors dtype", info.dtype)).with_context(ctx)?;
-        let shape = info.layout.shape.iter().map(|&n| usize::try_from(n)).collect::<Result<Vec<_>, _>>().with_context(ctx)?;
-        let len = info
-            .dtype
+        // block types are written as their dequantized f32 values
+        let stored = if info.dtype.is_block() {
+            DType::F32
+        } else {
+            info.dtype
+        };
+        let dtype = st_dtype(stored)
+            .ok_or_else(|| anyhow!("{} has no safetensors dtype", info.dtype))
+            .with_context(ctx)?;
+        let shape = info
+            .layout
+            .shape
+            .iter()
+            .map(|&n| usize::try_from(n))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(ctx)?;
+        let len = stored
             .bytes_for(info.layout.numel())
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| anyhow!("too large"))
             .with_context(ctx)?;
-        tensors.push((p.name.clone(), StTensor { view: p.view, dtype, shape, len, failed: &failed }));
+        tensors.push((
+            p.name.clone(),
+            StTensor {
+                view: p.view,
+                dtype,
+                shape,
+                len,
+                failed: &failed,
+            },
+        ));
     }
-    let mut meta: HashMap<String, String> =
-        trace.run_metadata().iter().map(|(k, v)| (k.to_owned(), metadata_string(v))).collect();
-    meta.insert(TENSORS_KEY.to_owned(), serde_json::to_string(&plan.described)?);
+    let mut meta: HashMap<String, String> = trace
+        .run_metadata()
+        .iter()
+        .map(|(k, v)| (k.to_owned(), metadata_string(v)))
+        .collect();
+    meta.insert(
+        TENSORS_KEY.to_owned(),
+        serde_json::to_string(&plan.described)?,
+    );
     let permissions = usual_permissions(out);
-    safetensors::serialize_to_file(tensors, Some(meta), out).with_context(|| format!("writing {}", out.display()))?;
+    safetensors::serialize_to_file(tensors, Some(meta), out)
+        .with_context(|| format!("writing {}", out.display()))?;
     if let Some(why) = failed.into_inner() {
         let _ = fs::remove_file(out);
         bail!("writing {}: {why}", out.display());
@@ -344,7 +459,10 @@ fn write_safetensors(trace: &Trace, plan: &Plan<'_>, out: &Path) -> Result<()> {
 /// output would otherwise be readable by its owner only.
 fn usual_permissions(path: &Path) -> Option<fs::Permissions> {
     let probe = temp_path(path);
-    let permissions = File::create(&probe).and_then(|f| f.metadata()).map(|m| m.permissions()).ok();
+    let permissions = File::create(&probe)
+        .and_then(|f| f.metadata())
+        .map(|m| m.permissions())
+        .ok();
     let _ = fs::remove_file(&probe);
     permissions
 }
@@ -357,11 +475,16 @@ fn usual_permissions(path: &Path) -> Option<fs::Permissions> {
 /// are restored too), else in the order of their data in the file.
 pub fn import_safetensors(input: &Path, output: &Path) -> Result<ImportSummary> {
     if same_file(input, output) {
-        bail!("{}: the output must be a different file from the input", output.display());
+        bail!(
+            "{}: the output must be a different file from the input",
+            output.display()
+        );
     }
     let source = Source::map(input).with_context(|| format!("cannot read {}", input.display()))?;
     let bytes = source.bytes();
-    let bad = |e: safetensors::SafeTensorError| anyhow!("{}: not a valid safetensors file: {e}", input.display());
+    let bad = |e: safetensors::SafeTensorError| {
+        anyhow!("{}: not a valid safetensors file: {e}", input.display())
+    };
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(bad)?;
     let st = SafeTensors::deserialize(bytes).map_err(bad)?;
 
@@ -382,7 +505,10 @@ pub fn import_safetensors(input: &Path, output: &Path) -> Result<ImportSummary> 
         .unwrap_or_default();
     let mut order: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
     let key = |name: &str| {
-        let record = described.get(name).and_then(|d| d.get("record")).and_then(serde_json::Value::as_u64);
+        let record = described
+            .get(name)
+            .and_then(|d| d.get("record"))
+            .and_then(serde_json::Value::as_u64);
         let offset = header.info(name).map_or(usize::MAX, |i| i.data_offsets.0);
         (record.is_none(), record.unwrap_or(0), offset)
     };
@@ -390,27 +516,41 @@ pub fn import_safetensors(input: &Path, output: &Path) -> Result<ImportSummary> 
 
     let tmp = temp_path(output);
     let result = (|| -> Result<u64> {
-        let w = Writer::create(&tmp, run).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let w = Writer::create(&tmp, run)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
         for (name, t) in &order {
             let dtype = from_st_dtype(t.dtype()).ok_or_else(|| {
-                anyhow!("{}: tensor `{name}` has dtype {:?}, which a trace cannot hold", input.display(), t.dtype())
+                anyhow!(
+                    "{}: tensor `{name}` has dtype {:?}, which a trace cannot hold",
+                    input.display(),
+                    t.dtype()
+                )
             })?;
             let shape: Vec<u64> = t.shape().iter().map(|&n| n as u64).collect();
             let mut meta = TensorMeta::new();
             if let Some(d) = described.get(name.as_str()) {
                 meta.layer = d.get("layer").and_then(serde_json::Value::as_i64);
                 meta.step = d.get("step").and_then(serde_json::Value::as_i64);
-                meta.role = d.get("role").and_then(serde_json::Value::as_str).map(str::to_owned);
+                meta.role = d
+                    .get("role")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned);
             }
             w.add_tensor(name, dtype, &shape, t.data(), meta)
                 .with_context(|| format!("{}: tensor `{name}`", input.display()))?;
         }
-        let s = w.finish().with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, output).with_context(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
+        let s = w
+            .finish()
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, output)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
         Ok(s.bytes)
     })();
     match result {
-        Ok(bytes) => Ok(ImportSummary { tensors: order.len() as u64, bytes }),
+        Ok(bytes) => Ok(ImportSummary {
+            tensors: order.len() as u64,
+            bytes,
+        }),
         Err(e) => {
             let _ = fs::remove_file(&tmp);
             Err(e)
@@ -438,6 +578,7 @@ fn npy_descr(d: DType) -> Option<(&'static str, bool)> {
         DType::U8 => ("|u1", false),
         DType::Bool => ("|b1", false),
         DType::BF16 | DType::F8_E4M3 | DType::F8_E5M2 => ("<f4", true),
+        d if d.is_block() && trace_quant::can_dequantize(d) => ("<f4", true),
         _ => return None,
     })
 }
@@ -470,14 +611,26 @@ fn write_npz(plan: &Plan<'_>, path: &Path, converted: &mut Vec<(String, String)>
     let mut zip = zip::ZipWriter::new(BufWriter::with_capacity(1 << 20, file));
     // 64-byte aligned entries: with the 64-byte npy header, the array data
     // is aligned in the archive (numpy can memory-map a stored npz member).
-    let options = SimpleFileOptions::default().compression_method(CompressionMethod::Stored).with_alignment(64);
+    let options = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Stored)
+        .with_alignment(64);
     let ctx = |name: &str| format!("writing {}: tensor `{name}`", path.display());
     for p in &plan.tensors {
         let info = p.view.info();
-        let (descr, to_f32) = npy_descr(info.dtype).ok_or_else(|| anyhow!("{} has no numpy dtype", info.dtype)).with_context(|| ctx(&p.name))?;
+        let (descr, to_f32) = npy_descr(info.dtype)
+            .ok_or_else(|| anyhow!("{} has no numpy dtype", info.dtype))
+            .with_context(|| ctx(&p.name))?;
         let data: Cow<'_, [u8]> = if to_f32 {
             let values = p.view.to_f32().with_context(|| ctx(&p.name))?;
-            converted.push((p.name.clone(), format!("{} → f32 (exact; numpy has no {})", info.dtype, info.dtype)));
+            let how = if info.dtype.is_block() {
+                "dequantized"
+            } else {
+                "exact"
+            };
+            converted.push((
+                p.name.clone(),
+                format!("{} → f32 ({how}; numpy has no {})", info.dtype, info.dtype),
+            ));
             Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
         } else {
             match p.view.contiguous_bytes() {
@@ -487,14 +640,23 @@ fn write_npz(plan: &Plan<'_>, path: &Path, converted: &mut Vec<(String, String)>
         };
         let header = npy_header(descr, &info.layout.shape).with_context(|| ctx(&p.name))?;
         let size = (header.len() + data.len()) as u64;
-        zip.start_file(format!("{}.npy", p.name), options.large_file(size >= u64::from(u32::MAX)))
-            .with_context(|| ctx(&p.name))?;
+        zip.start_file(
+            format!("{}.npy", p.name),
+            options.large_file(size >= u64::from(u32::MAX)),
+        )
+        .with_context(|| ctx(&p.name))?;
         zip.write_all(&header).with_context(|| ctx(&p.name))?;
         zip.write_all(&data).with_context(|| ctx(&p.name))?;
     }
-    let out = zip.finish().with_context(|| format!("writing {}", path.display()))?;
-    let file = out.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", path.display()))?;
-    file.sync_all().with_context(|| format!("writing {}", path.display()))?;
+    let out = zip
+        .finish()
+        .with_context(|| format!("writing {}", path.display()))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -506,57 +668,175 @@ mod tests {
     use trace_writer::{Layout, Op};
 
     fn f16s(v: &[f32]) -> Vec<u8> {
-        v.iter().flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes()).collect()
+        v.iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes())
+            .collect()
     }
 
     /// A trace with every exportable dtype, a permuted view of a storage, a
     /// negative-stride view, a repeated name, a stats-only and a q8_0 tensor.
     fn build(path: &Path) {
-        let run = Metadata::new().with("engine", "export-test").with("rank", 3u64).with("flag", true);
+        let run = Metadata::new()
+            .with("engine", "export-test")
+            .with("rank", 3u64)
+            .with("flag", true);
         let w = Writer::create(path, run).unwrap();
         let cache: Vec<f32> = (0..4 * 6).map(|i| i as f32 - 3.5).collect();
-        let s = w.add_storage("cache", bytemuck::cast_slice(&cache)).unwrap();
+        let s = w
+            .add_storage("cache", bytemuck::cast_slice(&cache))
+            .unwrap();
         let full = Layout::contiguous(DType::F32, &[4, 6], 0).unwrap();
-        let c = w.add_view("cache", DType::F32, s, &full, TensorMeta::new().layer(0)).unwrap().unwrap();
+        let c = w
+            .add_view("cache", DType::F32, s, &full, TensorMeta::new().layer(0))
+            .unwrap()
+            .unwrap();
         // permuted view [6, 4] over the [4, 6] cache, and a sliced one
         let k = full.permute(&[1, 0]).unwrap();
-        let meta = TensorMeta::new().layer(0).step(1).role("k").parent(c).op(Op::Permute { axes: vec![1, 0] });
+        let meta = TensorMeta::new()
+            .layer(0)
+            .step(1)
+            .role("k")
+            .parent(c)
+            .op(Op::Permute { axes: vec![1, 0] });
         w.add_view("k", DType::F32, s, &k, meta).unwrap();
         let sliced = full.view(4 * 6 + 4, &[2, 3], &[48, 8]).unwrap();
-        w.add_view("slice", DType::F32, s, &sliced, TensorMeta::new()).unwrap();
-        w.add_tensor("attn_out", DType::F16, &[2, 3], &f16s(&[1., 2., 3., 4., 5., 6.]), TensorMeta::new().step(0)).unwrap();
-        w.add_tensor("attn_out", DType::F16, &[2, 3], &f16s(&[-1., -2., -3., -4., -5., -6.]), TensorMeta::new().step(1)).unwrap();
-        let bf: Vec<u8> = [0.5f32, -2.0, 3.25].iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect();
-        w.add_tensor("bf", DType::BF16, &[3], &bf, TensorMeta::new()).unwrap();
-        w.add_tensor("fp8", DType::F8_E4M3, &[2, 2], &[0x38, 0xb8, 0x40, 0x00], TensorMeta::new()).unwrap();
-        w.add_tensor("fp8b", DType::F8_E5M2, &[2], &[0x3c, 0xc0], TensorMeta::new()).unwrap();
+        w.add_view("slice", DType::F32, s, &sliced, TensorMeta::new())
+            .unwrap();
+        w.add_tensor(
+            "attn_out",
+            DType::F16,
+            &[2, 3],
+            &f16s(&[1., 2., 3., 4., 5., 6.]),
+            TensorMeta::new().step(0),
+        )
+        .unwrap();
+        w.add_tensor(
+            "attn_out",
+            DType::F16,
+            &[2, 3],
+            &f16s(&[-1., -2., -3., -4., -5., -6.]),
+            TensorMeta::new().step(1),
+        )
+        .unwrap();
+        let bf: Vec<u8> = [0.5f32, -2.0, 3.25]
+            .iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes())
+            .collect();
+        w.add_tensor("bf", DType::BF16, &[3], &bf, TensorMeta::new())
+            .unwrap();
+        w.add_tensor(
+            "fp8",
+            DType::F8_E4M3,
+            &[2, 2],
+            &[0x38, 0xb8, 0x40, 0x00],
+            TensorMeta::new(),
+        )
+        .unwrap();
+        w.add_tensor(
+            "fp8b",
+            DType::F8_E5M2,
+            &[2],
+            &[0x3c, 0xc0],
+            TensorMeta::new(),
+        )
+        .unwrap();
         let rev = Layout::new(vec![3], vec![-8], 16).unwrap();
         let i32s: Vec<i32> = (0..5).map(|i| i * 10 - 7).collect();
-        w.add_strided("rev_i32", DType::I32, &rev, bytemuck::cast_slice(&i32s), TensorMeta::new()).unwrap();
+        w.add_strided(
+            "rev_i32",
+            DType::I32,
+            &rev,
+            bytemuck::cast_slice(&i32s),
+            TensorMeta::new(),
+        )
+        .unwrap();
         let i64s: [i64; 2] = [i64::MIN, 42];
-        w.add_tensor("i64", DType::I64, &[2], bytemuck::cast_slice(&i64s), TensorMeta::new()).unwrap();
+        w.add_tensor(
+            "i64",
+            DType::I64,
+            &[2],
+            bytemuck::cast_slice(&i64s),
+            TensorMeta::new(),
+        )
+        .unwrap();
         let u64s: [u64; 1] = [u64::MAX];
-        w.add_tensor("scalar_u64", DType::U64, &[], bytemuck::cast_slice(&u64s), TensorMeta::new()).unwrap();
+        w.add_tensor(
+            "scalar_u64",
+            DType::U64,
+            &[],
+            bytemuck::cast_slice(&u64s),
+            TensorMeta::new(),
+        )
+        .unwrap();
         let f64s: [f64; 2] = [std::f64::consts::PI, -0.0];
-        w.add_tensor("f64", DType::F64, &[1, 2], bytemuck::cast_slice(&f64s), TensorMeta::new()).unwrap();
-        w.add_tensor("i16", DType::I16, &[2], bytemuck::cast_slice(&[-5i16, 7]), TensorMeta::new()).unwrap();
-        w.add_tensor("u16", DType::U16, &[2], bytemuck::cast_slice(&[5u16, 65535]), TensorMeta::new()).unwrap();
-        w.add_tensor("u32", DType::U32, &[1], bytemuck::cast_slice(&[9u32]), TensorMeta::new()).unwrap();
-        w.add_tensor("i8", DType::I8, &[2], &[0x80, 0x7f], TensorMeta::new()).unwrap();
-        w.add_tensor("u8", DType::U8, &[2, 0], &[], TensorMeta::new()).unwrap();
-        w.add_tensor("mask", DType::Bool, &[3], &[1, 0, 1], TensorMeta::new().role("mask")).unwrap();
+        w.add_tensor(
+            "f64",
+            DType::F64,
+            &[1, 2],
+            bytemuck::cast_slice(&f64s),
+            TensorMeta::new(),
+        )
+        .unwrap();
+        w.add_tensor(
+            "i16",
+            DType::I16,
+            &[2],
+            bytemuck::cast_slice(&[-5i16, 7]),
+            TensorMeta::new(),
+        )
+        .unwrap();
+        w.add_tensor(
+            "u16",
+            DType::U16,
+            &[2],
+            bytemuck::cast_slice(&[5u16, 65535]),
+            TensorMeta::new(),
+        )
+        .unwrap();
+        w.add_tensor(
+            "u32",
+            DType::U32,
+            &[1],
+            bytemuck::cast_slice(&[9u32]),
+            TensorMeta::new(),
+        )
+        .unwrap();
+        w.add_tensor("i8", DType::I8, &[2], &[0x80, 0x7f], TensorMeta::new())
+            .unwrap();
+        w.add_tensor("u8", DType::U8, &[2, 0], &[], TensorMeta::new())
+            .unwrap();
+        w.add_tensor(
+            "mask",
+            DType::Bool,
+            &[3],
+            &[1, 0, 1],
+            TensorMeta::new().role("mask"),
+        )
+        .unwrap();
         let kq = [0.25f32, 0.75];
         let stats = compute_stats(DType::F32, bytemuck::cast_slice(&kq)).unwrap();
-        w.add_stats("kq", DType::F32, &[2], stats, TensorMeta::new()).unwrap();
-        w.add_tensor("w_q8", DType::Q8_0, &[32], &[0u8; 34], TensorMeta::new()).unwrap();
-        w.add_tensor("cache", DType::U8, &[1], &[9], TensorMeta::new()).unwrap();
+        w.add_stats("kq", DType::F32, &[2], stats, TensorMeta::new())
+            .unwrap();
+        // a q8_0 block: scale 0.5 (f16 0x3800), quants -16..16
+        let q8: Vec<u8> = [0x00, 0x38]
+            .into_iter()
+            .chain((-16i8..16).map(|q| q as u8))
+            .collect();
+        w.add_tensor("w_q8", DType::Q8_0, &[32], &q8, TensorMeta::new())
+            .unwrap();
+        w.add_tensor("cache", DType::U8, &[1], &[9], TensorMeta::new())
+            .unwrap();
         w.finish().unwrap();
     }
 
     /// Export name → record id, as the exporter names them.
     fn by_export_name(trace: &Trace) -> Vec<(String, u64)> {
         let (names, _) = export_names(trace, &|_| false);
-        trace.tensor_ids().iter().map(|id| (names[id].clone(), *id)).collect()
+        trace
+            .tensor_ids()
+            .iter()
+            .map(|id| (names[id].clone(), *id))
+            .collect()
     }
 
     #[test]
@@ -570,13 +850,20 @@ mod tests {
         assert_eq!(s.bytes, fs::metadata(&st).unwrap().len());
         let probe = dir.path().join("probe");
         fs::write(&probe, b"").unwrap();
-        assert_eq!(fs::metadata(&st).unwrap().permissions(), fs::metadata(&probe).unwrap().permissions());
+        assert_eq!(
+            fs::metadata(&st).unwrap().permissions(),
+            fs::metadata(&probe).unwrap().permissions()
+        );
         let skipped: Vec<&str> = s.skipped.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(skipped, ["kq", "w_q8"]);
-        assert!(s.skipped[1].1.contains("q8_0"), "{:?}", s.skipped);
-        assert!(s.converted.is_empty(), "{:?}", s.converted);
-        assert!(s.exported.contains(&"attn_out#1".to_string()) && s.exported.contains(&"cache#1".to_string()));
-        assert_eq!(s.exported.len(), trace.len() - 2);
+        assert_eq!(skipped, ["kq"]);
+        let converted: Vec<&str> = s.converted.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(converted, ["w_q8"], "{:?}", s.converted);
+        assert!(s.converted[0].1.contains("q8_0 → f32"), "{:?}", s.converted);
+        assert!(
+            s.exported.contains(&"attn_out#1".to_string())
+                && s.exported.contains(&"cache#1".to_string())
+        );
+        assert_eq!(s.exported.len(), trace.len() - 1);
 
         // the file itself: metadata as plain strings, source layouts kept
         let raw = fs::read(&st).unwrap();
@@ -592,7 +879,10 @@ mod tests {
         assert_eq!(k["storage"], json!(1));
         assert_eq!(k["role"], json!("k"));
         assert_eq!(k["lineage"], json!("cache → permute(1,0)"));
-        assert_eq!(described["kq"]["skipped"], json!("statistics only: the trace holds no values"));
+        assert_eq!(
+            described["kq"]["skipped"],
+            json!("statistics only: the trace holds no values")
+        );
         assert_eq!(described["cache#1"]["dtype"], json!("u8"));
 
         // back into a trace
@@ -600,32 +890,83 @@ mod tests {
         let imp = import_safetensors(&st, &back).unwrap();
         assert_eq!(imp.tensors as usize, s.exported.len());
         let t2 = Trace::open(&back).unwrap();
-        assert!(t2.is_finished() && t2.verify().is_ok(), "{:?}", t2.verify().faults);
-        assert_eq!(t2.run_metadata().get("engine"), Some(&Value::Str("export-test".into())));
-        assert_eq!(t2.run_metadata().get("imported_from"), Some(&Value::Str(st.display().to_string())));
+        assert!(
+            t2.is_finished() && t2.verify().is_ok(),
+            "{:?}",
+            t2.verify().faults
+        );
+        assert_eq!(
+            t2.run_metadata().get("engine"),
+            Some(&Value::Str("export-test".into()))
+        );
+        assert_eq!(
+            t2.run_metadata().get("imported_from"),
+            Some(&Value::Str(st.display().to_string()))
+        );
         // source order restored
-        let imported: Vec<&str> = t2.tensor_ids().iter().map(|&id| t2.record_name(id).unwrap()).collect();
-        assert_eq!(imported, s.exported.iter().map(String::as_str).collect::<Vec<_>>());
+        let imported: Vec<&str> = t2
+            .tensor_ids()
+            .iter()
+            .map(|&id| t2.record_name(id).unwrap())
+            .collect();
+        assert_eq!(
+            imported,
+            s.exported.iter().map(String::as_str).collect::<Vec<_>>()
+        );
         for (name, id) in by_export_name(&trace) {
             let orig = trace.tensor(id).unwrap();
-            if orig.is_stats_only() || orig.dtype.is_block() {
+            if orig.is_stats_only() {
                 assert!(t2.get(&name).is_err(), "{name}");
+                continue;
+            }
+            if orig.dtype.is_block() {
+                // exported as its dequantized values
+                let got = t2.get(&name).unwrap();
+                assert_eq!(
+                    (got.dtype, &got.layout.shape),
+                    (DType::F32, &orig.layout.shape),
+                    "{name}"
+                );
+                assert_eq!(
+                    t2.view(got.id).unwrap().to_f32().unwrap(),
+                    trace.view(id).unwrap().to_f32().unwrap(),
+                    "{name}"
+                );
                 continue;
             }
             let got = t2.get(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(got.dtype, orig.dtype, "{name}");
             assert_eq!(got.layout.shape, orig.layout.shape, "{name}");
             assert!(got.is_contiguous(), "{name}");
-            assert_eq!((got.layer, got.step, &got.role), (orig.layer, orig.step, &orig.role), "{name}");
+            assert_eq!(
+                (got.layer, got.step, &got.role),
+                (orig.layer, orig.step, &orig.role),
+                "{name}"
+            );
             let want = trace.view(id).unwrap().materialize().unwrap();
-            assert_eq!(t2.view(got.id).unwrap().materialize().unwrap(), want, "{name}");
+            assert_eq!(
+                t2.view(got.id).unwrap().materialize().unwrap(),
+                want,
+                "{name}"
+            );
         }
         // the permuted view came out as the permuted array, row-major
         let k = t2.view_by_name("k").unwrap().to_f32().unwrap();
-        let expect: Vec<f32> = (0..6).flat_map(|j| (0..4).map(move |i| (i * 6 + j) as f32 - 3.5)).collect();
+        let expect: Vec<f32> = (0..6)
+            .flat_map(|j| (0..4).map(move |i| (i * 6 + j) as f32 - 3.5))
+            .collect();
         assert_eq!(k, expect);
-        assert_eq!(t2.view_by_name("rev_i32").unwrap().as_slice::<i32>().unwrap(), &[33, 13, -7]);
-        assert_eq!(t2.view_by_name("attn_out#1").unwrap().to_f32().unwrap(), [-1., -2., -3., -4., -5., -6.]);
+        assert_eq!(
+            t2.view_by_name("rev_i32")
+                .unwrap()
+                .as_slice::<i32>()
+                .unwrap(),
+            &[33, 13, -7]
+        );
+        assert_eq!(
+            t2.view_by_name("attn_out#1").unwrap().to_f32().unwrap(),
+            [-1., -2., -3., -4., -5., -6.]
+        );
     }
 
     #[test]
@@ -642,14 +983,18 @@ mod tests {
         let f = SafeTensors::deserialize(&raw).unwrap();
         assert_eq!(f.names(), ["attn_out#1"]);
         let err = export(&trace, ExportFormat::Npz, &st, Some(&[0])).unwrap_err();
-        assert!(err.to_string().contains("record 0 is not a tensor"), "{err:#}");
+        assert!(
+            err.to_string().contains("record 0 is not a tensor"),
+            "{err:#}"
+        );
         assert!(export(&trace, ExportFormat::Npz, &src, None).is_err());
 
         // a tensor literally named `x#1` beside two `x`s, and one named __metadata__
         let p = dir.path().join("clash.tdump");
         let w = Writer::create(&p, Metadata::new()).unwrap();
         for (n, v) in [("x", 1u8), ("x#1", 2), ("x", 3), ("__metadata__", 4)] {
-            w.add_tensor(n, DType::U8, &[1], &[v], TensorMeta::new()).unwrap();
+            w.add_tensor(n, DType::U8, &[1], &[v], TensorMeta::new())
+                .unwrap();
         }
         w.finish().unwrap();
         let t = Trace::open(&p).unwrap();
@@ -661,7 +1006,11 @@ mod tests {
         import_safetensors(&out, &back).unwrap();
         let t2 = Trace::open(&back).unwrap();
         for (name, v) in [("x", 1u8), ("x#1", 2), ("x#1@3", 3), ("__metadata__@4", 4)] {
-            assert_eq!(t2.view_by_name(name).unwrap().as_slice::<u8>().unwrap(), &[v], "{name}");
+            assert_eq!(
+                t2.view_by_name(name).unwrap().as_slice::<u8>().unwrap(),
+                &[v],
+                "{name}"
+            );
         }
     }
 
@@ -673,10 +1022,16 @@ mod tests {
         let out = dir.path().join("o.tdump");
         let err = import_safetensors(&junk, &out).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("junk.safetensors") && msg.contains("not a valid safetensors"), "{msg}");
+        assert!(
+            msg.contains("junk.safetensors") && msg.contains("not a valid safetensors"),
+            "{msg}"
+        );
         assert!(!out.exists());
         let missing = dir.path().join("missing.safetensors");
-        assert!(format!("{:#}", import_safetensors(&missing, &out).unwrap_err()).contains("missing.safetensors"));
+        assert!(
+            format!("{:#}", import_safetensors(&missing, &out).unwrap_err())
+                .contains("missing.safetensors")
+        );
 
         struct Raw(Dtype, Vec<usize>, Vec<u8>);
         impl View for &Raw {
@@ -698,7 +1053,10 @@ mod tests {
         let f = dir.path().join("c64.safetensors");
         safetensors::serialize_to_file([("fine", &ok), ("complex", &odd)], None, &f).unwrap();
         let msg = format!("{:#}", import_safetensors(&f, &out).unwrap_err());
-        assert!(msg.contains("c64.safetensors") && msg.contains("`complex`") && msg.contains("C64"), "{msg}");
+        assert!(
+            msg.contains("c64.safetensors") && msg.contains("`complex`") && msg.contains("C64"),
+            "{msg}"
+        );
         assert!(!out.exists());
         assert!(import_safetensors(&f, &f).is_err());
     }
@@ -711,10 +1069,28 @@ mod tests {
         assert_eq!(start % 64, 0);
         let h = std::str::from_utf8(&b[10..start]).unwrap();
         assert!(h.ends_with('\n'));
-        let descr = h.split("'descr': '").nth(1).unwrap().split('\'').next().unwrap().to_owned();
+        let descr = h
+            .split("'descr': '")
+            .nth(1)
+            .unwrap()
+            .split('\'')
+            .next()
+            .unwrap()
+            .to_owned();
         assert!(h.contains("'fortran_order': False"));
-        let shape = h.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-        let shape = shape.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
+        let shape = h
+            .split("'shape': (")
+            .nth(1)
+            .unwrap()
+            .split(')')
+            .next()
+            .unwrap();
+        let shape = shape
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+            .collect();
         (descr, shape, b[start..].to_vec())
     }
 
@@ -727,8 +1103,8 @@ mod tests {
         let npz = dir.path().join("out.npz");
         let s = export(&trace, ExportFormat::Npz, &npz, None).unwrap();
         let conv: Vec<&str> = s.converted.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(conv, ["bf", "fp8", "fp8b"]);
-        assert_eq!(s.skipped.len(), 2);
+        assert_eq!(conv, ["bf", "fp8", "fp8b", "w_q8"]);
+        assert_eq!(s.skipped.len(), 1);
 
         let mut zip = zip::ZipArchive::new(File::open(&npz).unwrap()).unwrap();
         assert_eq!(zip.len(), s.exported.len());
@@ -744,17 +1120,28 @@ mod tests {
         }
         for (name, id) in by_export_name(&trace) {
             let t = trace.tensor(id).unwrap();
-            if t.is_stats_only() || t.dtype.is_block() {
+            if t.is_stats_only() {
                 assert!(!seen.contains_key(&name));
                 continue;
             }
             let (descr, shape, data) = &seen[&name];
+            if t.dtype.is_block() {
+                let want: Vec<u8> = (-16..16)
+                    .flat_map(|q| (q as f32 * 0.5).to_le_bytes())
+                    .collect();
+                assert_eq!((descr.as_str(), data), ("<f4", &want), "{name}");
+                continue;
+            }
             assert_eq!(shape, &t.layout.shape, "{name}");
             let v = trace.view(id).unwrap();
             let want = match t.dtype {
                 DType::BF16 | DType::F8_E4M3 | DType::F8_E5M2 => {
                     assert_eq!(descr, "<f4");
-                    v.to_f32().unwrap().iter().flat_map(|x| x.to_le_bytes()).collect()
+                    v.to_f32()
+                        .unwrap()
+                        .iter()
+                        .flat_map(|x| x.to_le_bytes())
+                        .collect()
                 }
                 _ => v.materialize().unwrap(),
             };
@@ -764,24 +1151,35 @@ mod tests {
         assert_eq!(seen["attn_out#1"].0, "<f2");
         assert_eq!(seen["scalar_u64"].1, Vec::<u64>::new());
         assert_eq!(seen["u8"].1, [2, 0]);
-        let fp8: Vec<f32> = seen["fp8"].2.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let fp8: Vec<f32> = seen["fp8"]
+            .2
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         assert_eq!(fp8, [1.0, -1.0, 2.0, 0.0]);
-        let k: Vec<f32> = seen["k"].2.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let k: Vec<f32> = seen["k"]
+            .2
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         assert_eq!(k[..4], [-3.5, 2.5, 8.5, 14.5]);
         assert_eq!(npy_header("<f4", &[7]).unwrap().len() % 64, 0);
-        assert!(String::from_utf8(npy_header("<f4", &[2, 3]).unwrap()[10..].to_vec()).unwrap().contains("'shape': (2, 3), }"));
+        assert!(
+            String::from_utf8(npy_header("<f4", &[2, 3]).unwrap()[10..].to_vec())
+                .unwrap()
+                .contains("'shape': (2, 3), }")
+        );
 
         numpy_check(&npz, &trace);
     }
 
-    /// Load the npz with numpy in a subprocess and compare. Without numpy,
-    /// python3's standard library reads it the way numpy does (zipfile, the
-    /// header dict through `ast.literal_eval`, the values through `struct`).
+    /// Load the npz with numpy in a subprocess (the reference Python that
+    /// `make test` sets up in `.venv`, or `$TRACEDUMP_PYTHON`) and compare.
     fn numpy_check(npz: &Path, trace: &Trace) {
-        let python = |args: &[&str]| std::process::Command::new("python3").args(args).arg(npz).output();
-        let has_numpy = python(&["-c", "import numpy"]).is_ok_and(|o| o.status.success());
-        let script = if has_numpy {
-            r#"
+        let python = std::env::var_os("TRACEDUMP_PYTHON")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+        let script = r#"
 import json, sys, numpy as np
 z = np.load(sys.argv[1])
 out = {}
@@ -789,43 +1187,16 @@ for k in z.files:
     a = z[k]
     out[k] = {"dtype": a.dtype.str, "shape": list(a.shape), "values": a.astype(np.float64).ravel().tolist()}
 print(json.dumps(out))
-"#
-        } else {
-            r#"
-import ast, json, math, struct, sys, zipfile
-codes = {'<f8': 'd', '<f4': 'f', '<f2': 'e', '<i8': 'q', '<i4': 'i', '<i2': 'h', '|i1': 'b',
-         '<u8': 'Q', '<u4': 'I', '<u2': 'H', '|u1': 'B', '|b1': '?'}
-out = {}
-with zipfile.ZipFile(sys.argv[1]) as z:
-    for info in z.infolist():
-        assert info.compress_type == zipfile.ZIP_STORED, info.filename
-        b = z.read(info)
-        assert b[:8] == b'\x93NUMPY\x01\x00', info.filename
-        start = 10 + struct.unpack('<H', b[8:10])[0]
-        assert start % 64 == 0 and b[start - 1:start] == b'\n', info.filename
-        d = ast.literal_eval(b[10:start].decode('latin1'))
-        assert isinstance(d, dict) and sorted(d) == ['descr', 'fortran_order', 'shape'], d
-        assert d['fortran_order'] is False and isinstance(d['shape'], tuple), d
-        n, c = math.prod(d['shape']), codes[d['descr']]
-        assert len(b) - start == n * struct.calcsize('<' + c), info.filename
-        values = [float(x) for x in struct.unpack('<%d%s' % (n, c), b[start:])]
-        out[info.filename[:-4]] = {"dtype": d['descr'], "shape": list(d['shape']), "values": values}
-print(json.dumps(out))
-"#
-        };
-        let Ok(o) = python(&["-c", script]) else {
-            eprintln!("note: python3 is not available; skipping the numpy load check");
-            return;
-        };
-        if !has_numpy {
-            eprintln!("note: numpy is not installed; checked the npz with python3's standard library instead");
-        }
+"#;
+        let o = std::process::Command::new(&python).args(["-c", script]).arg(npz).output().unwrap_or_else(|e| {
+            panic!("cannot run {} ({e}): run `make test`, which creates .venv with numpy, or set TRACEDUMP_PYTHON", python.display())
+        });
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let mut n = 0;
         for (name, id) in by_export_name(trace) {
             let t = trace.tensor(id).unwrap();
-            if t.is_stats_only() || t.dtype.is_block() {
+            if t.is_stats_only() {
                 assert!(got.get(&name).is_none());
                 continue;
             }
@@ -833,7 +1204,12 @@ print(json.dumps(out))
             let g = &got[&name];
             assert_eq!(g["shape"], json!(t.layout.shape), "{name}");
             let want = trace.view(id).unwrap().to_f64().unwrap();
-            let vals: Vec<f64> = g["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let vals: Vec<f64> = g["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
             assert_eq!(vals, want, "{name}");
         }
         assert_eq!(got.as_object().unwrap().len(), n);

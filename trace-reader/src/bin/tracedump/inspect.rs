@@ -80,9 +80,17 @@ pub fn value_json(v: &trace_reader::Value) -> serde_json::Value {
         V::U64(x) => (*x).into(),
         V::F64(x) => serde_json::Number::from_f64(*x).map_or(serde_json::Value::Null, Into::into),
         V::Str(s) => s.clone().into(),
-        V::Bytes(b) => b.iter().map(|x| format!("{x:02x}")).collect::<String>().into(),
+        V::Bytes(b) => b
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+            .into(),
         V::List(items) => items.iter().map(value_json).collect::<Vec<_>>().into(),
-        V::Map(items) => items.iter().map(|(k, v)| (k.clone(), value_json(v))).collect::<serde_json::Map<_, _>>().into(),
+        V::Map(items) => items
+            .iter()
+            .map(|(k, v)| (k.clone(), value_json(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
     }
 }
 
@@ -90,8 +98,12 @@ pub fn value_json(v: &trace_reader::Value) -> serde_json::Value {
 pub fn lineage_chain(trace: &Trace, t: &TensorInfo) -> String {
     let mut parts: Vec<String> = Vec::new();
     if !t.lineage.parents.is_empty() {
-        let names: Vec<String> =
-            t.lineage.parents.iter().map(|&p| format!("{}#{p}", trace.record_name(p).unwrap_or("?"))).collect();
+        let names: Vec<String> = t
+            .lineage
+            .parents
+            .iter()
+            .map(|&p| format!("{}#{p}", trace.record_name(p).unwrap_or("?")))
+            .collect();
         parts.push(names.join(" + "));
     }
     parts.extend(t.lineage.ops.iter().map(|o| o.to_string()));
@@ -134,10 +146,28 @@ fn row(trace: &Trace, id: u64, stats: bool) -> Row {
     };
     let mut error = None;
     let stats = if let (true, Some(s)) = (t.is_stats_only(), &t.stats) {
-        Some(StatsJson { min: s.min, max: s.max, mean: s.mean, std: s.std, abs_max: s.abs_max, nan: s.nan_count, inf: s.inf_count, stored: true })
+        Some(StatsJson {
+            min: s.min,
+            max: s.max,
+            mean: s.mean,
+            std: s.std,
+            abs_max: s.abs_max,
+            nan: s.nan_count,
+            inf: s.inf_count,
+            stored: true,
+        })
     } else if stats {
         match trace.view(id).and_then(|v| v.compute_stats()) {
-            Ok(s) => Some(StatsJson { min: s.min, max: s.max, mean: s.mean, std: s.std, abs_max: s.abs_max, nan: s.nan_count, inf: s.inf_count, stored: false }),
+            Ok(s) => Some(StatsJson {
+                min: s.min,
+                max: s.max,
+                mean: s.mean,
+                std: s.std,
+                abs_max: s.abs_max,
+                nan: s.nan_count,
+                inf: s.inf_count,
+                stored: false,
+            }),
             Err(e) => {
                 error = Some(format!("stats: {e}"));
                 None
@@ -176,11 +206,19 @@ fn header(trace: &Trace) -> Header {
         format_version: format!("{major}.{minor}"),
         bytes: trace.file_len(),
         finished: trace.is_finished(),
-        torn_tail: trace.torn_tail().map(|t| TornJson { offset: t.offset, bytes: t.bytes, reason: t.reason.clone() }),
+        torn_tail: trace.torn_tail().map(|t| TornJson {
+            offset: t.offset,
+            bytes: t.bytes,
+            reason: t.reason.clone(),
+        }),
         records: trace.records().len(),
         tensors: trace.len(),
         storages: trace.records().iter().filter(|r| r.kind == 2).count(),
-        run_metadata: trace.run_metadata().iter().map(|(k, v)| (k.to_owned(), value_json(v))).collect(),
+        run_metadata: trace
+            .run_metadata()
+            .iter()
+            .map(|(k, v)| (k.to_owned(), value_json(v)))
+            .collect(),
         warnings: trace.warnings().to_vec(),
     }
 }
@@ -205,7 +243,10 @@ pub fn inspect_json(trace: &Trace, opts: &InspectOptions) -> Result<String> {
         header: Header,
         tensors: Vec<Row>,
     }
-    Ok(serde_json::to_string_pretty(&Doc { header: header(trace), tensors: rows(trace, opts)? })?)
+    Ok(serde_json::to_string_pretty(&Doc {
+        header: header(trace),
+        tensors: rows(trace, opts)?,
+    })?)
 }
 
 fn where_(r: &Row) -> String {
@@ -235,14 +276,25 @@ pub fn inspect_text(trace: &Trace, opts: &InspectOptions) -> Result<String> {
     let mut s = String::new();
     let h = header(trace);
     writeln!(s, "file      {}", h.file)?;
-    writeln!(s, "format    tracedump v{}, {} bytes", h.format_version, h.bytes)?;
+    writeln!(
+        s,
+        "format    tracedump v{}, {} bytes",
+        h.format_version, h.bytes
+    )?;
     let status = match &h.torn_tail {
         _ if h.finished => "finished (footer index present)".to_string(),
-        Some(t) => format!("UNFINISHED: torn tail of {} bytes at byte {} ({})", t.bytes, t.offset, t.reason),
+        Some(t) => format!(
+            "UNFINISHED: torn tail of {} bytes at byte {} ({})",
+            t.bytes, t.offset, t.reason
+        ),
         None => "UNFINISHED: no footer (read by scanning)".to_string(),
     };
     writeln!(s, "status    {status}")?;
-    writeln!(s, "records   {} ({} tensors, {} storages)", h.records, h.tensors, h.storages)?;
+    writeln!(
+        s,
+        "records   {} ({} tensors, {} storages)",
+        h.records, h.tensors, h.storages
+    )?;
     for (k, v) in trace.run_metadata().iter() {
         writeln!(s, "run       {k} = {v}")?;
     }
@@ -265,13 +317,31 @@ pub fn inspect_text(trace: &Trace, opts: &InspectOptions) -> Result<String> {
             Some((k, n)) => format!("{} ({} of {n})", r.name, k + 1),
             None => r.name.clone(),
         };
-        writeln!(s, "#{:<4} {name}  {} [{}]  {}", r.id, r.dtype, join(&r.shape), labels(r))?;
+        writeln!(
+            s,
+            "#{:<4} {name}  {} [{}]  {}",
+            r.id,
+            r.dtype,
+            join(&r.shape),
+            labels(r)
+        )?;
         let elems = match &r.element_strides {
             Some(e) if !r.contiguous => format!("  elems [{}]", join(e)),
             _ => String::new(),
         };
-        let layout = if r.storage.is_none() { "-" } else if r.contiguous { "contiguous" } else { "strided" };
-        writeln!(s, "      {layout}  bytes [{}]{elems}  {}", join(&r.byte_strides), where_(r))?;
+        let layout = if r.storage.is_none() {
+            "-"
+        } else if r.contiguous {
+            "contiguous"
+        } else {
+            "strided"
+        };
+        writeln!(
+            s,
+            "      {layout}  bytes [{}]{elems}  {}",
+            join(&r.byte_strides),
+            where_(r)
+        )?;
         if !r.lineage.is_empty() {
             writeln!(s, "      lineage  {}", r.lineage)?;
         }
@@ -283,7 +353,9 @@ pub fn inspect_text(trace: &Trace, opts: &InspectOptions) -> Result<String> {
         }
     }
     if opts.stats {
-        let mut st = Grid::new(&["#", "name", "min", "max", "mean", "std", "abs max", "NaN", "Inf"]);
+        let mut st = Grid::new(&[
+            "#", "name", "min", "max", "mean", "std", "abs max", "NaN", "Inf",
+        ]);
         for r in &rows {
             match (&r.stats, &r.error) {
                 (Some(x), _) => {
@@ -331,10 +403,23 @@ fn tree(trace: &Trace, rows: &[Row]) -> String {
     let shown: std::collections::HashSet<u64> = rows.iter().map(|r| r.id).collect();
     let by_id: std::collections::HashMap<u64, &Row> = rows.iter().map(|r| (r.id, r)).collect();
     let line = |r: &Row| {
-        format!("#{} {} {} [{}] bytes[{}] {}", r.id, r.name, r.dtype, join(&r.shape), join(&r.byte_strides), labels(r))
+        format!(
+            "#{} {} {} [{}] bytes[{}] {}",
+            r.id,
+            r.name,
+            r.dtype,
+            join(&r.shape),
+            join(&r.byte_strides),
+            labels(r)
+        )
     };
     // a tensor's tree parent: its first parent that is shown and shares its storage
-    let parent_of = |r: &Row| r.parents.iter().copied().find(|p| shown.contains(p) && by_id.get(p).is_some_and(|pr| pr.storage == r.storage));
+    let parent_of = |r: &Row| {
+        r.parents
+            .iter()
+            .copied()
+            .find(|p| shown.contains(p) && by_id.get(p).is_some_and(|pr| pr.storage == r.storage))
+    };
     fn walk(
         s: &mut String,
         id: u64,
@@ -344,8 +429,17 @@ fn tree(trace: &Trace, rows: &[Row]) -> String {
         parent_of: &dyn Fn(&Row) -> Option<u64>,
         storage: Option<u64>,
     ) {
-        for r in rows.iter().filter(|r| parent_of(r) == Some(id) && r.storage == storage) {
-            let _ = writeln!(s, "{}└─ {}  {}", "   ".repeat(depth), line(r), r.lineage.rsplit(" → ").next().unwrap_or(""));
+        for r in rows
+            .iter()
+            .filter(|r| parent_of(r) == Some(id) && r.storage == storage)
+        {
+            let _ = writeln!(
+                s,
+                "{}└─ {}  {}",
+                "   ".repeat(depth),
+                line(r),
+                r.lineage.rsplit(" → ").next().unwrap_or("")
+            );
             walk(s, r.id, depth + 1, rows, line, parent_of, storage);
         }
     }
@@ -357,10 +451,22 @@ fn tree(trace: &Trace, rows: &[Row]) -> String {
     }
     for st in storages {
         match st {
-            Some(sid) if trace.records().get(sid as usize).is_some_and(|e| e.kind == 2) => {
+            Some(sid)
+                if trace
+                    .records()
+                    .get(sid as usize)
+                    .is_some_and(|e| e.kind == 2) =>
+            {
                 let len = trace.storage(sid).map(|x| x.len).unwrap_or(0);
-                let _ = writeln!(s, "storage #{sid} {} ({len} bytes)", trace.record_name(sid).unwrap_or(""));
-                for r in rows.iter().filter(|r| r.storage == st && parent_of(r).is_none()) {
+                let _ = writeln!(
+                    s,
+                    "storage #{sid} {} ({len} bytes)",
+                    trace.record_name(sid).unwrap_or("")
+                );
+                for r in rows
+                    .iter()
+                    .filter(|r| r.storage == st && parent_of(r).is_none())
+                {
                     let _ = writeln!(s, "└─ {}", line(r));
                     walk(&mut s, r.id, 1, rows, &line, &parent_of, st);
                 }
@@ -371,7 +477,10 @@ fn tree(trace: &Trace, rows: &[Row]) -> String {
                 }
             }
             Some(_) => {
-                for r in rows.iter().filter(|r| r.storage == st && parent_of(r).is_none()) {
+                for r in rows
+                    .iter()
+                    .filter(|r| r.storage == st && parent_of(r).is_none())
+                {
                     let _ = writeln!(s, "own bytes {}", line(r));
                     walk(&mut s, r.id, 1, rows, &line, &parent_of, st);
                 }

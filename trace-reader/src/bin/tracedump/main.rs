@@ -10,11 +10,11 @@ use trace_reader::compare::{diff, Renamer, Tolerance};
 use trace_reader::{DType, TensorFilter, Trace};
 
 mod demo;
-mod export;
-mod recover;
 mod diffcmd;
+mod export;
 mod inspect;
 mod output;
+mod recover;
 mod show;
 
 #[derive(Parser)]
@@ -48,7 +48,12 @@ struct Filters {
 impl Filters {
     fn build(&self) -> Result<TensorFilter> {
         Ok(TensorFilter {
-            name: self.filter.as_deref().map(Regex::new).transpose().context("--filter")?,
+            name: self
+                .filter
+                .as_deref()
+                .map(Regex::new)
+                .transpose()
+                .context("--filter")?,
             layer: self.layer,
             step: self.step,
             role: self.role.clone(),
@@ -63,7 +68,9 @@ enum Command {
     /// One row per tensor in record (= execution) order: name, dtype, shape,
     /// byte strides (element strides where they differ), contiguous or not,
     /// storage and offset, layer/step/role, and the lineage as one chain.
-    #[command(after_help = "Examples:\n  tracedump inspect run.tdump\n  tracedump inspect run.tdump --ggml --layer 0\n  tracedump inspect run.tdump --tree\n  tracedump inspect run.tdump --filter '^k-' --stats --json")]
+    #[command(
+        after_help = "Examples:\n  tracedump inspect run.tdump\n  tracedump inspect run.tdump --ggml --layer 0\n  tracedump inspect run.tdump --tree\n  tracedump inspect run.tdump --filter '^k-' --stats --json"
+    )]
     Inspect {
         /// The trace file.
         file: PathBuf,
@@ -83,7 +90,9 @@ enum Command {
         filters: Filters,
     },
     /// The values of a tensor, printed as numpy and ggml's eval callback do.
-    #[command(after_help = "Examples:\n  tracedump show run.tdump k-0\n  tracedump show run.tdump 'Qcur-0#2' --slice '0, :, 0:4'\n  tracedump show run.tdump logits --as f16 --full")]
+    #[command(
+        after_help = "Examples:\n  tracedump show run.tdump k-0\n  tracedump show run.tdump 'Qcur-0#2' --slice '0, :, 0:4'\n  tracedump show run.tdump logits --as f16 --full"
+    )]
     Show {
         /// The trace file.
         file: PathBuf,
@@ -106,7 +115,9 @@ enum Command {
     /// value). An element agrees when |a - b| <= atol + rtol*|b|; a pair
     /// diverges when any element does not, when its cosine is below
     /// --min-cosine, on NaN/Inf mismatches, or when its shapes differ.
-    #[command(after_help = "Examples:\n  tracedump diff mine.tdump llama.tdump\n  tracedump diff llama.tdump hf.tdump --preset llama-hf --atol 1e-2\n  tracedump diff a.tdump b.tdump --rename '^blk\\.(\\d+)\\.=>layers.$1.' --json\n\nExit status: 0 the runs agree, 1 they diverge, 2 error.")]
+    #[command(
+        after_help = "Examples:\n  tracedump diff mine.tdump llama.tdump\n  tracedump diff llama.tdump hf.tdump --preset llama-hf --atol 1e-2\n  tracedump diff a.tdump b.tdump --rename '^blk\\.(\\d+)\\.=>layers.$1.' --json\n\nExit status: 0 the runs agree, 1 they diverge, 2 error."
+    )]
     Diff {
         /// The run under test.
         a: PathBuf,
@@ -163,7 +174,9 @@ enum Command {
     /// block-quantized tensors are skipped and listed. safetensors keeps the
     /// run metadata and every source layout in `__metadata__`; npz (numpy)
     /// gets bf16/fp8 as float32.
-    #[command(after_help = "Examples:\n  tracedump export run.tdump --to safetensors run.safetensors\n  tracedump export run.tdump --to npz layer0.npz --layer 0")]
+    #[command(
+        after_help = "Examples:\n  tracedump export run.tdump --to safetensors run.safetensors\n  tracedump export run.tdump --to npz layer0.npz --layer 0"
+    )]
     Export {
         /// The trace file.
         file: PathBuf,
@@ -189,7 +202,9 @@ enum Command {
     /// Write the built-in example: a 4-layer model run twice, with a planted divergence.
     ///
     /// OUT is the run under test; OUT's stem + `.reference.tdump` is the reference.
-    #[command(after_help = "Example:\n  tracedump demo demo.tdump && tracedump diff demo.tdump demo.reference.tdump")]
+    #[command(
+        after_help = "Example:\n  tracedump demo demo.tdump && tracedump diff demo.tdump demo.reference.tdump"
+    )]
     Demo {
         /// Where to write the run under test.
         out: PathBuf,
@@ -213,9 +228,21 @@ fn open(path: &PathBuf) -> Result<Trace> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Inspect { file, ggml, tree, stats, json, filters } => {
+        Command::Inspect {
+            file,
+            ggml,
+            tree,
+            stats,
+            json,
+            filters,
+        } => {
             let trace = open(&file)?;
-            let opts = inspect::InspectOptions { ggml, tree, stats, filter: filters.build()? };
+            let opts = inspect::InspectOptions {
+                ggml,
+                tree,
+                stats,
+                filter: filters.build()?,
+            };
             if json {
                 println!("{}", inspect::inspect_json(&trace, &opts)?);
             } else {
@@ -223,7 +250,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Show { file, name, slice, as_dtype, full } => {
+        Command::Show {
+            file,
+            name,
+            slice,
+            as_dtype,
+            full,
+        } => {
             let trace = open(&file)?;
             let as_dtype = match as_dtype {
                 Some(d) => match DType::from_name(&d) {
@@ -232,33 +265,69 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 None => None,
             };
-            print!("{}", show::show(&trace, &name, slice.as_deref(), as_dtype, full)?);
+            print!(
+                "{}",
+                show::show(&trace, &name, slice.as_deref(), as_dtype, full)?
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Diff { a, b, rename, map, preset, atol, rtol, min_cosine, all, json } => {
+        Command::Diff {
+            a,
+            b,
+            rename,
+            map,
+            preset,
+            atol,
+            rtol,
+            min_cosine,
+            all,
+            json,
+        } => {
             let mut renamer = Renamer::none();
             for rule in &rename {
-                let (pat, rep) = rule.split_once("=>").with_context(|| format!("--rename {rule}: expected PATTERN=>REPLACEMENT"))?;
-                renamer.push(pat, rep).with_context(|| format!("--rename {rule}"))?;
+                let (pat, rep) = rule
+                    .split_once("=>")
+                    .with_context(|| format!("--rename {rule}: expected PATTERN=>REPLACEMENT"))?;
+                renamer
+                    .push(pat, rep)
+                    .with_context(|| format!("--rename {rule}"))?;
             }
             if let Some(m) = &map {
-                let text = std::fs::read_to_string(m).with_context(|| format!("{}", m.display()))?;
-                renamer.extend(Renamer::from_map(&text).map_err(anyhow::Error::msg).with_context(|| format!("{}", m.display()))?);
+                let text =
+                    std::fs::read_to_string(m).with_context(|| format!("{}", m.display()))?;
+                renamer.extend(
+                    Renamer::from_map(&text)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| format!("{}", m.display()))?,
+                );
             }
             if let Some(p) = &preset {
-                renamer.extend(Renamer::preset(p).with_context(|| format!("--preset {p}: the presets are: llama-hf"))?);
+                renamer.extend(
+                    Renamer::preset(p)
+                        .with_context(|| format!("--preset {p}: the presets are: llama-hf"))?,
+                );
             }
             let (ta, tb) = (open(&a)?, open(&b)?);
-            let tol = Tolerance { atol, rtol, min_cosine };
+            let tol = Tolerance {
+                atol,
+                rtol,
+                min_cosine,
+            };
             let bar = output::progress(ta.len() as u64, true, "comparing");
-            let report = diff(&ta, &tb, &renamer, &tol, |done, _| bar.set_position(done as u64))?;
+            let report = diff(&ta, &tb, &renamer, &tol, |done, _| {
+                bar.set_position(done as u64)
+            })?;
             bar.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", diffcmd::diff_text(&ta, &tb, &report, all)?);
             }
-            Ok(if report.agrees() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.agrees() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Verify { file } => {
             let trace = open(&file)?;
@@ -276,14 +345,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 rep.value_checksums,
                 if rep.is_ok() { "OK".to_string() } else { format!("{} faults", rep.faults.len()) }
             );
-            Ok(if rep.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if rep.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-        Command::Recover { input, output, json } => {
+        Command::Recover {
+            input,
+            output,
+            json,
+        } => {
             let sum = recover::recover(&input, &output)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&sum)?);
             } else {
-                println!("wrote {}: {} records, {} bytes", output.display(), sum.records, sum.bytes_written);
+                println!(
+                    "wrote {}: {} records, {} bytes",
+                    output.display(),
+                    sum.records,
+                    sum.bytes_written
+                );
                 match &sum.stopped_at {
                     Some((offset, why)) => {
                         println!("stopped at byte {offset}: {why}; {} bytes of the input were not carried over", sum.dropped_tail_bytes)
@@ -293,7 +375,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Export { file, to, out, filters, json } => {
+        Command::Export {
+            file,
+            to,
+            out,
+            filters,
+            json,
+        } => {
             let format = match to.to_ascii_lowercase().as_str() {
                 "safetensors" => export::ExportFormat::Safetensors,
                 "npz" => export::ExportFormat::Npz,
@@ -306,7 +394,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&sum)?);
             } else {
-                println!("wrote {}: {} tensors, {} bytes", out.display(), sum.exported.len(), sum.bytes);
+                println!(
+                    "wrote {}: {} tensors, {} bytes",
+                    out.display(),
+                    sum.exported.len(),
+                    sum.bytes
+                );
                 for (name, why) in &sum.converted {
                     println!("  converted {name}: {why}");
                 }
@@ -318,11 +411,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Import { file, out } => {
             let sum = export::import_safetensors(&file, &out)?;
-            println!("wrote {}: {} tensors, {} bytes", out.display(), sum.tensors, sum.bytes);
+            println!(
+                "wrote {}: {} tensors, {} bytes",
+                out.display(),
+                sum.tensors,
+                sum.bytes
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { out } => {
-            for (path, n) in demo::write_demo(&out).with_context(|| format!("writing {}", out.display()))? {
+            for (path, n) in
+                demo::write_demo(&out).with_context(|| format!("writing {}", out.display()))?
+            {
                 println!("wrote {} ({n} records)", path.display());
             }
             Ok(ExitCode::SUCCESS)

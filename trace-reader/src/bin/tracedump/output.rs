@@ -6,7 +6,10 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub fn join<T: std::fmt::Display>(v: &[T]) -> String {
-    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A plain table: columns separated by two spaces, numbers right-aligned,
@@ -19,7 +22,10 @@ pub struct Grid {
 
 impl Grid {
     pub fn new(header: &[&str]) -> Self {
-        Grid { header: header.iter().map(|s| s.to_string()).collect(), rows: Vec::new() }
+        Grid {
+            header: header.iter().map(|s| s.to_string()).collect(),
+            rows: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -28,7 +34,10 @@ impl Grid {
 }
 
 fn numeric(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || "+-.e/".contains(c)) || s == "nan" || s == "inf" || s == "-inf"
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || "+-.e/".contains(c))
+        || s == "nan"
+        || s == "inf"
+        || s == "-inf"
 }
 
 impl fmt::Display for Grid {
@@ -40,7 +49,15 @@ impl fmt::Display for Grid {
                 w[i] = w[i].max(c.chars().count());
             }
         }
-        let right: Vec<bool> = (0..n).map(|i| !self.rows.is_empty() && self.rows.iter().all(|r| r.get(i).is_none_or(|c| c.is_empty() || numeric(c)))).collect();
+        let right: Vec<bool> = (0..n)
+            .map(|i| {
+                !self.rows.is_empty()
+                    && self
+                        .rows
+                        .iter()
+                        .all(|r| r.get(i).is_none_or(|c| c.is_empty() || numeric(c)))
+            })
+            .collect();
         let line = |f: &mut fmt::Formatter<'_>, cells: &[String]| -> fmt::Result {
             let mut out = String::new();
             for i in 0..n {
@@ -62,7 +79,14 @@ impl fmt::Display for Grid {
             writeln!(f, "{}", out.trim_end())
         };
         line(f, &self.header)?;
-        writeln!(f, "{}", w.iter().map(|&x| "-".repeat(x)).collect::<Vec<_>>().join("  "))?;
+        writeln!(
+            f,
+            "{}",
+            w.iter()
+                .map(|&x| "-".repeat(x))
+                .collect::<Vec<_>>()
+                .join("  ")
+        )?;
         for r in &self.rows {
             line(f, r)?;
         }

@@ -15,8 +15,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use trace_format::codec::{decode_storage, decode_tensor, IndexEntry};
 use trace_format::record::{
-    crc32c, frame_footer, next_record_offset, split_body, RecordHeader, RecordKind, FILE_HEADER_BYTES,
-    RECORD_HEADER_BYTES,
+    crc32c, frame_footer, next_record_offset, split_body, RecordHeader, RecordKind,
+    FILE_HEADER_BYTES, RECORD_HEADER_BYTES,
 };
 use trace_reader::{RecordEntry, Trace};
 
@@ -44,15 +44,24 @@ const ZEROS: [u8; 64] = [0; 64];
 /// Copy every complete, intact record of `input` into a finished trace at `output`.
 pub fn recover(input: &Path, output: &Path) -> Result<RecoverSummary> {
     if same_file(input, output) {
-        bail!("{}: the output must be a different file from the input", output.display());
+        bail!(
+            "{}: the output must be a different file from the input",
+            output.display()
+        );
     }
-    let trace = Trace::open(input).with_context(|| format!("cannot recover {}", input.display()))?;
+    let trace =
+        Trace::open(input).with_context(|| format!("cannot recover {}", input.display()))?;
     let bytes = trace.source().bytes();
     let records = trace.records();
 
     // Which records can be kept: every one up to the first that fails a check.
     let mut keep = records.len();
-    let mut stopped_at = trace.torn_tail().map(|t| (t.offset, format!("torn tail of {} bytes: {}", t.bytes, t.reason)));
+    let mut stopped_at = trace.torn_tail().map(|t| {
+        (
+            t.offset,
+            format!("torn tail of {} bytes: {}", t.bytes, t.reason),
+        )
+    });
     let mut expect = FILE_HEADER_BYTES;
     for (id, r) in records.iter().enumerate() {
         if let Err(why) = check_record(bytes, id as u64, r, expect) {
@@ -87,7 +96,8 @@ pub fn recover(input: &Path, output: &Path) -> Result<RecoverSummary> {
 
     let tmp = temp_path(output);
     let written = write_recovered(&trace, kept, &tmp).and_then(|n| {
-        fs::rename(&tmp, output).with_context(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
+        fs::rename(&tmp, output)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
         Ok(n)
     });
     let bytes_written = match written {
@@ -97,7 +107,12 @@ pub fn recover(input: &Path, output: &Path) -> Result<RecoverSummary> {
             return Err(e);
         }
     };
-    Ok(RecoverSummary { records: kept.len() as u64, dropped_tail_bytes, stopped_at, bytes_written })
+    Ok(RecoverSummary {
+        records: kept.len() as u64,
+        dropped_tail_bytes,
+        stopped_at,
+        bytes_written,
+    })
 }
 
 /// Check record `id` as found at `r`: it starts where the previous one
@@ -108,7 +123,8 @@ fn check_record(bytes: &[u8], id: u64, r: &RecordEntry, expect: u64) -> Result<(
         return Err(format!("it is at byte {}, expected {expect}", r.offset));
     }
     let at = usize::try_from(r.offset).map_err(|_| "offset too large".to_string())?;
-    let h = RecordHeader::decode(bytes.get(at..).unwrap_or(&[]), r.offset).map_err(|e| e.to_string())?;
+    let h = RecordHeader::decode(bytes.get(at..).unwrap_or(&[]), r.offset)
+        .map_err(|e| e.to_string())?;
     if h.record_id != id {
         return Err(format!("its header says record id {}", h.record_id));
     }
@@ -120,10 +136,18 @@ fn check_record(bytes: &[u8], id: u64, r: &RecordEntry, expect: u64) -> Result<(
         .checked_add(RECORD_HEADER_BYTES)
         .and_then(|s| Some((s, s.checked_add(h.body_len)?)))
         .and_then(|(s, e)| bytes.get(usize::try_from(s).ok()?..usize::try_from(e).ok()?))
-        .ok_or_else(|| format!("its body of {} bytes runs past the end of the file", h.body_len))?;
+        .ok_or_else(|| {
+            format!(
+                "its body of {} bytes runs past the end of the file",
+                h.body_len
+            )
+        })?;
     let crc = crc32c(body);
     if crc != h.body_crc32c {
-        return Err(format!("body checksum mismatch: stored {:#010x}, computed {crc:#010x}", h.body_crc32c));
+        return Err(format!(
+            "body checksum mismatch: stored {:#010x}, computed {crc:#010x}",
+            h.body_crc32c
+        ));
     }
     split_body(body, r.offset).map_err(|e| e.to_string())?;
     Ok(())
@@ -131,11 +155,26 @@ fn check_record(bytes: &[u8], id: u64, r: &RecordEntry, expect: u64) -> Result<(
 
 /// Name, step and layer of a record for the footer index: from the record's
 /// own (checksummed) descriptor where it decodes, else from the input's index.
-fn index_fields(trace: &Trace, bytes: &[u8], id: u64, r: &RecordEntry) -> (String, Option<i64>, Option<i64>) {
-    let fallback = || (trace.record_name(id).unwrap_or("").to_owned(), r.step, r.layer);
+fn index_fields(
+    trace: &Trace,
+    bytes: &[u8],
+    id: u64,
+    r: &RecordEntry,
+) -> (String, Option<i64>, Option<i64>) {
+    let fallback = || {
+        (
+            trace.record_name(id).unwrap_or("").to_owned(),
+            r.step,
+            r.layer,
+        )
+    };
     let start = (r.offset + RECORD_HEADER_BYTES) as usize;
-    let Some(body) = bytes.get(start..start + r.body_len as usize) else { return fallback() };
-    let Ok(b) = split_body(body, r.offset) else { return fallback() };
+    let Some(body) = bytes.get(start..start + r.body_len as usize) else {
+        return fallback();
+    };
+    let Ok(b) = split_body(body, r.offset) else {
+        return fallback();
+    };
     if r.kind == RecordKind::Tensor as u16 {
         match decode_tensor(b.descriptor, b.descriptor_offset) {
             Ok(d) => (d.name, d.step, d.layer),
@@ -157,16 +196,19 @@ fn write_recovered(trace: &Trace, kept: &[RecordEntry], path: &Path) -> Result<u
     let bytes = trace.source().bytes();
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
-    let io = |e: std::io::Error| anyhow::Error::new(e).context(format!("writing {}", path.display()));
+    let io =
+        |e: std::io::Error| anyhow::Error::new(e).context(format!("writing {}", path.display()));
 
-    out.write_all(&bytes[..FILE_HEADER_BYTES as usize]).map_err(io)?;
+    out.write_all(&bytes[..FILE_HEADER_BYTES as usize])
+        .map_err(io)?;
     let mut offset = FILE_HEADER_BYTES;
     let mut index = Vec::with_capacity(kept.len());
     let mut names = Vec::new();
     for (id, r) in kept.iter().enumerate() {
         // check_record made sure the record is inside the file, at `offset`.
         let end = r.offset + RECORD_HEADER_BYTES + r.body_len;
-        out.write_all(&bytes[r.offset as usize..end as usize]).map_err(io)?;
+        out.write_all(&bytes[r.offset as usize..end as usize])
+            .map_err(io)?;
         let next = next_record_offset(r.offset, r.body_len).context("record too large")?;
         out.write_all(&ZEROS[..(next - end) as usize]).map_err(io)?;
         let (name, step, layer) = index_fields(trace, bytes, id as u64, r);
@@ -193,7 +235,10 @@ fn write_recovered(trace: &Trace, kept: &[RecordEntry], path: &Path) -> Result<u
 
 /// A sibling of `path` to write into before renaming it over `path`.
 pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tracedump-{}.partial", std::process::id()))
 }
 
@@ -223,25 +268,78 @@ mod tests {
     /// A trace with a storage and views into it, inline tensors (contiguous,
     /// strided, one payload over 1 MiB), a stats-only tensor and a repeated name.
     fn build(path: &Path) -> Vec<u8> {
-        let w = Writer::create(path, Metadata::new().with("engine", "recover-test").with("rank", 0u64)).unwrap();
+        let w = Writer::create(
+            path,
+            Metadata::new()
+                .with("engine", "recover-test")
+                .with("rank", 0u64),
+        )
+        .unwrap();
         let cache: Vec<f32> = (0..4 * 6).map(|i| i as f32 * 0.5).collect();
-        let s = w.add_storage("cache", bytemuck::cast_slice(&cache)).unwrap();
+        let s = w
+            .add_storage("cache", bytemuck::cast_slice(&cache))
+            .unwrap();
         let full = Layout::contiguous(DType::F32, &[4, 6], 0).unwrap();
-        let c = w.add_view("cache", DType::F32, s, &full, TensorMeta::new().layer(0)).unwrap().unwrap();
+        let c = w
+            .add_view("cache", DType::F32, s, &full, TensorMeta::new().layer(0))
+            .unwrap()
+            .unwrap();
         let t = full.transpose(0, 1).unwrap();
-        let meta = TensorMeta::new().layer(0).step(1).role("k").parent(c).op(Op::Transpose { a: 0, b: 1 });
+        let meta = TensorMeta::new()
+            .layer(0)
+            .step(1)
+            .role("k")
+            .parent(c)
+            .op(Op::Transpose { a: 0, b: 1 });
         w.add_view("k-0", DType::F32, s, &t, meta).unwrap();
-        let q: Vec<u16> = (0..2 * 3).map(|i| half::f16::from_f32(i as f32).to_bits()).collect();
-        w.add_tensor("q", DType::F16, &[2, 3], bytemuck::cast_slice(&q), TensorMeta::new().step(1)).unwrap();
+        let q: Vec<u16> = (0..2 * 3)
+            .map(|i| half::f16::from_f32(i as f32).to_bits())
+            .collect();
+        w.add_tensor(
+            "q",
+            DType::F16,
+            &[2, 3],
+            bytemuck::cast_slice(&q),
+            TensorMeta::new().step(1),
+        )
+        .unwrap();
         let big: Vec<f32> = (0..300_000).map(|i| (i as f32).sin()).collect();
-        w.add_tensor("big", DType::F32, &[300, 1000], bytemuck::cast_slice(&big), TensorMeta::new()).unwrap();
+        w.add_tensor(
+            "big",
+            DType::F32,
+            &[300, 1000],
+            bytemuck::cast_slice(&big),
+            TensorMeta::new(),
+        )
+        .unwrap();
         let strided = Layout::new(vec![3], vec![-8], 16).unwrap();
         let v: Vec<i32> = (0..5).collect();
-        w.add_strided("rev", DType::I32, &strided, bytemuck::cast_slice(&v), TensorMeta::new().layer(1)).unwrap();
+        w.add_strided(
+            "rev",
+            DType::I32,
+            &strided,
+            bytemuck::cast_slice(&v),
+            TensorMeta::new().layer(1),
+        )
+        .unwrap();
         let kq = [0.25f32, 0.75, -1.0];
         let stats = compute_stats(DType::F32, bytemuck::cast_slice(&kq)).unwrap();
-        w.add_stats("kq", DType::F32, &[3], stats, TensorMeta::new().layer(0).step(1)).unwrap();
-        w.add_tensor("q", DType::F16, &[2, 3], bytemuck::cast_slice(&q), TensorMeta::new().step(2)).unwrap();
+        w.add_stats(
+            "kq",
+            DType::F32,
+            &[3],
+            stats,
+            TensorMeta::new().layer(0).step(1),
+        )
+        .unwrap();
+        w.add_tensor(
+            "q",
+            DType::F16,
+            &[2, 3],
+            bytemuck::cast_slice(&q),
+            TensorMeta::new().step(2),
+        )
+        .unwrap();
         w.add_storage("tail", &[7u8; 100]).unwrap();
         w.finish().unwrap();
         fs::read(path).unwrap()
@@ -252,7 +350,10 @@ mod tests {
         assert_eq!(a.records().len(), b.records().len());
         let (ab, bb) = (a.source().bytes(), b.source().bytes());
         for (ra, rb) in a.records().iter().zip(b.records()) {
-            assert_eq!((ra.offset, ra.body_len, ra.kind, ra.step, ra.layer), (rb.offset, rb.body_len, rb.kind, rb.step, rb.layer));
+            assert_eq!(
+                (ra.offset, ra.body_len, ra.kind, ra.step, ra.layer),
+                (rb.offset, rb.body_len, rb.kind, rb.step, rb.layer)
+            );
             let end = (ra.offset + RECORD_HEADER_BYTES + ra.body_len) as usize;
             assert_eq!(ab[ra.offset as usize..end], bb[rb.offset as usize..end]);
         }
@@ -262,7 +363,10 @@ mod tests {
             let (ta, tb) = (a.tensor(id).unwrap(), b.tensor(id).unwrap());
             assert_eq!(ta, tb);
             if !ta.is_stats_only() {
-                assert_eq!(a.view(id).unwrap().materialize().unwrap(), b.view(id).unwrap().materialize().unwrap());
+                assert_eq!(
+                    a.view(id).unwrap().materialize().unwrap(),
+                    b.view(id).unwrap().materialize().unwrap()
+                );
             }
         }
         assert_eq!(a.run_metadata(), b.run_metadata());
@@ -281,10 +385,31 @@ mod tests {
         // padding; inside the footer, between footer and trailer, in the trailer.
         let mut cuts = vec![64, 65];
         for r in complete.records() {
-            let (o, end) = (r.offset as usize, (r.offset + RECORD_HEADER_BYTES + r.body_len) as usize);
-            cuts.extend([o, o + 1, o + 31, o + 32, o + 40, (o + end) / 2, end - 1, end, end + 1]);
+            let (o, end) = (
+                r.offset as usize,
+                (r.offset + RECORD_HEADER_BYTES + r.body_len) as usize,
+            );
+            cuts.extend([
+                o,
+                o + 1,
+                o + 31,
+                o + 32,
+                o + 40,
+                (o + end) / 2,
+                end - 1,
+                end,
+                end + 1,
+            ]);
         }
-        cuts.extend([fo, fo + 16, fo + 40, fo + 100, full.len() - 32, full.len() - 33, full.len() - 1]);
+        cuts.extend([
+            fo,
+            fo + 16,
+            fo + 40,
+            fo + 100,
+            full.len() - 32,
+            full.len() - 33,
+            full.len() - 1,
+        ]);
         cuts.sort_unstable();
         cuts.dedup();
 
@@ -308,8 +433,16 @@ mod tests {
                 .last()
                 .map(|r| next_record_offset(r.offset, r.body_len).unwrap() as usize)
                 .unwrap_or(64);
-            assert_eq!(s.dropped_tail_bytes as usize, cut.saturating_sub(kept_end), "cut at {cut}");
-            assert_eq!(s.stopped_at.is_some(), torn.torn_tail().is_some(), "cut at {cut}");
+            assert_eq!(
+                s.dropped_tail_bytes as usize,
+                cut.saturating_sub(kept_end),
+                "cut at {cut}"
+            );
+            assert_eq!(
+                s.stopped_at.is_some(),
+                torn.torn_tail().is_some(),
+                "cut at {cut}"
+            );
         }
     }
 
@@ -333,8 +466,16 @@ mod tests {
         let p = dir.path().join("dropped.tdump");
         {
             let w = Writer::create(&p, Metadata::new()).unwrap();
-            w.add_tensor("a", DType::U8, &[3], &[1, 2, 3], TensorMeta::new().layer(4).step(2)).unwrap();
-            w.add_tensor("b", DType::Bool, &[2], &[1, 0], TensorMeta::new()).unwrap();
+            w.add_tensor(
+                "a",
+                DType::U8,
+                &[3],
+                &[1, 2, 3],
+                TensorMeta::new().layer(4).step(2),
+            )
+            .unwrap();
+            w.add_tensor("b", DType::Bool, &[2], &[1, 0], TensorMeta::new())
+                .unwrap();
             // dropped without finish(): no footer
         }
         let out = dir.path().join("fixed.tdump");
@@ -363,18 +504,29 @@ mod tests {
         drop(trace);
         for finished in [true, false] {
             let bad = dir.path().join("bad.tdump");
-            let bytes = if finished { &full[..] } else { &full[..full.len() - 200] };
+            let bytes = if finished {
+                &full[..]
+            } else {
+                &full[..full.len() - 200]
+            };
             fs::write(&bad, bytes).unwrap();
             let out = dir.path().join("out.tdump");
             let s = recover(&bad, &out).unwrap();
             assert_eq!(s.records, id as u64);
             let (at, why) = s.stopped_at.clone().unwrap();
             assert_eq!(at, r.offset);
-            assert!(why.contains("checksum") && why.contains("`cache`") && why.contains("not copied"), "{why}");
+            assert!(
+                why.contains("checksum") && why.contains("`cache`") && why.contains("not copied"),
+                "{why}"
+            );
             let fixed = Trace::open(&out).unwrap();
             assert!(fixed.is_finished() && fixed.verify().is_ok());
             assert_eq!(fixed.records().len(), id);
-            let records_end = if finished { Trace::open(&bad).unwrap().footer_offset().unwrap() } else { bytes.len() as u64 };
+            let records_end = if finished {
+                Trace::open(&bad).unwrap().footer_offset().unwrap()
+            } else {
+                bytes.len() as u64
+            };
             assert_eq!(s.dropped_tail_bytes, records_end - r.offset);
         }
 

@@ -20,7 +20,10 @@ fn parse_slice(text: &str) -> Result<Vec<Axis>> {
         .map(|part| {
             let p = part.trim();
             if !p.contains(':') {
-                return Ok(Axis::Index(p.parse().with_context(|| format!("`{p}` is not an index"))?));
+                return Ok(Axis::Index(
+                    p.parse()
+                        .with_context(|| format!("`{p}` is not an index"))?,
+                ));
             }
             let f: Vec<&str> = p.split(':').collect();
             if f.len() > 3 {
@@ -28,9 +31,20 @@ fn parse_slice(text: &str) -> Result<Vec<Axis>> {
             }
             let num = |s: &str| -> Result<Option<i64>> {
                 let s = s.trim();
-                Ok(if s.is_empty() { None } else { Some(s.parse().with_context(|| format!("`{s}` is not an integer"))?) })
+                Ok(if s.is_empty() {
+                    None
+                } else {
+                    Some(
+                        s.parse()
+                            .with_context(|| format!("`{s}` is not an integer"))?,
+                    )
+                })
             };
-            let step = if f.len() == 3 { num(f[2])?.unwrap_or(1) } else { 1 };
+            let step = if f.len() == 3 {
+                num(f[2])?.unwrap_or(1)
+            } else {
+                1
+            };
             if step == 0 {
                 bail!("slice step cannot be zero");
             }
@@ -55,7 +69,10 @@ fn select(axis: &Axis, n: u64) -> Result<Vec<u64>> {
             let norm = |v: i64| if v < 0 { v + n } else { v };
             let mut out = Vec::new();
             if step > 0 {
-                let (a, b) = (clamp(norm(start.unwrap_or(0)), 0, n), clamp(norm(stop.unwrap_or(n)), 0, n));
+                let (a, b) = (
+                    clamp(norm(start.unwrap_or(0)), 0, n),
+                    clamp(norm(stop.unwrap_or(n)), 0, n),
+                );
                 let mut i = a;
                 while i < b {
                     out.push(i as u64);
@@ -78,7 +95,11 @@ fn select(axis: &Axis, n: u64) -> Result<Vec<u64>> {
 /// Apply a slice to row-major `values` of `shape`: the new values and shape.
 fn apply(values: &[f64], shape: &[u64], axes: &[Axis]) -> Result<(Vec<f64>, Vec<u64>)> {
     if axes.len() > shape.len() {
-        bail!("{} indices for a tensor of {} dimensions", axes.len(), shape.len());
+        bail!(
+            "{} indices for a tensor of {} dimensions",
+            axes.len(),
+            shape.len()
+        );
     }
     let picks: Vec<Vec<u64>> = (0..shape.len())
         .map(|d| select(axes.get(d).unwrap_or(&Axis::Range(None, None, 1)), shape[d]))
@@ -96,7 +117,11 @@ fn apply(values: &[f64], shape: &[u64], axes: &[Axis]) -> Result<(Vec<f64>, Vec<
         return Ok((out, new_shape));
     }
     loop {
-        let flat: i64 = idx.iter().enumerate().map(|(d, &i)| picks[d][i] as i64 * strides[d]).sum();
+        let flat: i64 = idx
+            .iter()
+            .enumerate()
+            .map(|(d, &i)| picks[d][i] as i64 * strides[d])
+            .sum();
         out.push(values[flat as usize]);
         let mut d = shape.len();
         loop {
@@ -127,9 +152,20 @@ fn fmt_value(v: f64, integer: bool) -> String {
 
 /// numpy's layout: nested brackets, the first and last `edge` items of each
 /// dimension longer than 2·edge unless `full`.
-fn render(out: &mut String, values: &[f64], shape: &[u64], depth: usize, edge: usize, full: bool, integer: bool) {
+fn render(
+    out: &mut String,
+    values: &[f64],
+    shape: &[u64],
+    depth: usize,
+    edge: usize,
+    full: bool,
+    integer: bool,
+) {
     if shape.is_empty() {
-        out.push_str(&fmt_value(values.first().copied().unwrap_or(f64::NAN), integer));
+        out.push_str(&fmt_value(
+            values.first().copied().unwrap_or(f64::NAN),
+            integer,
+        ));
         return;
     }
     let n = shape[0] as usize;
@@ -137,7 +173,11 @@ fn render(out: &mut String, values: &[f64], shape: &[u64], depth: usize, edge: u
     let shown: Vec<Option<usize>> = if full || n <= 2 * edge {
         (0..n).map(Some).collect()
     } else {
-        (0..edge).map(Some).chain(std::iter::once(None)).chain((n - edge..n).map(Some)).collect()
+        (0..edge)
+            .map(Some)
+            .chain(std::iter::once(None))
+            .chain((n - edge..n).map(Some))
+            .collect()
     };
     out.push('[');
     for (k, i) in shown.iter().enumerate() {
@@ -151,18 +191,34 @@ fn render(out: &mut String, values: &[f64], shape: &[u64], depth: usize, edge: u
         }
         match i {
             None => out.push_str("..."),
-            Some(i) => render(out, &values[i * inner..(i + 1) * inner], &shape[1..], depth + 1, edge, full, integer),
+            Some(i) => render(
+                out,
+                &values[i * inner..(i + 1) * inner],
+                &shape[1..],
+                depth + 1,
+                edge,
+                full,
+                integer,
+            ),
         }
     }
     out.push(']');
 }
 
-pub fn show(trace: &Trace, name: &str, slice: Option<&str>, as_dtype: Option<DType>, full: bool) -> Result<String> {
+pub fn show(
+    trace: &Trace,
+    name: &str,
+    slice: Option<&str>,
+    as_dtype: Option<DType>,
+    full: bool,
+) -> Result<String> {
     let id = trace.resolve(name)?;
     let t = trace.tensor(id)?;
     let view = trace.view(id)?;
     let mut values = match as_dtype {
-        Some(DType::F32) | None if t.dtype != DType::F64 => view.to_f32()?.into_iter().map(f64::from).collect(),
+        Some(DType::F32) | None if t.dtype != DType::F64 => {
+            view.to_f32()?.into_iter().map(f64::from).collect()
+        }
         _ => view.to_f64()?,
     };
     if let Some(d) = as_dtype {
@@ -196,7 +252,9 @@ pub fn show(trace: &Trace, name: &str, slice: Option<&str>, as_dtype: Option<DTy
         as_dtype.map(|d| format!(" as {d}")).unwrap_or_default(),
         join(&t.layout.shape),
         join(&t.layout.byte_strides),
-        slice.map(|s| format!(" [{s}] → [{}]", join(&shape))).unwrap_or_default()
+        slice
+            .map(|s| format!(" [{s}] → [{}]", join(&shape)))
+            .unwrap_or_default()
     )?;
     render(&mut out, &values, &shape, 0, 3, full, integer);
     out.push('\n');
@@ -221,7 +279,18 @@ mod tests {
         assert!(apply(&v, &[2, 3, 4], &parse_slice("2").unwrap()).is_err());
         assert!(parse_slice("1:2:0").is_err());
         let mut out = String::new();
-        render(&mut out, &(0..10).map(f64::from).collect::<Vec<_>>(), &[10], 0, 3, false, true);
-        assert_eq!(out, "[       0,        1,        2, ...,        7,        8,        9]");
+        render(
+            &mut out,
+            &(0..10).map(f64::from).collect::<Vec<_>>(),
+            &[10],
+            0,
+            3,
+            false,
+            true,
+        );
+        assert_eq!(
+            out,
+            "[       0,        1,        2, ...,        7,        8,        9]"
+        );
     }
 }

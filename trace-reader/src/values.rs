@@ -1,0 +1,483 @@
+//! Values: any stored layout decoded (block types dequantized, then viewed in
+//! elements), and derived tensors rebuilt by replaying their lineage on
+//! values (SPEC.md §5.4, value replay).
+
+use ndarray::{concatenate, ArrayD, ArrayViewD, Axis, IxDyn};
+use trace_format::{DType, Layout, Op};
+
+use crate::error::ReaderError;
+use crate::trace::{TensorInfo, Trace};
+
+/// How deep a chain of derived tensors may go (each rebuilt from the last).
+pub const MAX_DERIVATION_DEPTH: usize = 64;
+
+/// The most values one materialization may produce: 2^26 plus 8 per byte of
+/// the file. A view with zero strides (an `expand`) can name far more
+/// elements than its storage holds; materializing such a view beyond this
+/// bound is refused with an error rather than exhausting memory. The
+/// zero-copy `array()` view has no such limit.
+pub fn value_limit(file_len: u64) -> u64 {
+    (1u64 << 26).saturating_add(file_len.saturating_mul(8))
+}
+
+/// Call `f(offset)` for every element of a checked layout, row-major; the
+/// offsets are `storage_offset + Σ i·stride`, in whatever unit the layout's
+/// strides are (bytes, or elements for a block type's element layout).
+pub(crate) fn walk(layout: &Layout, mut f: impl FnMut(usize)) {
+    let shape = &layout.shape;
+    let strides = &layout.byte_strides;
+    if shape.contains(&0) {
+        return;
+    }
+    let nd = shape.len();
+    if nd == 0 {
+        f(layout.storage_offset as usize);
+        return;
+    }
+    let (inner_n, inner_s) = (shape[nd - 1], strides[nd - 1] as isize);
+    let mut idx = vec![0u64; nd - 1];
+    let mut base = layout.storage_offset as isize;
+    loop {
+        let mut o = base;
+        for _ in 0..inner_n {
+            f(o as usize);
+            o += inner_s;
+        }
+        let mut d = nd - 1;
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            idx[d] += 1;
+            base += strides[d] as isize;
+            if idx[d] < shape[d] {
+                break;
+            }
+            base -= strides[d] as isize * shape[d] as isize;
+            idx[d] = 0;
+        }
+    }
+}
+
+/// A vector with room for `n` values, or an error instead of an abort.
+fn reserve<T>(n: u64, limit: u64) -> Result<Vec<T>, String> {
+    if n > limit {
+        return Err(format!(
+            "materializing {n} values is refused (limit {limit} for this file: use the zero-copy view instead)"
+        ));
+    }
+    let mut v = Vec::new();
+    v.try_reserve_exact(n as usize).map_err(|_| {
+        format!(
+            "cannot allocate {} bytes for {n} values",
+            n.saturating_mul(std::mem::size_of::<T>() as u64)
+        )
+    })?;
+    Ok(v)
+}
+
+/// The values of a view of `storage` (layout already checked against it),
+/// row-major, converted by `conv`. Block types are dequantized (only the
+/// blocks the view spans) and then indexed in elements (SPEC.md §6).
+pub(crate) fn gather<T>(
+    dtype: DType,
+    layout: &Layout,
+    storage: &[u8],
+    limit: u64,
+    conv: impl Fn(f64) -> T,
+) -> Result<Vec<T>, String> {
+    let numel = layout.numel();
+    let mut out = reserve::<T>(numel, limit)?;
+    if numel == 0 {
+        return Ok(out);
+    }
+    if dtype.is_block() {
+        let el = layout.element_layout(dtype).map_err(|e| e.to_string())?;
+        let (mut lo, mut hi) = (el.offset as i128, el.offset as i128);
+        for (&n, &s) in el.shape.iter().zip(&el.strides) {
+            let reach = (n as i128 - 1) * s as i128;
+            if reach < 0 {
+                lo += reach;
+            } else {
+                hi += reach;
+            }
+        }
+        let (be, bb) = (dtype.block_elems() as i128, dtype.block_bytes() as i128);
+        let (first, last) = (lo / be, hi / be);
+        let bytes = usize::try_from(first * bb)
+            .ok()
+            .zip(usize::try_from((last + 1) * bb).ok())
+            .and_then(|(a, b)| storage.get(a..b))
+            .ok_or_else(|| {
+                format!(
+                    "blocks {first}..={last} lie outside the storage of {} bytes",
+                    storage.len()
+                )
+            })?;
+        let blocks = ((last - first + 1) * be) as u64;
+        let mut deq = reserve::<f32>(blocks, limit.saturating_add(blocks))?;
+        deq.resize(blocks as usize, 0.0);
+        trace_quant::dequantize(dtype, bytes, &mut deq).map_err(|e| e.to_string())?;
+        let shifted = Layout {
+            shape: el.shape,
+            byte_strides: el.strides,
+            storage_offset: (el.offset as i128 - first * be) as u64,
+        };
+        walk(&shifted, |i| out.push(conv(f64::from(deq[i]))));
+        return Ok(out);
+    }
+    let mut failed = false;
+    walk(layout, |o| match dtype.decode_f64(&storage[o..]) {
+        Some(v) => out.push(conv(v)),
+        None => failed = true,
+    });
+    if failed {
+        return Err(format!("cannot decode {dtype} values"));
+    }
+    Ok(out)
+}
+
+/// Round `v` to the nearest value of the float dtype `dtype`.
+pub(crate) fn round_to(dtype: DType, v: f64) -> Result<f64, String> {
+    Ok(match dtype {
+        DType::F64 => v,
+        DType::F32 => f64::from(v as f32),
+        DType::F16 => half::f16::from_f64(v).to_f64(),
+        DType::BF16 => half::bf16::from_f64(v).to_f64(),
+        other => return Err(format!("converting values to {other} is not supported")),
+    })
+}
+
+/// What a value replay holds between steps.
+enum State<'t> {
+    /// A view of a parent's storage.
+    Strided {
+        dtype: DType,
+        layout: Layout,
+        storage: &'t [u8],
+    },
+    /// Materialized values (dtype open after a concat of different dtypes).
+    Values {
+        dtype: Option<DType>,
+        array: ArrayD<f64>,
+    },
+}
+
+struct Replay<'t> {
+    trace: &'t Trace,
+    tensor: &'t TensorInfo,
+    limit: u64,
+}
+
+impl<'t> Replay<'t> {
+    fn err(&self, reason: String) -> ReaderError {
+        ReaderError::Tensor {
+            path: self.trace.path().to_path_buf(),
+            tensor: self.tensor.name.clone(),
+            record: self.tensor.id,
+            offset: self.tensor.record_offset,
+            reason: format!("rebuilding it from its lineage: {reason}"),
+        }
+    }
+
+    fn parent(&self, id: u64, depth: usize) -> Result<State<'t>, ReaderError> {
+        if id >= self.tensor.id {
+            return Err(self.err(format!("parent record {id} does not come before it")));
+        }
+        let p = self.trace.tensor(id)?;
+        if p.derived {
+            let array = derive(self.trace, p, depth + 1)?;
+            Ok(State::Values {
+                dtype: Some(p.dtype),
+                array,
+            })
+        } else if p.storage.is_some() {
+            let view = self.trace.view(id)?;
+            Ok(State::Strided {
+                dtype: p.dtype,
+                layout: p.layout.clone(),
+                storage: view.storage_bytes(),
+            })
+        } else {
+            Err(self.err(format!(
+                "parent `{}` (record {id}) was recorded as statistics only",
+                p.name
+            )))
+        }
+    }
+
+    fn values(&self, state: State<'t>) -> Result<(Option<DType>, ArrayD<f64>), ReaderError> {
+        match state {
+            State::Values { dtype, array } => Ok((dtype, array)),
+            State::Strided {
+                dtype,
+                layout,
+                storage,
+            } => {
+                let v =
+                    gather(dtype, &layout, storage, self.limit, |x| x).map_err(|e| self.err(e))?;
+                let shape: Vec<usize> = layout.shape.iter().map(|&n| n as usize).collect();
+                let array = ArrayD::from_shape_vec(IxDyn(&shape), v)
+                    .map_err(|e| self.err(e.to_string()))?;
+                Ok((Some(dtype), array))
+            }
+        }
+    }
+
+    fn step(&self, state: State<'t>, op: &Op) -> Result<State<'t>, ReaderError> {
+        let layout_err = |e: trace_format::LayoutError| self.err(e.to_string());
+        if let State::Strided {
+            dtype,
+            layout,
+            storage,
+        } = &state
+        {
+            let next = match op {
+                Op::View {
+                    offset,
+                    shape,
+                    byte_strides,
+                } => Some(
+                    layout
+                        .view(*offset, shape, byte_strides)
+                        .map_err(layout_err)?,
+                ),
+                Op::Permute { axes } => Some(layout.permute(axes).map_err(layout_err)?),
+                Op::Transpose { a, b } => Some(layout.transpose(*a, *b).map_err(layout_err)?),
+                Op::Reshape { shape } => Some(layout.reshape(*dtype, shape).map_err(layout_err)?),
+                _ => None,
+            };
+            if let Some(layout) = next {
+                layout
+                    .check_within(*dtype, storage.len() as u64)
+                    .map_err(layout_err)?;
+                return Ok(State::Strided {
+                    dtype: *dtype,
+                    layout,
+                    storage,
+                });
+            }
+        }
+        let (dtype, array) = self.values(state)?;
+        let array = match op {
+            Op::Permute { axes } => {
+                check_axes(axes, array.ndim()).map_err(|e| self.err(e))?;
+                array.permuted_axes(axes.iter().map(|&a| a as usize).collect::<Vec<_>>())
+            }
+            Op::Transpose { a, b } => {
+                let (a, b) = (*a as usize, *b as usize);
+                if a >= array.ndim() || b >= array.ndim() {
+                    return Err(self.err(format!(
+                        "transpose({a}, {b}) of a {}-dimensional tensor",
+                        array.ndim()
+                    )));
+                }
+                let mut array = array;
+                array.swap_axes(a, b);
+                array
+            }
+            Op::Reshape { shape } => {
+                let shape: Vec<usize> = shape.iter().map(|&n| n as usize).collect();
+                let n: Option<usize> = shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+                if n != Some(array.len()) {
+                    return Err(self.err(format!(
+                        "reshape of {:?} to {shape:?}: the element counts differ",
+                        array.shape()
+                    )));
+                }
+                let flat: Vec<f64> = array.iter().copied().collect();
+                ArrayD::from_shape_vec(IxDyn(&shape), flat).map_err(|e| self.err(e.to_string()))?
+            }
+            Op::View {
+                offset,
+                shape,
+                byte_strides,
+            } => {
+                let dtype = dtype
+                    .ok_or_else(|| self.err("a byte view of values whose dtype is open".into()))?;
+                let size = dtype
+                    .element_bytes()
+                    .ok_or_else(|| self.err(format!("a byte view of {dtype} values")))?
+                    as i64;
+                let layout = Layout::new(shape.clone(), byte_strides.clone(), *offset)
+                    .map_err(layout_err)?;
+                layout
+                    .check_within(dtype, array.len() as u64 * size as u64)
+                    .map_err(layout_err)?;
+                if *offset as i64 % size != 0 || byte_strides.iter().any(|s| s % size != 0) {
+                    return Err(self.err(format!(
+                        "view offset or strides are not whole {size}-byte elements"
+                    )));
+                }
+                let elements = Layout {
+                    shape: shape.clone(),
+                    byte_strides: byte_strides.iter().map(|s| s / size).collect(),
+                    storage_offset: *offset / size as u64,
+                };
+                let flat: Vec<f64> = array.iter().copied().collect();
+                let mut out =
+                    reserve::<f64>(layout.numel(), self.limit).map_err(|e| self.err(e))?;
+                walk(&elements, |i| out.push(flat[i]));
+                let shape: Vec<usize> = shape.iter().map(|&n| n as usize).collect();
+                let array = ArrayD::from_shape_vec(IxDyn(&shape), out)
+                    .map_err(|e| self.err(e.to_string()))?;
+                return Ok(State::Values {
+                    dtype: Some(dtype),
+                    array,
+                });
+            }
+            Op::Cont => array,
+            Op::Convert { dtype: to } | Op::Dequantize { dtype: to } => {
+                let mut array = array;
+                if dtype != Some(*to) && !to.is_block() {
+                    let mut bad = None;
+                    array.mapv_inplace(|v| {
+                        round_to(*to, v).unwrap_or_else(|e| {
+                            bad = Some(e);
+                            v
+                        })
+                    });
+                    if let Some(e) = bad {
+                        return Err(self.err(e));
+                    }
+                } else if to.is_block() {
+                    return Err(self.err(format!("{op:?} to a block type: use Quantize")));
+                }
+                return Ok(State::Values {
+                    dtype: Some(*to),
+                    array,
+                });
+            }
+            Op::Quantize { dtype: to } => {
+                let be = to.block_elems() as usize;
+                if !to.is_block() || array.shape().last().is_none_or(|&n| n % be != 0) {
+                    return Err(self.err(format!("quantizing values of shape {:?} to {to}: the innermost extent must be whole blocks", array.shape())));
+                }
+                let values: Vec<f32> = array.iter().map(|&v| v as f32).collect();
+                let blocks = trace_quant::quantize_to_vec(*to, &values)
+                    .map_err(|e| self.err(e.to_string()))?;
+                let back = trace_quant::dequantize_to_vec(*to, &blocks)
+                    .map_err(|e| self.err(e.to_string()))?;
+                let array = ArrayD::from_shape_vec(
+                    array.raw_dim(),
+                    back.into_iter().map(f64::from).collect(),
+                )
+                .map_err(|e| self.err(e.to_string()))?;
+                return Ok(State::Values {
+                    dtype: Some(*to),
+                    array,
+                });
+            }
+            Op::Concat { .. } => return Err(self.err("Concat must be the first step".into())),
+        };
+        Ok(State::Values { dtype, array })
+    }
+}
+
+fn check_axes(axes: &[u32], ndim: usize) -> Result<(), String> {
+    let mut seen = vec![false; ndim];
+    for &a in axes {
+        match seen.get_mut(a as usize) {
+            Some(s) if !*s => *s = true,
+            _ => return Err(format!("{axes:?} is not a permutation of {ndim} axes")),
+        }
+    }
+    if axes.len() != ndim {
+        return Err(format!("{axes:?} is not a permutation of {ndim} axes"));
+    }
+    Ok(())
+}
+
+/// Rebuild the values of a derived tensor (data kind 3), row-major in the
+/// recorded shape, rounded to the recorded dtype.
+pub(crate) fn derive(
+    trace: &Trace,
+    tensor: &TensorInfo,
+    depth: usize,
+) -> Result<ArrayD<f64>, ReaderError> {
+    let r = Replay {
+        trace,
+        tensor,
+        limit: value_limit(trace.file_len()),
+    };
+    if depth > MAX_DERIVATION_DEPTH {
+        return Err(r.err(format!(
+            "derived from derived tensors more than {MAX_DERIVATION_DEPTH} deep"
+        )));
+    }
+    let lineage = &tensor.lineage;
+    let mut ops = lineage.ops.iter();
+    let mut state = match lineage.ops.first() {
+        Some(Op::Concat { axis }) => {
+            ops.next();
+            let axis = *axis as usize;
+            let mut parts = Vec::with_capacity(lineage.parents.len());
+            let mut dtype = None;
+            let mut mixed = false;
+            let mut total = 0u64;
+            for (i, &p) in lineage.parents.iter().enumerate() {
+                let (dt, a) = r.values(r.parent(p, depth)?)?;
+                if i > 0 && dt != dtype {
+                    mixed = true;
+                }
+                dtype = dt;
+                total = total.saturating_add(a.len() as u64);
+                if total > r.limit {
+                    return Err(r.err(format!("the parts hold more than {} values", r.limit)));
+                }
+                parts.push(a);
+            }
+            if parts.is_empty() || parts.iter().any(|a| axis >= a.ndim()) {
+                return Err(r.err(format!(
+                    "concat along axis {axis} of {} parts of too few dimensions",
+                    parts.len()
+                )));
+            }
+            let views: Vec<ArrayViewD<'_, f64>> = parts.iter().map(|a| a.view()).collect();
+            let array = concatenate(Axis(axis), &views).map_err(|e| {
+                r.err(format!(
+                    "concat along axis {axis} of shapes {:?}: {e}",
+                    parts.iter().map(|a| a.shape().to_vec()).collect::<Vec<_>>()
+                ))
+            })?;
+            State::Values {
+                dtype: if mixed { None } else { dtype },
+                array,
+            }
+        }
+        Some(_) => {
+            let first = *lineage
+                .parents
+                .first()
+                .ok_or_else(|| r.err("lineage steps but no parent".into()))?;
+            r.parent(first, depth)?
+        }
+        None => return Err(r.err("no lineage steps".into())),
+    };
+    for op in ops {
+        state = r.step(state, op)?;
+    }
+    let (dtype, array) = r.values(state)?;
+    let want: Vec<usize> = tensor.layout.shape.iter().map(|&n| n as usize).collect();
+    if array.shape() != want.as_slice() {
+        return Err(r.err(format!(
+            "the steps give shape {:?}, the tensor says {want:?}",
+            array.shape()
+        )));
+    }
+    let mut array = array.as_standard_layout().into_owned();
+    if dtype != Some(tensor.dtype) && !tensor.dtype.is_block() {
+        let mut bad = None;
+        array.mapv_inplace(|v| {
+            round_to(tensor.dtype, v).unwrap_or_else(|e| {
+                bad = Some(e);
+                v
+            })
+        });
+        if let Some(e) = bad {
+            return Err(r.err(e));
+        }
+    }
+    Ok(array)
+}
