@@ -5,7 +5,7 @@ TRACEDUMP := $(TARGET_DIR)/release/tracedump
 DEMO := $(TARGET_DIR)/demo/demo.tdump
 DEMO_REF := $(TARGET_DIR)/demo/demo.reference.tdump
 
-.PHONY: demo test test-rust lint bench build
+.PHONY: demo test test-rust lint bench build pyenv
 
 build:
 	$(CARGO) build --release -p trace-reader
@@ -20,8 +20,19 @@ demo: build
 	@# diff exits 1 when the runs diverge, which is what the demo plants
 	$(TRACEDUMP) diff $(DEMO) $(DEMO_REF); test $$? -eq 1
 
+## The reference Python the tests compare against (gguf-py, numpy), in .venv.
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+export TRACEDUMP_PYTHON := $(abspath $(PYTHON))
+
+$(PYTHON):
+	python3 -m venv $(VENV)
+
+pyenv: $(PYTHON) tests/python/requirements.txt
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+
 ## Every test, Rust and (once the Python package exists) Python.
-test: test-rust
+test: pyenv test-rust
 
 test-rust:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -35,5 +46,5 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## The user-facing benchmark table (writes bench/results.json).
-bench:
+bench: pyenv
 	$(CARGO) run --release -p tracedump-bench

@@ -26,7 +26,7 @@ const KVALUES_MXFP4: [f32; 16] = [
     0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 0.0, -1.0, -2.0, -3.0, -4.0, -6.0, -8.0, -12.0,
 ];
 
-/// The little-endian f16 at `b[0..2]`, widened to f32 (exact).
+/// The little-endian f16 `[lo, hi]`, widened to f32 (exact).
 #[inline(always)]
 fn f16_le(lo: u8, hi: u8) -> f32 {
     f16::from_bits(u16::from_le_bytes([lo, hi])).to_f32()

@@ -24,11 +24,14 @@
 //! The parser never panics and never reads outside the slice. Every count
 //! and length read from the file (tensors, key/value pairs, array items,
 //! string bytes) is checked against the bytes that remain, at the smallest
-//! size one such item can take, before anything is allocated; memory is thus
-//! bounded by a small multiple of the file size (an array of `u8` costs one
-//! [`GgufValue`] per byte). Arrays nest at most [`GGUF_MAX_ARRAY_DEPTH`]
-//! deep. Every error is a [`ReaderError::Gguf`] carrying the absolute byte
-//! offset of the offending field and the tensor's name when there is one.
+//! size one such item can take, before anything is allocated, and no more
+//! than 65536 items are reserved ahead of reading them: memory follows the
+//! bytes actually parsed, at most about 32 times them (the worst case, an
+//! array of `u8`, costs one 32-byte [`GgufValue`] per byte; numbers, strings
+//! and tensor infos cost at most about 8 times their bytes). Arrays nest at
+//! most [`GGUF_MAX_ARRAY_DEPTH`] deep. Every error is a
+//! [`ReaderError::Gguf`] carrying the absolute byte offset of the offending
+//! field and the tensor's name when there is one.
 //!
 //! # What is checked, and how this differs from ggml
 //!
@@ -141,6 +144,10 @@ const MIN_KV_BYTES: u64 = 8 + 4 + 1;
 const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 4 + 8;
 /// Fixed header: magic, version, tensor_count, kv_count.
 const HEADER_BYTES: usize = 4 + 4 + 8 + 8;
+/// Most items reserved ahead of reading them; beyond this, vectors grow as
+/// items are actually read, so memory follows the bytes parsed rather than
+/// the count a file claims.
+const PREALLOC_ITEMS: usize = 1 << 16;
 
 /// A parsed GGUF file: nothing is copied but names and metadata values.
 #[derive(Clone, Debug, PartialEq)]
@@ -486,6 +493,7 @@ impl<'a> Parser<'a> {
         let kv_cap = self.check_count(kv_count_at, kv_count, MIN_KV_BYTES, "key/value pairs")?;
 
         // Key/value pairs.
+        let kv_cap = kv_cap.min(PREALLOC_ITEMS);
         let mut metadata = Vec::with_capacity(kv_cap);
         let mut keys: HashMap<&'a str, usize> = HashMap::with_capacity(kv_cap);
         let mut alignment = GGUF_DEFAULT_ALIGNMENT;
@@ -524,12 +532,14 @@ impl<'a> Parser<'a> {
         }
 
         // Tensor infos.
-        let tensor_cap = self.check_count(
-            tensor_count_at,
-            tensor_count,
-            MIN_TENSOR_INFO_BYTES,
-            "tensor infos",
-        )?;
+        let tensor_cap = self
+            .check_count(
+                tensor_count_at,
+                tensor_count,
+                MIN_TENSOR_INFO_BYTES,
+                "tensor infos",
+            )?
+            .min(PREALLOC_ITEMS);
         let mut tensors = Vec::with_capacity(tensor_cap);
         let mut offset_fields = Vec::with_capacity(tensor_cap);
         let mut names: HashMap<&'a str, usize> = HashMap::with_capacity(tensor_cap);
@@ -568,10 +578,12 @@ impl<'a> Parser<'a> {
             let end = start.and_then(|s| s.checked_add(t.nbytes));
             match (start, end) {
                 (Some(start), Some(end)) if end <= len => t.file_offset = start,
-                _ => return Err(fail(format!(
+                _ => {
+                    return Err(fail(format!(
                     "data at offset {} + {} ({} bytes) runs past the end of the file ({len} bytes)",
                     data_offset, t.offset, t.nbytes
-                ))),
+                )))
+                }
             }
         }
         Ok(Gguf {
@@ -643,7 +655,7 @@ impl<'a> Parser<'a> {
                 let count = self.u64("array length")?;
                 let name = value_type_name(item_type).unwrap_or("?");
                 let cap = self.check_count(count_at, count, min, &format!("{name} array items"))?;
-                let mut items = Vec::with_capacity(cap);
+                let mut items = Vec::with_capacity(cap.min(PREALLOC_ITEMS));
                 for _ in 0..count {
                     items.push(self.value(item_type, item_type_at, depth + 1)?);
                 }
@@ -899,6 +911,12 @@ mod tests {
         assert_eq!(b.info_offset, a.info_offset + 8 + 1 + 4 + 16 + 4 + 8);
     }
 
+    /// The memory bound in the module documentation assumes this.
+    #[test]
+    fn value_is_32_bytes() {
+        assert!(std::mem::size_of::<GgufValue>() <= 32);
+    }
+
     #[test]
     fn version_2_reads_like_3() {
         let mut bytes = minimal();
@@ -1100,6 +1118,23 @@ mod tests {
         assert_eq!(path, PathBuf::from("/m/model.gguf"));
         assert_eq!(offset, 24 + 8 + 7 + 4, "points at ne[0]");
         assert_eq!(tensor.as_deref(), Some("blk.0.w"));
+    }
+
+    /// Counts above what is reserved ahead still read in full.
+    #[test]
+    fn long_arrays() {
+        let n = PREALLOC_ITEMS * 3 + 1;
+        let mut b = B::header(3, 0, 1);
+        b.key("tokens", vt::ARRAY).u32(vt::U8).u64(n as u64);
+        for i in 0..n {
+            b.u8(i as u8);
+        }
+        let g = p(&b.done()).unwrap();
+        let Some(GgufValue::Array(a)) = g.get("tokens") else {
+            panic!()
+        };
+        assert_eq!(a.items.len(), n);
+        assert_eq!(a.items[n - 1], GgufValue::U8((n - 1) as u8));
     }
 
     #[test]

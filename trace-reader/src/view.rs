@@ -65,7 +65,7 @@ impl<'a> TensorView<'a> {
     /// (row-major, dense; for block types, whole blocks from a block boundary).
     pub fn contiguous_bytes(&self) -> Option<&'a [u8]> {
         let info = self.info;
-        if !info.storage.is_some() || !info.is_contiguous() {
+        if info.storage.is_none() || !info.is_contiguous() {
             return None;
         }
         let numel = info.layout.numel();
