@@ -8,11 +8,13 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod dequant;
+
 use serde::Serialize;
 use trace_reader::Trace;
 use trace_writer::{DType, Metadata, Mode, TensorMeta, WhenFull, Writer, WriterOptions};
 
-type Res<T> = Result<T, Box<dyn Error>>;
+pub(crate) type Res<T> = Result<T, Box<dyn Error>>;
 
 const MIB: usize = 1 << 20;
 const LARGE_COUNT: usize = 256;
@@ -64,15 +66,15 @@ fn parse_args() -> Result<Args, String> {
 }
 
 #[derive(Serialize)]
-struct Row {
-    name: String,
-    unit: &'static str,
-    ours: f64,
-    baseline: Option<f64>,
+pub(crate) struct Row {
+    pub(crate) name: String,
+    pub(crate) unit: &'static str,
+    pub(crate) ours: f64,
+    pub(crate) baseline: Option<f64>,
     /// ours / baseline
-    ratio: Option<f64>,
-    goal: Option<String>,
-    pass: Option<bool>,
+    pub(crate) ratio: Option<f64>,
+    pub(crate) goal: Option<String>,
+    pub(crate) pass: Option<bool>,
 }
 
 impl Row {
@@ -274,6 +276,13 @@ fn run(args: &Args) -> Res<()> {
         None,
     ));
 
+    // 4. Dequantization per ggml type against gguf-py's numpy.
+    rows.extend(dequant::rows(
+        &dir.0,
+        scaled(1 << 22).next_multiple_of(256),
+        args.repeat,
+    )?);
+
     print_table(&rows);
     let report = Report {
         date,
@@ -438,12 +447,12 @@ fn print_table(rows: &[Row]) {
         _ => format!("{v:.3} {unit}"),
     };
     println!(
-        "\n{:<44} {:>12} {:>12} {:>7}  {:<14} result",
+        "\n{:<50} {:>12} {:>12} {:>7}  {:<14} result",
         "benchmark", "ours", "baseline", "ratio", "goal"
     );
     for r in rows {
         println!(
-            "{:<44} {:>12} {:>12} {:>7}  {:<14} {}",
+            "{:<50} {:>12} {:>12} {:>7}  {:<14} {}",
             r.name,
             num(r.ours, r.unit),
             r.baseline.map_or("-".into(), |b| num(b, r.unit)),

@@ -457,3 +457,115 @@ fn bad_strides_and_unknown_dtypes_are_named() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("skipped bad_strides"), "{text}");
 }
+
+/// The reference Python (`make test` creates `.venv` with gguf and numpy).
+fn reference_python() -> std::path::PathBuf {
+    std::env::var_os("TRACEDUMP_PYTHON")
+        .map(Into::into)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
+}
+
+#[test]
+fn gguf_inspect_show_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/make_trace_gguf.py");
+    let out = Command::new(reference_python())
+        .arg(&script)
+        .arg(d.join("kv.gguf"))
+        .arg(d.join("ref"))
+        .output()
+        .expect("the reference Python: run `make test`, which creates .venv with gguf");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (code, text) = run(
+        d,
+        &[
+            "inspect", "kv.gguf", "--layer", "1", "--step", "0", "--ggml",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("GGUF v3") && text.contains("trace.engine = \"my-engine\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("K_quant.step0.layer1  q8_0 [64,4,32]  L1 S0"),
+        "{text}"
+    );
+    assert!(text.contains("ne [32,4,64]"), "{text}");
+    let (code, text) = run(d, &["show", "kv.gguf", "V_quant.step1.layer0", "--raw"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("256 blocks of 18") && text.contains("block      0 @         0"),
+        "{text}"
+    );
+    let (code, text) = run(
+        d,
+        &[
+            "show",
+            "kv.gguf",
+            "V_quant.step1.layer0",
+            "--slice",
+            "0, 0, :4",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("(q4_0 dequantized)"), "{text}");
+    assert_eq!(run(d, &["verify", "kv.gguf"]).0, 0);
+
+    // import into a trace: raw blocks and ggml layouts kept, values equal
+    let (code, text) = run(d, &["import", "kv.gguf", "kv.tdump"]);
+    assert_eq!(code, 0, "{text}");
+    let (g, t) = (
+        Trace::open(d.join("kv.gguf")).unwrap(),
+        Trace::open(d.join("kv.tdump")).unwrap(),
+    );
+    assert!(t.verify().is_ok() && !t.is_gguf() && t.len() == g.len());
+    assert_eq!(
+        t.run_metadata().get("trace.engine"),
+        g.run_metadata().get("trace.engine")
+    );
+    for (a, b) in g.tensors().zip(t.tensors()) {
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(
+            (&a.name, a.dtype, &a.layout.shape, &a.source_layout),
+            (&b.name, b.dtype, &b.layout.shape, &b.source_layout)
+        );
+        assert_eq!((a.layer, a.step), (b.layer, b.step));
+        assert_eq!(
+            g.view(a.id).unwrap().contiguous_bytes(),
+            t.view(b.id).unwrap().contiguous_bytes()
+        );
+    }
+    // and straight to safetensors: dequantized f32
+    let (code, text) = run(d, &["import", "kv.gguf", "kv.safetensors"]);
+    assert_eq!(code, 0, "{text}");
+    let st = Trace::open(d.join("kv.tdump")).unwrap();
+    let (code, text) = run(d, &["import", "kv.safetensors", "back.tdump"]);
+    assert_eq!(code, 0, "{text}");
+    let back = Trace::open(d.join("back.tdump")).unwrap();
+    let k = back.get("K_quant.step0.layer0").unwrap();
+    assert_eq!(k.dtype, trace_reader::DType::F32);
+    assert_eq!(
+        back.view(k.id).unwrap().to_f32().unwrap(),
+        st.view_by_name("K_quant.step0.layer0")
+            .unwrap()
+            .to_f32()
+            .unwrap()
+    );
+    // hostile GGUF: a clear error, exit 2
+    let mut bytes = std::fs::read(d.join("kv.gguf")).unwrap();
+    bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(d.join("bad.gguf"), &bytes).unwrap();
+    let (code, text) = run(d, &["inspect", "bad.gguf"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("bad.gguf") && text.contains("GGUF at byte"),
+        "{text}"
+    );
+}

@@ -470,6 +470,59 @@ fn usual_permissions(path: &Path) -> Option<fs::Permissions> {
 /// Read a safetensors file and record its tensors, contiguous, in a new trace.
 ///
 /// Run metadata: every `__metadata__` entry (as a string) and `imported_from`.
+/// Convert a GGUF file into a trace: every tensor with its raw bytes (block
+/// types stay blocks), ggml `ne`/`nb` kept as the source layout, layer and
+/// step from the names, the key-value metadata as run metadata.
+pub fn import_gguf(input: &Path, output: &Path) -> Result<ImportSummary> {
+    if same_file(input, output) {
+        bail!(
+            "{}: the output must be a different file from the input",
+            output.display()
+        );
+    }
+    let trace = Trace::open(input)?;
+    if !trace.is_gguf() {
+        bail!("{}: not a GGUF file", input.display());
+    }
+    let mut run = trace.run_metadata().clone();
+    run.insert("imported_from", input.display().to_string());
+    let tmp = temp_path(output);
+    let result = (|| -> Result<u64> {
+        let w = Writer::create(&tmp, run)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        for t in trace.tensors() {
+            let t = t?;
+            let view = trace.view(t.id)?;
+            let bytes = view.contiguous_bytes().ok_or_else(|| {
+                anyhow!("{}: tensor `{}` is not contiguous", input.display(), t.name)
+            })?;
+            let mut meta = TensorMeta::new();
+            meta.layer = t.layer;
+            meta.step = t.step;
+            meta.source_layout = t.source_layout.clone();
+            meta.metadata = t.metadata.clone();
+            w.add_tensor(&t.name, t.dtype, &t.layout.shape, bytes, meta)
+                .with_context(|| format!("{}: tensor `{}`", input.display(), t.name))?;
+        }
+        let s = w
+            .finish()
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, output)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
+        Ok(s.bytes)
+    })();
+    match result {
+        Ok(bytes) => Ok(ImportSummary {
+            tensors: trace.len() as u64,
+            bytes,
+        }),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 /// Tensors are recorded in the order of the source trace when the file came
 /// from [`export`] (its `tracedump.tensors` key; their layer, step and role
 /// are restored too), else in the order of their data in the file.

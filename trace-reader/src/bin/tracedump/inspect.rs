@@ -19,6 +19,8 @@ pub struct InspectOptions {
 #[derive(Serialize)]
 struct Header {
     file: String,
+    /// `tracedump` or `gguf`.
+    container: &'static str,
     format_version: String,
     bytes: u64,
     finished: bool,
@@ -61,6 +63,8 @@ struct Row {
     contiguous: bool,
     storage: Option<u64>,
     storage_offset: u64,
+    /// Values rebuilt from the parents (data kind 3).
+    derived: bool,
     layer: Option<i64>,
     step: Option<i64>,
     role: Option<String>,
@@ -70,6 +74,28 @@ struct Row {
     lineage: String,
     stats: Option<StatsJson>,
     error: Option<String>,
+}
+
+/// A metadata value for one line: long lists (a GGUF vocabulary) shortened.
+fn short_value(v: &trace_reader::Value) -> String {
+    match v {
+        trace_reader::Value::List(items) if items.len() > 16 => {
+            let head: Vec<String> = items[..8].iter().map(short_value).collect();
+            format!("[{}, … {} items]", head.join(", "), items.len())
+        }
+        other => {
+            let s = other.to_string();
+            if s.chars().count() > 200 {
+                format!(
+                    "{}… ({} chars)",
+                    s.chars().take(160).collect::<String>(),
+                    s.chars().count()
+                )
+            } else {
+                s
+            }
+        }
+    }
 }
 
 pub fn value_json(v: &trace_reader::Value) -> serde_json::Value {
@@ -128,6 +154,7 @@ fn row(trace: &Trace, id: u64, stats: bool) -> Row {
                 contiguous: false,
                 storage: None,
                 storage_offset: 0,
+                derived: false,
                 layer: None,
                 step: None,
                 role: None,
@@ -187,6 +214,7 @@ fn row(trace: &Trace, id: u64, stats: bool) -> Row {
         contiguous: t.is_contiguous(),
         storage: t.storage,
         storage_offset: t.layout.storage_offset,
+        derived: t.derived,
         layer: t.layer,
         step: t.step,
         role: t.role.clone(),
@@ -201,9 +229,17 @@ fn row(trace: &Trace, id: u64, stats: bool) -> Row {
 
 fn header(trace: &Trace) -> Header {
     let (major, minor) = trace.version();
+    let gguf_version = trace
+        .run_metadata()
+        .get("gguf_version")
+        .map(ToString::to_string);
     Header {
         file: trace.path().display().to_string(),
-        format_version: format!("{major}.{minor}"),
+        container: if trace.is_gguf() { "gguf" } else { "tracedump" },
+        format_version: match gguf_version {
+            Some(v) if trace.is_gguf() => v,
+            _ => format!("{major}.{minor}"),
+        },
         bytes: trace.file_len(),
         finished: trace.is_finished(),
         torn_tail: trace.torn_tail().map(|t| TornJson {
@@ -251,6 +287,7 @@ pub fn inspect_json(trace: &Trace, opts: &InspectOptions) -> Result<String> {
 
 fn where_(r: &Row) -> String {
     match r.storage {
+        None if r.derived => "derived (rebuilt from its parents)".into(),
         None if r.error.is_none() => "stats only".into(),
         None => String::new(),
         Some(s) if s == r.id => format!("own bytes +{}", r.storage_offset),
@@ -276,12 +313,20 @@ pub fn inspect_text(trace: &Trace, opts: &InspectOptions) -> Result<String> {
     let mut s = String::new();
     let h = header(trace);
     writeln!(s, "file      {}", h.file)?;
+    let container = if h.container == "gguf" {
+        "GGUF"
+    } else {
+        "tracedump"
+    };
     writeln!(
         s,
-        "format    tracedump v{}, {} bytes",
+        "format    {container} v{}, {} bytes",
         h.format_version, h.bytes
     )?;
     let status = match &h.torn_tail {
+        _ if h.container == "gguf" => {
+            "GGUF file read as a trace (tensors and metadata; GGUF has no checksums)".to_string()
+        }
         _ if h.finished => "finished (footer index present)".to_string(),
         Some(t) => format!(
             "UNFINISHED: torn tail of {} bytes at byte {} ({})",
@@ -296,7 +341,7 @@ pub fn inspect_text(trace: &Trace, opts: &InspectOptions) -> Result<String> {
         h.records, h.tensors, h.storages
     )?;
     for (k, v) in trace.run_metadata().iter() {
-        writeln!(s, "run       {k} = {v}")?;
+        writeln!(s, "run       {k} = {}", short_value(v))?;
     }
     for w in &h.warnings {
         writeln!(s, "warning   {w}")?;

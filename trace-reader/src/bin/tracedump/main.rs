@@ -107,6 +107,10 @@ enum Command {
         /// Print every value, not the first and last three of each dimension longer than six.
         #[arg(long)]
         full: bool,
+        /// Print the stored bytes the view spans in hex instead of values
+        /// (for block types the raw ggml blocks, one per line).
+        #[arg(long, conflicts_with_all = ["slice", "as_dtype"])]
+        raw: bool,
     },
     /// Where two runs part ways: pair tensors by name, compare values, name the first divergence.
     ///
@@ -191,12 +195,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Convert a safetensors file into a trace.
-    #[command(after_help = "Example:\n  tracedump import weights.safetensors weights.tdump")]
+    /// Convert a safetensors or GGUF file into a trace (or, from GGUF, into
+    /// safetensors/npz by OUT's extension, block types dequantized to f32).
+    ///
+    /// GGUF tensors keep their raw blocks and ggml `ne`/`nb`; layer and step
+    /// come from the names (`blk.3.attn_q.weight`, `K_quant.step2.layer0`);
+    /// the key-value metadata becomes run metadata. Every reading verb also
+    /// opens a `.gguf` directly (`tracedump inspect model.gguf`).
+    #[command(
+        after_help = "Examples:\n  tracedump import weights.safetensors weights.tdump\n  tracedump import model.gguf model.tdump\n  tracedump import kv-trace.gguf kv.npz"
+    )]
     Import {
-        /// The safetensors file.
+        /// The safetensors or GGUF file.
         file: PathBuf,
-        /// The trace to write.
+        /// The file to write: a trace (`.tdump`), or from GGUF also `.safetensors` / `.npz`.
         out: PathBuf,
     },
     /// Write the built-in example: a 4-layer model run twice, with a planted divergence.
@@ -256,8 +268,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             slice,
             as_dtype,
             full,
+            raw,
         } => {
             let trace = open(&file)?;
+            if raw {
+                print!("{}", show::show_raw(&trace, &name, full)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             let as_dtype = match as_dtype {
                 Some(d) => match DType::from_name(&d) {
                     Some(x @ (DType::F32 | DType::F16 | DType::BF16 | DType::F64)) => Some(x),
@@ -410,7 +427,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Import { file, out } => {
-            let sum = export::import_safetensors(&file, &out)?;
+            let is_gguf = std::fs::File::open(&file)
+                .and_then(|mut f| {
+                    let mut magic = [0u8; 4];
+                    std::io::Read::read_exact(&mut f, &mut magic).map(|()| magic)
+                })
+                .is_ok_and(|m| &m == trace_reader::gguf::GGUF_MAGIC);
+            let ext = out
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            let sum = match (is_gguf, ext.as_str()) {
+                (true, "safetensors" | "npz") => {
+                    let format = if ext == "npz" {
+                        export::ExportFormat::Npz
+                    } else {
+                        export::ExportFormat::Safetensors
+                    };
+                    let trace = open(&file)?;
+                    let s = export::export(&trace, format, &out, None)?;
+                    for (name, why) in &s.skipped {
+                        eprintln!("skipped `{name}`: {why}");
+                    }
+                    export::ImportSummary {
+                        tensors: s.exported.len() as u64,
+                        bytes: s.bytes,
+                    }
+                }
+                (true, _) => export::import_gguf(&file, &out)?,
+                (false, _) => export::import_safetensors(&file, &out)?,
+            };
             println!(
                 "wrote {}: {} tensors, {} bytes",
                 out.display(),

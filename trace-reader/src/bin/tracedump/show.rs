@@ -238,7 +238,8 @@ pub fn show(
         values = v;
         shape = sh;
     }
-    let integer = !t.dtype.is_float() && as_dtype.is_none_or(|d| !d.is_float());
+    let integer =
+        !t.dtype.is_float() && !t.dtype.is_block() && as_dtype.is_none_or(|d| !d.is_float());
     let mut out = String::new();
     let occ = match trace.occurrence(id) {
         Some((k, n)) if n > 1 => format!(" (occurrence {} of {n})", k + 1),
@@ -248,7 +249,11 @@ pub fn show(
         out,
         "{} #{id}{occ} = ({}{}) shape [{}] byte strides [{}]{}",
         t.name,
-        t.dtype,
+        if t.dtype.is_block() {
+            format!("{} dequantized", t.dtype)
+        } else {
+            t.dtype.to_string()
+        },
         as_dtype.map(|d| format!(" as {d}")).unwrap_or_default(),
         join(&t.layout.shape),
         join(&t.layout.byte_strides),
@@ -260,6 +265,77 @@ pub fn show(
     out.push('\n');
     let sum: f64 = values.iter().sum();
     writeln!(out, "sum = {sum:.6}")?;
+    Ok(out)
+}
+
+/// The stored bytes a tensor's view spans, as hex: one block per line for
+/// block types (the raw ggml blocks, before dequantization), 16 bytes per
+/// line otherwise; the first and last 8 lines unless `full`.
+pub fn show_raw(trace: &Trace, name: &str, full: bool) -> Result<String> {
+    let id = trace.resolve(name)?;
+    let t = trace.tensor(id)?;
+    let view = trace.view(id)?;
+    if t.storage.is_none() {
+        anyhow::bail!(
+            "tensor `{}` has no stored bytes ({})",
+            t.name,
+            if t.derived {
+                "derived from its parents"
+            } else {
+                "statistics only"
+            }
+        );
+    }
+    let mut out = String::new();
+    let Some((start, end)) = t.layout.byte_span(t.dtype)? else {
+        writeln!(out, "{} #{id}: no elements", t.name)?;
+        return Ok(out);
+    };
+    // the layout was checked against the storage when the tensor was read
+    let bytes = &view.storage_bytes()[start as usize..end as usize];
+    let line = if t.dtype.is_block() {
+        t.dtype.block_bytes() as usize
+    } else {
+        16
+    };
+    writeln!(
+        out,
+        "{} #{id} = ({}) raw bytes {start}..{end} of storage #{} ({} bytes{})",
+        t.name,
+        t.dtype,
+        t.storage.unwrap_or(id),
+        bytes.len(),
+        if t.dtype.is_block() {
+            format!(", {} blocks of {line}", bytes.len() / line)
+        } else {
+            String::new()
+        }
+    )?;
+    let lines: Vec<&[u8]> = bytes.chunks(line).collect();
+    let unit = if t.dtype.is_block() { "block" } else { "+" };
+    for (i, chunk) in lines.iter().enumerate() {
+        if !full && lines.len() > 16 && i == 8 {
+            writeln!(out, "… {} lines …", lines.len() - 16)?;
+        }
+        if !full && lines.len() > 16 && (8..lines.len() - 8).contains(&i) {
+            continue;
+        }
+        let hex: String = chunk
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if t.dtype.is_block() {
+            writeln!(
+                out,
+                "{unit} {:>6} @{:>10}  {hex}",
+                (start as usize / line) + i,
+                start as usize + i * line
+            )?;
+        } else {
+            writeln!(out, "{unit}{:>10}  {hex}", start as usize + i * line)?;
+        }
+    }
     Ok(out)
 }
 
