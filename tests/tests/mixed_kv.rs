@@ -307,3 +307,71 @@ fn derived_tensor_errors_name_the_tensor() {
         "{faults:?}"
     );
 }
+
+#[test]
+fn hostile_derivations_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deep.tdump");
+    let w = Writer::create(&path, trace_writer::default_run_metadata()).unwrap();
+    let a = w
+        .add_tensor(
+            "a",
+            DType::F32,
+            &[4],
+            bytemuck::cast_slice(&[1.0f32, 2.0, 3.0, 4.0]),
+            TensorMeta::new(),
+        )
+        .unwrap()
+        .unwrap();
+    // 70 derived tensors, each the previous one copied
+    let mut prev = a;
+    for i in 0..70 {
+        prev = w
+            .add_derived(
+                &format!("d{i}"),
+                DType::F32,
+                &[4],
+                TensorMeta::new().parent(prev).op(Op::Cont),
+            )
+            .unwrap()
+            .unwrap();
+    }
+    // each doubles the last: 2^41 values at the end
+    let mut prev = a;
+    let mut n = 4u64;
+    for i in 0..40 {
+        n *= 2;
+        let meta = TensorMeta::new()
+            .parent(prev)
+            .parent(prev)
+            .op(Op::Concat { axis: 0 });
+        prev = w
+            .add_derived(&format!("big{i}"), DType::F32, &[n], meta)
+            .unwrap()
+            .unwrap();
+    }
+    w.finish().unwrap();
+    let trace = Trace::open(&path).unwrap();
+    assert_eq!(
+        trace.view_by_name("d10").unwrap().to_f32().unwrap(),
+        vec![1.0, 2.0, 3.0, 4.0]
+    );
+    let e = trace
+        .view_by_name("d69")
+        .unwrap()
+        .to_f32()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("64 deep"), "{e}");
+    assert_eq!(
+        trace.view_by_name("big2").unwrap().to_f32().unwrap().len(),
+        32
+    );
+    let e = trace
+        .view_by_name("big39")
+        .unwrap()
+        .to_f32()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`big") && e.contains("values"), "{e}");
+}

@@ -164,13 +164,23 @@ enum State<'t> {
     },
 }
 
-struct Replay<'t> {
+struct Replay<'t, 'c> {
     trace: &'t Trace,
     tensor: &'t TensorInfo,
     limit: u64,
+    cache: &'c std::cell::RefCell<Cache>,
 }
 
-impl<'t> Replay<'t> {
+/// Derived values already rebuilt during one rebuild, by record id: a
+/// derived tensor used twice (`concat(x, x)`, or a diamond of lineages) is
+/// rebuilt once, so the work stays linear in the number of records.
+#[derive(Default)]
+pub(crate) struct Cache {
+    arrays: std::collections::HashMap<u64, ArrayD<f64>>,
+    values: u64,
+}
+
+impl<'t> Replay<'t, '_> {
     fn err(&self, reason: String) -> ReaderError {
         ReaderError::Tensor {
             path: self.trace.path().to_path_buf(),
@@ -187,7 +197,19 @@ impl<'t> Replay<'t> {
         }
         let p = self.trace.tensor(id)?;
         if p.derived {
-            let array = derive(self.trace, p, depth + 1)?;
+            let cached = self.cache.borrow().arrays.get(&id).cloned();
+            let array = match cached {
+                Some(a) => a,
+                None => {
+                    let a = derive_cached(self.trace, p, depth + 1, self.cache)?;
+                    let mut c = self.cache.borrow_mut();
+                    if c.values.saturating_add(a.len() as u64) <= self.limit {
+                        c.values += a.len() as u64;
+                        c.arrays.insert(id, a.clone());
+                    }
+                    a
+                }
+            };
             Ok(State::Values {
                 dtype: Some(p.dtype),
                 array,
@@ -396,15 +418,53 @@ pub(crate) fn derive(
     tensor: &TensorInfo,
     depth: usize,
 ) -> Result<ArrayD<f64>, ReaderError> {
+    derive_cached(
+        trace,
+        tensor,
+        depth,
+        &std::cell::RefCell::new(Cache::default()),
+    )
+}
+
+fn derive_cached(
+    trace: &Trace,
+    tensor: &TensorInfo,
+    depth: usize,
+    cache: &std::cell::RefCell<Cache>,
+) -> Result<ArrayD<f64>, ReaderError> {
     let r = Replay {
         trace,
         tensor,
         limit: value_limit(trace.file_len()),
+        cache,
     };
     if depth > MAX_DERIVATION_DEPTH {
         return Err(r.err(format!(
             "derived from derived tensors more than {MAX_DERIVATION_DEPTH} deep"
         )));
+    }
+    // Every derived value has its recorded shape (checked at the end of each
+    // rebuild), so sizes are known before any work is done.
+    if tensor.layout.numel() > r.limit {
+        return Err(r.err(format!(
+            "{} values exceed the limit of {} for this file",
+            tensor.layout.numel(),
+            r.limit
+        )));
+    }
+    if let Some(Op::Concat { .. }) = tensor.lineage.ops.first() {
+        let mut total = 0u64;
+        for &p in &tensor.lineage.parents {
+            if let Ok(pt) = trace.tensor(p) {
+                total = total.saturating_add(pt.layout.numel());
+            }
+        }
+        if total > r.limit {
+            return Err(r.err(format!(
+                "its parts hold {total} values, more than the limit of {} for this file",
+                r.limit
+            )));
+        }
     }
     let lineage = &tensor.lineage;
     let mut ops = lineage.ops.iter();
