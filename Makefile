@@ -5,7 +5,7 @@ TRACEDUMP := $(TARGET_DIR)/release/tracedump
 DEMO := $(TARGET_DIR)/demo/demo.tdump
 DEMO_REF := $(TARGET_DIR)/demo/demo.reference.tdump
 
-.PHONY: demo test test-rust lint bench build pyenv
+.PHONY: demo test test-rust test-python lint bench build pyenv pypackage
 
 build:
 	$(CARGO) build --release -p trace-reader
@@ -31,8 +31,16 @@ $(PYTHON):
 pyenv: $(PYTHON) tests/python/requirements.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 
-## Every test, Rust and (once the Python package exists) Python.
+## The Python package, built from source into .venv (with torch for its tests).
+pypackage: pyenv
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r python/requirements-test.txt
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./python
+
+## Every test, Rust and Python.
 test: pyenv test-rust
+
+test-python: pypackage
+	$(PYTHON) -m pytest -q python/tests
 
 test-rust:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -46,5 +54,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## The user-facing benchmark table (writes bench/results.json).
-bench: pyenv
+bench: pypackage
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(CARGO) run --release -p tracedump-bench
+	$(PYTHON) bench/python_bench.py

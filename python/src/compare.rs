@@ -1,0 +1,290 @@
+//! `compare()`: `trace_reader::compare::diff`, with its report as Python objects.
+
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use trace_reader::compare::{diff, DiffReport, Moments, Pair, Renamer, Tolerance, Verdict};
+
+use crate::errors::reader_error;
+use crate::reader::{PyTrace, Shared};
+
+fn trace_arg(obj: &Bound<'_, PyAny>) -> PyResult<Arc<Shared>> {
+    if let Ok(t) = obj.cast::<PyTrace>() {
+        return t.get().shared();
+    }
+    crate::reader::open(obj)?.shared()
+}
+
+/// `rules`: None; a preset name ("llama-hf"); mapping-file text (lines of
+/// `PATTERN => REPLACEMENT`); a list of "PAT=>REP" strings or (pattern,
+/// replacement) pairs; or a dict {pattern: replacement}.
+fn renamer(rules: Option<&Bound<'_, PyAny>>) -> PyResult<Renamer> {
+    let Some(rules) = rules.filter(|r| !r.is_none()) else {
+        return Ok(Renamer::none());
+    };
+    let bad = |e: String| PyValueError::new_err(format!("bad rename rule: {e}"));
+    if let Ok(s) = rules.cast::<PyString>() {
+        let s = s.to_str()?;
+        if let Some(r) = Renamer::preset(s) {
+            return Ok(r);
+        }
+        if s.contains("=>") {
+            return Renamer::from_map(s).map_err(bad);
+        }
+        return Err(PyValueError::new_err(format!(
+            "unknown preset {s:?} (llama-hf), and not a `PATTERN => REPLACEMENT` rule"
+        )));
+    }
+    let mut r = Renamer::none();
+    if let Ok(d) = rules.cast::<PyDict>() {
+        for (k, v) in d.iter() {
+            r.push(&k.extract::<String>()?, &v.extract::<String>()?)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        return Ok(r);
+    }
+    for item in rules.try_iter()? {
+        let item = item?;
+        if let Ok(s) = item.extract::<String>() {
+            r.extend(Renamer::from_map(&s).map_err(bad)?);
+        } else if let Ok((p, rep)) = item.extract::<(String, String)>() {
+            r.push(&p, &rep).map_err(|e| bad(e.to_string()))?;
+        } else {
+            return Err(PyTypeError::new_err(
+                "rename rules are \"PAT=>REP\" strings or (pattern, replacement) pairs",
+            ));
+        }
+    }
+    Ok(r)
+}
+
+/// Compare run `a` (under test) against run `b` (the reference): pair
+/// tensors by name (k-th occurrence with k-th, after `rules` rename A's
+/// names), compare their logical values whatever their layouts, and find
+/// the first tensor where the runs part ways. `a` and `b` are `Trace`
+/// objects or paths.
+#[pyfunction]
+#[pyo3(signature = (a, b, rules=None, atol=1e-3, rtol=1e-2, min_cosine=0.999))]
+pub fn compare(
+    py: Python<'_>,
+    a: &Bound<'_, PyAny>,
+    b: &Bound<'_, PyAny>,
+    rules: Option<&Bound<'_, PyAny>>,
+    atol: f64,
+    rtol: f64,
+    min_cosine: f64,
+) -> PyResult<DiffResult> {
+    let (ta, tb) = (trace_arg(a)?, trace_arg(b)?);
+    let ren = renamer(rules)?;
+    let tol = Tolerance {
+        atol,
+        rtol,
+        min_cosine,
+    };
+    let report = py
+        .detach(|| diff(&ta.trace, &tb.trace, &ren, &tol, |_, _| {}))
+        .map_err(reader_error)?;
+    Ok(DiffResult { report })
+}
+
+/// What `compare()` found.
+#[pyclass(frozen, module = "tracedump", name = "DiffResult")]
+#[derive(Debug)]
+pub struct DiffResult {
+    report: DiffReport,
+}
+
+fn verdict_name(v: &Verdict) -> (&'static str, Vec<String>) {
+    match v {
+        Verdict::Agree => ("agree", vec![]),
+        Verdict::Diverge(why) => ("diverge", why.clone()),
+        Verdict::ShapeMismatch => ("shape_mismatch", vec![]),
+        Verdict::StatsOnly => ("stats_only", vec![]),
+        Verdict::Skipped(why) => ("skipped", vec![why.clone()]),
+    }
+}
+
+fn moments(d: &Bound<'_, PyDict>, side: &str, m: &Moments) -> PyResult<()> {
+    d.set_item(format!("mean_{side}"), m.mean)?;
+    d.set_item(format!("std_{side}"), m.std)?;
+    d.set_item(format!("min_{side}"), m.min)?;
+    d.set_item(format!("max_{side}"), m.max)?;
+    Ok(())
+}
+
+/// One pair as a flat dict (one row of `to_pandas()`).
+fn pair_dict<'py>(py: Python<'py>, index: usize, p: &Pair) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("index", index)?;
+    d.set_item("key", &p.key)?;
+    d.set_item("name_a", &p.a.name)?;
+    d.set_item("name_b", &p.b.name)?;
+    d.set_item("id_a", p.a.id)?;
+    d.set_item("id_b", p.b.id)?;
+    d.set_item("layer", p.a.layer.or(p.b.layer))?;
+    d.set_item("dtype_a", &p.a.dtype)?;
+    d.set_item("dtype_b", &p.b.dtype)?;
+    d.set_item("shape_a", PyTuple::new(py, &p.a.shape)?)?;
+    d.set_item("shape_b", PyTuple::new(py, &p.b.shape)?)?;
+    let (verdict, reasons) = verdict_name(&p.verdict);
+    d.set_item("verdict", verdict)?;
+    d.set_item("divergent", p.verdict.is_divergent())?;
+    d.set_item("reasons", reasons)?;
+    let m = p.metrics.clone().unwrap_or_default();
+    let has = p.metrics.is_some() && !matches!(p.verdict, Verdict::StatsOnly);
+    let num = |x: f64| if has { Some(x) } else { None };
+    d.set_item("numel", if has { Some(m.numel) } else { None })?;
+    d.set_item("max_abs", num(m.max_abs))?;
+    d.set_item(
+        "max_abs_index",
+        if has {
+            Some(PyTuple::new(py, &m.max_abs_index)?)
+        } else {
+            None
+        },
+    )?;
+    d.set_item("max_rel", num(m.max_rel))?;
+    d.set_item("mean_abs", num(m.mean_abs))?;
+    d.set_item("rmse", num(m.rmse))?;
+    d.set_item("cosine", num(m.cosine))?;
+    d.set_item("max_ulp", m.max_ulp)?;
+    d.set_item(
+        "nan_mismatch",
+        if has { Some(m.nan_mismatch) } else { None },
+    )?;
+    d.set_item(
+        "inf_mismatch",
+        if has { Some(m.inf_mismatch) } else { None },
+    )?;
+    d.set_item(
+        "outside_tolerance",
+        if has { Some(m.outside_tolerance) } else { None },
+    )?;
+    if p.metrics.is_some() {
+        moments(&d, "a", &m.a)?;
+        moments(&d, "b", &m.b)?;
+    }
+    Ok(d)
+}
+
+#[pymethods]
+impl DiffResult {
+    /// Every compared pair, in A's execution order, as dicts of metrics.
+    #[getter]
+    fn pairs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for (i, p) in self.report.pairs.iter().enumerate() {
+            list.append(pair_dict(py, i, p)?)?;
+        }
+        Ok(list)
+    }
+
+    /// The first divergent pair (a dict like those of `pairs`), or None.
+    #[getter]
+    fn first_divergence<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.report
+            .first_divergence
+            .and_then(|i| self.report.pairs.get(i).map(|p| (i, p)))
+            .map(|(i, p)| pair_dict(py, i, p))
+            .transpose()
+    }
+
+    /// Index into `pairs` of the first divergent pair, or None.
+    #[getter]
+    fn first_divergence_index(&self) -> Option<usize> {
+        self.report.first_divergence
+    }
+
+    /// Whether the runs agree (no divergent pair, no unreadable tensor).
+    #[getter]
+    fn agrees(&self) -> bool {
+        self.report.agrees()
+    }
+
+    /// A's tensors without a partner in B.
+    #[getter]
+    fn only_in_a(&self) -> Vec<String> {
+        self.report.only_in_a.clone()
+    }
+
+    /// B's tensors without a partner in A.
+    #[getter]
+    fn only_in_b(&self) -> Vec<String> {
+        self.report.only_in_b.clone()
+    }
+
+    /// Tensors that could not be read, with the error.
+    #[getter]
+    fn unreadable(&self) -> Vec<String> {
+        self.report.unreadable.clone()
+    }
+
+    /// Per-layer error growth: dicts with layer, pairs, divergent, max_abs,
+    /// min_cosine, last (the layer's output), its moments, std_ratio.
+    #[getter]
+    fn layers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for l in &self.report.layers {
+            let d = PyDict::new(py);
+            d.set_item("layer", l.layer)?;
+            d.set_item("pairs", l.pairs)?;
+            d.set_item("divergent", l.divergent)?;
+            d.set_item("max_abs", l.max_abs)?;
+            d.set_item("min_cosine", l.min_cosine)?;
+            d.set_item("last", &l.last)?;
+            moments(&d, "a", &l.a)?;
+            moments(&d, "b", &l.b)?;
+            d.set_item("std_ratio", l.std_ratio)?;
+            list.append(d)?;
+        }
+        Ok(list)
+    }
+
+    /// The tolerance used: {"atol", "rtol", "min_cosine"}.
+    #[getter]
+    fn tolerance<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("atol", self.report.tolerance.atol)?;
+        d.set_item("rtol", self.report.tolerance.rtol)?;
+        d.set_item("min_cosine", self.report.tolerance.min_cosine)?;
+        Ok(d)
+    }
+
+    /// The pairs as a pandas DataFrame (needs pandas).
+    fn to_pandas<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let pd = py.import("pandas")?;
+        pd.getattr("DataFrame")?
+            .call_method1("from_records", (self.pairs(py)?,))
+    }
+
+    fn __len__(&self) -> usize {
+        self.report.pairs.len()
+    }
+
+    fn __repr__(&self) -> String {
+        let first = self
+            .report
+            .first_divergence
+            .and_then(|i| self.report.pairs.get(i).map(|p| (i, p)))
+            .map(|(i, p)| {
+                format!(
+                    "{:?} (pair {} of {})",
+                    p.key,
+                    i + 1,
+                    self.report.pairs.len()
+                )
+            })
+            .unwrap_or_else(|| "None".into());
+        format!(
+            "DiffResult({} pairs, agrees={}, first_divergence={first})",
+            self.report.pairs.len(),
+            if self.report.agrees() {
+                "True"
+            } else {
+                "False"
+            }
+        )
+    }
+}

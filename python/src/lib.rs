@@ -1,0 +1,33 @@
+//! Python bindings of tracedump (`import tracedump`): a thin layer over
+//! `trace-reader` and `trace-writer`. See `python/README.md`.
+//!
+//! No `unsafe` code here: arrays are made over the file's mapping through
+//! numpy's `__array_interface__` (see `reader.rs`), and the mapping's own
+//! `unsafe` lives in `trace_reader::Source`.
+
+#![forbid(unsafe_code)]
+
+mod compare;
+mod convert;
+mod errors;
+mod reader;
+mod writer;
+
+use pyo3::prelude::*;
+
+/// The compiled part of the `tracedump` package.
+#[pymodule]
+fn _tracedump(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::register(m)?;
+    m.add_function(wrap_pyfunction!(reader::open, m)?)?;
+    m.add_function(wrap_pyfunction!(compare::compare, m)?)?;
+    m.add_class::<reader::PyTrace>()?;
+    m.add_class::<reader::PyTensor>()?;
+    m.add_class::<reader::VerifyReport>()?;
+    m.add_class::<reader::MappedBytes>()?;
+    m.add_class::<reader::TensorIter>()?;
+    m.add_class::<writer::PyWriter>()?;
+    m.add_class::<compare::DiffResult>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,595 @@
+//! `Writer`: numpy arrays and torch tensors recorded with their real
+//! strides over their real storage.
+//!
+//! `tracedump._layout.describe` (Python) reads a tensor's dtype, shape,
+//! byte strides and offset, and hands over its storage as a read-only
+//! uint8 array: a torch tensor's whole untyped storage, a numpy array's
+//! base buffer. The writer here decides how to record it:
+//!
+//! 1. If its bytes lie inside a region this writer already recorded, whose
+//!    owner (the base array or tensor) is still alive and whose bytes are
+//!    unchanged (crc32c), it is a view of that record: no bytes are written
+//!    twice. With `lineage="auto"` and a region recorded as a tensor, that
+//!    tensor becomes the parent, with a `view` step.
+//! 2. Else, a contiguous tensor is recorded with its own bytes (and becomes
+//!    a region later views can use).
+//! 3. Else the storage is recorded once and the tensor as a view of it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use numpy::PyReadonlyArray1;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple, PyWeakrefMethods, PyWeakrefReference};
+use trace_format::record::crc32c;
+use trace_writer::{DType, EngineOp, Layout, Lineage, Op, TensorMeta, Writer};
+
+use crate::convert::{dtype_from_name, py_to_metadata, py_to_op};
+use crate::errors::{writer_error, TraceError, TraceLayoutError};
+
+/// Bytes already in the file that later tensors can view.
+#[derive(Debug)]
+struct Region {
+    /// Address of the first byte in this process.
+    start: usize,
+    len: usize,
+    /// The record holding them (a storage, or a tensor with its own bytes).
+    id: u64,
+    is_tensor: bool,
+    crc: u32,
+    /// The array or tensor that keeps the memory alive: while it lives,
+    /// the address cannot be reused for other data.
+    owner: Py<PyWeakrefReference>,
+}
+
+#[derive(Debug)]
+struct State {
+    writer: Option<Writer>,
+    regions: Vec<Region>,
+    /// Region count at which regions whose owner died are dropped (doubles,
+    /// so the scan stays amortised linear in the live regions).
+    prune_at: usize,
+    /// Last record id of each name (for lineage parents given by name).
+    names: HashMap<String, u64>,
+}
+
+/// Records numpy arrays and torch tensors into a `.tdump` trace.
+#[pyclass(frozen, module = "tracedump", name = "Writer")]
+#[derive(Debug)]
+pub struct PyWriter {
+    state: Mutex<State>,
+    path: PathBuf,
+}
+
+/// What `describe()` says about a tensor.
+struct Parts<'py> {
+    dtype: DType,
+    layout: Layout,
+    buffer: PyReadonlyArray1<'py, u8>,
+    owner: Bound<'py, PyAny>,
+}
+
+fn describe<'py>(py: Python<'py>, tensor: &Bound<'py, PyAny>) -> PyResult<Parts<'py>> {
+    let d = py
+        .import("tracedump._layout")?
+        .getattr("describe")?
+        .call1((tensor,))?;
+    let (dtype, shape, strides, offset, buffer, owner): (
+        String,
+        Vec<u64>,
+        Vec<i64>,
+        u64,
+        PyReadonlyArray1<'py, u8>,
+        Bound<'py, PyAny>,
+    ) = d.extract()?;
+    let dtype = dtype_from_name(&dtype)?;
+    let layout = Layout::new(shape, strides, offset)
+        .map_err(|e| TraceLayoutError::new_err(e.to_string()))?;
+    Ok(Parts {
+        dtype,
+        layout,
+        buffer,
+        owner,
+    })
+}
+
+/// Add a region; first drop those whose owner died once their count
+/// reaches `prune_at`.
+fn push_region(regions: &mut Vec<Region>, prune_at: &mut usize, py: Python<'_>, r: Region) {
+    if regions.len() >= *prune_at {
+        regions.retain(|r| r.owner.bind(py).upgrade().is_some());
+        *prune_at = (regions.len() * 2).max(64);
+    }
+    regions.push(r);
+}
+
+impl PyWriter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn closed(&self) -> PyErr {
+        TraceError::new_err(format!("{}: the writer is closed", self.path.display()))
+    }
+}
+
+/// A lineage parent as given: a record id or a name recorded earlier.
+enum ParentRef {
+    Id(u64),
+    Name(String),
+}
+
+/// `lineage=` of `add()`: None, "auto", or a dict with "parents" (ids or
+/// names), "ops" (op dicts) and "engine_op". Parsed before the
+/// writer is locked (it may run Python code); names resolve under the lock.
+fn parse_lineage(lineage: Option<&Bound<'_, PyAny>>) -> PyResult<(Lineage, Vec<ParentRef>, bool)> {
+    let Some(l) = lineage.filter(|l| !l.is_none()) else {
+        return Ok((Lineage::default(), Vec::new(), false));
+    };
+    if let Ok(s) = l.cast::<PyString>() {
+        return match s.to_str()? {
+            "auto" => Ok((Lineage::default(), Vec::new(), true)),
+            other => Err(PyValueError::new_err(format!(
+                "lineage={other:?}: expected \"auto\" or a dict(parents=, ops=, engine_op=)"
+            ))),
+        };
+    }
+    let mut out = Lineage::default();
+    let mut parents_out = Vec::new();
+    let ops_of = |ops: &Bound<'_, PyAny>| -> PyResult<Vec<Op>> {
+        let mut v = Vec::new();
+        for op in ops.try_iter()? {
+            v.push(py_to_op(op?.cast::<PyDict>()?)?);
+        }
+        Ok(v)
+    };
+    if let Ok(d) = l.cast::<PyDict>() {
+        if let Some(parents) = d.get_item("parents")? {
+            for p in parents.try_iter()? {
+                let p = p?;
+                parents_out.push(match p.extract::<String>() {
+                    Ok(name) => ParentRef::Name(name),
+                    Err(_) => ParentRef::Id(p.extract::<u64>()?),
+                });
+            }
+        }
+        if let Some(ops) = d.get_item("ops")? {
+            out.ops = ops_of(&ops)?;
+        }
+        if let Some(e) = d.get_item("engine_op")? {
+            let e = e.cast::<PyDict>()?;
+            let get = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> { e.get_item(k) };
+            out.engine_op = Some(EngineOp {
+                engine: get("engine")?
+                    .map(|v| v.extract())
+                    .transpose()?
+                    .unwrap_or_default(),
+                op: get("op")?
+                    .map(|v| v.extract())
+                    .transpose()?
+                    .unwrap_or_default(),
+                params: get("params")?
+                    .map(|v| v.extract::<Vec<u8>>())
+                    .transpose()?
+                    .unwrap_or_default(),
+            });
+        }
+        if !out.ops.is_empty() && parents_out.is_empty() {
+            return Err(PyValueError::new_err(
+                "lineage ops need the parents they start from (lineage={\"parents\": [...], \"ops\": [...]})",
+            ));
+        }
+        return Ok((out, parents_out, false));
+    }
+    Err(PyTypeError::new_err(
+        "lineage must be None, \"auto\", or a dict(parents=, ops=, engine_op=)",
+    ))
+}
+
+fn resolve(names: &HashMap<String, u64>, p: ParentRef) -> PyResult<u64> {
+    match p {
+        ParentRef::Id(id) => Ok(id),
+        ParentRef::Name(n) => names.get(&n).copied().ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "lineage parent `{n}` was not recorded by this writer"
+            ))
+        }),
+    }
+}
+
+#[pymethods]
+impl PyWriter {
+    /// Create (truncate) `path`; keyword arguments are run metadata, added
+    /// to the defaults (command line, time, pid, tracedump version).
+    #[new]
+    #[pyo3(signature = (path, **run_metadata))]
+    fn new(path: &Bound<'_, PyAny>, run_metadata: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let path: PathBuf = path
+            .py()
+            .import("os")?
+            .getattr("fspath")?
+            .call1((path,))?
+            .extract()?;
+        let mut meta = trace_writer::default_run_metadata();
+        for (k, v) in py_to_metadata(run_metadata)?.0 {
+            meta.insert(k, v);
+        }
+        let writer = Writer::create(&path, meta).map_err(writer_error)?;
+        Ok(PyWriter {
+            state: Mutex::new(State {
+                writer: Some(writer),
+                regions: Vec::new(),
+                prune_at: 64,
+                names: HashMap::new(),
+            }),
+            path,
+        })
+    }
+
+    /// The file being written.
+    #[getter]
+    fn path(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Record a numpy array or torch tensor with its real layout; returns
+    /// its record id. `lineage="auto"` records a view of a base added
+    /// earlier by this writer as its child (parent + `view` step); or pass
+    /// `dict(parents=[ids or names], ops=[op dicts], engine_op=...)`.
+    /// `ggml=(ne, nb)` keeps ggml's layout. Other keyword arguments are
+    /// metadata.
+    #[pyo3(signature = (name, tensor, *, layer=None, step=None, role=None, lineage=None, ggml=None, **metadata))]
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        tensor: &Bound<'_, PyAny>,
+        layer: Option<i64>,
+        step: Option<i64>,
+        role: Option<String>,
+        lineage: Option<&Bound<'_, PyAny>>,
+        ggml: Option<(Vec<i64>, Vec<u64>)>,
+        metadata: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Option<u64>> {
+        let parts = describe(py, tensor)?;
+        let (lin, parent_refs, auto) = parse_lineage(lineage)?;
+        let mut meta = TensorMeta {
+            layer,
+            step,
+            role,
+            metadata: py_to_metadata(metadata)?,
+            ..Default::default()
+        };
+        if let Some((ne, nb)) = ggml {
+            meta = meta.ggml_layout(&ne, &nb);
+        }
+        let owner = PyWeakrefReference::new(&parts.owner)
+            .ok()
+            .map(Bound::unbind);
+        let buf = parts
+            .buffer
+            .as_slice()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let base = buf.as_ptr() as usize;
+        let (dtype, layout) = (parts.dtype, parts.layout);
+        let span = layout
+            .byte_span(dtype)
+            .map_err(|e| TraceLayoutError::new_err(format!("tensor `{name}`: {e}")))?;
+
+        let mut st = self.lock();
+        let st = &mut *st;
+        meta.lineage = lin;
+        for p in parent_refs {
+            meta.lineage.parents.push(resolve(&st.names, p)?);
+        }
+        let w = st.writer.as_ref().ok_or_else(|| self.closed())?;
+        let Some((lo, hi)) = span else {
+            // no elements: nothing to point at
+            let id = w
+                .add_tensor(name, dtype, &layout.shape, &[], meta)
+                .map_err(writer_error)?;
+            if let Some(id) = id {
+                st.names.insert(name.to_owned(), id);
+            }
+            return Ok(id);
+        };
+        if lo < 0 || hi > buf.len() as i128 {
+            return Err(TraceLayoutError::new_err(format!(
+                "tensor `{name}`: bytes {lo}..{hi} lie outside its {}-byte storage",
+                buf.len()
+            )));
+        }
+        let (lo, hi) = (lo as usize, hi as usize);
+        let (abs_lo, abs_hi) = (base + lo, base + hi);
+        let elem0 = base + layout.storage_offset as usize;
+
+        // 1. a view of bytes already recorded
+        let mut found = None;
+        let mut stale = Vec::new();
+        for (i, r) in st.regions.iter().enumerate().rev() {
+            if !(r.start <= abs_lo && abs_hi <= r.start + r.len) {
+                continue;
+            }
+            let inside = r.start >= base && r.start + r.len <= base + buf.len();
+            let alive = r.owner.bind(py).upgrade().is_some();
+            if !inside || !alive {
+                if !alive {
+                    stale.push(i);
+                }
+                continue;
+            }
+            let now = &buf[r.start - base..r.start - base + r.len];
+            if crc32c(now) != r.crc {
+                stale.push(i);
+                continue;
+            }
+            found = Some(i);
+            break;
+        }
+        // forget regions whose owner died or whose bytes changed (met in
+        // descending order, all after `found`: removing them keeps its index)
+        for i in stale {
+            st.regions.remove(i);
+        }
+        let id = if let Some(i) = found {
+            let r = &st.regions[i];
+            let rebased = Layout {
+                storage_offset: (elem0 - r.start) as u64,
+                ..layout.clone()
+            };
+            if auto && r.is_tensor {
+                meta.lineage.parents.push(r.id);
+                meta.lineage.ops.push(Op::View {
+                    offset: rebased.storage_offset,
+                    shape: rebased.shape.clone(),
+                    byte_strides: rebased.byte_strides.clone(),
+                });
+            }
+            w.add_view(name, dtype, r.id, &rebased, meta)
+                .map_err(writer_error)?
+        } else if layout.is_contiguous(dtype) {
+            // 2. its own bytes
+            let bytes = &buf[lo..hi];
+            let id = w
+                .add_tensor(name, dtype, &layout.shape, bytes, meta)
+                .map_err(writer_error)?;
+            if let (Some(id), Some(owner)) = (id, owner) {
+                push_region(
+                    &mut st.regions,
+                    &mut st.prune_at,
+                    py,
+                    Region {
+                        start: abs_lo,
+                        len: hi - lo,
+                        id,
+                        is_tensor: true,
+                        crc: crc32c(bytes),
+                        owner,
+                    },
+                );
+            }
+            id
+        } else {
+            // 3. the storage once, the tensor as a view of it
+            let sid = w
+                .add_storage_with(
+                    &format!("{name}.storage"),
+                    buf,
+                    trace_writer::Metadata::new().with("first_view", name),
+                )
+                .map_err(writer_error)?;
+            if let Some(owner) = owner {
+                push_region(
+                    &mut st.regions,
+                    &mut st.prune_at,
+                    py,
+                    Region {
+                        start: base,
+                        len: buf.len(),
+                        id: sid,
+                        is_tensor: false,
+                        crc: crc32c(buf),
+                        owner,
+                    },
+                );
+            }
+            w.add_view(name, dtype, sid, &layout, meta)
+                .map_err(writer_error)?
+        };
+        if let Some(id) = id {
+            st.names.insert(name.to_owned(), id);
+        }
+        Ok(id)
+    }
+
+    /// Record statistics only (count, mean, std, min, max, …) of a numpy
+    /// array or torch tensor, not its values.
+    #[pyo3(signature = (name, tensor, *, layer=None, step=None, role=None, **metadata))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_stats(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        tensor: &Bound<'_, PyAny>,
+        layer: Option<i64>,
+        step: Option<i64>,
+        role: Option<String>,
+        metadata: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Option<u64>> {
+        let d = py
+            .import("tracedump._layout")?
+            .getattr("contiguous_bytes")?
+            .call1((tensor,))?;
+        let (dtype, shape, buffer): (String, Vec<u64>, PyReadonlyArray1<'_, u8>) = d.extract()?;
+        let dtype = dtype_from_name(&dtype)?;
+        let meta = TensorMeta {
+            layer,
+            step,
+            role,
+            metadata: py_to_metadata(metadata)?,
+            ..Default::default()
+        };
+        let bytes = buffer
+            .as_slice()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let mut st = self.lock();
+        let w = st.writer.as_ref().ok_or_else(|| self.closed())?;
+        let id = w
+            .add_stats_of(name, dtype, &shape, bytes, meta)
+            .map_err(writer_error)?;
+        if let Some(id) = id {
+            st.names.insert(name.to_owned(), id);
+        }
+        Ok(id)
+    }
+
+    /// Quantize f32 `values` (a numpy array or torch tensor, any layout;
+    /// rows must be whole blocks) to `dtype` ("q8_0" or "q4_0", bit-exact
+    /// with ggml's reference quantizer) and record the blocks.
+    #[pyo3(signature = (name, values, dtype="q8_0", *, layer=None, step=None, role=None, **metadata))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_quantized(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        values: &Bound<'_, PyAny>,
+        dtype: &str,
+        layer: Option<i64>,
+        step: Option<i64>,
+        role: Option<String>,
+        metadata: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Option<u64>> {
+        let dtype = dtype_from_name(dtype)?;
+        let d = py
+            .import("tracedump._layout")?
+            .getattr("f32_values")?
+            .call1((values,))?;
+        let (shape, buffer): (Vec<u64>, PyReadonlyArray1<'_, f32>) = d.extract()?;
+        let values = buffer
+            .as_slice()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let meta = TensorMeta {
+            layer,
+            step,
+            role,
+            metadata: py_to_metadata(metadata)?,
+            ..Default::default()
+        };
+        let mut st = self.lock();
+        let w = st.writer.as_ref().ok_or_else(|| self.closed())?;
+        let id = w
+            .add_quantized(name, dtype, &shape, values, meta)
+            .map_err(writer_error)?;
+        if let Some(id) = id {
+            st.names.insert(name.to_owned(), id);
+        }
+        Ok(id)
+    }
+
+    /// Record a tensor with no bytes of its own, rebuilt by readers from
+    /// its parents by replaying `ops` on their values (SPEC.md §5.4): the
+    /// mixed KV cache `concat(K_quant, K_hot) → permute`. `parents` are
+    /// record ids or names recorded by this writer.
+    #[pyo3(signature = (name, shape, parents, ops, dtype="f32", *, layer=None, step=None, role=None, **metadata))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_derived(
+        &self,
+        name: &str,
+        shape: Vec<u64>,
+        parents: &Bound<'_, PyAny>,
+        ops: &Bound<'_, PyAny>,
+        dtype: &str,
+        layer: Option<i64>,
+        step: Option<i64>,
+        role: Option<String>,
+        metadata: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Option<u64>> {
+        let dtype = dtype_from_name(dtype)?;
+        let spec = PyDict::new(parents.py());
+        spec.set_item("parents", parents)?;
+        spec.set_item("ops", ops)?;
+        let (lin, parent_refs, _) = parse_lineage(Some(spec.as_any()))?;
+        let mut meta = TensorMeta {
+            layer,
+            step,
+            role,
+            metadata: py_to_metadata(metadata)?,
+            lineage: lin,
+            ..Default::default()
+        };
+        let mut st = self.lock();
+        let st = &mut *st;
+        for p in parent_refs {
+            meta.lineage.parents.push(resolve(&st.names, p)?);
+        }
+        let w = st.writer.as_ref().ok_or_else(|| self.closed())?;
+        let id = w
+            .add_derived(name, dtype, &shape, meta)
+            .map_err(writer_error)?;
+        if let Some(id) = id {
+            st.names.insert(name.to_owned(), id);
+        }
+        Ok(id)
+    }
+
+    /// Hand every record written so far to the operating system.
+    fn flush(&self) -> PyResult<()> {
+        let st = self.lock();
+        st.writer
+            .as_ref()
+            .ok_or_else(|| self.closed())?
+            .flush()
+            .map_err(writer_error)
+    }
+
+    /// Write the footer index and close the file; returns {"records",
+    /// "dropped", "bytes"}. Closing twice does nothing (returns None).
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let w = {
+            let mut st = self.lock();
+            st.regions.clear();
+            st.writer.take()
+        };
+        let Some(w) = w else {
+            return Ok(None);
+        };
+        let s = w.finish().map_err(writer_error)?;
+        let d = PyDict::new(py);
+        d.set_item("records", s.records)?;
+        d.set_item("dropped", s.dropped)?;
+        d.set_item("bytes", s.bytes)?;
+        Ok(Some(d))
+    }
+
+    /// Whether `close()` was called.
+    #[getter(closed)]
+    fn is_closed(&self) -> bool {
+        self.lock().writer.is_none()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        let st = self.lock();
+        format!(
+            "Writer({:?}, {})",
+            self.path.display().to_string(),
+            if st.writer.is_some() {
+                "open"
+            } else {
+                "closed"
+            }
+        )
+    }
+}

@@ -1,0 +1,133 @@
+"""The Writer: metadata, lineage, storage reuse, stats, errors."""
+
+import numpy as np
+import pytest
+
+import tracedump
+
+
+def test_run_and_tensor_metadata(tmp_path):
+    p = tmp_path / "m.tdump"
+    with tracedump.Writer(p, engine="mine", n=3, big=2**63 + 1, ratio=0.5, ok=True, blob=b"\x00\x01", cfg={"l": [1, "a", None and 1 or 2.5]}) as w:
+        assert "open" in repr(w)
+        i = w.add("x", np.zeros(3, np.float32), layer=2, step=5, role="q", note="hi", k=np.int64(7))
+        assert i == 1
+    assert w.closed and w.close() is None
+    t = tracedump.open(p)
+    md = t.metadata
+    assert md["engine"] == "mine" and md["n"] == 3 and md["big"] == 2**63 + 1
+    assert md["ratio"] == 0.5 and md["ok"] is True and md["blob"] == b"\x00\x01"
+    assert md["cfg"] == {"l": [1, "a", 2.5]} and "tracedump_version" in md
+    x = t["x"]
+    assert (x.layer, x.step, x.role) == (2, 5, "q")
+    assert x.metadata == {"note": "hi", "k": 7}
+
+
+def test_explicit_lineage_and_ggml(tmp_path):
+    p = tmp_path / "l.tdump"
+    a = np.arange(16, dtype=np.float32).reshape(4, 4)
+    with tracedump.Writer(p) as w:
+        ia = w.add("a", a)
+        w.add("at", np.ascontiguousarray(a.T), lineage={"parents": ["a"], "ops": [{"op": "transpose", "a": 0, "b": 1}, {"op": "cont"}]})
+        ib = w.add("b", (a * 2).astype(np.float16), lineage={"parents": [ia], "ops": [{"op": "convert", "dtype": "f16"}]}, ggml=([4, 4], [2, 8]))
+        with pytest.raises(ValueError, match="not recorded"):
+            w.add("c", a, lineage={"parents": ["nope"]})
+        with pytest.raises(ValueError, match="frobnicate"):
+            w.add("c", a, lineage={"parents": [ia], "ops": [{"op": "frobnicate"}]})
+        with pytest.raises(ValueError, match="parents"):
+            w.add("c", a, lineage={"ops": [{"op": "cont"}]})
+        with pytest.raises(TypeError):
+            w.add("c", a, lineage=[{"op": "cont"}])
+    t = tracedump.open(p)
+    assert t["at"].parents == [{"id": ia, "name": "a"}]
+    assert t["at"].lineage == [{"op": "transpose", "a": 0, "b": 1}, {"op": "cont"}]
+    assert t["b"].ggml == {"ne": [4, 4], "nb": [2, 8]} and t["b"].id == ib
+    assert t["b"].lineage == [{"op": "convert", "dtype": "f16"}]
+    assert t.verify().ok
+
+
+def test_storage_reused_until_it_changes(tmp_path):
+    p = tmp_path / "s.tdump"
+    cache = np.zeros((8, 4), np.float32)
+    with tracedump.Writer(p) as w:
+        w.add("cache", cache)
+        w.add("k#0", cache[:2].T, lineage="auto")
+        cache[2] = 1.0  # in place, as an engine updates its KV cache
+        w.add("k#1", cache[:3].T, lineage="auto")
+    t = tracedump.open(p)
+    assert t["k#0"].storage == t["cache"].id and t["k#0"].parents[0]["name"] == "cache"
+    assert t["k#1"].storage != t["cache"].id and t["k#1"].parents == []
+    assert np.array_equal(t["k#0"].numpy(), np.zeros((4, 2)))
+    assert np.array_equal(t["k#1"].numpy(), cache[:3].T)
+    assert t.verify().ok
+
+
+def test_repeated_names(tmp_path):
+    p = tmp_path / "r.tdump"
+    with tracedump.Writer(p) as w:
+        for step in range(3):
+            w.add("h", np.full(2, step, np.int32), step=step)
+    t = tracedump.open(p)
+    assert [x.step for x in t.find("h")] == [0, 1, 2]
+    assert t["h"].step == 0 and t["h#2"].step == 2 and t["h#2"].occurrence == 2
+    assert t.names() == ["h"]
+
+
+def test_add_stats(tmp_path):
+    p = tmp_path / "st.tdump"
+    a = np.arange(10, dtype=np.float32)[::2]
+    with tracedump.Writer(p) as w:
+        w.add_stats("s", a, layer=1)
+    s = tracedump.open(p)["s"]
+    assert s.is_stats_only and s.shape == (5,) and s.layer == 1
+    assert s.stats["count"] == 5 and s.stats["mean"] == 4.0 and s.stats["max"] == 8.0
+
+
+def test_torch_stats_and_bf16(tmp_path):
+    torch = pytest.importorskip("torch")
+    p = tmp_path / "tb.tdump"
+    x = torch.arange(6, dtype=torch.bfloat16).reshape(2, 3)
+    with tracedump.Writer(p) as w:
+        w.add_stats("s", x.t())
+        w.add("x", x)
+    t = tracedump.open(p)
+    assert t["s"].stats["mean"] == 2.5 and t["s"].shape == (3, 2)
+    assert np.array_equal(t["x"].materialize("f32"), np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert t["x"].materialize("f64").dtype == np.float64
+
+
+def test_errors(tmp_path):
+    w = tracedump.Writer(tmp_path / "e.tdump")
+    with pytest.raises(TypeError):
+        w.add("c", np.zeros(2, np.complex64))
+    with pytest.raises(TypeError):
+        w.add("o", np.array(["a"], dtype=object))
+    w.close()
+    with pytest.raises(tracedump.TraceError, match="closed"):
+        w.add("x", np.zeros(1))
+    with pytest.raises(tracedump.TraceIOError):
+        tracedump.Writer(tmp_path / "no" / "such" / "dir.tdump")
+
+
+def test_unfinished_file_is_readable(tmp_path):
+    p = tmp_path / "u.tdump"
+    w = tracedump.Writer(p)
+    w.add("a", np.ones(4, np.float32))
+    w.flush()
+    t = tracedump.open(p)  # no footer yet: opened by scanning
+    assert not t.is_finished and np.array_equal(t["a"].numpy(), np.ones(4))
+    w.close()
+    assert tracedump.open(p).is_finished
+
+
+def test_many_short_lived_tensors(tmp_path):
+    p = tmp_path / "many.tdump"
+    base = np.arange(64, dtype=np.float32).reshape(8, 8)
+    with tracedump.Writer(p) as w:
+        ib = w.add("base", base)
+        for i in range(300):  # temporaries: their regions are dropped as they die
+            w.add(f"tmp{i}", np.full(4, i, np.float32))
+        iv = w.add("view", base.T, lineage="auto")
+    t = tracedump.open(p)
+    assert t["view"].storage == ib and t["view"].parents[0]["id"] == ib and iv == ib + 301
+    assert np.array_equal(t["tmp299"].numpy(), np.full(4, 299, np.float32))
