@@ -37,7 +37,7 @@ pypackage: pyenv
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./python
 
 ## Every test, Rust and Python.
-test: pyenv test-rust
+test: pyenv test-rust test-python
 
 test-python: pypackage
 	$(PYTHON) -m pytest -q python/tests
