@@ -32,6 +32,8 @@ from ._tracedump import (
     compare,
     open,
 )
+from . import reference
+from .capture import capture
 
 __all__ = [
     "DiffResult",
@@ -48,6 +50,8 @@ __all__ = [
     "VerifyReport",
     "Writer",
     "__version__",
+    "capture",
     "compare",
     "open",
+    "reference",
 ]

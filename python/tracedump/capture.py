@@ -1,8 +1,8 @@
 """Record every submodule's inputs and outputs of a torch model into a trace.
 
-    import tracedump.capture
+    import tracedump
 
-    with tracedump.capture.capture(model, "run.tdump", engine="torch") as cap:
+    with tracedump.capture(model, "run.tdump", engine="torch") as cap:
         model(input_ids)          # step 0
         model(next_ids)           # step 1
     print(cap.records, "tensors in", cap.path)
