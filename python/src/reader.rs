@@ -33,6 +33,9 @@ pub struct Shared {
     /// A private copy-on-write mapping of the same file, for torch tensors
     /// (mapped at open time, right after the read-only one).
     cow: Result<Arc<Source>, String>,
+    /// The whole copy-on-write mapping as one torch tensor per dtype, made
+    /// on first use: a tensor's `.torch()` is then one `as_strided` over it.
+    whole: std::sync::Mutex<std::collections::HashMap<&'static str, Py<PyAny>>>,
 }
 
 impl Shared {
@@ -48,7 +51,11 @@ impl Shared {
             )),
             Err(e) => Err(format!("{}: {e}", path.display())),
         };
-        Ok(Shared { trace, cow })
+        Ok(Shared {
+            trace,
+            cow,
+            whole: Default::default(),
+        })
     }
 
     fn cow(&self) -> PyResult<&Arc<Source>> {
@@ -602,6 +609,49 @@ impl PyTensor {
     }
 
     /// Bytes of a mapping described by `m`, as a numpy array (a view, not a copy).
+    /// The whole copy-on-write mapping as a 1-D torch tensor of `tdtype`
+    /// (cached per trace and dtype; the tensor keeps the mapping alive).
+    fn whole_file<'py>(
+        &self,
+        py: Python<'py>,
+        torch: &Bound<'py, PyModule>,
+        tname: &'static str,
+        tdtype: &Bound<'py, PyAny>,
+        size: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(t) = self
+            .shared
+            .whole
+            .lock()
+            .map_err(|_| TraceError::new_err("poisoned cache"))?
+            .get(tname)
+        {
+            return Ok(t.bind(py).clone());
+        }
+        let cow = self.shared.cow()?;
+        let len = cow.len() as u64 - cow.len() as u64 % size;
+        let bytes = self.mapped(
+            py,
+            MappedBytes {
+                source: Arc::clone(cow),
+                offset: 0,
+                shape: vec![len],
+                strides: vec![1],
+                typestr: "|u1",
+                writable: true,
+            },
+        )?;
+        let t = torch
+            .call_method1("from_numpy", (bytes,))?
+            .call_method1("view", (tdtype,))?;
+        self.shared
+            .whole
+            .lock()
+            .map_err(|_| TraceError::new_err("poisoned cache"))?
+            .insert(tname, t.clone().unbind());
+        Ok(t)
+    }
+
     fn mapped<'py>(&self, py: Python<'py>, m: MappedBytes) -> PyResult<Bound<'py, PyAny>> {
         if m.offset > m.source.len() as u64 {
             return Err(TraceError::new_err(format!(
@@ -887,6 +937,19 @@ impl PyTensor {
             let t = t.call_method1("view", (tdtype,))?;
             return t.call_method1("reshape", (PyTuple::new(py, &layout.shape)?,));
         };
+        let absolute = info.storage_file_offset() + layout.storage_offset;
+        if absolute % size == 0 {
+            let whole = self.whole_file(py, &torch, tname, &tdtype, size)?;
+            return torch.call_method1(
+                "as_strided",
+                (
+                    whole,
+                    PyTuple::new(py, &layout.shape)?,
+                    PyTuple::new(py, strides)?,
+                    absolute / size,
+                ),
+            );
+        }
         let cow = self.shared.cow()?;
         let len = info.storage_len() - info.storage_len() % size;
         let bytes = self.mapped(
