@@ -369,7 +369,8 @@ fn extent(shape: &[u64], strides: &[i64], offset: i128) -> Option<(i128, i128)> 
     Some((lo, hi))
 }
 
-fn check_axes(axes: &[u32], ndim: usize) -> Result<(), LayoutError> {
+/// Check that `axes` is a permutation of `0..ndim`.
+pub fn check_axes(axes: &[u32], ndim: usize) -> Result<(), LayoutError> {
     let mut seen = vec![false; ndim];
     let ok = axes.len() == ndim
         && axes.iter().all(|&a| {

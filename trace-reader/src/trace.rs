@@ -328,19 +328,9 @@ impl Trace {
         layout
             .check_within(dtype, t.nbytes)
             .map_err(|e| err(e.to_string()))?;
-        let ne: Vec<i64> = t.ne.iter().map(|&n| n as i64).collect();
-        let nb: Vec<u64> = {
-            let mut nb = vec![dtype.block_bytes(); t.ne.len()];
-            for i in 1..t.ne.len() {
-                let prev = if i == 1 {
-                    t.ne[0] / dtype.block_elems()
-                } else {
-                    t.ne[i - 1]
-                };
-                nb[i] = nb[i - 1].saturating_mul(prev);
-            }
-            nb
-        };
+        // ggml's ne/nb of the contiguous tensor (nb[0] = block bytes)
+        let (ne, nb) = trace_format::layout::ggml::from_canonical(&layout, t.ne.len())
+            .ok_or_else(|| err("its layout has no ggml form".into()))?;
         let r = self.records[id as usize];
         Ok(TensorInfo {
             id,

@@ -94,35 +94,32 @@ pub(crate) fn gather<T>(
     }
     if dtype.is_block() {
         let el = layout.element_layout(dtype).map_err(|e| e.to_string())?;
-        let (mut lo, mut hi) = (el.offset as i128, el.offset as i128);
-        for (&n, &s) in el.shape.iter().zip(&el.strides) {
-            let reach = (n as i128 - 1) * s as i128;
-            if reach < 0 {
-                lo += reach;
-            } else {
-                hi += reach;
-            }
-        }
-        let (be, bb) = (dtype.block_elems() as i128, dtype.block_bytes() as i128);
-        let (first, last) = (lo / be, hi / be);
-        let bytes = usize::try_from(first * bb)
+        // the whole blocks the view spans (SPEC.md §6), checked against the storage
+        let (start, end) = layout
+            .byte_span(dtype)
+            .map_err(|e| e.to_string())?
+            .unwrap_or((0, 0));
+        let bytes = usize::try_from(start)
             .ok()
-            .zip(usize::try_from((last + 1) * bb).ok())
+            .zip(usize::try_from(end).ok())
             .and_then(|(a, b)| storage.get(a..b))
             .ok_or_else(|| {
                 format!(
-                    "blocks {first}..={last} lie outside the storage of {} bytes",
+                    "bytes {start}..{end} lie outside the storage of {} bytes",
                     storage.len()
                 )
             })?;
-        let blocks = ((last - first + 1) * be) as u64;
-        let mut deq = reserve::<f32>(blocks, limit.saturating_add(blocks))?;
-        deq.resize(blocks as usize, 0.0);
+        let (be, bb) = (dtype.block_elems(), dtype.block_bytes());
+        let first = start as u64 / bb;
+        // bounded by the storage's size, so no value limit applies
+        let values = bytes.len() as u64 / bb * be;
+        let mut deq = reserve::<f32>(values, u64::MAX)?;
+        deq.resize(values as usize, 0.0);
         trace_quant::dequantize(dtype, bytes, &mut deq).map_err(|e| e.to_string())?;
         let shifted = Layout {
             shape: el.shape,
             byte_strides: el.strides,
-            storage_offset: (el.offset as i128 - first * be) as u64,
+            storage_offset: el.offset - first * be,
         };
         walk(&shifted, |i| out.push(conv(f64::from(deq[i]))));
         return Ok(out);
@@ -138,15 +135,18 @@ pub(crate) fn gather<T>(
     Ok(out)
 }
 
-/// Round `v` to the nearest value of the float dtype `dtype`.
-pub(crate) fn round_to(dtype: DType, v: f64) -> Result<f64, String> {
-    Ok(match dtype {
-        DType::F64 => v,
-        DType::F32 => f64::from(v as f32),
-        DType::F16 => half::f16::from_f64(v).to_f64(),
-        DType::BF16 => half::bf16::from_f64(v).to_f64(),
+/// Round every value to the nearest value of the float dtype `dtype`
+/// (round to nearest even); other dtypes are an error.
+fn round_all(array: &mut ArrayD<f64>, dtype: DType) -> Result<(), String> {
+    let round: fn(f64) -> f64 = match dtype {
+        DType::F64 => return Ok(()),
+        DType::F32 => |v| f64::from(v as f32),
+        DType::F16 => |v| half::f16::from_f64(v).to_f64(),
+        DType::BF16 => |v| half::bf16::from_f64(v).to_f64(),
         other => return Err(format!("converting values to {other} is not supported")),
-    })
+    };
+    array.mapv_inplace(round);
+    Ok(())
 }
 
 /// What a value replay holds between steps.
@@ -284,7 +284,7 @@ impl<'t> Replay<'t, '_> {
         let (dtype, array) = self.values(state)?;
         let array = match op {
             Op::Permute { axes } => {
-                check_axes(axes, array.ndim()).map_err(|e| self.err(e))?;
+                trace_format::layout::check_axes(axes, array.ndim()).map_err(layout_err)?;
                 array.permuted_axes(axes.iter().map(|&a| a as usize).collect::<Vec<_>>())
             }
             Op::Transpose { a, b } => {
@@ -353,16 +353,7 @@ impl<'t> Replay<'t, '_> {
             Op::Convert { dtype: to } | Op::Dequantize { dtype: to } => {
                 let mut array = array;
                 if dtype != Some(*to) && !to.is_block() {
-                    let mut bad = None;
-                    array.mapv_inplace(|v| {
-                        round_to(*to, v).unwrap_or_else(|e| {
-                            bad = Some(e);
-                            v
-                        })
-                    });
-                    if let Some(e) = bad {
-                        return Err(self.err(e));
-                    }
+                    round_all(&mut array, *to).map_err(|e| self.err(e))?;
                 } else if to.is_block() {
                     return Err(self.err(format!("{op:?} to a block type: use Quantize")));
                 }
@@ -395,20 +386,6 @@ impl<'t> Replay<'t, '_> {
         };
         Ok(State::Values { dtype, array })
     }
-}
-
-fn check_axes(axes: &[u32], ndim: usize) -> Result<(), String> {
-    let mut seen = vec![false; ndim];
-    for &a in axes {
-        match seen.get_mut(a as usize) {
-            Some(s) if !*s => *s = true,
-            _ => return Err(format!("{axes:?} is not a permutation of {ndim} axes")),
-        }
-    }
-    if axes.len() != ndim {
-        return Err(format!("{axes:?} is not a permutation of {ndim} axes"));
-    }
-    Ok(())
 }
 
 /// Rebuild the values of a derived tensor (data kind 3), row-major in the
@@ -475,17 +452,13 @@ fn derive_cached(
             let mut parts = Vec::with_capacity(lineage.parents.len());
             let mut dtype = None;
             let mut mixed = false;
-            let mut total = 0u64;
+            // their sizes were checked against the limit above
             for (i, &p) in lineage.parents.iter().enumerate() {
                 let (dt, a) = r.values(r.parent(p, depth)?)?;
                 if i > 0 && dt != dtype {
                     mixed = true;
                 }
                 dtype = dt;
-                total = total.saturating_add(a.len() as u64);
-                if total > r.limit {
-                    return Err(r.err(format!("the parts hold more than {} values", r.limit)));
-                }
                 parts.push(a);
             }
             if parts.is_empty() || parts.iter().any(|a| axis >= a.ndim()) {
@@ -528,16 +501,7 @@ fn derive_cached(
     }
     let mut array = array.as_standard_layout().into_owned();
     if dtype != Some(tensor.dtype) && !tensor.dtype.is_block() {
-        let mut bad = None;
-        array.mapv_inplace(|v| {
-            round_to(tensor.dtype, v).unwrap_or_else(|e| {
-                bad = Some(e);
-                v
-            })
-        });
-        if let Some(e) = bad {
-            return Err(r.err(e));
-        }
+        round_all(&mut array, tensor.dtype).map_err(|e| r.err(e))?;
     }
     Ok(array)
 }

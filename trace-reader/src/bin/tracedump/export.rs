@@ -470,6 +470,32 @@ fn usual_permissions(path: &Path) -> Option<fs::Permissions> {
 /// Read a safetensors file and record its tensors, contiguous, in a new trace.
 ///
 /// Run metadata: every `__metadata__` entry (as a string) and `imported_from`.
+/// Write a trace at `output` through `record`, atomically: into a temporary
+/// file beside it, renamed into place when complete, removed on failure.
+/// Returns the size of the trace.
+fn write_trace_atomically(
+    output: &Path,
+    run: Metadata,
+    record: impl FnOnce(&Writer) -> Result<()>,
+) -> Result<u64> {
+    let tmp = temp_path(output);
+    let result = (|| -> Result<u64> {
+        let w = Writer::create(&tmp, run)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        record(&w)?;
+        let s = w
+            .finish()
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, output)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
+        Ok(s.bytes)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Convert a GGUF file into a trace: every tensor with its raw bytes (block
 /// types stay blocks), ggml `ne`/`nb` kept as the source layout, layer and
 /// step from the names, the key-value metadata as run metadata.
@@ -486,10 +512,7 @@ pub fn import_gguf(input: &Path, output: &Path) -> Result<ImportSummary> {
     }
     let mut run = trace.run_metadata().clone();
     run.insert("imported_from", input.display().to_string());
-    let tmp = temp_path(output);
-    let result = (|| -> Result<u64> {
-        let w = Writer::create(&tmp, run)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let bytes = write_trace_atomically(output, run, |w| {
         for t in trace.tensors() {
             let t = t?;
             let view = trace.view(t.id)?;
@@ -504,23 +527,12 @@ pub fn import_gguf(input: &Path, output: &Path) -> Result<ImportSummary> {
             w.add_tensor(&t.name, t.dtype, &t.layout.shape, bytes, meta)
                 .with_context(|| format!("{}: tensor `{}`", input.display(), t.name))?;
         }
-        let s = w
-            .finish()
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, output)
-            .with_context(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
-        Ok(s.bytes)
-    })();
-    match result {
-        Ok(bytes) => Ok(ImportSummary {
-            tensors: trace.len() as u64,
-            bytes,
-        }),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+        Ok(())
+    })?;
+    Ok(ImportSummary {
+        tensors: trace.len() as u64,
+        bytes,
+    })
 }
 
 /// Tensors are recorded in the order of the source trace when the file came
@@ -567,10 +579,7 @@ pub fn import_safetensors(input: &Path, output: &Path) -> Result<ImportSummary> 
     };
     order.sort_by(|(a, _), (b, _)| key(a).cmp(&key(b)).then_with(|| a.cmp(b)));
 
-    let tmp = temp_path(output);
-    let result = (|| -> Result<u64> {
-        let w = Writer::create(&tmp, run)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let bytes = write_trace_atomically(output, run, |w| {
         for (name, t) in &order {
             let dtype = from_st_dtype(t.dtype()).ok_or_else(|| {
                 anyhow!(
@@ -592,23 +601,12 @@ pub fn import_safetensors(input: &Path, output: &Path) -> Result<ImportSummary> 
             w.add_tensor(name, dtype, &shape, t.data(), meta)
                 .with_context(|| format!("{}: tensor `{name}`", input.display()))?;
         }
-        let s = w
-            .finish()
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, output)
-            .with_context(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
-        Ok(s.bytes)
-    })();
-    match result {
-        Ok(bytes) => Ok(ImportSummary {
-            tensors: order.len() as u64,
-            bytes,
-        }),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+        Ok(())
+    })?;
+    Ok(ImportSummary {
+        tensors: order.len() as u64,
+        bytes,
+    })
 }
 
 // ---------------------------------------------------------------------------
