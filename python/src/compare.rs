@@ -263,6 +263,13 @@ impl DiffResult {
         self.report.pairs.len()
     }
 
+    /// A notebook view: the verdict and the first divergence on top, the
+    /// per-layer error growth, then the pairs up to a little past the first
+    /// divergence (that row highlighted).
+    fn _repr_html_(&self) -> String {
+        diff_html(&self.report)
+    }
+
     fn __repr__(&self) -> String {
         let first = self
             .report
@@ -287,4 +294,153 @@ impl DiffResult {
             }
         )
     }
+}
+
+fn num(x: f64) -> String {
+    if x == 0.0 || (1e-3..1e4).contains(&x.abs()) {
+        format!("{x:.4}")
+    } else {
+        format!("{x:.3e}")
+    }
+}
+
+/// The HTML of a comparison for notebooks (self-contained, no scripts).
+fn diff_html(r: &DiffReport) -> String {
+    use crate::convert::html_escape as esc;
+    const AROUND: usize = 10;
+    const ROWS: usize = 60;
+    let mut h = String::from("<div class=\"tracedump-diff\">");
+    let first = r
+        .first_divergence
+        .and_then(|i| r.pairs.get(i).map(|p| (i, p)));
+    h.push_str(&format!(
+        "<p><b>DiffResult</b>: {} pairs, {}; tolerance atol={} rtol={} min cosine={}</p>",
+        r.pairs.len(),
+        if r.agrees() {
+            "<span style=\"color:green\">the runs agree</span>".to_owned()
+        } else {
+            format!(
+                "<span style=\"color:#b00\"><b>{} divergent</b></span>",
+                r.pairs.iter().filter(|p| p.verdict.is_divergent()).count()
+            )
+        },
+        r.tolerance.atol,
+        r.tolerance.rtol,
+        r.tolerance.min_cosine
+    ));
+    if let Some((i, p)) = first {
+        let (_, why) = verdict_name(&p.verdict);
+        h.push_str(&format!(
+            "<p>first divergence: pair {} <code>{}</code> (A <code>{}</code> #{}, B <code>{}</code> #{}){}</p>",
+            i,
+            esc(&p.key),
+            esc(&p.a.name),
+            p.a.id,
+            esc(&p.b.name),
+            p.b.id,
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", esc(&why.join("; ")))
+            }
+        ));
+    }
+    for (label, list) in [
+        ("only in A", &r.only_in_a),
+        ("only in B", &r.only_in_b),
+        ("unreadable", &r.unreadable),
+    ] {
+        if !list.is_empty() {
+            let shown: Vec<String> = list.iter().take(10).map(|s| esc(s)).collect();
+            h.push_str(&format!(
+                "<p>{label} ({}): {}{}</p>",
+                list.len(),
+                shown.join(", "),
+                if list.len() > 10 { ", …" } else { "" }
+            ));
+        }
+    }
+    if !r.layers.is_empty() {
+        h.push_str(
+            "<table><thead><tr><th>layer</th><th>pairs</th><th>divergent</th><th>max abs</th>\
+             <th>min cosine</th><th>last</th><th>std A</th><th>std B</th><th>std ratio</th>\
+             </tr></thead><tbody>",
+        );
+        for l in &r.layers {
+            h.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                l.layer.map(|x| x.to_string()).unwrap_or_else(|| "—".into()),
+                l.pairs,
+                l.divergent,
+                num(l.max_abs),
+                num(l.min_cosine),
+                esc(&l.last),
+                num(l.a.std),
+                num(l.b.std),
+                num(l.std_ratio)
+            ));
+        }
+        h.push_str("</tbody></table>");
+    }
+    let end = match first {
+        Some((i, _)) => (i + AROUND + 1).max(ROWS.min(r.pairs.len())),
+        None => ROWS,
+    }
+    .min(r.pairs.len());
+    let start = end.saturating_sub(ROWS);
+    h.push_str(
+        "<table><thead><tr><th>#</th><th>tensor</th><th>layer</th><th>dtype</th><th>shape</th>\
+         <th>verdict</th><th>max abs</th><th>max rel</th><th>cosine</th><th>mean A</th>\
+         <th>mean B</th><th>std A</th><th>std B</th></tr></thead><tbody>",
+    );
+    if start > 0 {
+        h.push_str(&format!(
+            "<tr><td colspan=13>… {start} pairs before</td></tr>"
+        ));
+    }
+    for (i, p) in r.pairs.iter().enumerate().take(end).skip(start) {
+        let (verdict, _) = verdict_name(&p.verdict);
+        let style = if Some(i) == r.first_divergence {
+            " style=\"background:#fdd;font-weight:bold\""
+        } else if p.verdict.is_divergent() {
+            " style=\"background:#fee\""
+        } else {
+            ""
+        };
+        let m = p
+            .metrics
+            .as_ref()
+            .filter(|_| !matches!(p.verdict, Verdict::StatsOnly));
+        let cell = |f: fn(&trace_reader::compare::Metrics) -> f64| {
+            m.map(|m| num(f(m))).unwrap_or_else(|| "—".into())
+        };
+        let dtype = if p.a.dtype == p.b.dtype {
+            p.a.dtype.clone()
+        } else {
+            format!("{} / {}", p.a.dtype, p.b.dtype)
+        };
+        h.push_str(&format!(
+            "<tr{style}><td>{i}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{verdict}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&p.key),
+            p.a.layer.or(p.b.layer).map(|l| l.to_string()).unwrap_or_default(),
+            esc(&dtype),
+            p.a.shape,
+            cell(|m| m.max_abs),
+            cell(|m| m.max_rel),
+            cell(|m| m.cosine),
+            p.metrics.as_ref().map(|m| num(m.a.mean)).unwrap_or_default(),
+            p.metrics.as_ref().map(|m| num(m.b.mean)).unwrap_or_default(),
+            p.metrics.as_ref().map(|m| num(m.a.std)).unwrap_or_default(),
+            p.metrics.as_ref().map(|m| num(m.b.std)).unwrap_or_default(),
+        ));
+    }
+    if end < r.pairs.len() {
+        h.push_str(&format!(
+            "<tr><td colspan=13>… {} more pairs (all of them: <code>.to_pandas()</code>)</td></tr>",
+            r.pairs.len() - end
+        ));
+    }
+    h.push_str("</tbody></table></div>");
+    h
 }

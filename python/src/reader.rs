@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use numpy::PyArray1;
 use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use trace_reader::{DType, ReaderError, Source, TensorFilter, TensorInfo, Trace};
 
 use crate::convert::{
@@ -107,6 +108,19 @@ fn torch_type(dtype: DType) -> Option<&'static str> {
         DType::F8_E4M3 => "float8_e4m3fn",
         DType::F8_E5M2 => "float8_e5m2",
         _ => return None,
+    })
+}
+
+/// torch's dtype object named `tname`, or a clear error naming the tensor.
+fn torch_dtype<'py>(
+    torch: &Bound<'py, PyModule>,
+    tname: &str,
+    tensor: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    torch.getattr(tname).map_err(|_| {
+        TraceError::new_err(format!(
+            "tensor `{tensor}`: this torch has no {tname} dtype"
+        ))
     })
 }
 
@@ -243,8 +257,8 @@ impl PyTrace {
     /// 0), or `trace[i]` (the i-th tensor in record order).
     fn __getitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
         let shared = self.shared()?;
-        if let Ok(name) = key.extract::<String>() {
-            let id = shared.trace.resolve(&name).map_err(reader_error)?;
+        if let Ok(name) = key.cast::<PyString>() {
+            let id = shared.trace.resolve(name.to_str()?).map_err(reader_error)?;
             return Self::tensor_at(&shared, id);
         }
         if let Ok(i) = key.extract::<i64>() {
@@ -614,9 +628,7 @@ impl PyTensor {
     fn whole_file<'py>(
         &self,
         py: Python<'py>,
-        torch: &Bound<'py, PyModule>,
         tname: &'static str,
-        tdtype: &Bound<'py, PyAny>,
         size: u64,
     ) -> PyResult<Bound<'py, PyAny>> {
         if let Some(t) = self
@@ -628,6 +640,8 @@ impl PyTensor {
         {
             return Ok(t.bind(py).clone());
         }
+        let torch = py.import("torch")?;
+        let tdtype = torch_dtype(&torch, tname, &self.info()?.name)?;
         let cow = self.shared.cow()?;
         let len = cow.len() as u64 - cow.len() as u64 % size;
         let bytes = self.mapped(
@@ -911,24 +925,35 @@ impl PyTensor {
     /// strides that are not whole elements, quantized and derived tensors
     /// come as a copy (quantized/derived: f32).
     fn torch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        static AS_STRIDED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let info = self.info()?;
         self.require_values(info)?;
-        let torch = py.import("torch")?;
-        let Some(tname) = torch_type(info.dtype).filter(|_| !info.derived) else {
-            return torch.call_method1("from_numpy", (self.f32_array(py)?,));
-        };
-        let tdtype = torch.getattr(tname).map_err(|_| {
-            TraceError::new_err(format!(
-                "tensor `{}`: this torch has no {tname} dtype",
-                info.name
-            ))
-        })?;
+        let tname = torch_type(info.dtype).filter(|_| !info.derived);
         let size = info.dtype.block_bytes();
         let layout = &info.layout;
         let elems = info
             .element_strides()
             .filter(|s| s.iter().all(|&x| x >= 0))
             .filter(|_| layout.storage_offset % size == 0);
+        let absolute = info.storage_file_offset() + layout.storage_offset;
+        if let (Some(tname), Some(strides)) = (tname, &elems) {
+            if absolute % size == 0 {
+                // the common case, kept short: one call into torch
+                let whole = self.whole_file(py, tname, size)?;
+                let as_strided = AS_STRIDED.import(py, "torch", "as_strided")?;
+                return as_strided.call1((
+                    whole,
+                    PyTuple::new(py, &layout.shape)?,
+                    PyTuple::new(py, strides)?,
+                    absolute / size,
+                ));
+            }
+        }
+        let torch = py.import("torch")?;
+        let Some(tname) = tname else {
+            return torch.call_method1("from_numpy", (self.f32_array(py)?,));
+        };
+        let tdtype = torch_dtype(&torch, tname, &info.name)?;
         let Some(strides) = elems else {
             // a copy, row-major
             let view = self.view()?;
@@ -937,19 +962,6 @@ impl PyTensor {
             let t = t.call_method1("view", (tdtype,))?;
             return t.call_method1("reshape", (PyTuple::new(py, &layout.shape)?,));
         };
-        let absolute = info.storage_file_offset() + layout.storage_offset;
-        if absolute % size == 0 {
-            let whole = self.whole_file(py, &torch, tname, &tdtype, size)?;
-            return torch.call_method1(
-                "as_strided",
-                (
-                    whole,
-                    PyTuple::new(py, &layout.shape)?,
-                    PyTuple::new(py, strides)?,
-                    absolute / size,
-                ),
-            );
-        }
         let cow = self.shared.cow()?;
         let len = info.storage_len() - info.storage_len() % size;
         let bytes = self.mapped(

@@ -203,20 +203,72 @@ fn resolve(names: &HashMap<String, u64>, p: ParentRef) -> PyResult<u64> {
 impl PyWriter {
     /// Create (truncate) `path`; keyword arguments are run metadata, added
     /// to the defaults (command line, time, pid, tracedump version).
+    ///
+    /// `mode="background"` hands records to a writer thread: `add` then
+    /// costs one copy of the bytes, and at most `queue_bytes` wait in memory;
+    /// when they are used up `when_full="block"` waits for room and
+    /// `"drop"` drops the record (counted in `dropped`). `include` (a regex
+    /// searched in the name), `layers` and `steps` (iterables of ints)
+    /// restrict what is recorded; tensors without a layer (step) pass a
+    /// layer (step) filter.
     #[new]
-    #[pyo3(signature = (path, **run_metadata))]
-    fn new(path: &Bound<'_, PyAny>, run_metadata: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+    #[pyo3(signature = (path, *, mode="sync", queue_bytes=256 << 20, when_full="block", include=None, layers=None, steps=None, **run_metadata))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        path: &Bound<'_, PyAny>,
+        mode: &str,
+        queue_bytes: u64,
+        when_full: &str,
+        include: Option<&str>,
+        layers: Option<Vec<i64>>,
+        steps: Option<Vec<i64>>,
+        run_metadata: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
         let path: PathBuf = path
             .py()
             .import("os")?
             .getattr("fspath")?
             .call1((path,))?
             .extract()?;
+        let when_full = match when_full {
+            "block" => trace_writer::WhenFull::Block,
+            "drop" => trace_writer::WhenFull::Drop,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "when_full must be \"block\" or \"drop\", not {other:?}"
+                )))
+            }
+        };
+        let mode = match mode {
+            "sync" => trace_writer::Mode::Sync,
+            "background" => trace_writer::Mode::Background {
+                budget_bytes: queue_bytes,
+                when_full,
+            },
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "mode must be \"sync\" or \"background\", not {other:?}"
+                )))
+            }
+        };
+        let mut filter = match include {
+            Some(p) => trace_writer::CaptureFilter::names(p)
+                .map_err(|e| PyValueError::new_err(format!("include: {e}")))?,
+            None => trace_writer::CaptureFilter::all(),
+        };
+        if let Some(l) = layers {
+            filter = filter.with_layers(l);
+        }
+        if let Some(s) = steps {
+            filter = filter.with_steps(s);
+        }
         let mut meta = trace_writer::default_run_metadata();
         for (k, v) in py_to_metadata(run_metadata)?.0 {
             meta.insert(k, v);
         }
-        let writer = Writer::create(&path, meta).map_err(writer_error)?;
+        let writer =
+            Writer::with_options(&path, meta, trace_writer::WriterOptions { mode, filter })
+                .map_err(writer_error)?;
         Ok(PyWriter {
             state: Mutex::new(State {
                 writer: Some(writer),
@@ -232,6 +284,24 @@ impl PyWriter {
     #[getter]
     fn path(&self) -> String {
         self.path.display().to_string()
+    }
+
+    /// Records dropped so far (background mode with `when_full="drop"`).
+    #[getter]
+    fn dropped(&self) -> PyResult<u64> {
+        let st = self.lock();
+        Ok(st.writer.as_ref().ok_or_else(|| self.closed())?.dropped())
+    }
+
+    /// Whether a tensor with this name, layer and step would be recorded.
+    #[pyo3(signature = (name, *, layer=None, step=None))]
+    fn wants(&self, name: &str, layer: Option<i64>, step: Option<i64>) -> PyResult<bool> {
+        let st = self.lock();
+        Ok(st
+            .writer
+            .as_ref()
+            .ok_or_else(|| self.closed())?
+            .wants(name, step, layer))
     }
 
     /// Record a numpy array or torch tensor with its real layout; returns
@@ -254,6 +324,9 @@ impl PyWriter {
         ggml: Option<(Vec<i64>, Vec<u64>)>,
         metadata: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Option<u64>> {
+        if !self.wants(name, layer, step)? {
+            return Ok(None);
+        }
         let parts = describe(py, tensor)?;
         let (lin, parent_refs, auto) = parse_lineage(lineage)?;
         let mut meta = TensorMeta {
@@ -352,11 +425,12 @@ impl PyWriter {
                 .map_err(writer_error)?
         } else if layout.is_contiguous(dtype) {
             // 2. its own bytes
+            // (a large tensor's crc comes from the write itself: no second pass)
             let bytes = &buf[lo..hi];
-            let id = w
-                .add_tensor(name, dtype, &layout.shape, bytes, meta)
+            let added = w
+                .add_tensor_checksummed(name, dtype, &layout.shape, bytes, meta)
                 .map_err(writer_error)?;
-            if let (Some(id), Some(owner)) = (id, owner) {
+            if let (Some((id, crc)), Some(owner)) = (added, owner) {
                 push_region(
                     &mut st.regions,
                     &mut st.prune_at,
@@ -366,12 +440,12 @@ impl PyWriter {
                         len: hi - lo,
                         id,
                         is_tensor: true,
-                        crc: crc32c(bytes),
+                        crc,
                         owner,
                     },
                 );
             }
-            id
+            added.map(|(id, _)| id)
         } else {
             // 3. the storage once, the tensor as a view of it
             let sid = w

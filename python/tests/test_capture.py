@@ -232,6 +232,20 @@ def test_filters(model, tmp_path):
     assert names and all(".input." in n or n.startswith("input.") for n in names)
 
 
+def test_layer_and_step_filters_and_background(model, tmp_path):
+    p = tmp_path / "ls.tdump"
+    with capture(model, p, layers=[1], steps=[1], mode="background", inputs=False) as cap:
+        model(IDS[0])
+        model(IDS[1])
+    t = tracedump.open(str(p))
+    assert cap.records == len(t) > 0
+    layers = {x.layer for x in t}
+    steps = {x.step for x in t}
+    # layer 0 is filtered out; modules outside the layers (head, norm) stay
+    assert layers == {1, None} and steps == {1}
+    assert "layers.1.self_attn.o_proj" in t.names() and "output" in t.names()
+
+
 def test_stats_only(model, tmp_path):
     path = tmp_path / "stats.tdump"
     seen = {}

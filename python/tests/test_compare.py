@@ -56,3 +56,19 @@ def test_to_pandas(demo):
     df = tracedump.compare(*demo).to_pandas()
     assert isinstance(df, pd.DataFrame) and len(df) == 59
     assert df.loc[df["divergent"], "key"].iloc[0] == "ffn_norm-2"
+
+
+def test_repr_html_shows_the_first_divergence_and_layers(demo):
+    a, b = demo
+    r = tracedump.compare(a, b)
+    h = r._repr_html_()
+    assert h.startswith("<div") and h.endswith("</div>")
+    assert "first divergence: pair 37 <code>ffn_norm-2</code>" in h
+    # the highlighted row is the first divergent pair, and only it is bold
+    assert h.count("font-weight:bold") == 1
+    bold = h[h.index("font-weight:bold") :]
+    assert bold[: bold.index("</tr>")].count("ffn_norm-2") == 1
+    # the per-layer table: one row per layer, with l_out-2 as layer 2's last
+    assert "<th>std ratio</th>" in h and "<td>l_out-2</td>" in h
+    same = tracedump.compare(a, a)._repr_html_()
+    assert "the runs agree" in same and "font-weight:bold" not in same

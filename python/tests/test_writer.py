@@ -131,3 +131,48 @@ def test_many_short_lived_tensors(tmp_path):
     t = tracedump.open(p)
     assert t["view"].storage == ib and t["view"].parents[0]["id"] == ib and iv == ib + 301
     assert np.array_equal(t["tmp299"].numpy(), np.full(4, 299, np.float32))
+
+
+@pytest.mark.parametrize("mode", ["sync", "background"])
+def test_modes_and_filters(tmp_path, mode):
+    p = tmp_path / f"{mode}.tdump"
+    x = np.arange(1 << 20, dtype=np.float32).reshape(1024, 1024)
+    with tracedump.Writer(p, mode=mode, queue_bytes=1 << 22, include=r"^keep", layers=[1, 3], steps=[0]) as w:
+        assert w.wants("keep.a", layer=1, step=0) and not w.wants("drop.a", layer=1, step=0)
+        assert not w.wants("keep.a", layer=2) and w.wants("keep.emb")
+        ids = [
+            w.add("keep.l1", x, layer=1, step=0),
+            w.add("keep.l2", x, layer=2, step=0),
+            w.add("keep.l3s1", x, layer=3, step=1),
+            w.add("drop.l1", x, layer=1, step=0),
+            w.add("keep.t", x.T, layer=3, step=0),  # non-contiguous: storage + view
+            w.add("keep.emb", x[:2]),  # no layer, no step: passes both
+            w.add_stats("keep.stats", x, layer=2),
+        ]
+        assert [i is None for i in ids] == [False, True, True, True, False, False, True]
+        assert w.dropped == 0
+    t = tracedump.open(p)
+    assert t.names() == ["keep.l1", "keep.t", "keep.emb"]
+    np.testing.assert_array_equal(t["keep.t"].numpy(), x.T)
+    assert t["keep.t"].byte_strides == (4, 4096)
+    np.testing.assert_array_equal(t["keep.l1"].numpy(), x)
+
+
+def test_background_drop_counts(tmp_path):
+    p = tmp_path / "drop.tdump"
+    x = np.ones(1 << 18, dtype=np.float32)  # 1 MiB each, queue of 1 MiB
+    with tracedump.Writer(p, mode="background", queue_bytes=1 << 20, when_full="drop") as w:
+        ids = [w.add(f"t{i}", x) for i in range(200)]
+        dropped = w.dropped
+    kept = [i for i in ids if i is not None]
+    assert dropped == ids.count(None) and len(kept) + dropped == 200
+    assert len(tracedump.open(p)) == len(kept)
+
+
+def test_bad_writer_options(tmp_path):
+    with pytest.raises(ValueError, match="mode"):
+        tracedump.Writer(tmp_path / "a.tdump", mode="fast")
+    with pytest.raises(ValueError, match="when_full"):
+        tracedump.Writer(tmp_path / "b.tdump", mode="background", when_full="never")
+    with pytest.raises(ValueError, match="include"):
+        tracedump.Writer(tmp_path / "c.tdump", include="(")

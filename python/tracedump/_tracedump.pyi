@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypedDict
 
 import numpy as np
@@ -219,12 +219,27 @@ class DiffResult:
     @property
     def tolerance(self) -> dict[str, float]: ...
     def to_pandas(self) -> Any: ...
+    def _repr_html_(self) -> str: ...
     def __len__(self) -> int: ...
 
 class Writer:
-    def __init__(self, path: StrPath, **run_metadata: Any) -> None: ...
+    def __init__(
+        self,
+        path: StrPath,
+        *,
+        mode: Literal["sync", "background"] = "sync",
+        queue_bytes: int = ...,
+        when_full: Literal["block", "drop"] = "block",
+        include: str | None = None,
+        layers: Iterable[int] | None = None,
+        steps: Iterable[int] | None = None,
+        **run_metadata: Any,
+    ) -> None: ...
     @property
     def path(self) -> str: ...
+    @property
+    def dropped(self) -> int: ...
+    def wants(self, name: str, *, layer: int | None = None, step: int | None = None) -> bool: ...
     @property
     def closed(self) -> bool: ...
     def add(

@@ -124,6 +124,11 @@ class Capture:
         inputs: bool = True,
         outputs: bool = True,
         roles: Optional[Dict[str, str]] = None,
+        layers: Optional[Sequence[int]] = None,
+        steps: Optional[Sequence[int]] = None,
+        mode: str = "sync",
+        queue_bytes: int = 256 << 20,
+        when_full: str = "block",
         **run_metadata: Any,
     ) -> None:
         import torch
@@ -138,6 +143,9 @@ class Capture:
         self.inputs = bool(inputs)
         self.outputs = bool(outputs)
         self.roles = [(re.compile(k), v) for k, v in (roles or {}).items()]
+        self.layers = None if layers is None else frozenset(int(x) for x in layers)
+        self.steps = None if steps is None else frozenset(int(x) for x in steps)
+        self.writer_options = dict(mode=mode, queue_bytes=int(queue_bytes), when_full=when_full)
         self.run_metadata = dict(run_metadata)
         self.run_metadata.setdefault("engine", "torch")
         self.run_metadata.setdefault("engine_version", torch.__version__)
@@ -168,6 +176,11 @@ class Capture:
 
         if not self.wants(name):
             return
+        layer = layer_of(module_path)
+        if self.layers is not None and layer is not None and layer not in self.layers:
+            return
+        if self.steps is not None and self._current_step is not None and self._current_step not in self.steps:
+            return
         t = tensor.detach()
         if t.layout != torch.strided or t.device.type == "meta" or t.dtype not in _supported_dtypes():
             self.skipped.append((name, f"no trace dtype/layout for {t.dtype} {t.layout} on {t.device}"))
@@ -177,7 +190,6 @@ class Capture:
         if isinstance(t, torch.nn.Parameter) or type(t) is not torch.Tensor:
             t = t.as_subclass(torch.Tensor)
         kwargs: Dict[str, Any] = {}
-        layer = layer_of(module_path)
         if layer is not None:
             kwargs["layer"] = layer
         if self._current_step is not None:
@@ -239,7 +251,7 @@ class Capture:
     def __enter__(self) -> "Capture":
         import tracedump
 
-        self.writer = tracedump.Writer(self.path, **self.run_metadata)
+        self.writer = tracedump.Writer(self.path, **self.writer_options, **self.run_metadata)
         try:
             for module_path, module in self.model.named_modules():
                 is_root = module is self.model and module_path == ""
@@ -293,6 +305,11 @@ def capture(
     inputs: bool = True,
     outputs: bool = True,
     roles: Optional[Dict[str, str]] = None,
+    layers: Optional[Sequence[int]] = None,
+    steps: Optional[Sequence[int]] = None,
+    mode: str = "sync",
+    queue_bytes: int = 256 << 20,
+    when_full: str = "block",
     **run_metadata: Any,
 ) -> Capture:
     """Record the inputs and outputs of every submodule of ``model`` into ``path``.
@@ -306,6 +323,10 @@ def capture(
     inputs / outputs: record the modules' arguments / results.
     roles: ``{regex: role}``; the first regex found in a record's name gives
         its role (``{r"self_attn\\.q_norm$": "q"}``).
+    layers / steps: record only these layers (modules outside any layer, such
+        as the embedding and the head, are kept) / these forward calls.
+    mode, queue_bytes, when_full: the :class:`tracedump.Writer` options;
+        ``mode="background"`` leaves the file I/O to a writer thread.
     run_metadata: the trace's run metadata (``engine``, ``model`` ... are
         filled in when not given).
     """
@@ -318,5 +339,10 @@ def capture(
         inputs=inputs,
         outputs=outputs,
         roles=roles,
+        layers=layers,
+        steps=steps,
+        mode=mode,
+        queue_bytes=queue_bytes,
+        when_full=when_full,
         **run_metadata,
     )

@@ -217,3 +217,56 @@ fn ndarray_views_keep_their_strides() {
     assert_eq!(b.layout.byte_strides[0], 0);
     assert_eq!(b.storage_len(), 20);
 }
+
+/// The checksum handed back is the crc32c of the tensor's bytes, whether it
+/// came from the streamed write (large) or was computed apart (small), in both
+/// modes, and the records it came with verify.
+#[test]
+fn checksummed_adds_return_the_bytes_crc() {
+    for background in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crc.tdump");
+        let opts = trace_writer::WriterOptions {
+            mode: if background {
+                trace_writer::Mode::Background {
+                    budget_bytes: 1 << 24,
+                    when_full: trace_writer::WhenFull::Block,
+                }
+            } else {
+                trace_writer::Mode::Sync
+            },
+            ..Default::default()
+        };
+        let w = Writer::with_options(&path, Metadata::new(), opts).unwrap();
+        let mut rng = tracedump_tests::Rng::new(7);
+        for (i, n) in [3usize, 1000, (1 << 20) / 4, (3 << 20) / 4 + 5]
+            .into_iter()
+            .enumerate()
+        {
+            let bytes: Vec<u8> = (0..n * 4).map(|_| rng.next_u64() as u8).collect();
+            let (_, crc) = w
+                .add_tensor_checksummed(
+                    &format!("t{i}"),
+                    DType::F32,
+                    &[n as u64],
+                    &bytes,
+                    TensorMeta::new(),
+                )
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                crc,
+                trace_format::record::crc32c(&bytes),
+                "t{i} background={background}"
+            );
+        }
+        // wrong lengths fail as add_tensor does
+        assert!(w
+            .add_tensor_checksummed("bad", DType::F32, &[4], &[0; 15], TensorMeta::new())
+            .is_err());
+        w.finish().unwrap();
+        let trace = Trace::open(&path).unwrap();
+        assert!(trace.verify().is_ok());
+        assert_eq!(trace.len(), 4);
+    }
+}

@@ -638,7 +638,7 @@ impl Trace {
     fn decode_tensor(&self, id: u64) -> Result<TensorInfo, ReaderError> {
         let body = self.body(id)?;
         let r = self.records[id as usize];
-        let d = decode_tensor(body.descriptor, body.descriptor_offset).map_err(|e| {
+        let mut d = decode_tensor(body.descriptor, body.descriptor_offset).map_err(|e| {
             match self.record_error(id, e) {
                 ReaderError::Record {
                     path,
@@ -676,13 +676,16 @@ impl Trace {
                 body.payload.len()
             )));
         }
-        let layout = Layout::new(d.shape.clone(), d.byte_strides.clone(), 0).map_err(|source| {
-            ReaderError::Layout {
-                path: self.path.clone(),
-                tensor: d.name.clone(),
-                record: id,
-                error: Box::new(source),
-            }
+        let layout = Layout::new(
+            std::mem::take(&mut d.shape),
+            std::mem::take(&mut d.byte_strides),
+            0,
+        )
+        .map_err(|source| ReaderError::Layout {
+            path: self.path.clone(),
+            tensor: d.name.clone(),
+            record: id,
+            error: Box::new(source),
         })?;
         let (storage, offset, storage_at, storage_len) = match d.data {
             DataRef::StatsOnly => {

@@ -425,7 +425,45 @@ impl Writer {
                 actual: bytes.len() as u64,
             });
         }
-        self.add_inline(name, dtype, &layout, bytes, meta)
+        self.add_inline(name, dtype, &layout, bytes, meta, &mut None)
+    }
+
+    /// [`Writer::add_tensor`], also returning the crc32c of `bytes`, for a
+    /// caller that wants to recognise these bytes again later (the Python
+    /// writer records a later view of them as a view of this record). A
+    /// large tensor in sync mode gets it from the checksum the record needs
+    /// anyway, computed while the bytes are written; otherwise it is computed
+    /// here.
+    pub fn add_tensor_checksummed(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        bytes: &[u8],
+        meta: TensorMeta,
+    ) -> Result<Option<(RecordId, u32)>, WriterError> {
+        if !self.wants(name, meta.step, meta.layer) {
+            return Ok(None);
+        }
+        let layout = Layout::contiguous(dtype, shape, 0).map_err(|source| WriterError::Layout {
+            name: name.into(),
+            error: source,
+        })?;
+        let expected = trace_format::layout::numel(shape).and_then(|n| dtype.bytes_for(n));
+        if expected != Some(bytes.len() as u64) {
+            // the same errors as add_tensor
+            return self
+                .add_tensor(name, dtype, shape, bytes, meta)
+                .map(|_| None);
+        }
+        let mut crc = None;
+        let id = self.add_inline(name, dtype, &layout, bytes, meta, &mut crc)?;
+        Ok(id.map(|id| {
+            (
+                id,
+                crc.unwrap_or_else(|| trace_format::record::crc32c(bytes)),
+            )
+        }))
     }
 
     /// Record a tensor with its own bytes laid out as `layout` says (any
@@ -442,7 +480,7 @@ impl Writer {
         if !self.wants(name, meta.step, meta.layer) {
             return Ok(None);
         }
-        self.add_inline(name, dtype, layout, bytes, meta)
+        self.add_inline(name, dtype, layout, bytes, meta, &mut None)
     }
 
     fn add_inline(
@@ -452,6 +490,7 @@ impl Writer {
         layout: &Layout,
         bytes: &[u8],
         meta: TensorMeta,
+        payload_crc32c: &mut Option<u32>,
     ) -> Result<Option<RecordId>, WriterError> {
         layout
             .check_within(dtype, bytes.len() as u64)
@@ -468,13 +507,14 @@ impl Writer {
             layout,
             meta,
         );
-        let id = self.append(
+        let id = self.append_with(
             RecordKind::Tensor,
             name,
             desc.step,
             desc.layer,
             encode_tensor(&desc),
             bytes,
+            payload_crc32c,
         )?;
         if let Some(id) = id {
             // a tensor's own bytes are a storage other views may use
@@ -554,7 +594,7 @@ impl Writer {
                     name: name.into(),
                     error: source,
                 })?;
-            return self.add_inline(name, T::DTYPE, &layout, &[], meta);
+            return self.add_inline(name, T::DTYPE, &layout, &[], meta, &mut None);
         }
         for (&n, &s) in array.shape().iter().zip(array.strides()) {
             let reach = (n as isize - 1) * s;
@@ -580,7 +620,14 @@ impl Writer {
             name: name.into(),
             error: source,
         })?;
-        self.add_inline(name, T::DTYPE, &layout, bytemuck::cast_slice(span), meta)
+        self.add_inline(
+            name,
+            T::DTYPE,
+            &layout,
+            bytemuck::cast_slice(span),
+            meta,
+            &mut None,
+        )
     }
 
     /// Record a tensor whose values are rebuilt by the reader from its
@@ -728,6 +775,22 @@ impl Writer {
         descriptor: Vec<u8>,
         payload: &[u8],
     ) -> Result<Option<RecordId>, WriterError> {
+        self.append_with(kind, name, step, layer, descriptor, payload, &mut None)
+    }
+
+    /// [`Writer::append`], also handing back the payload's crc32c when the
+    /// sink computed it anyway (a large payload in sync mode).
+    #[allow(clippy::too_many_arguments)]
+    fn append_with(
+        &self,
+        kind: RecordKind,
+        name: &str,
+        step: Option<i64>,
+        layer: Option<i64>,
+        descriptor: Vec<u8>,
+        payload: &[u8],
+        payload_crc32c: &mut Option<u32>,
+    ) -> Result<Option<RecordId>, WriterError> {
         match self.mode {
             Mode::Sync => {
                 let mut failed = lock(&self.shared.failed);
@@ -747,7 +810,10 @@ impl Writer {
                     payload,
                 };
                 match sink.append(&parts) {
-                    Ok(id) => Ok(Some(id)),
+                    Ok(id) => {
+                        *payload_crc32c = sink.last_payload_crc32c;
+                        Ok(Some(id))
+                    }
                     Err(source) => {
                         *failed = Some(source.to_string());
                         Err(WriterError::Io {

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use trace_format::codec::IndexEntry;
 use trace_format::record::{
-    self, body_head, crc32c, crc32c_append, encode_file_header, frame_footer, next_record_offset,
-    RecordHeader, RecordKind,
+    self, body_head, crc32c, crc32c_append, crc32c_combine, encode_file_header, frame_footer,
+    next_record_offset, RecordHeader, RecordKind,
 };
 
 /// A record ready to be framed: its descriptor and payload.
@@ -44,6 +44,9 @@ pub(crate) struct Sink {
     offset: u64,
     index: Vec<IndexEntry>,
     names: Vec<u8>,
+    /// crc32c of the payload of the last record appended, when it came for
+    /// free (a payload checksummed apart from its head while it streamed).
+    pub last_payload_crc32c: Option<u32>,
 }
 
 impl Sink {
@@ -57,6 +60,7 @@ impl Sink {
             offset: header.len() as u64,
             index: Vec::new(),
             names: Vec::new(),
+            last_payload_crc32c: None,
         })
     }
 
@@ -93,22 +97,26 @@ impl Sink {
             self.file
                 .write_all(&[0u8; record::RECORD_HEADER_BYTES as usize])?;
             self.file.write_all(&head)?;
+            // The payload's own crc is combined with the head's: callers may
+            // reuse it to recognise these bytes later without a second pass.
             let file = &mut self.file;
-            let crc = std::thread::scope(|scope| -> io::Result<u32> {
-                let worker = std::thread::Builder::new()
-                    .spawn_scoped(scope, || crc32c_append(head_crc, r.payload));
+            let payload_crc = std::thread::scope(|scope| -> io::Result<u32> {
+                let worker = std::thread::Builder::new().spawn_scoped(scope, || crc32c(r.payload));
                 file.write_all(r.payload)?;
                 match worker {
                     Ok(handle) => handle
                         .join()
                         .map_err(|_| io::Error::other("checksum thread panicked")),
-                    Err(_) => Ok(crc32c_append(head_crc, r.payload)),
+                    Err(_) => Ok(crc32c(r.payload)),
                 }
             })?;
+            let crc = crc32c_combine(head_crc, payload_crc, r.payload.len());
             self.file.write_all(&ZEROS[..pad])?;
             self.file.flush()?;
             write_at(self.file.get_ref(), &header(crc), record_offset)?;
+            self.last_payload_crc32c = Some(payload_crc);
         } else {
+            self.last_payload_crc32c = None;
             self.file
                 .write_all(&header(crc32c_append(head_crc, r.payload)))?;
             self.file.write_all(&head)?;
