@@ -6,6 +6,7 @@ pub mod dtype;
 mod error;
 pub mod layout;
 pub mod lineage;
+pub mod names;
 pub mod record;
 pub mod stats;
 

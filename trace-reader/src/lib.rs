@@ -4,7 +4,8 @@
 pub mod compare;
 mod error;
 pub mod gguf;
-pub mod names;
+/// Layer and step numbers read from tensor names (shared with the writer).
+pub use trace_format::names;
 mod source;
 mod trace;
 pub mod values;

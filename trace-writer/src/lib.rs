@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod capi;
 mod error;
+pub mod ggml;
 mod filter;
 mod sink;
 

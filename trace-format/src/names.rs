@@ -52,7 +52,7 @@ fn number_after_word(name: &str, words: &[&str]) -> Option<i64> {
 /// The layer number in a tensor name, if the name follows a known convention.
 ///
 /// ```
-/// use trace_reader::names::layer_from_name;
+/// use trace_format::names::layer_from_name;
 /// assert_eq!(layer_from_name("blk.12.attn_q.weight"), Some(12));
 /// assert_eq!(layer_from_name("model.layers.3.self_attn.o_proj"), Some(3));
 /// assert_eq!(layer_from_name("kqv_out-7"), Some(7));
@@ -89,7 +89,7 @@ pub fn layer_from_name(name: &str) -> Option<i64> {
 /// The step (decode step, token position) in a tensor name, if any.
 ///
 /// ```
-/// use trace_reader::names::step_from_name;
+/// use trace_format::names::step_from_name;
 /// assert_eq!(step_from_name("K_quant.step3.layer0"), Some(3));
 /// assert_eq!(step_from_name("q_step_12"), Some(12));
 /// assert_eq!(step_from_name("blk.0.attn_q.weight"), None);

@@ -1,0 +1,316 @@
+//! Recording a ggml graph as it is evaluated (SPEC.md §7).
+//!
+//! [`GgmlRecorder::record`] takes the facts a ggml eval callback sees about
+//! one tensor ([`GgmlNode`]) and records it the way §7 says:
+//!
+//! * a tensor that owns its data (no `view_src`) is recorded with its own
+//!   bytes, in its ggml layout;
+//! * a view (`view_src` set: VIEW, PERMUTE, RESHAPE, TRANSPOSE, and the CPY
+//!   or SET_ROWS that write into a KV cache) is recorded as a view of its
+//!   owner's bytes: the owner is recorded once as a storage (or the owner's
+//!   own record is used, when it was recorded in this graph), and recorded
+//!   again only when its bytes have changed since (a crc32c check), so a
+//!   view never points at bytes that are not the ones it had;
+//! * `src[]` become parents by record id (names repeat in a graph: `Qcur-0`
+//!   is a MUL_MAT, a RESHAPE and a ROPE; the flash-attention node is
+//!   `node_N`), the op and its `op_params` the engine op, and the view ops
+//!   whose meaning is certain canonical lineage steps (VIEW → `View`,
+//!   PERMUTE → `Permute`, TRANSPOSE → `Transpose`, RESHAPE → `Reshape`;
+//!   CONT → `Cont` and CPY → `Convert` when the shape is kept), which
+//!   `verify` replays;
+//! * the layer comes from the name (`kqv_out-0`, `cache_k_l0`), else from
+//!   the parents when they agree (so `node_N` gets its layer).
+//!
+//! Names of sources that were not recorded (weights, the KV cache itself)
+//! are kept in the metadata (`ggml.srcs`, `ggml.view_src`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use trace_format::layout::ggml as ggml_layout;
+use trace_format::names::layer_from_name;
+use trace_format::record::crc32c;
+use trace_format::{DType, Layout, Metadata, Op};
+
+use crate::{RecordId, TensorMeta, Writer, WriterError};
+
+/// What a ggml eval callback knows about one tensor.
+#[derive(Clone, Debug)]
+pub struct GgmlNode<'a> {
+    /// `ggml_get_name(t)`.
+    pub name: &'a str,
+    /// `ggml_op_name(t->op)`: `VIEW`, `PERMUTE`, `FLASH_ATTN_EXT`, `NONE`…
+    pub op: &'a str,
+    /// `t->type` (`enum ggml_type`).
+    pub ggml_type: u32,
+    /// `t->ne`, fastest first.
+    pub ne: [i64; 4],
+    /// `t->nb`, bytes, fastest first.
+    pub nb: [u64; 4],
+    /// `t->op_params` (as many bytes as the engine has; ggml: 64).
+    pub op_params: &'a [u8],
+    /// The tensor's address: its identity within one graph.
+    pub key: usize,
+    /// `t->src[i]` addresses (0 for none) and names, in order.
+    pub srcs: &'a [(usize, &'a str)],
+    /// For a tensor that owns its data: its `ggml_nbytes(t)` bytes. For a
+    /// view: the owner's (`view_src`'s) `ggml_nbytes` bytes.
+    pub data: &'a [u8],
+    /// For a view: the owner.
+    pub view: Option<GgmlView<'a>>,
+    /// Record only if this address was not recorded in this graph yet
+    /// (graph inputs such as `KQ_mask`, recorded before their first user).
+    pub once: bool,
+}
+
+/// A view's owner (`t->view_src`) and offset (`t->view_offs`).
+#[derive(Clone, Copy, Debug)]
+pub struct GgmlView<'a> {
+    /// The owner's address.
+    pub owner_key: usize,
+    /// The owner's name (`cache_k_l0`).
+    pub owner_name: &'a str,
+    /// `t->view_offs`: bytes from the owner's first byte.
+    pub offset: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Recorded {
+    id: RecordId,
+    shape: Vec<u64>,
+    layer: Option<i64>,
+    /// The storage record the tensor's bytes are in and its offset there.
+    storage: RecordId,
+    offset: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Owner {
+    storage: RecordId,
+    len: usize,
+    crc: u32,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    step: Option<i64>,
+    /// Tensors recorded in the current graph, by address.
+    graph: HashMap<usize, Recorded>,
+    /// Bytes recorded as storages (or as a tensor's own bytes), by the
+    /// owner's address, with their crc.
+    owners: HashMap<usize, Owner>,
+    graphs: u64,
+}
+
+/// Records ggml tensors into a [`Writer`]; thread-safe.
+#[derive(Debug)]
+pub struct GgmlRecorder {
+    writer: Writer,
+    state: Mutex<State>,
+}
+
+fn tensor_error(name: &str, what: String) -> WriterError {
+    WriterError::Unsupported {
+        name: name.into(),
+        what,
+    }
+}
+
+impl GgmlRecorder {
+    /// Record into `writer`.
+    pub fn new(writer: Writer) -> GgmlRecorder {
+        GgmlRecorder {
+            writer,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The writer.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// Finish the file.
+    pub fn finish(self) -> Result<crate::FinishSummary, WriterError> {
+        self.writer.finish()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start a new step (a new graph): every later record has this step;
+    /// parents are looked up in the new graph only.
+    pub fn set_step(&self, step: Option<i64>) {
+        let mut st = self.lock();
+        st.step = step;
+        st.graph.clear();
+        st.graphs += 1;
+    }
+
+    /// The step records get.
+    pub fn step(&self) -> Option<i64> {
+        self.lock().step
+    }
+
+    /// Whether a tensor named `name` would be recorded (the writer's filter).
+    pub fn wants(&self, name: &str) -> bool {
+        let st = self.lock();
+        self.writer.wants(name, st.step, layer_from_name(name))
+    }
+
+    /// Record one tensor; `Ok(None)` when the filter skips it (or, with
+    /// `once`, when it is already recorded in this graph: then its id).
+    pub fn record(&self, node: &GgmlNode<'_>) -> Result<Option<RecordId>, WriterError> {
+        let name = node.name;
+        let dtype = DType::from_id(u16::try_from(node.ggml_type).unwrap_or(u16::MAX))
+            .filter(|d| d.id() == node.ggml_type as u16)
+            .ok_or_else(|| tensor_error(name, format!("ggml type {}", node.ggml_type)))?;
+        let mut st = self.lock();
+        if let Some(prev) = st.graph.get(&node.key) {
+            if node.once {
+                return Ok(Some(prev.id));
+            }
+            // every node is evaluated once per graph: this is a new graph
+            st.graph.clear();
+            st.graphs += 1;
+        }
+        let parents: Vec<Option<&Recorded>> = node
+            .srcs
+            .iter()
+            .map(|(k, _)| (*k != 0).then(|| st.graph.get(k)).flatten())
+            .collect();
+        let layer = layer_from_name(name).or_else(|| {
+            let mut layers = parents.iter().flatten().filter_map(|p| p.layer);
+            let first = layers.next()?;
+            layers.all(|l| l == first).then_some(first)
+        });
+        if !self.writer.wants(name, st.step, layer) {
+            return Ok(None);
+        }
+        let mut meta = TensorMeta {
+            step: st.step,
+            layer,
+            ..Default::default()
+        }
+        .ggml_layout(&node.ne, &node.nb)
+        .engine_op("ggml", node.op, node.op_params);
+        meta.lineage.parents = parents.iter().flatten().map(|p| p.id).collect();
+        let srcs: Vec<&str> = node.srcs.iter().map(|(_, n)| *n).collect();
+        if !srcs.is_empty() {
+            meta.metadata.insert("ggml.srcs", srcs.join(","));
+        }
+        let first_parent = parents.first().copied().flatten().cloned();
+
+        let offset = node.view.map_or(0, |v| v.offset);
+        let layout = ggml_layout::to_canonical(&node.ne, &node.nb, offset).map_err(|error| {
+            WriterError::Layout {
+                name: name.into(),
+                error,
+            }
+        })?;
+        let (id, storage) = match node.view {
+            None => {
+                // owns its data: (only) the first parent's conversions are certain
+                if first_parent.as_ref().is_some_and(|p| p.shape == layout.shape) {
+                    if let Some(op) = copy_step(node.op, dtype) {
+                        meta.lineage.ops.push(op);
+                    }
+                }
+                let id = self.writer.add_strided(name, dtype, &layout, node.data, meta)?;
+                let Some(id) = id else { return Ok(None) };
+                st.owners.insert(
+                    node.key,
+                    Owner {
+                        storage: id,
+                        len: node.data.len(),
+                        crc: crc32c(node.data),
+                    },
+                );
+                (id, id)
+            }
+            Some(v) => {
+                meta.metadata.insert("ggml.view_src", v.owner_name);
+                meta.metadata.insert("ggml.view_offs", v.offset);
+                let crc = crc32c(node.data);
+                let storage = match st.owners.get(&v.owner_key) {
+                    Some(o) if o.len == node.data.len() && o.crc == crc => o.storage,
+                    _ => {
+                        let sid = self.writer.add_storage_with(
+                            v.owner_name,
+                            node.data,
+                            Metadata::new().with("first_view", name),
+                        )?;
+                        st.owners.insert(
+                            v.owner_key,
+                            Owner {
+                                storage: sid,
+                                len: node.data.len(),
+                                crc,
+                            },
+                        );
+                        sid
+                    }
+                };
+                // a view step from the first parent when both view one storage
+                if let Some(p) = first_parent.as_ref().filter(|p| p.storage == storage) {
+                    if let Some(op) = view_step(node, p, offset, &layout) {
+                        meta.lineage.ops.push(op);
+                    }
+                }
+                let id = self.writer.add_view(name, dtype, storage, &layout, meta)?;
+                let Some(id) = id else { return Ok(None) };
+                (id, storage)
+            }
+        };
+        st.graph.insert(
+            node.key,
+            Recorded {
+                id,
+                shape: layout.shape.clone(),
+                layer,
+                storage,
+                offset,
+            },
+        );
+        Ok(Some(id))
+    }
+}
+
+/// The lineage step of a view op whose meaning is certain.
+fn view_step(node: &GgmlNode<'_>, parent: &Recorded, offset: u64, layout: &Layout) -> Option<Op> {
+    match node.op {
+        "VIEW" => Some(Op::View {
+            offset: offset.checked_sub(parent.offset)?,
+            shape: layout.shape.clone(),
+            byte_strides: layout.byte_strides.clone(),
+        }),
+        "PERMUTE" if offset == parent.offset => {
+            let p: Vec<u32> = node
+                .op_params
+                .chunks_exact(4)
+                .take(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .map(|x| u32::try_from(x).ok())
+                .collect::<Option<_>>()?;
+            (p.len() == 4)
+                .then(|| ggml_layout::permute_axes(&p))
+                .flatten()
+                .map(|axes| Op::Permute { axes })
+        }
+        "TRANSPOSE" if offset == parent.offset => Some(Op::Transpose { a: 2, b: 3 }),
+        "RESHAPE" if offset == parent.offset => Some(Op::Reshape {
+            shape: layout.shape.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// The step of a copy into a new tensor of the same shape.
+fn copy_step(op: &str, dtype: DType) -> Option<Op> {
+    match op {
+        "CONT" | "DUP" => Some(Op::Cont),
+        "CPY" => Some(Op::Convert { dtype }),
+        _ => None,
+    }
+}
