@@ -5,7 +5,7 @@ TRACEDUMP := $(TARGET_DIR)/release/tracedump
 DEMO := $(TARGET_DIR)/demo/demo.tdump
 DEMO_REF := $(TARGET_DIR)/demo/demo.reference.tdump
 
-.PHONY: demo test test-rust test-python lint bench build pyenv pypackage
+.PHONY: demo test test-rust test-python test-c debug-build lint bench build pyenv pypackage llama
 
 build:
 	$(CARGO) build --release -p trace-reader
@@ -36,11 +36,26 @@ pypackage: pyenv
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r python/requirements-test.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./python
 
-## Every test, Rust and Python.
-test: pyenv test-rust test-python
+## llama.cpp for the end-to-end test (pip compiles it once, then uses its cached wheel).
+llama: pyenv
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/llama/requirements.txt
 
-test-python: pypackage
-	$(PYTHON) -m pytest -q python/tests
+## Every test, Rust, C and Python.
+test: pyenv test-rust test-c test-python
+
+## The debug build the C and Python tests use: libtrace_writer.a/.so and the CLI.
+debug-build:
+	$(CARGO) build -p trace-writer -p trace-reader
+
+## The C ABI: a C program calls every function of tracedump.h; Python checks the file.
+test-c: debug-build pypackage
+	$(or $(CC),cc) -Wall -Wextra -Werror -o $(TARGET_DIR)/capi_test trace-writer/tests/c/capi_test.c \
+		-Itrace-writer/include $(TARGET_DIR)/debug/libtrace_writer.a -lpthread -ldl -lm
+	$(TARGET_DIR)/capi_test $(TARGET_DIR)/capi_test.tdump
+	$(PYTHON) trace-writer/tests/c/check_capi.py $(TARGET_DIR)/capi_test.tdump
+
+test-python: debug-build pypackage llama
+	$(PYTHON) -m pytest -q python/tests tests/llama
 
 test-rust:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

@@ -32,7 +32,7 @@ from ._tracedump import (
     compare,
     open,
 )
-from . import reference
+from . import ggml, reference
 from .capture import capture
 
 __all__ = [

@@ -318,7 +318,9 @@ def _candidates(role: str, values, t, trace, explicit: Optional[str]) -> List[_I
         if role == "out" and _engine_op(t)[:2] == ("ggml", "FLASH_ATTN_EXT"):
             codes, why = ["bshd"], "FLASH_ATTN_EXT output"
         elif _is_permuted_0213(t, trace):
-            codes, why = ["bhsd"], "ggml permute(0,2,1,3)"
+            # llama.cpp's transposed V cache (ne = [n_kv, heads, head_dim]
+            # before the permute) comes out bhds
+            codes, why = (["bhsd", "bhds"] if role == "v" else ["bhsd"]), "ggml permute(0,2,1,3)"
         else:
             codes, why = _GGML_CODES[role], "ggml"
     else:
@@ -603,6 +605,52 @@ def _resolve(ops: Dict[str, _Operand], mask_shape, known: Dict[str, int]):
     return first, fits[0][1], {n: (_code_str(it.code), it.why) for n, it in zip(names, fits[0][0])}
 
 
+_GGML_VEC_DOT = {
+    "f16": "f16",
+    "bf16": "bf16",
+    "q4_0": "q8_0",
+    "q4_1": "q8_0",
+    "q5_0": "q8_0",
+    "q5_1": "q8_0",
+    "q8_0": "q8_0",
+    "iq4_nl": "q8_0",
+    "f32": None,
+}
+
+
+def _round_q(q, how: str, k_operand, notes: List[str]):
+    """Q rounded as an engine rounds it before multiplying with K."""
+    import torch
+
+    if how == "ggml":
+        kd = k_operand.dtype
+        if kd not in _GGML_VEC_DOT:
+            notes.append(f"round_q='ggml': no rule for K of type {kd}; Q not rounded")
+            return q
+        how = _GGML_VEC_DOT[kd]
+        if how is None:
+            return q
+        notes.append(f"Q rounded to {how} as ggml's CPU kernels do for K of type {kd}")
+    else:
+        notes.append(f"Q rounded to {how}")
+    if how == "f16":
+        return q.to(torch.float16).to(q.dtype)
+    if how == "bf16":
+        return q.to(torch.bfloat16).to(q.dtype)
+    if how == "q8_0":
+        x = q.to(torch.float32)
+        if x.shape[-1] % 32:
+            raise ValueError(f"round_q='q8_0' needs head_dim a multiple of 32, not {x.shape[-1]}")
+        b = x.reshape(-1, 32)
+        d = b.abs().amax(dim=1, keepdim=True) / 127
+        inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
+        y = b * inv
+        qs = torch.sign(y) * torch.floor(y.abs() + 0.5)  # roundf: half away from zero
+        d16 = d.to(torch.float16).to(torch.float32)
+        return (qs * d16).reshape(q.shape).to(q.dtype)
+    raise ValueError(f"round_q={how!r}: use 'f16', 'bf16', 'q8_0' or 'ggml'")
+
+
 def _arrange_mask(m, n_tokens: int, n_kv: int):
     """A mask -> 4-d ``[b|1, h|1, n_tokens, n_kv]``, padded rows cut."""
     while m.dim() < 4:
@@ -758,6 +806,7 @@ def attention(
     n_heads: Optional[int] = None,
     head_dim: Optional[int] = None,
     layouts: Optional[Dict[str, str]] = None,
+    round_q: Optional[str] = None,
 ) -> AttentionResult:
     """Recompute layer ``layer``'s attention (at ``step``) from a trace.
 
@@ -770,6 +819,13 @@ def attention(
         recorded FLASH_ATTN_EXT's, else none.
     n_heads, n_kv_heads, head_dim: decide layouts the shapes cannot.
     layouts: ``{'q'|'k'|'v'|'out': code}``, e.g. ``{'q': 'bshd'}``; see the module doc.
+    round_q: round Q first as the engine does before its dot products with K:
+        ``"f16"``, ``"bf16"``, ``"q8_0"`` (ggml's quantizer, 32-blocks along
+        head_dim), or ``"ggml"``: what ggml's CPU kernels convert Q to for
+        K's type (f16 -> f16, bf16 -> bf16, q4_0/q4_1/q5_0/q5_1/q8_0/iq4_nl
+        -> q8_0; f32 -> no rounding). Default None: exact math. With a
+        quantized KV cache llama.cpp's flash attention quantizes Q to q8_0,
+        a difference of a few percent that is the engine's, not a bug.
     """
     import torch
 
@@ -779,6 +835,22 @@ def attention(
         layouts["out"] = layouts.pop("kqv_out")
     tensors, step = _layer_tensors(trace, layer, step)
     notes: List[str] = []
+
+    graph_op = None
+    if q is None and k is None and v is None and not any(t.role == "q" for t in tensors):
+        # no roles: a ggml trace names its attention inputs through the graph
+        from . import ggml as _ggml
+
+        found = _ggml.attention_inputs(trace, layer, step)
+        if found is not None:
+            q, k, v = found["q"], found["k"], found["v"]
+            if mask is None and found["mask"] is not None:
+                mask = found["mask"]
+            if out is None:
+                out = found["out"]
+            graph_op = found["op"]
+            step = graph_op.step if step is None else step
+            notes.append(f"inputs from the ggml graph of {graph_op.name} ({_engine_op(graph_op)[1]})")
 
     operands: Dict[str, _Operand] = {}
     for role, spec in (("q", q), ("k", k), ("v", v)):
@@ -855,7 +927,8 @@ def attention(
 
     # scale / softcap from the recorded ops
     op_scale, op_softcap, max_bias, src = _scale_from_ops(
-        ([out_tensor] if out_tensor is not None else [])
+        ([graph_op] if graph_op is not None else [])
+        + ([out_tensor] if out_tensor is not None else [])
         + [t for t in tensors if t.role in ("kq", "kqv_out", "attn_out")]
     )
     if max_bias:
@@ -885,6 +958,9 @@ def attention(
         j = torch.arange(n_kv).unsqueeze(0)
         cm = torch.zeros((1, 1, n_tok, n_kv), dtype=torch.float64).masked_fill(j > i, -math.inf)
         add_mask = cm if add_mask is None else add_mask + cm
+
+    if round_q is not None:
+        qa = _round_q(qa, round_q, operands["k"], notes)
 
     group = hq // hkv
     k_full = ka.repeat_interleave(group, dim=1) if group > 1 else ka

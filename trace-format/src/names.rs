@@ -57,6 +57,7 @@ fn number_after_word(name: &str, words: &[&str]) -> Option<i64> {
 /// assert_eq!(layer_from_name("model.layers.3.self_attn.o_proj"), Some(3));
 /// assert_eq!(layer_from_name("kqv_out-7"), Some(7));
 /// assert_eq!(layer_from_name("cache_k_l0"), Some(0));
+/// assert_eq!(layer_from_name("cache_v_l11 (view) (permuted)"), Some(11));
 /// assert_eq!(layer_from_name("token_embd.weight"), None);
 /// ```
 pub fn layer_from_name(name: &str) -> Option<i64> {
@@ -66,8 +67,13 @@ pub fn layer_from_name(name: &str) -> Option<i64> {
     // llama.cpp caches: cache_k_l0, cache_v_l12
     if let Some(i) = name.rfind("_l") {
         if name.starts_with("cache_") {
+            // digits to the end or to a suffix ggml adds: "cache_k_l0 (view)"
+            let rest = &name[i + 2..];
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
             if let Some(n) = digits_after(name, i + 2)
-                .filter(|_| name[i + 2..].bytes().all(|b| b.is_ascii_digit()))
+                .filter(|_| end == rest.len() || rest[end..].starts_with(' '))
             {
                 return Some(n);
             }

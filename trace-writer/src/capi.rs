@@ -114,7 +114,9 @@ fn guard(what: &str, f: impl FnOnce() -> Result<i32, String>) -> i32 {
             TD_ERROR
         }
         Err(_) => {
-            set_error(format!("{what}: internal error (a Rust panic), nothing recorded"));
+            set_error(format!(
+                "{what}: internal error (a Rust panic), nothing recorded"
+            ));
             TD_ERROR
         }
     }
@@ -158,7 +160,9 @@ unsafe fn slice<'a, T>(p: *const T, n: usize, arg: &str) -> Result<&'a [T], Stri
     if p.is_null() {
         return Err(format!("{arg} is NULL but {n} items were promised"));
     }
-    if n.checked_mul(std::mem::size_of::<T>()).is_none_or(|b| b > isize::MAX as usize) {
+    if n.checked_mul(std::mem::size_of::<T>())
+        .is_none_or(|b| b > isize::MAX as usize)
+    {
         return Err(format!("{arg}: {n} items is too many"));
     }
     // SAFETY: non-null, aligned by the C type, and the caller promises n items.
@@ -239,7 +243,16 @@ pub unsafe extern "C" fn td_writer_open(
     guard("td_writer_open", || {
         // SAFETY: the caller's promises.
         let writer = unsafe {
-            open_writer(path, keys, values, n, background, queue_bytes, drop_when_full, name_regex)
+            open_writer(
+                path,
+                keys,
+                values,
+                n,
+                background,
+                queue_bytes,
+                drop_when_full,
+                name_regex,
+            )
         }?;
         out = Box::into_raw(Box::new(td_writer { writer }));
         Ok(TD_OK)
@@ -357,7 +370,12 @@ unsafe fn with_meta(
 #[no_mangle]
 pub unsafe extern "C" fn td_meta_layer(m: *mut td_meta, layer: i64) -> i32 {
     // SAFETY: the caller's promise.
-    unsafe { with_meta(m, "td_meta_layer", |m| Ok(m.layer = opt_i64(layer))) }
+    unsafe {
+        with_meta(m, "td_meta_layer", |m| {
+            m.layer = opt_i64(layer);
+            Ok(())
+        })
+    }
 }
 
 /// Set the step (`TD_NONE`: none).
@@ -367,7 +385,12 @@ pub unsafe extern "C" fn td_meta_layer(m: *mut td_meta, layer: i64) -> i32 {
 #[no_mangle]
 pub unsafe extern "C" fn td_meta_step(m: *mut td_meta, step: i64) -> i32 {
     // SAFETY: the caller's promise.
-    unsafe { with_meta(m, "td_meta_step", |m| Ok(m.step = opt_i64(step))) }
+    unsafe {
+        with_meta(m, "td_meta_step", |m| {
+            m.step = opt_i64(step);
+            Ok(())
+        })
+    }
 }
 
 /// Set the role (`q`, `k`, `v`, `mask`, `kqv_out`, `k_quant`…; NULL: none).
@@ -385,7 +408,12 @@ pub unsafe extern "C" fn td_meta_role(m: *mut td_meta, role: *const c_char) -> i
         }
     };
     // SAFETY: the caller's promise.
-    unsafe { with_meta(m, "td_meta_role", |m| Ok(m.role = role)) }
+    unsafe {
+        with_meta(m, "td_meta_role", |m| {
+            m.role = role;
+            Ok(())
+        })
+    }
 }
 
 /// Add a parent: the record id of an earlier tensor.
@@ -395,7 +423,12 @@ pub unsafe extern "C" fn td_meta_role(m: *mut td_meta, role: *const c_char) -> i
 #[no_mangle]
 pub unsafe extern "C" fn td_meta_parent(m: *mut td_meta, id: u64) -> i32 {
     // SAFETY: the caller's promise.
-    unsafe { with_meta(m, "td_meta_parent", |m| Ok(m.lineage.parents.push(id))) }
+    unsafe {
+        with_meta(m, "td_meta_parent", |m| {
+            m.lineage.parents.push(id);
+            Ok(())
+        })
+    }
 }
 
 /// Shape and strides in canonical order from either order.
@@ -432,7 +465,9 @@ fn canonical(
             };
             ggml_layout::to_canonical(shape, &nb, offset).map_err(|e| e.to_string())
         }
-        o => Err(format!("unknown order {o} (TD_ORDER_CANONICAL or TD_ORDER_GGML)")),
+        o => Err(format!(
+            "unknown order {o} (TD_ORDER_CANONICAL or TD_ORDER_GGML)"
+        )),
     }
 }
 
@@ -611,7 +646,11 @@ pub unsafe extern "C" fn td_meta_ggml_layout(
 /// # Safety
 /// `m` is null or a live builder; strings are C strings.
 #[no_mangle]
-pub unsafe extern "C" fn td_meta_str(m: *mut td_meta, key: *const c_char, value: *const c_char) -> i32 {
+pub unsafe extern "C" fn td_meta_str(
+    m: *mut td_meta,
+    key: *const c_char,
+    value: *const c_char,
+) -> i32 {
     // SAFETY: the caller's promise.
     unsafe {
         with_meta(m, "td_meta_str", |m| {
@@ -673,7 +712,10 @@ pub unsafe extern "C" fn td_add_storage(
                 slice(data.cast::<u8>(), len, "data")?,
             )
         };
-        let id = w.writer.add_storage(name, bytes).map_err(|e| e.to_string())?;
+        let id = w
+            .writer
+            .add_storage(name, bytes)
+            .map_err(|e| e.to_string())?;
         // SAFETY: null or writable (the caller's promise).
         unsafe { put(out_id, id) };
         Ok(TD_OK)
@@ -714,7 +756,8 @@ unsafe fn tensor_args<'a>(
     let name = unsafe { text(name, "name")? };
     let dtype = dtype_of(dtype, name)?;
     // SAFETY: the caller's promises.
-    let shape = unsafe { slice(shape, ndim as usize, "shape") }.map_err(|e| format!("tensor `{name}`: {e}"))?;
+    let shape = unsafe { slice(shape, ndim as usize, "shape") }
+        .map_err(|e| format!("tensor `{name}`: {e}"))?;
     let strides = if byte_strides.is_null() {
         None
     } else {
@@ -724,9 +767,17 @@ unsafe fn tensor_args<'a>(
     let layout = canonical(order, shape, strides, dtype, storage_offset)
         .map_err(|e| format!("tensor `{name}`: {e}"))?;
     // SAFETY: null or a live builder (the caller's promise).
-    let mut meta = unsafe { meta.as_ref() }.map(|m| m.meta.clone()).unwrap_or_default();
+    let mut meta = unsafe { meta.as_ref() }
+        .map(|m| m.meta.clone())
+        .unwrap_or_default();
     if order == TD_ORDER_GGML && meta.source_layout.is_none() {
-        if let Some((ne, nb)) = ggml_layout::from_canonical(&Layout { storage_offset: 0, ..layout.clone() }, shape.len()) {
+        if let Some((ne, nb)) = ggml_layout::from_canonical(
+            &Layout {
+                storage_offset: 0,
+                ..layout.clone()
+            },
+            shape.len(),
+        ) {
             meta = meta.ggml_layout(&ne, &nb);
         }
     }
@@ -766,7 +817,16 @@ pub unsafe extern "C" fn td_add_tensor(
         let (w, a, bytes) = unsafe {
             (
                 w.as_ref().ok_or("writer is NULL")?,
-                tensor_args(name, dtype, ndim, shape, byte_strides, order, storage_offset, meta)?,
+                tensor_args(
+                    name,
+                    dtype,
+                    ndim,
+                    shape,
+                    byte_strides,
+                    order,
+                    storage_offset,
+                    meta,
+                )?,
                 slice(data.cast::<u8>(), len, "data")?,
             )
         };
@@ -814,7 +874,16 @@ pub unsafe extern "C" fn td_add_view(
         let (w, a) = unsafe {
             (
                 w.as_ref().ok_or("writer is NULL")?,
-                tensor_args(name, dtype, ndim, shape, byte_strides, order, storage_offset, meta)?,
+                tensor_args(
+                    name,
+                    dtype,
+                    ndim,
+                    shape,
+                    byte_strides,
+                    order,
+                    storage_offset,
+                    meta,
+                )?,
             )
         };
         let id = w
@@ -878,7 +947,16 @@ pub unsafe extern "C" fn td_ggml_open(
     guard("td_ggml_open", || {
         // SAFETY: the caller's promises.
         let writer = unsafe {
-            open_writer(path, keys, values, n, background, queue_bytes, drop_when_full, name_regex)
+            open_writer(
+                path,
+                keys,
+                values,
+                n,
+                background,
+                queue_bytes,
+                drop_when_full,
+                name_regex,
+            )
         }?;
         out = Box::into_raw(Box::new(td_ggml {
             recorder: GgmlRecorder::new(writer),
@@ -900,7 +978,10 @@ pub unsafe extern "C" fn td_ggml_close(g: *mut td_ggml) -> i32 {
     // SAFETY: from Box::into_raw in td_ggml_open, given back once.
     let g = unsafe { Box::from_raw(g) };
     guard("td_ggml_close", || {
-        g.recorder.finish().map(|_| TD_OK).map_err(|e| e.to_string())
+        g.recorder
+            .finish()
+            .map(|_| TD_OK)
+            .map_err(|e| e.to_string())
     })
 }
 

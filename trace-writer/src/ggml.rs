@@ -212,12 +212,17 @@ impl GgmlRecorder {
         let (id, storage) = match node.view {
             None => {
                 // owns its data: (only) the first parent's conversions are certain
-                if first_parent.as_ref().is_some_and(|p| p.shape == layout.shape) {
+                if first_parent
+                    .as_ref()
+                    .is_some_and(|p| p.shape == layout.shape)
+                {
                     if let Some(op) = copy_step(node.op, dtype) {
                         meta.lineage.ops.push(op);
                     }
                 }
-                let id = self.writer.add_strided(name, dtype, &layout, node.data, meta)?;
+                let id = self
+                    .writer
+                    .add_strided(name, dtype, &layout, node.data, meta)?;
                 let Some(id) = id else { return Ok(None) };
                 st.owners.insert(
                     node.key,

@@ -3,8 +3,8 @@
 
 pub mod capi;
 mod error;
-pub mod ggml;
 mod filter;
+pub mod ggml;
 mod sink;
 
 use std::collections::{HashMap, VecDeque};
