@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-__all__ = ["attention_inputs", "srcs"]
+__all__ = ["attention_inputs", "srcs", "capture", "Capture", "adapter_library"]
 
 
 def _op(t) -> Optional[str]:
@@ -81,3 +81,152 @@ def attention_inputs(trace, layer: int, step: Optional[int] = None) -> Optional[
         steps = sorted({f["op"].step for f in found if f["op"].step is not None})
         raise LookupError(f"layer {layer}: {len(found)} ggml attention ops (steps {steps}); pass step=")
     return found[0]
+
+
+# --------------------------------------------------------------------------
+# recording llama-cpp-python runs
+
+
+def _adapter_dir():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent / "_ggml_adapter"
+
+
+def adapter_library(cc: Optional[str] = None):
+    """The ggml adapter (``tracedump_ggml.c``) compiled against the ggml
+    headers and libraries of the installed llama-cpp-python, linked to this
+    package's recorder; built once and cached (``$XDG_CACHE_HOME/tracedump``).
+    Returns the path of the shared library."""
+    import hashlib
+    import os
+    import subprocess
+    from pathlib import Path
+
+    import llama_cpp
+
+    from . import _tracedump
+
+    pkg = Path(llama_cpp.__file__).resolve().parent
+    include, lib = pkg.parent / "include", pkg / "lib"
+    if not (include / "ggml.h").exists():
+        raise FileNotFoundError(f"{include}/ggml.h: llama-cpp-python did not install the ggml headers")
+    ext = Path(_tracedump.__file__).resolve()
+    src = _adapter_dir()
+    h = hashlib.sha256()
+    for f in sorted(src.iterdir()):
+        h.update(f.name.encode() + f.read_bytes())
+    for p in (include / "ggml.h", ext):
+        h.update(str(p).encode() + str(p.stat().st_mtime_ns).encode())
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tracedump"
+    out = cache / f"libtracedump_ggml-{h.hexdigest()[:16]}.so"
+    if out.exists():
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    cmd = [
+        cc or os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O2", "-o", str(tmp),
+        str(src / "tracedump_ggml.c"), f"-I{src}", f"-I{include}",
+        f"-L{lib}", "-lggml", "-lggml-base", f"-Wl,-rpath,{lib}",
+        str(ext), f"-Wl,-rpath,{ext.parent}",
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"compiling the ggml adapter failed:\n{' '.join(cmd)}\n{r.stderr}")
+    os.replace(tmp, out)
+    return out
+
+
+class Capture:
+    """See :func:`capture`."""
+
+    def __init__(self, llama, path, include: Optional[str] = None):
+        self.llama = llama
+        self.path = str(path)
+        self.include = include
+        self.step = 0
+        self._lib = None
+        self._td = None
+        self._records = 0
+
+    def __enter__(self) -> "Capture":
+        import ctypes
+
+        import llama_cpp
+        from llama_cpp import _internals
+
+        lib = ctypes.CDLL(str(adapter_library()))
+        lib.tracedump_ggml_open.restype = ctypes.c_void_p
+        lib.tracedump_ggml_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        lib.tracedump_ggml_step.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+        lib.tracedump_ggml_close.argtypes = [ctypes.c_void_p]
+        lib.tracedump_ggml_errors.argtypes = [ctypes.c_void_p]
+        lib.tracedump_ggml_errors.restype = ctypes.c_uint64
+        lib.tracedump_ggml_records.argtypes = [ctypes.c_void_p]
+        lib.tracedump_ggml_records.restype = ctypes.c_uint64
+        lib.tracedump_ggml_last_error.argtypes = [ctypes.c_void_p]
+        lib.tracedump_ggml_last_error.restype = ctypes.c_char_p
+        td = lib.tracedump_ggml_open(self.path.encode(), None if self.include is None else self.include.encode())
+        if not td:
+            raise RuntimeError(f"{self.path}: the ggml recorder could not open it (see stderr)")
+        self._lib, self._td = lib, td
+        llama = self.llama
+        params = llama.context_params
+        self._old = (llama._ctx, params.cb_eval, params.cb_eval_user_data, llama.n_tokens)
+        cb_addr = ctypes.cast(lib.tracedump_ggml_cb, ctypes.c_void_p).value
+        self._cb = llama_cpp.ggml_backend_sched_eval_callback(cb_addr)
+        params.cb_eval = self._cb
+        params.cb_eval_user_data = ctypes.c_void_p(td)
+        # a context of its own with the callback: the KV cache starts empty
+        ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=llama.verbose)
+        decode = ctx.decode
+
+        def traced_decode(batch):
+            lib.tracedump_ggml_step(td, self.step)
+            self.step += 1
+            return decode(batch)
+
+        ctx.decode = traced_decode
+        llama._ctx = ctx
+        llama.n_tokens = 0
+        return self
+
+    @property
+    def records(self) -> int:
+        """Tensors recorded so far (all of them, after the block)."""
+        return int(self._lib.tracedump_ggml_records(self._td)) if self._td else self._records
+
+    def __exit__(self, *exc) -> bool:
+        llama = self.llama
+        ctx = llama._ctx
+        llama._ctx, cb, ud, _ = self._old
+        llama.context_params.cb_eval, llama.context_params.cb_eval_user_data = cb, ud
+        llama.n_tokens = 0  # the original context's cache no longer matches input_ids
+        ctx.close()
+        lib, td = self._lib, self._td
+        self._records = int(lib.tracedump_ggml_records(td))
+        self._td = None
+        errors = int(lib.tracedump_ggml_errors(td))
+        first = lib.tracedump_ggml_last_error(td).decode(errors="replace")
+        if lib.tracedump_ggml_close(td) != 0:
+            raise RuntimeError(f"{self.path}: closing the trace failed (see stderr)")
+        if errors and exc[0] is None:
+            raise RuntimeError(f"{self.path}: {errors} tensors could not be recorded; the first: {first}")
+        return False
+
+
+def capture(llama, path, *, include: Optional[str] = None) -> Capture:
+    """Record every tensor llama.cpp evaluates in ``llama`` (a
+    ``llama_cpp.Llama``) into ``path``, with the C adapter (compiled on first
+    use against llama-cpp-python's own ggml headers, :func:`adapter_library`).
+
+        with tracedump.ggml.capture(llm, "run.tdump"):
+            llm.eval(llm.tokenize(b"Hello"))     # step 0
+            llm.eval([next_token])                # step 1
+
+    Each ``llama_decode`` is a step. Inside the block ``llm`` runs on a context
+    of its own with the eval callback installed (same parameters, an empty
+    KV cache); the original context is back afterwards, its cache forgotten
+    (``n_tokens = 0``). ``include`` is a regex on tensor names.
+    """
+    return Capture(llama, path, include)

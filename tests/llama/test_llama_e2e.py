@@ -124,3 +124,32 @@ def test_inspect_shows_the_view_chains(runs):
     assert "→ permute(0,2,1,3) → [ggml PERMUTE]" in out
     assert "[ggml SET_ROWS]" in out and "[ggml SOFT_MAX]" in out
     assert "L0 S2" in out
+
+
+def test_llama_cpp_python_capture(runs, tmp_path):
+    # the same adapter installed into a llama_cpp.Llama through the low-level API
+    import llama_cpp
+
+    model = next(iter(runs.values()))[0].parent / "tiny-llama.gguf"
+    llm = llama_cpp.Llama(
+        model_path=str(model), n_ctx=64, n_batch=64, n_threads=2, flash_attn=True,
+        type_k=llama_cpp.GGML_TYPE_Q8_0, type_v=llama_cpp.GGML_TYPE_Q8_0, verbose=False,
+    )
+    path = tmp_path / "llcp.tdump"
+    with tracedump.ggml.capture(llm, path) as cap:
+        llm.eval([1, 260, 262, 263, 100, 120])
+        llm.eval([runs["q8_0"][1][0]])
+    assert cap.records > 100
+    t = tracedump.open(path)
+    assert t.verify().ok and sorted({x.step for x in t}) == [0, 1]
+    for step, n_tok in ((0, 6), (1, 1)):
+        r = tracedump.reference.attention(t, 0, step, round_q="ggml")
+        assert r.dims["n_tokens"] == n_tok and r.metrics["sdpa"]["max_rel"] <= 1e-3
+    # the run is the C driver's: the same logits at step 0
+    c_run = tracedump.open(runs["q8_0"][0])
+    a = [x for x in t.find("result_output") if x.step == 0][0].numpy()
+    b = [x for x in c_run.find("result_output") if x.step == 0][0].numpy()
+    assert a.shape == b.shape and abs(a - b).max() == 0
+    # the Llama goes on with its own context afterwards
+    llm.eval([1, 260])
+    assert llm.n_tokens == 2

@@ -1,0 +1,159 @@
+/* tracedump ggml eval-callback adapter: see tracedump_ggml.h. */
+#include "tracedump_ggml.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ggml.h"
+#include "ggml-backend.h"
+#include "tracedump.h"
+
+struct tracedump_ggml {
+    td_ggml * rec;
+    uint64_t records;
+    uint64_t errors;
+    char error[512];
+    void * scratch;      /* device data copied out */
+    size_t scratch_len;
+};
+
+struct tracedump_ggml * tracedump_ggml_open(const char * path, const char * name_regex) {
+    struct tracedump_ggml * td = calloc(1, sizeof *td);
+    if (!td) {
+        return NULL;
+    }
+    const char * keys[] = {"engine", "ggml.adapter"};
+    const char * values[] = {"ggml", "tracedump_ggml.c"};
+    td->rec = td_ggml_open(path, keys, values, 2, 0, 0, 0, name_regex);
+    if (!td->rec) {
+        fprintf(stderr, "tracedump_ggml_open: %s\n", td_last_error());
+        free(td);
+        return NULL;
+    }
+    return td;
+}
+
+void tracedump_ggml_step(struct tracedump_ggml * td, int64_t step) {
+    if (td) {
+        td_ggml_set_step(td->rec, step);
+    }
+}
+
+/* The bytes of `t` (all ggml_nbytes of them), from host memory or copied out. */
+static const void * bytes_of(struct tracedump_ggml * td, const struct ggml_tensor * t, size_t n) {
+    if (t->data == NULL) {
+        return NULL;
+    }
+    if (t->buffer == NULL || ggml_backend_buffer_is_host(t->buffer)) {
+        return t->data;
+    }
+    if (td->scratch_len < n) {
+        void * p = realloc(td->scratch, n);
+        if (!p) {
+            return NULL;
+        }
+        td->scratch = p;
+        td->scratch_len = n;
+    }
+    ggml_backend_tensor_get(t, td->scratch, 0, n);
+    return td->scratch;
+}
+
+static void fail(struct tracedump_ggml * td, const char * name, const char * why) {
+    if (td->errors++ == 0) {
+        snprintf(td->error, sizeof td->error, "tensor `%s`: %s", name, why);
+    }
+}
+
+static void record(struct tracedump_ggml * td, struct ggml_tensor * t, int once) {
+    const void * srcs[GGML_MAX_SRC];
+    const char * src_names[GGML_MAX_SRC];
+    size_t n_srcs = 0;
+    for (int i = 0; i < GGML_MAX_SRC; i++) {
+        if (t->src[i]) {
+            n_srcs = (size_t) i + 1;
+        }
+    }
+    for (size_t i = 0; i < n_srcs; i++) {
+        srcs[i] = t->src[i];
+        src_names[i] = t->src[i] ? ggml_get_name(t->src[i]) : NULL;
+    }
+    const struct ggml_tensor * owner = t->view_src ? t->view_src : t;
+    size_t n = ggml_nbytes(owner);
+    const void * data = bytes_of(td, owner, n);
+    if (data == NULL && n > 0) {
+        fail(td, ggml_get_name(t), "no data to read");
+        return;
+    }
+    td_ggml_node node;
+    memset(&node, 0, sizeof node);
+    node.name = ggml_get_name(t);
+    node.op = ggml_op_name(t->op);
+    node.ggml_type = (uint32_t) t->type;
+    for (int i = 0; i < 4; i++) {
+        node.ne[i] = t->ne[i];
+        node.nb[i] = (uint64_t) t->nb[i];
+    }
+    node.op_params = t->op_params;
+    node.op_params_len = sizeof t->op_params;
+    node.key = t;
+    node.srcs = srcs;
+    node.src_names = src_names;
+    node.n_srcs = n_srcs;
+    node.data = data;
+    node.data_len = n;
+    node.view_src = t->view_src;
+    node.view_src_name = t->view_src ? ggml_get_name(t->view_src) : NULL;
+    node.view_offs = (uint64_t) t->view_offs;
+    node.once = once;
+    uint64_t id = 0;
+    int rc = td_ggml_record(td->rec, &node, &id);
+    if (rc == TD_ERROR) {
+        fail(td, node.name, td_last_error());
+    } else if (rc == TD_OK) {
+        td->records++;
+    }
+}
+
+bool tracedump_ggml_cb(struct ggml_tensor * t, bool ask, void * user_data) {
+    struct tracedump_ggml * td = user_data;
+    if (td == NULL || t == NULL) {
+        return true;
+    }
+    if (ask) {
+        /* ask for the data of the wanted tensors and of those reading graph inputs */
+        if (td_ggml_wants(td->rec, ggml_get_name(t))) {
+            return true;
+        }
+        return false;
+    }
+    /* graph inputs this node reads (KQ_mask, inp_pos...) are leaves the
+     * callback never sees: record them first, once per graph */
+    for (int i = 0; i < GGML_MAX_SRC; i++) {
+        struct ggml_tensor * s = t->src[i];
+        if (s && (s->flags & GGML_TENSOR_FLAG_INPUT) && s->op == GGML_OP_NONE &&
+            td_ggml_wants(td->rec, ggml_get_name(s))) {
+            record(td, s, 1);
+        }
+    }
+    record(td, t, 0);
+    return true;
+}
+
+uint64_t tracedump_ggml_records(const struct tracedump_ggml * td) { return td ? td->records : 0; }
+uint64_t tracedump_ggml_errors(const struct tracedump_ggml * td) { return td ? td->errors : 0; }
+const char * tracedump_ggml_last_error(const struct tracedump_ggml * td) { return td ? td->error : ""; }
+
+int tracedump_ggml_close(struct tracedump_ggml * td) {
+    if (!td) {
+        return 0;
+    }
+    int rc = td_ggml_close(td->rec);
+    if (rc != TD_OK) {
+        fprintf(stderr, "tracedump_ggml_close: %s\n", td_last_error());
+    }
+    free(td->scratch);
+    free(td);
+    return rc == TD_OK ? 0 : -1;
+}

@@ -1,0 +1,56 @@
+/* tracedump ggml eval-callback adapter.
+ *
+ * Compile tracedump_ggml.c into your engine against your own ggml.h and
+ * link libtrace_writer (.a or .so; header: trace-writer/include/tracedump.h):
+ *
+ *     struct tracedump_ggml * td = tracedump_ggml_open("run.tdump", NULL);
+ *     cparams.cb_eval = tracedump_ggml_cb;
+ *     cparams.cb_eval_user_data = td;
+ *     ... for each llama_decode: tracedump_ggml_step(td, step); llama_decode(...);
+ *     tracedump_ggml_close(td);   (after the context is freed or idle)
+ *
+ * Every evaluated tensor whose name matches the filter is recorded with its
+ * name, op, type (quantized types raw), ne/nb, view_src/view_offs, op_params
+ * and src[] as parents by record id (SPEC.md §7); graph inputs (KQ_mask,
+ * positions) are recorded before their first user. Host and device buffers
+ * both work (device data is copied out with ggml_backend_tensor_get).
+ */
+#ifndef TRACEDUMP_GGML_H
+#define TRACEDUMP_GGML_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct ggml_tensor;
+struct tracedump_ggml;
+
+/* Open `path`; `name_regex` (NULL: everything) selects tensor names.
+ * NULL on error: tracedump_ggml_last_error() says why. */
+struct tracedump_ggml * tracedump_ggml_open(const char * path, const char * name_regex);
+
+/* Tag the records of the next graph(s) with `step` (a decode call). */
+void tracedump_ggml_step(struct tracedump_ggml * td, int64_t step);
+
+/* The eval callback (llama_context_params.cb_eval / ggml_backend_sched_set_eval_callback),
+ * with the tracedump_ggml as user_data. Always lets evaluation go on. */
+bool tracedump_ggml_cb(struct ggml_tensor * t, bool ask, void * user_data);
+
+/* Records written and errors met so far (an error does not stop evaluation). */
+uint64_t tracedump_ggml_records(const struct tracedump_ggml * td);
+uint64_t tracedump_ggml_errors(const struct tracedump_ggml * td);
+
+/* The first error met, or "" */
+const char * tracedump_ggml_last_error(const struct tracedump_ggml * td);
+
+/* Write the footer and free; returns 0 on success. */
+int tracedump_ggml_close(struct tracedump_ggml * td);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
