@@ -14,7 +14,7 @@ fn trace_arg(obj: &Bound<'_, PyAny>) -> PyResult<Arc<Shared>> {
     if let Ok(t) = obj.cast::<PyTrace>() {
         return t.get().shared();
     }
-    crate::reader::open(obj)?.shared()
+    crate::reader::open(obj, None)?.shared()
 }
 
 /// `rules`: None; a preset name ("llama-hf"); mapping-file text (lines of

@@ -27,20 +27,48 @@ use crate::convert::{
 };
 use crate::errors::{reader_error, TraceError, TraceIOError};
 
+/// Files up to this size are read into memory when opened (copy-on-open):
+/// arrays made from them cannot fault if another program truncates the file
+/// later. Larger files are memory-mapped (see the README's rule).
+pub const COPY_BELOW: u64 = 64 << 20;
+
 /// An open trace, shared by the `Trace` object and every `Tensor` made from it.
 #[derive(Debug)]
 pub struct Shared {
     pub trace: Trace,
-    /// A private copy-on-write mapping of the same file, for torch tensors
-    /// (mapped at open time, right after the read-only one).
-    cow: Result<Arc<Source>, String>,
-    /// The whole copy-on-write mapping as one torch tensor per dtype, made
-    /// on first use: a tensor's `.torch()` is then one `as_strided` over it.
+    /// Whether the file was read into memory at open (else it is mapped).
+    pub copied: bool,
+    /// Writable bytes of the same file for torch tensors: a private
+    /// copy-on-write mapping (mapped at open time, right after the read-only
+    /// one), or for a copied file a second in-memory copy made on first use
+    /// (torch may write into it; the reader's copy is never written).
+    cow: std::sync::OnceLock<Result<Arc<Source>, String>>,
+    /// The whole writable copy as one torch tensor per dtype, made on first
+    /// use: a tensor's `.torch()` is then one `as_strided` over it.
     whole: std::sync::Mutex<std::collections::HashMap<&'static str, Py<PyAny>>>,
 }
 
 impl Shared {
-    pub fn open(path: PathBuf) -> PyResult<Shared> {
+    /// Open `path`: read into memory when `copy` says so (None: when the
+    /// file is at most [`COPY_BELOW`] bytes), else map it.
+    pub fn open(path: PathBuf, copy: Option<bool>) -> PyResult<Shared> {
+        let len = std::fs::metadata(&path).map(|m| m.len()).ok();
+        let copied = copy.unwrap_or(len.is_some_and(|n| n <= COPY_BELOW));
+        if copied {
+            let bytes = std::fs::read(&path).map_err(|error| {
+                reader_error(ReaderError::Io {
+                    path: path.clone(),
+                    error,
+                })
+            })?;
+            let trace = Trace::from_bytes(&path, bytes).map_err(reader_error)?;
+            return Ok(Shared {
+                trace,
+                copied,
+                cow: std::sync::OnceLock::new(),
+                whole: Default::default(),
+            });
+        }
         let trace = Trace::open(&path).map_err(reader_error)?;
         let cow = match Source::map_copy_on_write(&path) {
             Ok(s) if s.len() as u64 == trace.file_len() => Ok(Arc::new(s)),
@@ -54,13 +82,15 @@ impl Shared {
         };
         Ok(Shared {
             trace,
-            cow,
+            copied,
+            cow: std::sync::OnceLock::from(cow),
             whole: Default::default(),
         })
     }
 
     fn cow(&self) -> PyResult<&Arc<Source>> {
         self.cow
+            .get_or_init(|| Ok(Arc::new(Source::Owned(self.trace.source().bytes().to_vec()))))
             .as_ref()
             .map_err(|e| TraceIOError::new_err(format!("cannot map for torch: {e}")))
     }
@@ -190,9 +220,9 @@ pub struct PyTrace {
 }
 
 impl PyTrace {
-    pub fn open(path: PathBuf) -> PyResult<PyTrace> {
+    pub fn open(path: PathBuf, copy: Option<bool>) -> PyResult<PyTrace> {
         let path = std::path::absolute(&path).unwrap_or(path);
-        let shared = Shared::open(path.clone())?;
+        let shared = Shared::open(path.clone(), copy)?;
         Ok(PyTrace {
             inner: RwLock::new(Some(Arc::new(shared))),
             path,
@@ -222,17 +252,27 @@ fn path_arg(path: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
         .map_err(|_| PyTypeError::new_err("path must be str or os.PathLike[str]"))
 }
 
-/// Open a trace (`.tdump`) or a GGUF file.
+/// Open a trace (`.tdump`) or a GGUF file. `copy=True` reads it into
+/// memory, `False` maps it; the default copies files up to 64 MiB (arrays
+/// from a copied file survive the file being truncated or deleted).
 #[pyfunction]
-pub fn open(path: &Bound<'_, PyAny>) -> PyResult<PyTrace> {
-    PyTrace::open(path_arg(path)?)
+#[pyo3(signature = (path, *, copy=None))]
+pub fn open(path: &Bound<'_, PyAny>, copy: Option<bool>) -> PyResult<PyTrace> {
+    PyTrace::open(path_arg(path)?, copy)
 }
 
 #[pymethods]
 impl PyTrace {
     #[new]
-    fn py_new(path: &Bound<'_, PyAny>) -> PyResult<PyTrace> {
-        open(path)
+    #[pyo3(signature = (path, *, copy=None))]
+    fn py_new(path: &Bound<'_, PyAny>, copy: Option<bool>) -> PyResult<PyTrace> {
+        open(path, copy)
+    }
+
+    /// Whether the file was read into memory when opened (else it is mapped).
+    #[getter]
+    fn copied(&self) -> PyResult<bool> {
+        Ok(self.shared()?.copied)
     }
 
     /// The file's path.

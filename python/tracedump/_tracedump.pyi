@@ -72,8 +72,9 @@ class Fault(TypedDict):
     offset: int
     message: str
 
-def open(path: StrPath) -> Trace:
-    """Open a `.tdump` trace or a `.gguf` file (memory-mapped, read-only)."""
+def open(path: StrPath, *, copy: bool | None = None) -> Trace:
+    """Open a `.tdump` trace or a `.gguf` file: read into memory (copy=True,
+    the default for files up to 64 MiB) or memory-mapped read-only."""
 
 def compare(
     a: Trace | StrPath,
@@ -86,9 +87,11 @@ def compare(
     """Compare run `a` (under test) against run `b` (the reference)."""
 
 class Trace:
-    def __init__(self, path: StrPath) -> None: ...
+    def __init__(self, path: StrPath, *, copy: bool | None = None) -> None: ...
     @property
     def path(self) -> str: ...
+    @property
+    def copied(self) -> bool: ...
     @property
     def metadata(self) -> dict[str, Any]: ...
     @property

@@ -80,3 +80,6 @@ impl Rng {
         lo + (hi - lo) * u
     }
 }
+
+/// Traces built record by record (hostile-input tests).
+pub mod raw;

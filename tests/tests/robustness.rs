@@ -3,12 +3,9 @@
 
 use std::sync::Arc;
 
-use trace_format::codec::{
-    encode_run_metadata, encode_storage, encode_tensor, DataRef, IndexEntry, StorageDesc,
-    TensorDesc,
-};
+use trace_format::codec::{encode_storage, encode_tensor, DataRef, StorageDesc, TensorDesc};
 use trace_format::layout::ggml;
-use trace_format::record::{encode_file_header, frame_footer, frame_record, RecordKind, Trailer};
+use trace_format::record::{RecordKind, Trailer};
 use trace_format::{DType, Layout, Lineage, Metadata, Op};
 use trace_reader::{ReaderError, Trace};
 use trace_writer::{Mode, TensorMeta, WhenFull, Writer, WriterOptions};
@@ -145,61 +142,7 @@ fn every_flipped_bit_is_caught() {
     assert!(missed.is_empty(), "undetected flips at {missed:?}");
 }
 
-/// Builds a trace by hand so tests can write what the writer refuses to.
-struct RawTrace {
-    bytes: Vec<u8>,
-    index: Vec<IndexEntry>,
-    names: Vec<u8>,
-}
-
-impl RawTrace {
-    fn new() -> Self {
-        let mut r = RawTrace {
-            bytes: encode_file_header().to_vec(),
-            index: vec![],
-            names: vec![],
-        };
-        r.push(
-            RecordKind::RunMetadata,
-            "",
-            &encode_run_metadata(&Metadata::new()),
-            &[],
-        );
-        r
-    }
-    fn push(&mut self, kind: RecordKind, name: &str, descriptor: &[u8], payload: &[u8]) -> u64 {
-        let id = self.index.len() as u64;
-        let off = self.bytes.len() as u64;
-        let framed = frame_record(off, id, kind, descriptor, payload);
-        let body_len = u64::from_le_bytes(framed[16..24].try_into().unwrap());
-        self.bytes.extend_from_slice(&framed);
-        let name_offset = self.names.len() as u64;
-        self.names.extend_from_slice(name.as_bytes());
-        self.index.push(IndexEntry {
-            offset: off,
-            body_len,
-            kind: kind as u16,
-            step: None,
-            layer: None,
-            name_offset,
-            name_len: name.len() as u32,
-        });
-        id
-    }
-    fn tensor(&mut self, desc: &TensorDesc, payload: &[u8]) -> u64 {
-        self.push(
-            RecordKind::Tensor,
-            &desc.name,
-            &encode_tensor(desc),
-            payload,
-        )
-    }
-    fn finish(mut self) -> Vec<u8> {
-        let tail = frame_footer(self.bytes.len() as u64, &self.index, &self.names);
-        self.bytes.extend_from_slice(&tail);
-        self.bytes
-    }
-}
+use tracedump_tests::raw::RawTrace;
 
 fn desc(name: &str, dtype: DType, data: DataRef, shape: &[u64], strides: &[i64]) -> TensorDesc {
     TensorDesc {

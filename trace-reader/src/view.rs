@@ -186,6 +186,15 @@ impl<'a> TensorView<'a> {
             )));
         };
         let layout = &self.info.layout;
+        // a strided view may repeat its storage's bytes (stride 0): the same
+        // limit as for values (SPEC.md §9), before anything is allocated
+        let limit = value_limit(self.trace.file_len());
+        if layout.numel() > limit {
+            return Err(self.tensor_error(format!(
+                "materializing {} values is refused (limit {limit} for this file: use the zero-copy view instead)",
+                layout.numel()
+            )));
+        }
         let total = self.info.dtype.bytes_for(layout.numel()).unwrap_or(0) as usize;
         let mut out = Vec::with_capacity(total);
         let inner_contig = layout.byte_strides.last() == Some(&(size as i64));
@@ -207,6 +216,16 @@ impl<'a> TensorView<'a> {
         Ok(out)
     }
 
+    fn tensor_error(&self, reason: String) -> ReaderError {
+        ReaderError::Tensor {
+            path: self.trace.path().to_path_buf(),
+            tensor: self.info.name.clone(),
+            record: self.info.id,
+            offset: self.info.record_offset,
+            reason,
+        }
+    }
+
     fn values<T>(&self, conv: impl Fn(f64) -> T) -> Result<Vec<T>, ReaderError> {
         self.require_data()?;
         if self.info.derived {
@@ -220,13 +239,7 @@ impl<'a> TensorView<'a> {
             value_limit(self.trace.file_len()),
             conv,
         )
-        .map_err(|reason| ReaderError::Tensor {
-            path: self.trace.path().to_path_buf(),
-            tensor: self.info.name.clone(),
-            record: self.info.id,
-            offset: self.info.record_offset,
-            reason,
-        })
+        .map_err(|reason| self.tensor_error(reason))
     }
 
     /// The logical values as f32, row-major: block types dequantized

@@ -1,0 +1,82 @@
+//! Traces built record by record, so tests can write what the writer refuses to.
+
+use trace_format::codec::{encode_run_metadata, encode_tensor, IndexEntry, TensorDesc};
+use trace_format::record::{encode_file_header, frame_footer, frame_record, RecordKind};
+use trace_format::Metadata;
+
+/// A trace under construction: valid framing and checksums around any
+/// descriptor bytes.
+#[derive(Debug)]
+pub struct RawTrace {
+    /// The file so far.
+    pub bytes: Vec<u8>,
+    index: Vec<IndexEntry>,
+    names: Vec<u8>,
+}
+
+impl Default for RawTrace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RawTrace {
+    /// The file header and an empty RUN_METADATA record.
+    pub fn new() -> Self {
+        let mut r = RawTrace {
+            bytes: encode_file_header().to_vec(),
+            index: vec![],
+            names: vec![],
+        };
+        r.push(
+            RecordKind::RunMetadata,
+            "",
+            &encode_run_metadata(&Metadata::new()),
+            &[],
+        );
+        r
+    }
+
+    /// Frame and append a record (checksums computed); returns its id.
+    pub fn push(&mut self, kind: RecordKind, name: &str, descriptor: &[u8], payload: &[u8]) -> u64 {
+        let id = self.index.len() as u64;
+        let off = self.bytes.len() as u64;
+        let framed = frame_record(off, id, kind, descriptor, payload);
+        let body_len = u64::from_le_bytes(framed[16..24].try_into().unwrap());
+        self.bytes.extend_from_slice(&framed);
+        let name_offset = self.names.len() as u64;
+        self.names.extend_from_slice(name.as_bytes());
+        self.index.push(IndexEntry {
+            offset: off,
+            body_len,
+            kind: kind as u16,
+            step: None,
+            layer: None,
+            name_offset,
+            name_len: name.len() as u32,
+        });
+        id
+    }
+
+    /// Append a TENSOR record.
+    pub fn tensor(&mut self, desc: &TensorDesc, payload: &[u8]) -> u64 {
+        self.push(
+            RecordKind::Tensor,
+            &desc.name,
+            &encode_tensor(desc),
+            payload,
+        )
+    }
+
+    /// The file with its footer index.
+    pub fn finish(mut self) -> Vec<u8> {
+        let tail = frame_footer(self.bytes.len() as u64, &self.index, &self.names);
+        self.bytes.extend_from_slice(&tail);
+        self.bytes
+    }
+
+    /// The file without a footer (as a killed writer leaves it).
+    pub fn unfinished(self) -> Vec<u8> {
+        self.bytes
+    }
+}

@@ -1,0 +1,285 @@
+//! Hostile input never makes the reader ask for more memory than the file
+//! holds: counts, lengths and shapes that claim gigabytes (with valid
+//! checksums, so the decoders do see them) are refused before anything is
+//! allocated. A counting global allocator records the largest single request
+//! while a hostile file is opened, fully read and verified.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use trace_format::codec::{encode_storage, encode_tensor, DataRef, StorageDesc, TensorDesc};
+use trace_format::record::{RecordHeader, RecordKind, Trailer};
+use trace_format::{DType, Lineage, Metadata};
+use trace_reader::Trace;
+use tracedump_tests::raw::RawTrace;
+
+struct Counting;
+
+static ARMED: AtomicBool = AtomicBool::new(false);
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+fn note(size: usize) {
+    if ARMED.load(Ordering::Relaxed) {
+        LARGEST.fetch_max(size, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments
+// unchanged; the counting has no effect on the memory handed out.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: the caller's contract is System's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: as alloc.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: ptr came from System with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        // SAFETY: as dealloc; new_size is the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Open, read every tensor every way, verify; the largest allocation asked
+/// for on the way, and whether anything panicked.
+fn exercise(path: &Path) -> (usize, bool) {
+    LARGEST.store(0, Ordering::Relaxed);
+    ARMED.store(true, Ordering::Relaxed);
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        if let Ok(t) = Trace::open(path) {
+            for &id in t.tensor_ids() {
+                let _ = t.tensor(id);
+                if let Ok(v) = t.view(id) {
+                    let _ = v.to_f32();
+                    let _ = v.materialize();
+                }
+            }
+            let _ = t.verify();
+        }
+    }))
+    .is_err();
+    ARMED.store(false, Ordering::Relaxed);
+    (LARGEST.load(Ordering::Relaxed), panicked)
+}
+
+fn desc(name: &str, dtype: DType, data: DataRef, shape: &[u64], strides: &[i64]) -> TensorDesc {
+    TensorDesc {
+        name: name.into(),
+        dtype,
+        data,
+        shape: shape.to_vec(),
+        byte_strides: strides.to_vec(),
+        step: None,
+        layer: None,
+        role: None,
+        source_layout: None,
+        lineage: Lineage::default(),
+        stats: None,
+        metadata: Metadata::new(),
+    }
+}
+
+/// A storage of 64 bytes and one tensor whose descriptor is `patch`ed.
+fn with_tensor(d: &TensorDesc, patch: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
+    let mut r = RawTrace::new();
+    r.push(
+        RecordKind::Storage,
+        "buf",
+        &encode_storage(&StorageDesc {
+            name: "buf".into(),
+            metadata: Metadata::new(),
+        }),
+        &[7u8; 64],
+    );
+    let mut bytes = encode_tensor(d);
+    patch(&mut bytes);
+    r.push(RecordKind::Tensor, &d.name, &bytes, &[]);
+    r.finish()
+}
+
+fn u32_at(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// GGUF v3 bytes: header counts, then `rest`.
+fn gguf(tensors: u64, kvs: u64, rest: &[u8]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&tensors.to_le_bytes());
+    b.extend_from_slice(&kvs.to_le_bytes());
+    b.extend_from_slice(rest);
+    b
+}
+
+fn gguf_str(s: &[u8], claimed: u64) -> Vec<u8> {
+    let mut b = claimed.to_le_bytes().to_vec();
+    b.extend_from_slice(s);
+    b
+}
+
+#[test]
+fn hostile_counts_lengths_and_shapes_allocate_no_more_than_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = DataRef::Storage {
+        storage: 1,
+        offset: 0,
+    };
+    let plain = desc("t", DType::F32, view, &[4, 4], &[16, 4]);
+    // "t": name 4+1 bytes, dtype 2, data kind 1 + storage id 8 + offset 8: shape count at 24
+    let shape_count_at = 5 + 2 + 1 + 16;
+
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("baseline", with_tensor(&plain, |_| {})),
+        (
+            "shape count 2^32-1",
+            with_tensor(&plain, |b| u32_at(b, shape_count_at, u32::MAX)),
+        ),
+        (
+            "name length 2^32-1",
+            with_tensor(&plain, |b| u32_at(b, 0, u32::MAX)),
+        ),
+        (
+            "metadata entry count 2^31",
+            with_tensor(&plain, |b| {
+                let n = b.len();
+                u32_at(b, n - 4, 1 << 31)
+            }),
+        ),
+        (
+            "2^40 broadcast elements over 4 bytes",
+            with_tensor(
+                &desc("bcast", DType::F32, view, &[1 << 20, 1 << 20], &[0, 0]),
+                |_| {},
+            ),
+        ),
+        (
+            "shape product overflows u64",
+            with_tensor(
+                &desc("ovf", DType::F32, view, &[1 << 40, 1 << 40], &[0, 0]),
+                |_| {},
+            ),
+        ),
+        (
+            "q8_0 view of 2^36 blocks, stride 0",
+            with_tensor(
+                &desc("q", DType::Q8_0, view, &[1 << 31, 32], &[0, 34]),
+                |_| {},
+            ),
+        ),
+    ];
+
+    // a record header claiming a body of 4 GiB (header checksum valid)
+    let mut big = RawTrace::new();
+    big.push(
+        RecordKind::Storage,
+        "s",
+        &encode_storage(&StorageDesc {
+            name: "s".into(),
+            metadata: Metadata::new(),
+        }),
+        &[1; 64],
+    );
+    let mut b = big.unfinished();
+    let at = 64 + 64; // the second record: file header 64, run metadata record padded to 64
+    let h = RecordHeader::decode(&b[at..at + 32], at as u64).expect("a record header at 128");
+    let huge = RecordHeader {
+        body_len: 4 << 30,
+        ..h
+    };
+    b[at..at + 32].copy_from_slice(&huge.encode());
+    cases.push(("record body of 4 GiB", b));
+
+    // a footer claiming 2^40 index entries, and a trailer pointing at it
+    let mut f = RawTrace::new();
+    f.push(
+        RecordKind::Storage,
+        "s",
+        &encode_storage(&StorageDesc {
+            name: "s".into(),
+            metadata: Metadata::new(),
+        }),
+        &[1; 8],
+    );
+    let mut b = f.unfinished();
+    let footer_at = b.len() as u64;
+    let mut footer_desc = (1u64 << 40).to_le_bytes().to_vec();
+    footer_desc.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&trace_format::record::frame_record(
+        footer_at,
+        2,
+        RecordKind::Footer,
+        &footer_desc,
+        &[],
+    ));
+    b.extend_from_slice(
+        &Trailer {
+            footer_offset: footer_at,
+            record_count: 2,
+        }
+        .encode(),
+    );
+    cases.push(("footer with 2^40 entries", b));
+
+    // GGUF: counts and lengths of 2^60
+    cases.push(("gguf 2^60 tensors", gguf(1 << 60, 0, &[])));
+    cases.push(("gguf 2^60 key-values", gguf(0, 1 << 60, &[])));
+    cases.push((
+        "gguf key of 2^60 bytes",
+        gguf(0, 1, &gguf_str(b"k", 1 << 60)),
+    ));
+    let mut arr = gguf_str(b"k", 1);
+    arr.extend_from_slice(&9u32.to_le_bytes()); // ARRAY
+    arr.extend_from_slice(&10u32.to_le_bytes()); // of u64
+    arr.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    cases.push(("gguf array of 2^60 u64", gguf(0, 1, &arr)));
+    let mut t = gguf_str(b"w", 1);
+    t.extend_from_slice(&u32::MAX.to_le_bytes()); // n_dims
+    cases.push(("gguf tensor of 2^32-1 dims", gguf(1, 0, &t)));
+    let mut t = gguf_str(b"w", 1);
+    t.extend_from_slice(&2u32.to_le_bytes());
+    t.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    t.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    t.extend_from_slice(&0u32.to_le_bytes()); // f32
+    t.extend_from_slice(&0u64.to_le_bytes());
+    cases.push(("gguf tensor of 2^80 elements", gguf(1, 0, &t)));
+
+    let mut baseline = 0;
+    for (label, bytes) in &cases {
+        let ext = if bytes.starts_with(b"GGUF") {
+            "gguf"
+        } else {
+            "tdump"
+        };
+        let path = dir
+            .path()
+            .join(format!("{}.{ext}", label.replace([' ', '^'], "_")));
+        std::fs::write(&path, bytes).unwrap();
+        let (largest, panicked) = exercise(&path);
+        assert!(!panicked, "{label}: the reader panicked");
+        if *label == "baseline" {
+            baseline = largest;
+            continue;
+        }
+        // what a well-formed file of this size costs, or the file itself
+        let bound = baseline.max(bytes.len());
+        assert!(
+            largest <= bound,
+            "{label}: an allocation of {largest} bytes was asked for ({} byte file, baseline {baseline})",
+            bytes.len()
+        );
+    }
+    assert!(baseline > 0 && baseline < 1 << 20, "baseline {baseline}");
+}
