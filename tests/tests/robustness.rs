@@ -429,8 +429,19 @@ fn q8_0_view_with_half_block_heads() {
     assert!(e.contains("q8_0"), "{e}");
 }
 
+/// The values thread `t` records as its `i`-th tensor: 16 u32, or every
+/// 2500th a 1.5 MiB tensor (streamed by the sink while it is checksummed).
+fn thread_tensor(t: u32, i: u32) -> Vec<u32> {
+    let n = if i % 2500 == 1234 { 3 << 17 } else { 16 };
+    (0..n)
+        .map(|k| t.wrapping_mul(1_000_003) ^ i.wrapping_mul(65_537) ^ k)
+        .collect()
+}
+
 #[test]
 fn eight_threads_share_one_writer() {
+    const THREADS: u32 = 8;
+    const EACH: u32 = 10_000;
     for mode in [
         Mode::Sync,
         Mode::Background {
@@ -451,20 +462,18 @@ fn eight_threads_share_one_writer() {
             )
             .unwrap(),
         );
-        let handles: Vec<_> = (0..8u32)
+        let handles: Vec<_> = (0..THREADS)
             .map(|t| {
                 let w = Arc::clone(&w);
                 std::thread::spawn(move || {
-                    for i in 0..2000u32 {
-                        let v: Vec<u8> = (0..16u32)
-                            .flat_map(|k| (t * 1_000_000 + i * 16 + k).to_le_bytes())
-                            .collect();
+                    for i in 0..EACH {
+                        let v = thread_tensor(t, i);
                         w.add_tensor(
                             &format!("t{t}-{i}"),
                             DType::U32,
-                            &[16],
-                            &v,
-                            TensorMeta::new().step(i64::from(i)),
+                            &[v.len() as u64],
+                            bytemuck_bytes(&v),
+                            TensorMeta::new().step(i64::from(i)).layer(i64::from(t)),
                         )
                         .unwrap()
                         .unwrap();
@@ -475,14 +484,107 @@ fn eight_threads_share_one_writer() {
         handles.into_iter().for_each(|h| h.join().unwrap());
         Arc::try_unwrap(w).unwrap().finish().unwrap();
         let t = Trace::open(&path).unwrap();
-        assert_eq!(t.len(), 16000, "{mode:?}");
+        assert_eq!(t.len(), (THREADS * EACH) as usize, "{mode:?}");
+        let rep = t.verify();
+        assert!(rep.is_ok(), "{:?}", rep.faults);
+        // every tensor once, whole, with its own values: none interleaved or torn
+        let mut seen = vec![false; (THREADS * EACH) as usize];
+        for &id in t.tensor_ids() {
+            let info = t.tensor(id).unwrap();
+            let (tt, i) = info.name[1..].split_once('-').unwrap();
+            let (tt, i): (u32, u32) = (tt.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(
+                (info.layer, info.step),
+                (Some(i64::from(tt)), Some(i64::from(i)))
+            );
+            let slot = &mut seen[(tt * EACH + i) as usize];
+            assert!(!*slot, "{} twice", info.name);
+            *slot = true;
+            let v = t.view(id).unwrap();
+            assert_eq!(
+                v.as_slice::<u32>().unwrap(),
+                &thread_tensor(tt, i)[..],
+                "{}",
+                info.name
+            );
+        }
+        assert!(seen.iter().all(|&x| x));
+    }
+}
+
+fn bytemuck_bytes(v: &[u32]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}
+
+/// The child's part: write the shard `TRACEDUMP_SHARD` as rank `TRACEDUMP_RANK`.
+fn write_shard(path: &std::ffi::OsStr) {
+    let rank: u32 = std::env::var("TRACEDUMP_RANK").unwrap().parse().unwrap();
+    let w = Writer::create(
+        path,
+        Metadata::new()
+            .with("rank", i64::from(rank))
+            .with("world_size", 2i64),
+    )
+    .unwrap();
+    for i in 0..5000 {
+        let v = thread_tensor(rank, i);
+        w.add_tensor(
+            &format!("t{rank}-{i}"),
+            DType::U32,
+            &[v.len() as u64],
+            bytemuck_bytes(&v),
+            TensorMeta::new().step(i64::from(i)),
+        )
+        .unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// Two processes (this test binary, run again as the child) write two
+/// shards at the same time; each file holds exactly its own records.
+#[test]
+fn two_processes_write_two_shards_at_once() {
+    if let Some(path) = std::env::var_os("TRACEDUMP_SHARD") {
+        return write_shard(&path);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..2u32)
+        .map(|rank| {
+            std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "two_processes_write_two_shards_at_once",
+                    "--nocapture",
+                ])
+                .env(
+                    "TRACEDUMP_SHARD",
+                    dir.path().join(format!("rank{rank}.tdump")),
+                )
+                .env("TRACEDUMP_RANK", rank.to_string())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    for rank in 0..2u32 {
+        let t = Trace::open(dir.path().join(format!("rank{rank}.tdump"))).unwrap();
         assert!(t.verify().is_ok());
-        for tt in 0..8u32 {
-            for i in [0u32, 777, 1999] {
-                let v = t.view_by_name(&format!("t{tt}-{i}")).unwrap();
-                let want: Vec<u32> = (0..16).map(|k| tt * 1_000_000 + i * 16 + k).collect();
-                assert_eq!(v.as_slice::<u32>().unwrap(), &want[..]);
-            }
+        assert_eq!(t.len(), 5000);
+        assert_eq!(
+            t.run_metadata().get("rank"),
+            Some(&trace_format::Value::I64(i64::from(rank)))
+        );
+        for &id in t.tensor_ids() {
+            let info = t.tensor(id).unwrap();
+            let i: u32 = info.name.split_once('-').unwrap().1.parse().unwrap();
+            assert!(info.name.starts_with(&format!("t{rank}-")));
+            assert_eq!(
+                t.view(id).unwrap().as_slice::<u32>().unwrap(),
+                &thread_tensor(rank, i)[..]
+            );
         }
     }
 }
