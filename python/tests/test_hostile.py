@@ -130,3 +130,15 @@ def test_errors_name_file_and_tensor(tmp_path):
     p.write_bytes(b"not a trace at all" * 10)
     with pytest.raises(tracedump.TraceFormatError, match="junk.tdump"):
         tracedump.open(p)
+
+
+def test_the_rust_hostile_files():
+    # the files tests/tests/allocation_bound.rs makes (counts, lengths and
+    # shapes claiming gigabytes, with valid checksums), opened from Python
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    paths = sorted((root / "tests/hostile").iterdir())
+    assert len(paths) >= 15, "tests/hostile/ is missing: see tests/tests/allocation_bound.rs"
+    res = probe(paths)
+    assert res["trace_errors"] >= len(paths) - 1  # every hostile file fails somewhere, cleanly

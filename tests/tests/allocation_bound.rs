@@ -256,6 +256,23 @@ fn hostile_counts_lengths_and_shapes_allocate_no_more_than_the_file() {
     t.extend_from_slice(&0u64.to_le_bytes());
     cases.push(("gguf tensor of 2^80 elements", gguf(1, 0, &t)));
 
+    // the same files, committed for the Python hostile-input test
+    // (python/tests/test_hostile.py); TRACEDUMP_BLESS=1 rewrites them
+    let committed = tracedump_tests::workspace_root().join("tests/hostile");
+    for (label, bytes) in &cases {
+        let ext = if bytes.starts_with(b"GGUF") { "gguf" } else { "tdump" };
+        let file = committed.join(format!("{}.{ext}", label.replace([' ', '^', ','], "_")));
+        if std::env::var_os("TRACEDUMP_BLESS").is_some() {
+            std::fs::create_dir_all(&committed).unwrap();
+            std::fs::write(&file, bytes).unwrap();
+        }
+        assert!(
+            std::fs::read(&file).is_ok_and(|b| &b == bytes),
+            "{} is stale or missing: TRACEDUMP_BLESS=1 cargo test -p tracedump-tests --test allocation_bound",
+            file.display()
+        );
+    }
+
     let mut baseline = 0;
     for (label, bytes) in &cases {
         let ext = if bytes.starts_with(b"GGUF") {
@@ -265,7 +282,7 @@ fn hostile_counts_lengths_and_shapes_allocate_no_more_than_the_file() {
         };
         let path = dir
             .path()
-            .join(format!("{}.{ext}", label.replace([' ', '^'], "_")));
+            .join(format!("{}.{ext}", label.replace([' ', '^', ','], "_")));
         std::fs::write(&path, bytes).unwrap();
         let (largest, panicked) = exercise(&path);
         assert!(!panicked, "{label}: the reader panicked");
