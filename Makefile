@@ -5,7 +5,7 @@ TRACEDUMP := $(TARGET_DIR)/release/tracedump
 DEMO := $(TARGET_DIR)/demo/demo.tdump
 DEMO_REF := $(TARGET_DIR)/demo/demo.reference.tdump
 
-.PHONY: demo test test-rust test-python test-c debug-build lint bench build pyenv pypackage llama
+.PHONY: demo test test-rust test-python test-c debug-build lint bench build pyenv pypackage llama browser
 
 build:
 	$(CARGO) build --release -p trace-reader
@@ -40,6 +40,12 @@ pypackage: pyenv
 llama: pyenv
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/llama/requirements.txt
 
+## Debian's chromium, for the browser test of the HTML report.
+browser:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+
 ## Every test, Rust, C and Python.
 test: pyenv test-rust test-c test-python
 
@@ -54,8 +60,8 @@ test-c: debug-build pypackage
 	$(TARGET_DIR)/capi_test $(TARGET_DIR)/capi_test.tdump
 	$(PYTHON) trace-writer/tests/c/check_capi.py $(TARGET_DIR)/capi_test.tdump
 
-test-python: debug-build pypackage llama
-	$(PYTHON) -m pytest -q python/tests tests/llama
+test-python: debug-build pypackage llama browser
+	$(PYTHON) -m pytest -q python/tests tests/llama tests/report
 
 test-rust:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

@@ -89,6 +89,44 @@ pub fn compare(
     Ok(DiffResult { report })
 }
 
+/// Compare `a` with `b` as `compare()` does and write the divergence report
+/// to `path`: one self-contained HTML page (per-layer error growth, the
+/// first divergent tensor's lineage and layout in both runs, an error
+/// histogram, a heat map of where the error sits, the sortable table; what
+/// `tracedump report` writes). Returns the comparison.
+#[pyfunction]
+#[pyo3(signature = (a, b, path, rules=None, atol=1e-3, rtol=1e-2, min_cosine=0.999))]
+#[allow(clippy::too_many_arguments)]
+pub fn report(
+    py: Python<'_>,
+    a: &Bound<'_, PyAny>,
+    b: &Bound<'_, PyAny>,
+    path: &Bound<'_, PyAny>,
+    rules: Option<&Bound<'_, PyAny>>,
+    atol: f64,
+    rtol: f64,
+    min_cosine: f64,
+) -> PyResult<DiffResult> {
+    let out: std::path::PathBuf = py.import("os")?.getattr("fspath")?.call1((path,))?.extract()?;
+    let (ta, tb) = (trace_arg(a)?, trace_arg(b)?);
+    let ren = renamer(rules)?;
+    let tol = Tolerance {
+        atol,
+        rtol,
+        min_cosine,
+    };
+    let report = py
+        .detach(|| diff(&ta.trace, &tb.trace, &ren, &tol, |_, _| {}))
+        .map_err(reader_error)?;
+    let page = py
+        .detach(|| trace_reader::report::html(&ta.trace, &tb.trace, &report))
+        .map_err(reader_error)?;
+    std::fs::write(&out, page).map_err(|e| {
+        crate::errors::TraceIOError::new_err(format!("{}: {e}", out.display()))
+    })?;
+    Ok(DiffResult { report })
+}
+
 /// What `compare()` found.
 #[pyclass(frozen, module = "tracedump", name = "DiffResult")]
 #[derive(Debug)]

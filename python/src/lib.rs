@@ -21,6 +21,7 @@ fn _tracedump(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_function(wrap_pyfunction!(reader::open, m)?)?;
     m.add_function(wrap_pyfunction!(compare::compare, m)?)?;
+    m.add_function(wrap_pyfunction!(compare::report, m)?)?;
     m.add_class::<reader::PyTrace>()?;
     m.add_class::<reader::PyTensor>()?;
     m.add_class::<reader::VerifyReport>()?;

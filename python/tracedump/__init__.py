@@ -30,6 +30,7 @@ from ._tracedump import (
     Writer,
     __version__,
     compare,
+    report,
     open,
 )
 from . import ggml, reference
@@ -52,6 +53,7 @@ __all__ = [
     "__version__",
     "capture",
     "compare",
+    "report",
     "open",
     "reference",
 ]

@@ -86,6 +86,17 @@ def compare(
 ) -> DiffResult:
     """Compare run `a` (under test) against run `b` (the reference)."""
 
+def report(
+    a: Trace | StrPath,
+    b: Trace | StrPath,
+    path: StrPath,
+    rules: None | str | Sequence[str | tuple[str, str]] | Mapping[str, str] = None,
+    atol: float = 1e-3,
+    rtol: float = 1e-2,
+    min_cosine: float = 0.999,
+) -> DiffResult:
+    """Compare as `compare` does and write the self-contained HTML divergence report to `path`."""
+
 class Trace:
     def __init__(self, path: StrPath, *, copy: bool | None = None) -> None: ...
     @property

@@ -4,6 +4,8 @@
 pub mod compare;
 mod error;
 pub mod gguf;
+#[cfg(feature = "report")]
+pub mod report;
 /// Layer and step numbers read from tensor names (shared with the writer).
 pub use trace_format::names;
 mod source;

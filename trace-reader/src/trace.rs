@@ -473,6 +473,30 @@ impl Trace {
         all.iter().position(|&x| x == id).map(|k| (k, all.len()))
     }
 
+    /// The lineage of tensor `id` as one line, parents by name and record
+    /// id: `cache_k_l0#16 → view(+0, [1,8,4,16]) → permute(0,2,1,3) → [ggml PERMUTE]`
+    /// (empty when it has none or cannot be read).
+    pub fn lineage_text(&self, id: u64) -> String {
+        let Ok(t) = self.tensor(id) else {
+            return String::new();
+        };
+        let mut parts: Vec<String> = Vec::new();
+        if !t.lineage.parents.is_empty() {
+            let names: Vec<String> = t
+                .lineage
+                .parents
+                .iter()
+                .map(|&p| format!("{}#{p}", self.record_name(p).unwrap_or("?")))
+                .collect();
+            parts.push(names.join(" + "));
+        }
+        parts.extend(t.lineage.ops.iter().map(|o| o.to_string()));
+        if let Some(op) = &t.lineage.engine_op {
+            parts.push(format!("[{} {}]", op.engine, op.op));
+        }
+        parts.join(" → ")
+    }
+
     /// Look a tensor up by name. Names are not identities: a plain name
     /// gives its **first** occurrence in execution order; `name#k` gives
     /// the k-th (from 0) when no tensor is literally named `name#k`; use

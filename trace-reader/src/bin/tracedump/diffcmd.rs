@@ -6,7 +6,7 @@ use anyhow::Result;
 use trace_reader::compare::{DiffReport, Pair, Verdict};
 use trace_reader::Trace;
 
-use crate::inspect::{lineage_chain, num};
+use crate::inspect::num;
 use crate::output::{join, Grid};
 
 fn verdict_cell(v: &Verdict) -> String {
@@ -49,7 +49,7 @@ fn side(trace: &Trace, id: u64) -> String {
                 Some(s) if s == id => format!("own bytes +{}", t.layout.storage_offset),
                 Some(s) => format!("storage #{s} +{}", t.layout.storage_offset),
             },
-            match lineage_chain(trace, t) {
+            match trace.lineage_text(t.id) {
                 c if c.is_empty() => "(none)".to_string(),
                 c => c,
             }

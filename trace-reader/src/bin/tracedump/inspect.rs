@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use anyhow::Result;
 use serde::Serialize;
-use trace_reader::{SourceLayout, TensorFilter, TensorInfo, Trace};
+use trace_reader::{SourceLayout, TensorFilter, Trace};
 
 use crate::output::{join, progress, Grid};
 
@@ -120,24 +120,6 @@ pub fn value_json(v: &trace_reader::Value) -> serde_json::Value {
     }
 }
 
-/// The lineage as one readable chain: `cache_k_l0#2 → view(+0, [..]) → permute(0,2,1,3) → [ggml PERMUTE]`.
-pub fn lineage_chain(trace: &Trace, t: &TensorInfo) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    if !t.lineage.parents.is_empty() {
-        let names: Vec<String> = t
-            .lineage
-            .parents
-            .iter()
-            .map(|&p| format!("{}#{p}", trace.record_name(p).unwrap_or("?")))
-            .collect();
-        parts.push(names.join(" + "));
-    }
-    parts.extend(t.lineage.ops.iter().map(|o| o.to_string()));
-    if let Some(op) = &t.lineage.engine_op {
-        parts.push(format!("[{} {}]", op.engine, op.op));
-    }
-    parts.join(" → ")
-}
 
 fn row(trace: &Trace, id: u64, stats: bool) -> Row {
     let t = match trace.tensor(id) {
@@ -221,7 +203,7 @@ fn row(trace: &Trace, id: u64, stats: bool) -> Row {
         ggml_ne,
         ggml_nb,
         parents: t.lineage.parents.clone(),
-        lineage: lineage_chain(trace, t),
+        lineage: trace.lineage_text(t.id),
         stats,
         error,
     }

@@ -1,0 +1,208 @@
+//! The divergence report: one self-contained HTML page (no network fetches)
+//! built from a [`DiffReport`]: per-layer error growth, the first divergent
+//! tensor with its lineage and layout for both runs, an error histogram, a
+//! heat map of where in that tensor the error sits, and the full sortable
+//! table. The page draws itself with inline JavaScript from the data
+//! embedded in it; when it has drawn, `<body data-rendered="1">`.
+
+use serde_json::{json, Value};
+
+use crate::compare::{DiffReport, Verdict};
+use crate::{ReaderError, Trace};
+
+/// Rows and columns of the heat map, at most.
+const HEAT_ROWS: usize = 64;
+const HEAT_COLS: usize = 128;
+/// Histogram bins (log10 of |a − b|).
+const BINS: usize = 40;
+
+fn side_json(trace: &Trace, id: u64) -> Value {
+    match trace.tensor(id) {
+        Ok(t) => json!({
+            "file": trace.path().display().to_string(),
+            "id": id,
+            "name": t.name,
+            "dtype": t.dtype.to_string(),
+            "shape": t.layout.shape,
+            "byte_strides": t.layout.byte_strides,
+            "element_strides": t.element_strides(),
+            "storage_offset": t.layout.storage_offset,
+            "contiguous": t.is_contiguous(),
+            "storage": match t.storage {
+                None if t.derived => "derived (rebuilt from its parents)".to_string(),
+                None => "stats only".to_string(),
+                Some(s) if s == id => "own bytes".to_string(),
+                Some(s) => format!("storage #{s} ({})", trace.record_name(s).unwrap_or("?")),
+            },
+            "ggml": t.source_layout.as_ref().map(|s| match s {
+                crate::SourceLayout::Ggml { ne, nb } => format!("ne {ne:?} nb {nb:?}"),
+            }),
+            "layer": t.layer,
+            "step": t.step,
+            "role": t.role,
+            "lineage": trace.lineage_text(id),
+        }),
+        Err(e) => json!({ "id": id, "error": e.to_string() }),
+    }
+}
+
+/// |a − b| of the first divergence, as a histogram and a heat map.
+fn error_map(a: &Trace, b: &Trace, ida: u64, idb: u64) -> Result<Value, ReaderError> {
+    let va = a.view(ida)?.to_f64()?;
+    let vb = b.view(idb)?.to_f64()?;
+    let shape = a.tensor(ida)?.layout.shape.clone();
+    if va.len() != vb.len() || va.is_empty() {
+        return Ok(Value::Null);
+    }
+    let err: Vec<f64> = va.iter().zip(&vb).map(|(x, y)| (x - y).abs()).collect();
+    // histogram of log10 |a - b| over the finite non-zero errors
+    let finite: Vec<f64> = err.iter().copied().filter(|e| e.is_finite() && *e > 0.0).collect();
+    let zeros = err.iter().filter(|&&e| e == 0.0).count();
+    let nonfinite = err.iter().filter(|e| !e.is_finite()).count();
+    let mut hist = json!(null);
+    if !finite.is_empty() {
+        let lo = finite.iter().copied().fold(f64::INFINITY, f64::min).log10().floor();
+        let hi = finite.iter().copied().fold(0.0, f64::max).log10().ceil().max(lo + 1.0);
+        let width = (hi - lo) / BINS as f64;
+        let mut counts = vec![0u64; BINS];
+        for e in &finite {
+            let k = (((e.log10() - lo) / width) as usize).min(BINS - 1);
+            counts[k] += 1;
+        }
+        hist = json!({ "log10_lo": lo, "log10_hi": hi, "counts": counts });
+    }
+    // heat map: the tensor as rows × the last dimension, max-pooled
+    let cols = *shape.last().unwrap_or(&1) as usize;
+    let cols = cols.max(1);
+    let rows = err.len() / cols;
+    let (hr, hc) = (rows.clamp(1, HEAT_ROWS), cols.clamp(1, HEAT_COLS));
+    let mut cells = vec![0f64; hr * hc];
+    for r in 0..rows {
+        let cr = r * hr / rows.max(1);
+        for c in 0..cols {
+            let e = err[r * cols + c];
+            let cell = &mut cells[cr * hc + c * hc / cols];
+            if e.is_nan() || e > *cell {
+                *cell = if e.is_finite() { e } else { f64::MAX };
+            }
+        }
+    }
+    let (worst, at) = err
+        .iter()
+        .enumerate()
+        .fold((0.0f64, 0usize), |(m, i), (j, &e)| if e > m { (e, j) } else { (m, i) });
+    Ok(json!({
+        "numel": err.len(),
+        "zeros": zeros,
+        "nonfinite": nonfinite,
+        "histogram": hist,
+        "heatmap": { "rows": hr, "cols": hc, "tensor_rows": rows, "tensor_cols": cols, "cells": cells },
+        "shape": shape,
+        "worst": { "abs": worst, "flat_index": at, "a": va[at], "b": vb[at] },
+    }))
+}
+
+fn verdict_text(v: &Verdict) -> String {
+    match v {
+        Verdict::Agree => "ok".into(),
+        Verdict::Diverge(why) => format!("DIVERGE: {}", why.join("; ")),
+        Verdict::ShapeMismatch => "shape mismatch".into(),
+        Verdict::StatsOnly => "stats only".into(),
+        Verdict::Skipped(why) => format!("skipped: {why}"),
+    }
+}
+
+/// Everything the page shows, as JSON.
+pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, ReaderError> {
+    let pairs: Vec<Value> = r
+        .pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let m = p.metrics.as_ref();
+            json!({
+                "index": i,
+                "key": p.key,
+                "name_a": p.a.name,
+                "name_b": p.b.name,
+                "layer": p.a.layer.or(p.b.layer),
+                "dtype": if p.a.dtype == p.b.dtype { p.a.dtype.clone() } else { format!("{} / {}", p.a.dtype, p.b.dtype) },
+                "shape": p.a.shape,
+                "verdict": verdict_text(&p.verdict),
+                "divergent": p.verdict.is_divergent(),
+                "max_abs": m.map(|m| m.max_abs),
+                "max_rel": m.map(|m| m.max_rel),
+                "cosine": m.map(|m| m.cosine),
+                "mean_a": m.map(|m| m.a.mean),
+                "mean_b": m.map(|m| m.b.mean),
+                "std_a": m.map(|m| m.a.std),
+                "std_b": m.map(|m| m.b.std),
+            })
+        })
+        .collect();
+    let layers: Vec<Value> = r
+        .layers
+        .iter()
+        .map(|l| {
+            json!({
+                "layer": l.layer, "pairs": l.pairs, "divergent": l.divergent,
+                "max_abs": l.max_abs, "min_cosine": l.min_cosine, "last": l.last,
+                "std_a": l.a.std, "std_b": l.b.std, "mean_a": l.a.mean, "mean_b": l.b.mean,
+                "std_ratio": l.std_ratio,
+            })
+        })
+        .collect();
+    let first = match r.first_divergence.and_then(|i| r.pairs.get(i).map(|p| (i, p))) {
+        Some((i, p)) => json!({
+            "index": i,
+            "key": p.key,
+            "verdict": verdict_text(&p.verdict),
+            "metrics": p.metrics.as_ref().map(|m| json!({
+                "max_abs": m.max_abs, "max_rel": m.max_rel, "mean_abs": m.mean_abs,
+                "rmse": m.rmse, "cosine": m.cosine, "max_abs_index": m.max_abs_index,
+                "nan_mismatch": m.nan_mismatch, "inf_mismatch": m.inf_mismatch,
+            })),
+            "a": side_json(a, p.a.id),
+            "b": side_json(b, p.b.id),
+            "errors": error_map(a, b, p.a.id, p.b.id).unwrap_or(Value::Null),
+        }),
+        None => Value::Null,
+    };
+    Ok(json!({
+        "a": a.path().display().to_string(),
+        "b": b.path().display().to_string(),
+        "tolerance": { "atol": r.tolerance.atol, "rtol": r.tolerance.rtol, "min_cosine": r.tolerance.min_cosine },
+        "agrees": r.agrees(),
+        "pairs": pairs,
+        "layers": layers,
+        "first": first,
+        "only_in_a": r.only_in_a,
+        "only_in_b": r.only_in_b,
+        "unreadable": r.unreadable,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+/// The report page: `TEMPLATE` with the data embedded.
+pub fn html(a: &Trace, b: &Trace, r: &DiffReport) -> Result<String, ReaderError> {
+    let data = report_data(a, b, r)?;
+    // JSON inside <script>: no "</script" or "<!--" may end it early; '<'
+    // only occurs inside JSON strings, where \u003c means the same
+    let json = serde_json::to_string(&data)
+        .unwrap_or_else(|_| "null".into())
+        .replace('<', "\\u003c");
+    let title = format!(
+        "tracedump report: {} vs {}",
+        a.path().file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        b.path().file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+    );
+    Ok(TEMPLATE
+        .replace("{{TITLE}}", &escape(&title))
+        .replace("{{DATA}}", &json))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+const TEMPLATE: &str = include_str!("report.html");
