@@ -83,3 +83,6 @@ impl Rng {
 
 /// Traces built record by record (hostile-input tests).
 pub mod raw;
+
+/// Seeded record plans for the crash-safety and disk-full tests and their child writer.
+pub mod crash;

@@ -15,9 +15,10 @@ pub enum WriterError {
         /// The underlying error.
         error: std::io::Error,
     },
-    /// An earlier write failed; the file holds every record before it and
-    /// nothing more is appended.
-    #[error("{}: an earlier write failed ({message}); the file keeps every record before it", path.display())]
+    /// An earlier write, flush or fsync failed; the file holds every record
+    /// flushed before it (records added since the last flush may be lost
+    /// with the write buffer) and nothing more is appended.
+    #[error("{}: an earlier write failed ({message}); the file keeps every record flushed before it", path.display())]
     Failed {
         /// The trace file.
         path: PathBuf,

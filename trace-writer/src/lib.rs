@@ -308,6 +308,9 @@ impl Writer {
             descriptor: &descriptor,
             payload: &[],
         })
+        // flushed at once, so that a process killed from here on leaves a
+        // trace the reader opens, not an empty file
+        .and_then(|_| sink.flush())
         .map_err(|source| WriterError::Io {
             path: path.clone(),
             error: source,
@@ -811,7 +814,10 @@ impl Writer {
                     descriptor: &descriptor,
                     payload,
                 };
-                match sink.append(&parts) {
+                // write-through: when add returns, the record is in the OS
+                // (one write for the framed record), so it survives a crash
+                // of this process, SIGKILL included
+                match sink.append(&parts).and_then(|id| sink.flush().map(|()| id)) {
                     Ok(id) => {
                         *payload_crc32c = sink.last_payload_crc32c;
                         Ok(Some(id))
@@ -879,23 +885,33 @@ impl Writer {
     /// system: it then survives a crash of this process.
     pub fn flush(&self) -> Result<(), WriterError> {
         self.drain()?;
-        lock(&self.shared.sink)
-            .flush()
-            .map_err(|source| WriterError::Io {
-                path: self.shared.path.clone(),
-                error: source,
-            })
+        let flushed = lock(&self.shared.sink).flush();
+        flushed.map_err(|e| self.io_failed(e))
     }
 
     /// [`Writer::flush`], then `fsync`: the records survive a crash of the machine.
     pub fn sync_all(&self) -> Result<(), WriterError> {
         self.drain()?;
-        lock(&self.shared.sink)
-            .sync_all()
-            .map_err(|source| WriterError::Io {
-                path: self.shared.path.clone(),
-                error: source,
-            })
+        let synced = lock(&self.shared.sink).sync_all();
+        synced.map_err(|e| self.io_failed(e))
+    }
+
+    /// A failed flush or fsync fails the writer as a failed record write
+    /// does: what was buffered may be partly written, so nothing more is
+    /// appended after it, and later calls say so ([`WriterError::Failed`]).
+    /// Call without holding the sink lock (the sync path takes `failed`
+    /// before `sink`).
+    fn io_failed(&self, error: std::io::Error) -> WriterError {
+        let message = error.to_string();
+        if self.thread.is_some() {
+            lock(&self.shared.queue).error.get_or_insert(message);
+        } else {
+            lock(&self.shared.failed).get_or_insert(message);
+        }
+        WriterError::Io {
+            path: self.shared.path.clone(),
+            error,
+        }
     }
 
     fn drain(&self) -> Result<(), WriterError> {
