@@ -49,9 +49,10 @@ browser:
 ## Every test, Rust, C and Python.
 test: pyenv test-rust test-c test-python
 
-## The debug build the C and Python tests use: libtrace_writer.a/.so and the CLI.
+## The debug build the C and Python tests use: libtrace_writer.a/.so and the
+## CLI with Parquet (arrow-rs: a heavy build, kept out of the default features).
 debug-build:
-	$(CARGO) build -p trace-writer -p trace-reader
+	$(CARGO) build -p trace-writer -p trace-reader --features trace-reader/parquet
 
 ## The C ABI: a C program calls every function of tracedump.h; Python checks the file.
 test-c: debug-build pypackage
@@ -61,7 +62,7 @@ test-c: debug-build pypackage
 	$(PYTHON) trace-writer/tests/c/check_capi.py $(TARGET_DIR)/capi_test.tdump
 
 test-python: debug-build pypackage llama browser
-	$(PYTHON) -m pytest -q python/tests tests/llama tests/report
+	$(PYTHON) -m pytest -q python/tests tests/llama tests/report tests/parquet
 
 test-rust:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

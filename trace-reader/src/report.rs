@@ -56,13 +56,28 @@ fn error_map(a: &Trace, b: &Trace, ida: u64, idb: u64) -> Result<Value, ReaderEr
     }
     let err: Vec<f64> = va.iter().zip(&vb).map(|(x, y)| (x - y).abs()).collect();
     // histogram of log10 |a - b| over the finite non-zero errors
-    let finite: Vec<f64> = err.iter().copied().filter(|e| e.is_finite() && *e > 0.0).collect();
+    let finite: Vec<f64> = err
+        .iter()
+        .copied()
+        .filter(|e| e.is_finite() && *e > 0.0)
+        .collect();
     let zeros = err.iter().filter(|&&e| e == 0.0).count();
     let nonfinite = err.iter().filter(|e| !e.is_finite()).count();
     let mut hist = json!(null);
     if !finite.is_empty() {
-        let lo = finite.iter().copied().fold(f64::INFINITY, f64::min).log10().floor();
-        let hi = finite.iter().copied().fold(0.0, f64::max).log10().ceil().max(lo + 1.0);
+        let lo = finite
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+            .log10()
+            .floor();
+        let hi = finite
+            .iter()
+            .copied()
+            .fold(0.0, f64::max)
+            .log10()
+            .ceil()
+            .max(lo + 1.0);
         let width = (hi - lo) / BINS as f64;
         let mut counts = vec![0u64; BINS];
         for e in &finite {
@@ -87,10 +102,11 @@ fn error_map(a: &Trace, b: &Trace, ida: u64, idb: u64) -> Result<Value, ReaderEr
             }
         }
     }
-    let (worst, at) = err
-        .iter()
-        .enumerate()
-        .fold((0.0f64, 0usize), |(m, i), (j, &e)| if e > m { (e, j) } else { (m, i) });
+    let (worst, at) =
+        err.iter().enumerate().fold(
+            (0.0f64, 0usize),
+            |(m, i), (j, &e)| if e > m { (e, j) } else { (m, i) },
+        );
     Ok(json!({
         "numel": err.len(),
         "zeros": zeros,
@@ -152,7 +168,10 @@ pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, Reader
             })
         })
         .collect();
-    let first = match r.first_divergence.and_then(|i| r.pairs.get(i).map(|p| (i, p))) {
+    let first = match r
+        .first_divergence
+        .and_then(|i| r.pairs.get(i).map(|p| (i, p)))
+    {
         Some((i, p)) => json!({
             "index": i,
             "key": p.key,
@@ -193,8 +212,14 @@ pub fn html(a: &Trace, b: &Trace, r: &DiffReport) -> Result<String, ReaderError>
         .replace('<', "\\u003c");
     let title = format!(
         "tracedump report: {} vs {}",
-        a.path().file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        b.path().file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        a.path()
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        b.path()
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     );
     Ok(TEMPLATE
         .replace("{{TITLE}}", &escape(&title))
@@ -202,7 +227,10 @@ pub fn html(a: &Trace, b: &Trace, r: &DiffReport) -> Result<String, ReaderError>
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 const TEMPLATE: &str = include_str!("report.html");

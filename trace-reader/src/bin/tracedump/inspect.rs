@@ -120,7 +120,6 @@ pub fn value_json(v: &trace_reader::Value) -> serde_json::Value {
     }
 }
 
-
 fn row(trace: &Trace, id: u64, stats: bool) -> Row {
     let t = match trace.tensor(id) {
         Ok(t) => t,

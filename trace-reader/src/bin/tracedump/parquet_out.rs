@@ -1,0 +1,508 @@
+//! Parquet tables (the `parquet` feature): one row per tensor
+//! (`export --to parquet`), optionally a long table of the values of small
+//! tensors, and one row per compared pair (`diff --parquet`). Written with
+//! arrow-rs `arrow` + `parquet`, snappy-compressed; readable by pyarrow,
+//! DuckDB, Spark, pandas.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
+    UInt64Builder,
+};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use trace_reader::compare::{DiffReport, Verdict};
+use trace_reader::{SourceLayout, Stats, Trace};
+
+fn write(batch: &RecordBatch, out: &Path) -> Result<()> {
+    let tmp = out.with_extension("parquet.tmp");
+    let file = std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_created_by(format!("tracedump {}", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+    w.write(batch)?;
+    w.close()?;
+    std::fs::rename(&tmp, out).with_context(|| format!("{}", out.display()))?;
+    Ok(())
+}
+
+fn u64_list(rows: &[Option<Vec<u64>>]) -> ArrayRef {
+    let mut b = ListBuilder::new(UInt64Builder::new());
+    for r in rows {
+        match r {
+            Some(v) => {
+                b.values().append_slice(v);
+                b.append(true);
+            }
+            None => b.append(false),
+        }
+    }
+    Arc::new(b.finish())
+}
+
+fn i64_list(rows: &[Option<Vec<i64>>]) -> ArrayRef {
+    let mut b = ListBuilder::new(Int64Builder::new());
+    for r in rows {
+        match r {
+            Some(v) => {
+                b.values().append_slice(v);
+                b.append(true);
+            }
+            None => b.append(false),
+        }
+    }
+    Arc::new(b.finish())
+}
+
+fn strings<'a>(rows: impl IntoIterator<Item = Option<&'a str>>) -> ArrayRef {
+    let mut b = StringBuilder::new();
+    for r in rows {
+        b.append_option(r);
+    }
+    Arc::new(b.finish())
+}
+
+fn u64s(rows: impl IntoIterator<Item = Option<u64>>) -> ArrayRef {
+    let mut b = UInt64Builder::new();
+    for r in rows {
+        b.append_option(r);
+    }
+    Arc::new(b.finish())
+}
+
+fn i64s(rows: impl IntoIterator<Item = Option<i64>>) -> ArrayRef {
+    let mut b = Int64Builder::new();
+    for r in rows {
+        b.append_option(r);
+    }
+    Arc::new(b.finish())
+}
+
+fn f64s(rows: impl IntoIterator<Item = Option<f64>>) -> ArrayRef {
+    let mut b = Float64Builder::new();
+    for r in rows {
+        b.append_option(r);
+    }
+    Arc::new(b.finish())
+}
+
+fn bools(rows: impl IntoIterator<Item = Option<bool>>) -> ArrayRef {
+    let mut b = BooleanBuilder::new();
+    for r in rows {
+        b.append_option(r);
+    }
+    Arc::new(b.finish())
+}
+
+/// Statistics of values, as the writer computes them (SPEC.md §5.5).
+fn stats_of(values: &[f64]) -> Stats {
+    let mut acc = trace_format::stats::StatsAccumulator::new();
+    for &v in values {
+        acc.push(v);
+    }
+    acc.finish(None)
+}
+
+/// What `export --to parquet` wrote.
+#[derive(Debug, serde::Serialize)]
+pub struct ParquetSummary {
+    /// The tensors table.
+    pub tensors_file: String,
+    /// Rows in it.
+    pub tensors: usize,
+    /// The values table, when asked for.
+    pub values_file: Option<String>,
+    /// Rows in it.
+    pub values: usize,
+}
+
+/// One row per tensor of `ids`; with `values_max`, also `OUT.values.parquet`
+/// with one row per value of every tensor of at most that many elements.
+pub fn export_tensors(
+    trace: &Trace,
+    ids: &[u64],
+    out: &Path,
+    values_max: Option<u64>,
+) -> Result<ParquetSummary> {
+    struct Row {
+        id: u64,
+        name: String,
+        dtype: String,
+        shape: Vec<u64>,
+        byte_strides: Vec<i64>,
+        element_strides: Option<Vec<i64>>,
+        storage: Option<u64>,
+        storage_offset: u64,
+        contiguous: bool,
+        derived: bool,
+        parents: Vec<u64>,
+        lineage: String,
+        engine_op: Option<String>,
+        role: Option<String>,
+        layer: Option<i64>,
+        step: Option<i64>,
+        ggml: Option<(Vec<i64>, Vec<u64>)>,
+        stats: Option<Stats>,
+        stats_source: Option<&'static str>,
+        error: Option<String>,
+    }
+    let mut rows = Vec::with_capacity(ids.len());
+    let (mut v_id, mut v_name, mut v_index, mut v_value) = (vec![], vec![], vec![], vec![]);
+    for &id in ids {
+        let t = match trace.tensor(id) {
+            Ok(t) => t,
+            Err(e) => {
+                rows.push(Row {
+                    id,
+                    name: trace.record_name(id).unwrap_or("").to_owned(),
+                    dtype: String::new(),
+                    shape: vec![],
+                    byte_strides: vec![],
+                    element_strides: None,
+                    storage: None,
+                    storage_offset: 0,
+                    contiguous: false,
+                    derived: false,
+                    parents: vec![],
+                    lineage: String::new(),
+                    engine_op: None,
+                    role: None,
+                    layer: None,
+                    step: None,
+                    ggml: None,
+                    stats: None,
+                    stats_source: None,
+                    error: Some(e.to_string()),
+                });
+                continue;
+            }
+        };
+        let mut error = None;
+        let numel = t.layout.numel();
+        let values = if t.has_values() {
+            match trace.view(id).and_then(|v| v.to_f64()) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    error = Some(e.to_string());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (stats, stats_source) = match (&t.stats, &values) {
+            (Some(s), _) => (Some(s.clone()), Some("stored")),
+            (None, Some(v)) => (Some(stats_of(v)), Some("computed")),
+            (None, None) => (None, None),
+        };
+        if let (Some(max), Some(v)) = (values_max, &values) {
+            if numel <= max {
+                for (i, &x) in v.iter().enumerate() {
+                    v_id.push(id);
+                    v_name.push(t.name.clone());
+                    v_index.push(i as u64);
+                    v_value.push(x);
+                }
+            }
+        }
+        rows.push(Row {
+            id,
+            name: t.name.clone(),
+            dtype: t.dtype.to_string(),
+            shape: t.layout.shape.clone(),
+            byte_strides: t.layout.byte_strides.clone(),
+            element_strides: t.element_strides(),
+            storage: t.storage,
+            storage_offset: t.layout.storage_offset,
+            contiguous: t.is_contiguous(),
+            derived: t.derived,
+            parents: t.lineage.parents.clone(),
+            lineage: trace.lineage_text(id),
+            engine_op: t
+                .lineage
+                .engine_op
+                .as_ref()
+                .map(|e| format!("{} {}", e.engine, e.op)),
+            role: t.role.clone(),
+            layer: t.layer,
+            step: t.step,
+            ggml: t.source_layout.as_ref().map(|s| match s {
+                SourceLayout::Ggml { ne, nb } => (ne.clone(), nb.clone()),
+            }),
+            stats,
+            stats_source,
+            error,
+        });
+    }
+    let file = trace.path().display().to_string();
+    let st = |f: fn(&Stats) -> f64| f64s(rows.iter().map(|r| r.stats.as_ref().map(f)));
+    let stu = |f: fn(&Stats) -> u64| u64s(rows.iter().map(|r| r.stats.as_ref().map(f)));
+    let batch = RecordBatch::try_from_iter(vec![
+        ("file", strings(rows.iter().map(|_| Some(file.as_str())))),
+        ("id", u64s(rows.iter().map(|r| Some(r.id)))),
+        ("name", strings(rows.iter().map(|r| Some(r.name.as_str())))),
+        (
+            "dtype",
+            strings(rows.iter().map(|r| Some(r.dtype.as_str()))),
+        ),
+        (
+            "shape",
+            u64_list(
+                &rows
+                    .iter()
+                    .map(|r| Some(r.shape.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        (
+            "byte_strides",
+            i64_list(
+                &rows
+                    .iter()
+                    .map(|r| Some(r.byte_strides.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        (
+            "element_strides",
+            i64_list(
+                &rows
+                    .iter()
+                    .map(|r| r.element_strides.clone())
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        (
+            "numel",
+            u64s(rows.iter().map(|r| Some(r.shape.iter().product()))),
+        ),
+        ("storage", u64s(rows.iter().map(|r| r.storage))),
+        (
+            "storage_offset",
+            u64s(rows.iter().map(|r| Some(r.storage_offset))),
+        ),
+        ("contiguous", bools(rows.iter().map(|r| Some(r.contiguous)))),
+        ("derived", bools(rows.iter().map(|r| Some(r.derived)))),
+        (
+            "parents",
+            u64_list(
+                &rows
+                    .iter()
+                    .map(|r| Some(r.parents.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        (
+            "lineage",
+            strings(rows.iter().map(|r| Some(r.lineage.as_str()))),
+        ),
+        (
+            "engine_op",
+            strings(rows.iter().map(|r| r.engine_op.as_deref())),
+        ),
+        ("role", strings(rows.iter().map(|r| r.role.as_deref()))),
+        ("layer", i64s(rows.iter().map(|r| r.layer))),
+        ("step", i64s(rows.iter().map(|r| r.step))),
+        (
+            "ggml_ne",
+            i64_list(
+                &rows
+                    .iter()
+                    .map(|r| r.ggml.as_ref().map(|g| g.0.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        (
+            "ggml_nb",
+            u64_list(
+                &rows
+                    .iter()
+                    .map(|r| r.ggml.as_ref().map(|g| g.1.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        ("stats_source", strings(rows.iter().map(|r| r.stats_source))),
+        ("count", stu(|s| s.count)),
+        ("nan_count", stu(|s| s.nan_count)),
+        ("inf_count", stu(|s| s.inf_count)),
+        ("min", st(|s| s.min)),
+        ("max", st(|s| s.max)),
+        ("mean", st(|s| s.mean)),
+        ("std", st(|s| s.std)),
+        ("abs_max", st(|s| s.abs_max)),
+        ("l2_norm", st(|s| s.l2_norm)),
+        ("error", strings(rows.iter().map(|r| r.error.as_deref()))),
+    ])?;
+    write(&batch, out)?;
+    let mut summary = ParquetSummary {
+        tensors_file: out.display().to_string(),
+        tensors: rows.len(),
+        values_file: None,
+        values: 0,
+    };
+    if values_max.is_some() {
+        let vout = values_path(out);
+        let n = v_value.len();
+        let batch = RecordBatch::try_from_iter(vec![
+            ("file", strings(v_id.iter().map(|_| Some(file.as_str())))),
+            ("id", u64s(v_id.into_iter().map(Some))),
+            ("name", strings(v_name.iter().map(|s| Some(s.as_str())))),
+            ("flat_index", u64s(v_index.into_iter().map(Some))),
+            ("value", f64s(v_value.into_iter().map(Some))),
+        ])?;
+        write(&batch, &vout)?;
+        summary.values_file = Some(vout.display().to_string());
+        summary.values = n;
+    }
+    Ok(summary)
+}
+
+/// `tensors.parquet` → `tensors.values.parquet`.
+pub fn values_path(out: &Path) -> std::path::PathBuf {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.with_file_name(format!("{stem}.values.parquet"))
+}
+
+/// One row per compared pair of a `diff`.
+pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<()> {
+    let p = &r.pairs;
+    let m = |f: fn(&trace_reader::compare::Metrics) -> f64| {
+        f64s(p.iter().map(|x| {
+            x.metrics
+                .as_ref()
+                .filter(|_| !matches!(x.verdict, Verdict::StatsOnly))
+                .map(f)
+        }))
+    };
+    let mu = |f: fn(&trace_reader::compare::Metrics) -> u64| {
+        u64s(p.iter().map(|x| {
+            x.metrics
+                .as_ref()
+                .filter(|_| !matches!(x.verdict, Verdict::StatsOnly))
+                .map(f)
+        }))
+    };
+    let verdict = |v: &Verdict| match v {
+        Verdict::Agree => "agree",
+        Verdict::Diverge(_) => "diverge",
+        Verdict::ShapeMismatch => "shape_mismatch",
+        Verdict::StatsOnly => "stats_only",
+        Verdict::Skipped(_) => "skipped",
+    };
+    let reasons: Vec<String> = p
+        .iter()
+        .map(|x| match &x.verdict {
+            Verdict::Diverge(why) => why.join("; "),
+            Verdict::Skipped(why) => why.clone(),
+            _ => String::new(),
+        })
+        .collect();
+    let (fa, fb) = (
+        a.path().display().to_string(),
+        b.path().display().to_string(),
+    );
+    let batch = RecordBatch::try_from_iter(vec![
+        ("file_a", strings(p.iter().map(|_| Some(fa.as_str())))),
+        ("file_b", strings(p.iter().map(|_| Some(fb.as_str())))),
+        ("index", u64s((0..p.len() as u64).map(Some))),
+        ("key", strings(p.iter().map(|x| Some(x.key.as_str())))),
+        ("name_a", strings(p.iter().map(|x| Some(x.a.name.as_str())))),
+        ("name_b", strings(p.iter().map(|x| Some(x.b.name.as_str())))),
+        ("id_a", u64s(p.iter().map(|x| Some(x.a.id)))),
+        ("id_b", u64s(p.iter().map(|x| Some(x.b.id)))),
+        ("layer", i64s(p.iter().map(|x| x.a.layer.or(x.b.layer)))),
+        (
+            "dtype_a",
+            strings(p.iter().map(|x| Some(x.a.dtype.as_str()))),
+        ),
+        (
+            "dtype_b",
+            strings(p.iter().map(|x| Some(x.b.dtype.as_str()))),
+        ),
+        (
+            "shape_a",
+            u64_list(
+                &p.iter()
+                    .map(|x| Some(x.a.shape.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        (
+            "shape_b",
+            u64_list(
+                &p.iter()
+                    .map(|x| Some(x.b.shape.clone()))
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        (
+            "verdict",
+            strings(p.iter().map(|x| Some(verdict(&x.verdict)))),
+        ),
+        (
+            "divergent",
+            bools(p.iter().map(|x| Some(x.verdict.is_divergent()))),
+        ),
+        (
+            "first_divergence",
+            bools((0..p.len()).map(|i| Some(r.first_divergence == Some(i)))),
+        ),
+        ("reasons", strings(reasons.iter().map(|s| Some(s.as_str())))),
+        ("numel", mu(|m| m.numel)),
+        ("max_abs", m(|m| m.max_abs)),
+        ("max_rel", m(|m| m.max_rel)),
+        ("mean_abs", m(|m| m.mean_abs)),
+        ("rmse", m(|m| m.rmse)),
+        ("cosine", m(|m| m.cosine)),
+        (
+            "max_ulp",
+            u64s(p.iter().map(|x| x.metrics.as_ref().and_then(|m| m.max_ulp))),
+        ),
+        ("nan_mismatch", mu(|m| m.nan_mismatch)),
+        ("inf_mismatch", mu(|m| m.inf_mismatch)),
+        ("outside_tolerance", mu(|m| m.outside_tolerance)),
+        (
+            "mean_a",
+            f64s(p.iter().map(|x| x.metrics.as_ref().map(|m| m.a.mean))),
+        ),
+        (
+            "std_a",
+            f64s(p.iter().map(|x| x.metrics.as_ref().map(|m| m.a.std))),
+        ),
+        (
+            "min_a",
+            f64s(p.iter().map(|x| x.metrics.as_ref().map(|m| m.a.min))),
+        ),
+        (
+            "max_a",
+            f64s(p.iter().map(|x| x.metrics.as_ref().map(|m| m.a.max))),
+        ),
+        (
+            "mean_b",
+            f64s(p.iter().map(|x| x.metrics.as_ref().map(|m| m.b.mean))),
+        ),
+        (
+            "std_b",
+            f64s(p.iter().map(|x| x.metrics.as_ref().map(|m| m.b.std))),
+        ),
+        (
+            "min_b",
+            f64s(p.iter().map(|x| x.metrics.as_ref().map(|m| m.b.min))),
+        ),
+        (
+            "max_b",
+            f64s(p.iter().map(|x| x.metrics.as_ref().map(|m| m.b.max))),
+        ),
+    ])?;
+    write(&batch, out)
+}
