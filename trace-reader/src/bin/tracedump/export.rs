@@ -16,12 +16,12 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::{Dtype, View};
-use safetensors::SafeTensors;
 use serde::Serialize;
 use serde_json::json;
 use trace_reader::{DType, Source, TensorInfo, TensorView, Trace, Value};
-use trace_writer::{Metadata, TensorMeta, Writer};
+use trace_writer::{Metadata, Writer};
 
+use crate::import;
 use crate::recover::{same_file, temp_path};
 
 /// The output format of [`export`].
@@ -58,7 +58,7 @@ pub struct ImportSummary {
 }
 
 /// The key of `__metadata__` that describes the source tensors.
-pub const TENSORS_KEY: &str = "tracedump.tensors";
+pub use crate::import::TENSORS_KEY;
 
 /// A tensor chosen for export.
 struct Planned<'t> {
@@ -304,27 +304,6 @@ fn st_dtype(d: DType) -> Option<Dtype> {
     })
 }
 
-fn from_st_dtype(d: Dtype) -> Option<DType> {
-    Some(match d {
-        Dtype::F64 => DType::F64,
-        Dtype::F32 => DType::F32,
-        Dtype::F16 => DType::F16,
-        Dtype::BF16 => DType::BF16,
-        Dtype::I64 => DType::I64,
-        Dtype::I32 => DType::I32,
-        Dtype::I16 => DType::I16,
-        Dtype::I8 => DType::I8,
-        Dtype::U64 => DType::U64,
-        Dtype::U32 => DType::U32,
-        Dtype::U16 => DType::U16,
-        Dtype::U8 => DType::U8,
-        Dtype::BOOL => DType::Bool,
-        Dtype::F8_E4M3 => DType::F8_E4M3,
-        Dtype::F8_E5M2 => DType::F8_E5M2,
-        _ => return None,
-    })
-}
-
 /// One tensor as safetensors sees it: the bytes are borrowed from the trace
 /// when contiguous, else materialized when the file is written (one tensor
 /// at a time).
@@ -467,9 +446,6 @@ fn usual_permissions(path: &Path) -> Option<fs::Permissions> {
     permissions
 }
 
-/// Read a safetensors file and record its tensors, contiguous, in a new trace.
-///
-/// Run metadata: every `__metadata__` entry (as a string) and `imported_from`.
 /// Write a trace at `output` through `record`, atomically: into a temporary
 /// file beside it, renamed into place when complete, removed on failure.
 /// Returns the size of the trace.
@@ -510,34 +486,17 @@ pub fn import_gguf(input: &Path, output: &Path) -> Result<ImportSummary> {
     if !trace.is_gguf() {
         bail!("{}: not a GGUF file", input.display());
     }
-    let mut run = trace.run_metadata().clone();
-    run.insert("imported_from", input.display().to_string());
-    let bytes = write_trace_atomically(output, run, |w| {
-        for t in trace.tensors() {
-            let t = t?;
-            let view = trace.view(t.id)?;
-            let bytes = view.contiguous_bytes().ok_or_else(|| {
-                anyhow!("{}: tensor `{}` is not contiguous", input.display(), t.name)
-            })?;
-            let mut meta = TensorMeta::new();
-            meta.layer = t.layer;
-            meta.step = t.step;
-            meta.source_layout = t.source_layout.clone();
-            meta.metadata = t.metadata.clone();
-            w.add_tensor(&t.name, t.dtype, &t.layout.shape, bytes, meta)
-                .with_context(|| format!("{}: tensor `{}`", input.display(), t.name))?;
-        }
-        Ok(())
-    })?;
+    let label = input.display().to_string();
+    let run = import::gguf_run_metadata(&trace, &label);
+    let bytes = write_trace_atomically(output, run, |w| import::record_gguf(&trace, &label, w))?;
     Ok(ImportSummary {
         tensors: trace.len() as u64,
         bytes,
     })
 }
 
-/// Tensors are recorded in the order of the source trace when the file came
-/// from [`export`] (its `tracedump.tensors` key; their layer, step and role
-/// are restored too), else in the order of their data in the file.
+/// Read a safetensors file and record its tensors, contiguous, in a new
+/// trace (see [`import::SafetensorsImport`] for their order and metadata).
 pub fn import_safetensors(input: &Path, output: &Path) -> Result<ImportSummary> {
     if same_file(input, output) {
         bail!(
@@ -546,65 +505,10 @@ pub fn import_safetensors(input: &Path, output: &Path) -> Result<ImportSummary> 
         );
     }
     let source = Source::map(input).with_context(|| format!("cannot read {}", input.display()))?;
-    let bytes = source.bytes();
-    let bad = |e: safetensors::SafeTensorError| {
-        anyhow!("{}: not a valid safetensors file: {e}", input.display())
-    };
-    let (_, header) = SafeTensors::read_metadata(bytes).map_err(bad)?;
-    let st = SafeTensors::deserialize(bytes).map_err(bad)?;
-
-    let mut run = Metadata::new();
-    let mut keys: Vec<(&String, &String)> = header.metadata().iter().flatten().collect();
-    keys.sort();
-    for (k, v) in keys {
-        run.insert(k.as_str(), v.as_str());
-    }
-    run.insert("imported_from", input.display().to_string());
-
-    // What an earlier export said about each tensor (ignored if malformed).
-    let described: serde_json::Map<String, serde_json::Value> = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(TENSORS_KEY))
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default();
-    let mut order: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
-    let key = |name: &str| {
-        let record = described
-            .get(name)
-            .and_then(|d| d.get("record"))
-            .and_then(serde_json::Value::as_u64);
-        let offset = header.info(name).map_or(usize::MAX, |i| i.data_offsets.0);
-        (record.is_none(), record.unwrap_or(0), offset)
-    };
-    order.sort_by(|(a, _), (b, _)| key(a).cmp(&key(b)).then_with(|| a.cmp(b)));
-
-    let bytes = write_trace_atomically(output, run, |w| {
-        for (name, t) in &order {
-            let dtype = from_st_dtype(t.dtype()).ok_or_else(|| {
-                anyhow!(
-                    "{}: tensor `{name}` has dtype {:?}, which a trace cannot hold",
-                    input.display(),
-                    t.dtype()
-                )
-            })?;
-            let shape: Vec<u64> = t.shape().iter().map(|&n| n as u64).collect();
-            let mut meta = TensorMeta::new();
-            if let Some(d) = described.get(name.as_str()) {
-                meta.layer = d.get("layer").and_then(serde_json::Value::as_i64);
-                meta.step = d.get("step").and_then(serde_json::Value::as_i64);
-                meta.role = d
-                    .get("role")
-                    .and_then(serde_json::Value::as_str)
-                    .map(str::to_owned);
-            }
-            w.add_tensor(name, dtype, &shape, t.data(), meta)
-                .with_context(|| format!("{}: tensor `{name}`", input.display()))?;
-        }
-        Ok(())
-    })?;
+    let st = import::SafetensorsImport::parse(source.bytes(), &input.display().to_string())?;
+    let bytes = write_trace_atomically(output, st.run.clone(), |w| st.record(w))?;
     Ok(ImportSummary {
-        tensors: order.len() as u64,
+        tensors: st.tensor_count() as u64,
         bytes,
     })
 }
@@ -714,8 +618,10 @@ fn write_npz(plan: &Plan<'_>, path: &Path, converted: &mut Vec<(String, String)>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use safetensors::SafeTensors;
     use std::io::Read;
     use trace_format::stats::compute_stats;
+    use trace_writer::TensorMeta;
     use trace_writer::{Layout, Op};
 
     fn f16s(v: &[f32]) -> Vec<u8> {

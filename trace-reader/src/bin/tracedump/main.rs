@@ -12,8 +12,11 @@ use trace_reader::{DType, TensorFilter, Trace};
 mod demo;
 mod diffcmd;
 mod export;
+mod import;
 mod inspect;
 mod output;
+#[cfg(feature = "parquet")]
+mod parquet_out;
 mod recover;
 mod show;
 
@@ -151,6 +154,46 @@ enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// Also write one row per pair (metrics, moments, verdict) to this Parquet file.
+        #[arg(long, value_name = "FILE")]
+        parquet: Option<PathBuf>,
+    },
+    /// Write the divergence report of A against B as one self-contained HTML page.
+    ///
+    /// Per-layer error growth (max abs error, cosine, each run's std and their
+    /// ratio), the first divergent tensor with its lineage and layout for both
+    /// runs, an error histogram and a heat map of where in that tensor the
+    /// error sits, and the full sortable table. No network fetches. Exit
+    /// status as `diff`: 0 agree, 1 diverge.
+    #[command(
+        after_help = "Example:\n  tracedump report mine.tdump llama.tdump -o report.html --preset llama-hf"
+    )]
+    Report {
+        /// The run under test.
+        a: PathBuf,
+        /// The reference run.
+        b: PathBuf,
+        /// The HTML file to write.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Rename A's tensors: `PATTERN=>REPLACEMENT` (as for `diff`); repeatable.
+        #[arg(long, value_name = "RULE")]
+        rename: Vec<String>,
+        /// A mapping file: one `PATTERN => REPLACEMENT` per line.
+        #[arg(long, value_name = "FILE")]
+        map: Option<PathBuf>,
+        /// A built-in mapping: `llama-hf`.
+        #[arg(long, value_name = "NAME")]
+        preset: Option<String>,
+        /// Absolute tolerance.
+        #[arg(long, default_value_t = Tolerance::default().atol)]
+        atol: f64,
+        /// Relative tolerance (against B).
+        #[arg(long, default_value_t = Tolerance::default().rtol)]
+        rtol: f64,
+        /// Smallest cosine similarity that agrees.
+        #[arg(long, default_value_t = Tolerance::default().min_cosine)]
+        min_cosine: f64,
     },
     /// Check every checksum, padding byte and lineage replay; exit 1 on any fault.
     #[command(after_help = "Example:\n  tracedump verify run.tdump")]
@@ -184,11 +227,16 @@ enum Command {
     Export {
         /// The trace file.
         file: PathBuf,
-        /// `safetensors` or `npz`.
+        /// `safetensors`, `npz` or `parquet` (one row per tensor: layout,
+        /// lineage, role, layer, step, every stat).
         #[arg(long, value_name = "FORMAT")]
         to: String,
         /// The output file.
         out: PathBuf,
+        /// With `--to parquet`: also write OUT's stem + `.values.parquet`,
+        /// one row per value of every tensor of at most N elements.
+        #[arg(long, value_name = "N")]
+        values_max: Option<u64>,
         #[command(flatten)]
         filters: Filters,
         /// Print the summary as JSON.
@@ -299,31 +347,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             min_cosine,
             all,
             json,
+            parquet,
         } => {
-            let mut renamer = Renamer::none();
-            for rule in &rename {
-                let (pat, rep) = rule
-                    .split_once("=>")
-                    .with_context(|| format!("--rename {rule}: expected PATTERN=>REPLACEMENT"))?;
-                renamer
-                    .push(pat, rep)
-                    .with_context(|| format!("--rename {rule}"))?;
-            }
-            if let Some(m) = &map {
-                let text =
-                    std::fs::read_to_string(m).with_context(|| format!("{}", m.display()))?;
-                renamer.extend(
-                    Renamer::from_map(&text)
-                        .map_err(anyhow::Error::msg)
-                        .with_context(|| format!("{}", m.display()))?,
-                );
-            }
-            if let Some(p) = &preset {
-                renamer.extend(
-                    Renamer::preset(p)
-                        .with_context(|| format!("--preset {p}: the presets are: llama-hf"))?,
-                );
-            }
+            let renamer = renamer_from(&rename, map.as_deref(), preset.as_deref())?;
             let (ta, tb) = (open(&a)?, open(&b)?);
             let tol = Tolerance {
                 atol,
@@ -335,11 +361,54 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bar.set_position(done as u64)
             })?;
             bar.finish_and_clear();
+            if let Some(out) = &parquet {
+                write_diff_parquet(&ta, &tb, &report, out)?;
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", diffcmd::diff_text(&ta, &tb, &report, all)?);
             }
+            Ok(if report.agrees() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Report {
+            a,
+            b,
+            output,
+            rename,
+            map,
+            preset,
+            atol,
+            rtol,
+            min_cosine,
+        } => {
+            let renamer = renamer_from(&rename, map.as_deref(), preset.as_deref())?;
+            let (ta, tb) = (open(&a)?, open(&b)?);
+            let tol = Tolerance {
+                atol,
+                rtol,
+                min_cosine,
+            };
+            let bar = output::progress(ta.len() as u64, true, "comparing");
+            let report = diff(&ta, &tb, &renamer, &tol, |done, _| {
+                bar.set_position(done as u64)
+            })?;
+            bar.finish_and_clear();
+            let page = trace_reader::report::html(&ta, &tb, &report)?;
+            std::fs::write(&output, page).with_context(|| format!("{}", output.display()))?;
+            println!(
+                "{}: {} pairs, {}",
+                output.display(),
+                report.pairs.len(),
+                match report.first_divergence.and_then(|i| report.pairs.get(i)) {
+                    Some(p) => format!("first divergence {}", p.key),
+                    None => "the runs agree".to_string(),
+                }
+            );
             Ok(if report.agrees() {
                 ExitCode::SUCCESS
             } else {
@@ -396,17 +465,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             file,
             to,
             out,
+            values_max,
             filters,
             json,
         } => {
-            let format = match to.to_ascii_lowercase().as_str() {
-                "safetensors" => export::ExportFormat::Safetensors,
-                "npz" => export::ExportFormat::Npz,
-                other => bail!("--to {other}: choose safetensors or npz"),
-            };
             let trace = open(&file)?;
             let filter = filters.build()?;
             let ids = trace.filter(&filter)?;
+            let format = match to.to_ascii_lowercase().as_str() {
+                "safetensors" => export::ExportFormat::Safetensors,
+                "npz" => export::ExportFormat::Npz,
+                "parquet" => return export_parquet(&trace, &ids, &out, values_max, json),
+                other => bail!("--to {other}: choose safetensors, npz or parquet"),
+            };
+            if values_max.is_some() {
+                bail!("--values-max goes with --to parquet");
+            }
             let sum = export::export(&trace, format, &out, Some(&ids))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&sum)?);
@@ -476,3 +550,90 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
 }
+
+/// The renaming rules of `diff` and `report`.
+fn renamer_from(
+    rename: &[String],
+    map: Option<&std::path::Path>,
+    preset: Option<&str>,
+) -> Result<Renamer> {
+    let mut renamer = Renamer::none();
+    for rule in rename {
+        let (pat, rep) = rule
+            .split_once("=>")
+            .with_context(|| format!("--rename {rule}: expected PATTERN=>REPLACEMENT"))?;
+        renamer
+            .push(pat, rep)
+            .with_context(|| format!("--rename {rule}"))?;
+    }
+    if let Some(m) = map {
+        let text = std::fs::read_to_string(m).with_context(|| format!("{}", m.display()))?;
+        renamer.extend(
+            Renamer::from_map(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{}", m.display()))?,
+        );
+    }
+    if let Some(p) = preset {
+        renamer.extend(
+            Renamer::preset(p)
+                .with_context(|| format!("--preset {p}: the presets are: llama-hf"))?,
+        );
+    }
+    Ok(renamer)
+}
+
+#[cfg(feature = "parquet")]
+fn export_parquet(
+    trace: &Trace,
+    ids: &[u64],
+    out: &std::path::Path,
+    values_max: Option<u64>,
+    json: bool,
+) -> Result<ExitCode> {
+    let sum = parquet_out::export_tensors(trace, ids, out, values_max)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&sum)?);
+    } else {
+        println!("{}: {} tensors", sum.tensors_file, sum.tensors);
+        if let Some(v) = &sum.values_file {
+            println!("{v}: {} values", sum.values);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "parquet"))]
+fn export_parquet(
+    _trace: &Trace,
+    _ids: &[u64],
+    _out: &std::path::Path,
+    _values_max: Option<u64>,
+    _json: bool,
+) -> Result<ExitCode> {
+    bail!(NO_PARQUET)
+}
+
+#[cfg(feature = "parquet")]
+fn write_diff_parquet(
+    a: &Trace,
+    b: &Trace,
+    r: &trace_reader::compare::DiffReport,
+    out: &std::path::Path,
+) -> Result<()> {
+    parquet_out::export_diff(a, b, r, out)
+}
+
+#[cfg(not(feature = "parquet"))]
+fn write_diff_parquet(
+    _a: &Trace,
+    _b: &Trace,
+    _r: &trace_reader::compare::DiffReport,
+    _out: &std::path::Path,
+) -> Result<()> {
+    bail!(NO_PARQUET)
+}
+
+#[cfg(not(feature = "parquet"))]
+const NO_PARQUET: &str =
+    "this tracedump was built without Parquet: cargo install/build trace-reader --features parquet";

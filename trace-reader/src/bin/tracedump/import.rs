@@ -1,0 +1,153 @@
+//! `tracedump import`: the tensors of a safetensors or GGUF file recorded
+//! into a trace. File handling (the atomic output, the same-file check)
+//! lives in `export.rs`; this module only turns bytes into records, and it
+//! uses no other module of the CLI, so the fuzz targets
+//! (`tests/src/fuzzing.rs`) include it and run the very same code.
+
+use anyhow::{anyhow, Context, Result};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use trace_reader::{DType, Trace};
+use trace_writer::{Metadata, TensorMeta, Writer};
+
+/// The key of `__metadata__` that describes the source tensors.
+pub const TENSORS_KEY: &str = "tracedump.tensors";
+
+/// The trace dtype of a safetensors dtype (`None`: a trace cannot hold it).
+pub fn from_st_dtype(d: Dtype) -> Option<DType> {
+    Some(match d {
+        Dtype::F64 => DType::F64,
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::I64 => DType::I64,
+        Dtype::I32 => DType::I32,
+        Dtype::I16 => DType::I16,
+        Dtype::I8 => DType::I8,
+        Dtype::U64 => DType::U64,
+        Dtype::U32 => DType::U32,
+        Dtype::U16 => DType::U16,
+        Dtype::U8 => DType::U8,
+        Dtype::BOOL => DType::Bool,
+        Dtype::F8_E4M3 => DType::F8_E4M3,
+        Dtype::F8_E5M2 => DType::F8_E5M2,
+        _ => return None,
+    })
+}
+
+/// A safetensors file, parsed, its tensors in the order they are recorded:
+/// the order of the source trace when the file came from `export` (its
+/// `tracedump.tensors` key; their layer, step and role are restored too),
+/// else the order of their data in the file.
+#[derive(Debug)]
+pub struct SafetensorsImport<'a> {
+    /// The input's name in errors.
+    label: String,
+    /// Run metadata for the trace: every `__metadata__` entry (as a string)
+    /// and `imported_from` = the label.
+    pub run: Metadata,
+    /// What an earlier export said about each tensor (ignored if malformed).
+    described: serde_json::Map<String, serde_json::Value>,
+    order: Vec<(String, TensorView<'a>)>,
+}
+
+impl<'a> SafetensorsImport<'a> {
+    /// Parse the bytes of a safetensors file; `label` names it in errors.
+    pub fn parse(bytes: &'a [u8], label: &str) -> Result<Self> {
+        let bad =
+            |e: safetensors::SafeTensorError| anyhow!("{label}: not a valid safetensors file: {e}");
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(bad)?;
+        let st = SafeTensors::deserialize(bytes).map_err(bad)?;
+
+        let mut run = Metadata::new();
+        let mut keys: Vec<(&String, &String)> = header.metadata().iter().flatten().collect();
+        keys.sort();
+        for (k, v) in keys {
+            run.insert(k.as_str(), v.as_str());
+        }
+        run.insert("imported_from", label);
+
+        let described: serde_json::Map<String, serde_json::Value> = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(TENSORS_KEY))
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        let mut order: Vec<(String, TensorView<'a>)> = st.tensors();
+        let key = |name: &str| {
+            let record = described
+                .get(name)
+                .and_then(|d| d.get("record"))
+                .and_then(serde_json::Value::as_u64);
+            let offset = header.info(name).map_or(usize::MAX, |i| i.data_offsets.0);
+            (record.is_none(), record.unwrap_or(0), offset)
+        };
+        order.sort_by(|(a, _), (b, _)| key(a).cmp(&key(b)).then_with(|| a.cmp(b)));
+        Ok(SafetensorsImport {
+            label: label.to_owned(),
+            run,
+            described,
+            order,
+        })
+    }
+
+    /// How many tensors [`SafetensorsImport::record`] records.
+    pub fn tensor_count(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Record every tensor, contiguous, into `w`.
+    pub fn record(&self, w: &Writer) -> Result<()> {
+        let label = &self.label;
+        for (name, t) in &self.order {
+            let dtype = from_st_dtype(t.dtype()).ok_or_else(|| {
+                anyhow!(
+                    "{label}: tensor `{name}` has dtype {:?}, which a trace cannot hold",
+                    t.dtype()
+                )
+            })?;
+            let shape: Vec<u64> = t.shape().iter().map(|&n| n as u64).collect();
+            let mut meta = TensorMeta::new();
+            if let Some(d) = self.described.get(name.as_str()) {
+                meta.layer = d.get("layer").and_then(serde_json::Value::as_i64);
+                meta.step = d.get("step").and_then(serde_json::Value::as_i64);
+                meta.role = d
+                    .get("role")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned);
+            }
+            w.add_tensor(name, dtype, &shape, t.data(), meta)
+                .with_context(|| format!("{label}: tensor `{name}`"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Run metadata for a trace imported from the GGUF file `trace`: its
+/// key-value metadata and `imported_from` = `label`.
+pub fn gguf_run_metadata(trace: &Trace, label: &str) -> Metadata {
+    let mut run = trace.run_metadata().clone();
+    run.insert("imported_from", label);
+    run
+}
+
+/// Record every tensor of the GGUF file `trace` into `w` with its raw bytes
+/// (block types stay blocks), ggml `ne`/`nb` kept as the source layout,
+/// layer and step from the names; `label` names the input in errors.
+pub fn record_gguf(trace: &Trace, label: &str, w: &Writer) -> Result<()> {
+    for t in trace.tensors() {
+        let t = t?;
+        let view = trace.view(t.id)?;
+        let bytes = view
+            .contiguous_bytes()
+            .ok_or_else(|| anyhow!("{label}: tensor `{}` is not contiguous", t.name))?;
+        let mut meta = TensorMeta::new();
+        meta.layer = t.layer;
+        meta.step = t.step;
+        meta.source_layout = t.source_layout.clone();
+        meta.metadata = t.metadata.clone();
+        w.add_tensor(&t.name, t.dtype, &t.layout.shape, bytes, meta)
+            .with_context(|| format!("{label}: tensor `{}`", t.name))?;
+    }
+    Ok(())
+}
