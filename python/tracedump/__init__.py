@@ -29,12 +29,33 @@ from ._tracedump import (
     VerifyReport,
     Writer,
     __version__,
-    compare,
     report,
-    open,
 )
+from ._tracedump import compare as _compare
+from ._tracedump import open as _open
 from . import ggml, reference
 from .capture import capture
+from .shards import ShardedTrace, compare_by_rank, is_sharded
+
+
+def open(path, *, copy=None):
+    """Open a trace (``.tdump``), a GGUF file, or a sharded trace (a
+    directory or glob of per-rank traces: a :class:`ShardedTrace`). ``copy``:
+    see :class:`Trace` (read into memory, the default up to 64 MiB)."""
+    if is_sharded(path):
+        return ShardedTrace(path, copy=copy)
+    return _open(path, copy=copy)
+
+
+def compare(a, b, rules=None, atol=1e-3, rtol=1e-2, min_cosine=0.999):
+    """Compare run ``a`` (under test) against run ``b`` (the reference); see
+    ``DiffResult``. Sharded runs are compared rank by rank: ``{rank: DiffResult}``."""
+    def sharded(x):
+        return isinstance(x, ShardedTrace) or (not isinstance(x, Trace) and is_sharded(x))
+
+    if sharded(a) or sharded(b):
+        return compare_by_rank(a, b, rules=rules, atol=atol, rtol=rtol, min_cosine=min_cosine)
+    return _compare(a, b, rules=rules, atol=atol, rtol=rtol, min_cosine=min_cosine)
 
 __all__ = [
     "DiffResult",
@@ -56,4 +77,7 @@ __all__ = [
     "report",
     "open",
     "reference",
+    "ShardedTrace",
+    "compare_by_rank",
+    "ggml",
 ]

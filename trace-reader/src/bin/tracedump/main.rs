@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use regex::Regex;
 use trace_reader::compare::{diff, Renamer, Tolerance};
+use trace_reader::shards::{diff_by_rank, is_sharded, Shards};
 use trace_reader::{DType, TensorFilter, Trace};
 
 mod demo;
@@ -296,13 +297,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             filters,
         } => {
-            let trace = open(&file)?;
             let opts = inspect::InspectOptions {
                 ggml,
                 tree,
                 stats,
                 filter: filters.build()?,
             };
+            if is_sharded(&file) {
+                let shards = Shards::open(&file)?;
+                if json {
+                    let all: Vec<serde_json::Value> = shards
+                        .shards()
+                        .iter()
+                        .map(|s| -> Result<serde_json::Value> {
+                            Ok(serde_json::json!({
+                                "rank": s.rank,
+                                "file": s.trace.path().display().to_string(),
+                                "inspect": serde_json::from_str::<serde_json::Value>(&inspect::inspect_json(&s.trace, &opts)?)?,
+                            }))
+                        })
+                        .collect::<Result<_>>()?;
+                    println!("{}", serde_json::to_string_pretty(&all)?);
+                } else {
+                    print!("{}", shards_summary(&shards));
+                    for s in shards.shards() {
+                        println!("\n== rank {}: {} ==", s.rank, s.trace.path().display());
+                        print!("{}", inspect::inspect_text(&s.trace, &opts)?);
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let trace = open(&file)?;
             if json {
                 println!("{}", inspect::inspect_json(&trace, &opts)?);
             } else {
@@ -350,12 +375,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             parquet,
         } => {
             let renamer = renamer_from(&rename, map.as_deref(), preset.as_deref())?;
-            let (ta, tb) = (open(&a)?, open(&b)?);
             let tol = Tolerance {
                 atol,
                 rtol,
                 min_cosine,
             };
+            if is_sharded(&a) || is_sharded(&b) {
+                if parquet.is_some() {
+                    bail!("--parquet compares one trace with one trace; for shards, diff them rank by rank");
+                }
+                return diff_shards(&a, &b, &renamer, &tol, all, json);
+            }
+            let (ta, tb) = (open(&a)?, open(&b)?);
             let bar = output::progress(ta.len() as u64, true, "comparing");
             let report = diff(&ta, &tb, &renamer, &tol, |done, _| {
                 bar.set_position(done as u64)
@@ -415,6 +446,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Verify { file } if is_sharded(&file) => {
+            let shards = Shards::open(&file)?;
+            let mut bad = 0;
+            for s in shards.shards() {
+                let rep = s.trace.verify();
+                for f in &rep.faults {
+                    println!("FAULT rank {}: {f}", s.rank);
+                }
+                bad += usize::from(!rep.is_ok());
+                println!(
+                    "rank {} {}: {} records, {} tensors, {} lineages replayed: {}",
+                    s.rank,
+                    s.trace.path().display(),
+                    rep.records,
+                    rep.tensors,
+                    rep.lineages_replayed,
+                    if rep.is_ok() {
+                        "OK".to_string()
+                    } else {
+                        format!("{} faults", rep.faults.len())
+                    }
+                );
+            }
+            for w in shards.warnings() {
+                println!("WARNING {w}");
+            }
+            Ok(if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Verify { file } => {
             let trace = open(&file)?;
             let rep = trace.verify();
@@ -469,6 +532,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             filters,
             json,
         } => {
+            if is_sharded(&file) {
+                if !to.eq_ignore_ascii_case("parquet") {
+                    bail!(
+                        "--to {to}: a sharded trace exports to parquet (one table, a rank column)"
+                    );
+                }
+                let shards = Shards::open(&file)?;
+                let filter = filters.build()?;
+                let ids: Vec<Vec<u64>> = shards
+                    .shards()
+                    .iter()
+                    .map(|s| s.trace.filter(&filter))
+                    .collect::<Result<_, _>>()?;
+                let parts: Vec<(Option<i64>, &Trace, &[u64])> = shards
+                    .shards()
+                    .iter()
+                    .zip(&ids)
+                    .map(|(s, i)| (Some(s.rank), &s.trace, i.as_slice()))
+                    .collect();
+                return export_parquet_shards(&parts, &out, values_max, json);
+            }
             let trace = open(&file)?;
             let filter = filters.build()?;
             let ids = trace.filter(&filter)?;
@@ -583,7 +667,6 @@ fn renamer_from(
     Ok(renamer)
 }
 
-#[cfg(feature = "parquet")]
 fn export_parquet(
     trace: &Trace,
     ids: &[u64],
@@ -591,7 +674,17 @@ fn export_parquet(
     values_max: Option<u64>,
     json: bool,
 ) -> Result<ExitCode> {
-    let sum = parquet_out::export_tensors(trace, ids, out, values_max)?;
+    export_parquet_shards(&[(None, trace, ids)], out, values_max, json)
+}
+
+#[cfg(feature = "parquet")]
+fn export_parquet_shards(
+    parts: &[(Option<i64>, &Trace, &[u64])],
+    out: &std::path::Path,
+    values_max: Option<u64>,
+    json: bool,
+) -> Result<ExitCode> {
+    let sum = parquet_out::export_shards(parts, out, values_max)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&sum)?);
     } else {
@@ -604,9 +697,8 @@ fn export_parquet(
 }
 
 #[cfg(not(feature = "parquet"))]
-fn export_parquet(
-    _trace: &Trace,
-    _ids: &[u64],
+fn export_parquet_shards(
+    _parts: &[(Option<i64>, &Trace, &[u64])],
     _out: &std::path::Path,
     _values_max: Option<u64>,
     _json: bool,
@@ -637,3 +729,104 @@ fn write_diff_parquet(
 #[cfg(not(feature = "parquet"))]
 const NO_PARQUET: &str =
     "this tracedump was built without Parquet: cargo install/build trace-reader --features parquet";
+
+/// The shards of a sharded trace, one line each.
+fn shards_summary(shards: &Shards) -> String {
+    let mut out = format!(
+        "shards    {} ({} files)\n",
+        shards.path().display(),
+        shards.shards().len()
+    );
+    for s in shards.shards() {
+        let t = &s.trace;
+        out.push_str(&format!(
+            "rank {:<4} {}  {} tensors, {} records, world_size {}, {}\n",
+            s.rank,
+            t.path().display(),
+            t.tensor_ids().len(),
+            t.len(),
+            t.run_metadata()
+                .get("world_size")
+                .map(inspect::value_json)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "?".into()),
+            if t.is_finished() {
+                "finished"
+            } else {
+                "unfinished"
+            }
+        ));
+    }
+    for w in shards.warnings() {
+        out.push_str(&format!("warning   {w}\n"));
+    }
+    out
+}
+
+/// `diff` of two sharded runs, rank by rank.
+fn diff_shards(
+    a: &std::path::Path,
+    b: &std::path::Path,
+    renamer: &Renamer,
+    tol: &Tolerance,
+    all: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let (sa, sb) = (Shards::open(a)?, Shards::open(b)?);
+    let per_rank = diff_by_rank(&sa, &sb, renamer, tol)?;
+    let agrees = per_rank
+        .iter()
+        .all(|r| r.report.as_ref().is_some_and(|x| x.agrees()));
+    if json {
+        let v: Vec<serde_json::Value> = per_rank
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "rank": r.rank,
+                    "a": r.files.0.as_ref().map(|p| p.display().to_string()),
+                    "b": r.files.1.as_ref().map(|p| p.display().to_string()),
+                    "report": r.report,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("A {} vs B {}, rank by rank", a.display(), b.display());
+        for r in &per_rank {
+            match &r.report {
+                None => println!(
+                    "rank {:<4} only in {}",
+                    r.rank,
+                    if r.files.0.is_some() { "A" } else { "B" }
+                ),
+                Some(rep) => println!(
+                    "rank {:<4} {} pairs, {} divergent, first divergence: {}",
+                    r.rank,
+                    rep.pairs.len(),
+                    rep.pairs
+                        .iter()
+                        .filter(|p| p.verdict.is_divergent())
+                        .count(),
+                    rep.first_divergence
+                        .and_then(|i| rep.pairs.get(i))
+                        .map(|p| p.key.clone())
+                        .unwrap_or_else(|| "none".into())
+                ),
+            }
+        }
+        for r in &per_rank {
+            if let (Some(rep), (Some(fa), Some(fb))) = (&r.report, &r.files) {
+                if !rep.agrees() || all {
+                    println!("\n== rank {} ==", r.rank);
+                    let (ta, tb) = (open(fa)?, open(fb)?);
+                    print!("{}", diffcmd::diff_text(&ta, &tb, rep, all)?);
+                }
+            }
+        }
+    }
+    Ok(if agrees {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

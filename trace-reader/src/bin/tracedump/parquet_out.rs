@@ -123,15 +123,18 @@ pub struct ParquetSummary {
     pub values: usize,
 }
 
-/// One row per tensor of `ids`; with `values_max`, also `OUT.values.parquet`
-/// with one row per value of every tensor of at most that many elements.
-pub fn export_tensors(
-    trace: &Trace,
-    ids: &[u64],
+/// One row per tensor of each part's `ids` (a trace, or the shards of a
+/// run, with their `rank`, null for an unsharded trace, and `file`); with
+/// `values_max`, also `OUT.values.parquet` with one row per value of every
+/// tensor of at most that many elements.
+pub fn export_shards(
+    parts: &[(Option<i64>, &Trace, &[u64])],
     out: &Path,
     values_max: Option<u64>,
 ) -> Result<ParquetSummary> {
     struct Row {
+        file: usize,
+        rank: Option<i64>,
         id: u64,
         name: String,
         dtype: String,
@@ -153,99 +156,115 @@ pub fn export_tensors(
         stats_source: Option<&'static str>,
         error: Option<String>,
     }
-    let mut rows = Vec::with_capacity(ids.len());
+    let mut rows = Vec::new();
     let (mut v_id, mut v_name, mut v_index, mut v_value) = (vec![], vec![], vec![], vec![]);
-    for &id in ids {
-        let t = match trace.tensor(id) {
-            Ok(t) => t,
-            Err(e) => {
-                rows.push(Row {
-                    id,
-                    name: trace.record_name(id).unwrap_or("").to_owned(),
-                    dtype: String::new(),
-                    shape: vec![],
-                    byte_strides: vec![],
-                    element_strides: None,
-                    storage: None,
-                    storage_offset: 0,
-                    contiguous: false,
-                    derived: false,
-                    parents: vec![],
-                    lineage: String::new(),
-                    engine_op: None,
-                    role: None,
-                    layer: None,
-                    step: None,
-                    ggml: None,
-                    stats: None,
-                    stats_source: None,
-                    error: Some(e.to_string()),
-                });
-                continue;
-            }
-        };
-        let mut error = None;
-        let numel = t.layout.numel();
-        let values = if t.has_values() {
-            match trace.view(id).and_then(|v| v.to_f64()) {
-                Ok(v) => Some(v),
+    let (mut v_file, mut v_rank) = (vec![], vec![]);
+    let files: Vec<String> = parts
+        .iter()
+        .map(|(_, t, _)| t.path().display().to_string())
+        .collect();
+    for (file, &(rank, trace, ids)) in parts.iter().enumerate() {
+        for &id in ids {
+            let t = match trace.tensor(id) {
+                Ok(t) => t,
                 Err(e) => {
-                    error = Some(e.to_string());
-                    None
+                    rows.push(Row {
+                        file,
+                        rank,
+                        id,
+                        name: trace.record_name(id).unwrap_or("").to_owned(),
+                        dtype: String::new(),
+                        shape: vec![],
+                        byte_strides: vec![],
+                        element_strides: None,
+                        storage: None,
+                        storage_offset: 0,
+                        contiguous: false,
+                        derived: false,
+                        parents: vec![],
+                        lineage: String::new(),
+                        engine_op: None,
+                        role: None,
+                        layer: None,
+                        step: None,
+                        ggml: None,
+                        stats: None,
+                        stats_source: None,
+                        error: Some(e.to_string()),
+                    });
+                    continue;
+                }
+            };
+            let mut error = None;
+            let numel = t.layout.numel();
+            let values = if t.has_values() {
+                match trace.view(id).and_then(|v| v.to_f64()) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        error = Some(e.to_string());
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let (stats, stats_source) = match (&t.stats, &values) {
+                (Some(s), _) => (Some(s.clone()), Some("stored")),
+                (None, Some(v)) => (Some(stats_of(v)), Some("computed")),
+                (None, None) => (None, None),
+            };
+            if let (Some(max), Some(v)) = (values_max, &values) {
+                if numel <= max {
+                    for (i, &x) in v.iter().enumerate() {
+                        v_file.push(file);
+                        v_rank.push(rank);
+                        v_id.push(id);
+                        v_name.push(t.name.clone());
+                        v_index.push(i as u64);
+                        v_value.push(x);
+                    }
                 }
             }
-        } else {
-            None
-        };
-        let (stats, stats_source) = match (&t.stats, &values) {
-            (Some(s), _) => (Some(s.clone()), Some("stored")),
-            (None, Some(v)) => (Some(stats_of(v)), Some("computed")),
-            (None, None) => (None, None),
-        };
-        if let (Some(max), Some(v)) = (values_max, &values) {
-            if numel <= max {
-                for (i, &x) in v.iter().enumerate() {
-                    v_id.push(id);
-                    v_name.push(t.name.clone());
-                    v_index.push(i as u64);
-                    v_value.push(x);
-                }
-            }
+            rows.push(Row {
+                file,
+                rank,
+                id,
+                name: t.name.clone(),
+                dtype: t.dtype.to_string(),
+                shape: t.layout.shape.clone(),
+                byte_strides: t.layout.byte_strides.clone(),
+                element_strides: t.element_strides(),
+                storage: t.storage,
+                storage_offset: t.layout.storage_offset,
+                contiguous: t.is_contiguous(),
+                derived: t.derived,
+                parents: t.lineage.parents.clone(),
+                lineage: trace.lineage_text(id),
+                engine_op: t
+                    .lineage
+                    .engine_op
+                    .as_ref()
+                    .map(|e| format!("{} {}", e.engine, e.op)),
+                role: t.role.clone(),
+                layer: t.layer,
+                step: t.step,
+                ggml: t.source_layout.as_ref().map(|s| match s {
+                    SourceLayout::Ggml { ne, nb } => (ne.clone(), nb.clone()),
+                }),
+                stats,
+                stats_source,
+                error,
+            });
         }
-        rows.push(Row {
-            id,
-            name: t.name.clone(),
-            dtype: t.dtype.to_string(),
-            shape: t.layout.shape.clone(),
-            byte_strides: t.layout.byte_strides.clone(),
-            element_strides: t.element_strides(),
-            storage: t.storage,
-            storage_offset: t.layout.storage_offset,
-            contiguous: t.is_contiguous(),
-            derived: t.derived,
-            parents: t.lineage.parents.clone(),
-            lineage: trace.lineage_text(id),
-            engine_op: t
-                .lineage
-                .engine_op
-                .as_ref()
-                .map(|e| format!("{} {}", e.engine, e.op)),
-            role: t.role.clone(),
-            layer: t.layer,
-            step: t.step,
-            ggml: t.source_layout.as_ref().map(|s| match s {
-                SourceLayout::Ggml { ne, nb } => (ne.clone(), nb.clone()),
-            }),
-            stats,
-            stats_source,
-            error,
-        });
     }
-    let file = trace.path().display().to_string();
     let st = |f: fn(&Stats) -> f64| f64s(rows.iter().map(|r| r.stats.as_ref().map(f)));
     let stu = |f: fn(&Stats) -> u64| u64s(rows.iter().map(|r| r.stats.as_ref().map(f)));
     let batch = RecordBatch::try_from_iter(vec![
-        ("file", strings(rows.iter().map(|_| Some(file.as_str())))),
+        (
+            "file",
+            strings(rows.iter().map(|r| Some(files[r.file].as_str()))),
+        ),
+        ("rank", i64s(rows.iter().map(|r| r.rank))),
         ("id", u64s(rows.iter().map(|r| Some(r.id)))),
         ("name", strings(rows.iter().map(|r| Some(r.name.as_str())))),
         (
@@ -351,7 +370,11 @@ pub fn export_tensors(
         let vout = values_path(out);
         let n = v_value.len();
         let batch = RecordBatch::try_from_iter(vec![
-            ("file", strings(v_id.iter().map(|_| Some(file.as_str())))),
+            (
+                "file",
+                strings(v_file.iter().map(|&f| Some(files[f].as_str()))),
+            ),
+            ("rank", i64s(v_rank.into_iter())),
             ("id", u64s(v_id.into_iter().map(Some))),
             ("name", strings(v_name.iter().map(|s| Some(s.as_str())))),
             ("flat_index", u64s(v_index.into_iter().map(Some))),
