@@ -260,7 +260,11 @@ fn hostile_counts_lengths_and_shapes_allocate_no_more_than_the_file() {
     // (python/tests/test_hostile.py); TRACEDUMP_BLESS=1 rewrites them
     let committed = tracedump_tests::workspace_root().join("tests/hostile");
     for (label, bytes) in &cases {
-        let ext = if bytes.starts_with(b"GGUF") { "gguf" } else { "tdump" };
+        let ext = if bytes.starts_with(b"GGUF") {
+            "gguf"
+        } else {
+            "tdump"
+        };
         let file = committed.join(format!("{}.{ext}", label.replace([' ', '^', ','], "_")));
         if std::env::var_os("TRACEDUMP_BLESS").is_some() {
             std::fs::create_dir_all(&committed).unwrap();

@@ -185,7 +185,10 @@ fn disk_full(mode: &str, seed: u64, count: usize, max_bytes: usize) {
     // sync mode writes through: every add that returned Ok is in the file
     if mode == "sync" {
         if let Some(&last) = f.added.iter().max() {
-            assert!(last < n, "{what}: record {last} was added, the reader found records 0..{n}");
+            assert!(
+                last < n,
+                "{what}: record {last} was added, the reader found records 0..{n}"
+            );
         }
     }
     let plan = Plan::new(seed, count, max_bytes);

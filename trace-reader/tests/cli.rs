@@ -301,7 +301,10 @@ fn recover_export_import_round_trip() {
     assert!(std::fs::metadata(d.join("a.npz")).unwrap().len() > 4 * 8 * 64 * 2);
     let (code, text) = run(d, &["export", "demo.tdump", "--to", "csv", "x.csv"]);
     assert_eq!(code, 2);
-    assert!(text.contains("choose safetensors, npz or parquet"), "{text}");
+    assert!(
+        text.contains("choose safetensors, npz or parquet"),
+        "{text}"
+    );
 }
 
 /// A trace written record by record, with what the writer refuses to write:
