@@ -76,6 +76,20 @@ pub fn compare(
     rtol: f64,
     min_cosine: f64,
 ) -> PyResult<DiffResult> {
+    let (_, _, report) = run_diff(py, a, b, rules, atol, rtol, min_cosine)?;
+    Ok(DiffResult { report })
+}
+
+/// Open both sides and compare them (the GIL released while comparing).
+fn run_diff(
+    py: Python<'_>,
+    a: &Bound<'_, PyAny>,
+    b: &Bound<'_, PyAny>,
+    rules: Option<&Bound<'_, PyAny>>,
+    atol: f64,
+    rtol: f64,
+    min_cosine: f64,
+) -> PyResult<(Arc<Shared>, Arc<Shared>, DiffReport)> {
     let (ta, tb) = (trace_arg(a)?, trace_arg(b)?);
     let ren = renamer(rules)?;
     let tol = Tolerance {
@@ -86,7 +100,7 @@ pub fn compare(
     let report = py
         .detach(|| diff(&ta.trace, &tb.trace, &ren, &tol, |_, _| {}))
         .map_err(reader_error)?;
-    Ok(DiffResult { report })
+    Ok((ta, tb, report))
 }
 
 /// Compare `a` with `b` as `compare()` does and write the divergence report
@@ -108,16 +122,7 @@ pub fn report(
     min_cosine: f64,
 ) -> PyResult<DiffResult> {
     let out: std::path::PathBuf = py.import("os")?.getattr("fspath")?.call1((path,))?.extract()?;
-    let (ta, tb) = (trace_arg(a)?, trace_arg(b)?);
-    let ren = renamer(rules)?;
-    let tol = Tolerance {
-        atol,
-        rtol,
-        min_cosine,
-    };
-    let report = py
-        .detach(|| diff(&ta.trace, &tb.trace, &ren, &tol, |_, _| {}))
-        .map_err(reader_error)?;
+    let (ta, tb, report) = run_diff(py, a, b, rules, atol, rtol, min_cosine)?;
     let page = py
         .detach(|| trace_reader::report::html(&ta.trace, &tb.trace, &report))
         .map_err(reader_error)?;

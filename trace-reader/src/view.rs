@@ -195,6 +195,11 @@ impl<'a> TensorView<'a> {
                 layout.numel()
             )));
         }
+        if layout.numel() == 0 {
+            // no element to copy; the other extents may be anything (an
+            // extent of 2^62 beside a 0 would overflow the row length below)
+            return Ok(Vec::new());
+        }
         let total = self.info.dtype.bytes_for(layout.numel()).unwrap_or(0) as usize;
         let mut out = Vec::with_capacity(total);
         let inner_contig = layout.byte_strides.last() == Some(&(size as i64));
@@ -306,6 +311,28 @@ mod tests {
         let b = encode_floats(DType::F16, &[1.5, -2.0]).unwrap();
         assert_eq!(b, [0x00, 0x3e, 0x00, 0xc0]);
         assert!(encode_floats(DType::Q8_0, &[1.0]).is_none());
+    }
+
+    /// Found by the `trace_bytes` fuzz target (fuzz/regressions/trace_bytes/):
+    /// an empty strided view whose other extent is 2^62 overflowed the row
+    /// length in `materialize`.
+    #[test]
+    fn materialize_empty_view_with_huge_extent() {
+        use trace_writer::{Metadata, TensorMeta, Writer};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.tdump");
+        let w = Writer::create(&path, Metadata::new()).unwrap();
+        let s = w.add_storage("s", &[0; 16]).unwrap();
+        let layout = Layout::new(vec![0, 1 << 62], vec![16, 8], 0).unwrap();
+        w.add_view("empty", DType::F64, s, &layout, TensorMeta::new())
+            .unwrap();
+        w.finish().unwrap();
+        let trace = Trace::open(&path).unwrap();
+        let view = trace.view_by_name("empty").unwrap();
+        assert!(view.contiguous_bytes().is_none());
+        assert_eq!(view.materialize().unwrap(), Vec::<u8>::new());
+        assert_eq!(view.to_f32().unwrap(), Vec::<f32>::new());
+        assert_eq!(view.compute_stats().unwrap().count, 0);
     }
 
     #[test]

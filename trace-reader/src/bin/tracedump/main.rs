@@ -131,24 +131,8 @@ enum Command {
         a: PathBuf,
         /// The reference run.
         b: PathBuf,
-        /// Rename A's tensors: `PATTERN=>REPLACEMENT` (regex, `$1` for groups); repeatable, first match wins.
-        #[arg(long, value_name = "RULE")]
-        rename: Vec<String>,
-        /// A mapping file: one `PATTERN => REPLACEMENT` per line, `#` comments.
-        #[arg(long, value_name = "FILE")]
-        map: Option<PathBuf>,
-        /// A built-in mapping: `llama-hf` (llama.cpp names to HF transformers module names).
-        #[arg(long, value_name = "NAME")]
-        preset: Option<String>,
-        /// Absolute tolerance.
-        #[arg(long, default_value_t = Tolerance::default().atol)]
-        atol: f64,
-        /// Relative tolerance (against B).
-        #[arg(long, default_value_t = Tolerance::default().rtol)]
-        rtol: f64,
-        /// Smallest cosine similarity that agrees.
-        #[arg(long, default_value_t = Tolerance::default().min_cosine)]
-        min_cosine: f64,
+        #[command(flatten)]
+        pairing: Pairing,
         /// List every pair, not only the divergent ones.
         #[arg(long)]
         all: bool,
@@ -177,24 +161,8 @@ enum Command {
         /// The HTML file to write.
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
-        /// Rename A's tensors: `PATTERN=>REPLACEMENT` (as for `diff`); repeatable.
-        #[arg(long, value_name = "RULE")]
-        rename: Vec<String>,
-        /// A mapping file: one `PATTERN => REPLACEMENT` per line.
-        #[arg(long, value_name = "FILE")]
-        map: Option<PathBuf>,
-        /// A built-in mapping: `llama-hf`.
-        #[arg(long, value_name = "NAME")]
-        preset: Option<String>,
-        /// Absolute tolerance.
-        #[arg(long, default_value_t = Tolerance::default().atol)]
-        atol: f64,
-        /// Relative tolerance (against B).
-        #[arg(long, default_value_t = Tolerance::default().rtol)]
-        rtol: f64,
-        /// Smallest cosine similarity that agrees.
-        #[arg(long, default_value_t = Tolerance::default().min_cosine)]
-        min_cosine: f64,
+        #[command(flatten)]
+        pairing: Pairing,
     },
     /// Check every checksum, padding byte and lineage replay; exit 1 on any fault.
     #[command(after_help = "Example:\n  tracedump verify run.tdump")]
@@ -283,6 +251,43 @@ fn main() -> ExitCode {
     }
 }
 
+/// How `diff` and `report` pair and judge tensors.
+#[derive(clap::Args, Debug)]
+struct Pairing {
+    /// Rename A's tensors: `PATTERN=>REPLACEMENT` (regex, `$1` for groups); repeatable, first match wins.
+    #[arg(long, value_name = "RULE")]
+    rename: Vec<String>,
+    /// A mapping file: one `PATTERN => REPLACEMENT` per line, `#` comments.
+    #[arg(long, value_name = "FILE")]
+    map: Option<PathBuf>,
+    /// A built-in mapping: `llama-hf` (llama.cpp names to HF transformers module names).
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+    /// Absolute tolerance.
+    #[arg(long, default_value_t = Tolerance::default().atol)]
+    atol: f64,
+    /// Relative tolerance (against B).
+    #[arg(long, default_value_t = Tolerance::default().rtol)]
+    rtol: f64,
+    /// Smallest cosine similarity that agrees.
+    #[arg(long, default_value_t = Tolerance::default().min_cosine)]
+    min_cosine: f64,
+}
+
+impl Pairing {
+    fn renamer(&self) -> Result<Renamer> {
+        renamer_from(&self.rename, self.map.as_deref(), self.preset.as_deref())
+    }
+
+    fn tolerance(&self) -> Tolerance {
+        Tolerance {
+            atol: self.atol,
+            rtol: self.rtol,
+            min_cosine: self.min_cosine,
+        }
+    }
+}
+
 fn open(path: &PathBuf) -> Result<Trace> {
     Ok(Trace::open(path)?)
 }
@@ -364,22 +369,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff {
             a,
             b,
-            rename,
-            map,
-            preset,
-            atol,
-            rtol,
-            min_cosine,
+            pairing,
             all,
             json,
             parquet,
         } => {
-            let renamer = renamer_from(&rename, map.as_deref(), preset.as_deref())?;
-            let tol = Tolerance {
-                atol,
-                rtol,
-                min_cosine,
-            };
+            let (renamer, tol) = (pairing.renamer()?, pairing.tolerance());
             if is_sharded(&a) || is_sharded(&b) {
                 if parquet.is_some() {
                     bail!("--parquet compares one trace with one trace; for shards, diff them rank by rank");
@@ -410,20 +405,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             a,
             b,
             output,
-            rename,
-            map,
-            preset,
-            atol,
-            rtol,
-            min_cosine,
+            pairing,
         } => {
-            let renamer = renamer_from(&rename, map.as_deref(), preset.as_deref())?;
+            let (renamer, tol) = (pairing.renamer()?, pairing.tolerance());
             let (ta, tb) = (open(&a)?, open(&b)?);
-            let tol = Tolerance {
-                atol,
-                rtol,
-                min_cosine,
-            };
+
             let bar = output::progress(ta.len() as u64, true, "comparing");
             let report = diff(&ta, &tb, &renamer, &tol, |done, _| {
                 bar.set_position(done as u64)

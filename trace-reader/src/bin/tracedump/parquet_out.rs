@@ -33,12 +33,16 @@ fn write(batch: &RecordBatch, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn u64_list(rows: &[Option<Vec<u64>>]) -> ArrayRef {
-    let mut b = ListBuilder::new(UInt64Builder::new());
+/// A list column: one list per row (None: a null row).
+fn list<B, T>(values: B, rows: &[Option<Vec<T>>], push: impl Fn(&mut B, &[T])) -> ArrayRef
+where
+    B: arrow::array::ArrayBuilder,
+{
+    let mut b = ListBuilder::new(values);
     for r in rows {
         match r {
             Some(v) => {
-                b.values().append_slice(v);
+                push(b.values(), v);
                 b.append(true);
             }
             None => b.append(false),
@@ -47,18 +51,12 @@ fn u64_list(rows: &[Option<Vec<u64>>]) -> ArrayRef {
     Arc::new(b.finish())
 }
 
+fn u64_list(rows: &[Option<Vec<u64>>]) -> ArrayRef {
+    list(UInt64Builder::new(), rows, |b, v| b.append_slice(v))
+}
+
 fn i64_list(rows: &[Option<Vec<i64>>]) -> ArrayRef {
-    let mut b = ListBuilder::new(Int64Builder::new());
-    for r in rows {
-        match r {
-            Some(v) => {
-                b.values().append_slice(v);
-                b.append(true);
-            }
-            None => b.append(false),
-        }
-    }
-    Arc::new(b.finish())
+    list(Int64Builder::new(), rows, |b, v| b.append_slice(v))
 }
 
 fn strings<'a>(rows: impl IntoIterator<Item = Option<&'a str>>) -> ArrayRef {
