@@ -5,7 +5,7 @@ TRACEDUMP := $(TARGET_DIR)/release/tracedump
 DEMO := $(TARGET_DIR)/demo/demo.tdump
 DEMO_REF := $(TARGET_DIR)/demo/demo.reference.tdump
 
-.PHONY: demo test test-rust test-python test-c debug-build lint bench build pyenv pypackage llama browser
+.PHONY: demo test test-rust test-python test-c debug-build lint bench build pyenv pypackage llama fuzz fuzz-cmin browser
 
 build:
 	$(CARGO) build --release -p trace-reader
@@ -72,6 +72,18 @@ test-rust:
 	fi
 	$(CARGO) test --workspace --doc
 
+## The unsafe code under checkers (nightly): the C ABI under Miri, the
+## reader's hostile-input and round-trip tests under AddressSanitizer.
+miri:
+	rustup toolchain install nightly --component miri,rust-src --profile minimal
+	MIRIFLAGS=-Zmiri-disable-isolation $(CARGO) +nightly miri test -p trace-writer --test capi
+
+asan:
+	rustup toolchain install nightly --profile minimal
+	RUSTFLAGS=-Zsanitizer=address ASAN_OPTIONS=detect_leaks=0 CARGO_TARGET_DIR=$(TARGET_DIR)/asan \
+		$(CARGO) +nightly test --target $$(rustc -vV | sed -n 's/host: //p') -p tracedump-tests \
+		--test robustness --test allocation_bound --test roundtrip --test gguf_parse --test mixed_kv
+
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
@@ -80,3 +92,28 @@ bench: pypackage
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(CARGO) run --release -p tracedump-bench
 	$(PYTHON) bench/python_bench.py
+
+## Fuzz every parser (fuzz/README.md) for FUZZ_SECONDS each, one after another.
+## Installs nightly and cargo-fuzz when missing. New inputs go to FUZZ_WORK,
+## crashes to fuzz/artifacts/; the committed corpus is only read.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= trace_bytes gguf_bytes safetensors_import capi
+FUZZ_WORK ?= $(abspath $(TARGET_DIR))/fuzz-corpus
+FUZZ_FLAGS := -max_len=1048576 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1
+CARGO_FUZZ := cargo +nightly fuzz
+
+fuzz:
+	@rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+	@$(CARGO_FUZZ) --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(FUZZ_WORK)/$$t && \
+		$(CARGO_FUZZ) run --sanitizer none $$t $(FUZZ_WORK)/$$t fuzz/corpus/$$t -- \
+			$(FUZZ_FLAGS) -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
+
+## Fold what `make fuzz` found into the committed corpus, minimized.
+fuzz-cmin:
+	@for t in $(FUZZ_TARGETS); do \
+		if [ -d $(FUZZ_WORK)/$$t ]; then cp -n $(FUZZ_WORK)/$$t/* fuzz/corpus/$$t/ 2>/dev/null; fi; \
+		$(CARGO_FUZZ) cmin --sanitizer none $$t fuzz/corpus/$$t -- -max_len=1048576 -rss_limit_mb=2048 -timeout=10 || exit 1; \
+	done
