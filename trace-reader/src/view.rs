@@ -314,7 +314,8 @@ mod tests {
     }
 
     /// Found by the `trace_bytes` fuzz target (fuzz/regressions/trace_bytes/):
-    /// an empty strided view whose other extent is 2^62 overflowed the row
+    /// an empty view whose offset lies past its storage (so it has no
+    /// contiguous bytes) and whose other extent is 2^62 overflowed the row
     /// length in `materialize`.
     #[test]
     fn materialize_empty_view_with_huge_extent() {
@@ -323,7 +324,7 @@ mod tests {
         let path = dir.path().join("empty.tdump");
         let w = Writer::create(&path, Metadata::new()).unwrap();
         let s = w.add_storage("s", &[0; 16]).unwrap();
-        let layout = Layout::new(vec![0, 1 << 62], vec![16, 8], 0).unwrap();
+        let layout = Layout::new(vec![0, 1 << 62], vec![16, 8], 32).unwrap();
         w.add_view("empty", DType::F64, s, &layout, TensorMeta::new())
             .unwrap();
         w.finish().unwrap();
