@@ -86,3 +86,6 @@ pub mod raw;
 
 /// Seeded record plans for the crash-safety and disk-full tests and their child writer.
 pub mod crash;
+
+/// The bodies of the fuzz targets (`fuzz/`), shared with the corpus replay.
+pub mod fuzzing;
