@@ -87,11 +87,15 @@ asan:
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## The user-facing benchmark table (writes bench/results.json).
+## The user-facing benchmark table: ours against plain write(), safetensors,
+## torch, numpy and gguf-py in one run, one table, bench/results.json
+## (bench/README.md). A quick run: make bench BENCH_ARGS="--scale 0.05".
+BENCH_ARGS ?=
 bench: pypackage
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
-	$(CARGO) run --release -p tracedump-bench
-	$(PYTHON) bench/python_bench.py
+	$(CARGO) run --release -p tracedump-bench -- --quiet $(BENCH_ARGS)
+	$(PYTHON) bench/python_bench.py --quiet $(BENCH_ARGS)
+	$(PYTHON) bench/table.py
 
 ## Fuzz every parser (fuzz/README.md) for FUZZ_SECONDS each, one after another.
 ## Installs nightly and cargo-fuzz when missing. New inputs go to FUZZ_WORK,
@@ -111,9 +115,10 @@ fuzz:
 			$(FUZZ_FLAGS) -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 
-## Fold what `make fuzz` found into the committed corpus, minimized.
+## Fold what `make fuzz` found into the committed corpus, minimized
+## (fuzz/min_corpus.py: every piece of code the inputs reach, at most 300 files).
 fuzz-cmin:
+	@$(CARGO_FUZZ) build --sanitizer none
 	@for t in $(FUZZ_TARGETS); do \
-		if [ -d $(FUZZ_WORK)/$$t ]; then cp -n $(FUZZ_WORK)/$$t/* fuzz/corpus/$$t/ 2>/dev/null; fi; \
-		$(CARGO_FUZZ) cmin --sanitizer none $$t fuzz/corpus/$$t -- -max_len=1048576 -rss_limit_mb=2048 -timeout=10 || exit 1; \
+		python3 fuzz/min_corpus.py fuzz/target/*/release/$$t fuzz/corpus/$$t $(FUZZ_WORK)/$$t || exit 1; \
 	done

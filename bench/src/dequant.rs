@@ -2,12 +2,11 @@
 //! gguf-py's numpy dequantization of the same blocks, in the same run.
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use trace_writer::DType;
 
-use crate::{Res, Row};
+use crate::{python_figure, Res, Row};
 
 /// The types gguf-py decodes, and where each block keeps its scales, so the
 /// random blocks get ordinary (normal, finite) scales: `(offset, kind)`
@@ -57,12 +56,6 @@ fn blocks(dtype: DType, scales: &[(usize, u8)], values: usize) -> Vec<u8> {
     out
 }
 
-fn python() -> std::path::PathBuf {
-    std::env::var_os("TRACEDUMP_PYTHON")
-        .map(Into::into)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
-}
-
 /// One row per type: GB/s of f32 output, ours and gguf-py's.
 pub fn rows(dir: &Path, values: usize, repeat: usize) -> Res<Vec<Row>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/gguf_reference.py");
@@ -79,38 +72,29 @@ pub fn rows(dir: &Path, values: usize, repeat: usize) -> Res<Vec<Row>> {
         }
         let file = dir.join(format!("{}.bin", dtype.name()));
         std::fs::write(&file, &raw)?;
-        let o = Command::new(python())
-            .arg(&script)
-            .args(["bench", &dtype.name().to_uppercase()])
-            .arg(&file)
-            .arg(repeat.to_string())
-            .output()
-            .map_err(|e| {
-                format!(
-                    "cannot run {} ({e}); `make bench` sets up .venv with gguf",
-                    python().display()
-                )
-            })?;
-        if !o.status.success() {
-            return Err(format!(
-                "gguf-py bench of {dtype} failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            )
-            .into());
-        }
-        let theirs: f64 = String::from_utf8_lossy(&o.stdout).trim().parse()?;
+        let theirs = python_figure(
+            &script,
+            &[
+                "bench",
+                &dtype.name().to_uppercase(),
+                &file.to_string_lossy(),
+                &repeat.to_string(),
+            ],
+        )?;
         let gb = |s: f64| (values * 4) as f64 / s / 1e9;
-        let (ours, base) = (gb(ours), gb(theirs));
-        let ratio = ours / base;
-        let goal = GOAL_TYPES.contains(&dtype);
-        rows.push(Row {
-            name: format!("dequantize {dtype} -> f32 (1 thread), vs gguf-py"),
-            unit: "GB/s",
-            ours,
-            baseline: Some(base),
-            ratio: Some(ratio),
-            goal: goal.then(|| ">=20x, >=1 GB/s".into()),
-            pass: goal.then_some(ratio >= 20.0 && ours >= 1.0),
+        let row = Row::rate(
+            "dequantize",
+            format!("dequantize {dtype} -> f32 (1 thread)"),
+            values * 4,
+            Duration::from_secs_f64(ours),
+        )
+        .vs("gguf-py (numpy)", gb(theirs));
+        rows.push(if GOAL_TYPES.contains(&dtype) {
+            let mut row = row.goal_ratio(20.0, Some(">= 20x, >= 1 GB/s"));
+            row.ok = row.ok.map(|ok| ok && row.ours >= 1.0);
+            row
+        } else {
+            row
         });
     }
     Ok(rows)

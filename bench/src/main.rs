@@ -1,47 +1,51 @@
-//! `tracedump-bench`: writer throughput, per-tensor overhead and open time
-//! against plain file I/O, in one run. See README.md for what each row measures.
+//! `tracedump-bench`: the Rust half of `make bench`. Every figure of ours is
+//! measured in the same run as what a user would use instead (plain
+//! `write()`, the `safetensors` crate, a memcpy, torch, gguf-py), best of N
+//! rounds with the contenders interleaved, and written as rows of the one
+//! schema `bench/table.py` merges with `bench/python_bench.py`'s.
+//! See README.md for what each row measures.
 
 use std::error::Error;
-use std::fs::{self, File};
-use std::hint::black_box;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod dequant;
+mod layout;
+mod read;
+mod write;
 
 use serde::Serialize;
-use trace_reader::Trace;
-use trace_writer::{DType, Metadata, Mode, TensorMeta, WhenFull, Writer, WriterOptions};
 
 pub(crate) type Res<T> = Result<T, Box<dyn Error>>;
 
-const MIB: usize = 1 << 20;
-const LARGE_COUNT: usize = 256;
-const LARGE_BYTES: usize = 4 * MIB;
-const SMALL_COUNT: usize = 20_000;
-const OPEN_COUNT: usize = 100_000;
-const SMALL_BYTES: usize = 256;
-const BACKGROUND: Mode = Mode::Background {
-    budget_bytes: 256 * MIB as u64,
-    when_full: WhenFull::Block,
-};
-const USAGE: &str = "usage: tracedump-bench [--scale F] [--repeat N] [--json PATH]
+pub(crate) const MIB: usize = 1 << 20;
+const USAGE: &str = "usage: tracedump-bench [--scale F] [--repeat N] [--json PATH] [--quiet]
   --scale F   fraction of every tensor count, in (0, 1] (default 1: the full 1 GiB run)
-  --repeat N  runs per figure; best of N is kept, medians of 2N+1 for open (default 3)
-  --json PATH where to write the results (default bench/results.json)";
+  --repeat N  rounds per figure, the best is kept (default 5; writes and opens: 2N+1)
+  --json PATH where to write the rows (default bench/results-rust.json)
+  --quiet     no table at the end (`make bench` prints the merged one)";
 
-struct Args {
-    scale: f64,
-    repeat: usize,
+pub(crate) struct Args {
+    pub(crate) scale: f64,
+    pub(crate) repeat: usize,
     json: PathBuf,
+    quiet: bool,
+}
+
+impl Args {
+    /// `n` scaled, at least 1.
+    pub(crate) fn scaled(&self, n: usize) -> usize {
+        ((n as f64 * self.scale).round() as usize).max(1)
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         scale: 1.0,
-        repeat: 3,
-        json: Path::new(env!("CARGO_MANIFEST_DIR")).join("results.json"),
+        repeat: 5,
+        json: Path::new(env!("CARGO_MANIFEST_DIR")).join("results-rust.json"),
+        quiet: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
             "--scale" => args.scale = value()?.parse().map_err(|e| format!("--scale: {e}"))?,
             "--repeat" => args.repeat = value()?.parse().map_err(|e| format!("--repeat: {e}"))?,
             "--json" => args.json = value()?.into(),
+            "--quiet" => args.quiet = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -65,51 +70,102 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-#[derive(Serialize)]
-pub(crate) struct Row {
-    pub(crate) name: String,
+/// A figure beside ours: a baseline, or another view of the same thing.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Figure {
+    pub(crate) label: String,
+    pub(crate) value: f64,
     pub(crate) unit: &'static str,
+}
+
+/// One row of the table; the schema `bench/python_bench.py` writes too.
+#[derive(Debug, Serialize)]
+pub(crate) struct Row {
+    /// "rust" or "python": which API "ours" is.
+    pub(crate) part: &'static str,
+    /// "write", "read", "layout", "dequantize", "checksum".
+    pub(crate) group: &'static str,
+    pub(crate) name: String,
+    /// Unit of `ours` and of `baseline.value`.
+    pub(crate) unit: &'static str,
+    /// GB/s: true; times: false.
+    pub(crate) higher_is_better: bool,
     pub(crate) ours: f64,
-    pub(crate) baseline: Option<f64>,
-    /// ours / baseline
+    /// What the ratio and a ratio goal are taken against.
+    pub(crate) baseline: Option<Figure>,
+    /// More figures measured in the same rounds, shown beside.
+    pub(crate) others: Vec<Figure>,
+    /// Ours against the baseline as a speed: > 1 means ours is faster
+    /// (GB/s: ours / baseline; times: baseline / ours).
     pub(crate) ratio: Option<f64>,
     pub(crate) goal: Option<String>,
-    pub(crate) pass: Option<bool>,
+    pub(crate) ok: Option<bool>,
 }
 
 impl Row {
-    /// A throughput row: the goal is on the ratio to the plain write.
-    fn throughput(name: &str, bytes: usize, ours: Duration, plain: Duration) -> Row {
-        let (ours, base) = (gbps(bytes, ours), gbps(bytes, plain));
-        let ratio = ours / base;
+    fn new(group: &'static str, name: String, unit: &'static str, ours: f64) -> Row {
         Row {
-            name: name.into(),
-            unit: "GB/s",
+            part: "rust",
+            group,
+            name,
+            unit,
+            higher_is_better: unit == "GB/s",
             ours,
-            baseline: Some(base),
-            ratio: Some(ratio),
-            goal: Some("ratio >= 0.90".into()),
-            pass: Some(ratio >= 0.9),
+            baseline: None,
+            others: Vec::new(),
+            ratio: None,
+            goal: None,
+            ok: None,
         }
     }
 
-    /// A time row (lower is better), with an optional upper bound on `ours`.
-    fn time(
-        name: &str,
-        unit: &'static str,
-        ours: f64,
-        baseline: Option<f64>,
-        max: Option<f64>,
-    ) -> Row {
-        Row {
-            name: name.into(),
+    /// GB/s of `bytes` moved in `ours`.
+    pub(crate) fn rate(group: &'static str, name: String, bytes: usize, ours: Duration) -> Row {
+        Row::new(group, name, "GB/s", gbps(bytes, ours))
+    }
+
+    /// A time, lower is better.
+    pub(crate) fn time(group: &'static str, name: String, unit: &'static str, ours: f64) -> Row {
+        Row::new(group, name, unit, ours)
+    }
+
+    /// The baseline, in the row's unit; sets the ratio.
+    pub(crate) fn vs(mut self, label: impl Into<String>, value: f64) -> Row {
+        self.ratio = Some(if self.higher_is_better {
+            self.ours / value
+        } else {
+            value / self.ours
+        });
+        self.baseline = Some(Figure {
+            label: label.into(),
+            value,
+            unit: self.unit,
+        });
+        self
+    }
+
+    /// Another figure shown beside.
+    pub(crate) fn also(mut self, label: impl Into<String>, value: f64, unit: &'static str) -> Row {
+        self.others.push(Figure {
+            label: label.into(),
+            value,
             unit,
-            ours,
-            baseline,
-            ratio: baseline.map(|b| ours / b),
-            goal: max.map(|m| format!("<= {m} {unit}")),
-            pass: max.map(|m| ours <= m),
-        }
+        });
+        self
+    }
+
+    /// Goal: ratio ≥ `min` (`text` overrides the goal's wording).
+    pub(crate) fn goal_ratio(mut self, min: f64, text: Option<&str>) -> Row {
+        self.goal = Some(text.map_or_else(|| format!(">= {min}x"), str::to_owned));
+        self.ok = self.ratio.map(|r| r >= min);
+        self
+    }
+
+    /// Goal: ours ≤ `max` (a time).
+    pub(crate) fn goal_max(mut self, max: f64) -> Row {
+        self.goal = Some(format!("<= {max} {}", self.unit));
+        self.ok = Some(self.ours <= max);
+        self
     }
 }
 
@@ -122,6 +178,7 @@ struct Machine {
 
 #[derive(Serialize)]
 struct Report {
+    part: &'static str,
     date: String,
     machine: Machine,
     scale: f64,
@@ -130,7 +187,7 @@ struct Report {
 }
 
 /// Removes the scratch directory on every exit path, panics included.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -150,141 +207,38 @@ fn main() {
 }
 
 fn run(args: &Args) -> Res<()> {
-    let scaled = |n: usize| ((n as f64 * args.scale).round() as usize).max(1);
-    let (n_large, n_small, n_open) = (scaled(LARGE_COUNT), scaled(SMALL_COUNT), scaled(OPEN_COUNT));
     let machine = machine();
     let date = utc_now();
-    println!("tracedump-bench  {date}");
-    println!(
-        "machine: {} CPUs ({}), {:.1} GiB RAM; scale {}, best of {} (open: median of {})",
+    eprintln!(
+        "tracedump-bench {date}: {} CPUs ({}), {:.1} GiB RAM; scale {}, best of {}",
         machine.nproc,
         machine.cpu,
         machine.mem_total_kib as f64 / MIB as f64,
         args.scale,
         args.repeat,
-        2 * args.repeat + 1
     );
-
     let dir = Scratch(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-tmp"));
     let _ = fs::remove_dir_all(&dir.0);
     fs::create_dir_all(&dir.0)?;
-    let data = pattern((n_large * LARGE_BYTES).max(n_open * SMALL_BYTES));
+
     let mut rows = Vec::new();
-
-    // 1. Large tensors: page-cache throughput (no fsync).
-    let large = &data[..n_large * LARGE_BYTES];
-    let names = tensor_names(n_large);
-    let [plain, sync, bg] = best_of_three(args.repeat, &dir.0, &names, large, LARGE_BYTES, false)?;
-    let label = format!("{n_large} x 4 MiB f32");
-    rows.push(Row::throughput(
-        &format!("write {label}, sync"),
-        large.len(),
-        sync,
-        plain,
-    ));
-    rows.push(Row::throughput(
-        &format!("write {label}, background"),
-        large.len(),
-        bg,
-        plain,
-    ));
-
-    // 2. Small tensors: per-tensor cost.
-    let small = &data[..n_small * SMALL_BYTES];
-    let names = tensor_names(n_small);
-    let [plain, sync, bg] = best_of_three(args.repeat, &dir.0, &names, small, SMALL_BYTES, true)?;
-    let per = |d: Duration| d.as_secs_f64() * 1e6 / n_small as f64;
-    rows.push(Row::time(
-        &format!("{n_small} x 256 B, sync, per tensor"),
-        "µs",
-        per(sync),
-        Some(per(plain)),
-        Some(2.0),
-    ));
-    rows.push(Row::time(
-        &format!("{n_small} x 256 B, background, per tensor"),
-        "µs",
-        per(bg),
-        Some(per(plain)),
-        Some(2.0),
-    ));
-
-    // 3. Opening a trace of many small tensors (file in the page cache).
-    let path = dir.0.join("open.tdump");
-    let names = tensor_names(n_open);
-    write_trace(
-        &path,
-        Mode::Sync,
-        &names,
-        &data[..n_open * SMALL_BYTES],
-        SMALL_BYTES,
-    )?;
-    let (footer_offset, file_len) = {
-        let t = Trace::open(&path)?;
-        check(&t, n_open)?;
-        (
-            t.footer_offset().ok_or("the trace has no footer")?,
-            t.file_len(),
-        )
-    };
-    let (mut open, mut listed, mut floor) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..2 * args.repeat + 1 {
-        floor.push(read_tail(&path, footer_offset, file_len)?);
-        let start = Instant::now();
-        let t = Trace::open(&path)?;
-        open.push(start.elapsed());
-        drop(t);
-        let start = Instant::now();
-        let t = Trace::open(&path)?;
-        let chars: usize = t
-            .tensor_ids()
-            .iter()
-            .map(|&id| t.record_name(id).map_or(0, str::len))
-            .sum();
-        black_box(chars);
-        listed.push(start.elapsed());
-    }
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let (open, listed, floor) = (ms(median(open)), ms(median(listed)), ms(median(floor)));
-    rows.push(Row::time(
-        &format!("open {n_open}-tensor trace"),
-        "ms",
-        open,
-        Some(floor),
-        Some(50.0),
-    ));
-    rows.push(Row::time(
-        &format!("open {n_open}-tensor trace + list names"),
-        "ms",
-        listed,
-        Some(floor),
-        None,
-    ));
-
-    let (mut first, mut warm) = (Duration::MAX, Duration::MAX);
-    for _ in 0..args.repeat {
-        let t = Trace::open(&path)?;
-        first = first.min(view_all(&t)?);
-        warm = warm.min(view_all(&t)?);
-    }
-    let per = |d: Duration| d.as_secs_f64() * 1e6 / n_open as f64;
-    rows.push(Row::time(
-        "first view(id) + as_slice, per tensor",
-        "µs",
-        per(first),
-        Some(per(warm)),
-        None,
-    ));
-
-    // 4. Dequantization per ggml type against gguf-py's numpy.
+    rows.extend(write::rows(args, &dir.0)?);
+    rows.extend(read::rows(args, &dir.0)?);
+    rows.extend(layout::rows(&dir.0)?);
+    progress("dequantize: 13 ggml types, ours vs gguf-py (a Python subprocess each)");
     rows.extend(dequant::rows(
         &dir.0,
-        scaled(1 << 22).next_multiple_of(256),
+        args.scaled(1 << 22).next_multiple_of(256),
         args.repeat,
     )?);
+    // the checksum rows go last, as in the merged table
+    rows.sort_by_key(|r| r.group == "checksum");
 
-    print_table(&rows);
+    if !args.quiet {
+        print_table(&rows);
+    }
     let report = Report {
+        part: "rust",
         date,
         machine,
         scale: args.scale,
@@ -295,137 +249,41 @@ fn run(args: &Args) -> Res<()> {
         fs::create_dir_all(parent)?;
     }
     fs::write(&args.json, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("\nresults written to {}", args.json.display());
+    eprintln!("rust rows written to {}", args.json.display());
     Ok(())
 }
 
-/// Best-of-`repeat` times of [plain, sync writer, background writer] over the
-/// same tensors, interleaved so that drifts in machine load hit all three.
-fn best_of_three(
-    repeat: usize,
-    dir: &Path,
-    names: &[String],
-    data: &[u8],
-    tensor: usize,
-    buffered: bool,
-) -> Res<[Duration; 3]> {
-    let mut best = [Duration::MAX; 3];
-    for round in 0..repeat {
-        let path = dir.join("plain.bin");
-        best[0] = best[0].min(write_plain(&path, data, tensor, buffered)?);
-        fs::remove_file(&path)?;
-        for (k, mode) in [(1, Mode::Sync), (2, BACKGROUND)] {
-            let path = dir.join("bench.tdump");
-            best[k] = best[k].min(write_trace(&path, mode, names, data, tensor)?);
-            if round == 0 {
-                let t = Trace::open(&path)?;
-                check(&t, names.len())?;
-                let last = t.view(*t.tensor_ids().last().ok_or("empty trace")?)?;
-                if last.contiguous_bytes() != Some(&data[data.len() - tensor..]) {
-                    return Err("the last tensor read back differs from what was written".into());
-                }
-            }
-            fs::remove_file(&path)?;
+/// One line on stderr saying what is being measured.
+pub(crate) fn progress(what: &str) {
+    eprintln!("  [rust] {what}");
+}
+
+/// Best of `rounds` of every contender, run in turn within each round so
+/// that a drift in machine load hits them all. Each contender times itself
+/// (set-up and clean-up stay outside its figure).
+pub(crate) fn interleaved<const N: usize>(
+    rounds: usize,
+    contenders: &mut [&mut dyn FnMut(usize) -> Res<Duration>; N],
+) -> Res<[Duration; N]> {
+    let mut best = [Duration::MAX; N];
+    for round in 0..rounds {
+        for (b, c) in best.iter_mut().zip(contenders.iter_mut()) {
+            *b = (*b).min(c(round)?);
         }
     }
     Ok(best)
 }
 
-/// Plain sequential write of `data` in `chunk`-byte pieces, no fsync.
-/// `buffered` puts a 1 MiB `BufWriter` (the writer's own buffer size) in front.
-fn write_plain(path: &Path, data: &[u8], chunk: usize, buffered: bool) -> Res<Duration> {
-    fn all(w: &mut impl Write, data: &[u8], chunk: usize) -> std::io::Result<()> {
-        data.chunks_exact(chunk).try_for_each(|c| w.write_all(c))?;
-        w.flush()
-    }
-    let start = Instant::now();
-    let file = File::create(path)?;
-    if buffered {
-        all(&mut BufWriter::with_capacity(MIB, file), data, chunk)?;
-    } else {
-        all(&mut &file, data, chunk)?;
-    }
-    Ok(start.elapsed())
-}
-
-/// Create a trace, add every tensor (1-D f32), finish; no fsync.
-fn write_trace(
-    path: &Path,
-    mode: Mode,
-    names: &[String],
-    data: &[u8],
-    tensor: usize,
-) -> Res<Duration> {
-    let shape = [(tensor / 4) as u64];
-    let start = Instant::now();
-    let w = Writer::with_options(
-        path,
-        Metadata::new(),
-        WriterOptions {
-            mode,
-            ..Default::default()
-        },
-    )?;
-    for (i, (name, bytes)) in names.iter().zip(data.chunks_exact(tensor)).enumerate() {
-        let meta = TensorMeta::new()
-            .layer((i % 32) as i64)
-            .step((i / 32) as i64);
-        w.add_tensor(name, DType::F32, &shape, bytes, meta)?
-            .ok_or("a tensor was not recorded")?;
-    }
-    let summary = w.finish()?;
-    let elapsed = start.elapsed();
-    if summary.dropped != 0 {
-        return Err("the writer dropped tensors".into());
-    }
-    Ok(elapsed)
-}
-
-fn check(t: &Trace, expected: usize) -> Res<()> {
-    if !t.is_finished() || t.len() != expected {
-        return Err(format!(
-            "trace {} has {} tensors, expected {expected}",
-            t.path().display(),
-            t.len()
-        )
-        .into());
-    }
-    Ok(())
-}
-
-/// The I/O floor of an open: read the footer index and trailer, no decoding.
-fn read_tail(path: &Path, footer_offset: u64, file_len: u64) -> Res<Duration> {
-    let start = Instant::now();
-    let mut f = File::open(path)?;
-    f.seek(SeekFrom::Start(footer_offset))?;
-    let mut buf = Vec::with_capacity((file_len - footer_offset) as usize);
-    f.read_to_end(&mut buf)?;
-    black_box(&buf);
-    Ok(start.elapsed())
-}
-
-/// `view(id)` and `as_slice::<f32>()` of every tensor (the values are not read).
-fn view_all(t: &Trace) -> Res<Duration> {
-    let start = Instant::now();
-    let mut elems = 0;
-    for &id in t.tensor_ids() {
-        elems += t.view(id)?.as_slice::<f32>()?.len();
-    }
-    black_box(elems);
-    Ok(start.elapsed())
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn gbps(bytes: usize, d: Duration) -> f64 {
+pub(crate) fn gbps(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
 }
 
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 /// Names shaped like an engine's (`blk.7.attn_q-123`), all distinct.
-fn tensor_names(n: usize) -> Vec<String> {
+pub(crate) fn tensor_names(n: usize) -> Vec<String> {
     const ROLES: [&str; 4] = ["attn_q", "attn_k", "attn_v", "ffn_out"];
     (0..n)
         .map(|i| format!("blk.{}.{}-{i}", i % 32, ROLES[i / 32 % 4]))
@@ -433,7 +291,7 @@ fn tensor_names(n: usize) -> Vec<String> {
 }
 
 /// Cheap deterministic f32 data (not zeros, not constant).
-fn pattern(bytes: usize) -> Vec<u8> {
+pub(crate) fn pattern(bytes: usize) -> Vec<u8> {
     let mut v = vec![0u8; bytes];
     for (i, c) in v.chunks_exact_mut(4).enumerate() {
         c.copy_from_slice(&((i % 4093) as f32 * 0.25 - 511.0).to_le_bytes());
@@ -441,24 +299,65 @@ fn pattern(bytes: usize) -> Vec<u8> {
     v
 }
 
+/// The interpreter of `.venv` (`make bench` exports TRACEDUMP_PYTHON).
+pub(crate) fn python() -> PathBuf {
+    std::env::var_os("TRACEDUMP_PYTHON")
+        .map(Into::into)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
+}
+
+/// Run a Python reference script and parse the one number it prints.
+pub(crate) fn python_figure(script: &Path, args: &[&str]) -> Res<f64> {
+    let o = std::process::Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot run {} ({e}); `make bench` sets up .venv",
+                python().display()
+            )
+        })?;
+    if !o.status.success() {
+        return Err(format!(
+            "{} {} failed: {}",
+            script.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).trim().parse()?)
+}
+
+/// The table of this part alone (`bench/table.py` prints the merged one).
 fn print_table(rows: &[Row]) {
     let num = |v: f64, unit: &str| match unit {
-        "GB/s" | "ms" => format!("{v:.2} {unit}"),
+        "GB/s" | "ms" | "%" => format!("{v:.2} {unit}"),
         _ => format!("{v:.3} {unit}"),
     };
     println!(
-        "\n{:<50} {:>12} {:>12} {:>7}  {:<14} result",
-        "benchmark", "ours", "baseline", "ratio", "goal"
+        "\n{:<56} {:>11}  {:<34} {:>7}  {:<16} {:<6} also",
+        "benchmark", "ours", "baseline", "ratio", "goal", "result"
     );
     for r in rows {
+        let base = r.baseline.as_ref().map_or("-".into(), |b| {
+            format!("{} {}", b.label, num(b.value, b.unit))
+        });
+        let also: Vec<String> = r
+            .others
+            .iter()
+            .map(|f| format!("{} {}", f.label, num(f.value, f.unit)))
+            .collect();
         println!(
-            "{:<50} {:>12} {:>12} {:>7}  {:<14} {}",
+            "{:<56} {:>11}  {:<34} {:>7}  {:<16} {:<6} {}",
             r.name,
             num(r.ours, r.unit),
-            r.baseline.map_or("-".into(), |b| num(b, r.unit)),
-            r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+            base,
+            r.ratio.map_or("-".into(), |x| format!("{x:.2}x")),
             r.goal.as_deref().unwrap_or("-"),
-            r.pass.map_or("-", |p| if p { "PASS" } else { "MISS" }),
+            r.ok.map_or("-", |p| if p { "PASS" } else { "MISS" }),
+            also.join("; "),
         );
     }
 }
