@@ -1,8 +1,8 @@
 //! Traces built record by record, so tests can write what the writer refuses to.
 
-use trace_format::codec::{encode_run_metadata, encode_tensor, IndexEntry, TensorDesc};
+use trace_format::codec::{encode_run_metadata, encode_tensor, DataRef, IndexEntry, TensorDesc};
 use trace_format::record::{encode_file_header, frame_footer, frame_record, RecordKind};
-use trace_format::Metadata;
+use trace_format::{DType, Lineage, Metadata};
 
 /// A trace under construction: valid framing and checksums around any
 /// descriptor bytes.
@@ -78,5 +78,29 @@ impl RawTrace {
     /// The file without a footer (as a killed writer leaves it).
     pub fn unfinished(self) -> Vec<u8> {
         self.bytes
+    }
+}
+
+/// A tensor descriptor with only what a layout test needs; the rest empty.
+pub fn tensor_desc(
+    name: &str,
+    dtype: DType,
+    data: DataRef,
+    shape: &[u64],
+    strides: &[i64],
+) -> TensorDesc {
+    TensorDesc {
+        name: name.into(),
+        dtype,
+        data,
+        shape: shape.to_vec(),
+        byte_strides: strides.to_vec(),
+        step: None,
+        layer: None,
+        role: None,
+        source_layout: None,
+        lineage: Lineage::default(),
+        stats: None,
+        metadata: Metadata::new(),
     }
 }

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use trace_format::codec::{encode_storage, encode_tensor, DataRef, StorageDesc, TensorDesc};
 use trace_format::record::{RecordHeader, RecordKind, Trailer};
-use trace_format::{DType, Lineage, Metadata};
+use trace_format::{DType, Metadata};
 use trace_reader::Trace;
-use tracedump_tests::raw::RawTrace;
+use tracedump_tests::raw::{tensor_desc as desc, RawTrace};
 
 struct Counting;
 
@@ -73,23 +73,6 @@ fn exercise(path: &Path) -> (usize, bool) {
     .is_err();
     ARMED.store(false, Ordering::Relaxed);
     (LARGEST.load(Ordering::Relaxed), panicked)
-}
-
-fn desc(name: &str, dtype: DType, data: DataRef, shape: &[u64], strides: &[i64]) -> TensorDesc {
-    TensorDesc {
-        name: name.into(),
-        dtype,
-        data,
-        shape: shape.to_vec(),
-        byte_strides: strides.to_vec(),
-        step: None,
-        layer: None,
-        role: None,
-        source_layout: None,
-        lineage: Lineage::default(),
-        stats: None,
-        metadata: Metadata::new(),
-    }
 }
 
 /// A storage of 64 bytes and one tensor whose descriptor is `patch`ed.

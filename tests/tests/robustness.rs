@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use trace_format::codec::{encode_storage, encode_tensor, DataRef, StorageDesc, TensorDesc};
+use trace_format::codec::{encode_storage, encode_tensor, DataRef, StorageDesc};
 use trace_format::layout::ggml;
 use trace_format::record::{RecordKind, Trailer};
-use trace_format::{DType, Layout, Lineage, Metadata, Op};
+use trace_format::{DType, Layout, Metadata, Op};
 use trace_reader::{ReaderError, Trace};
 use trace_writer::{Mode, TensorMeta, WhenFull, Writer, WriterOptions};
 
@@ -142,24 +142,7 @@ fn every_flipped_bit_is_caught() {
     assert!(missed.is_empty(), "undetected flips at {missed:?}");
 }
 
-use tracedump_tests::raw::RawTrace;
-
-fn desc(name: &str, dtype: DType, data: DataRef, shape: &[u64], strides: &[i64]) -> TensorDesc {
-    TensorDesc {
-        name: name.into(),
-        dtype,
-        data,
-        shape: shape.to_vec(),
-        byte_strides: strides.to_vec(),
-        step: None,
-        layer: None,
-        role: None,
-        source_layout: None,
-        lineage: Lineage::default(),
-        stats: None,
-        metadata: Metadata::new(),
-    }
-}
+use tracedump_tests::raw::{tensor_desc as desc, RawTrace};
 
 #[test]
 fn hostile_views_are_clear_errors() {

@@ -122,6 +122,17 @@ fn guard(what: &str, f: impl FnOnce() -> Result<i32, String>) -> i32 {
     }
 }
 
+/// Run `make`, handing its value to C as a box (NULL on error or panic,
+/// with the last error set).
+fn boxed<T>(what: &str, make: impl FnOnce() -> Result<T, String>) -> *mut T {
+    let mut out = std::ptr::null_mut();
+    guard(what, || {
+        out = Box::into_raw(Box::new(make()?));
+        Ok(TD_OK)
+    });
+    out
+}
+
 /// A C string argument; null is an error naming the argument.
 ///
 /// # Safety
@@ -239,8 +250,7 @@ pub unsafe extern "C" fn td_writer_open(
     drop_when_full: i32,
     name_regex: *const c_char,
 ) -> *mut td_writer {
-    let mut out = std::ptr::null_mut();
-    guard("td_writer_open", || {
+    boxed("td_writer_open", || {
         // SAFETY: the caller's promises.
         let writer = unsafe {
             open_writer(
@@ -254,10 +264,8 @@ pub unsafe extern "C" fn td_writer_open(
                 name_regex,
             )
         }?;
-        out = Box::into_raw(Box::new(td_writer { writer }));
-        Ok(TD_OK)
-    });
-    out
+        Ok(td_writer { writer })
+    })
 }
 
 /// # Safety
@@ -943,8 +951,7 @@ pub unsafe extern "C" fn td_ggml_open(
     drop_when_full: i32,
     name_regex: *const c_char,
 ) -> *mut td_ggml {
-    let mut out = std::ptr::null_mut();
-    guard("td_ggml_open", || {
+    boxed("td_ggml_open", || {
         // SAFETY: the caller's promises.
         let writer = unsafe {
             open_writer(
@@ -958,12 +965,10 @@ pub unsafe extern "C" fn td_ggml_open(
                 name_regex,
             )
         }?;
-        out = Box::into_raw(Box::new(td_ggml {
+        Ok(td_ggml {
             recorder: GgmlRecorder::new(writer),
-        }));
-        Ok(TD_OK)
-    });
-    out
+        })
+    })
 }
 
 /// Close the recorder's trace; frees `g` (NULL does nothing).

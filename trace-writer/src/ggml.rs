@@ -220,16 +220,32 @@ impl GgmlRecorder {
                         meta.lineage.ops.push(op);
                     }
                 }
-                let id = self
-                    .writer
-                    .add_strided(name, dtype, &layout, node.data, meta)?;
-                let Some(id) = id else { return Ok(None) };
+                // a contiguous tensor (the usual node) gets its crc from the
+                // write itself; a strided one is checksummed here
+                let whole = layout.is_contiguous(dtype)
+                    && dtype.bytes_for(layout.numel()) == Some(node.data.len() as u64);
+                let added = if whole {
+                    self.writer.add_tensor_checksummed(
+                        name,
+                        dtype,
+                        &layout.shape,
+                        node.data,
+                        meta,
+                    )?
+                } else {
+                    self.writer
+                        .add_strided(name, dtype, &layout, node.data, meta)?
+                        .map(|id| (id, crc32c(node.data)))
+                };
+                let Some((id, crc)) = added else {
+                    return Ok(None);
+                };
                 st.owners.insert(
                     node.key,
                     Owner {
                         storage: id,
                         len: node.data.len(),
-                        crc: crc32c(node.data),
+                        crc,
                     },
                 );
                 (id, id)

@@ -406,6 +406,42 @@ impl Writer {
         bytes: &[u8],
         meta: TensorMeta,
     ) -> Result<Option<RecordId>, WriterError> {
+        self.add_contiguous(name, dtype, shape, bytes, meta, &mut None)
+    }
+
+    /// [`Writer::add_tensor`], also returning the crc32c of `bytes`, for a
+    /// caller that wants to recognise these bytes again later (the Python
+    /// writer records a later view of them as a view of this record). A
+    /// large tensor in sync mode gets it from the checksum the record needs
+    /// anyway, computed while the bytes are written; otherwise it is computed
+    /// here.
+    pub fn add_tensor_checksummed(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        bytes: &[u8],
+        meta: TensorMeta,
+    ) -> Result<Option<(RecordId, u32)>, WriterError> {
+        let mut crc = None;
+        let id = self.add_contiguous(name, dtype, shape, bytes, meta, &mut crc)?;
+        Ok(id.map(|id| {
+            (
+                id,
+                crc.unwrap_or_else(|| trace_format::record::crc32c(bytes)),
+            )
+        }))
+    }
+
+    fn add_contiguous(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        bytes: &[u8],
+        meta: TensorMeta,
+        payload_crc32c: &mut Option<u32>,
+    ) -> Result<Option<RecordId>, WriterError> {
         if !self.wants(name, meta.step, meta.layer) {
             return Ok(None);
         }
@@ -430,45 +466,7 @@ impl Writer {
                 actual: bytes.len() as u64,
             });
         }
-        self.add_inline(name, dtype, &layout, bytes, meta, &mut None)
-    }
-
-    /// [`Writer::add_tensor`], also returning the crc32c of `bytes`, for a
-    /// caller that wants to recognise these bytes again later (the Python
-    /// writer records a later view of them as a view of this record). A
-    /// large tensor in sync mode gets it from the checksum the record needs
-    /// anyway, computed while the bytes are written; otherwise it is computed
-    /// here.
-    pub fn add_tensor_checksummed(
-        &self,
-        name: &str,
-        dtype: DType,
-        shape: &[u64],
-        bytes: &[u8],
-        meta: TensorMeta,
-    ) -> Result<Option<(RecordId, u32)>, WriterError> {
-        if !self.wants(name, meta.step, meta.layer) {
-            return Ok(None);
-        }
-        let layout = Layout::contiguous(dtype, shape, 0).map_err(|source| WriterError::Layout {
-            name: name.into(),
-            error: source,
-        })?;
-        let expected = trace_format::layout::numel(shape).and_then(|n| dtype.bytes_for(n));
-        if expected != Some(bytes.len() as u64) {
-            // the same errors as add_tensor
-            return self
-                .add_tensor(name, dtype, shape, bytes, meta)
-                .map(|_| None);
-        }
-        let mut crc = None;
-        let id = self.add_inline(name, dtype, &layout, bytes, meta, &mut crc)?;
-        Ok(id.map(|id| {
-            (
-                id,
-                crc.unwrap_or_else(|| trace_format::record::crc32c(bytes)),
-            )
-        }))
+        self.add_inline(name, dtype, &layout, bytes, meta, payload_crc32c)
     }
 
     /// Record a tensor with its own bytes laid out as `layout` says (any

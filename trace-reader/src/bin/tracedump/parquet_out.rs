@@ -130,6 +130,7 @@ pub fn export_shards(
     out: &Path,
     values_max: Option<u64>,
 ) -> Result<ParquetSummary> {
+    #[derive(Default)]
     struct Row {
         file: usize,
         rank: Option<i64>,
@@ -171,24 +172,8 @@ pub fn export_shards(
                         rank,
                         id,
                         name: trace.record_name(id).unwrap_or("").to_owned(),
-                        dtype: String::new(),
-                        shape: vec![],
-                        byte_strides: vec![],
-                        element_strides: None,
-                        storage: None,
-                        storage_offset: 0,
-                        contiguous: false,
-                        derived: false,
-                        parents: vec![],
-                        lineage: String::new(),
-                        engine_op: None,
-                        role: None,
-                        layer: None,
-                        step: None,
-                        ggml: None,
-                        stats: None,
-                        stats_source: None,
                         error: Some(e.to_string()),
+                        ..Default::default()
                     });
                     continue;
                 }
