@@ -483,18 +483,28 @@ def main():
     ap.add_argument("--repeat", type=int, default=5, help="rounds per figure, the best is kept (writes and opens: 2N+1)")
     ap.add_argument("--json", default=str(Path(__file__).with_name("results-python.json")))
     ap.add_argument("--quiet", action="store_true", help="no table (make bench prints the merged one)")
+    ap.add_argument("--only", default="write,read,layout",
+                    help="comma-separated parts to run: write, read, layout (default all); "
+                         "dequantize is accepted and has no Python rows")
     args = ap.parse_args()
     if not 0 < args.scale <= 1 or args.repeat < 1:
         ap.error("--scale must be in (0, 1] and --repeat at least 1")
+    only = set(args.only.split(","))
+    if only - {"write", "read", "layout", "dequantize"}:
+        ap.error(f"--only: unknown part(s) {sorted(only - {'write', 'read', 'layout', 'dequantize'})}")
     scaled = lambda n: max(1, round(n * args.scale))  # noqa: E731
     root = Path(__file__).resolve().parent.parent / "target"
     root.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="tdbench-", dir=root))
     try:
-        rows = write_rows(tmp, scaled(256), scaled(20_000), args.repeat)
-        rows += read_rows(tmp, [scaled(20_000), scaled(100_000)], args.repeat)
-        rows += big_row(tmp, scaled(64 * MIB), args.repeat)
-        rows += layout_row(tmp)
+        rows = []
+        if "write" in only:
+            rows += write_rows(tmp, scaled(256), scaled(20_000), args.repeat)
+        if "read" in only:
+            rows += read_rows(tmp, [scaled(20_000), scaled(100_000)], args.repeat)
+            rows += big_row(tmp, scaled(64 * MIB), args.repeat)
+        if "layout" in only:
+            rows += layout_row(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rows = [r.d for r in rows]

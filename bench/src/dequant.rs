@@ -27,9 +27,6 @@ const TYPES: &[(DType, &[(usize, u8)])] = &[
     (DType::MXFP4, &[(0, 1)]),
 ];
 
-/// Types whose figures carry the goal (≥ 20× gguf-py, ≥ 1 GB/s).
-const GOAL_TYPES: &[DType] = &[DType::Q4_K, DType::Q6_K, DType::Q8_0];
-
 fn blocks(dtype: DType, scales: &[(usize, u8)], values: usize) -> Vec<u8> {
     let n = values / dtype.block_elems() as usize;
     let bb = dtype.block_bytes() as usize;
@@ -89,13 +86,10 @@ pub fn rows(dir: &Path, values: usize, repeat: usize) -> Res<Vec<Row>> {
             Duration::from_secs_f64(ours),
         )
         .vs("gguf-py (numpy)", gb(theirs));
-        rows.push(if GOAL_TYPES.contains(&dtype) {
-            let mut row = row.goal_ratio(20.0, Some(">= 20x, >= 1 GB/s"));
-            row.ok = row.ok.map(|ok| ok && row.ours >= 1.0);
-            row
-        } else {
-            row
-        });
+        // every type carries the goal (>= 20x gguf-py; and >= 1 GB/s)
+        let mut row = row.goal_ratio(20.0, Some(">= 20x, >= 1 GB/s"));
+        row.ok = row.ok.map(|ok| ok && row.ours >= 1.0);
+        rows.push(row);
     }
     Ok(rows)
 }

@@ -20,8 +20,10 @@ use serde::Serialize;
 pub(crate) type Res<T> = Result<T, Box<dyn Error>>;
 
 pub(crate) const MIB: usize = 1 << 20;
-const USAGE: &str = "usage: tracedump-bench [--scale F] [--repeat N] [--json PATH] [--quiet]
+const USAGE: &str = "usage: tracedump-bench [--scale F] [--repeat N] [--only PARTS] [--json PATH] [--quiet]
   --scale F   fraction of every tensor count, in (0, 1] (default 1: the full 1 GiB run)
+  --only PARTS comma-separated parts to run: write (with its checksum rows), read, layout, dequantize
+              (default all)
   --repeat N  rounds per figure, the best is kept (default 5; writes and opens: 2N+1)
   --json PATH where to write the rows (default bench/results-rust.json)
   --quiet     no table at the end (`make bench` prints the merged one)";
@@ -31,12 +33,20 @@ pub(crate) struct Args {
     pub(crate) repeat: usize,
     json: PathBuf,
     quiet: bool,
+    only: Option<Vec<String>>,
 }
 
 impl Args {
     /// `n` scaled, at least 1.
     pub(crate) fn scaled(&self, n: usize) -> usize {
         ((n as f64 * self.scale).round() as usize).max(1)
+    }
+
+    /// Whether the part `name` runs (`--only`).
+    fn runs(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|parts| parts.iter().any(|p| p == name))
     }
 }
 
@@ -46,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
         repeat: 5,
         json: Path::new(env!("CARGO_MANIFEST_DIR")).join("results-rust.json"),
         quiet: false,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +66,16 @@ fn parse_args() -> Result<Args, String> {
             "--repeat" => args.repeat = value()?.parse().map_err(|e| format!("--repeat: {e}"))?,
             "--json" => args.json = value()?.into(),
             "--quiet" => args.quiet = true,
+            "--only" => {
+                let parts: Vec<String> = value()?.split(',').map(str::to_owned).collect();
+                if let Some(p) = parts
+                    .iter()
+                    .find(|p| !["write", "read", "layout", "dequantize"].contains(&p.as_str()))
+                {
+                    return Err(format!("--only: unknown part {p:?}\n{USAGE}"));
+                }
+                args.only = Some(parts);
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -222,15 +243,23 @@ fn run(args: &Args) -> Res<()> {
     fs::create_dir_all(&dir.0)?;
 
     let mut rows = Vec::new();
-    rows.extend(write::rows(args, &dir.0)?);
-    rows.extend(read::rows(args, &dir.0)?);
-    rows.extend(layout::rows(&dir.0)?);
-    progress("dequantize: 13 ggml types, ours vs gguf-py (a Python subprocess each)");
-    rows.extend(dequant::rows(
-        &dir.0,
-        args.scaled(1 << 22).next_multiple_of(256),
-        args.repeat,
-    )?);
+    if args.runs("write") {
+        rows.extend(write::rows(args, &dir.0)?);
+    }
+    if args.runs("read") {
+        rows.extend(read::rows(args, &dir.0)?);
+    }
+    if args.runs("layout") {
+        rows.extend(layout::rows(&dir.0)?);
+    }
+    if args.runs("dequantize") {
+        progress("dequantize: 13 ggml types, ours vs gguf-py (a Python subprocess each)");
+        rows.extend(dequant::rows(
+            &dir.0,
+            args.scaled(1 << 22).next_multiple_of(256),
+            args.repeat,
+        )?);
+    }
     // the checksum rows go last, as in the merged table
     rows.sort_by_key(|r| r.group == "checksum");
 

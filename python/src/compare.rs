@@ -121,14 +121,17 @@ pub fn report(
     rtol: f64,
     min_cosine: f64,
 ) -> PyResult<DiffResult> {
-    let out: std::path::PathBuf = py.import("os")?.getattr("fspath")?.call1((path,))?.extract()?;
+    let out: std::path::PathBuf = py
+        .import("os")?
+        .getattr("fspath")?
+        .call1((path,))?
+        .extract()?;
     let (ta, tb, report) = run_diff(py, a, b, rules, atol, rtol, min_cosine)?;
     let page = py
         .detach(|| trace_reader::report::html(&ta.trace, &tb.trace, &report))
         .map_err(reader_error)?;
-    std::fs::write(&out, page).map_err(|e| {
-        crate::errors::TraceIOError::new_err(format!("{}: {e}", out.display()))
-    })?;
+    std::fs::write(&out, page)
+        .map_err(|e| crate::errors::TraceIOError::new_err(format!("{}: {e}", out.display())))?;
     Ok(DiffResult { report })
 }
 

@@ -1,14 +1,16 @@
 //! Python bindings of tracedump (`import tracedump`): a thin layer over
 //! `trace-reader` and `trace-writer`. See `python/README.md`.
 //!
-//! No `unsafe` code here: arrays are made over the file's mapping through
-//! numpy's `__array_interface__` (see `reader.rs`), and the mapping's own
-//! `unsafe` lives in `trace_reader::Source`.
+//! `unsafe` code lives in one file, `describe.rs` (the writer reads a numpy
+//! array's or torch tensor's bytes in place). Arrays are made over the
+//! file's mapping through numpy's `__array_interface__` (see `reader.rs`),
+//! and the mapping's own `unsafe` lives in `trace_reader::Source`.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod compare;
 mod convert;
+mod describe;
 mod errors;
 mod reader;
 mod writer;
@@ -22,6 +24,7 @@ fn _tracedump(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reader::open, m)?)?;
     m.add_function(wrap_pyfunction!(compare::compare, m)?)?;
     m.add_function(wrap_pyfunction!(compare::report, m)?)?;
+    m.add_function(wrap_pyfunction!(describe::_describe, m)?)?;
     m.add_class::<reader::PyTrace>()?;
     m.add_class::<reader::PyTensor>()?;
     m.add_class::<reader::VerifyReport>()?;

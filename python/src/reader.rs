@@ -90,7 +90,11 @@ impl Shared {
 
     fn cow(&self) -> PyResult<&Arc<Source>> {
         self.cow
-            .get_or_init(|| Ok(Arc::new(Source::Owned(self.trace.source().bytes().to_vec()))))
+            .get_or_init(|| {
+                Ok(Arc::new(Source::Owned(
+                    self.trace.source().bytes().to_vec(),
+                )))
+            })
             .as_ref()
             .map_err(|e| TraceIOError::new_err(format!("cannot map for torch: {e}")))
     }

@@ -1,10 +1,11 @@
 //! `Writer`: numpy arrays and torch tensors recorded with their real
 //! strides over their real storage.
 //!
-//! `tracedump._layout.describe` (Python) reads a tensor's dtype, shape,
-//! byte strides and offset, and hands over its storage as a read-only
-//! uint8 array: a torch tensor's whole untyped storage, a numpy array's
-//! base buffer. The writer here decides how to record it:
+//! `describe` (Rust for plain numpy arrays and CPU torch tensors,
+//! `tracedump._layout.describe` in Python for the rest) reads a tensor's
+//! dtype, shape, byte strides and offset, and its storage: a torch tensor's
+//! whole untyped storage, a numpy array's base buffer. The writer here
+//! decides how to record it:
 //!
 //! 1. If its bytes lie inside a region this writer already recorded, whose
 //!    owner (the base array or tensor) is still alive and whose bytes are
@@ -15,7 +16,7 @@
 //!    a region later views can use).
 //! 3. Else the storage is recorded once and the tensor as a view of it.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -23,10 +24,12 @@ use numpy::PyReadonlyArray1;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyWeakrefMethods, PyWeakrefReference};
+use rustc_hash::FxHashMap;
 use trace_format::record::crc32c;
-use trace_writer::{DType, EngineOp, Layout, Lineage, Op, TensorMeta, Writer};
+use trace_writer::{EngineOp, Layout, Lineage, Op, TensorMeta, Writer};
 
 use crate::convert::{dtype_from_name, py_to_metadata, py_to_op};
+use crate::describe::describe;
 use crate::errors::{writer_error, TraceError, TraceLayoutError};
 
 /// Bytes already in the file that later tensors can view.
@@ -47,12 +50,9 @@ struct Region {
 #[derive(Debug)]
 struct State {
     writer: Option<Writer>,
-    regions: Vec<Region>,
-    /// Region count at which regions whose owner died are dropped (doubles,
-    /// so the scan stays amortised linear in the live regions).
-    prune_at: usize,
+    regions: Regions,
     /// Last record id of each name (for lineage parents given by name).
-    names: HashMap<String, u64>,
+    names: FxHashMap<String, u64>,
 }
 
 /// Records numpy arrays and torch tensors into a `.tdump` trace.
@@ -63,46 +63,97 @@ pub struct PyWriter {
     path: PathBuf,
 }
 
-/// What `describe()` says about a tensor.
-struct Parts<'py> {
-    dtype: DType,
-    layout: Layout,
-    buffer: PyReadonlyArray1<'py, u8>,
-    owner: Bound<'py, PyAny>,
+/// The regions recorded so far, found by address: one ordered map per
+/// length class (lengths in `[2^c, 2^(c+1))`), so that the regions that
+/// may hold a byte range are those of each class whose start lies at most
+/// the class's longest length before it (a few range lookups, whatever
+/// the number of regions).
+#[derive(Debug, Default)]
+struct Regions {
+    /// Keyed by (start address, sequence number).
+    classes: Vec<BTreeMap<(usize, u64), Region>>,
+    count: usize,
+    next_seq: u64,
+    /// Count at which regions whose owner died are dropped (doubles, so
+    /// the pruning stays amortised linear in the live regions).
+    prune_at: usize,
 }
 
-fn describe<'py>(py: Python<'py>, tensor: &Bound<'py, PyAny>) -> PyResult<Parts<'py>> {
-    let d = py
-        .import("tracedump._layout")?
-        .getattr("describe")?
-        .call1((tensor,))?;
-    let (dtype, shape, strides, offset, buffer, owner): (
-        String,
-        Vec<u64>,
-        Vec<i64>,
-        u64,
-        PyReadonlyArray1<'py, u8>,
-        Bound<'py, PyAny>,
-    ) = d.extract()?;
-    let dtype = dtype_from_name(&dtype)?;
-    let layout = Layout::new(shape, strides, offset)
-        .map_err(|e| TraceLayoutError::new_err(e.to_string()))?;
-    Ok(Parts {
-        dtype,
-        layout,
-        buffer,
-        owner,
-    })
-}
-
-/// Add a region; first drop those whose owner died once their count
-/// reaches `prune_at`.
-fn push_region(regions: &mut Vec<Region>, prune_at: &mut usize, py: Python<'_>, r: Region) {
-    if regions.len() >= *prune_at {
-        regions.retain(|r| r.owner.bind(py).upgrade().is_some());
-        *prune_at = (regions.len() * 2).max(64);
+impl Regions {
+    fn class(len: usize) -> usize {
+        (usize::BITS - 1 - len.max(1).leading_zeros()) as usize
     }
-    regions.push(r);
+
+    /// Add a region; first drop those whose owner died once their count
+    /// reaches `prune_at`.
+    fn push(&mut self, py: Python<'_>, r: Region) {
+        if self.count >= self.prune_at.max(64) {
+            for class in &mut self.classes {
+                class.retain(|_, r| r.owner.bind(py).upgrade().is_some());
+            }
+            self.count = self.classes.iter().map(BTreeMap::len).sum();
+            self.prune_at = (self.count * 2).max(64);
+        }
+        let c = Self::class(r.len);
+        if self.classes.len() <= c {
+            self.classes.resize_with(c + 1, BTreeMap::new);
+        }
+        self.classes[c].insert((r.start, self.next_seq), r);
+        self.next_seq += 1;
+        self.count += 1;
+    }
+
+    /// The newest region holding the bytes `[lo, hi)` (absolute addresses)
+    /// that lies inside `buf` (at address `base`), whose owner is alive and
+    /// whose bytes are unchanged; regions met on the way whose owner died
+    /// or whose bytes changed are forgotten.
+    fn find(
+        &mut self,
+        py: Python<'_>,
+        lo: usize,
+        hi: usize,
+        base: usize,
+        buf: &[u8],
+    ) -> Option<&Region> {
+        let mut candidates: Vec<(u64, usize, usize)> = Vec::new();
+        for (c, class) in self.classes.iter().enumerate() {
+            if class.is_empty() {
+                continue;
+            }
+            let longest = (1usize << (c + 1)).wrapping_sub(1);
+            let from = hi.saturating_sub(longest);
+            if from > lo {
+                continue;
+            }
+            for (&(start, seq), r) in class.range((from, 0)..=(lo, u64::MAX)) {
+                if start + r.len >= hi {
+                    candidates.push((seq, start, c));
+                }
+            }
+        }
+        candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
+        let mut found = None;
+        for (seq, start, c) in candidates {
+            let r = &self.classes[c][&(start, seq)];
+            if !(r.start >= base && r.start + r.len <= base + buf.len()) {
+                continue;
+            }
+            let now = &buf[r.start - base..r.start - base + r.len];
+            if r.owner.bind(py).upgrade().is_none() || crc32c(now) != r.crc {
+                self.classes[c].remove(&(start, seq));
+                self.count -= 1;
+                continue;
+            }
+            found = Some((c, (start, seq)));
+            break;
+        }
+        found.map(|(c, key)| &self.classes[c][&key])
+    }
+
+    fn clear(&mut self) {
+        self.classes.clear();
+        self.count = 0;
+    }
 }
 
 impl PyWriter {
@@ -188,7 +239,7 @@ fn parse_lineage(lineage: Option<&Bound<'_, PyAny>>) -> PyResult<(Lineage, Vec<P
     ))
 }
 
-fn resolve(names: &HashMap<String, u64>, p: ParentRef) -> PyResult<u64> {
+fn resolve(names: &FxHashMap<String, u64>, p: ParentRef) -> PyResult<u64> {
     match p {
         ParentRef::Id(id) => Ok(id),
         ParentRef::Name(n) => names.get(&n).copied().ok_or_else(|| {
@@ -272,9 +323,8 @@ impl PyWriter {
         Ok(PyWriter {
             state: Mutex::new(State {
                 writer: Some(writer),
-                regions: Vec::new(),
-                prune_at: 64,
-                names: HashMap::new(),
+                regions: Regions::default(),
+                names: FxHashMap::default(),
             }),
             path,
         })
@@ -342,10 +392,7 @@ impl PyWriter {
         let owner = PyWeakrefReference::new(&parts.owner)
             .ok()
             .map(Bound::unbind);
-        let buf = parts
-            .buffer
-            .as_slice()
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let buf = parts.storage.bytes()?;
         let base = buf.as_ptr() as usize;
         let (dtype, layout) = (parts.dtype, parts.layout);
         let span = layout
@@ -380,48 +427,24 @@ impl PyWriter {
         let elem0 = base + layout.storage_offset as usize;
 
         // 1. a view of bytes already recorded
-        let mut found = None;
-        let mut stale = Vec::new();
-        for (i, r) in st.regions.iter().enumerate().rev() {
-            if !(r.start <= abs_lo && abs_hi <= r.start + r.len) {
-                continue;
-            }
-            let inside = r.start >= base && r.start + r.len <= base + buf.len();
-            let alive = r.owner.bind(py).upgrade().is_some();
-            if !inside || !alive {
-                if !alive {
-                    stale.push(i);
-                }
-                continue;
-            }
-            let now = &buf[r.start - base..r.start - base + r.len];
-            if crc32c(now) != r.crc {
-                stale.push(i);
-                continue;
-            }
-            found = Some(i);
-            break;
-        }
-        // forget regions whose owner died or whose bytes changed (met in
-        // descending order, all after `found`: removing them keeps its index)
-        for i in stale {
-            st.regions.remove(i);
-        }
-        let id = if let Some(i) = found {
-            let r = &st.regions[i];
+        let found = st
+            .regions
+            .find(py, abs_lo, abs_hi, base, buf)
+            .map(|r| (r.id, r.is_tensor, r.start));
+        let id = if let Some((region_id, is_tensor, start)) = found {
             let rebased = Layout {
-                storage_offset: (elem0 - r.start) as u64,
+                storage_offset: (elem0 - start) as u64,
                 ..layout.clone()
             };
-            if auto && r.is_tensor {
-                meta.lineage.parents.push(r.id);
+            if auto && is_tensor {
+                meta.lineage.parents.push(region_id);
                 meta.lineage.ops.push(Op::View {
                     offset: rebased.storage_offset,
                     shape: rebased.shape.clone(),
                     byte_strides: rebased.byte_strides.clone(),
                 });
             }
-            w.add_view(name, dtype, r.id, &rebased, meta)
+            w.add_view(name, dtype, region_id, &rebased, meta)
                 .map_err(writer_error)?
         } else if layout.is_contiguous(dtype) {
             // 2. its own bytes
@@ -431,9 +454,7 @@ impl PyWriter {
                 .add_tensor_checksummed(name, dtype, &layout.shape, bytes, meta)
                 .map_err(writer_error)?;
             if let (Some((id, crc)), Some(owner)) = (added, owner) {
-                push_region(
-                    &mut st.regions,
-                    &mut st.prune_at,
+                st.regions.push(
                     py,
                     Region {
                         start: abs_lo,
@@ -456,9 +477,7 @@ impl PyWriter {
                 )
                 .map_err(writer_error)?;
             if let Some(owner) = owner {
-                push_region(
-                    &mut st.regions,
-                    &mut st.prune_at,
+                st.regions.push(
                     py,
                     Region {
                         start: base,

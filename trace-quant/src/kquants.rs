@@ -138,30 +138,39 @@ pub(crate) fn dequantize_q2_k(blocks: &[u8], out: &mut [f32]) {
         let qs: &[u8; 64] = arr(&b[16..80]);
         let d = f16_le(b[80], b[81]);
         let min = f16_le(b[82], b[83]);
-        // Each 128-value half reads 32 bytes of qs four times (shift 0, 2,
-        // 4, 6); each pass covers two 16-value sub-blocks.
-        for ((q, y), scales) in qs
+        // Each sub-block's `d * sc` and `dmin * m`, formed once.
+        let mut dl = [0.0f32; 16];
+        let mut ml = [0.0f32; 16];
+        for ((dl, ml), &sc) in dl.iter_mut().zip(&mut ml).zip(scales) {
+            *dl = d * f32::from(sc & 0xF);
+            *ml = min * f32::from(sc >> 4);
+        }
+        // Each 128-value half uses 32 bytes of qs four times (shift 0, 2, 4,
+        // 6): value 32j + l (l < 32) is bits 2j of qs[l], in sub-block
+        // 2j + l/16. One pass over each 16 bytes writes all four j, with
+        // constant shifts and the four scales hoisted, so it vectorizes.
+        for ((q, y), (dl, ml)) in qs
             .chunks_exact(32)
             .zip(y.chunks_exact_mut(128))
-            .zip(scales.chunks_exact(8))
+            .zip(dl.chunks_exact(8).zip(ml.chunks_exact(8)))
         {
-            let q: &[u8; 32] = arr(q);
-            for (j, (y, sc)) in y
-                .chunks_exact_mut(32)
-                .zip(scales.chunks_exact(2))
-                .enumerate()
-            {
-                let shift = 2 * j as u32;
-                let y: &mut [f32; 32] = arr_mut(y);
-                let (y0, y1) = y.split_at_mut(16);
-                let (q0, q1) = q.split_at(16);
-                for (half, (y, q)) in [(y0, q0), (y1, q1)].into_iter().enumerate() {
-                    let sc = sc[half];
-                    let dl = d * f32::from(sc & 0xF);
-                    let ml = min * f32::from(sc >> 4);
-                    for (y, &q) in y.iter_mut().zip(q) {
-                        *y = dl * f32::from((q >> shift) & 3) - ml;
-                    }
+            let y: &mut [f32; 128] = arr_mut(y);
+            let (ya, yb) = y.split_at_mut(64);
+            let (y0, y1) = ya.split_at_mut(32);
+            let (y2, y3) = yb.split_at_mut(32);
+            for (half, range) in [(0usize, 0..16usize), (1, 16..32)] {
+                let q: &[u8; 16] = arr(&q[range.clone()]);
+                let (d0, d1, d2, d3) = (dl[half], dl[half + 2], dl[half + 4], dl[half + 6]);
+                let (m0, m1, m2, m3) = (ml[half], ml[half + 2], ml[half + 4], ml[half + 6]);
+                let y0: &mut [f32; 16] = arr_mut(&mut y0[range.clone()]);
+                let y1: &mut [f32; 16] = arr_mut(&mut y1[range.clone()]);
+                let y2: &mut [f32; 16] = arr_mut(&mut y2[range.clone()]);
+                let y3: &mut [f32; 16] = arr_mut(&mut y3[range]);
+                for (l, &q) in q.iter().enumerate() {
+                    y0[l] = d0 * f32::from(q & 3) - m0;
+                    y1[l] = d1 * f32::from((q >> 2) & 3) - m1;
+                    y2[l] = d2 * f32::from((q >> 4) & 3) - m2;
+                    y3[l] = d3 * f32::from(q >> 6) - m3;
                 }
             }
         }
@@ -181,34 +190,46 @@ pub(crate) fn dequantize_q3_k(blocks: &[u8], out: &mut [f32]) {
         let qs: &[u8; 64] = arr(&b[32..96]);
         let scales = q3_k_scales(arr(&b[96..108]));
         let d = f16_le(b[108], b[109]);
-        let (h0, h1) = hmask.split_at(16);
-        // Value index n*128 + j*32 + l (l < 32) takes bits 2j of qs[n*32 + l]
-        // and bit 4n + j of hmask[l]; its scale is sub-block n*8 + 2j + l/16.
-        for (n, ((q, y), scales)) in qs
+        // Each sub-block's `d * (sc - 32)`, formed once.
+        let mut dl = [0.0f32; 16];
+        for (dl, &sc) in dl.iter_mut().zip(&scales) {
+            *dl = d * f32::from(sc);
+        }
+        // Value n*128 + j*32 + l (l < 32) takes bits 2j of qs[n*32 + l] and
+        // bit 4n + j of hmask[l]; its scale is sub-block n*8 + 2j + l/16. As
+        // in Q2_K, one pass over each 16 bytes of qs (and of hmask, shifted
+        // so that bits 0..4 are this half's) writes all four j. The high bit
+        // is merged without a branch: `(low | h << 2) - 4` is `low - 4 * !h`.
+        for (n, ((q, y), dl)) in qs
             .chunks_exact(32)
             .zip(y.chunks_exact_mut(128))
-            .zip(scales.chunks_exact(8))
+            .zip(dl.chunks_exact(8))
             .enumerate()
         {
-            let q: &[u8; 32] = arr(q);
-            let (q0, q1) = q.split_at(16);
-            for (j, (y, sc)) in y
-                .chunks_exact_mut(32)
-                .zip(scales.chunks_exact(2))
-                .enumerate()
-            {
-                let shift = 2 * j as u32;
-                let bit = (4 * n + j) as u32;
-                let y: &mut [f32; 32] = arr_mut(y);
-                let (y0, y1) = y.split_at_mut(16);
-                for (half, (y, (q, h))) in [(y0, (q0, h0)), (y1, (q1, h1))].into_iter().enumerate()
-                {
-                    let dl = d * f32::from(sc[half]);
-                    for ((y, &q), &h) in y.iter_mut().zip(q).zip(h) {
-                        let low = ((q >> shift) & 3) as i8;
-                        let off = ((((h >> bit) & 1) ^ 1) << 2) as i8;
-                        *y = dl * f32::from(low - off);
-                    }
+            let hshift = 4 * n as u32;
+            let y: &mut [f32; 128] = arr_mut(y);
+            let (ya, yb) = y.split_at_mut(64);
+            let (y0, y1) = ya.split_at_mut(32);
+            let (y2, y3) = yb.split_at_mut(32);
+            for (half, range) in [(0usize, 0..16usize), (1, 16..32)] {
+                let q: &[u8; 16] = arr(&q[range.clone()]);
+                let h: &[u8; 16] = arr(&hmask[range.clone()]);
+                let (d0, d1, d2, d3) = (dl[half], dl[half + 2], dl[half + 4], dl[half + 6]);
+                let y0: &mut [f32; 16] = arr_mut(&mut y0[range.clone()]);
+                let y1: &mut [f32; 16] = arr_mut(&mut y1[range.clone()]);
+                let y2: &mut [f32; 16] = arr_mut(&mut y2[range.clone()]);
+                let y3: &mut [f32; 16] = arr_mut(&mut y3[range]);
+                for (l, (&q, &h)) in q.iter().zip(h).enumerate() {
+                    let h = h >> hshift;
+                    // 0..=7 fits an i8; minus 4 gives -4..=3.
+                    let q0 = ((q & 3) | ((h & 1) << 2)) as i8 - 4;
+                    let q1 = (((q >> 2) & 3) | ((h & 2) << 1)) as i8 - 4;
+                    let q2 = (((q >> 4) & 3) | (h & 4)) as i8 - 4;
+                    let q3 = ((q >> 6) | ((h & 8) >> 1)) as i8 - 4;
+                    y0[l] = d0 * f32::from(q0);
+                    y1[l] = d1 * f32::from(q1);
+                    y2[l] = d2 * f32::from(q2);
+                    y3[l] = d3 * f32::from(q3);
                 }
             }
         }

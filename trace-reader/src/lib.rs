@@ -4,6 +4,7 @@
 pub mod compare;
 mod error;
 pub mod gguf;
+mod halves;
 #[cfg(feature = "report")]
 pub mod report;
 pub mod shards;

@@ -1,7 +1,8 @@
 //! The bytes of a trace: a read-only memory map, an owned buffer, or (for
 //! bindings whose tensors may be written in place) a private copy-on-write map.
 //!
-//! This is the only file of the reader with `unsafe` code.
+//! With `halves.rs` (the F16C conversion), one of the two files of the
+//! reader with `unsafe` code.
 
 use std::fs::File;
 use std::path::Path;

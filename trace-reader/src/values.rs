@@ -6,6 +6,7 @@ use ndarray::{concatenate, ArrayD, ArrayViewD, Axis, IxDyn};
 use trace_format::{DType, Layout, Op};
 
 use crate::error::ReaderError;
+use crate::halves::f16_bits_to_f32;
 use crate::trace::{TensorInfo, Trace};
 
 /// How deep a chain of derived tensors may go (each rebuilt from the last).
@@ -77,6 +78,45 @@ fn reserve<T>(n: u64, limit: u64) -> Result<Vec<T>, String> {
     Ok(v)
 }
 
+/// The values of a block-type view of `storage` (layout already checked
+/// against it): the whole blocks it spans dequantized (SPEC.md §6), and the
+/// view's element layout within them.
+fn dequantized_span(
+    dtype: DType,
+    layout: &Layout,
+    storage: &[u8],
+) -> Result<(Vec<f32>, Layout), String> {
+    let el = layout.element_layout(dtype).map_err(|e| e.to_string())?;
+    // the whole blocks the view spans (SPEC.md §6), checked against the storage
+    let (start, end) = layout
+        .byte_span(dtype)
+        .map_err(|e| e.to_string())?
+        .unwrap_or((0, 0));
+    let bytes = usize::try_from(start)
+        .ok()
+        .zip(usize::try_from(end).ok())
+        .and_then(|(a, b)| storage.get(a..b))
+        .ok_or_else(|| {
+            format!(
+                "bytes {start}..{end} lie outside the storage of {} bytes",
+                storage.len()
+            )
+        })?;
+    let (be, bb) = (dtype.block_elems(), dtype.block_bytes());
+    let first = start as u64 / bb;
+    // bounded by the storage's size, so no value limit applies
+    let values = bytes.len() as u64 / bb * be;
+    let mut deq = reserve::<f32>(values, u64::MAX)?;
+    deq.resize(values as usize, 0.0);
+    trace_quant::dequantize(dtype, bytes, &mut deq).map_err(|e| e.to_string())?;
+    let shifted = Layout {
+        shape: el.shape,
+        byte_strides: el.strides,
+        storage_offset: el.offset - first * be,
+    };
+    Ok((deq, shifted))
+}
+
 /// The values of a view of `storage` (layout already checked against it),
 /// row-major, converted by `conv`. Block types are dequantized (only the
 /// blocks the view spans) and then indexed in elements (SPEC.md §6).
@@ -93,34 +133,7 @@ pub(crate) fn gather<T>(
         return Ok(out);
     }
     if dtype.is_block() {
-        let el = layout.element_layout(dtype).map_err(|e| e.to_string())?;
-        // the whole blocks the view spans (SPEC.md §6), checked against the storage
-        let (start, end) = layout
-            .byte_span(dtype)
-            .map_err(|e| e.to_string())?
-            .unwrap_or((0, 0));
-        let bytes = usize::try_from(start)
-            .ok()
-            .zip(usize::try_from(end).ok())
-            .and_then(|(a, b)| storage.get(a..b))
-            .ok_or_else(|| {
-                format!(
-                    "bytes {start}..{end} lie outside the storage of {} bytes",
-                    storage.len()
-                )
-            })?;
-        let (be, bb) = (dtype.block_elems(), dtype.block_bytes());
-        let first = start as u64 / bb;
-        // bounded by the storage's size, so no value limit applies
-        let values = bytes.len() as u64 / bb * be;
-        let mut deq = reserve::<f32>(values, u64::MAX)?;
-        deq.resize(values as usize, 0.0);
-        trace_quant::dequantize(dtype, bytes, &mut deq).map_err(|e| e.to_string())?;
-        let shifted = Layout {
-            shape: el.shape,
-            byte_strides: el.strides,
-            storage_offset: el.offset - first * be,
-        };
+        let (deq, shifted) = dequantized_span(dtype, layout, storage)?;
         walk(&shifted, |i| out.push(conv(f64::from(deq[i]))));
         return Ok(out);
     }
@@ -133,6 +146,110 @@ pub(crate) fn gather<T>(
         return Err(format!("cannot decode {dtype} values"));
     }
     Ok(out)
+}
+
+/// [`gather`] into f32 without the detour through f64: f32, f16 and bf16
+/// views are converted a contiguous innermost run at a time (f16/bf16 with
+/// the CPU's vector conversion where it has one, e.g. x86 F16C), block
+/// types dequantize straight into the result when the view is all of the
+/// blocks it spans. Every value is the same as `gather(.., |v| v as f32)`:
+/// f16, bf16 and f32 convert to f32 exactly.
+pub(crate) fn gather_f32(
+    dtype: DType,
+    layout: &Layout,
+    storage: &[u8],
+    limit: u64,
+) -> Result<Vec<f32>, String> {
+    let numel = layout.numel();
+    if numel == 0 || !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) && !dtype.is_block() {
+        return gather(dtype, layout, storage, limit, |v| v as f32);
+    }
+    let mut out = reserve::<f32>(numel, limit)?;
+    if dtype.is_block() {
+        let (deq, shifted) = dequantized_span(dtype, layout, storage)?;
+        let whole = Layout::contiguous(DType::F32, &shifted.shape, 0)
+            .ok()
+            .map(|c| Layout {
+                byte_strides: c.byte_strides.iter().map(|s| s / 4).collect(),
+                ..c
+            });
+        if whole.as_ref() == Some(&shifted) && deq.len() as u64 == numel {
+            return Ok(deq);
+        }
+        walk(&shifted, |i| out.push(deq[i]));
+        return Ok(out);
+    }
+    let size = dtype.element_bytes().unwrap_or(1);
+    let nd = layout.ndim();
+    if nd == 0 || layout.byte_strides[nd - 1] != size as i64 {
+        let mut failed = false;
+        walk(layout, |o| match dtype.decode_f32(&storage[o..]) {
+            Some(v) => out.push(v),
+            None => failed = true,
+        });
+        if failed {
+            return Err(format!("cannot decode {dtype} values"));
+        }
+        return Ok(out);
+    }
+    // one contiguous run per innermost row
+    let run = layout.shape[nd - 1] as usize * size;
+    let rows = Layout {
+        shape: layout.shape[..nd - 1].to_vec(),
+        byte_strides: layout.byte_strides[..nd - 1].to_vec(),
+        storage_offset: layout.storage_offset,
+    };
+    let mut outside = None;
+    walk(&rows, |o| match storage.get(o..o.saturating_add(run)) {
+        Some(bytes) => convert_run_f32(dtype, bytes, &mut out),
+        None => outside = Some(o),
+    });
+    if let Some(o) = outside {
+        return Err(format!(
+            "a row of {run} bytes at {o} lies outside the storage of {} bytes",
+            storage.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// Append the f32 values of the contiguous little-endian f32, f16 or bf16
+/// elements in `bytes`.
+fn convert_run_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
+    // the cast reads native-endian values: on a big-endian host every run
+    // takes the byte-by-byte path
+    let little = cfg!(target_endian = "little");
+    if dtype == DType::F32 {
+        match bytemuck::try_cast_slice::<u8, f32>(bytes)
+            .ok()
+            .filter(|_| little)
+        {
+            Some(values) => out.extend_from_slice(values),
+            None => out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
+        }
+        return;
+    }
+    let halves = bytemuck::try_cast_slice::<u8, u16>(bytes)
+        .ok()
+        .filter(|_| little);
+    match (dtype, halves) {
+        (DType::F16, Some(h)) => crate::halves::extend_f16_as_f32(out, h),
+        (_, Some(h)) => out.extend(h.iter().map(|&b| f32::from_bits(u32::from(b) << 16))),
+        (DType::F16, None) => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]))),
+        ),
+        (_, None) => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+    }
 }
 
 /// Round every value to the nearest value of the float dtype `dtype`
@@ -504,4 +621,70 @@ fn derive_cached(
         round_all(&mut array, tensor.dtype).map_err(|e| r.err(e))?;
     }
     Ok(array)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `gather_f32` gives exactly `gather(.., |v| v as f32)`, bit for bit,
+    /// over contiguous, permuted, reversed, strided, unaligned and scalar
+    /// layouts of f32/f16/bf16 and over block-type views.
+    #[test]
+    fn gather_f32_matches_the_f64_path() {
+        let storage: Vec<u8> = (0..16384u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let size = dtype.element_bytes().unwrap() as i64;
+            let base = Layout::contiguous(dtype, &[4, 8, 16], 0).unwrap();
+            let layouts = [
+                base.clone(),
+                base.permute(&[1, 0, 2]).unwrap(),
+                base.permute(&[2, 1, 0]).unwrap(),
+                // innermost reversed
+                Layout::new(vec![4, 16], vec![16 * size, -size], 15 * size as u64).unwrap(),
+                // every other element, and a zero stride (an expand)
+                Layout::new(vec![3, 0], vec![size, size], 0).unwrap(),
+                Layout::new(vec![5, 7], vec![0, 2 * size], 8).unwrap(),
+                // an odd start: the vector path's cast fails, bytes are read one by one
+                Layout::new(vec![6, 9], vec![9 * size, size], 1).unwrap(),
+                Layout::new(vec![], vec![], 6).unwrap(),
+                // rows longer than one conversion chunk
+                Layout::contiguous(dtype, &[2, 1500], 2).unwrap(),
+            ];
+            for layout in &layouts {
+                let slow = gather(dtype, layout, &storage, u64::MAX, |v| v as f32).unwrap();
+                let fast = gather_f32(dtype, layout, &storage, u64::MAX).unwrap();
+                assert_eq!(bits(&slow), bits(&fast), "{dtype} {layout:?}");
+            }
+        }
+        let values: Vec<f32> = (0..1024).map(|i| (i as f32 * 0.37).sin() * 9.0).collect();
+        for dtype in [DType::Q8_0, DType::Q4_0] {
+            let blocks = trace_quant::quantize_to_vec(dtype, &values).unwrap();
+            let whole = Layout::contiguous(dtype, &[4, 256], 0).unwrap();
+            let rows = whole.byte_strides[0];
+            let layouts = [
+                whole.clone(),
+                // heads outermost: [2, 4, 128] of a [4, 2, 128] cache
+                Layout::contiguous(dtype, &[4, 2, 128], 0)
+                    .unwrap()
+                    .permute(&[1, 0, 2])
+                    .unwrap(),
+                // the second and third rows only
+                Layout::new(vec![2, 256], whole.byte_strides.clone(), rows as u64).unwrap(),
+            ];
+            for layout in &layouts {
+                let slow = gather(dtype, layout, &blocks, u64::MAX, |v| v as f32).unwrap();
+                let fast = gather_f32(dtype, layout, &blocks, u64::MAX).unwrap();
+                assert_eq!(bits(&slow), bits(&fast), "{dtype} {layout:?}");
+            }
+        }
+        // the limit holds on the fast path too
+        let layout = Layout::contiguous(DType::F16, &[64], 0).unwrap();
+        assert!(gather_f32(DType::F16, &layout, &storage, 10)
+            .unwrap_err()
+            .contains("refused"));
+    }
 }

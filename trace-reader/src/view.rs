@@ -6,7 +6,7 @@ use trace_format::{DType, Layout, NativeType, Stats};
 
 use crate::error::ReaderError;
 use crate::trace::{TensorInfo, Trace};
-use crate::values::{derive, gather, value_limit, walk};
+use crate::values::{derive, gather, gather_f32, value_limit, walk};
 
 /// A tensor and the bytes of its storage. Its layout was checked against
 /// the storage when the tensor was decoded, so every element it names is
@@ -255,6 +255,16 @@ impl<'a> TensorView<'a> {
             if let Ok(s) = self.as_slice::<f32>() {
                 return Ok(s.to_vec());
             }
+        }
+        if !self.info.derived {
+            self.require_data()?;
+            return gather_f32(
+                self.info.dtype,
+                &self.info.layout,
+                self.storage,
+                value_limit(self.trace.file_len()),
+            )
+            .map_err(|reason| self.tensor_error(reason));
         }
         self.values(|v| v as f32)
     }
