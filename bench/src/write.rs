@@ -78,8 +78,11 @@ struct Times {
     background: Duration,
     /// Its `add_tensor` calls alone.
     background_adds: Duration,
-    /// `add_tensor` calls alone, with a budget that holds the whole run.
+    /// `add_tensor` calls alone, with a budget that holds the whole run,
+    /// its staging memory preallocated.
     roomy_adds: Duration,
+    /// The same without preallocating: the first pass through fresh memory.
+    roomy_cold_adds: Duration,
     safetensors: Duration,
     memcpy: Duration,
     /// The same copies into fresh allocations, all kept (as a queue that
@@ -130,6 +133,11 @@ fn measure(
         Ok(t)
     };
     let mut c_roomy = |round: usize| {
+        let (adds, _) = write_trace_with(&trace, roomy, true, names, data, tensor)?;
+        check_trace(&trace, round, names.len(), last)?;
+        Ok(adds)
+    };
+    let mut c_roomy_cold = |round: usize| {
         let (adds, _) = write_trace(&trace, roomy, names, data, tensor)?;
         check_trace(&trace, round, names.len(), last)?;
         Ok(adds)
@@ -171,13 +179,14 @@ fn measure(
     };
     // 2N+1 rounds: on this kind of VM the same 1 GiB write takes 0.3 s or
     // 3 s from one round to the next, whoever writes it
-    let [plain, sync, background, roomy_adds, safetensors, memcpy, fresh_copy, crc] = interleaved(
+    let [plain, sync, background, roomy_adds, roomy_cold_adds, safetensors, memcpy, fresh_copy, crc] = interleaved(
         2 * args.repeat + 1,
         &mut [
             &mut c_plain,
             &mut c_sync,
             &mut c_background,
             &mut c_roomy,
+            &mut c_roomy_cold,
             &mut c_safetensors,
             &mut c_memcpy,
             &mut c_fresh,
@@ -190,6 +199,7 @@ fn measure(
         background,
         background_adds: background_adds.get(),
         roomy_adds,
+        roomy_cold_adds,
         safetensors,
         memcpy,
         fresh_copy,
@@ -235,12 +245,17 @@ pub(crate) fn rows(args: &Args, dir: &Path) -> Res<Vec<Row>> {
     rows.push(
         Row::rate(
             "write",
-            format!("Rust background, {label}: recording thread's add() calls"),
+            format!("Rust background, {label}: recording thread's add() calls (queue preallocated)"),
             bytes,
             t.roomy_adds,
         )
         .vs("memcpy into a preallocated buffer", gb(t.memcpy, bytes))
         .goal_ratio(0.8, Some(">= 0.8x (time <= 1.25x memcpy)"))
+        .also(
+            "add() calls without preallocate(): staging memory faulted in as it fills",
+            gb(t.roomy_cold_adds, bytes),
+            "GB/s",
+        )
         .also(
             "add() calls with the default 256 MiB queue (waits when full)",
             gb(t.background_adds, bytes),
@@ -380,6 +395,19 @@ pub(crate) fn write_trace(
     data: &[u8],
     tensor: usize,
 ) -> Res<(Duration, Duration)> {
+    write_trace_with(path, mode, false, names, data, tensor)
+}
+
+/// [`write_trace`], calling [`Writer::preallocate`] after the writer is
+/// created when `preallocate` (counted in create to finish, not in the adds).
+pub(crate) fn write_trace_with(
+    path: &Path,
+    mode: Mode,
+    preallocate: bool,
+    names: &[String],
+    data: &[u8],
+    tensor: usize,
+) -> Res<(Duration, Duration)> {
     let shape = [(tensor / 4) as u64];
     let start = Instant::now();
     let w = Writer::with_options(
@@ -390,6 +418,9 @@ pub(crate) fn write_trace(
             ..Default::default()
         },
     )?;
+    if preallocate {
+        w.preallocate()?;
+    }
     let adding = Instant::now();
     for (i, (name, bytes)) in names.iter().zip(data.chunks_exact(tensor)).enumerate() {
         let meta = TensorMeta::new()

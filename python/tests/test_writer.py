@@ -158,6 +158,26 @@ def test_modes_and_filters(tmp_path, mode):
     np.testing.assert_array_equal(t["keep.l1"].numpy(), x)
 
 
+@pytest.mark.parametrize("mode", ["sync", "background"])
+def test_preallocated_queue(tmp_path, mode):
+    """preallocate=True: the queue's memory is allocated up front (sync
+    mode: nothing to allocate); tensors larger than a staging chunk and
+    than the whole queue come back whole."""
+    p = tmp_path / f"pre-{mode}.tdump"
+    rng = np.random.default_rng(3)
+    arrays = {f"t{i}": rng.standard_normal(n).astype(np.float32)
+              for i, n in enumerate([10, 1 << 16, (1 << 18) + 3, 1 << 20, 5])}
+    with tracedump.Writer(p, mode=mode, queue_bytes=3 << 20, preallocate=True) as w:
+        for k, a in arrays.items():
+            w.add(k, a)
+            w.add(k + ".T", a[::-1])
+    t = tracedump.open(p)
+    assert t.verify().ok
+    for k, a in arrays.items():
+        np.testing.assert_array_equal(t[k].numpy(), a)
+        np.testing.assert_array_equal(t[k + ".T"].numpy(), a[::-1])
+
+
 def test_background_drop_counts(tmp_path):
     p = tmp_path / "drop.tdump"
     x = np.ones(1 << 18, dtype=np.float32)  # 1 MiB each, queue of 1 MiB

@@ -337,6 +337,22 @@ pub unsafe extern "C" fn td_writer_flush(w: *const td_writer) -> i32 {
     })
 }
 
+/// Background mode: allocate and touch the queue's memory (`queue_bytes`)
+/// now, so that recording a large tensor is a plain copy into memory that
+/// is already mapped; costs about 0.1 s per 256 MiB. Sync mode: does
+/// nothing.
+///
+/// # Safety
+/// `w` is null or a live writer.
+#[no_mangle]
+pub unsafe extern "C" fn td_writer_preallocate(w: *const td_writer) -> i32 {
+    guard("td_writer_preallocate", || {
+        // SAFETY: null or live (the caller's promise).
+        let w = unsafe { w.as_ref() }.ok_or("writer is NULL")?;
+        w.writer.preallocate().map(|_| TD_OK).map_err(|e| e.to_string())
+    })
+}
+
 /// A new, empty lineage/metadata builder (free with `td_meta_free`).
 #[no_mangle]
 pub extern "C" fn td_meta_new() -> *mut td_meta {

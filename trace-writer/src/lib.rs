@@ -183,13 +183,66 @@ struct Pending {
     step: Option<i64>,
     layer: Option<i64>,
     descriptor: Vec<u8>,
-    payload: Vec<u8>,
+    payload: Staged,
 }
 
 impl Pending {
     fn cost(&self) -> u64 {
         (self.descriptor.len() + self.payload.len() + self.name.len()) as u64
     }
+}
+
+/// A payload copied into the queue: a small one in its own allocation, a
+/// large one in staging chunks (reused from record to record, so that once
+/// the queue has been through its budget, or after
+/// [`Writer::preallocate`], the copy goes to memory that is already mapped).
+#[derive(Debug)]
+enum Staged {
+    Small(Vec<u8>),
+    Chunks { chunks: Vec<Box<[u8]>>, len: usize },
+}
+
+impl Staged {
+    fn len(&self) -> usize {
+        match self {
+            Staged::Small(v) => v.len(),
+            Staged::Chunks { len, .. } => *len,
+        }
+    }
+
+    /// The bytes, in order.
+    fn pieces(&self) -> Vec<&[u8]> {
+        match self {
+            Staged::Small(v) => vec![v],
+            Staged::Chunks { chunks, len } => {
+                let mut left = *len;
+                chunks
+                    .iter()
+                    .map(|c| {
+                        let n = left.min(c.len());
+                        left -= n;
+                        &c[..n]
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Payloads from this size on are staged in chunks.
+const STAGE_MIN_BYTES: usize = 64 << 10;
+
+/// The size of a staging chunk.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// A chunk of staging memory with every page touched (mapped), or `None`
+/// when the allocation fails.
+fn mapped_chunk() -> Option<Box<[u8]>> {
+    let mut c = Vec::new();
+    c.try_reserve_exact(CHUNK_BYTES).ok()?;
+    // written, not zero-allocated: calloc may hand out untouched pages
+    c.resize(CHUNK_BYTES, 1u8);
+    Some(c.into_boxed_slice())
 }
 
 #[derive(Debug, Default)]
@@ -221,45 +274,46 @@ struct Shared {
     storages: Mutex<HashMap<RecordId, u64>>,
     /// The first I/O error of sync mode (the file is then not extended further).
     failed: Mutex<Option<String>>,
-    /// Payload buffers written by the background thread, kept for reuse so
-    /// the recording thread copies into memory that is already mapped.
-    spare: Mutex<Vec<Vec<u8>>>,
+    /// Staging chunks not in use: written by the background thread and
+    /// kept for reuse (at most the queue budget's worth), so the recording
+    /// thread copies into memory that is already mapped.
+    spare: Mutex<Vec<Box<[u8]>>>,
 }
 
-/// Payloads below this size are not worth recycling.
-const RECYCLE_MIN_BYTES: usize = 64 << 10;
-
 impl Shared {
-    /// Copy `payload` into a recycled buffer when one is big enough.
-    fn copy_payload(&self, payload: &[u8]) -> Vec<u8> {
-        if payload.len() >= RECYCLE_MIN_BYTES {
-            let mut spare = lock(&self.spare);
-            if let Some(i) = spare.iter().position(|b| b.capacity() >= payload.len()) {
-                let mut buf = spare.swap_remove(i);
-                drop(spare);
-                buf.clear();
-                buf.extend_from_slice(payload);
-                return buf;
-            }
+    /// Copy `payload` into the queue: staging chunks (spare ones first)
+    /// for a large payload, its own allocation for a small one.
+    fn stage(&self, payload: &[u8]) -> Staged {
+        if payload.len() < STAGE_MIN_BYTES {
+            return Staged::Small(payload.to_vec());
         }
-        payload.to_vec()
+        let n = payload.len().div_ceil(CHUNK_BYTES);
+        let mut chunks = {
+            let mut spare = lock(&self.spare);
+            let keep = spare.len().saturating_sub(n);
+            spare.split_off(keep)
+        };
+        while chunks.len() < n {
+            chunks.push(vec![0u8; CHUNK_BYTES].into_boxed_slice());
+        }
+        for (chunk, piece) in chunks.iter_mut().zip(payload.chunks(CHUNK_BYTES)) {
+            chunk[..piece.len()].copy_from_slice(piece);
+        }
+        Staged::Chunks {
+            chunks,
+            len: payload.len(),
+        }
     }
 
-    /// Keep the large payload buffers of a written batch, up to the queue budget.
-    fn recycle(&self, batch: VecDeque<Pending>) {
-        let budget = match lock(&self.queue).budget {
-            0 => return,
-            b => b as usize,
+    /// Keep the staging chunks of a written record, up to the queue budget.
+    fn recycle(&self, payload: Staged) {
+        let Staged::Chunks { chunks, .. } = payload else {
+            return;
         };
+        let budget = lock(&self.queue).budget as usize;
         let mut spare = lock(&self.spare);
-        let mut held: usize = spare.iter().map(Vec::capacity).sum();
-        for item in batch {
-            let cap = item.payload.capacity();
-            if cap >= RECYCLE_MIN_BYTES && held + cap <= budget {
-                held += cap;
-                spare.push(item.payload);
-            }
-        }
+        let room = (budget / CHUNK_BYTES).saturating_sub(spare.len());
+        spare.extend(chunks.into_iter().take(room));
     }
 }
 
@@ -358,6 +412,38 @@ impl Writer {
     /// The file being written.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// Background mode: allocate the queue's staging memory now, the whole
+    /// budget of it with every page touched, so that from then on `add_*`
+    /// copies a large payload into memory that is already mapped (a plain
+    /// memcpy) instead of paying the page faults of fresh memory. It costs
+    /// the time to touch the budget (about 0.1 s per 256 MiB) and holds that
+    /// much memory until the writer is finished. Without it, the staging
+    /// memory is allocated as records arrive and reused once written. Sync
+    /// mode: does nothing.
+    pub fn preallocate(&self) -> Result<(), WriterError> {
+        let budget = match self.mode {
+            Mode::Background { budget_bytes, .. } => budget_bytes,
+            Mode::Sync => return Ok(()),
+        };
+        let want = usize::try_from(budget / CHUNK_BYTES as u64).unwrap_or(usize::MAX);
+        let have = lock(&self.shared.spare).len();
+        let mut fresh = Vec::new();
+        for _ in have..want {
+            let chunk = mapped_chunk().ok_or_else(|| WriterError::Io {
+                path: self.shared.path.clone(),
+                error: std::io::Error::new(
+                    std::io::ErrorKind::OutOfMemory,
+                    format!("cannot allocate the background queue's {budget} bytes of staging memory"),
+                ),
+            })?;
+            fresh.push(chunk);
+        }
+        let mut spare = lock(&self.shared.spare);
+        let room = want.saturating_sub(spare.len());
+        spare.extend(fresh.into_iter().take(room));
+        Ok(())
     }
 
     /// Records dropped so far because the background queue was full.
@@ -810,7 +896,7 @@ impl Writer {
                     step,
                     layer,
                     descriptor: &descriptor,
-                    payload,
+                    payload: &[payload],
                 };
                 // write-through: when add returns, the record is in the OS
                 // (one write for the framed record), so it survives a crash
@@ -839,7 +925,7 @@ impl Writer {
                     step,
                     layer,
                     descriptor,
-                    payload: self.shared.copy_payload(payload),
+                    payload: self.shared.stage(payload),
                 };
                 let cost = item.cost();
                 let mut q = lock(&self.shared.queue);
@@ -988,28 +1074,33 @@ fn background_loop(shared: &Shared) {
             }
         };
         let mut error = None;
+        // queue bytes written but not yet given back to the recording side
         let mut cost = 0;
-        {
-            let mut sink = lock(&shared.sink);
-            for item in &batch {
-                cost += item.cost();
-                if failed || error.is_some() {
-                    continue;
-                }
+        for item in batch {
+            cost += item.cost();
+            if !failed && error.is_none() {
+                let pieces = item.payload.pieces();
                 let parts = RecordParts {
                     kind: item.kind,
                     name: &item.name,
                     step: item.step,
                     layer: item.layer,
                     descriptor: &item.descriptor,
-                    payload: &item.payload,
+                    payload: &pieces,
                 };
-                if let Err(e) = sink.append(&parts) {
+                if let Err(e) = lock(&shared.sink).append(&parts) {
                     error = Some(e.to_string());
                 }
             }
+            if matches!(item.payload, Staged::Chunks { .. }) {
+                // a large record: its chunks and its room go back at once,
+                // so a recording thread waiting for room (or for mapped
+                // memory) need not wait for the rest of the batch
+                shared.recycle(item.payload);
+                lock(&shared.queue).queued_bytes -= std::mem::take(&mut cost);
+                shared.room.notify_all();
+            }
         }
-        shared.recycle(batch);
         let mut q = lock(&shared.queue);
         q.writing = false;
         q.queued_bytes -= cost;

@@ -18,7 +18,14 @@ pub(crate) struct RecordParts<'a> {
     pub step: Option<i64>,
     pub layer: Option<i64>,
     pub descriptor: &'a [u8],
-    pub payload: &'a [u8],
+    /// The payload, in pieces written one after the other (one piece, or
+    /// the chunks of the background queue's staging memory).
+    pub payload: &'a [&'a [u8]],
+}
+
+/// crc32c of the pieces one after the other.
+fn crc32c_pieces(pieces: &[&[u8]]) -> u32 {
+    pieces.iter().fold(0, |crc, p| crc32c_append(crc, p))
 }
 
 const ZEROS: [u8; 64] = [0; 64];
@@ -73,8 +80,9 @@ impl Sink {
     pub fn append(&mut self, r: &RecordParts<'_>) -> io::Result<u64> {
         let id = self.next_id();
         let record_offset = self.offset;
-        let head = body_head(record_offset, r.descriptor, r.payload.len() as u64);
-        let body_len = head.len() as u64 + r.payload.len() as u64;
+        let payload_len: usize = r.payload.iter().map(|p| p.len()).sum();
+        let head = body_head(record_offset, r.descriptor, payload_len as u64);
+        let body_len = head.len() as u64 + payload_len as u64;
         let next = next_record_offset(record_offset, body_len)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "record too large"))?;
         let pad = (next - record_offset - record::RECORD_HEADER_BYTES - body_len) as usize;
@@ -89,7 +97,7 @@ impl Sink {
             }
             .encode()
         };
-        if cfg!(unix) && r.payload.len() >= STREAM_BYTES {
+        if cfg!(unix) && payload_len >= STREAM_BYTES {
             // Large payload: checksum it on a second thread while this one
             // writes it, and write the header last, in place. Until then the
             // header bytes are zero, which a reader takes for the end of the
@@ -101,26 +109,34 @@ impl Sink {
             // reuse it to recognise these bytes later without a second pass.
             let file = &mut self.file;
             let payload_crc = std::thread::scope(|scope| -> io::Result<u32> {
-                let worker = std::thread::Builder::new().spawn_scoped(scope, || crc32c(r.payload));
-                file.write_all(r.payload)?;
+                let worker = std::thread::Builder::new()
+                    .spawn_scoped(scope, || crc32c_pieces(r.payload));
+                for piece in r.payload {
+                    file.write_all(piece)?;
+                }
                 match worker {
                     Ok(handle) => handle
                         .join()
                         .map_err(|_| io::Error::other("checksum thread panicked")),
-                    Err(_) => Ok(crc32c(r.payload)),
+                    Err(_) => Ok(crc32c_pieces(r.payload)),
                 }
             })?;
-            let crc = crc32c_combine(head_crc, payload_crc, r.payload.len());
+            let crc = crc32c_combine(head_crc, payload_crc, payload_len);
             self.file.write_all(&ZEROS[..pad])?;
             self.file.flush()?;
             write_at(self.file.get_ref(), &header(crc), record_offset)?;
             self.last_payload_crc32c = Some(payload_crc);
         } else {
             self.last_payload_crc32c = None;
-            self.file
-                .write_all(&header(crc32c_append(head_crc, r.payload)))?;
+            let crc = r
+                .payload
+                .iter()
+                .fold(head_crc, |crc, p| crc32c_append(crc, p));
+            self.file.write_all(&header(crc))?;
             self.file.write_all(&head)?;
-            self.file.write_all(r.payload)?;
+            for piece in r.payload {
+                self.file.write_all(piece)?;
+            }
             self.file.write_all(&ZEROS[..pad])?;
         }
         self.offset = next;

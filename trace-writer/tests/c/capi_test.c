@@ -44,6 +44,7 @@ int main(int argc, char ** argv) {
     CHECK(strlen(td_last_error()) > 0);
     CHECK(td_writer_close(NULL) == TD_OK);
     CHECK(td_writer_flush(NULL) == TD_ERROR);
+    CHECK(td_writer_preallocate(NULL) == TD_ERROR);
 
     const char * keys[] = {"engine", "model"};
     const char * values[] = {"capi_test", "tiny"};
@@ -51,6 +52,7 @@ int main(int argc, char ** argv) {
     CHECK(strstr(td_last_error(), "name_regex") != NULL);
     W = td_writer_open(argv[1], keys, values, 2, 0, 0, 0, "^([^s]|s[^k])"); /* not "sk..." */
     CHECK(W != NULL);
+    CHECK(td_writer_preallocate(W) == TD_OK); /* sync mode: nothing to do */
 
     /* 1. contiguous f32, canonical order, with every metadata kind */
     float a[2][3] = {{1, 2, 3}, {4, 5, 6}};
