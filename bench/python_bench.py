@@ -134,6 +134,25 @@ def write_contenders(tmp, named, total_bytes):
         check_trace(r)
         return s
 
+    def sync_numpy(r):
+        t0 = time.perf_counter()
+        with tracedump.Writer(path["tdump"]) as w:
+            for k, a in zip(named, arrays):
+                w.add(k, a)
+        s = time.perf_counter() - t0
+        check_trace(r)
+        return s
+
+    def roomy_numpy_adds(r):
+        w = tracedump.Writer(path["tdump"], mode="background", queue_bytes=roomy)
+        t0 = time.perf_counter()
+        for k, a in zip(named, arrays):
+            w.add(k, a)
+        s = time.perf_counter() - t0
+        w.close()
+        check_trace(r)
+        return s
+
     def background_adds(r, queue_bytes, preallocate=False):
         w = tracedump.Writer(path["tdump"], mode="background", queue_bytes=queue_bytes,
                              preallocate=preallocate)
@@ -192,7 +211,8 @@ def write_contenders(tmp, named, total_bytes):
         del copies
         return s
 
-    return dict(plain=plain, sync=sync, roomy_adds=roomy_adds, roomy_cold_adds=roomy_cold_adds,
+    return dict(plain=plain, sync=sync, sync_numpy=sync_numpy, roomy_adds=roomy_adds,
+                roomy_numpy_adds=roomy_numpy_adds, roomy_cold_adds=roomy_cold_adds,
                 default_queue_adds=default_queue_adds,
                 safetensors=safetensors, torch_save=torch_save, numpy_save=numpy_save,
                 memcpy=memcpy, fresh_copy=fresh_copy), default_adds
@@ -209,6 +229,7 @@ def write_rows(tmp, n_large, n_small, repeat):
     named = {f"blk.{i % 32}.w-{i}": torch.arange(MIB, dtype=torch.float32) + i for i in range(n_large)}
     total = n_large * 4 * MIB
     contenders, default_adds = write_contenders(tmp, named, total)
+    del contenders["sync_numpy"], contenders["roomy_numpy_adds"]  # small tensors only
     best = interleaved(contenders, 2 * repeat + 1)
     gb = {k: total / v / 1e9 for k, v in best.items() if v > 0}
     gb["default_queue_adds"] = total / default_adds[0] / 1e9
@@ -241,12 +262,14 @@ def write_rows(tmp, n_large, n_small, repeat):
     us = {k: v / n_small * 1e6 for k, v in best.items()}
     rows.append(Row("write", f"Python Writer.add (sync), {label}, per tensor", "µs", us["sync"])
                 .vs("safetensors.torch.save_file", us["safetensors"]).goal_max(2.0)
+                .also("Writer.add of numpy arrays of the same bytes", us["sync_numpy"], "µs")
                 .also("torch.save", us["torch_save"], "µs")
                 .also(NP_SAVE, us["numpy_save"], "µs")
                 .also("plain f.write()", us["plain"], "µs"))
     rows.append(Row("write", f"Python Writer.add (background), {label}: add() call per tensor", "µs",
                     us["roomy_adds"])
-                .vs("safetensors.torch.save_file", us["safetensors"]).goal_max(2.0))
+                .vs("safetensors.torch.save_file", us["safetensors"]).goal_max(2.0)
+                .also("add() of numpy arrays of the same bytes", us["roomy_numpy_adds"], "µs"))
     return rows
 
 

@@ -179,20 +179,21 @@ fn measure(
     };
     // 2N+1 rounds: on this kind of VM the same 1 GiB write takes 0.3 s or
     // 3 s from one round to the next, whoever writes it
-    let [plain, sync, background, roomy_adds, roomy_cold_adds, safetensors, memcpy, fresh_copy, crc] = interleaved(
-        2 * args.repeat + 1,
-        &mut [
-            &mut c_plain,
-            &mut c_sync,
-            &mut c_background,
-            &mut c_roomy,
-            &mut c_roomy_cold,
-            &mut c_safetensors,
-            &mut c_memcpy,
-            &mut c_fresh,
-            &mut c_crc,
-        ],
-    )?;
+    let [plain, sync, background, roomy_adds, roomy_cold_adds, safetensors, memcpy, fresh_copy, crc] =
+        interleaved(
+            2 * args.repeat + 1,
+            &mut [
+                &mut c_plain,
+                &mut c_sync,
+                &mut c_background,
+                &mut c_roomy,
+                &mut c_roomy_cold,
+                &mut c_safetensors,
+                &mut c_memcpy,
+                &mut c_fresh,
+                &mut c_crc,
+            ],
+        )?;
     Ok(Times {
         plain,
         sync,
@@ -245,7 +246,9 @@ pub(crate) fn rows(args: &Args, dir: &Path) -> Res<Vec<Row>> {
     rows.push(
         Row::rate(
             "write",
-            format!("Rust background, {label}: recording thread's add() calls (queue preallocated)"),
+            format!(
+                "Rust background, {label}: recording thread's add() calls (queue preallocated)"
+            ),
             bytes,
             t.roomy_adds,
         )

@@ -349,7 +349,10 @@ pub unsafe extern "C" fn td_writer_preallocate(w: *const td_writer) -> i32 {
     guard("td_writer_preallocate", || {
         // SAFETY: null or live (the caller's promise).
         let w = unsafe { w.as_ref() }.ok_or("writer is NULL")?;
-        w.writer.preallocate().map(|_| TD_OK).map_err(|e| e.to_string())
+        w.writer
+            .preallocate()
+            .map(|_| TD_OK)
+            .map_err(|e| e.to_string())
     })
 }
 

@@ -199,8 +199,14 @@ impl Pending {
 #[derive(Debug)]
 enum Staged {
     Small(Vec<u8>),
-    Chunks { chunks: Vec<Box<[u8]>>, len: usize },
+    Chunks { chunks: Vec<Chunk>, len: usize },
 }
+
+/// A chunk of staging memory: an anonymous mapping of [`CHUNK_BYTES`]
+/// whose pages are mapped in one go when it is made (`MAP_POPULATE` on
+/// Linux: about twice as fast as faulting the pages in one by one with the
+/// first copy).
+type Chunk = memmap2::MmapMut;
 
 impl Staged {
     fn len(&self) -> usize {
@@ -235,14 +241,12 @@ const STAGE_MIN_BYTES: usize = 64 << 10;
 /// The size of a staging chunk.
 const CHUNK_BYTES: usize = 1 << 20;
 
-/// A chunk of staging memory with every page touched (mapped), or `None`
-/// when the allocation fails.
-fn mapped_chunk() -> Option<Box<[u8]>> {
-    let mut c = Vec::new();
-    c.try_reserve_exact(CHUNK_BYTES).ok()?;
-    // written, not zero-allocated: calloc may hand out untouched pages
-    c.resize(CHUNK_BYTES, 1u8);
-    Some(c.into_boxed_slice())
+/// A new staging chunk, its pages mapped.
+fn mapped_chunk() -> std::io::Result<Chunk> {
+    memmap2::MmapOptions::new()
+        .len(CHUNK_BYTES)
+        .populate()
+        .map_anon()
 }
 
 #[derive(Debug, Default)]
@@ -277,15 +281,15 @@ struct Shared {
     /// Staging chunks not in use: written by the background thread and
     /// kept for reuse (at most the queue budget's worth), so the recording
     /// thread copies into memory that is already mapped.
-    spare: Mutex<Vec<Box<[u8]>>>,
+    spare: Mutex<Vec<Chunk>>,
 }
 
 impl Shared {
     /// Copy `payload` into the queue: staging chunks (spare ones first)
     /// for a large payload, its own allocation for a small one.
-    fn stage(&self, payload: &[u8]) -> Staged {
+    fn stage(&self, payload: &[u8]) -> std::io::Result<Staged> {
         if payload.len() < STAGE_MIN_BYTES {
-            return Staged::Small(payload.to_vec());
+            return Ok(Staged::Small(payload.to_vec()));
         }
         let n = payload.len().div_ceil(CHUNK_BYTES);
         let mut chunks = {
@@ -294,15 +298,15 @@ impl Shared {
             spare.split_off(keep)
         };
         while chunks.len() < n {
-            chunks.push(vec![0u8; CHUNK_BYTES].into_boxed_slice());
+            chunks.push(mapped_chunk()?);
         }
         for (chunk, piece) in chunks.iter_mut().zip(payload.chunks(CHUNK_BYTES)) {
             chunk[..piece.len()].copy_from_slice(piece);
         }
-        Staged::Chunks {
+        Ok(Staged::Chunks {
             chunks,
             len: payload.len(),
-        }
+        })
     }
 
     /// Keep the staging chunks of a written record, up to the queue budget.
@@ -431,11 +435,13 @@ impl Writer {
         let have = lock(&self.shared.spare).len();
         let mut fresh = Vec::new();
         for _ in have..want {
-            let chunk = mapped_chunk().ok_or_else(|| WriterError::Io {
+            let chunk = mapped_chunk().map_err(|e| WriterError::Io {
                 path: self.shared.path.clone(),
                 error: std::io::Error::new(
-                    std::io::ErrorKind::OutOfMemory,
-                    format!("cannot allocate the background queue's {budget} bytes of staging memory"),
+                    e.kind(),
+                    format!(
+                        "cannot map the background queue's {budget} bytes of staging memory: {e}"
+                    ),
                 ),
             })?;
             fresh.push(chunk);
@@ -925,7 +931,13 @@ impl Writer {
                     step,
                     layer,
                     descriptor,
-                    payload: self.shared.stage(payload),
+                    payload: self.shared.stage(payload).map_err(|e| WriterError::Io {
+                        path: self.shared.path.clone(),
+                        error: std::io::Error::new(
+                            e.kind(),
+                            format!("cannot map staging memory for `{name}`: {e}"),
+                        ),
+                    })?,
                 };
                 let cost = item.cost();
                 let mut q = lock(&self.shared.queue);

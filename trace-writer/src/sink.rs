@@ -109,8 +109,8 @@ impl Sink {
             // reuse it to recognise these bytes later without a second pass.
             let file = &mut self.file;
             let payload_crc = std::thread::scope(|scope| -> io::Result<u32> {
-                let worker = std::thread::Builder::new()
-                    .spawn_scoped(scope, || crc32c_pieces(r.payload));
+                let worker =
+                    std::thread::Builder::new().spawn_scoped(scope, || crc32c_pieces(r.payload));
                 for piece in r.payload {
                     file.write_all(piece)?;
                 }
