@@ -9,7 +9,8 @@
 //!
 //! 1. If its bytes lie inside a region this writer already recorded, whose
 //!    owner (the base array or tensor) is still alive and whose bytes are
-//!    unchanged (crc32c), it is a view of that record: no bytes are written
+//!    unchanged (crc32c, the writer's checksum of the record's payload
+//!    against one of the bytes now), it is a view of that record: no bytes are written
 //!    twice. With `lineage="auto"` and a region recorded as a tensor, that
 //!    tensor becomes the parent, with a `view` step.
 //! 2. Else, a contiguous tensor is recorded with its own bytes (and becomes
@@ -41,7 +42,10 @@ struct Region {
     /// The record holding them (a storage, or a tensor with its own bytes).
     id: u64,
     is_tensor: bool,
-    crc: u32,
+    /// crc32c of the bytes as recorded; `None` until first needed in
+    /// background mode (asked of the writer: the recording thread does not
+    /// checksum what it adds).
+    crc: Option<u32>,
     /// The array or tensor that keeps the memory alive: while it lives,
     /// the address cannot be reused for other data.
     owner: Py<PyWeakrefReference>,
@@ -106,14 +110,15 @@ impl Regions {
     /// The newest region holding the bytes `[lo, hi)` (absolute addresses)
     /// that lies inside `buf` (at address `base`), whose owner is alive and
     /// whose bytes are unchanged; regions met on the way whose owner died
-    /// or whose bytes changed are forgotten.
+    /// or whose bytes changed are forgotten. `crc_of(id)` is the crc32c
+    /// of record `id`'s payload (asked of the writer the first time).
     fn find(
         &mut self,
         py: Python<'_>,
-        lo: usize,
-        hi: usize,
+        (lo, hi): (usize, usize),
         base: usize,
         buf: &[u8],
+        crc_of: impl Fn(u64) -> Option<u32>,
     ) -> Option<&Region> {
         let mut candidates: Vec<(u64, usize, usize)> = Vec::new();
         for (c, class) in self.classes.iter().enumerate() {
@@ -134,12 +139,18 @@ impl Regions {
         candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
         let mut found = None;
         for (seq, start, c) in candidates {
-            let r = &self.classes[c][&(start, seq)];
+            let Some(r) = self.classes[c].get_mut(&(start, seq)) else {
+                continue;
+            };
             if !(r.start >= base && r.start + r.len <= base + buf.len()) {
                 continue;
             }
+            let alive = r.owner.bind(py).upgrade().is_some();
+            if alive && r.crc.is_none() {
+                r.crc = crc_of(r.id);
+            }
             let now = &buf[r.start - base..r.start - base + r.len];
-            if r.owner.bind(py).upgrade().is_none() || crc32c(now) != r.crc {
+            if !alive || r.crc != Some(crc32c(now)) {
                 self.classes[c].remove(&(start, seq));
                 self.count -= 1;
                 continue;
@@ -437,7 +448,9 @@ impl PyWriter {
         // 1. a view of bytes already recorded
         let found = st
             .regions
-            .find(py, abs_lo, abs_hi, base, buf)
+            .find(py, (abs_lo, abs_hi), base, buf, |id| {
+                w.payload_crc32c(id).ok().flatten()
+            })
             .map(|r| (r.id, r.is_tensor, r.start));
         let id = if let Some((region_id, is_tensor, start)) = found {
             let rebased = Layout {
@@ -455,13 +468,13 @@ impl PyWriter {
             w.add_view(name, dtype, region_id, &rebased, meta)
                 .map_err(writer_error)?
         } else if layout.is_contiguous(dtype) {
-            // 2. its own bytes
-            // (a large tensor's crc comes from the write itself: no second pass)
+            // 2. its own bytes (their crc is asked of the writer when a
+            // later view needs it: the recording thread does not checksum)
             let bytes = &buf[lo..hi];
             let added = w
-                .add_tensor_checksummed(name, dtype, &layout.shape, bytes, meta)
+                .add_tensor(name, dtype, &layout.shape, bytes, meta)
                 .map_err(writer_error)?;
-            if let (Some((id, crc)), Some(owner)) = (added, owner) {
+            if let (Some(id), Some(owner)) = (added, owner) {
                 st.regions.push(
                     py,
                     Region {
@@ -469,12 +482,12 @@ impl PyWriter {
                         len: hi - lo,
                         id,
                         is_tensor: true,
-                        crc,
+                        crc: None,
                         owner,
                     },
                 );
             }
-            added.map(|(id, _)| id)
+            added
         } else {
             // 3. the storage once, the tensor as a view of it
             let sid = w
@@ -492,7 +505,7 @@ impl PyWriter {
                         len: buf.len(),
                         id: sid,
                         is_tensor: false,
-                        crc: crc32c(buf),
+                        crc: None,
                         owner,
                     },
                 );

@@ -46,19 +46,24 @@ def test_explicit_lineage_and_ggml(tmp_path):
     assert t.verify().ok
 
 
-def test_storage_reused_until_it_changes(tmp_path):
+@pytest.mark.parametrize("mode", ["sync", "background"])
+@pytest.mark.parametrize("rows", [8, 1 << 16])  # 128 B, and 1 MiB (staged in chunks)
+def test_storage_reused_until_it_changes(tmp_path, mode, rows):
     p = tmp_path / "s.tdump"
-    cache = np.zeros((8, 4), np.float32)
-    with tracedump.Writer(p) as w:
+    cache = np.zeros((rows, 4), np.float32)
+    with tracedump.Writer(p, mode=mode) as w:
         w.add("cache", cache)
         w.add("k#0", cache[:2].T, lineage="auto")
         cache[2] = 1.0  # in place, as an engine updates its KV cache
         w.add("k#1", cache[:3].T, lineage="auto")
+        cache[2] = 0.0  # back as recorded: a view of the recording again
+        w.add("k#2", cache[:4].T, lineage="auto")
     t = tracedump.open(p)
     assert t["k#0"].storage == t["cache"].id and t["k#0"].parents[0]["name"] == "cache"
     assert t["k#1"].storage != t["cache"].id and t["k#1"].parents == []
     assert np.array_equal(t["k#0"].numpy(), np.zeros((4, 2)))
-    assert np.array_equal(t["k#1"].numpy(), cache[:3].T)
+    assert np.array_equal(t["k#1"].numpy()[:, 2], np.ones(4))
+    assert np.array_equal(t["k#2"].numpy(), np.zeros((4, 4)))
     assert t.verify().ok
 
 

@@ -327,3 +327,67 @@ fn staged_payloads_come_back_whole() {
         }
     }
 }
+
+/// `payload_crc32c(id)` is the crc32c of what record `id` holds, in both
+/// modes, whether the record is still queued, being written or written,
+/// and `None` for ids never recorded.
+#[test]
+fn payload_crc_of_every_record() {
+    for background in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pcrc.tdump");
+        let opts = trace_writer::WriterOptions {
+            mode: if background {
+                trace_writer::Mode::Background {
+                    budget_bytes: 4 << 20,
+                    when_full: trace_writer::WhenFull::Block,
+                }
+            } else {
+                trace_writer::Mode::Sync
+            },
+            ..Default::default()
+        };
+        let w = Writer::with_options(&path, Metadata::new(), opts).unwrap();
+        let mut rng = tracedump_tests::Rng::new(5);
+        let mut want = Vec::new();
+        for (i, n) in [0usize, 7, 4096, 70_000, 1 << 20, (3 << 20) + 1]
+            .into_iter()
+            .cycle()
+            .take(24)
+            .enumerate()
+        {
+            let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+            let id = if i % 5 == 4 {
+                w.add_storage(&format!("s{i}"), &bytes).unwrap()
+            } else {
+                w.add_tensor(
+                    &format!("t{i}"),
+                    DType::U8,
+                    &[n as u64],
+                    &bytes,
+                    TensorMeta::new(),
+                )
+                .unwrap()
+                .unwrap()
+            };
+            // asked at once: usually still queued in background mode
+            assert_eq!(
+                w.payload_crc32c(id).unwrap(),
+                Some(trace_format::record::crc32c(&bytes)),
+                "record {id} background={background}"
+            );
+            want.push((id, trace_format::record::crc32c(&bytes)));
+        }
+        w.flush().unwrap();
+        for &(id, crc) in &want {
+            assert_eq!(
+                w.payload_crc32c(id).unwrap(),
+                Some(crc),
+                "record {id} after flush"
+            );
+        }
+        assert_eq!(w.payload_crc32c(10_000).unwrap(), None);
+        w.finish().unwrap();
+        assert!(Trace::open(&path).unwrap().verify().is_ok());
+    }
+}

@@ -178,12 +178,16 @@ pub struct FinishSummary {
 /// A record waiting in the background queue.
 #[derive(Debug)]
 struct Pending {
+    id: RecordId,
     kind: RecordKind,
     name: String,
     step: Option<i64>,
     layer: Option<i64>,
     descriptor: Vec<u8>,
     payload: Staged,
+    /// The payload's crc32c when the recording thread computed it (it
+    /// asked for it): the writer thread then does not compute it again.
+    payload_crc32c: Option<u32>,
 }
 
 impl Pending {
@@ -286,10 +290,13 @@ struct Shared {
 
 impl Shared {
     /// Copy `payload` into the queue: staging chunks (spare ones first)
-    /// for a large payload, its own allocation for a small one.
-    fn stage(&self, payload: &[u8]) -> std::io::Result<Staged> {
+    /// for a large payload, its own allocation for a small one; and its
+    /// crc32c when `with_crc`, each chunk checksummed right after it is
+    /// copied, while it is in the cache.
+    fn stage(&self, payload: &[u8], with_crc: bool) -> std::io::Result<(Staged, Option<u32>)> {
         if payload.len() < STAGE_MIN_BYTES {
-            return Ok(Staged::Small(payload.to_vec()));
+            let crc = with_crc.then(|| trace_format::record::crc32c(payload));
+            return Ok((Staged::Small(payload.to_vec()), crc));
         }
         let n = payload.len().div_ceil(CHUNK_BYTES);
         let mut chunks = {
@@ -300,13 +307,24 @@ impl Shared {
         while chunks.len() < n {
             chunks.push(mapped_chunk()?);
         }
+        let mut crc = 0;
         for (chunk, piece) in chunks.iter_mut().zip(payload.chunks(CHUNK_BYTES)) {
-            chunk[..piece.len()].copy_from_slice(piece);
+            let staged = &mut chunk[..piece.len()];
+            if with_crc {
+                // 32 KiB at a time: checksummed while still in the L1 cache
+                for (d, s) in staged.chunks_mut(32 << 10).zip(piece.chunks(32 << 10)) {
+                    d.copy_from_slice(s);
+                    crc = trace_format::record::crc32c_append(crc, d);
+                }
+            } else {
+                staged.copy_from_slice(piece);
+            }
         }
-        Ok(Staged::Chunks {
+        let staged = Staged::Chunks {
             chunks,
             len: payload.len(),
-        })
+        };
+        Ok((staged, with_crc.then_some(crc)))
     }
 
     /// Keep the staging chunks of a written record, up to the queue budget.
@@ -365,6 +383,7 @@ impl Writer {
             layer: None,
             descriptor: &descriptor,
             payload: &[],
+            payload_crc32c: None,
         })
         // flushed at once, so that a process killed from here on leaves a
         // trace the reader opens, not an empty file
@@ -416,6 +435,47 @@ impl Writer {
     /// The file being written.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// The crc32c of the payload of record `id` (a tensor's own bytes, a
+    /// storage), for a caller that recognises these bytes later: the
+    /// Python writer records a later view of them as a view of this record
+    /// only while they are unchanged. In background mode a record still in
+    /// the queue is checksummed from its queued copy, one being written is
+    /// waited for; the recording thread does not checksum what it adds.
+    /// `None` for an id this writer never recorded (or dropped).
+    pub fn payload_crc32c(&self, id: RecordId) -> Result<Option<u32>, WriterError> {
+        if self.thread.is_none() {
+            return Ok(lock(&self.shared.sink).payload_crc32c(id));
+        }
+        let mut q = lock(&self.shared.queue);
+        loop {
+            if id >= q.next_id {
+                return Ok(None);
+            }
+            if let Ok(i) = q.items.binary_search_by_key(&id, |item| item.id) {
+                let pieces = q.items[i].payload.pieces();
+                let crc = pieces
+                    .iter()
+                    .fold(0, |crc, p| trace_format::record::crc32c_append(crc, p));
+                return Ok(Some(crc));
+            }
+            if let Some(crc) = lock(&self.shared.sink).payload_crc32c(id) {
+                return Ok(Some(crc));
+            }
+            if let Some(msg) = &q.error {
+                return Err(WriterError::Failed {
+                    path: self.shared.path.clone(),
+                    message: msg.clone(),
+                });
+            }
+            if !q.writing {
+                // neither queued, nor written, nor being written: dropped
+                return Ok(None);
+            }
+            // being written by the writer thread: wait for it
+            q = self.shared.room.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// Background mode: allocate the queue's staging memory now, the whole
@@ -498,7 +558,7 @@ impl Writer {
         bytes: &[u8],
         meta: TensorMeta,
     ) -> Result<Option<RecordId>, WriterError> {
-        self.add_contiguous(name, dtype, shape, bytes, meta, &mut None)
+        self.add_contiguous(name, dtype, shape, bytes, meta, None)
     }
 
     /// [`Writer::add_tensor`], also returning the crc32c of `bytes`, for a
@@ -516,7 +576,7 @@ impl Writer {
         meta: TensorMeta,
     ) -> Result<Option<(RecordId, u32)>, WriterError> {
         let mut crc = None;
-        let id = self.add_contiguous(name, dtype, shape, bytes, meta, &mut crc)?;
+        let id = self.add_contiguous(name, dtype, shape, bytes, meta, Some(&mut crc))?;
         Ok(id.map(|id| {
             (
                 id,
@@ -532,7 +592,7 @@ impl Writer {
         shape: &[u64],
         bytes: &[u8],
         meta: TensorMeta,
-        payload_crc32c: &mut Option<u32>,
+        payload_crc32c: Option<&mut Option<u32>>,
     ) -> Result<Option<RecordId>, WriterError> {
         if !self.wants(name, meta.step, meta.layer) {
             return Ok(None);
@@ -575,7 +635,7 @@ impl Writer {
         if !self.wants(name, meta.step, meta.layer) {
             return Ok(None);
         }
-        self.add_inline(name, dtype, layout, bytes, meta, &mut None)
+        self.add_inline(name, dtype, layout, bytes, meta, None)
     }
 
     fn add_inline(
@@ -585,7 +645,7 @@ impl Writer {
         layout: &Layout,
         bytes: &[u8],
         meta: TensorMeta,
-        payload_crc32c: &mut Option<u32>,
+        payload_crc32c: Option<&mut Option<u32>>,
     ) -> Result<Option<RecordId>, WriterError> {
         layout
             .check_within(dtype, bytes.len() as u64)
@@ -689,7 +749,7 @@ impl Writer {
                     name: name.into(),
                     error: source,
                 })?;
-            return self.add_inline(name, T::DTYPE, &layout, &[], meta, &mut None);
+            return self.add_inline(name, T::DTYPE, &layout, &[], meta, None);
         }
         for (&n, &s) in array.shape().iter().zip(array.strides()) {
             let reach = (n as isize - 1) * s;
@@ -721,7 +781,7 @@ impl Writer {
             &layout,
             bytemuck::cast_slice(span),
             meta,
-            &mut None,
+            None,
         )
     }
 
@@ -870,7 +930,7 @@ impl Writer {
         descriptor: Vec<u8>,
         payload: &[u8],
     ) -> Result<Option<RecordId>, WriterError> {
-        self.append_with(kind, name, step, layer, descriptor, payload, &mut None)
+        self.append_with(kind, name, step, layer, descriptor, payload, None)
     }
 
     /// [`Writer::append`], also handing back the payload's crc32c when the
@@ -884,7 +944,7 @@ impl Writer {
         layer: Option<i64>,
         descriptor: Vec<u8>,
         payload: &[u8],
-        payload_crc32c: &mut Option<u32>,
+        payload_crc32c: Option<&mut Option<u32>>,
     ) -> Result<Option<RecordId>, WriterError> {
         match self.mode {
             Mode::Sync => {
@@ -903,13 +963,16 @@ impl Writer {
                     layer,
                     descriptor: &descriptor,
                     payload: &[payload],
+                    payload_crc32c: None,
                 };
                 // write-through: when add returns, the record is in the OS
                 // (one write for the framed record), so it survives a crash
                 // of this process, SIGKILL included
                 match sink.append(&parts).and_then(|id| sink.flush().map(|()| id)) {
                     Ok(id) => {
-                        *payload_crc32c = sink.last_payload_crc32c;
+                        if let Some(out) = payload_crc32c {
+                            *out = sink.last_payload_crc32c;
+                        }
                         Ok(Some(id))
                     }
                     Err(source) => {
@@ -925,19 +988,29 @@ impl Writer {
                 budget_bytes,
                 when_full,
             } => {
-                let item = Pending {
+                let want_crc = payload_crc32c.is_some();
+                let (staged, crc) =
+                    self.shared
+                        .stage(payload, want_crc)
+                        .map_err(|e| WriterError::Io {
+                            path: self.shared.path.clone(),
+                            error: std::io::Error::new(
+                                e.kind(),
+                                format!("cannot map staging memory for `{name}`: {e}"),
+                            ),
+                        })?;
+                if let Some(out) = payload_crc32c {
+                    *out = crc;
+                }
+                let mut item = Pending {
+                    id: 0,
                     kind,
                     name: name.to_owned(),
                     step,
                     layer,
                     descriptor,
-                    payload: self.shared.stage(payload).map_err(|e| WriterError::Io {
-                        path: self.shared.path.clone(),
-                        error: std::io::Error::new(
-                            e.kind(),
-                            format!("cannot map staging memory for `{name}`: {e}"),
-                        ),
-                    })?,
+                    payload_crc32c: crc,
+                    payload: staged,
                 };
                 let cost = item.cost();
                 let mut q = lock(&self.shared.queue);
@@ -966,6 +1039,7 @@ impl Writer {
                 let id = q.next_id;
                 q.next_id += 1;
                 q.queued_bytes += cost;
+                item.id = id;
                 q.items.push_back(item);
                 let wake = q.writer_idle;
                 drop(q);
@@ -1099,6 +1173,7 @@ fn background_loop(shared: &Shared) {
                     layer: item.layer,
                     descriptor: &item.descriptor,
                     payload: &pieces,
+                    payload_crc32c: item.payload_crc32c,
                 };
                 if let Err(e) = lock(&shared.sink).append(&parts) {
                     error = Some(e.to_string());

@@ -21,6 +21,8 @@ pub(crate) struct RecordParts<'a> {
     /// The payload, in pieces written one after the other (one piece, or
     /// the chunks of the background queue's staging memory).
     pub payload: &'a [&'a [u8]],
+    /// The payload's crc32c, when the caller has it already.
+    pub payload_crc32c: Option<u32>,
 }
 
 /// crc32c of the pieces one after the other.
@@ -29,6 +31,10 @@ fn crc32c_pieces(pieces: &[&[u8]]) -> u32 {
 }
 
 const ZEROS: [u8; 64] = [0; 64];
+
+/// Payloads from this size on get their record crc by combining the head's
+/// with the payload's; smaller ones are checksummed twice (cheaper).
+const COMBINE_MIN_BYTES: usize = 4096;
 
 /// Payloads at least this long are checksummed on a second thread while they
 /// are written (the size of the write buffer, so they bypass it without a copy).
@@ -54,6 +60,9 @@ pub(crate) struct Sink {
     /// crc32c of the payload of the last record appended, when it came for
     /// free (a payload checksummed apart from its head while it streamed).
     pub last_payload_crc32c: Option<u32>,
+    /// crc32c of every record's payload, by record id (callers that
+    /// recognise recorded bytes later ask for it: [`Sink::payload_crc32c`]).
+    payload_crcs: Vec<u32>,
 }
 
 impl Sink {
@@ -68,7 +77,15 @@ impl Sink {
             index: Vec::new(),
             names: Vec::new(),
             last_payload_crc32c: None,
+            payload_crcs: Vec::new(),
         })
+    }
+
+    /// The crc32c of record `id`'s payload, once it is appended.
+    pub fn payload_crc32c(&self, id: u64) -> Option<u32> {
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.payload_crcs.get(i).copied())
     }
 
     /// The id the next record gets.
@@ -126,12 +143,21 @@ impl Sink {
             self.file.flush()?;
             write_at(self.file.get_ref(), &header(crc), record_offset)?;
             self.last_payload_crc32c = Some(payload_crc);
+            self.payload_crcs.push(payload_crc);
         } else {
             self.last_payload_crc32c = None;
-            let crc = r
-                .payload
-                .iter()
-                .fold(head_crc, |crc, p| crc32c_append(crc, p));
+            // the payload's own crc is kept (payload_crcs); the record's is
+            // the head's combined with it, or, for a small payload, the
+            // head's continued over it (cheaper than a combine)
+            let payload_crc = r.payload_crc32c.unwrap_or_else(|| crc32c_pieces(r.payload));
+            let crc = if r.payload_crc32c.is_some() || payload_len >= COMBINE_MIN_BYTES {
+                crc32c_combine(head_crc, payload_crc, payload_len)
+            } else {
+                r.payload
+                    .iter()
+                    .fold(head_crc, |crc, p| crc32c_append(crc, p))
+            };
+            self.payload_crcs.push(payload_crc);
             self.file.write_all(&header(crc))?;
             self.file.write_all(&head)?;
             for piece in r.payload {

@@ -181,6 +181,17 @@ int32_t td_writer_close(struct td_writer *w);
 int32_t td_writer_flush(const struct td_writer *w);
 
 /**
+ * Background mode: allocate and touch the queue's memory (`queue_bytes`)
+ * now, so that recording a large tensor is a plain copy into memory that
+ * is already mapped; costs about 0.1 s per 256 MiB. Sync mode: does
+ * nothing.
+ *
+ * # Safety
+ * `w` is null or a live writer.
+ */
+int32_t td_writer_preallocate(const struct td_writer *w);
+
+/**
  * A new, empty lineage/metadata builder (free with `td_meta_free`).
  */
 struct td_meta *td_meta_new(void);
