@@ -180,10 +180,11 @@ pub struct FinishSummary {
 struct Pending {
     id: RecordId,
     kind: RecordKind,
-    name: String,
     step: Option<i64>,
     layer: Option<i64>,
-    descriptor: Vec<u8>,
+    /// The name's and descriptor's bytes in the queue's arena.
+    name: std::ops::Range<usize>,
+    descriptor: std::ops::Range<usize>,
     payload: Staged,
     /// The payload's crc32c when the recording thread computed it (it
     /// asked for it): the writer thread then does not compute it again.
@@ -196,13 +197,15 @@ impl Pending {
     }
 }
 
-/// A payload copied into the queue: a small one in its own allocation, a
-/// large one in staging chunks (reused from record to record, so that once
-/// the queue has been through its budget, or after
-/// [`Writer::preallocate`], the copy goes to memory that is already mapped).
+/// A payload copied into the queue: a small one in the queue's arena (with
+/// the names and descriptors: one buffer, reused batch after batch, so a
+/// small record costs no allocation on either thread), a large one in
+/// staging chunks (reused from record to record, so that once the queue
+/// has been through its budget, or after [`Writer::preallocate`], the copy
+/// goes to memory that is already mapped).
 #[derive(Debug)]
 enum Staged {
-    Small(Vec<u8>),
+    Arena(std::ops::Range<usize>),
     Chunks { chunks: Vec<Chunk>, len: usize },
 }
 
@@ -215,15 +218,15 @@ type Chunk = memmap2::MmapMut;
 impl Staged {
     fn len(&self) -> usize {
         match self {
-            Staged::Small(v) => v.len(),
+            Staged::Arena(r) => r.len(),
             Staged::Chunks { len, .. } => *len,
         }
     }
 
-    /// The bytes, in order.
-    fn pieces(&self) -> Vec<&[u8]> {
+    /// The bytes, in order (`arena`: the queue arena they were added to).
+    fn pieces<'a>(&'a self, arena: &'a [u8]) -> Vec<&'a [u8]> {
         match self {
-            Staged::Small(v) => vec![v],
+            Staged::Arena(r) => vec![&arena[r.clone()]],
             Staged::Chunks { chunks, len } => {
                 let mut left = *len;
                 chunks
@@ -238,6 +241,13 @@ impl Staged {
         }
     }
 }
+
+/// Queued bytes from which the recording thread wakes an idle writer thread.
+const WAKE_BYTES: u64 = 64 << 10;
+
+/// How long an idle writer thread sleeps before it looks at the queue
+/// again (small records that did not wake it wait at most this long).
+const WAKE_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Payloads from this size on are staged in chunks.
 const STAGE_MIN_BYTES: usize = 64 << 10;
@@ -256,6 +266,10 @@ fn mapped_chunk() -> std::io::Result<Chunk> {
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Pending>,
+    /// Names, descriptors and small payloads of `items`.
+    arena: Vec<u8>,
+    /// The arena of the last batch written, emptied, for the next swap.
+    spare_arena: Vec<u8>,
     queued_bytes: u64,
     /// The background budget (0 in sync mode).
     budget: u64,
@@ -293,10 +307,15 @@ impl Shared {
     /// for a large payload, its own allocation for a small one; and its
     /// crc32c when `with_crc`, each chunk checksummed right after it is
     /// copied, while it is in the cache.
-    fn stage(&self, payload: &[u8], with_crc: bool) -> std::io::Result<(Staged, Option<u32>)> {
+    fn stage(
+        &self,
+        payload: &[u8],
+        with_crc: bool,
+    ) -> std::io::Result<(Option<Staged>, Option<u32>)> {
         if payload.len() < STAGE_MIN_BYTES {
+            // copied into the arena under the queue's lock
             let crc = with_crc.then(|| trace_format::record::crc32c(payload));
-            return Ok((Staged::Small(payload.to_vec()), crc));
+            return Ok((None, crc));
         }
         let n = payload.len().div_ceil(CHUNK_BYTES);
         let mut chunks = {
@@ -324,7 +343,7 @@ impl Shared {
             chunks,
             len: payload.len(),
         };
-        Ok((staged, with_crc.then_some(crc)))
+        Ok((Some(staged), with_crc.then_some(crc)))
     }
 
     /// Keep the staging chunks of a written record, up to the queue budget.
@@ -454,7 +473,7 @@ impl Writer {
                 return Ok(None);
             }
             if let Ok(i) = q.items.binary_search_by_key(&id, |item| item.id) {
-                let pieces = q.items[i].payload.pieces();
+                let pieces = q.items[i].payload.pieces(&q.arena);
                 let crc = pieces
                     .iter()
                     .fold(0, |crc, p| trace_format::record::crc32c_append(crc, p));
@@ -1002,17 +1021,10 @@ impl Writer {
                 if let Some(out) = payload_crc32c {
                     *out = crc;
                 }
-                let mut item = Pending {
-                    id: 0,
-                    kind,
-                    name: name.to_owned(),
-                    step,
-                    layer,
-                    descriptor,
-                    payload_crc32c: crc,
-                    payload: staged,
-                };
-                let cost = item.cost();
+                let cost = (name.len()
+                    + descriptor.len()
+                    + staged.as_ref().map_or(payload.len(), Staged::len))
+                    as u64;
                 let mut q = lock(&self.shared.queue);
                 loop {
                     if let Some(msg) = &q.error {
@@ -1032,6 +1044,7 @@ impl Writer {
                             return Ok(None);
                         }
                         WhenFull::Block => {
+                            self.shared.work.notify_one();
                             q = self.shared.room.wait(q).unwrap_or_else(|e| e.into_inner())
                         }
                     }
@@ -1039,9 +1052,34 @@ impl Writer {
                 let id = q.next_id;
                 q.next_id += 1;
                 q.queued_bytes += cost;
-                item.id = id;
-                q.items.push_back(item);
-                let wake = q.writer_idle;
+                let arena = &mut q.arena;
+                let name_at = arena.len()..arena.len() + name.len();
+                arena.extend_from_slice(name.as_bytes());
+                let descriptor_at = arena.len()..arena.len() + descriptor.len();
+                arena.extend_from_slice(&descriptor);
+                let payload = match staged {
+                    Some(chunks) => chunks,
+                    None => {
+                        let at = arena.len()..arena.len() + payload.len();
+                        arena.extend_from_slice(payload);
+                        Staged::Arena(at)
+                    }
+                };
+                q.items.push_back(Pending {
+                    id,
+                    kind,
+                    step,
+                    layer,
+                    name: name_at,
+                    descriptor: descriptor_at,
+                    payload,
+                    payload_crc32c: crc,
+                });
+                // an idle writer thread is woken for a large record or once
+                // enough small ones wait; otherwise it finds them when its
+                // timed wait ends (WAKE_AFTER): a wake-up per small record
+                // would cost the recording thread more than the record
+                let wake = q.writer_idle && q.queued_bytes >= WAKE_BYTES.min(budget_bytes / 2);
                 drop(q);
                 if wake {
                     self.shared.work.notify_one();
@@ -1095,6 +1133,10 @@ impl Writer {
             };
         }
         let mut q = lock(&self.shared.queue);
+        if !q.items.is_empty() {
+            // small records may wait for the writer thread's next round
+            self.shared.work.notify_one();
+        }
         while !q.items.is_empty() || q.writing {
             q = self.shared.room.wait(q).unwrap_or_else(|e| e.into_inner());
         }
@@ -1144,18 +1186,24 @@ impl Drop for Writer {
 fn background_loop(shared: &Shared) {
     loop {
         // take everything queued at once: one lock round per batch, not per record
-        let (batch, failed) = {
+        let (batch, mut arena, failed) = {
             let mut q = lock(&shared.queue);
             loop {
                 if !q.items.is_empty() {
                     q.writing = true;
-                    break (std::mem::take(&mut q.items), q.error.is_some());
+                    let spare = std::mem::take(&mut q.spare_arena);
+                    let arena = std::mem::replace(&mut q.arena, spare);
+                    break (std::mem::take(&mut q.items), arena, q.error.is_some());
                 }
                 if q.closing {
                     return;
                 }
                 q.writer_idle = true;
-                q = shared.work.wait(q).unwrap_or_else(|e| e.into_inner());
+                q = shared
+                    .work
+                    .wait_timeout(q, WAKE_AFTER)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
                 q.writer_idle = false;
             }
         };
@@ -1165,13 +1213,14 @@ fn background_loop(shared: &Shared) {
         for item in batch {
             cost += item.cost();
             if !failed && error.is_none() {
-                let pieces = item.payload.pieces();
+                let pieces = item.payload.pieces(&arena);
+                let name = std::str::from_utf8(&arena[item.name.clone()]).unwrap_or_default();
                 let parts = RecordParts {
                     kind: item.kind,
-                    name: &item.name,
+                    name,
                     step: item.step,
                     layer: item.layer,
-                    descriptor: &item.descriptor,
+                    descriptor: &arena[item.descriptor.clone()],
                     payload: &pieces,
                     payload_crc32c: item.payload_crc32c,
                 };
@@ -1188,7 +1237,11 @@ fn background_loop(shared: &Shared) {
                 shared.room.notify_all();
             }
         }
+        arena.clear();
         let mut q = lock(&shared.queue);
+        if arena.capacity() > q.spare_arena.capacity() {
+            q.spare_arena = arena;
+        }
         q.writing = false;
         q.queued_bytes -= cost;
         if let Some(e) = error {
