@@ -125,19 +125,37 @@ impl Sink {
             // The payload's own crc is combined with the head's: callers may
             // reuse it to recognise these bytes later without a second pass.
             let file = &mut self.file;
-            let payload_crc = std::thread::scope(|scope| -> io::Result<u32> {
-                let worker =
-                    std::thread::Builder::new().spawn_scoped(scope, || crc32c_pieces(r.payload));
+            let payload_crc = if let Some(known) = r.payload_crc32c {
                 for piece in r.payload {
                     file.write_all(piece)?;
                 }
-                match worker {
-                    Ok(handle) => handle
-                        .join()
-                        .map_err(|_| io::Error::other("checksum thread panicked")),
-                    Err(_) => Ok(crc32c_pieces(r.payload)),
+                known
+            } else if r.payload.len() > 1 {
+                // the background queue's staging chunks, on the writer
+                // thread: each checksummed right after it is written, while
+                // it is still in the cache (a second thread would compete
+                // with the recording thread for the cores)
+                let mut crc = 0;
+                for piece in r.payload {
+                    file.write_all(piece)?;
+                    crc = crc32c_append(crc, piece);
                 }
-            })?;
+                crc
+            } else {
+                std::thread::scope(|scope| -> io::Result<u32> {
+                    let worker = std::thread::Builder::new()
+                        .spawn_scoped(scope, || crc32c_pieces(r.payload));
+                    for piece in r.payload {
+                        file.write_all(piece)?;
+                    }
+                    match worker {
+                        Ok(handle) => handle
+                            .join()
+                            .map_err(|_| io::Error::other("checksum thread panicked")),
+                        Err(_) => Ok(crc32c_pieces(r.payload)),
+                    }
+                })?
+            };
             let crc = crc32c_combine(head_crc, payload_crc, payload_len);
             self.file.write_all(&ZEROS[..pad])?;
             self.file.flush()?;
