@@ -1007,7 +1007,13 @@ impl Writer {
                 budget_bytes,
                 when_full,
             } => {
-                let want_crc = payload_crc32c.is_some();
+                // the caller wants the crc; or the writer thread is behind
+                // (the queue over half full: this add would soon wait for
+                // room anyway), so the recording thread takes the checksum
+                // off it, computed while each staged chunk is in the cache
+                let want_crc = payload_crc32c.is_some()
+                    || (payload.len() >= STAGE_MIN_BYTES
+                        && lock(&self.shared.queue).queued_bytes > budget_bytes / 2);
                 let (staged, crc) =
                     self.shared
                         .stage(payload, want_crc)
