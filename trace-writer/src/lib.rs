@@ -7,7 +7,7 @@ mod filter;
 pub mod ggml;
 mod sink;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -249,6 +249,28 @@ const WAKE_BYTES: u64 = 64 << 10;
 /// again (small records that did not wake it wait at most this long).
 const WAKE_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// Storage lengths by record id (ids are dense, so a vector: no hashing on
+/// every tensor recorded with its own bytes).
+#[derive(Debug, Default)]
+struct StorageLens(Vec<u64>);
+
+impl StorageLens {
+    const NONE: u64 = u64::MAX;
+
+    fn insert(&mut self, id: RecordId, len: u64) {
+        let Ok(i) = usize::try_from(id) else { return };
+        if self.0.len() <= i {
+            self.0.resize(i + 1, Self::NONE);
+        }
+        self.0[i] = len;
+    }
+
+    fn get(&self, id: RecordId) -> Option<u64> {
+        let len = *self.0.get(usize::try_from(id).ok()?)?;
+        (len != Self::NONE).then_some(len)
+    }
+}
+
 /// Payloads from this size on are staged in chunks.
 const STAGE_MIN_BYTES: usize = 64 << 10;
 
@@ -293,7 +315,7 @@ struct Shared {
     /// Signalled when room is made or the queue drains.
     room: Condvar,
     /// Storage lengths by record id, to check views when they are recorded.
-    storages: Mutex<HashMap<RecordId, u64>>,
+    storages: Mutex<StorageLens>,
     /// The first I/O error of sync mode (the file is then not extended further).
     failed: Mutex<Option<String>>,
     /// Staging chunks not in use: written by the background thread and
@@ -424,7 +446,7 @@ impl Writer {
             }),
             work: Condvar::new(),
             room: Condvar::new(),
-            storages: Mutex::new(HashMap::new()),
+            storages: Mutex::new(StorageLens::default()),
             failed: Mutex::new(None),
             spare: Mutex::new(Vec::new()),
         });
@@ -711,13 +733,12 @@ impl Writer {
         if !self.wants(name, meta.step, meta.layer) {
             return Ok(None);
         }
-        let len = lock(&self.shared.storages)
-            .get(&storage)
-            .copied()
-            .ok_or_else(|| WriterError::UnknownStorage {
+        let len = lock(&self.shared.storages).get(storage).ok_or_else(|| {
+            WriterError::UnknownStorage {
                 name: name.into(),
                 storage,
-            })?;
+            }
+        })?;
         layout
             .check_within(dtype, len)
             .map_err(|source| WriterError::Layout {
