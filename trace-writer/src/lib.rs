@@ -63,8 +63,9 @@ pub enum Mode {
     Sync,
     /// The recording thread copies the bytes once into a queue; a writer
     /// thread does the I/O. At most `budget_bytes` wait in the queue, and at
-    /// most as much again is kept as written buffers for reuse, so memory
-    /// stays below twice the budget whatever the recording rate.
+    /// most as much again is kept for reuse (written staging chunks, the
+    /// last batch's arena), so memory stays below twice the budget whatever
+    /// the recording rate.
     Background {
         /// Most bytes (payloads and descriptors) held in the queue.
         budget_bytes: u64,
@@ -373,9 +374,12 @@ impl Shared {
         let Staged::Chunks { chunks, .. } = payload else {
             return;
         };
-        let budget = lock(&self.queue).budget as usize;
+        let (budget, arena) = {
+            let q = lock(&self.queue);
+            (q.budget as usize, q.spare_arena.capacity())
+        };
         let mut spare = lock(&self.spare);
-        let room = (budget / CHUNK_BYTES).saturating_sub(spare.len());
+        let room = (budget.saturating_sub(arena) / CHUNK_BYTES).saturating_sub(spare.len());
         spare.extend(chunks.into_iter().take(room));
     }
 }
@@ -1265,8 +1269,13 @@ fn background_loop(shared: &Shared) {
             }
         }
         arena.clear();
+        // kept for the next batch when it fits, with the spare chunks, in
+        // the budget (memory for reuse stays below the budget)
+        let spare_chunks = lock(&shared.spare).len() * CHUNK_BYTES;
         let mut q = lock(&shared.queue);
-        if arena.capacity() > q.spare_arena.capacity() {
+        if arena.capacity() > q.spare_arena.capacity()
+            && (arena.capacity() + spare_chunks) as u64 <= q.budget
+        {
             q.spare_arena = arena;
         }
         q.writing = false;
