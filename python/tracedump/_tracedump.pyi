@@ -76,6 +76,14 @@ def open(path: StrPath, *, copy: bool | None = None) -> Trace:
     """Open a `.tdump` trace or a `.gguf` file: read into memory (copy=True,
     the default for files up to 64 MiB) or memory-mapped read-only."""
 
+def _describe(
+    t: Any,
+) -> tuple[str, list[int], list[int], int, int, int, bool]:
+    """What the writer reads of `t` (for the tests): dtype, shape, byte
+    strides, offset of element 0, storage address, storage bytes, read in
+    Rust."""
+    ...
+
 def compare(
     a: Trace | StrPath,
     b: Trace | StrPath,
@@ -244,6 +252,7 @@ class Writer:
         mode: Literal["sync", "background"] = "sync",
         queue_bytes: int = ...,
         when_full: Literal["block", "drop"] = "block",
+        preallocate: bool = False,
         include: str | None = None,
         layers: Iterable[int] | None = None,
         steps: Iterable[int] | None = None,
