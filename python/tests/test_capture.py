@@ -234,7 +234,7 @@ def test_filters(model, tmp_path):
 
 def test_layer_and_step_filters_and_background(model, tmp_path):
     p = tmp_path / "ls.tdump"
-    with capture(model, p, layers=[1], steps=[1], mode="background", inputs=False) as cap:
+    with capture(model, p, layers=[1], steps=[1], mode="background", preallocate=True, queue_bytes=4 << 20, inputs=False) as cap:
         model(IDS[0])
         model(IDS[1])
     t = tracedump.open(str(p))

@@ -129,6 +129,7 @@ class Capture:
         mode: str = "sync",
         queue_bytes: int = 256 << 20,
         when_full: str = "block",
+        preallocate: bool = False,
         **run_metadata: Any,
     ) -> None:
         import torch
@@ -145,7 +146,8 @@ class Capture:
         self.roles = [(re.compile(k), v) for k, v in (roles or {}).items()]
         self.layers = None if layers is None else frozenset(int(x) for x in layers)
         self.steps = None if steps is None else frozenset(int(x) for x in steps)
-        self.writer_options = dict(mode=mode, queue_bytes=int(queue_bytes), when_full=when_full)
+        self.writer_options = dict(mode=mode, queue_bytes=int(queue_bytes), when_full=when_full,
+                                   preallocate=bool(preallocate))
         self.run_metadata = dict(run_metadata)
         self.run_metadata.setdefault("engine", "torch")
         self.run_metadata.setdefault("engine_version", torch.__version__)
@@ -310,6 +312,7 @@ def capture(
     mode: str = "sync",
     queue_bytes: int = 256 << 20,
     when_full: str = "block",
+    preallocate: bool = False,
     **run_metadata: Any,
 ) -> Capture:
     """Record the inputs and outputs of every submodule of ``model`` into ``path``.
@@ -325,8 +328,8 @@ def capture(
         its role (``{r"self_attn\\.q_norm$": "q"}``).
     layers / steps: record only these layers (modules outside any layer, such
         as the embedding and the head, are kept) / these forward calls.
-    mode, queue_bytes, when_full: the :class:`tracedump.Writer` options;
-        ``mode="background"`` leaves the file I/O to a writer thread.
+    mode, queue_bytes, when_full, preallocate: the :class:`tracedump.Writer`
+        options; ``mode="background"`` leaves the file I/O to a writer thread.
     run_metadata: the trace's run metadata (``engine``, ``model`` ... are
         filled in when not given).
     """
@@ -344,5 +347,6 @@ def capture(
         mode=mode,
         queue_bytes=queue_bytes,
         when_full=when_full,
+        preallocate=preallocate,
         **run_metadata,
     )
