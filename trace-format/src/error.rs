@@ -122,6 +122,12 @@ pub enum LayoutError {
         /// Why.
         reason: &'static str,
     },
+    /// Lineage steps with no parent to apply them to.
+    #[error("the lineage step `{op}` has no parent to apply to")]
+    NoParent {
+        /// The first step.
+        op: String,
+    },
     /// A concat whose parts do not fit together.
     #[error("cannot concat along axis {axis}: {reason}")]
     BadConcat {

@@ -46,9 +46,8 @@ pub fn replay(
         concat(*axis, parents)?
     } else {
         let Some(p) = parents.first() else {
-            return Err(LayoutError::BadConcat {
-                axis: 0,
-                reason: "lineage steps but no parent".into(),
+            return Err(LayoutError::NoParent {
+                op: format!("{first:?}"),
             });
         };
         Replayed {
@@ -220,6 +219,21 @@ fn permute(s: Replayed, axes: &[u32]) -> Result<Replayed, LayoutError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_without_a_parent_say_so() {
+        let lineage = Lineage {
+            parents: vec![],
+            ops: vec![Op::Convert { dtype: DType::F16 }],
+            ..Default::default()
+        };
+        let e = replay(&lineage, &[]).unwrap_err();
+        assert!(matches!(e, LayoutError::NoParent { .. }), "{e}");
+        assert!(
+            e.to_string().contains("Convert") && e.to_string().contains("no parent"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn kv_cache_chain_replays() {

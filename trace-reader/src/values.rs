@@ -596,11 +596,12 @@ fn derive_cached(
                 array,
             }
         }
-        Some(_) => {
-            let first = *lineage
-                .parents
-                .first()
-                .ok_or_else(|| r.err("lineage steps but no parent".into()))?;
+        Some(op) => {
+            let first = *lineage.parents.first().ok_or_else(|| {
+                r.err(format!(
+                    "the lineage step `{op:?}` has no parent to apply to"
+                ))
+            })?;
             r.parent(first, depth)?
         }
         None => return Err(r.err("no lineage steps".into())),
