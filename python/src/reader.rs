@@ -265,6 +265,21 @@ pub fn open(path: &Bound<'_, PyAny>, copy: Option<bool>) -> PyResult<PyTrace> {
     PyTrace::open(path_arg(path)?, copy)
 }
 
+/// The shard files `path` names, sorted, by the CLI's rules
+/// (`trace_reader::shards::shard_files`): a directory's `*.tdump` files, or
+/// the files a `dir/pattern*.tdump` glob matches.
+#[pyfunction]
+pub fn _shard_files(path: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    let files = trace_reader::shards::shard_files(&path_arg(path)?).map_err(reader_error)?;
+    Ok(files.iter().map(|f| f.display().to_string()).collect())
+}
+
+/// Whether `path` names shards (`trace_reader::shards::is_sharded`).
+#[pyfunction]
+pub fn _is_sharded(path: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(trace_reader::shards::is_sharded(&path_arg(path)?))
+}
+
 #[pymethods]
 impl PyTrace {
     #[new]

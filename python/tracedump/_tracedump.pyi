@@ -84,6 +84,9 @@ def _describe(
     Rust."""
     ...
 
+def _shard_files(path: StrPath) -> list[str]: ...
+def _is_sharded(path: StrPath) -> bool: ...
+
 def compare(
     a: Trace | StrPath,
     b: Trace | StrPath,

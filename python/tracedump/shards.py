@@ -14,7 +14,6 @@ Each shard is an ordinary trace whose run metadata has ``rank`` and
 
 from __future__ import annotations
 
-import glob as _glob
 import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -22,21 +21,20 @@ __all__ = ["ShardedTrace", "is_sharded", "shard_files", "compare_by_rank"]
 
 
 def is_sharded(path) -> bool:
-    """Whether ``path`` names shards: a directory, or a name with ``*``/``?``."""
-    p = os.fspath(path)
-    return os.path.isdir(p) or any(c in os.path.basename(p) for c in "*?")
+    """Whether ``path`` names shards: a directory, or a name with ``*``/``?``
+    (the CLI's rule, ``trace_reader::shards::is_sharded``)."""
+    from ._tracedump import _is_sharded
+
+    return _is_sharded(os.fspath(path))
 
 
 def shard_files(path) -> List[str]:
-    """The shard files, sorted: a directory's ``*.tdump``, or a glob's matches."""
-    p = os.fspath(path)
-    files = sorted(_glob.glob(os.path.join(p, "*.tdump")) if os.path.isdir(p) else _glob.glob(p))
-    files = [f for f in files if os.path.isfile(f)]
-    if not files:
-        from ._tracedump import TraceIOError
+    """The shard files, sorted: a directory's ``*.tdump``, or the files a
+    ``dir/pattern*`` glob matches (the CLI's rules,
+    ``trace_reader::shards::shard_files``; TraceIOError when none)."""
+    from ._tracedump import _shard_files
 
-        raise TraceIOError(f"{p}: no shard matches")
-    return files
+    return _shard_files(os.fspath(path))
 
 
 class ShardedTrace:
