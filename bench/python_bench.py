@@ -130,45 +130,34 @@ def write_contenders(tmp, named, total_bytes):
         drop(path["plain"])
         return s
 
-    def sync(r):
+    numpy_items = list(zip(named, arrays))  # the same bytes as numpy arrays
+
+    def sync(r, items=named.items()):
         t0 = time.perf_counter()
         with tracedump.Writer(path["tdump"]) as w:
-            for k, v in named.items():
+            for k, v in items:
                 w.add(k, v)
         s = time.perf_counter() - t0
         check_trace(r)
         return s
 
     def sync_numpy(r):
-        t0 = time.perf_counter()
-        with tracedump.Writer(path["tdump"]) as w:
-            for k, a in zip(named, arrays):
-                w.add(k, a)
-        s = time.perf_counter() - t0
-        check_trace(r)
-        return s
+        return sync(r, numpy_items)
 
-    def roomy_numpy_adds(r):
-        w = tracedump.Writer(path["tdump"], mode="background", queue_bytes=roomy)
-        t0 = time.perf_counter()
-        for k, a in zip(named, arrays):
-            w.add(k, a)
-        s = time.perf_counter() - t0
-        w.close()
-        check_trace(r)
-        return s
-
-    def background_adds(r, queue_bytes, preallocate=False):
+    def background_adds(r, queue_bytes, preallocate=False, items=named.items()):
         w = tracedump.Writer(path["tdump"], mode="background", queue_bytes=queue_bytes,
                              preallocate=preallocate)
         t0 = time.perf_counter()
-        for k, v in named.items():
+        for k, v in items:
             w.add(k, v)
         s = time.perf_counter() - t0
         if w.close()["dropped"]:
             raise SystemExit("python_bench: the background writer dropped tensors")
         check_trace(r)
         return s
+
+    def roomy_numpy_adds(r):
+        return background_adds(r, roomy, items=numpy_items)
 
     def roomy_adds(r):
         return background_adds(r, roomy, preallocate=True)

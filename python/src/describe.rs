@@ -27,6 +27,7 @@ use trace_format::{DType, Layout};
 
 use crate::convert::dtype_from_name;
 use crate::errors::TraceLayoutError;
+use crate::reader::{numpy_type, torch_type};
 
 /// A tensor as the writer records it.
 pub(crate) struct Described<'py> {
@@ -126,32 +127,20 @@ fn described_in_python<'py>(
     })
 }
 
-/// Our dtype for a numpy dtype read in place: plain bool, integer and
-/// float kinds in little-endian (or native little-endian) order.
+/// Our dtype for a numpy dtype read in place: one whose typestr (byte
+/// order, kind, size) is in [`numpy_type`]'s table without an ml_dtypes
+/// name; native order counts as little-endian on a little-endian host.
 fn numpy_dtype(d: &Bound<'_, PyArrayDescr>) -> Option<DType> {
     if d.has_fields() || d.has_subarray() {
         return None;
     }
-    let little = matches!(d.byteorder(), b'<' | b'|')
-        || (d.byteorder() == b'=' && cfg!(target_endian = "little"));
-    if !little {
-        return None;
-    }
-    Some(match (d.kind(), d.itemsize()) {
-        (b'b', 1) => DType::Bool,
-        (b'f', 2) => DType::F16,
-        (b'f', 4) => DType::F32,
-        (b'f', 8) => DType::F64,
-        (b'i', 1) => DType::I8,
-        (b'i', 2) => DType::I16,
-        (b'i', 4) => DType::I32,
-        (b'i', 8) => DType::I64,
-        (b'u', 1) => DType::U8,
-        (b'u', 2) => DType::U16,
-        (b'u', 4) => DType::U32,
-        (b'u', 8) => DType::U64,
-        _ => return None,
-    })
+    let order = match d.byteorder() {
+        b'=' if cfg!(target_endian = "little") => b'<',
+        o => o,
+    };
+    let size = u8::try_from(d.itemsize()).ok().filter(|&n| n < 10)?;
+    let typestr = [order, d.kind(), b'0' + size];
+    DType::all().find(|&t| matches!(numpy_type(t), Some((ts, None)) if ts.as_bytes() == typestr))
 }
 
 /// Byte range `[lo, hi)` an array touches, relative to its element 0
@@ -259,21 +248,13 @@ fn torch(py: Python<'_>) -> PyResult<Option<&'static Torch>> {
     let Ok(torch) = modules.get_item("torch") else {
         return Ok(None);
     };
+    // torch's names of our dtypes (`torch_type`), where this torch has them
     let mut dtypes = Vec::new();
-    for (attr, dtype) in [
-        ("float32", DType::F32),
-        ("float16", DType::F16),
-        ("bfloat16", DType::BF16),
-        ("float64", DType::F64),
-        ("int8", DType::I8),
-        ("int16", DType::I16),
-        ("int32", DType::I32),
-        ("int64", DType::I64),
-        ("uint8", DType::U8),
-        ("bool", DType::Bool),
-    ] {
-        if let (Ok(obj), Some(size)) = (torch.getattr(attr), dtype.element_bytes()) {
-            dtypes.push((obj.unbind(), dtype, size as u64));
+    for dtype in DType::all() {
+        if let (Some(name), Some(size)) = (torch_type(dtype), dtype.element_bytes()) {
+            if let Ok(obj) = torch.getattr(name) {
+                dtypes.push((obj.unbind(), dtype, size as u64));
+            }
         }
     }
     let t = Torch {

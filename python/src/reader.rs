@@ -124,7 +124,7 @@ pub fn numpy_type(dtype: DType) -> Option<(&'static str, Option<&'static str>)> 
 }
 
 /// torch's name for a scalar dtype.
-fn torch_type(dtype: DType) -> Option<&'static str> {
+pub(crate) fn torch_type(dtype: DType) -> Option<&'static str> {
     Some(match dtype {
         DType::F32 => "float32",
         DType::F16 => "float16",

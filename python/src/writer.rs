@@ -42,8 +42,8 @@ struct Region {
     /// The record holding them (a storage, or a tensor with its own bytes).
     id: u64,
     is_tensor: bool,
-    /// crc32c of the bytes as recorded; `None` until first needed in
-    /// background mode (asked of the writer: the recording thread does not
+    /// crc32c of the bytes as recorded; `None` until a later view first
+    /// needs it (asked of the writer: the recording thread does not
     /// checksum what it adds).
     crc: Option<u32>,
     /// The array or tensor that keeps the memory alive: while it lives,
@@ -125,7 +125,10 @@ impl Regions {
             if class.is_empty() {
                 continue;
             }
-            let longest = (1usize << (c + 1)).wrapping_sub(1);
+            // the longest length of class c: 2^(c+1) - 1
+            let longest = 1usize
+                .checked_shl(c as u32 + 1)
+                .map_or(usize::MAX, |p| p - 1);
             let from = hi.saturating_sub(longest);
             if from > lo {
                 continue;

@@ -437,6 +437,7 @@ impl Trailer {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     /// `crc32c_combine` agrees with a crc of the concatenation, for lengths
     /// from 0 to past 2^32 bits' worth of shifting steps, and with the
@@ -467,8 +468,6 @@ mod tests {
             );
         }
     }
-
-    use super::*;
 
     #[test]
     fn framing_round_trip() {

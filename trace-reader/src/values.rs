@@ -6,7 +6,6 @@ use ndarray::{concatenate, ArrayD, ArrayViewD, Axis, IxDyn};
 use trace_format::{DType, Layout, Op};
 
 use crate::error::ReaderError;
-use crate::halves::f16_bits_to_f32;
 use crate::trace::{TensorInfo, Trace};
 
 /// How deep a chain of derived tensors may go (each rebuilt from the last).
@@ -167,13 +166,8 @@ pub(crate) fn gather_f32(
     let mut out = reserve::<f32>(numel, limit)?;
     if dtype.is_block() {
         let (deq, shifted) = dequantized_span(dtype, layout, storage)?;
-        let whole = Layout::contiguous(DType::F32, &shifted.shape, 0)
-            .ok()
-            .map(|c| Layout {
-                byte_strides: c.byte_strides.iter().map(|s| s / 4).collect(),
-                ..c
-            });
-        if whole.as_ref() == Some(&shifted) && deq.len() as u64 == numel {
+        // a row-major view of exactly the blocks it spans: those values
+        if layout.is_contiguous(dtype) && shifted.storage_offset == 0 && deq.len() as u64 == numel {
             return Ok(deq);
         }
         walk(&shifted, |i| out.push(deq[i]));
@@ -214,42 +208,42 @@ pub(crate) fn gather_f32(
 }
 
 /// Append the f32 values of the contiguous little-endian f32, f16 or bf16
-/// elements in `bytes`.
+/// elements in `bytes`: whole runs at a time when they can be read in
+/// place, else one by one ([`DType::decode_f32`]).
 fn convert_run_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
-    // the cast reads native-endian values: on a big-endian host every run
-    // takes the byte-by-byte path
+    // the casts read native-endian values: on a big-endian host, or for a
+    // run at an odd address, every value is decoded on its own
     let little = cfg!(target_endian = "little");
-    if dtype == DType::F32 {
-        match bytemuck::try_cast_slice::<u8, f32>(bytes)
+    let halves = || {
+        bytemuck::try_cast_slice::<u8, u16>(bytes)
             .ok()
             .filter(|_| little)
-        {
-            Some(values) => out.extend_from_slice(values),
-            None => out.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            ),
+    };
+    match dtype {
+        DType::F32 => {
+            if let Some(values) = bytemuck::try_cast_slice::<u8, f32>(bytes)
+                .ok()
+                .filter(|_| little)
+            {
+                out.extend_from_slice(values);
+                return;
+            }
         }
-        return;
+        DType::F16 => {
+            if let Some(h) = halves() {
+                crate::halves::extend_f16_as_f32(out, h);
+                return;
+            }
+        }
+        _ => {
+            if let Some(h) = halves() {
+                out.extend(h.iter().map(|&b| f32::from_bits(u32::from(b) << 16)));
+                return;
+            }
+        }
     }
-    let halves = bytemuck::try_cast_slice::<u8, u16>(bytes)
-        .ok()
-        .filter(|_| little);
-    match (dtype, halves) {
-        (DType::F16, Some(h)) => crate::halves::extend_f16_as_f32(out, h),
-        (_, Some(h)) => out.extend(h.iter().map(|&b| f32::from_bits(u32::from(b) << 16))),
-        (DType::F16, None) => out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|c| f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]))),
-        ),
-        (_, None) => out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-        ),
-    }
+    let size = dtype.element_bytes().unwrap_or(1);
+    out.extend(bytes.chunks_exact(size).filter_map(|c| dtype.decode_f32(c)));
 }
 
 /// Round every value to the nearest value of the float dtype `dtype`

@@ -224,21 +224,41 @@ impl Staged {
         }
     }
 
-    /// The bytes, in order (`arena`: the queue arena they were added to).
-    fn pieces<'a>(&'a self, arena: &'a [u8]) -> Vec<&'a [u8]> {
+    /// The bytes, in order (`arena`: the queue arena they were added to);
+    /// a small payload is one piece, with no allocation.
+    fn pieces<'a>(&'a self, arena: &'a [u8]) -> Pieces<'a> {
         match self {
-            Staged::Arena(r) => vec![&arena[r.clone()]],
+            Staged::Arena(r) => Pieces::One([&arena[r.clone()]]),
             Staged::Chunks { chunks, len } => {
                 let mut left = *len;
-                chunks
-                    .iter()
-                    .map(|c| {
-                        let n = left.min(c.len());
-                        left -= n;
-                        &c[..n]
-                    })
-                    .collect()
+                Pieces::Many(
+                    chunks
+                        .iter()
+                        .map(|c| {
+                            let n = left.min(c.len());
+                            left -= n;
+                            &c[..n]
+                        })
+                        .collect(),
+                )
             }
+        }
+    }
+}
+
+/// A staged payload's pieces.
+enum Pieces<'a> {
+    One([&'a [u8]; 1]),
+    Many(Vec<&'a [u8]>),
+}
+
+impl<'a> std::ops::Deref for Pieces<'a> {
+    type Target = [&'a [u8]];
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Pieces::One(p) => p,
+            Pieces::Many(p) => p,
         }
     }
 }
@@ -429,6 +449,7 @@ impl Writer {
             descriptor: &descriptor,
             payload: &[],
             payload_crc32c: None,
+            checksum_inline: false,
         })
         // flushed at once, so that a process killed from here on leaves a
         // trace the reader opens, not an empty file
@@ -608,10 +629,10 @@ impl Writer {
 
     /// [`Writer::add_tensor`], also returning the crc32c of `bytes`, for a
     /// caller that wants to recognise these bytes again later (the Python
-    /// writer records a later view of them as a view of this record). A
-    /// large tensor in sync mode gets it from the checksum the record needs
-    /// anyway, computed while the bytes are written; otherwise it is computed
-    /// here.
+    /// writer records a later view of them as a view of this record). No
+    /// extra pass over the bytes: in sync mode it is the sink's checksum of
+    /// the payload (see [`Writer::payload_crc32c`]), in background mode it
+    /// is computed while the bytes are copied into the queue.
     pub fn add_tensor_checksummed(
         &self,
         name: &str,
@@ -1008,6 +1029,7 @@ impl Writer {
                     descriptor: &descriptor,
                     payload: &[payload],
                     payload_crc32c: None,
+                    checksum_inline: false,
                 };
                 // write-through: when add returns, the record is in the OS
                 // (one write for the framed record), so it survives a crash
@@ -1015,7 +1037,7 @@ impl Writer {
                 match sink.append(&parts).and_then(|id| sink.flush().map(|()| id)) {
                     Ok(id) => {
                         if let Some(out) = payload_crc32c {
-                            *out = sink.last_payload_crc32c;
+                            *out = sink.payload_crc32c(id);
                         }
                         Ok(Some(id))
                     }
@@ -1254,6 +1276,7 @@ fn background_loop(shared: &Shared) {
                     descriptor: &arena[item.descriptor.clone()],
                     payload: &pieces,
                     payload_crc32c: item.payload_crc32c,
+                    checksum_inline: true,
                 };
                 if let Err(e) = lock(&shared.sink).append(&parts) {
                     error = Some(e.to_string());

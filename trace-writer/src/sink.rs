@@ -23,6 +23,11 @@ pub(crate) struct RecordParts<'a> {
     pub payload: &'a [&'a [u8]],
     /// The payload's crc32c, when the caller has it already.
     pub payload_crc32c: Option<u32>,
+    /// Checksum a large payload on this thread, piece by piece right after
+    /// writing it (the background writer thread: a second thread would
+    /// compete with the recording thread for the cores), rather than on a
+    /// second thread while it is written (the sync path).
+    pub checksum_inline: bool,
 }
 
 /// crc32c of the pieces one after the other.
@@ -57,9 +62,6 @@ pub(crate) struct Sink {
     offset: u64,
     index: Vec<IndexEntry>,
     names: Vec<u8>,
-    /// crc32c of the payload of the last record appended, when it came for
-    /// free (a payload checksummed apart from its head while it streamed).
-    pub last_payload_crc32c: Option<u32>,
     /// crc32c of every record's payload, by record id (callers that
     /// recognise recorded bytes later ask for it: [`Sink::payload_crc32c`]).
     payload_crcs: Vec<u32>,
@@ -76,7 +78,6 @@ impl Sink {
             offset: header.len() as u64,
             index: Vec::new(),
             names: Vec::new(),
-            last_payload_crc32c: None,
             payload_crcs: Vec::new(),
         })
     }
@@ -130,11 +131,9 @@ impl Sink {
                     file.write_all(piece)?;
                 }
                 known
-            } else if r.payload.len() > 1 {
-                // the background queue's staging chunks, on the writer
-                // thread: each checksummed right after it is written, while
-                // it is still in the cache (a second thread would compete
-                // with the recording thread for the cores)
+            } else if r.checksum_inline {
+                // each piece right after it is written, while it is still
+                // in the cache
                 let mut crc = 0;
                 for piece in r.payload {
                     file.write_all(piece)?;
@@ -160,10 +159,8 @@ impl Sink {
             self.file.write_all(&ZEROS[..pad])?;
             self.file.flush()?;
             write_at(self.file.get_ref(), &header(crc), record_offset)?;
-            self.last_payload_crc32c = Some(payload_crc);
             self.payload_crcs.push(payload_crc);
         } else {
-            self.last_payload_crc32c = None;
             // the payload's own crc is kept (payload_crcs); the record's is
             // the head's combined with it, or, for a small payload, the
             // head's continued over it (cheaper than a combine)
