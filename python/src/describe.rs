@@ -3,8 +3,13 @@
 //! The common cases are read here, in Rust, without a Python call per
 //! field: a numpy array of a plain little-endian dtype (its fields are read
 //! from the array struct, its storage is the base array's buffer) and a CPU
-//! torch tensor of a known dtype (a handful of method calls; its storage is
-//! the tensor's whole untyped storage). Everything else goes through
+//! torch tensor of a known dtype (its storage is the tensor's whole untyped
+//! storage). A `torch.Tensor` or `Parameter` is read through torch's stable
+//! C shim (`aoti_torch_get_sizes` & co., in the libtorch_cpu the process
+//! has loaded), given the TensorImpl its `_cdata` names: three Python calls
+//! instead of ten. The shim is used once it has read a probe tensor exactly
+//! as the Python attributes do; other tensor types, or a torch without it,
+//! take the attribute path. Everything else goes through
 //! `tracedump._layout.describe` (Python), which handles byte-swapped arrays,
 //! ml_dtypes, non-CPU tensors, conjugate/negative views and empty tensors
 //! with the same results.
@@ -23,6 +28,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
+use std::ffi::c_void;
 use trace_format::{DType, Layout};
 
 use crate::convert::dtype_from_name;
@@ -230,9 +236,15 @@ fn numpy_parts<'py>(a: &Bound<'py, PyUntypedArray>) -> PyResult<Option<Described
 /// What is needed of torch, looked up once torch is imported.
 struct Torch {
     tensor: Py<PyType>,
+    /// `torch.Tensor` and `torch.nn.Parameter`: the exact types read through
+    /// [`Shim`] (a subclass may override `_cdata`).
+    plain_types: Vec<Py<PyType>>,
     strided: Py<PyAny>,
     /// torch dtype objects with our dtype and their element size.
     dtypes: Vec<(Py<PyAny>, DType, u64)>,
+    /// torch's stable C API, when this torch has it and it reads a probe
+    /// tensor the same as the Python attributes do.
+    shim: Option<Shim>,
 }
 
 static TORCH: PyOnceLock<Torch> = PyOnceLock::new();
@@ -257,11 +269,19 @@ fn torch(py: Python<'_>) -> PyResult<Option<&'static Torch>> {
             }
         }
     }
-    let t = Torch {
-        tensor: torch.getattr("Tensor")?.cast_into::<PyType>()?.unbind(),
+    let tensor = torch.getattr("Tensor")?.cast_into::<PyType>()?;
+    let mut plain_types = vec![tensor.clone().unbind()];
+    if let Ok(p) = torch.getattr("nn").and_then(|nn| nn.getattr("Parameter")) {
+        plain_types.push(p.cast_into::<PyType>()?.unbind());
+    }
+    let mut t = Torch {
+        tensor: tensor.unbind(),
+        plain_types,
         strided: torch.getattr("strided")?.unbind(),
         dtypes,
+        shim: None,
     };
+    t.shim = Shim::load(py, &torch).filter(|shim| shim.agrees(py, &torch, &t));
     Ok(Some(TORCH.get_or_init(py, || t)))
 }
 
@@ -271,6 +291,21 @@ fn torch_parts<'py>(py: Python<'py>, t: &Bound<'py, PyAny>) -> PyResult<Option<D
     let Some(torch) = torch(py)? else {
         return Ok(None);
     };
+    if let Some(shim) = &torch.shim {
+        let ty = t.get_type();
+        if torch.plain_types.iter().any(|p| ty.is(p.bind(py))) {
+            return shim_parts(py, t, shim);
+        }
+    }
+    python_parts(py, t, torch)
+}
+
+/// [`torch_parts`] through the tensor's Python attributes (any tensor type).
+fn python_parts<'py>(
+    py: Python<'py>,
+    t: &Bound<'py, PyAny>,
+    torch: &Torch,
+) -> PyResult<Option<Described<'py>>> {
     if !t.is_instance(torch.tensor.bind(py))? {
         return Ok(None);
     }
@@ -289,39 +324,319 @@ fn torch_parts<'py>(py: Python<'py>, t: &Bound<'py, PyAny>) -> PyResult<Option<D
         return Ok(None);
     };
     let shape: Vec<u64> = t.getattr(intern!(py, "shape"))?.extract()?;
-    if shape.contains(&0) {
-        return Ok(None);
-    }
     let strides: Vec<i64> = t.call_method0(intern!(py, "stride"))?.extract()?;
     let offset: u64 = t.call_method0(intern!(py, "storage_offset"))?.extract()?;
     let storage = t.call_method0(intern!(py, "untyped_storage"))?;
     let addr: usize = storage.call_method0(intern!(py, "data_ptr"))?.extract()?;
     let len: usize = storage.call_method0(intern!(py, "nbytes"))?.extract()?;
-    let isz_i = isz as i64;
+    let fields = TensorFields {
+        dtype,
+        element_bytes: isz,
+        shape,
+        strides,
+        offset,
+        addr,
+        len,
+    };
+    in_place(t, fields, storage)
+}
+
+/// [`torch_parts`] of a `torch.Tensor` or `Parameter`, read through [`Shim`]:
+/// three Python calls (`_cdata`, `is_neg()`, `untyped_storage()`) instead of ten.
+fn shim_parts<'py>(
+    py: Python<'py>,
+    t: &Bound<'py, PyAny>,
+    shim: &Shim,
+) -> PyResult<Option<Described<'py>>> {
+    let tensor_impl: usize = t.getattr(intern!(py, "_cdata"))?.extract()?;
+    // SAFETY: `tensor_impl` is what `_cdata` of `t`, an exact torch.Tensor
+    // or Parameter, just returned: its TensorImpl (checked on a probe tensor
+    // by `Shim::agrees` before the shim is used). `t` is borrowed for this
+    // whole call and keeps the TensorImpl alive; the GIL is held and no
+    // Python code runs before the fields are copied out.
+    let Some(fields) = (unsafe { shim.read(tensor_impl) }) else {
+        return Ok(None);
+    };
+    if t.call_method0(intern!(py, "is_neg"))?.is_truthy()? {
+        return Ok(None);
+    }
+    let storage = t.call_method0(intern!(py, "untyped_storage"))?;
+    in_place(t, fields, storage)
+}
+
+/// What a torch tensor reports of itself (strides and offset in elements).
+struct TensorFields {
+    dtype: DType,
+    element_bytes: u64,
+    shape: Vec<u64>,
+    strides: Vec<i64>,
+    offset: u64,
+    /// Address and bytes of its untyped storage.
+    addr: usize,
+    len: usize,
+}
+
+/// The described tensor `t` whose fields are `f`, read in place.
+fn in_place<'py>(
+    t: &Bound<'py, PyAny>,
+    f: TensorFields,
+    storage: Bound<'py, PyAny>,
+) -> PyResult<Option<Described<'py>>> {
+    if f.shape.contains(&0) || f.addr == 0 {
+        return Ok(None);
+    }
+    let isz = f.element_bytes as i64;
     let (Some(strides), Some(offset)) = (
-        strides
+        f.strides
             .iter()
-            .map(|s| s.checked_mul(isz_i))
+            .map(|s| s.checked_mul(isz))
             .collect::<Option<Vec<i64>>>(),
-        offset.checked_mul(isz),
+        f.offset.checked_mul(f.element_bytes),
     ) else {
         return Ok(None);
     };
-    if addr == 0 {
-        return Ok(None);
-    }
-    let layout = Layout::new(shape, strides, offset)
+    let layout = Layout::new(f.shape, strides, offset)
         .map_err(|e| TraceLayoutError::new_err(e.to_string()))?;
     Ok(Some(Described {
-        dtype,
+        dtype: f.dtype,
         layout,
         storage: Storage::InPlace {
-            addr,
-            len,
+            addr: f.addr,
+            len: f.len,
             holder: t.clone(),
         },
         owner: storage,
     }))
+}
+
+/// An `AtenTensorHandle` of torch's C shim: the address of an `at::Tensor`,
+/// which is one pointer to its TensorImpl.
+type TensorHandle = *const *const c_void;
+type GetI64 = unsafe extern "C" fn(TensorHandle, *mut i64) -> i32;
+type GetI32 = unsafe extern "C" fn(TensorHandle, *mut i32) -> i32;
+type GetArray = unsafe extern "C" fn(TensorHandle, *mut *const i64) -> i32;
+type GetPtr = unsafe extern "C" fn(TensorHandle, *mut *mut c_void) -> i32;
+type Constant = unsafe extern "C" fn() -> i32;
+
+/// torch's stable C API (`torch/csrc/inductor/aoti_torch/c/shim.h`, kept
+/// ABI-compatible across releases), found in the libtorch_cpu this process
+/// has already loaded: a tensor's fields in a few C calls instead of a
+/// Python call each.
+struct Shim {
+    dim: GetI64,
+    sizes: GetArray,
+    strides: GetArray,
+    storage_offset: GetI64,
+    storage_size: GetI64,
+    data_ptr: GetPtr,
+    dtype: GetI32,
+    device_type: GetI32,
+    layout: GetI32,
+    cpu: i32,
+    strided: i32,
+    /// torch's dtype codes with our dtype and element size.
+    dtypes: Vec<(i32, DType, u64)>,
+}
+
+// SAFETY: the function pointers are plain C functions of a library that is
+// never unloaded (`Shim::load` leaks its handle); the rest is plain data.
+unsafe impl Send for Shim {}
+// SAFETY: as for Send; the functions are called with the GIL held.
+unsafe impl Sync for Shim {}
+
+impl Shim {
+    /// The shim of the loaded `torch` module's libtorch_cpu; `None` when the
+    /// library is not loaded from there or lacks a function.
+    #[cfg(unix)]
+    fn load(py: Python<'_>, torch: &Bound<'_, PyAny>) -> Option<Shim> {
+        let file: String = torch
+            .getattr(intern!(py, "__file__"))
+            .ok()?
+            .extract()
+            .ok()?;
+        let name = if cfg!(target_os = "macos") {
+            "libtorch_cpu.dylib"
+        } else {
+            "libtorch_cpu.so"
+        };
+        let path = std::path::Path::new(&file).parent()?.join("lib").join(name);
+        let path = std::ffi::CString::new(path.into_os_string().into_encoded_bytes()).ok()?;
+        // SAFETY: `path` is a NUL-terminated string; RTLD_NOLOAD only
+        // returns a handle to a library the process has loaded already (no
+        // second copy of torch, no initialisers run). The handle is never
+        // closed, so the symbols below stay valid for the process.
+        let lib = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+        if lib.is_null() {
+            return None;
+        }
+        let sym = |name: &str| -> Option<*mut c_void> {
+            let name = std::ffi::CString::new(name).ok()?;
+            // SAFETY: `lib` is a live handle (above), `name` NUL-terminated.
+            let f = unsafe { libc::dlsym(lib, name.as_ptr()) };
+            (!f.is_null()).then_some(f)
+        };
+        macro_rules! func {
+            ($name:literal, $ty:ty) => {
+                // SAFETY: the symbol is the shim.h function of that name,
+                // whose C signature is the target type's (`AOTITorchError`
+                // is int32_t; `int64_t**` results are borrowed).
+                unsafe { std::mem::transmute::<*mut c_void, $ty>(sym($name)?) }
+            };
+        }
+        let constant = |name: &str| -> Option<i32> {
+            let f = sym(name)?;
+            // SAFETY: as above: `int32_t aoti_torch_...(void)`.
+            Some(unsafe { std::mem::transmute::<*mut c_void, Constant>(f)() })
+        };
+        let dtypes = DType::all()
+            .filter_map(|d| {
+                let code = constant(&format!("aoti_torch_dtype_{}", torch_type(d)?))?;
+                Some((code, d, d.element_bytes()? as u64))
+            })
+            .collect();
+        Some(Shim {
+            dim: func!("aoti_torch_get_dim", GetI64),
+            sizes: func!("aoti_torch_get_sizes", GetArray),
+            strides: func!("aoti_torch_get_strides", GetArray),
+            storage_offset: func!("aoti_torch_get_storage_offset", GetI64),
+            storage_size: func!("aoti_torch_get_storage_size", GetI64),
+            data_ptr: func!("aoti_torch_get_data_ptr", GetPtr),
+            dtype: func!("aoti_torch_get_dtype", GetI32),
+            device_type: func!("aoti_torch_get_device_type", GetI32),
+            layout: func!("aoti_torch_get_layout", GetI32),
+            cpu: constant("aoti_torch_device_type_cpu")?,
+            strided: constant("aoti_torch_layout_strided")?,
+            dtypes,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn load(_py: Python<'_>, _torch: &Bound<'_, PyAny>) -> Option<Shim> {
+        None
+    }
+
+    /// Whether the shim reads a strided, offset f16 view exactly as its
+    /// Python attributes do (checks that `_cdata` is the TensorImpl the shim
+    /// expects before any tensor of a user is read through it).
+    fn agrees(&self, py: Python<'_>, torch: &Bound<'_, PyAny>, t: &Torch) -> bool {
+        let probe = || -> PyResult<Bound<'_, PyAny>> {
+            let kw = pyo3::types::PyDict::new(py);
+            kw.set_item("dtype", torch.getattr("float16")?)?;
+            let base = torch.call_method("arange", (24,), Some(&kw))?;
+            // shape (5, 2), element strides (2, 11), offset 3 in a 48-byte storage
+            let v = base.get_item(pyo3::types::PySlice::new(py, 2, 24, 1))?;
+            let v = v.call_method1("view", (2, 11))?;
+            let v = v.call_method1("as_strided", ((5, 2), (2, 11), 3))?;
+            Ok(v)
+        };
+        let Ok(probe) = probe() else {
+            return false;
+        };
+        let Ok(Some(slow)) = python_parts(py, &probe, t) else {
+            return false;
+        };
+        let Ok(cdata) = probe.getattr("_cdata").and_then(|c| c.extract::<usize>()) else {
+            return false;
+        };
+        // SAFETY: `probe` is a live tensor we hold, `cdata` its `_cdata`;
+        // if `_cdata` were not a TensorImpl this read could go wrong, which
+        // is why it is made once, on a tensor of our own, at start-up.
+        let Some(fast) = (unsafe { self.read(cdata) }) else {
+            return false;
+        };
+        let same = fast.dtype == slow.dtype
+            && fast.shape == slow.layout.shape
+            && fast
+                .strides
+                .iter()
+                .map(|s| s * 2)
+                .eq(slow.layout.byte_strides.iter().copied())
+            && fast.offset * 2 == slow.layout.storage_offset
+            && fast.shape == [5, 2]
+            && fast.strides == [2, 11]
+            && fast.offset == 3;
+        let addr_same = matches!(slow.storage, Storage::InPlace { addr, len, .. }
+            if addr == fast.addr && len == fast.len && len == 48);
+        same && addr_same
+    }
+
+    /// The fields of the tensor whose TensorImpl is at `tensor_impl`, when it
+    /// is a CPU strided tensor of a dtype in [`Shim::dtypes`].
+    ///
+    /// # Safety
+    /// `tensor_impl` is the `_cdata` of a torch tensor the caller holds a
+    /// reference to, with the GIL, for the duration of the call.
+    unsafe fn read(&self, tensor_impl: usize) -> Option<TensorFields> {
+        let tensor = tensor_impl as *const c_void;
+        // the `at::Tensor`: one pointer to the TensorImpl
+        let handle: TensorHandle = &tensor;
+        let ok = |err: i32| (err == 0).then_some(());
+        let (mut device, mut layout, mut code) = (0i32, 0i32, 0i32);
+        // SAFETY: (every call below) `handle` points at a valid `at::Tensor`
+        // for this call (the caller's contract); each function writes only
+        // its out-parameter, a live local here, and reports failure (a C++
+        // exception caught by the shim) as a non-zero code.
+        unsafe {
+            ok((self.device_type)(handle, &mut device))?;
+            ok((self.layout)(handle, &mut layout))?;
+            if device != self.cpu || layout != self.strided {
+                return None;
+            }
+            ok((self.dtype)(handle, &mut code))?;
+            let &(_, dtype, element_bytes) = self.dtypes.iter().find(|(c, _, _)| *c == code)?;
+            let (mut dim, mut offset, mut len) = (0i64, 0i64, 0i64);
+            let (mut sizes, mut strides) = (std::ptr::null(), std::ptr::null());
+            let mut data: *mut c_void = std::ptr::null_mut();
+            ok((self.dim)(handle, &mut dim))?;
+            ok((self.sizes)(handle, &mut sizes))?;
+            ok((self.strides)(handle, &mut strides))?;
+            ok((self.storage_offset)(handle, &mut offset))?;
+            ok((self.storage_size)(handle, &mut len))?;
+            ok((self.data_ptr)(handle, &mut data))?;
+            let dim = usize::try_from(dim).ok()?;
+            let shape = if dim == 0 {
+                Vec::new()
+            } else {
+                if sizes.is_null() || strides.is_null() {
+                    return None;
+                }
+                // SAFETY: the shim returns borrowed pointers to the tensor's
+                // `dim` sizes and strides, alive while the tensor is and not
+                // changed while the GIL is held; copied out at once.
+                std::slice::from_raw_parts(sizes, dim)
+                    .iter()
+                    .map(|&n| u64::try_from(n).ok())
+                    .collect::<Option<Vec<u64>>>()?
+            };
+            let strides = if dim == 0 {
+                Vec::new()
+            } else {
+                // SAFETY: as for the sizes.
+                std::slice::from_raw_parts(strides, dim).to_vec()
+            };
+            let offset = u64::try_from(offset).ok()?;
+            // data_ptr() is element 0: the storage starts `offset` elements before
+            let addr = (data as usize)
+                .checked_sub(usize::try_from(offset.checked_mul(element_bytes)?).ok()?)?;
+            Some(TensorFields {
+                dtype,
+                element_bytes,
+                shape,
+                strides,
+                offset,
+                addr,
+                len: usize::try_from(len).ok()?,
+            })
+        }
+    }
+}
+
+/// `_torch_shim()`, for the tests: whether CPU torch tensors are read
+/// through torch's C shim (imports torch).
+#[pyfunction]
+pub(crate) fn _torch_shim(py: Python<'_>) -> PyResult<bool> {
+    py.import("torch")?;
+    Ok(torch(py)?.is_some_and(|t| t.shim.is_some()))
 }
 
 /// What `_describe` returns.

@@ -25,6 +25,7 @@ fn _tracedump(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compare::compare, m)?)?;
     m.add_function(wrap_pyfunction!(compare::report, m)?)?;
     m.add_function(wrap_pyfunction!(describe::_describe, m)?)?;
+    m.add_function(wrap_pyfunction!(describe::_torch_shim, m)?)?;
     m.add_function(wrap_pyfunction!(reader::_shard_files, m)?)?;
     m.add_function(wrap_pyfunction!(reader::_is_sharded, m)?)?;
     m.add_class::<reader::PyTrace>()?;

@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from tracedump import _layout
-from tracedump._tracedump import _describe
+from tracedump._tracedump import _describe, _torch_shim
+
+
+class _Subclass(torch.Tensor):
+    """A tensor subclass: read through its Python attributes, not the shim."""
 
 
 def _python_view(t):
@@ -47,6 +51,10 @@ def _torch_cases():
     yield "requires grad", torch.ones(3, 4, requires_grad=True)
     for dt in [torch.uint16, torch.uint32, torch.uint64, torch.float8_e4m3fn, torch.float8_e5m2]:
         yield str(dt), torch.zeros(6, 4, dtype=dt)[::2]
+    yield "scalar", torch.tensor(3.5)
+    yield "Parameter", torch.nn.Parameter(base[1])
+    yield "subclass", base[1:3].as_subclass(_Subclass)
+    yield "permuted f16 KV view", torch.zeros(1, 8, 256, 128, dtype=torch.float16).permute(0, 2, 1, 3)[0, 3:]
 
 
 @pytest.mark.parametrize("label,array", list(_numpy_cases()), ids=lambda x: x if isinstance(x, str) else "")
@@ -61,6 +69,14 @@ def test_torch_read_in_rust_as_in_python(label, tensor):
     fields = _describe(tensor)
     assert fields[-1], f"{label}: expected the Rust path"
     assert tuple(fields[:-1]) == tuple(_python_view(tensor)), label
+
+
+def test_torch_is_read_through_its_c_shim():
+    # torch.Tensor and Parameter are read through torch's stable C API
+    # (aoti_torch_get_sizes & co. from the loaded libtorch_cpu); if this
+    # torch lacks it, or `_cdata` stopped being the TensorImpl, the writer
+    # falls back to ten Python calls per tensor: slower, so this test says so.
+    assert _torch_shim(), f"torch {torch.__version__}: its C shim was not loaded or disagreed on the probe"
 
 
 def test_the_rest_goes_through_python():
