@@ -3,26 +3,53 @@
 //! conversion the compiler vectorizes. Both give the same bits for every
 //! one of the 65,536 f16 values (tested), and the same as the `half` crate.
 //!
-//! With `source.rs` (the memory map), one of the two files of the reader
-//! with `unsafe` code: the F16C loop below.
+//! One of the few places of the reader with `unsafe` code (with
+//! `source.rs`, the memory map; `pool.rs`, the helper threads; and
+//! `values.rs`, the length of a vector its rows were converted into): the
+//! F16C loop below.
 
-/// Append the f32 value of every f16 in `src` (as bits) to `out`.
-pub(crate) fn extend_f16_as_f32(out: &mut Vec<f32>, src: &[u16]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
-        out.reserve(src.len());
-        let len = out.len();
-        let dst = &mut out.spare_capacity_mut()[..src.len()];
-        // SAFETY: the CPU has F16C and AVX (checked just above), the one
-        // requirement of `f16_to_f32_f16c`; `dst` has room for `src.len()`
-        // values (reserved above).
-        unsafe { x86::f16_to_f32_f16c(src, dst.as_mut_ptr().cast::<f32>()) };
-        // SAFETY: `f16_to_f32_f16c` wrote all `src.len()` values after
-        // `len`, within the capacity.
-        unsafe { out.set_len(len + src.len()) };
-        return;
+use std::mem::MaybeUninit;
+
+/// f16 → f32 of slices, with the CPU's vector conversion where it has one
+/// (detected once, when made).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct F16ToF32 {
+    /// The CPU has F16C and AVX: only ever true when detected (`new`).
+    f16c: bool,
+}
+
+impl F16ToF32 {
+    pub(crate) fn new() -> F16ToF32 {
+        #[cfg(target_arch = "x86_64")]
+        let f16c = std::arch::is_x86_feature_detected!("f16c")
+            && std::arch::is_x86_feature_detected!("avx");
+        #[cfg(not(target_arch = "x86_64"))]
+        let f16c = false;
+        F16ToF32 { f16c }
     }
-    out.extend(src.iter().map(|&h| f16_bits_to_f32(h)));
+
+    /// Write the f32 value of every f16 in `src` (as bits) to `dst`, which
+    /// has the same length.
+    #[inline]
+    pub(crate) fn convert(self, src: &[u16], dst: &mut [MaybeUninit<f32>]) {
+        assert_eq!(
+            src.len(),
+            dst.len(),
+            "f16 -> f32 of slices of different lengths"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if self.f16c {
+            // SAFETY: the CPU has F16C and AVX (`f16c` is only true when
+            // `new` detected them), the one requirement of
+            // `f16_to_f32_f16c`; `dst` has room for `src.len()` values (the
+            // same length, asserted above).
+            unsafe { x86::f16_to_f32_f16c(src, dst.as_mut_ptr().cast::<f32>()) };
+            return;
+        }
+        for (d, &h) in dst.iter_mut().zip(src) {
+            d.write(f16_bits_to_f32(h));
+        }
+    }
 }
 
 /// IEEE binary16 → binary32, exact, branch-free so that loops of it
@@ -85,20 +112,30 @@ mod x86 {
 mod tests {
     use super::*;
 
+    /// `src` converted by `with` (the CPU's way, or the portable one).
+    fn convert_with(with: F16ToF32, src: &[u16]) -> Vec<f32> {
+        let mut dst = vec![MaybeUninit::new(f32::NAN); src.len()];
+        with.convert(src, &mut dst);
+        // SAFETY: every element was initialized (with NaN) above
+        dst.iter().map(|v| unsafe { v.assume_init() }).collect()
+    }
+
+    fn convert(src: &[u16]) -> Vec<f32> {
+        convert_with(F16ToF32::new(), src)
+    }
+
     #[test]
     fn every_f16_converts_as_half_does() {
         let all: Vec<u16> = (0..=u16::MAX).collect();
-        let mut fast = vec![1.5f32];
-        extend_f16_as_f32(&mut fast, &all);
-        assert_eq!(fast.remove(0), 1.5);
-        for (&h, f) in all.iter().zip(&fast) {
+        let fast = convert(&all);
+        let portable = convert_with(F16ToF32 { f16c: false }, &all);
+        for ((&h, f), p) in all.iter().zip(&fast).zip(&portable) {
             let want = half::f16::from_bits(h).to_f32().to_bits();
             assert_eq!(f16_bits_to_f32(h).to_bits(), want, "portable, {h:#06x}");
             assert_eq!(f.to_bits(), want, "slice path, {h:#06x}");
+            assert_eq!(p.to_bits(), want, "portable slice path, {h:#06x}");
         }
         // lengths that are not a multiple of 8 end on the portable path
-        let mut odd = Vec::new();
-        extend_f16_as_f32(&mut odd, &all[1000..1013]);
-        assert_eq!(odd, fast[1000..1013]);
+        assert_eq!(convert(&all[1000..1013]), fast[1000..1013]);
     }
 }

@@ -5,6 +5,7 @@ pub mod compare;
 mod error;
 pub mod gguf;
 mod halves;
+mod pool;
 #[cfg(feature = "report")]
 pub mod report;
 pub mod shards;

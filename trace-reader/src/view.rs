@@ -250,6 +250,10 @@ impl<'a> TensorView<'a> {
     /// The logical values as f32, row-major: block types dequantized
     /// (bit-exact with ggml's reference C), derived tensors rebuilt from
     /// their parents, f64 and 64-bit integers rounded.
+    ///
+    /// A large f32, f16 or bf16 view (256 KiB of f32 or more) is converted
+    /// by the calling thread together with the reader's helper thread(s),
+    /// where the machine has more than one core; the values are the same.
     pub fn to_f32(&self) -> Result<Vec<f32>, ReaderError> {
         if self.info.dtype == DType::F32 && !self.info.derived {
             if let Ok(s) = self.as_slice::<f32>() {
