@@ -249,7 +249,8 @@ pub(crate) fn gather_f32_with(
 /// 2^14 values 2.0 against 2.4 µs (one chunk: nothing to share), 3·2^13
 /// about even, 2^15 4.1 against 3.4 µs, 2^16 7.8 against 5.8 µs, 2^18 34
 /// against 20 µs. From 2^16 on the gain is a third or more, enough to pay
-/// for a helper that has to be woken (`shared_timing` below).
+/// for a helper that has to be woken (measured with `gather_f32_with`,
+/// `Threads::One` against `Threads::Shared`, 10 calls a round, 20 rounds).
 pub(crate) const SHARED_MIN_VALUES: u64 = 1 << 16;
 
 /// The size of the pieces of a shared conversion, in values: each
@@ -1081,37 +1082,5 @@ mod tests {
                 });
             }
         });
-    }
-
-    /// Not a test: the figures behind [`SHARED_MIN_VALUES`] (run with
-    /// `cargo test --release -p trace-reader --lib -- --ignored --nocapture shared_timing`).
-    #[test]
-    #[ignore]
-    fn shared_timing() {
-        let storage: Vec<u8> = (0..(1u32 << 22)).map(|i| (i % 251) as u8).collect();
-        for positions in [8u64, 16, 24, 32, 48, 64, 128, 256] {
-            let layout = Layout::contiguous(DType::F16, &[positions, 8, 128], 0)
-                .unwrap()
-                .permute(&[1, 0, 2])
-                .unwrap();
-            let mut best = [std::time::Duration::MAX; 2];
-            for _ in 0..20 {
-                for (b, threads) in best.iter_mut().zip([Threads::One, Threads::Shared]) {
-                    for _ in 0..10 {
-                        let start = std::time::Instant::now();
-                        let v = gather_f32_with(DType::F16, &layout, &storage, u64::MAX, threads);
-                        *b = (*b).min(start.elapsed());
-                        std::hint::black_box(v).unwrap();
-                    }
-                }
-            }
-            println!(
-                "{:>8} values ({:>5} KiB f32): one thread {:>7.2} µs, shared {:>7.2} µs",
-                layout.numel(),
-                layout.numel() * 4 / 1024,
-                best[0].as_secs_f64() * 1e6,
-                best[1].as_secs_f64() * 1e6
-            );
-        }
     }
 }
