@@ -21,6 +21,10 @@
 //! it leaves the task to the caller and parks, and callers on that CPU let it
 //! be for [`RETRY`] before they wake it again.
 //!
+//! `TRACEDUMP_THREADS=1` in the environment starts no helper at all (every
+//! conversion stays on its calling thread); `TRACEDUMP_THREADS=N` lets up to
+//! N threads share one ([`helper_count`]).
+//!
 //! One caller at a time uses the helpers: another caller that finds them
 //! busy runs its task alone (those cores are busy anyway). A pool that
 //! cannot start a thread has fewer helpers, or none: the work then runs on
@@ -121,8 +125,9 @@ fn pool() -> &'static Pool {
     POOL.get_or_init(|| {
         let start = Instant::now();
         let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        let wanted = helper_count(cores, std::env::var("TRACEDUMP_THREADS").ok().as_deref());
         let mut helpers = Vec::new();
-        for i in 0..cores.saturating_sub(1).min(MAX_HELPERS) {
+        for i in 0..wanted {
             let slot = Arc::new(Slot {
                 task: Mutex::new(None),
                 posted: AtomicBool::new(false),
@@ -148,6 +153,19 @@ fn pool() -> &'static Pool {
             start,
         }
     })
+}
+
+/// How many helpers to start on a machine with `cores` CPUs: one fewer
+/// than the threads that should share a conversion, which is every core up
+/// to [`MAX_HELPERS`] + 1, or `TRACEDUMP_THREADS` (`threads`) where it is a
+/// number: `1` keeps every conversion on its calling thread (no helper
+/// threads at all). Anything else there is ignored.
+fn helper_count(cores: usize, threads: Option<&str>) -> usize {
+    let threads = threads
+        .and_then(|t| t.trim().parse::<usize>().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(cores);
+    threads.saturating_sub(1).min(MAX_HELPERS)
 }
 
 /// How many helper threads the pool has (0 on a one-core machine, or where
@@ -309,6 +327,19 @@ mod tests {
             s.fetch_add(1, Ordering::Relaxed);
         });
         seen.into_iter().map(AtomicUsize::into_inner).collect()
+    }
+
+    #[test]
+    fn helper_count_follows_the_cores_and_tracedump_threads() {
+        assert_eq!(helper_count(1, None), 0);
+        assert_eq!(helper_count(2, None), 1);
+        assert_eq!(helper_count(64, None), MAX_HELPERS);
+        assert_eq!(helper_count(8, Some("1")), 0);
+        assert_eq!(helper_count(8, Some(" 2 ")), 1);
+        assert_eq!(helper_count(8, Some("99")), MAX_HELPERS);
+        // not a count: the default
+        assert_eq!(helper_count(2, Some("0")), 1);
+        assert_eq!(helper_count(2, Some("many")), 1);
     }
 
     #[test]

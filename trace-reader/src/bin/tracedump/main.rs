@@ -26,7 +26,7 @@ mod show;
     name = "tracedump",
     version,
     about = "Capture and inspect named tensors from ML inference engines; find where two runs part ways",
-    after_help = "Exit status: 0 success (diff: the runs agree), 1 diff found a divergence or verify a fault, 2 error.\nStart with: tracedump demo demo.tdump && tracedump diff demo.tdump demo.reference.tdump"
+    after_help = "Exit status: 0 success (diff: the runs agree), 1 diff found a divergence or verify a fault, 2 error.\nEnvironment: TRACEDUMP_THREADS=N lets at most N threads share a large conversion to f32 (default: the cores, up to 4; 1: the calling thread only).\nStart with: tracedump demo demo.tdump && tracedump diff demo.tdump demo.reference.tdump"
 )]
 struct Cli {
     #[command(subcommand)]
