@@ -438,12 +438,6 @@ struct Shim {
     dtypes: Vec<(i32, DType, u64)>,
 }
 
-// SAFETY: the function pointers are plain C functions of a library that is
-// never unloaded (`Shim::load` leaks its handle); the rest is plain data.
-unsafe impl Send for Shim {}
-// SAFETY: as for Send; the functions are called with the GIL held.
-unsafe impl Sync for Shim {}
-
 impl Shim {
     /// The shim of the loaded `torch` module's libtorch_cpu; `None` when the
     /// library is not loaded from there or lacks a function.
