@@ -453,16 +453,24 @@ impl Shim {
         } else {
             "libtorch_cpu.so"
         };
-        let path = std::path::Path::new(&file).parent()?.join("lib").join(name);
-        let path = std::ffi::CString::new(path.into_os_string().into_encoded_bytes()).ok()?;
-        // SAFETY: `path` is a NUL-terminated string; RTLD_NOLOAD only
-        // returns a handle to a library the process has loaded already (no
-        // second copy of torch, no initialisers run). The handle is never
-        // closed, so the symbols below stay valid for the process.
-        let lib = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
-        if lib.is_null() {
-            return None;
-        }
+        // torch/lib/ of the imported package; else the library of that
+        // name the process has loaded from elsewhere (a system libtorch)
+        let in_package = std::path::Path::new(&file).parent()?.join("lib").join(name);
+        let lib = [
+            in_package.into_os_string().into_encoded_bytes(),
+            name.into(),
+        ]
+        .into_iter()
+        .filter_map(|p| std::ffi::CString::new(p).ok())
+        .map(|path| {
+            // SAFETY: `path` is a NUL-terminated string; RTLD_NOLOAD
+            // only returns a handle to a library the process has loaded
+            // already (no second copy of torch, no initialisers run).
+            // The handle is never closed, so the symbols below stay
+            // valid for the process.
+            unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) }
+        })
+        .find(|lib| !lib.is_null())?;
         let sym = |name: &str| -> Option<*mut c_void> {
             let name = std::ffi::CString::new(name).ok()?;
             // SAFETY: `lib` is a live handle (above), `name` NUL-terminated.
