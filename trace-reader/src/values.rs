@@ -28,41 +28,8 @@ pub fn value_limit(file_len: u64) -> u64 {
 /// Call `f(offset)` for every element of a checked layout, row-major; the
 /// offsets are `storage_offset + Σ i·stride`, in whatever unit the layout's
 /// strides are (bytes, or elements for a block type's element layout).
-pub(crate) fn walk(layout: &Layout, mut f: impl FnMut(usize)) {
-    let shape = &layout.shape;
-    let strides = &layout.byte_strides;
-    if shape.contains(&0) {
-        return;
-    }
-    let nd = shape.len();
-    if nd == 0 {
-        f(layout.storage_offset as usize);
-        return;
-    }
-    let (inner_n, inner_s) = (shape[nd - 1], strides[nd - 1] as isize);
-    let mut idx = vec![0u64; nd - 1];
-    let mut base = layout.storage_offset as isize;
-    loop {
-        let mut o = base;
-        for _ in 0..inner_n {
-            f(o as usize);
-            o += inner_s;
-        }
-        let mut d = nd - 1;
-        loop {
-            if d == 0 {
-                return;
-            }
-            d -= 1;
-            idx[d] += 1;
-            base += strides[d] as isize;
-            if idx[d] < shape[d] {
-                break;
-            }
-            base -= strides[d] as isize * shape[d] as isize;
-            idx[d] = 0;
-        }
-    }
+pub(crate) fn walk(layout: &Layout, f: impl FnMut(usize)) {
+    walk_rows(layout, 0, layout.numel(), f);
 }
 
 /// A vector with room for `n` values, or an error instead of an abort.
@@ -458,8 +425,9 @@ fn convert_rows_shared(
 }
 
 /// Call `f(offset)` for the `count` elements of a checked layout from the
-/// `first` on (row-major), the offsets as [`walk`] gives them; for the rows
-/// of a view (its outer dimensions), a range at a time.
+/// `first` on (row-major), the offsets as [`walk`] gives them ([`walk`] is
+/// all of them; the rows of a view, its outer dimensions, go a range at a
+/// time).
 fn walk_rows(layout: &Layout, first: u64, count: u64, mut f: impl FnMut(usize)) {
     let (shape, strides) = (&layout.shape, &layout.byte_strides);
     if count == 0 || shape.contains(&0) {
