@@ -17,7 +17,8 @@
 //! This is the one file of the bindings with `unsafe` code: the storage
 //! bytes of such an array or tensor are read in place, as a slice made from
 //! the address the object reports, while a strong reference to the object
-//! and the GIL are held.
+//! and the GIL are held. The writer's weak references to owners are made
+//! here too, untracked by the cycle collector (`owner_weakref`).
 
 #![allow(unsafe_code)]
 
@@ -27,7 +28,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyType;
+use pyo3::types::{PyType, PyWeakrefReference};
 use std::ffi::c_void;
 use trace_format::{DType, Layout};
 
@@ -661,4 +662,27 @@ pub(crate) fn _describe<'py>(py: Python<'py>, t: &Bound<'py, PyAny>) -> PyResult
         bytes.len(),
         matches!(d.storage, Storage::InPlace { .. }),
     ))
+}
+
+/// A weak reference to `owner` that Python's cycle collector does not
+/// track (`None` if `owner` cannot be weakly referenced).
+///
+/// Each region holds one for as long as its owner lives, so a capture of
+/// thousands of tensors would otherwise add thousands of tracked objects
+/// that every full collection of the process walks: with 20,000 small
+/// torch tensors that cost more than the write itself. A weak reference
+/// without a callback holds no strong reference to anything and so can
+/// never be part of a reference cycle; untracking it changes nothing the
+/// collector can find (it clears weak references through the referent's
+/// list, tracked or not), as CPython itself untracks tuples and dicts that
+/// hold only atoms.
+pub(crate) fn owner_weakref(owner: &Bound<'_, PyAny>) -> Option<Py<PyWeakrefReference>> {
+    let weak = PyWeakrefReference::new(owner).ok()?;
+    // SAFETY: `weak` is a live weak reference object (we hold a strong
+    // reference to it) and the GIL is held (`owner` is bound to it);
+    // PyObject_GC_UnTrack does nothing to an object not tracked, and a
+    // basic weak reference without a callback (the kind `new` makes, or
+    // the one it shares) references nothing strongly.
+    unsafe { pyo3::ffi::PyObject_GC_UnTrack(weak.as_ptr().cast()) };
+    Some(weak.unbind())
 }

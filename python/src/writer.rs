@@ -17,8 +17,8 @@
 //!    a region later views can use).
 //! 3. Else the storage is recorded once and the tensor as a view of it.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use numpy::PyReadonlyArray1;
@@ -27,10 +27,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 use rustc_hash::FxHashMap;
 use trace_format::record::crc32c;
-use trace_writer::{EngineOp, Layout, Lineage, Op, TensorMeta, Writer};
+use trace_writer::{CaptureFilter, EngineOp, Layout, Lineage, Op, TensorMeta, Writer};
 
 use crate::convert::{dtype_from_name, py_to_metadata, py_to_op};
-use crate::describe::describe;
+use crate::describe::{describe, owner_weakref};
 use crate::errors::{writer_error, TraceError, TraceLayoutError};
 
 /// Bytes already in the file that later tensors can view.
@@ -55,8 +55,7 @@ struct Region {
 struct State {
     writer: Option<Writer>,
     regions: Regions,
-    /// Last record id of each name (for lineage parents given by name).
-    names: FxHashMap<String, u64>,
+    names: Names,
 }
 
 /// Records numpy arrays and torch tensors into a `.tdump` trace.
@@ -65,17 +64,75 @@ struct State {
 pub struct PyWriter {
     state: Mutex<State>,
     path: PathBuf,
+    /// The writer's capture filter, consulted before a tensor is described
+    /// (without the lock).
+    filter: CaptureFilter,
+    /// `close()` was called.
+    closed: AtomicBool,
 }
 
-/// The regions recorded so far, found by address: one ordered map per
-/// length class (lengths in `[2^c, 2^(c+1))`), so that the regions that
-/// may hold a byte range are those of each class whose start lies at most
-/// the class's longest length before it (a few range lookups, whatever
-/// the number of regions).
+/// The last record id of each name added, for lineage parents given by
+/// name. Names are appended to one buffer as they come (no allocation per
+/// record) and hashed only when a parent is first looked up by name.
+#[derive(Debug, Default)]
+struct Names {
+    bytes: String,
+    /// (end of the name in `bytes`, record id), in the order added; each
+    /// name starts where the previous one ends.
+    added: Vec<(usize, u64)>,
+    /// Last id of each name among `added[..indexed]`.
+    index: FxHashMap<String, u64>,
+    indexed: usize,
+}
+
+impl Names {
+    fn insert(&mut self, name: &str, id: u64) {
+        self.bytes.push_str(name);
+        self.added.push((self.bytes.len(), id));
+    }
+
+    fn get(&mut self, name: &str) -> Option<u64> {
+        let mut start = match self.indexed {
+            0 => 0,
+            n => self.added[n - 1].0,
+        };
+        for &(end, id) in &self.added[self.indexed..] {
+            self.index.insert(self.bytes[start..end].to_owned(), id);
+            start = end;
+        }
+        self.indexed = self.added.len();
+        self.index.get(name).copied()
+    }
+}
+
+/// No next region in a chain.
+const END: u32 = u32::MAX;
+
+/// A region in [`Regions`]' slab.
+#[derive(Debug)]
+struct Slot {
+    region: Region,
+    /// Order of addition (the newest region wins).
+    seq: u64,
+    /// The next (older) region of the same class and bucket, or [`END`].
+    next: u32,
+}
+
+/// The regions recorded so far, found by address. A region of length class
+/// `c` (lengths in `[2^c, 2^(c+1))`) that holds a byte range starts at most
+/// `2^(c+1) - 1` bytes before it, so it lies in one of two buckets of
+/// `2^(c+1)` start addresses: a lookup is two hash probes per class that
+/// has regions, and an addition one, whatever the number of regions.
 #[derive(Debug, Default)]
 struct Regions {
-    /// Keyed by (start address, sequence number).
-    classes: Vec<BTreeMap<(usize, u64), Region>>,
+    /// Every region, by slot; `None` slots are free (listed in `free`).
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    /// The newest region of each (class, bucket): the head of a chain
+    /// through [`Slot::next`], newest first.
+    heads: FxHashMap<(u32, usize), u32>,
+    /// Regions per class (classes without any are not probed).
+    per_class: Vec<u32>,
     count: usize,
     next_seq: u64,
     /// Count at which regions whose owner died are dropped (doubles, so
@@ -84,27 +141,83 @@ struct Regions {
 }
 
 impl Regions {
-    fn class(len: usize) -> usize {
-        (usize::BITS - 1 - len.max(1).leading_zeros()) as usize
+    fn class(len: usize) -> u32 {
+        usize::BITS - 1 - len.max(1).leading_zeros()
+    }
+
+    /// The bucket of start address `start` in class `c`.
+    fn bucket(c: u32, start: usize) -> usize {
+        start.checked_shr(c + 1).unwrap_or(0)
     }
 
     /// Add a region; first drop those whose owner died once their count
     /// reaches `prune_at`.
-    fn push(&mut self, py: Python<'_>, r: Region) {
+    fn push(&mut self, py: Python<'_>, region: Region) {
         if self.count >= self.prune_at.max(64) {
-            for class in &mut self.classes {
-                class.retain(|_, r| r.owner.bind(py).upgrade().is_some());
+            let dead: Vec<u32> = (0..self.slots.len() as u32)
+                .filter(|&i| {
+                    self.slots[i as usize]
+                        .as_ref()
+                        .is_some_and(|s| s.region.owner.bind(py).upgrade().is_none())
+                })
+                .collect();
+            for i in dead {
+                self.remove(i);
             }
-            self.count = self.classes.iter().map(BTreeMap::len).sum();
             self.prune_at = (self.count * 2).max(64);
         }
-        let c = Self::class(r.len);
-        if self.classes.len() <= c {
-            self.classes.resize_with(c + 1, BTreeMap::new);
-        }
-        self.classes[c].insert((r.start, self.next_seq), r);
+        let c = Self::class(region.len);
+        let key = (c, Self::bucket(c, region.start));
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let next = self.heads.insert(key, i).unwrap_or(END);
+        self.slots[i as usize] = Some(Slot {
+            region,
+            seq: self.next_seq,
+            next,
+        });
         self.next_seq += 1;
+        if self.per_class.len() <= c as usize {
+            self.per_class.resize(c as usize + 1, 0);
+        }
+        self.per_class[c as usize] += 1;
         self.count += 1;
+    }
+
+    /// Take slot `i` out of its chain and free it.
+    fn remove(&mut self, i: u32) {
+        let Some(slot) = self.slots[i as usize].take() else {
+            return;
+        };
+        let c = Self::class(slot.region.len);
+        let key = (c, Self::bucket(c, slot.region.start));
+        if self.heads.get(&key) == Some(&i) {
+            if slot.next == END {
+                self.heads.remove(&key);
+            } else {
+                self.heads.insert(key, slot.next);
+            }
+        } else {
+            let mut at = self.heads.get(&key).copied().unwrap_or(END);
+            while at != END {
+                let s = self.slots[at as usize]
+                    .as_mut()
+                    .expect("chained slots are full");
+                if s.next == i {
+                    s.next = slot.next;
+                    break;
+                }
+                at = s.next;
+            }
+        }
+        self.free.push(i);
+        self.per_class[c as usize] -= 1;
+        self.count -= 1;
     }
 
     /// The newest region holding the bytes `[lo, hi)` (absolute addresses)
@@ -120,29 +233,35 @@ impl Regions {
         buf: &[u8],
         crc_of: impl Fn(u64) -> Option<u32>,
     ) -> Option<&Region> {
-        let mut candidates: Vec<(u64, usize, usize)> = Vec::new();
-        for (c, class) in self.classes.iter().enumerate() {
-            if class.is_empty() {
+        let mut candidates: Vec<(u64, u32)> = Vec::new();
+        for c in 0..self.per_class.len() as u32 {
+            if self.per_class[c as usize] == 0 {
                 continue;
             }
             // the longest length of class c: 2^(c+1) - 1
-            let longest = 1usize
-                .checked_shl(c as u32 + 1)
-                .map_or(usize::MAX, |p| p - 1);
+            let longest = 1usize.checked_shl(c + 1).map_or(usize::MAX, |p| p - 1);
             let from = hi.saturating_sub(longest);
             if from > lo {
                 continue;
             }
-            for (&(start, seq), r) in class.range((from, 0)..=(lo, u64::MAX)) {
-                if start + r.len >= hi {
-                    candidates.push((seq, start, c));
+            let (first, last) = (Self::bucket(c, from), Self::bucket(c, lo));
+            for b in first..=last {
+                let mut at = self.heads.get(&(c, b)).copied().unwrap_or(END);
+                while at != END {
+                    let s = self.slots[at as usize]
+                        .as_ref()
+                        .expect("chained slots are full");
+                    let r = &s.region;
+                    if (from..=lo).contains(&r.start) && r.start + r.len >= hi {
+                        candidates.push((s.seq, at));
+                    }
+                    at = s.next;
                 }
             }
         }
         candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
-        let mut found = None;
-        for (seq, start, c) in candidates {
-            let Some(r) = self.classes[c].get_mut(&(start, seq)) else {
+        for (_, i) in candidates {
+            let Some(Slot { region: r, .. }) = self.slots[i as usize].as_mut() else {
                 continue;
             };
             if !(r.start >= base && r.start + r.len <= base + buf.len()) {
@@ -154,19 +273,16 @@ impl Regions {
             }
             let now = &buf[r.start - base..r.start - base + r.len];
             if !alive || r.crc != Some(crc32c(now)) {
-                self.classes[c].remove(&(start, seq));
-                self.count -= 1;
+                self.remove(i);
                 continue;
             }
-            found = Some((c, (start, seq)));
-            break;
+            return self.slots[i as usize].as_ref().map(|s| &s.region);
         }
-        found.map(|(c, key)| &self.classes[c][&key])
+        None
     }
 
     fn clear(&mut self) {
-        self.classes.clear();
-        self.count = 0;
+        *self = Regions::default();
     }
 }
 
@@ -253,10 +369,10 @@ fn parse_lineage(lineage: Option<&Bound<'_, PyAny>>) -> PyResult<(Lineage, Vec<P
     ))
 }
 
-fn resolve(names: &FxHashMap<String, u64>, p: ParentRef) -> PyResult<u64> {
+fn resolve(names: &mut Names, p: ParentRef) -> PyResult<u64> {
     match p {
         ParentRef::Id(id) => Ok(id),
-        ParentRef::Name(n) => names.get(&n).copied().ok_or_else(|| {
+        ParentRef::Name(n) => names.get(&n).ok_or_else(|| {
             PyValueError::new_err(format!(
                 "lineage parent `{n}` was not recorded by this writer"
             ))
@@ -336,9 +452,15 @@ impl PyWriter {
         for (k, v) in py_to_metadata(run_metadata)?.0 {
             meta.insert(k, v);
         }
-        let writer =
-            Writer::with_options(&path, meta, trace_writer::WriterOptions { mode, filter })
-                .map_err(writer_error)?;
+        let writer = Writer::with_options(
+            &path,
+            meta,
+            trace_writer::WriterOptions {
+                mode,
+                filter: filter.clone(),
+            },
+        )
+        .map_err(writer_error)?;
         if preallocate {
             writer.preallocate().map_err(writer_error)?;
         }
@@ -346,9 +468,11 @@ impl PyWriter {
             state: Mutex::new(State {
                 writer: Some(writer),
                 regions: Regions::default(),
-                names: FxHashMap::default(),
+                names: Names::default(),
             }),
             path,
+            filter,
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -368,12 +492,10 @@ impl PyWriter {
     /// Whether a tensor with this name, layer and step would be recorded.
     #[pyo3(signature = (name, *, layer=None, step=None))]
     fn wants(&self, name: &str, layer: Option<i64>, step: Option<i64>) -> PyResult<bool> {
-        let st = self.lock();
-        Ok(st
-            .writer
-            .as_ref()
-            .ok_or_else(|| self.closed())?
-            .wants(name, step, layer))
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(self.closed());
+        }
+        Ok(self.filter.accepts(name, step, layer))
     }
 
     /// Record a numpy array or torch tensor with its real layout; returns
@@ -411,9 +533,7 @@ impl PyWriter {
         if let Some((ne, nb)) = ggml {
             meta = meta.ggml_layout(&ne, &nb);
         }
-        let owner = PyWeakrefReference::new(&parts.owner)
-            .ok()
-            .map(Bound::unbind);
+        let owner = owner_weakref(&parts.owner);
         let buf = parts.storage.bytes()?;
         let base = buf.as_ptr() as usize;
         let (dtype, layout) = (parts.dtype, parts.layout);
@@ -425,7 +545,7 @@ impl PyWriter {
         let st = &mut *st;
         meta.lineage = lin;
         for p in parent_refs {
-            meta.lineage.parents.push(resolve(&st.names, p)?);
+            meta.lineage.parents.push(resolve(&mut st.names, p)?);
         }
         let w = st.writer.as_ref().ok_or_else(|| self.closed())?;
         let Some((lo, hi)) = span else {
@@ -434,7 +554,7 @@ impl PyWriter {
                 .add_tensor(name, dtype, &layout.shape, &[], meta)
                 .map_err(writer_error)?;
             if let Some(id) = id {
-                st.names.insert(name.to_owned(), id);
+                st.names.insert(name, id);
             }
             return Ok(id);
         };
@@ -517,7 +637,7 @@ impl PyWriter {
                 .map_err(writer_error)?
         };
         if let Some(id) = id {
-            st.names.insert(name.to_owned(), id);
+            st.names.insert(name, id);
         }
         Ok(id)
     }
@@ -558,7 +678,7 @@ impl PyWriter {
             .add_stats_of(name, dtype, &shape, bytes, meta)
             .map_err(writer_error)?;
         if let Some(id) = id {
-            st.names.insert(name.to_owned(), id);
+            st.names.insert(name, id);
         }
         Ok(id)
     }
@@ -601,7 +721,7 @@ impl PyWriter {
             .add_quantized(name, dtype, &shape, values, meta)
             .map_err(writer_error)?;
         if let Some(id) = id {
-            st.names.insert(name.to_owned(), id);
+            st.names.insert(name, id);
         }
         Ok(id)
     }
@@ -640,14 +760,14 @@ impl PyWriter {
         let mut st = self.lock();
         let st = &mut *st;
         for p in parent_refs {
-            meta.lineage.parents.push(resolve(&st.names, p)?);
+            meta.lineage.parents.push(resolve(&mut st.names, p)?);
         }
         let w = st.writer.as_ref().ok_or_else(|| self.closed())?;
         let id = w
             .add_derived(name, dtype, &shape, meta)
             .map_err(writer_error)?;
         if let Some(id) = id {
-            st.names.insert(name.to_owned(), id);
+            st.names.insert(name, id);
         }
         Ok(id)
     }
@@ -668,6 +788,7 @@ impl PyWriter {
         let w = {
             let mut st = self.lock();
             st.regions.clear();
+            self.closed.store(true, Ordering::Relaxed);
             st.writer.take()
         };
         let Some(w) = w else {

@@ -201,3 +201,51 @@ def test_bad_writer_options(tmp_path):
         tracedump.Writer(tmp_path / "b.tdump", mode="background", when_full="never")
     with pytest.raises(ValueError, match="include"):
         tracedump.Writer(tmp_path / "c.tdump", include="(")
+
+
+@pytest.mark.parametrize("mode", ["sync", "background"])
+def test_views_found_among_many_regions(tmp_path, mode):
+    """A random mix of arrays of many sizes (so many length classes and
+    address buckets), views of them, in-place changes and deaths: every
+    tensor reads back as it was when added, and a view of bytes recorded
+    earlier and unchanged since, whose owner lives, is a view of that
+    record rather than a copy."""
+    rng = np.random.default_rng(7)
+    p = tmp_path / "mix.tdump"
+    live = {}  # key -> [array, its record id while its bytes are unchanged, else None]
+    expected = {}  # name -> values when added
+    must_share = {}  # name -> a record id its bytes must come from
+    with tracedump.Writer(p, mode=mode) as w:
+        for i in range(3000):
+            action = rng.integers(0, 10)
+            if action < 3 or not live:
+                n = int(rng.choice([1, 3, 16, 64, 200, 1000, 5000]))
+                a = rng.standard_normal(n).astype(np.float32)
+                name = f"base{i}"
+                live[name] = [a, w.add(name, a)]
+                expected[name] = a.copy()
+            elif action < 7:
+                key = list(live)[rng.integers(0, len(live))]
+                a, rid = live[key]
+                lo = int(rng.integers(0, a.size))
+                hi = int(rng.integers(lo + 1, a.size + 1))
+                step = int(rng.choice([1, 1, 2, -1]))
+                v = a[lo:hi:step] if step > 0 else a[lo:hi][::-1]
+                name = f"view{i}"
+                w.add(name, v, lineage="auto" if i % 2 else None)
+                expected[name] = v.copy()
+                if rid is not None:
+                    must_share[name] = rid
+            elif action < 9:
+                key = list(live)[rng.integers(0, len(live))]
+                live[key][0][rng.integers(0, live[key][0].size)] += 1.0
+                live[key][1] = None  # changed since recorded
+            else:
+                del live[list(live)[rng.integers(0, len(live))]]
+    t = tracedump.open(p)
+    for name, values in expected.items():
+        assert np.array_equal(t[name].numpy(), values), name
+    for name, rid in must_share.items():
+        assert t[name].storage == rid, name
+    assert len(must_share) > 500
+    assert t.verify().ok
