@@ -41,25 +41,30 @@ fn disk_full_background_large_records() {
 
 /// The records fit, the footer does not: `finish()` says so, naming the
 /// file, and the file keeps every record.
+///
+/// The sync writer allocates the file up to 4 MiB ahead of its records
+/// (its mapped window, cut off at `finish`), so its footer must be larger
+/// than that to meet a full disk: 100,000 tiny records on a 24 MiB tmpfs.
 #[test]
 fn disk_full_at_finish_sync() {
-    footer_does_not_fit("sync", 5);
+    footer_does_not_fit("sync", 5, 100_000, 8, "24m");
 }
 
 #[test]
 fn disk_full_at_finish_background() {
-    footer_does_not_fit("background", 6);
+    // 3000 small records: a footer index of well over a page
+    footer_does_not_fit("background", 6, 3000, 256, FS_SIZE);
 }
 
-fn footer_does_not_fit(mode: &str, seed: u64) {
-    // 3000 small records: a footer index of well over a page
-    let (count, max_bytes) = (3000, 256);
+fn footer_does_not_fit(mode: &str, seed: u64, count: usize, max_bytes: usize, fs_size: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("fs");
     std::fs::create_dir(&mnt).unwrap();
     let trace = mnt.join("trace.tdump");
     let copy = dir.path().join("copy.tdump");
-    let out = run_on_small_fs(&mnt, "footer", mode, seed, count, max_bytes, &trace, &copy);
+    let out = run_on_small_fs(
+        &mnt, fs_size, "footer", mode, seed, count, max_bytes, &trace, &copy,
+    );
     let what = format!("{mode}, footer, plan seed {seed}");
     let f = parse(&out);
     assert!(f.error.is_none(), "{what}: {out}");
@@ -128,7 +133,9 @@ fn disk_full(mode: &str, seed: u64, count: usize, max_bytes: usize) {
     std::fs::create_dir(&mnt).unwrap();
     let trace = mnt.join("trace.tdump");
     let copy = dir.path().join("copy.tdump");
-    let out = run_on_small_fs(&mnt, "fill", mode, seed, count, max_bytes, &trace, &copy);
+    let out = run_on_small_fs(
+        &mnt, FS_SIZE, "fill", mode, seed, count, max_bytes, &trace, &copy,
+    );
     let what = format!("{mode}, plan seed {seed}, payloads up to {max_bytes} bytes");
     let f = parse(&out);
     let path = trace.display().to_string();
@@ -240,11 +247,12 @@ fn parse(out: &str) -> Filled {
 }
 
 /// Run the child writer's `task` with `trace` on a fresh tmpfs of
-/// [`FS_SIZE`] mounted at `mnt`, in a mount namespace of its own; returns
-/// its stdout.
+/// `fs_size` ([`FS_SIZE`] mostly) mounted at `mnt`, in a mount namespace of
+/// its own; returns its stdout.
 #[allow(clippy::too_many_arguments)]
 fn run_on_small_fs(
     mnt: &Path,
+    fs_size: &str,
     task: &str,
     mode: &str,
     seed: u64,
@@ -255,7 +263,7 @@ fn run_on_small_fs(
 ) -> String {
     // exit 97: the mount failed; the child prints `start` first thing
     let script = format!(
-        "mount -t tmpfs -o size={FS_SIZE} tracedump-test \"$1\" || exit 97; shift; exec \"$@\""
+        "mount -t tmpfs -o size={fs_size} tracedump-test \"$1\" || exit 97; shift; exec \"$@\""
     );
     let mut tried = Vec::new();
     for launcher in [&["unshare", "-rm"][..], &["unshare", "-m"][..]] {
@@ -291,7 +299,7 @@ fn run_on_small_fs(
         return stdout;
     }
     panic!(
-        "cannot mount a {FS_SIZE} tmpfs for the writer: this test needs unprivileged user \
+        "cannot mount a {fs_size} tmpfs for the writer: this test needs unprivileged user \
          namespaces (`unshare -rm`) or root (`unshare -m`), and util-linux's unshare:\n  {}",
         tried.join("\n  ")
     );

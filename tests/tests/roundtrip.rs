@@ -391,3 +391,62 @@ fn payload_crc_of_every_record() {
         assert!(Trace::open(&path).unwrap().verify().is_ok());
     }
 }
+
+/// The sync writer copies small records into a mapped, allocated stretch of
+/// the file (ext4, XFS, tmpfs) and writes large ones. Mixed in any order,
+/// every record reads back; a reader opening the file while it is written
+/// sees exactly the records added so far (the allocated bytes beyond them
+/// are zero: a torn tail, not records); `finish` cuts the file to its
+/// records and footer; and the writer's file is longer than its records
+/// while it writes (the window is in use) on tmpfs.
+#[test]
+fn sync_small_records_through_the_mapped_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shm = std::path::Path::new("/dev/shm");
+    let shm = shm.is_dir().then(|| tempfile::tempdir_in(shm).unwrap());
+    let dirs: Vec<&std::path::Path> = std::iter::once(tmp.path())
+        .chain(shm.as_ref().map(|d| d.path()))
+        .collect();
+    assert!(
+        cfg!(not(target_os = "linux")) || dirs.len() == 2,
+        "Linux has /dev/shm"
+    );
+    for dir in dirs {
+        let path = dir.join("window.tdump");
+        let w = Writer::create(&path, Metadata::new()).unwrap();
+        let mut rng = tracedump_tests::Rng::new(5);
+        let sizes = [0usize, 17, 256, 4000, (64 << 10) - 100, 70 << 10, 2 << 20];
+        let mut written = Vec::new();
+        let mut ahead = false;
+        for i in 0..400 {
+            let n = sizes[(rng.next_u64() % sizes.len() as u64) as usize];
+            let n = if n == 2 << 20 && i % 7 != 0 { 300 } else { n };
+            let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+            let name = format!("t{i}");
+            w.add_tensor(&name, DType::U8, &[n as u64], &bytes, TensorMeta::new())
+                .unwrap()
+                .unwrap();
+            written.push((name, bytes));
+            if i % 50 == 49 {
+                let live = Trace::open(&path).unwrap();
+                assert!(!live.is_finished());
+                assert_eq!(live.len(), written.len(), "{} after {i}", dir.display());
+                let (name, bytes) = written.last().unwrap();
+                assert!(live.view_by_name(name).unwrap().contiguous_bytes().unwrap() == &bytes[..]);
+                let file_len = std::fs::metadata(&path).unwrap().len();
+                ahead |= live.torn_tail().is_some_and(|t| t.offset < file_len);
+            }
+        }
+        let summary = w.finish().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), summary.bytes);
+        if cfg!(target_os = "linux") && dir.starts_with("/dev/shm") {
+            assert!(ahead, "the window is used on tmpfs");
+        }
+        let trace = Trace::open(&path).unwrap();
+        assert!(trace.is_finished() && trace.verify().is_ok());
+        for (name, bytes) in &written {
+            let v = trace.view_by_name(name).unwrap();
+            assert!(v.contiguous_bytes().unwrap() == &bytes[..], "{name}");
+        }
+    }
+}

@@ -59,7 +59,9 @@ pub enum WhenFull {
 /// How records reach the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// The recording thread frames and writes the record itself.
+    /// The recording thread frames and writes the record itself (small
+    /// ones into a shared mapping of the file where the file system
+    /// allows: see the crate README).
     Sync,
     /// The recording thread copies the bytes once into a queue; a writer
     /// thread does the I/O. At most `budget_bytes` wait in the queue, and at
@@ -458,6 +460,9 @@ impl Writer {
             path: path.clone(),
             error: source,
         })?;
+        if matches!(options.mode, Mode::Sync) {
+            sink.map_small_records();
+        }
         let shared = Arc::new(Shared {
             path,
             sink: Mutex::new(sink),
@@ -1032,8 +1037,9 @@ impl Writer {
                     checksum_inline: false,
                 };
                 // write-through: when add returns, the record is in the OS
-                // (one write for the framed record), so it survives a crash
-                // of this process, SIGKILL included
+                // (one write for the framed record, or a copy into the
+                // file's shared mapping: sink.rs), so it survives a crash of
+                // this process, SIGKILL included
                 match sink.append(&parts).and_then(|id| sink.flush().map(|()| id)) {
                     Ok(id) => {
                         if let Some(out) = payload_crc32c {

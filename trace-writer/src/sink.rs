@@ -1,7 +1,7 @@
 //! The file end of the writer: appends framed records and keeps the index.
 
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use trace_format::codec::IndexEntry;
@@ -52,7 +52,60 @@ fn write_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
 
 #[cfg(not(unix))]
 fn write_at(_file: &File, _bytes: &[u8], _offset: u64) -> io::Result<()> {
-    unreachable!("streaming writes are only used on unix")
+    unreachable!("streaming writes and mapped windows are only used on unix")
+}
+
+/// Records framed to at most this many bytes go through the mapped window
+/// (sync mode); larger ones are written with write().
+const MAPPED_RECORD_MAX: u64 = 64 << 10;
+
+/// Bytes of the file mapped (and allocated) at a time ahead of the records.
+const WINDOW_BYTES: u64 = 4 << 20;
+
+/// Window starts are multiples of this (a multiple of every page size).
+const WINDOW_ALIGN: u64 = 64 << 10;
+
+/// A stretch of the file, allocated and mapped shared, that small records
+/// are copied into: a record copied there is in the page cache, as after a
+/// write(), and survives the process (SIGKILL included) without a system
+/// call. The file is longer than its records meanwhile; the bytes after the
+/// last record are zero, which a reader takes for the end of the complete
+/// records (SPEC.md §2), and the sink cuts them off when it finishes or is
+/// dropped.
+#[derive(Debug)]
+struct Window {
+    map: memmap2::MmapMut,
+    /// File offset of `map[0]`.
+    start: u64,
+}
+
+/// Whether `file` lies on a file system where a store into a mapped page
+/// that `posix_fallocate` allocated can never fail for want of space: ext4,
+/// XFS and tmpfs. A store that cannot be backed is a SIGBUS, not an error,
+/// so copy-on-write file systems (btrfs, ZFS: an allocated block may still
+/// need a new one when written), network and FUSE file systems, overlayfs
+/// and any other get records written instead.
+#[cfg(target_os = "linux")]
+fn backs_mapped_stores(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    const EXT4: u64 = 0xEF53;
+    const XFS: u64 = 0x5846_5342;
+    const TMPFS: u64 = 0x0102_1994;
+    let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs writes a `statfs` into the buffer it is given, which
+    // is one, on the open descriptor of `file`; it is read only on success.
+    let ok = unsafe { libc::fstatfs(file.as_raw_fd(), fs.as_mut_ptr()) } == 0;
+    if !ok {
+        return false;
+    }
+    // SAFETY: fstatfs succeeded, so it filled the whole struct.
+    let kind = unsafe { fs.assume_init() }.f_type as u64 & 0xFFFF_FFFF;
+    [EXT4, XFS, TMPFS].contains(&kind)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn backs_mapped_stores(_file: &File) -> bool {
+    false
 }
 
 /// Appends records to the file; owns the footer index.
@@ -60,6 +113,16 @@ fn write_at(_file: &File, _bytes: &[u8], _offset: u64) -> io::Result<()> {
 pub(crate) struct Sink {
     file: BufWriter<File>,
     offset: u64,
+    /// Small records are copied into a mapped window of the file (sync
+    /// mode on Linux; [`Sink::map_small_records`]).
+    map_small: bool,
+    window: Option<Window>,
+    /// The file cursor is behind `offset` (records went into the window).
+    cursor_behind: bool,
+    /// The file may extend beyond `offset` (a window was allocated), so a
+    /// record's end no longer shows a partial write: written records get
+    /// their header last.
+    ahead: bool,
     index: Vec<IndexEntry>,
     names: Vec<u8>,
     /// crc32c of every record's payload, by record id (callers that
@@ -69,17 +132,157 @@ pub(crate) struct Sink {
 
 impl Sink {
     pub fn create(path: &Path) -> io::Result<Sink> {
-        let file = File::create(path)?;
+        // read as well as write: a shared mapping needs both
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
         let mut file = BufWriter::with_capacity(STREAM_BYTES, file);
         let header = encode_file_header();
         file.write_all(&header)?;
         Ok(Sink {
             file,
             offset: header.len() as u64,
+            map_small: false,
+            window: None,
+            cursor_behind: false,
+            ahead: false,
             index: Vec::new(),
             names: Vec::new(),
             payload_crcs: Vec::new(),
         })
+    }
+
+    /// Copy small records into a mapped window of the file instead of
+    /// writing each (the sync writer, which makes every record reach the
+    /// OS before `add` returns: one system call fewer per record). Only on
+    /// Linux and on file systems whose `fallocate` reserves the blocks a
+    /// later store into the mapping needs ([`backs_mapped_stores`]);
+    /// elsewhere, and wherever the file cannot be allocated ahead (a full
+    /// disk), records are written.
+    pub fn map_small_records(&mut self) {
+        self.map_small = backs_mapped_stores(self.file.get_ref());
+    }
+
+    /// The mapped bytes for `[at, at + len)`, mapping a new window when the
+    /// current one does not hold them; `None` when that cannot be done (the
+    /// caller writes instead, and mapping stays off from then on).
+    fn window_for(&mut self, at: u64, len: u64) -> Option<&mut [u8]> {
+        let inside = |w: &Window| at >= w.start && at + len <= w.start + w.map.len() as u64;
+        if !self.window.as_ref().is_some_and(inside) {
+            self.window = None;
+            match self.map_window(at) {
+                Ok(w) => {
+                    self.window = Some(w);
+                    self.ahead = true;
+                }
+                Err(_) => {
+                    // written from now on; the zero bytes allocated beyond
+                    // `offset` are overwritten or cut off by `finish`
+                    self.map_small = false;
+                    return None;
+                }
+            }
+        }
+        let w = self.window.as_mut()?;
+        let from = (at - w.start) as usize;
+        w.map.get_mut(from..from + len as usize)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn map_window(&mut self, at: u64) -> io::Result<Window> {
+        use std::os::fd::AsRawFd;
+        self.file.flush()?;
+        let start = at - at % WINDOW_ALIGN;
+        let file = self.file.get_ref();
+        let (Ok(off), Ok(len)) = (
+            libc::off_t::try_from(start),
+            libc::off_t::try_from(WINDOW_BYTES),
+        ) else {
+            return Err(io::Error::other("window offset out of range"));
+        };
+        // allocate the blocks first: a store to a mapped page the file
+        // system cannot back would be a SIGBUS, not an error
+        // SAFETY: a plain system call on the open descriptor of `file`.
+        let err = unsafe { libc::posix_fallocate(file.as_raw_fd(), off, len) };
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err));
+        }
+        // SAFETY: `file` is this sink's own file, created (truncated) by it
+        // and written only through it; the range was just allocated, so
+        // every page of the mapping is backed. Another process truncating
+        // the file while it is written would make a store fault (SIGBUS):
+        // the same contract as any writer that maps its output.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(start)
+                .len(WINDOW_BYTES as usize)
+                .map_mut(file)?
+        };
+        Ok(Window { map, start })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn map_window(&mut self, _at: u64) -> io::Result<Window> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+
+    /// Copy a small record into the mapped window; false when it is not
+    /// small or no window can be had (the caller writes it).
+    fn append_mapped(
+        &mut self,
+        at: u64,
+        total: u64,
+        header: &[u8],
+        head: &[u8],
+        payload: &[&[u8]],
+    ) -> bool {
+        if !self.map_small || total > MAPPED_RECORD_MAX {
+            return false;
+        }
+        let Some(dst) = self.window_for(at, total) else {
+            return false;
+        };
+        // the body first, the header last: a process killed in between
+        // leaves zero header bytes, which end the complete records (as for
+        // a large record, SPEC.md §2), never a valid header over a partial body
+        let (head_bytes, body) = dst.split_at_mut(header.len());
+        let mut pos = 0;
+        for piece in std::iter::once(head).chain(payload.iter().copied()) {
+            body[pos..pos + piece.len()].copy_from_slice(piece);
+            pos += piece.len();
+        }
+        body[pos..].fill(0);
+        // the stores above come before the header's, for this thread (a
+        // kill) and for other cores reading the file while it grows
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        head_bytes.copy_from_slice(header);
+        self.cursor_behind = true;
+        true
+    }
+
+    /// Put the file cursor at `offset` before a write, if records went
+    /// into the window since the last one.
+    fn catch_up_cursor(&mut self) -> io::Result<()> {
+        if self.cursor_behind {
+            self.file.seek(SeekFrom::Start(self.offset))?;
+            self.cursor_behind = false;
+        }
+        Ok(())
+    }
+
+    /// Cut the file after the last record: the allocated window beyond it
+    /// goes.
+    fn trim(&mut self) -> io::Result<()> {
+        self.window = None;
+        if self.ahead {
+            self.file.flush()?;
+            self.file.get_ref().set_len(self.offset)?;
+            self.ahead = false;
+        }
+        Ok(())
     }
 
     /// The crc32c of record `id`'s payload, once it is appended.
@@ -115,6 +318,30 @@ impl Sink {
             }
             .encode()
         };
+        // below the streaming size, the payload's own crc is kept
+        // (payload_crcs); the record's is the head's combined with it, or,
+        // for a small payload, the head's continued over it (cheaper than a
+        // combine)
+        let crcs = || {
+            let payload_crc = r.payload_crc32c.unwrap_or_else(|| crc32c_pieces(r.payload));
+            let crc = if r.payload_crc32c.is_some() || payload_len >= COMBINE_MIN_BYTES {
+                crc32c_combine(head_crc, payload_crc, payload_len)
+            } else {
+                r.payload
+                    .iter()
+                    .fold(head_crc, |crc, p| crc32c_append(crc, p))
+            };
+            (payload_crc, crc)
+        };
+        let mapped_total = next - record_offset;
+        if payload_len < STREAM_BYTES && mapped_total <= MAPPED_RECORD_MAX && self.map_small {
+            let (payload_crc, crc) = crcs();
+            if self.append_mapped(record_offset, mapped_total, &header(crc), &head, r.payload) {
+                self.payload_crcs.push(payload_crc);
+                return Ok(self.indexed(r, id, record_offset, next, body_len));
+            }
+        }
+        self.catch_up_cursor()?;
         if cfg!(unix) && payload_len >= STREAM_BYTES {
             // Large payload: checksum it on a second thread while this one
             // writes it, and write the header last, in place. Until then the
@@ -161,25 +388,39 @@ impl Sink {
             write_at(self.file.get_ref(), &header(crc), record_offset)?;
             self.payload_crcs.push(payload_crc);
         } else {
-            // the payload's own crc is kept (payload_crcs); the record's is
-            // the head's combined with it, or, for a small payload, the
-            // head's continued over it (cheaper than a combine)
-            let payload_crc = r.payload_crc32c.unwrap_or_else(|| crc32c_pieces(r.payload));
-            let crc = if r.payload_crc32c.is_some() || payload_len >= COMBINE_MIN_BYTES {
-                crc32c_combine(head_crc, payload_crc, payload_len)
-            } else {
-                r.payload
-                    .iter()
-                    .fold(head_crc, |crc, p| crc32c_append(crc, p))
-            };
+            let (payload_crc, crc) = crcs();
             self.payload_crcs.push(payload_crc);
-            self.file.write_all(&header(crc))?;
+            // with the file allocated beyond this record, a write cut short
+            // would leave a valid header over zeros: the header goes last
+            let header_last = self.ahead;
+            if header_last {
+                self.file
+                    .write_all(&[0u8; record::RECORD_HEADER_BYTES as usize])?;
+            } else {
+                self.file.write_all(&header(crc))?;
+            }
             self.file.write_all(&head)?;
             for piece in r.payload {
                 self.file.write_all(piece)?;
             }
             self.file.write_all(&ZEROS[..pad])?;
+            if header_last {
+                self.file.flush()?;
+                write_at(self.file.get_ref(), &header(crc), record_offset)?;
+            }
         }
+        Ok(self.indexed(r, id, record_offset, next, body_len))
+    }
+
+    /// Enter an appended record in the index; returns its id.
+    fn indexed(
+        &mut self,
+        r: &RecordParts<'_>,
+        id: u64,
+        record_offset: u64,
+        next: u64,
+        body_len: u64,
+    ) -> u64 {
         self.offset = next;
         let name_offset = self.names.len() as u64;
         self.names.extend_from_slice(r.name.as_bytes());
@@ -192,7 +433,7 @@ impl Sink {
             name_offset,
             name_len: r.name.len() as u32,
         });
-        Ok(id)
+        id
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -206,10 +447,19 @@ impl Sink {
 
     /// Write the footer and trailer; returns (records, file bytes).
     pub fn finish(&mut self) -> io::Result<(u64, u64)> {
+        self.trim()?;
+        self.catch_up_cursor()?;
         let tail = frame_footer(self.offset, &self.index, &self.names);
         self.file.write_all(&tail)?;
         self.file.flush()?;
         self.offset += tail.len() as u64;
         Ok((self.next_id(), self.offset))
+    }
+}
+
+impl Drop for Sink {
+    /// An unfinished sink still cuts the window's zero bytes off the file.
+    fn drop(&mut self) {
+        let _ = self.trim();
     }
 }
