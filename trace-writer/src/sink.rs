@@ -77,6 +77,45 @@ struct Window {
     map: memmap2::MmapMut,
     /// File offset of `map[0]`.
     start: u64,
+    /// `map[..populated]` was faulted in writable ([`Window::populate`]).
+    populated: usize,
+}
+
+/// Bytes of a window faulted in at a time, ahead of the records.
+const POPULATE_BYTES: usize = 256 << 10;
+
+impl Window {
+    /// Fault `map[..end]` in writable, [`POPULATE_BYTES`] at a time ahead
+    /// of the records, before anything is stored there. One call for 64
+    /// pages costs less than 64 separate faults amid the caller's work
+    /// (Python `Writer` create, 20,000 `add` of 256 B torch tensors, close:
+    /// 1.99, 1.95 and 2.08 µs a tensor with it against 2.09, 2.15 and 2.18
+    /// without, alternating runs), and a page that cannot be backed is an
+    /// error here, not a SIGBUS at the store. Kernels before 5.14 lack it
+    /// (`EINVAL`): their pages fault in at the stores.
+    #[cfg(target_os = "linux")]
+    fn populate(&mut self, end: usize) -> io::Result<()> {
+        if end <= self.populated {
+            return Ok(());
+        }
+        let to = end.max(self.populated + POPULATE_BYTES).min(self.map.len());
+        match self.map.advise_range(
+            memmap2::Advice::PopulateWrite,
+            self.populated,
+            to - self.populated,
+        ) {
+            Err(e) if e.raw_os_error() != Some(libc::EINVAL) => return Err(e),
+            _ => {}
+        }
+        self.populated = to;
+        Ok(())
+    }
+
+    /// Windows are only mapped on Linux.
+    #[cfg(not(target_os = "linux"))]
+    fn populate(&mut self, _end: usize) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Whether `file` lies on a file system where a store into a mapped page
@@ -188,6 +227,13 @@ impl Sink {
         }
         let w = self.window.as_mut()?;
         let from = (at - w.start) as usize;
+        if w.populate(from + len as usize).is_err() {
+            // the file system cannot back these pages: written from now on
+            self.window = None;
+            self.map_small = false;
+            return None;
+        }
+        let w = self.window.as_mut()?;
         w.map.get_mut(from..from + len as usize)
     }
 
@@ -221,7 +267,11 @@ impl Sink {
                 .len(WINDOW_BYTES as usize)
                 .map_mut(file)?
         };
-        Ok(Window { map, start })
+        Ok(Window {
+            map,
+            start,
+            populated: 0,
+        })
     }
 
     #[cfg(not(target_os = "linux"))]
