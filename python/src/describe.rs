@@ -282,7 +282,8 @@ fn torch(py: Python<'_>) -> PyResult<Option<&'static Torch>> {
         dtypes,
         shim: None,
     };
-    t.shim = Shim::load(py, &torch).filter(|shim| shim.agrees(py, &torch, &t));
+    t.shim =
+        Shim::load(py, &torch).and_then(|mut shim| shim.agrees(py, &torch, &t).then_some(shim));
     Ok(Some(TORCH.get_or_init(py, || t)))
 }
 
@@ -349,10 +350,19 @@ fn shim_parts<'py>(
     t: &Bound<'py, PyAny>,
     shim: &Shim,
 ) -> PyResult<Option<Described<'py>>> {
-    let tensor_impl: usize = t.getattr(intern!(py, "_cdata"))?.extract()?;
-    // SAFETY: `tensor_impl` is what `_cdata` of `t`, an exact torch.Tensor
-    // or Parameter, just returned: its TensorImpl (checked on a probe tensor
-    // by `Shim::agrees` before the shim is used). `t` is borrowed for this
+    let tensor_impl: usize = if shim.handle_in_object {
+        // SAFETY: `t` is an exact torch.Tensor or Parameter, whose objects
+        // are at least `CDATA_OFFSET + 8` bytes (their `__basicsize__`,
+        // checked with the layout in `Shim::agrees`) and hold the
+        // TensorImpl pointer there; `t` is borrowed, so alive, for this
+        // whole call.
+        unsafe { in_object_tensor_impl(t) }
+    } else {
+        t.getattr(intern!(py, "_cdata"))?.extract()?
+    };
+    // SAFETY: `tensor_impl` is the TensorImpl of `t`, an exact torch.Tensor
+    // or Parameter: what its `_cdata` returns (checked on probe tensors by
+    // `Shim::agrees` before the shim is used). `t` is borrowed for this
     // whole call and keeps the TensorImpl alive; the GIL is held and no
     // Python code runs before the fields are copied out.
     let Some(fields) = (unsafe { shim.read(tensor_impl) }) else {
@@ -363,6 +373,61 @@ fn shim_parts<'py>(
     }
     let storage = t.call_method0(intern!(py, "untyped_storage"))?;
     in_place(t, fields, storage)
+}
+
+/// Whether every exact tensor type in `t.plain_types` holds its TensorImpl
+/// pointer right after the object header: objects that long (`__basicsize__`)
+/// and, on the probe and on a Parameter and a fresh tensor, the word there
+/// is what `_cdata` returns.
+fn handle_in_object(
+    py: Python<'_>,
+    torch: &Bound<'_, PyAny>,
+    t: &Torch,
+    probe: &Bound<'_, PyAny>,
+) -> bool {
+    let long_enough = t.plain_types.iter().all(|ty| {
+        ty.bind(py)
+            .getattr("__basicsize__")
+            .and_then(|b| b.extract::<usize>())
+            .is_ok_and(|b| b >= CDATA_OFFSET + std::mem::size_of::<usize>())
+    });
+    if !long_enough {
+        return false;
+    }
+    let mut samples = vec![probe.clone()];
+    if let Ok(fresh) = torch.call_method1("zeros", (3,)) {
+        if let Ok(param) = torch
+            .getattr("nn")
+            .and_then(|nn| nn.getattr("Parameter"))
+            .and_then(|p| p.call1((fresh.clone(),)))
+        {
+            samples.push(param);
+        }
+        samples.push(fresh);
+    }
+    samples.len() == 3
+        && samples.iter().all(|s| {
+            let plain = t.plain_types.iter().any(|ty| s.get_type().is(ty.bind(py)));
+            let cdata = s.getattr("_cdata").and_then(|c| c.extract::<usize>());
+            // SAFETY: `s` is a live object of a type whose objects are long
+            // enough (checked above).
+            plain && cdata.is_ok_and(|c| c != 0 && c == unsafe { in_object_tensor_impl(s) })
+        })
+}
+
+/// The TensorImpl pointer a torch tensor object holds after its header.
+///
+/// # Safety
+/// `t` is a live object at least `CDATA_OFFSET + 8` bytes long.
+unsafe fn in_object_tensor_impl(t: &Bound<'_, PyAny>) -> usize {
+    // SAFETY: the caller's contract: the read lies inside the object.
+    unsafe {
+        t.as_ptr()
+            .cast::<u8>()
+            .add(CDATA_OFFSET)
+            .cast::<usize>()
+            .read_unaligned()
+    }
 }
 
 /// What a torch tensor reports of itself (strides and offset in elements).
@@ -437,7 +502,19 @@ struct Shim {
     strided: i32,
     /// torch's dtype codes with our dtype and element size.
     dtypes: Vec<(i32, DType, u64)>,
+    /// The tensor object holds its `at::Tensor` right after the Python
+    /// object header (torch's `THPVariable`: `PyObject_HEAD; at::Tensor
+    /// cdata;`, as in torch 2.15), so a `torch.Tensor` or `Parameter` gives
+    /// its shim handle without a `_cdata` call: checked on probe tensors of
+    /// both types in [`Shim::agrees`]; `false` for a torch that lays it out
+    /// otherwise (older ones hold an `at::MaybeOwned<at::Tensor>`), which
+    /// calls `_cdata`.
+    handle_in_object: bool,
 }
+
+/// Offset of `THPVariable::cdata` in a tensor object: the Python object
+/// header's size.
+const CDATA_OFFSET: usize = std::mem::size_of::<pyo3::ffi::PyObject>();
 
 impl Shim {
     /// The shim of the loaded `torch` module's libtorch_cpu; `None` when the
@@ -510,6 +587,7 @@ impl Shim {
             cpu: constant("aoti_torch_device_type_cpu")?,
             strided: constant("aoti_torch_layout_strided")?,
             dtypes,
+            handle_in_object: false,
         })
     }
 
@@ -521,7 +599,7 @@ impl Shim {
     /// Whether the shim reads a strided, offset f16 view exactly as its
     /// Python attributes do (checks that `_cdata` is the TensorImpl the shim
     /// expects before any tensor of a user is read through it).
-    fn agrees(&self, py: Python<'_>, torch: &Bound<'_, PyAny>, t: &Torch) -> bool {
+    fn agrees(&mut self, py: Python<'_>, torch: &Bound<'_, PyAny>, t: &Torch) -> bool {
         let probe = || -> PyResult<Bound<'_, PyAny>> {
             let kw = pyo3::types::PyDict::new(py);
             kw.set_item("dtype", torch.getattr("float16")?)?;
@@ -560,7 +638,11 @@ impl Shim {
             && fast.offset == 3;
         let addr_same = matches!(slow.storage, Storage::InPlace { addr, len, .. }
             if addr == fast.addr && len == fast.len && len == 48);
-        same && addr_same
+        if !(same && addr_same) {
+            return false;
+        }
+        self.handle_in_object = handle_in_object(py, torch, t, &probe);
+        true
     }
 
     /// The fields of the tensor whose TensorImpl is at `tensor_impl`, when it
@@ -634,12 +716,15 @@ impl Shim {
     }
 }
 
-/// `_torch_shim()`, for the tests: whether CPU torch tensors are read
-/// through torch's C shim (imports torch).
+/// `_torch_shim()`, for the tests: `(shim, handle_in_object)`, whether CPU
+/// torch tensors are read through torch's C shim, and whether their shim
+/// handle is found in the tensor object without a `_cdata` call (imports
+/// torch).
 #[pyfunction]
-pub(crate) fn _torch_shim(py: Python<'_>) -> PyResult<bool> {
+pub(crate) fn _torch_shim(py: Python<'_>) -> PyResult<(bool, bool)> {
     py.import("torch")?;
-    Ok(torch(py)?.is_some_and(|t| t.shim.is_some()))
+    let shim = torch(py)?.and_then(|t| t.shim.as_ref());
+    Ok((shim.is_some(), shim.is_some_and(|s| s.handle_in_object)))
 }
 
 /// What `_describe` returns.

@@ -3,6 +3,9 @@
 `tracedump._layout.describe`: both must see the same dtype, shape, byte
 strides, offset and storage bytes."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -76,7 +79,17 @@ def test_torch_is_read_through_its_c_shim():
     # (aoti_torch_get_sizes & co. from the loaded libtorch_cpu); if this
     # torch lacks it, or `_cdata` stopped being the TensorImpl, the writer
     # falls back to ten Python calls per tensor: slower, so this test says so.
-    assert _torch_shim(), f"torch {torch.__version__}: its C shim was not loaded or disagreed on the probe"
+    shim, handle_in_object = _torch_shim()
+    assert shim, f"torch {torch.__version__}: its C shim was not loaded or disagreed on the probe"
+    # where torch's THPVariable holds its at::Tensor right after the object
+    # header (its installed header says so), the handle is read from the
+    # tensor object without a `_cdata` call per tensor (checked on probe
+    # tensors before use); an older layout (at::MaybeOwned) calls `_cdata`
+    header = Path(torch.__file__).parent / "include/torch/csrc/autograd/python_variable.h"
+    struct = re.search(r"struct THPVariable \{\s*PyObject_HEAD\s*(//[^\n]*\s*)*([\w:<>]+) cdata;",
+                       header.read_text())
+    assert struct, f"{header}: no THPVariable struct found"
+    assert handle_in_object == (struct.group(2) == "at::Tensor"), struct.group(0)
 
 
 def test_the_rest_goes_through_python():
