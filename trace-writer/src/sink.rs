@@ -326,10 +326,15 @@ impl Sink {
     /// Cut the file after the last record: the allocated window beyond it
     /// goes.
     fn trim(&mut self) -> io::Result<()> {
+        self.trim_to(self.offset)
+    }
+
+    /// Cut (or extend) the file to `len` bytes if it was allocated ahead.
+    fn trim_to(&mut self, len: u64) -> io::Result<()> {
         self.window = None;
         if self.ahead {
             self.file.flush()?;
-            self.file.get_ref().set_len(self.offset)?;
+            self.file.get_ref().set_len(len)?;
             self.ahead = false;
         }
         Ok(())
@@ -497,9 +502,13 @@ impl Sink {
 
     /// Write the footer and trailer; returns (records, file bytes).
     pub fn finish(&mut self) -> io::Result<(u64, u64)> {
-        self.trim()?;
-        self.catch_up_cursor()?;
         let tail = frame_footer(self.offset, &self.index, &self.names);
+        // the bytes allocated ahead are cut where the footer will end, not
+        // at the last record: a reader scanning the file meanwhile reads the
+        // zero header there, and a page gone from under its mapping would
+        // be a SIGBUS in the reader
+        self.trim_to(self.offset + tail.len() as u64)?;
+        self.catch_up_cursor()?;
         self.file.write_all(&tail)?;
         self.file.flush()?;
         self.offset += tail.len() as u64;
