@@ -6,7 +6,8 @@
 //! torch tensor of a known dtype (its storage is the tensor's whole untyped
 //! storage). A `torch.Tensor` or `Parameter` is read through torch's stable
 //! C shim (`aoti_torch_get_sizes` & co., in the libtorch_cpu the process
-//! has loaded), given the TensorImpl its `_cdata` names: three Python calls
+//! has loaded), given the TensorImpl the tensor object holds (or its
+//! `_cdata` names, in a torch laid out otherwise): two or three Python calls
 //! instead of ten. The shim is used once it has read a probe tensor exactly
 //! as the Python attributes do; other tensor types, or a torch without it,
 //! take the attribute path. Everything else goes through
@@ -344,7 +345,8 @@ fn python_parts<'py>(
 }
 
 /// [`torch_parts`] of a `torch.Tensor` or `Parameter`, read through [`Shim`]:
-/// three Python calls (`_cdata`, `is_neg()`, `untyped_storage()`) instead of ten.
+/// two Python calls (`is_neg()`, `untyped_storage()`; three with `_cdata`
+/// where the handle is not read from the object) instead of ten.
 fn shim_parts<'py>(
     py: Python<'py>,
     t: &Bound<'py, PyAny>,

@@ -133,7 +133,6 @@ struct Regions {
     heads: FxHashMap<(u32, usize), u32>,
     /// Regions per class (classes without any are not probed).
     per_class: Vec<u32>,
-    count: usize,
     next_seq: u64,
     /// Count at which regions whose owner died are dropped (doubles, so
     /// the pruning stays amortised linear in the live regions).
@@ -150,10 +149,15 @@ impl Regions {
         start.checked_shr(c + 1).unwrap_or(0)
     }
 
+    /// The number of regions.
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
     /// Add a region; first drop those whose owner died once their count
     /// reaches `prune_at`.
     fn push(&mut self, py: Python<'_>, region: Region) {
-        if self.count >= self.prune_at.max(64) {
+        if self.len() >= self.prune_at.max(64) {
             let dead: Vec<u32> = (0..self.slots.len() as u32)
                 .filter(|&i| {
                     self.slots[i as usize]
@@ -164,7 +168,7 @@ impl Regions {
             for i in dead {
                 self.remove(i);
             }
-            self.prune_at = (self.count * 2).max(64);
+            self.prune_at = (self.len() * 2).max(64);
         }
         let c = Self::class(region.len);
         let key = (c, Self::bucket(c, region.start));
@@ -186,7 +190,6 @@ impl Regions {
             self.per_class.resize(c as usize + 1, 0);
         }
         self.per_class[c as usize] += 1;
-        self.count += 1;
     }
 
     /// Take slot `i` out of its chain and free it.
@@ -217,7 +220,6 @@ impl Regions {
         }
         self.free.push(i);
         self.per_class[c as usize] -= 1;
-        self.count -= 1;
     }
 
     /// The newest region holding the bytes `[lo, hi)` (absolute addresses)

@@ -59,6 +59,9 @@ fn write_at(_file: &File, _bytes: &[u8], _offset: u64) -> io::Result<()> {
 /// (sync mode); larger ones are written with write().
 const MAPPED_RECORD_MAX: u64 = 64 << 10;
 
+// a mapped record is never one whose payload streams (STREAM_BYTES)
+const _: () = assert!(MAPPED_RECORD_MAX < STREAM_BYTES as u64);
+
 /// Bytes of the file mapped (and allocated) at a time ahead of the records.
 const WINDOW_BYTES: u64 = 4 << 20;
 
@@ -279,8 +282,9 @@ impl Sink {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 
-    /// Copy a small record into the mapped window; false when it is not
-    /// small or no window can be had (the caller writes it).
+    /// Copy a small record (`total` bytes framed, at most
+    /// [`MAPPED_RECORD_MAX`]) into the mapped window; false when no window
+    /// can be had (the caller writes it).
     fn append_mapped(
         &mut self,
         at: u64,
@@ -289,9 +293,6 @@ impl Sink {
         head: &[u8],
         payload: &[&[u8]],
     ) -> bool {
-        if !self.map_small || total > MAPPED_RECORD_MAX {
-            return false;
-        }
         let Some(dst) = self.window_for(at, total) else {
             return false;
         };
@@ -389,7 +390,7 @@ impl Sink {
             (payload_crc, crc)
         };
         let mapped_total = next - record_offset;
-        if payload_len < STREAM_BYTES && mapped_total <= MAPPED_RECORD_MAX && self.map_small {
+        if self.map_small && mapped_total <= MAPPED_RECORD_MAX {
             let (payload_crc, crc) = crcs();
             if self.append_mapped(record_offset, mapped_total, &header(crc), &head, r.payload) {
                 self.payload_crcs.push(payload_crc);
