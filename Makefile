@@ -64,7 +64,7 @@ test-c: debug-build pypackage
 	$(PYTHON) trace-writer/tests/c/check_capi.py $(TARGET_DIR)/capi_test.tdump
 
 test-python: debug-build pypackage llama browser
-	$(PYTHON) -m pytest -q --fail-on-skip python/tests tests/llama tests/report tests/parquet
+	$(PYTHON) -m pytest -q -p tests.pytest_fail_on_skip --fail-on-skip python/tests tests/llama tests/report tests/parquet
 
 test-rust:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

@@ -1,8 +1,10 @@
-"""Shared by every Python test directory (python/tests, tests/*).
+"""A pytest plugin: `--fail-on-skip` makes any skipped test fail the run.
 
-`make test` passes `--fail-on-skip`: there, every requirement is installed,
-so a test that skips (torch, gguf, chromium or the CLI missing) is a failure
-of the set-up, reported as one instead of a quiet "s" in the summary.
+`make test` loads it (`-p tests.pytest_fail_on_skip --fail-on-skip`) over
+every Python test directory: there every requirement is installed, so a
+test that skips (torch, gguf, chromium or the CLI missing) is a failure of
+the set-up, reported as one instead of a quiet "s" in the summary. Run
+alone, `pytest python/tests` still skips what it cannot run.
 """
 
 from __future__ import annotations
