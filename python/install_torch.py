@@ -7,16 +7,20 @@ torch's requirements include triton (1 GB, the GPU compiler of
 CPU without it). So this installs torch with `--no-deps`, then each of its
 other requirements (from the installed torch's own metadata) one at a time,
 none through pip's cache, so that only one package's wheels sit on the
-disk beside what is already installed. Requirements already met are left
-as they are; running it again installs nothing.
+disk beside what is already installed. pip unpacks them in a folder inside
+the virtual environment, on its disk, not in /tmp (which may be a small
+tmpfs). Requirements already met are left as they are; running it again
+installs nothing.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -28,7 +32,8 @@ LEFT_OUT = {"triton"}
 
 def pip_install(*args: str) -> None:
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-cache-dir"]
-    subprocess.run([*cmd, *args], check=True)
+    with tempfile.TemporaryDirectory(prefix="pip-", dir=sys.prefix) as tmp:
+        subprocess.run([*cmd, *args], check=True, env={**os.environ, "TMPDIR": tmp})
 
 
 def met(req: Requirement) -> bool:
@@ -47,6 +52,7 @@ def main() -> int:
         free = shutil.disk_usage(sys.prefix).free / 2**30
         print(f"install_torch: installing {torch} ({free:.1f} GiB free on the disk of {sys.prefix})", flush=True)
         pip_install("--no-deps", str(torch))
+    missing = []
     for text in md.requires("torch") or []:
         req = Requirement(text)
         if canonicalize_name(req.name) in LEFT_OUT:
@@ -55,7 +61,15 @@ def main() -> int:
             continue
         if not met(req):
             req.marker = None
-            pip_install(str(req))
+            missing.append(str(req))
+    if missing:
+        print(
+            f"install_torch: {len(missing)} of torch's requirements, one at a time, without "
+            f"{', '.join(sorted(LEFT_OUT))} (pip will say that torch requires it: left out on purpose)",
+            flush=True,
+        )
+    for req in missing:
+        pip_install(req)
     # fail here, loudly, if what was installed does not import
     subprocess.run([sys.executable, "-c", "import torch; torch.ones(2) @ torch.ones(2)"], check=True)
     return 0
