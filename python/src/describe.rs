@@ -7,10 +7,12 @@
 //! storage). A `torch.Tensor` or `Parameter` is read through torch's stable
 //! C shim (`aoti_torch_get_sizes` & co., in the libtorch_cpu the process
 //! has loaded), given the TensorImpl the tensor object holds (or its
-//! `_cdata` names, in a torch laid out otherwise): two or three Python calls
-//! instead of ten. The shim is used once it has read a probe tensor exactly
-//! as the Python attributes do; other tensor types, or a torch without it,
-//! take the attribute path. Everything else goes through
+//! `_cdata` names, in a torch laid out otherwise), and its negative bit is
+//! read from the TensorImpl's dispatch key set: one Python call
+//! (`untyped_storage()`) instead of ten, up to three in a torch laid out
+//! otherwise. The shim, the handle and the bit are each used once they
+//! have read probe tensors exactly as the Python attributes do; other
+//! tensor types, or a torch without the shim, take the attribute path. Everything else goes through
 //! `tracedump._layout.describe` (Python), which handles byte-swapped arrays,
 //! ml_dtypes, non-CPU tensors, conjugate/negative views and empty tensors
 //! with the same results.
@@ -345,8 +347,9 @@ fn python_parts<'py>(
 }
 
 /// [`torch_parts`] of a `torch.Tensor` or `Parameter`, read through [`Shim`]:
-/// two Python calls (`is_neg()`, `untyped_storage()`; three with `_cdata`
-/// where the handle is not read from the object) instead of ten.
+/// one Python call (`untyped_storage()`) instead of ten, plus `_cdata`
+/// where the handle is not read from the object and `is_neg()` where the
+/// negative bit is not read from the TensorImpl.
 fn shim_parts<'py>(
     py: Python<'py>,
     t: &Bound<'py, PyAny>,
@@ -370,11 +373,140 @@ fn shim_parts<'py>(
     let Some(fields) = (unsafe { shim.read(tensor_impl) }) else {
         return Ok(None);
     };
-    if t.call_method0(intern!(py, "is_neg"))?.is_truthy()? {
+    let negative = match shim.negative_bit {
+        // SAFETY: `tensor_impl` is the live TensorImpl of `t` (as above),
+        // and `negative_bit` was found inside every TensorImpl of this
+        // torch (`NegativeBit::find`).
+        Some(bit) => unsafe { bit.is_set(tensor_impl) },
+        None => t.call_method0(intern!(py, "is_neg"))?.is_truthy()?,
+    };
+    if negative {
         return Ok(None);
     }
     let storage = t.call_method0(intern!(py, "untyped_storage"))?;
     in_place(t, fields, storage)
+}
+
+/// Where a TensorImpl keeps its negative bit: `is_neg()` is
+/// `key_set_.has_all(DispatchKeySet(DispatchKey::Negative))`, and
+/// `key_set_`, a `uint64_t` bit set, is the last member of `TensorImpl`
+/// (c10/core/TensorImpl.h, whose `check_sizes` fixes the sizes of the
+/// members on 64-bit systems). It lies [`KEY_SET_AFTER_SIZES`] bytes after
+/// the inline sizes the shim's `aoti_torch_get_sizes` points at; the offset
+/// is used only once the word there equals
+/// `torch._C._dispatch_keys(t).raw_repr()` on probe tensors with and
+/// without the bit (and `is_neg()` agrees), else `is_neg()` is called per
+/// tensor.
+#[derive(Clone, Copy, Debug)]
+struct NegativeBit {
+    /// Byte offset of `key_set_` in a TensorImpl.
+    offset: usize,
+    /// `DispatchKeySet(DispatchKey::Negative)`: one bit.
+    mask: u64,
+}
+
+/// Bytes from a TensorImpl's inline sizes to its `key_set_`: the sizes and
+/// strides (5 + 5 `int64_t`), `storage_offset_`, `numel_`, then
+/// `data_type_` (2), `device_opt_` (3) and the bit fields (2), padded to 8.
+const KEY_SET_AFTER_SIZES: usize = 80 + 8 + 8 + 8;
+
+/// `sizeof(TensorImpl)` is at most 26 `int64_t` on 64-bit systems
+/// (`check_sizes`): no offset at or past it is read.
+const TENSOR_IMPL_MAX_BYTES: usize = 26 * 8;
+
+impl NegativeBit {
+    /// Whether the TensorImpl at `tensor_impl` has the negative bit.
+    ///
+    /// # Safety
+    /// `tensor_impl` is a live TensorImpl of the torch this was found in,
+    /// read with the GIL held.
+    unsafe fn is_set(self, tensor_impl: usize) -> bool {
+        // SAFETY: the caller's contract; `offset + 8 <= sizeof(TensorImpl)`
+        // (checked on probes in `find`), and key_set_ is 8-byte aligned.
+        let word = unsafe { ((tensor_impl + self.offset) as *const u64).read_volatile() };
+        word & self.mask != 0
+    }
+
+    /// The bit's place, checked on probe tensors (see [`NegativeBit`]);
+    /// `None` where any check fails.
+    fn find(py: Python<'_>, torch: &Bound<'_, PyAny>, shim: &Shim) -> Option<NegativeBit> {
+        let c = torch.getattr("_C").ok()?;
+        let raw = |t: &Bound<'_, PyAny>| -> Option<u64> {
+            c.call_method1("_dispatch_keys", (t,))
+                .ok()?
+                .call_method0("raw_repr")
+                .ok()?
+                .extract()
+                .ok()
+        };
+        let negative = c.getattr("DispatchKey").ok()?.getattr("Negative").ok()?;
+        let mask = raw_set(&c, &negative)?;
+        if mask.count_ones() != 1 {
+            return None;
+        }
+        let cdata = |t: &Bound<'_, PyAny>| -> Option<usize> { t.getattr("_cdata").ok()?.extract().ok() };
+        // the offset, from a tensor with inline sizes
+        let plain = torch.call_method1("zeros", ((2, 3),)).ok()?;
+        let impl_of_plain = cdata(&plain)?;
+        let mut sizes: *const i64 = std::ptr::null();
+        let tensor = impl_of_plain as *const c_void;
+        // SAFETY: `tensor` is the TensorImpl of `plain`, a live tensor we
+        // hold; the shim writes only its out-parameter.
+        if unsafe { (shim.sizes)(&tensor, &mut sizes) } != 0 {
+            return None;
+        }
+        let offset = (sizes as usize)
+            .checked_sub(impl_of_plain)?
+            .checked_add(KEY_SET_AFTER_SIZES)?;
+        if offset % 8 != 0 || offset + 8 > TENSOR_IMPL_MAX_BYTES {
+            return None;
+        }
+        let bit = NegativeBit { offset, mask };
+        // probes without and with the bit: dtypes, grad, a Parameter, out-of-line sizes
+        let run = |code: &std::ffi::CStr| -> Option<Bound<'_, PyAny>> {
+            let globals = pyo3::types::PyDict::new(py);
+            globals.set_item("torch", torch).ok()?;
+            py.eval(code, Some(&globals), None).ok()
+        };
+        let probes = run(c"[torch.zeros(2, 3), torch.arange(5), torch.zeros(1, 1, 1, 1, 1, 2, 3), \
+            torch.tensor(1.5, dtype=torch.float16), torch.zeros(4, requires_grad=True), \
+            torch.nn.Parameter(torch.zeros(3)), torch.zeros(3, 4).t(), \
+            torch._neg_view(torch.arange(6.0)), torch._neg_view(torch.zeros(1, 1, 1, 1, 1, 2, 3)), \
+            torch.zeros(3, dtype=torch.complex64).conj().imag, \
+            torch._neg_view(torch.zeros(4, requires_grad=True))]")?;
+        let (mut with, mut without) = (0, 0);
+        for p in probes.try_iter().ok()? {
+            let p = p.ok()?;
+            let is_neg: bool = p.call_method0("is_neg").ok()?.extract().ok()?;
+            let keys = raw(&p)?;
+            let impl_of_p = cdata(&p)?;
+            // SAFETY: `p` is a live tensor we hold, `impl_of_p` its
+            // TensorImpl; `offset + 8` is within `TENSOR_IMPL_MAX_BYTES`.
+            let word = unsafe { ((impl_of_p + offset) as *const u64).read_volatile() };
+            // SAFETY: as above.
+            if word != keys || is_neg != unsafe { bit.is_set(impl_of_p) } {
+                return None;
+            }
+            if is_neg {
+                with += 1;
+            } else {
+                without += 1;
+            }
+        }
+        (with >= 3 && without >= 3).then_some(bit)
+    }
+}
+
+/// `torch._C.DispatchKeySet(key).raw_repr()`.
+fn raw_set(c: &Bound<'_, PyAny>, key: &Bound<'_, PyAny>) -> Option<u64> {
+    c.getattr("DispatchKeySet")
+        .ok()?
+        .call1((key,))
+        .ok()?
+        .call_method0("raw_repr")
+        .ok()?
+        .extract()
+        .ok()
 }
 
 /// Whether every exact tensor type in `t.plain_types` holds its TensorImpl
@@ -512,6 +644,9 @@ struct Shim {
     /// otherwise (older ones hold an `at::MaybeOwned<at::Tensor>`), which
     /// calls `_cdata`.
     handle_in_object: bool,
+    /// Where a TensorImpl keeps its negative bit, so that `is_neg()` is not
+    /// called per tensor; `None` where the probes disagree ([`NegativeBit`]).
+    negative_bit: Option<NegativeBit>,
 }
 
 /// Offset of `THPVariable::cdata` in a tensor object: the Python object
@@ -590,6 +725,7 @@ impl Shim {
             strided: constant("aoti_torch_layout_strided")?,
             dtypes,
             handle_in_object: false,
+            negative_bit: None,
         })
     }
 
@@ -644,6 +780,7 @@ impl Shim {
             return false;
         }
         self.handle_in_object = handle_in_object(py, torch, t, &probe);
+        self.negative_bit = NegativeBit::find(py, torch, self);
         true
     }
 
@@ -718,15 +855,20 @@ impl Shim {
     }
 }
 
-/// `_torch_shim()`, for the tests: `(shim, handle_in_object)`, whether CPU
-/// torch tensors are read through torch's C shim, and whether their shim
-/// handle is found in the tensor object without a `_cdata` call (imports
-/// torch).
+/// `_torch_shim()`, for the tests: `(shim, handle_in_object,
+/// negative_bit)`, whether CPU torch tensors are read through torch's C
+/// shim, whether their shim handle is found in the tensor object without a
+/// `_cdata` call, and whether their negative bit is read from the
+/// TensorImpl without an `is_neg()` call (imports torch).
 #[pyfunction]
-pub(crate) fn _torch_shim(py: Python<'_>) -> PyResult<(bool, bool)> {
+pub(crate) fn _torch_shim(py: Python<'_>) -> PyResult<(bool, bool, bool)> {
     py.import("torch")?;
     let shim = torch(py)?.and_then(|t| t.shim.as_ref());
-    Ok((shim.is_some(), shim.is_some_and(|s| s.handle_in_object)))
+    Ok((
+        shim.is_some(),
+        shim.is_some_and(|s| s.handle_in_object),
+        shim.is_some_and(|s| s.negative_bit.is_some()),
+    ))
 }
 
 /// What `_describe` returns.

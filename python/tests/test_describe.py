@@ -79,7 +79,7 @@ def test_torch_is_read_through_its_c_shim():
     # (aoti_torch_get_sizes & co. from the loaded libtorch_cpu); if this
     # torch lacks it, or `_cdata` stopped being the TensorImpl, the writer
     # falls back to ten Python calls per tensor: slower, so this test says so.
-    shim, handle_in_object = _torch_shim()
+    shim, handle_in_object, negative_bit = _torch_shim()
     assert shim, f"torch {torch.__version__}: its C shim was not loaded or disagreed on the probe"
     # where torch's THPVariable holds its at::Tensor right after the object
     # header (its installed header says so), the handle is read from the
@@ -90,6 +90,24 @@ def test_torch_is_read_through_its_c_shim():
                        header.read_text())
     assert struct, f"{header}: no THPVariable struct found"
     assert handle_in_object == (struct.group(2) == "at::Tensor"), struct.group(0)
+    # where TensorImpl's members are laid out as its installed header says
+    # (key_set_ last, after sizes_and_strides_ and the fixed-size fields
+    # `check_sizes` asserts), the negative bit is read from key_set_ instead
+    # of an is_neg() call per tensor (checked on probe tensors before use)
+    impl = (Path(torch.__file__).parent / "include/c10/core/TensorImpl.h").read_text()
+    fields = re.search(r"enum class FieldNameEnum \{([^}]*)\}", impl)
+    assert fields, "TensorImpl.h: no FieldNameEnum"
+    order = [f.strip() for f in fields.group(1).split(",") if f.strip()]
+    sizes = {m.group(1): int(m.group(2)) for m in re.finditer(
+        r"are_equal<sizeof\((\w+)\),\s*(\d+),", impl[impl.index("This is a 64-bit system"):])}
+    layout_as_read = (
+        order[-3:] == ["device_opt_", "key_set_", "TOTAL_SIZE"]
+        and order[order.index("sizes_and_strides_"):order.index("key_set_")]
+        == ["sizes_and_strides_", "storage_offset_", "numel_", "data_type_", "device_opt_"]
+        and [sizes.get(f) for f in ("sizes_and_strides_", "storage_offset_", "numel_", "data_type_",
+                                    "device_opt_", "key_set_")] == [88, 8, 8, 2, 3, 8]
+    )
+    assert negative_bit == layout_as_read, (order, sizes)
 
 
 def test_the_rest_goes_through_python():
@@ -103,6 +121,9 @@ def test_the_rest_goes_through_python():
         "empty torch": torch.zeros(0, 3),
         "list": [[1.0, 2.0], [3.0, 4.0]],
         "negative view": c.conj().imag,
+        "negative view (_neg_view)": torch._neg_view(torch.arange(6.0).reshape(2, 3)),
+        "negative view, 7-d": torch._neg_view(torch.arange(6.0).reshape(1, 1, 1, 1, 1, 2, 3)),
+        "negative Parameter view": torch._neg_view(torch.nn.Parameter(torch.arange(3.0))),
     }
     for label, t in cases.items():
         fields = _describe(t)

@@ -249,3 +249,32 @@ def test_views_found_among_many_regions(tmp_path, mode):
         assert t[name].storage == rid, name
     assert len(must_share) > 500
     assert t.verify().ok
+
+
+@pytest.mark.parametrize("mode", ["sync", "background"])
+def test_negative_views_read_back_negated(tmp_path, mode):
+    # torch's lazy negation (the negative bit of `_neg_view`, `conj().imag`)
+    # shares its base's memory: the bytes there are the base's, the values
+    # are their negation. Each must read back as the tensor's values, beside
+    # plain tensors of the same storage.
+    torch = pytest.importorskip("torch")
+    base = torch.arange(12.0).reshape(3, 4)
+    c = torch.complex(torch.arange(4.0), torch.arange(4.0) + 10)
+    cases = {
+        "base": base,
+        "neg": torch._neg_view(base),
+        "neg_t": torch._neg_view(base).t(),
+        "neg_7d": torch._neg_view(torch.arange(6.0).reshape(1, 1, 1, 1, 1, 2, 3)),
+        "conj_imag": c.conj().imag,
+        "row": base[1],
+        "neg_grad": torch._neg_view(torch.ones(5, requires_grad=True)),
+    }
+    p = tmp_path / "neg.tdump"
+    with tracedump.Writer(p, mode=mode) as w:
+        for k, v in cases.items():
+            w.add(k, v)
+    t = tracedump.open(p)
+    for k, v in cases.items():
+        want = v.detach().resolve_neg().numpy()
+        assert np.array_equal(t[k].numpy(), want), k
+    assert t["neg"].numpy()[2, 3] == -11.0 and t["conj_imag"].numpy()[1] == -11.0
