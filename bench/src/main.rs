@@ -182,6 +182,15 @@ impl Row {
         self
     }
 
+    /// Marks the goal as our own (not one the benchmark issue set): the
+    /// goal text ends in "(ours)".
+    pub(crate) fn ours(mut self) -> Row {
+        if let Some(goal) = &mut self.goal {
+            goal.push_str(" (ours)");
+        }
+        self
+    }
+
     /// Goal: ours ≤ `max` (a time).
     pub(crate) fn goal_max(mut self, max: f64) -> Row {
         self.goal = Some(format!("<= {max} {}", self.unit));

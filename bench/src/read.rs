@@ -135,7 +135,8 @@ fn internals(args: &Args, path: &Path, n: usize) -> Res<Vec<Row>> {
             ms(open),
         )
         .vs(floor_label, ms(floor))
-        .goal_max(50.0),
+        .goal_max(50.0)
+        .ours(),
         Row::time(
             "read",
             format!("Rust Trace::open + list names, {n} tensors"),

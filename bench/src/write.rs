@@ -241,7 +241,8 @@ pub(crate) fn rows(args: &Args, dir: &Path) -> Res<Vec<Row>> {
             t.background,
         )
         .vs(plain.0, plain.1)
-        .goal_ratio(0.9, None),
+        .goal_ratio(0.9, None)
+        .ours(),
     );
     rows.push(
         Row::rate(
