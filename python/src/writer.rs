@@ -307,6 +307,34 @@ enum ParentRef {
 /// `lineage=` of `add()`: None, "auto", or a dict with "parents" (ids or
 /// names), "ops" (op dicts) and "engine_op". Parsed before the
 /// writer is locked (it may run Python code); names resolve under the lock.
+/// `err`, raised while reading the tensor `name`, with that name in front of
+/// its message: the same Python type (TypeError, ValueError, RuntimeError,
+/// NotImplementedError or ours), the original as its `__cause__`. Other
+/// types, or a message that names the tensor already, pass unchanged.
+fn naming_tensor(py: Python<'_>, name: &str, err: PyErr) -> PyErr {
+    let ty = err.get_type(py);
+    let plain = [
+        py.get_type::<PyTypeError>(),
+        py.get_type::<PyValueError>(),
+        py.get_type::<pyo3::exceptions::PyRuntimeError>(),
+        py.get_type::<pyo3::exceptions::PyNotImplementedError>(),
+    ]
+    .iter()
+    .any(|t| ty.is(t))
+        || ty.is_subclass_of::<TraceError>().unwrap_or(false);
+    let message = err
+        .value(py)
+        .str()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    if !plain || message.contains(&format!("`{name}`")) {
+        return err;
+    }
+    let named = PyErr::from_type(ty, format!("tensor `{name}`: {message}"));
+    named.set_cause(py, Some(err));
+    named
+}
+
 fn parse_lineage(lineage: Option<&Bound<'_, PyAny>>) -> PyResult<(Lineage, Vec<ParentRef>, bool)> {
     let Some(l) = lineage.filter(|l| !l.is_none()) else {
         return Ok((Lineage::default(), Vec::new(), false));
@@ -523,7 +551,7 @@ impl PyWriter {
         if !self.wants(name, layer, step)? {
             return Ok(None);
         }
-        let parts = describe(py, tensor)?;
+        let parts = describe(py, tensor).map_err(|e| naming_tensor(py, name, e))?;
         let (lin, parent_refs, auto) = parse_lineage(lineage)?;
         let mut meta = TensorMeta {
             layer,
@@ -661,7 +689,8 @@ impl PyWriter {
         let d = py
             .import("tracedump._layout")?
             .getattr("contiguous_bytes")?
-            .call1((tensor,))?;
+            .call1((tensor,))
+            .map_err(|e| naming_tensor(py, name, e))?;
         let (dtype, shape, buffer): (String, Vec<u64>, PyReadonlyArray1<'_, u8>) = d.extract()?;
         let dtype = dtype_from_name(&dtype)?;
         let meta = TensorMeta {
@@ -705,7 +734,8 @@ impl PyWriter {
         let d = py
             .import("tracedump._layout")?
             .getattr("f32_values")?
-            .call1((values,))?;
+            .call1((values,))
+            .map_err(|e| naming_tensor(py, name, e))?;
         let (shape, buffer): (Vec<u64>, PyReadonlyArray1<'_, f32>) = d.extract()?;
         let values = buffer
             .as_slice()

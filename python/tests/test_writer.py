@@ -278,3 +278,28 @@ def test_negative_views_read_back_negated(tmp_path, mode):
         want = v.detach().resolve_neg().numpy()
         assert np.array_equal(t[k].numpy(), want), k
     assert t["neg"].numpy()[2, 3] == -11.0 and t["conj_imag"].numpy()[1] == -11.0
+
+
+def test_tensors_without_dense_values(tmp_path):
+    # a ZeroTensor has no storage: it is recorded as the zeros it stands
+    # for; nested, sparse and meta tensors have no dense values: a
+    # TypeError that names the tensor, for add, add_stats and add_quantized
+    torch = pytest.importorskip("torch")
+    p = tmp_path / "exotic.tdump"
+    with tracedump.Writer(p) as w:
+        w.add("zero", torch._efficientzerotensor(2, 3))
+        w.add_stats("zero_stats", torch._efficientzerotensor(4))
+        cases = {
+            "nested": (torch.nested.nested_tensor([torch.ones(2), torch.ones(3)], layout=torch.jagged), "nested tensors"),
+            "sparse": (torch.eye(2).to_sparse(), "sparse_coo"),
+            "meta": (torch.empty(32, device="meta"), "meta tensor"),
+        }
+        for name, (t, what) in cases.items():
+            for add in (w.add, w.add_stats, w.add_quantized):
+                with pytest.raises(TypeError, match=f"^tensor `{name}`: .*{what}") as e:
+                    add(name, t)
+                assert isinstance(e.value.__cause__, TypeError), add
+    t = tracedump.open(p)
+    assert t["zero"].numpy().tolist() == [[0.0] * 3] * 2
+    assert t["zero_stats"].stats["count"] == 4 and t["zero_stats"].stats["abs_max"] == 0.0
+    assert len(t) == 2

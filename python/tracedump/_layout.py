@@ -120,18 +120,34 @@ def _describe_numpy(a: np.ndarray):
     return name, shape, strides, addr - start, buf, root
 
 
-def _describe_torch(t):
+def _cpu_values(t):
+    """`t` detached, as a dense CPU tensor holding its values in memory: lazy
+    conjugation and negation resolved, a ZeroTensor made zeros; a clear
+    TypeError for what has no dense values (nested, sparse, meta)."""
     import torch
 
     t = t.detach()
+    if t.is_nested:
+        raise TypeError("tracedump records dense (strided) tensors, not nested tensors "
+                        "(record each component of t.unbind())")
     if t.layout is not torch.strided:
         raise TypeError(f"tracedump records dense (strided) tensors, not {t.layout}")
+    if t.device.type == "meta":
+        raise TypeError("a meta tensor has no values to record")
+    if t._is_zerotensor():
+        # a ZeroTensor has no storage: its values are zeros
+        t = torch.zeros(t.shape, dtype=t.dtype)
     if t.device.type != "cpu":
         t = t.cpu()
     if t.is_conj():
         t = t.resolve_conj()
     if t.is_neg():
         t = t.resolve_neg()
+    return t
+
+
+def _describe_torch(t):
+    t = _cpu_values(t)
     name = _TORCH_NAMES.get(str(t.dtype))
     if name is None:
         raise TypeError(f"tracedump cannot record torch dtype {t.dtype}")
@@ -160,11 +176,7 @@ def describe(t: Any):
 def contiguous_bytes(t: Any):
     """(dtype name, shape, the row-major bytes as a uint8 array)."""
     if _is_torch(t):
-        t = t.detach().cpu().contiguous()
-        if t.is_conj():
-            t = t.resolve_conj()
-        if t.is_neg():
-            t = t.resolve_neg()
+        t = _cpu_values(t).contiguous()
         name = _TORCH_NAMES.get(str(t.dtype))
         if name is None:
             raise TypeError(f"tracedump cannot record torch dtype {t.dtype}")
@@ -178,7 +190,7 @@ def contiguous_bytes(t: Any):
 def f32_values(t: Any):
     """(shape, the values as a contiguous float32 array)."""
     if _is_torch(t):
-        t = t.detach().cpu().float().contiguous()
+        t = _cpu_values(t).float().contiguous()
         return [int(x) for x in t.shape], t.reshape(-1).numpy()
     a = np.ascontiguousarray(np.asarray(t), dtype=np.float32)
     return [int(x) for x in a.shape], a.reshape(-1)
