@@ -6,6 +6,7 @@ mod error;
 mod filter;
 pub mod ggml;
 mod sink;
+mod stream_copy;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -375,13 +376,18 @@ impl Shared {
         for (chunk, piece) in chunks.iter_mut().zip(payload.chunks(CHUNK_BYTES)) {
             let staged = &mut chunk[..piece.len()];
             if with_crc {
-                // 32 KiB at a time: checksummed while still in the L1 cache
+                // 32 KiB at a time: the source checksummed while its
+                // bytes, just read for the copy, are in the L1 cache (the
+                // streamed copy is not in any cache). Bytes changed by
+                // another thread during the call would then fail the
+                // record's checksum instead of being recorded torn
+                // under a valid one.
                 for (d, s) in staged.chunks_mut(32 << 10).zip(piece.chunks(32 << 10)) {
-                    d.copy_from_slice(s);
-                    crc = trace_format::record::crc32c_append(crc, d);
+                    stream_copy::copy_streaming(d, s);
+                    crc = trace_format::record::crc32c_append(crc, s);
                 }
             } else {
-                staged.copy_from_slice(piece);
+                stream_copy::copy_streaming(staged, piece);
             }
         }
         let staged = Staged::Chunks {
