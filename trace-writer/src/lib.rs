@@ -695,7 +695,7 @@ impl Writer {
                 actual: bytes.len() as u64,
             });
         }
-        self.add_inline(name, dtype, &layout, bytes, meta, payload_crc32c)
+        self.add_inline(name, dtype, layout, bytes, meta, payload_crc32c)
     }
 
     /// Record a tensor with its own bytes laid out as `layout` says (any
@@ -712,14 +712,14 @@ impl Writer {
         if !self.wants(name, meta.step, meta.layer) {
             return Ok(None);
         }
-        self.add_inline(name, dtype, layout, bytes, meta, None)
+        self.add_inline(name, dtype, layout.clone(), bytes, meta, None)
     }
 
     fn add_inline(
         &self,
         name: &str,
         dtype: DType,
-        layout: &Layout,
+        layout: Layout,
         bytes: &[u8],
         meta: TensorMeta,
         payload_crc32c: Option<&mut Option<u32>>,
@@ -788,7 +788,7 @@ impl Writer {
                 storage,
                 offset: layout.storage_offset,
             },
-            layout,
+            layout.clone(),
             meta,
         );
         self.append(
@@ -825,7 +825,7 @@ impl Writer {
                     name: name.into(),
                     error: source,
                 })?;
-            return self.add_inline(name, T::DTYPE, &layout, &[], meta, None);
+            return self.add_inline(name, T::DTYPE, layout, &[], meta, None);
         }
         for (&n, &s) in array.shape().iter().zip(array.strides()) {
             let reach = (n as isize - 1) * s;
@@ -854,7 +854,7 @@ impl Writer {
         self.add_inline(
             name,
             T::DTYPE,
-            &layout,
+            layout,
             bytemuck::cast_slice(span),
             meta,
             None,
@@ -887,7 +887,7 @@ impl Writer {
             name: name.into(),
             error: source,
         })?;
-        let desc = tensor_desc(name, dtype, DataRef::Derived, &layout, meta);
+        let desc = tensor_desc(name, dtype, DataRef::Derived, layout, meta);
         self.append(
             RecordKind::Tensor,
             name,
@@ -953,7 +953,7 @@ impl Writer {
             error: source,
         })?;
         meta.stats = Some(stats);
-        let desc = tensor_desc(name, dtype, DataRef::StatsOnly, &layout, meta);
+        let desc = tensor_desc(name, dtype, DataRef::StatsOnly, layout, meta);
         self.append(
             RecordKind::Tensor,
             name,
@@ -1323,19 +1323,21 @@ fn background_loop(shared: &Shared) {
     }
 }
 
+/// The descriptor of a tensor record; `layout` is moved in (its shape and
+/// strides become the descriptor's, no copy).
 fn tensor_desc(
     name: &str,
     dtype: DType,
     data: DataRef,
-    layout: &Layout,
+    layout: Layout,
     meta: TensorMeta,
 ) -> TensorDesc {
     TensorDesc {
         name: name.to_owned(),
         dtype,
         data,
-        shape: layout.shape.clone(),
-        byte_strides: layout.byte_strides.clone(),
+        shape: layout.shape,
+        byte_strides: layout.byte_strides,
         step: meta.step,
         layer: meta.layer,
         role: meta.role,
