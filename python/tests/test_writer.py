@@ -273,7 +273,10 @@ def test_negative_views_read_back_negated(tmp_path, mode):
     with tracedump.Writer(p, mode=mode) as w:
         for k, v in cases.items():
             w.add(k, v)
+        # quantized from the negated values (q8_0 of 127/128 is exact: scale 1/128)
+        w.add_quantized("q_neg", torch._neg_view(torch.full((32,), 127 / 128)))
     t = tracedump.open(p)
+    assert t["q_neg"].numpy().tolist() == [-127 / 128] * 32
     for k, v in cases.items():
         want = v.detach().resolve_neg().numpy()
         assert np.array_equal(t[k].numpy(), want), k
