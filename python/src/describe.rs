@@ -12,10 +12,10 @@
 //! (`untyped_storage()`) instead of ten, up to three in a torch laid out
 //! otherwise. The shim, the handle and the bit are each used once they
 //! have read probe tensors exactly as the Python attributes do; other
-//! tensor types, or a torch without the shim, take the attribute path. Everything else goes through
-//! `tracedump._layout.describe` (Python), which handles byte-swapped arrays,
-//! ml_dtypes, non-CPU tensors, conjugate/negative views and empty tensors
-//! with the same results.
+//! tensor types, or a torch without the shim, take the attribute path.
+//! Everything else goes through `tracedump._layout.describe` (Python),
+//! which handles byte-swapped arrays, ml_dtypes, non-CPU tensors,
+//! conjugate/negative views and empty tensors with the same results.
 //!
 //! This is the one file of the bindings with `unsafe` code: the storage
 //! bytes of such an array or tensor are read in place, as a slice made from
@@ -431,20 +431,20 @@ impl NegativeBit {
     /// `None` where any check fails.
     fn find(py: Python<'_>, torch: &Bound<'_, PyAny>, shim: &Shim) -> Option<NegativeBit> {
         let c = torch.getattr("_C").ok()?;
-        let raw = |t: &Bound<'_, PyAny>| -> Option<u64> {
-            c.call_method1("_dispatch_keys", (t,))
-                .ok()?
-                .call_method0("raw_repr")
-                .ok()?
-                .extract()
-                .ok()
+        // a DispatchKeySet's 64 bits
+        let raw_repr = |set: PyResult<Bound<'_, PyAny>>| -> Option<u64> {
+            set.ok()?.call_method0("raw_repr").ok()?.extract().ok()
         };
         let negative = c.getattr("DispatchKey").ok()?.getattr("Negative").ok()?;
-        let mask = raw_set(&c, &negative)?;
+        let mask = raw_repr(
+            c.getattr("DispatchKeySet")
+                .and_then(|k| k.call1((negative,))),
+        )?;
         if mask.count_ones() != 1 {
             return None;
         }
-        let cdata = |t: &Bound<'_, PyAny>| -> Option<usize> { t.getattr("_cdata").ok()?.extract().ok() };
+        let cdata =
+            |t: &Bound<'_, PyAny>| -> Option<usize> { t.getattr("_cdata").ok()?.extract().ok() };
         // the offset, from a tensor with inline sizes
         let plain = torch.call_method1("zeros", ((2, 3),)).ok()?;
         let impl_of_plain = cdata(&plain)?;
@@ -468,23 +468,24 @@ impl NegativeBit {
             globals.set_item("torch", torch).ok()?;
             py.eval(code, Some(&globals), None).ok()
         };
-        let probes = run(c"[torch.zeros(2, 3), torch.arange(5), torch.zeros(1, 1, 1, 1, 1, 2, 3), \
+        let probes = run(
+            c"[torch.zeros(2, 3), torch.arange(5), torch.zeros(1, 1, 1, 1, 1, 2, 3), \
             torch.tensor(1.5, dtype=torch.float16), torch.zeros(4, requires_grad=True), \
             torch.nn.Parameter(torch.zeros(3)), torch.zeros(3, 4).t(), \
             torch._neg_view(torch.arange(6.0)), torch._neg_view(torch.zeros(1, 1, 1, 1, 1, 2, 3)), \
             torch.zeros(3, dtype=torch.complex64).conj().imag, \
-            torch._neg_view(torch.zeros(4, requires_grad=True))]")?;
+            torch._neg_view(torch.zeros(4, requires_grad=True))]",
+        )?;
         let (mut with, mut without) = (0, 0);
         for p in probes.try_iter().ok()? {
             let p = p.ok()?;
             let is_neg: bool = p.call_method0("is_neg").ok()?.extract().ok()?;
-            let keys = raw(&p)?;
+            let keys = raw_repr(c.call_method1("_dispatch_keys", (&p,)))?;
             let impl_of_p = cdata(&p)?;
             // SAFETY: `p` is a live tensor we hold, `impl_of_p` its
             // TensorImpl; `offset + 8` is within `TENSOR_IMPL_MAX_BYTES`.
             let word = unsafe { ((impl_of_p + offset) as *const u64).read_volatile() };
-            // SAFETY: as above.
-            if word != keys || is_neg != unsafe { bit.is_set(impl_of_p) } {
+            if word != keys || is_neg != (word & mask != 0) {
                 return None;
             }
             if is_neg {
@@ -495,18 +496,6 @@ impl NegativeBit {
         }
         (with >= 3 && without >= 3).then_some(bit)
     }
-}
-
-/// `torch._C.DispatchKeySet(key).raw_repr()`.
-fn raw_set(c: &Bound<'_, PyAny>, key: &Bound<'_, PyAny>) -> Option<u64> {
-    c.getattr("DispatchKeySet")
-        .ok()?
-        .call1((key,))
-        .ok()?
-        .call_method0("raw_repr")
-        .ok()?
-        .extract()
-        .ok()
 }
 
 /// Whether every exact tensor type in `t.plain_types` holds its TensorImpl

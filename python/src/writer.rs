@@ -304,9 +304,6 @@ enum ParentRef {
     Name(String),
 }
 
-/// `lineage=` of `add()`: None, "auto", or a dict with "parents" (ids or
-/// names), "ops" (op dicts) and "engine_op". Parsed before the
-/// writer is locked (it may run Python code); names resolve under the lock.
 /// `err`, raised while reading the tensor `name`, with that name in front of
 /// its message: the same Python type (TypeError, ValueError, RuntimeError,
 /// NotImplementedError or ours), the original as its `__cause__`. Other
@@ -335,6 +332,9 @@ fn naming_tensor(py: Python<'_>, name: &str, err: PyErr) -> PyErr {
     named
 }
 
+/// `lineage=` of `add()`: None, "auto", or a dict with "parents" (ids or
+/// names), "ops" (op dicts) and "engine_op". Parsed before the
+/// writer is locked (it may run Python code); names resolve under the lock.
 fn parse_lineage(lineage: Option<&Bound<'_, PyAny>>) -> PyResult<(Lineage, Vec<ParentRef>, bool)> {
     let Some(l) = lineage.filter(|l| !l.is_none()) else {
         return Ok((Lineage::default(), Vec::new(), false));

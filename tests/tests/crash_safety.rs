@@ -123,12 +123,10 @@ fn kill_trials(mode: &str, seed: u64) {
     let ns_per_kib = wrote.as_nanos() as u64 / kib;
     // enough kills landed while the writer was writing: a quarter cut it
     // cleanly or tore it, a tenth tore a record
-    let enough = |t: &Tally, trials: usize| {
-        t.clean_cut + t.torn >= trials / 4 && t.torn >= trials / 10
-    };
+    let enough = |t: &Tally| t.clean_cut + t.torn >= TRIALS / 4 && t.torn >= TRIALS / 10;
     for run in CALIBRATION_RUNS.. {
         let done = run - CALIBRATION_RUNS;
-        if done >= MAX_TRIALS || (done >= TRIALS && enough(&tally, TRIALS)) {
+        if done >= MAX_TRIALS || (done >= TRIALS && enough(&tally)) {
             break;
         }
         // the kill lands anywhere in the time this plan takes to write, or
@@ -145,7 +143,7 @@ fn kill_trials(mode: &str, seed: u64) {
     );
     // the kills must have landed while the writer wrote, not only after it
     assert!(
-        enough(&tally, TRIALS),
+        enough(&tally),
         "{mode}: too few kills landed while the writer was writing, in {MAX_TRIALS} trials: {tally:?}"
     );
 }

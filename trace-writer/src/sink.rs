@@ -324,12 +324,6 @@ impl Sink {
         Ok(())
     }
 
-    /// Cut the file after the last record: the allocated window beyond it
-    /// goes.
-    fn trim(&mut self) -> io::Result<()> {
-        self.trim_to(self.offset)
-    }
-
     /// Cut (or extend) the file to `len` bytes if it was allocated ahead.
     fn trim_to(&mut self, len: u64) -> io::Result<()> {
         self.window = None;
@@ -520,6 +514,6 @@ impl Sink {
 impl Drop for Sink {
     /// An unfinished sink still cuts the window's zero bytes off the file.
     fn drop(&mut self) {
-        let _ = self.trim();
+        let _ = self.trim_to(self.offset);
     }
 }
