@@ -18,8 +18,11 @@
 //!   PERMUTE → `Permute`, TRANSPOSE → `Transpose`, RESHAPE → `Reshape`;
 //!   CONT → `Cont` and CPY → `Convert` when the shape is kept), which
 //!   `verify` replays;
-//! * the layer comes from the name (`kqv_out-0`, `cache_k_l0`), else from
-//!   the parents when they agree (so `node_N` gets its layer).
+//! * the layer comes from the name (`kqv_out-0`, `cache_k_l0`); a tensor
+//!   whose name ggml made up (`node_N`, `Kcur-0 (view)`) takes its parents'
+//!   when they agree (so the flash-attention `node_N` gets its layer); one
+//!   the engine named without a layer (`embd`, `norm`, `result_norm`,
+//!   `result_output`) has none: it belongs to the graph, not a layer.
 //!
 //! Names of sources that were not recorded (weights, the KV cache itself)
 //! are kept in the metadata (`ggml.srcs`, `ggml.view_src`).
@@ -33,6 +36,12 @@ use trace_format::record::crc32c;
 use trace_format::{DType, Layout, Metadata, Op};
 
 use crate::{RecordId, TensorMeta, Writer, WriterError};
+
+/// Whether `name` is one ggml made up rather than one the engine chose:
+/// none, `node_N`/`leaf_N`, or a name with ggml's suffix (`Kcur-0 (view)`).
+fn is_derived_name(name: &str) -> bool {
+    name.is_empty() || name.starts_with("node_") || name.starts_with("leaf_") || name.ends_with(')')
+}
 
 /// What a ggml eval callback knows about one tensor.
 #[derive(Clone, Debug)]
@@ -181,6 +190,12 @@ impl GgmlRecorder {
             .map(|(k, _)| (*k != 0).then(|| st.graph.get(k)).flatten())
             .collect();
         let layer = layer_from_name(name).or_else(|| {
+            // a name the engine gave without a layer (llama.cpp's `embd`,
+            // `norm`, `result_output`) marks a graph-level tensor: it keeps
+            // no layer even where its inputs come from the last one
+            if !is_derived_name(name) {
+                return None;
+            }
             let mut layers = parents.iter().flatten().filter_map(|p| p.layer);
             let first = layers.next()?;
             layers.all(|l| l == first).then_some(first)
