@@ -5,7 +5,8 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
-use trace_reader::compare::{diff, DiffReport, Moments, Pair, Renamer, Tolerance, Verdict};
+use trace_reader::compare::{diff, DiffReport, Moments, Pair, Tolerance, Verdict};
+use trace_reader::mapping::{preset_names, Mapping};
 
 use crate::errors::reader_error;
 use crate::reader::{PyTrace, Shared};
@@ -17,40 +18,41 @@ fn trace_arg(obj: &Bound<'_, PyAny>) -> PyResult<Arc<Shared>> {
     crate::reader::open(obj, None)?.shared()
 }
 
-/// `rules`: None; a preset name ("llama-hf"); mapping-file text (lines of
-/// `PATTERN => REPLACEMENT`); a list of "PAT=>REP" strings or (pattern,
+/// `rules`: None; a preset name ("llama-hf", …); mapping-file text (lines of
+/// `PATTERN [@OP] => REPLACEMENT [| TRANSFORM]...`); a list of "PAT=>REP" strings or (pattern,
 /// replacement) pairs; or a dict {pattern: replacement}.
-fn renamer(rules: Option<&Bound<'_, PyAny>>) -> PyResult<Renamer> {
+fn mapping(rules: Option<&Bound<'_, PyAny>>) -> PyResult<Mapping> {
     let Some(rules) = rules.filter(|r| !r.is_none()) else {
-        return Ok(Renamer::none());
+        return Ok(Mapping::none());
     };
     let bad = |e: String| PyValueError::new_err(format!("bad rename rule: {e}"));
     if let Ok(s) = rules.cast::<PyString>() {
         let s = s.to_str()?;
-        if let Some(r) = Renamer::preset(s) {
+        if let Some(r) = Mapping::preset(s) {
             return Ok(r);
         }
         if s.contains("=>") {
-            return Renamer::from_map(s).map_err(bad);
+            return Mapping::from_map(s).map_err(bad);
         }
         return Err(PyValueError::new_err(format!(
-            "unknown preset {s:?} (llama-hf), and not a `PATTERN => REPLACEMENT` rule"
+            "unknown preset {s:?} ({}), and not a `PATTERN => REPLACEMENT` rule",
+            preset_names()
         )));
     }
-    let mut r = Renamer::none();
+    let mut r = Mapping::none();
     if let Ok(d) = rules.cast::<PyDict>() {
         for (k, v) in d.iter() {
             r.push(&k.extract::<String>()?, &v.extract::<String>()?)
-                .map_err(|e| bad(e.to_string()))?;
+                .map_err(bad)?;
         }
         return Ok(r);
     }
     for item in rules.try_iter()? {
         let item = item?;
         if let Ok(s) = item.extract::<String>() {
-            r.extend(Renamer::from_map(&s).map_err(bad)?);
+            r.extend(Mapping::from_map(&s).map_err(bad)?);
         } else if let Ok((p, rep)) = item.extract::<(String, String)>() {
-            r.push(&p, &rep).map_err(|e| bad(e.to_string()))?;
+            r.push(&p, &rep).map_err(bad)?;
         } else {
             return Err(PyTypeError::new_err(
                 "rename rules are \"PAT=>REP\" strings or (pattern, replacement) pairs",
@@ -91,7 +93,7 @@ fn run_diff(
     min_cosine: f64,
 ) -> PyResult<(Arc<Shared>, Arc<Shared>, DiffReport)> {
     let (ta, tb) = (trace_arg(a)?, trace_arg(b)?);
-    let ren = renamer(rules)?;
+    let ren = mapping(rules)?;
     let tol = Tolerance {
         atol,
         rtol,
@@ -170,6 +172,9 @@ fn pair_dict<'py>(py: Python<'py>, index: usize, p: &Pair) -> PyResult<Bound<'py
     d.set_item("id_a", p.a.id)?;
     d.set_item("id_b", p.b.id)?;
     d.set_item("layer", p.a.layer.or(p.b.layer))?;
+    d.set_item("step", p.step)?;
+    d.set_item("rule", &p.rule)?;
+    d.set_item("transforms", PyTuple::new(py, &p.transforms)?)?;
     d.set_item("dtype_a", &p.a.dtype)?;
     d.set_item("dtype_b", &p.b.dtype)?;
     d.set_item("shape_a", PyTuple::new(py, &p.a.shape)?)?;
@@ -255,6 +260,22 @@ impl DiffResult {
         self.report.only_in_a.clone()
     }
 
+    /// Why each of A's tensors without a partner has none: dicts with
+    /// id, name, step and reason, in A's order.
+    #[getter]
+    fn unpaired<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for u in &self.report.unpaired {
+            let d = PyDict::new(py);
+            d.set_item("id", u.id)?;
+            d.set_item("name", &u.name)?;
+            d.set_item("step", u.step)?;
+            d.set_item("reason", &u.reason)?;
+            list.append(d)?;
+        }
+        Ok(list)
+    }
+
     /// B's tensors without a partner in A.
     #[getter]
     fn only_in_b(&self) -> Vec<String> {
@@ -322,9 +343,14 @@ impl DiffResult {
             .first_divergence
             .and_then(|i| self.report.pairs.get(i).map(|p| (i, p)))
             .map(|(i, p)| {
+                let names = if p.a.name == p.b.name {
+                    format!("{:?}", p.a.name)
+                } else {
+                    format!("{:?} = {:?}", p.a.name, p.b.name)
+                };
+                let step = p.step.map_or(String::new(), |s| format!(" at step {s}"));
                 format!(
-                    "{:?} (pair {} of {})",
-                    p.key,
+                    "{names}{step} (pair {} of {})",
                     i + 1,
                     self.report.pairs.len()
                 )

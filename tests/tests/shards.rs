@@ -2,7 +2,8 @@
 //! compared rank by rank.
 
 use trace_format::{DType, Metadata};
-use trace_reader::compare::{Renamer, Tolerance};
+use trace_reader::compare::Tolerance;
+use trace_reader::mapping::Mapping;
 use trace_reader::shards::{diff_by_rank, is_sharded, Shards};
 use trace_writer::{TensorMeta, Writer};
 
@@ -70,7 +71,7 @@ fn shards_open_as_one_and_diff_rank_by_rank() {
     let per_rank = diff_by_rank(
         &s,
         &Shards::open(&b).unwrap(),
-        &Renamer::none(),
+        &Mapping::none(),
         &Tolerance::default(),
     )
     .unwrap();

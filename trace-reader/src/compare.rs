@@ -7,10 +7,10 @@
 
 use std::collections::HashMap;
 
-use regex::Regex;
 use trace_format::DType;
 
 use crate::error::ReaderError;
+use crate::mapping::{self, Mapping, Resolved, Transform};
 use crate::trace::{TensorInfo, Trace};
 
 /// When two tensors count as agreeing.
@@ -206,72 +206,6 @@ pub fn unravel(mut flat: u64, shape: &[u64]) -> Vec<u64> {
     idx
 }
 
-/// Rules that rename run A's tensors before pairing them with run B's.
-#[derive(Clone, Debug, Default)]
-pub struct Renamer {
-    rules: Vec<(Regex, String)>,
-}
-
-/// The `llama-hf` preset: llama.cpp eval-callback names to HF transformers
-/// module names (a module's output; `.input` marks a module's input).
-pub const PRESET_LLAMA_HF: &str = include_str!("../presets/llama-hf.map");
-
-impl Renamer {
-    /// No renaming.
-    pub fn none() -> Self {
-        Self::default()
-    }
-
-    /// Add a rule: names matching `pattern` (a regex) become `replacement`
-    /// (`$1`… refer to groups). The first matching rule wins.
-    pub fn push(&mut self, pattern: &str, replacement: &str) -> Result<(), regex::Error> {
-        self.rules
-            .push((Regex::new(pattern)?, replacement.to_owned()));
-        Ok(())
-    }
-
-    /// Rules from a mapping file's text: one `PATTERN => REPLACEMENT` per
-    /// line; blank lines and lines starting with `#` are ignored.
-    pub fn from_map(text: &str) -> Result<Self, String> {
-        let mut r = Renamer::none();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (pat, rep) = line
-                .split_once("=>")
-                .ok_or_else(|| format!("line {}: expected `PATTERN => REPLACEMENT`", n + 1))?;
-            r.push(pat.trim(), rep.trim())
-                .map_err(|e| format!("line {}: {e}", n + 1))?;
-        }
-        Ok(r)
-    }
-
-    /// A named preset (`llama-hf`).
-    pub fn preset(name: &str) -> Option<Self> {
-        match name {
-            "llama-hf" => Self::from_map(PRESET_LLAMA_HF).ok(),
-            _ => None,
-        }
-    }
-
-    /// Append another renamer's rules after this one's.
-    pub fn extend(&mut self, other: Renamer) {
-        self.rules.extend(other.rules);
-    }
-
-    /// The name `name` pairs under.
-    pub fn apply(&self, name: &str) -> String {
-        for (re, rep) in &self.rules {
-            if re.is_match(name) {
-                return re.replace(name, rep.as_str()).into_owned();
-            }
-        }
-        name.to_owned()
-    }
-}
-
 /// The verdict on one pair.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -337,8 +271,14 @@ impl Side {
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Pair {
-    /// The name both sides pair under (A's name after renaming).
+    /// The name both sides pair under (B's name: A's name after the mapping).
     pub key: String,
+    /// The step both sides belong to (`None`: a side has no steps).
+    pub step: Option<i64>,
+    /// The mapping rule that paired them, as written (`None`: same name).
+    pub rule: Option<String>,
+    /// The transforms applied to A's values before comparing (`rope_rows`, …).
+    pub transforms: Vec<String>,
     /// Run A's tensor.
     pub a: Side,
     /// Run B's tensor.
@@ -373,6 +313,20 @@ pub struct LayerSummary {
     pub std_ratio: f64,
 }
 
+/// One of A's tensors that has no partner in B, and why.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Unpaired {
+    /// Record id in A.
+    pub id: u64,
+    /// Name in A.
+    pub name: String,
+    /// Step.
+    pub step: Option<i64>,
+    /// Why it has no partner.
+    pub reason: String,
+}
+
 /// Everything `diff` found.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -383,8 +337,12 @@ pub struct DiffReport {
     pub pairs: Vec<Pair>,
     /// Index into `pairs` of the first divergent pair.
     pub first_divergence: Option<usize>,
-    /// A's tensors without a partner (`name (record id)`).
+    /// A's tensors without a partner (`name (#record id)`).
     pub only_in_a: Vec<String>,
+    /// Why each of A's tensors without a partner has none, in A's order.
+    pub unpaired: Vec<Unpaired>,
+    /// Whether tensors were paired within steps (both traces record steps).
+    pub by_step: bool,
     /// B's tensors without a partner.
     pub only_in_b: Vec<String>,
     /// Per-layer summary, in layer order.
@@ -409,6 +367,7 @@ fn compare_pair(
     a: &TensorInfo,
     tb: &Trace,
     b: &TensorInfo,
+    transforms: &[Transform],
     tol: &Tolerance,
 ) -> Result<(Verdict, Option<Metrics>), ReaderError> {
     if a.is_stats_only() || b.is_stats_only() {
@@ -444,15 +403,21 @@ fn compare_pair(
             ));
         }
     }
-    if squeezed(&a.layout.shape) != squeezed(&b.layout.shape) {
+    let Ok((shape_a, shape_b)) =
+        mapping::transformed_shapes(transforms, &a.layout.shape, &b.layout.shape)
+    else {
+        return Ok((Verdict::ShapeMismatch, None));
+    };
+    if squeezed(&shape_a) != squeezed(&shape_b) {
         return Ok((Verdict::ShapeMismatch, None));
     }
     let va = ta.view(a.id)?.to_f64()?;
     let vb = tb.view(b.id)?.to_f64()?;
+    let (va, vb) = mapping::apply(transforms, va, &a.layout.shape, vb, &b.layout.shape);
     let ulp = [a.dtype, b.dtype]
         .into_iter()
         .find(|d| matches!(d, DType::F16 | DType::BF16));
-    let m = compare_values(&va, &vb, &a.layout.shape, tol, ulp);
+    let m = compare_values(&va, &vb, &shape_a, tol, ulp);
     let mut why = Vec::new();
     if m.outside_tolerance > 0 {
         why.push(format!(
@@ -477,29 +442,44 @@ fn compare_pair(
     Ok((verdict, Some(m)))
 }
 
+/// The engine op that made a tensor (ggml: `MUL_MAT`, `RESHAPE`, …).
+fn engine_op(t: &TensorInfo) -> Option<&str> {
+    t.lineage.engine_op.as_ref().map(|e| e.op.as_str())
+}
+
 /// Pair run A's tensors with run B's and compare them.
 ///
-/// A's names pass through `renamer`; the k-th occurrence of a name in A
-/// pairs with the k-th occurrence in B. `progress` is called after each pair
-/// with (done, total).
+/// Each of A's tensors goes where `mapping` says (by default: B's tensor of
+/// the same name). When both traces record steps, tensors pair within the
+/// same step; then the k-th of A's tensors going to a name pairs with the
+/// k-th of B's tensors of that name (llama.cpp repeats names). `progress` is
+/// called after each of A's tensors with (done, total).
 pub fn diff(
     a: &Trace,
     b: &Trace,
-    renamer: &Renamer,
+    mapping: &Mapping,
     tol: &Tolerance,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<DiffReport, ReaderError> {
-    let mut b_by_name: HashMap<&str, Vec<u64>> = HashMap::new();
+    let has_steps = |t: &Trace| {
+        t.tensor_ids()
+            .iter()
+            .any(|&id| t.tensor(id).is_ok_and(|x| x.step.is_some()))
+    };
+    let by_step = has_steps(a) && has_steps(b);
+    let step_of = |t: &TensorInfo| if by_step { t.step } else { None };
+    let mut b_by_name: HashMap<(Option<i64>, &str), Vec<u64>> = HashMap::new();
+    let mut b_steps_of: HashMap<&str, Vec<Option<i64>>> = HashMap::new();
     for &id in b.tensor_ids() {
-        b_by_name
-            .entry(b.record_name(id).unwrap_or(""))
-            .or_default()
-            .push(id);
+        let name = b.record_name(id).unwrap_or("");
+        let step = b.tensor(id).ok().and_then(step_of);
+        b_by_name.entry((step, name)).or_default().push(id);
+        b_steps_of.entry(name).or_default().push(step);
     }
-    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut seen: HashMap<(Option<i64>, String), usize> = HashMap::new();
     let mut used_b = std::collections::HashSet::new();
     let mut pairs = Vec::new();
-    let mut only_in_a = Vec::new();
+    let mut unpaired = Vec::new();
     let total = a.len();
     let mut unreadable = Vec::new();
     for (done, &ida) in a.tensor_ids().iter().enumerate() {
@@ -511,43 +491,83 @@ pub fn diff(
                 continue;
             }
         };
-        let key = renamer.apply(&ta.name);
-        let k = seen.entry(key.clone()).or_insert(0);
-        let partner = b_by_name
-            .get(key.as_str())
-            .and_then(|ids| ids.get(*k))
-            .copied();
+        let step = step_of(ta);
+        let mut no_partner = |reason: String| {
+            unpaired.push(Unpaired {
+                id: ida,
+                name: ta.name.clone(),
+                step: ta.step,
+                reason,
+            })
+        };
+        let (key, rule, transforms) = match mapping.resolve(&ta.name, engine_op(ta)) {
+            Resolved::Unpaired { rule, reason } => {
+                no_partner(format!("{reason} (rule `{rule}`)"));
+                continue;
+            }
+            Resolved::Pair {
+                key,
+                rule,
+                transforms,
+            } => (key, rule, transforms),
+        };
+        let k = seen.entry((step, key.clone())).or_insert(0);
+        let occurrence = *k;
         *k += 1;
-        match partner {
-            None => only_in_a.push(format!("{} (#{ida})", ta.name)),
-            Some(idb) => {
-                used_b.insert(idb);
-                let tb = match b.tensor(idb) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        unreadable.push(format!("B: {e}"));
-                        continue;
-                    }
-                };
-                let (verdict, metrics) = match compare_pair(a, ta, b, tb, tol) {
-                    Ok(x) => x,
-                    Err(e) => (Verdict::Skipped(format!("unreadable: {e}")), None),
-                };
-                if let Verdict::Skipped(why) = &verdict {
-                    if why.starts_with("unreadable") {
-                        unreadable.push(format!("{key}: {why}"));
-                    }
-                }
-                pairs.push(Pair {
-                    key,
-                    a: Side::of(ta),
-                    b: Side::of(tb),
-                    verdict,
-                    metrics,
-                });
+        let partner = b_by_name
+            .get(&(step, key.as_str()))
+            .and_then(|ids| ids.get(occurrence))
+            .copied();
+        let Some(idb) = partner else {
+            let via = rule.map_or("same name".to_string(), |r| format!("rule `{r}`"));
+            let at = step.map_or(String::new(), |s| format!(" at step {s}"));
+            let reason = match (
+                b_steps_of.get(key.as_str()),
+                b_by_name.get(&(step, key.as_str())),
+            ) {
+                (None, _) => format!("B has no tensor named `{key}` ({via})"),
+                (Some(_), None) => format!("B has `{key}`, but not{at} ({via})"),
+                (Some(_), Some(ids)) => format!(
+                    "B has {} `{key}`{at}; this is the {} of A's tensors that go there ({via})",
+                    ids.len(),
+                    ordinal(occurrence + 1)
+                ),
+            };
+            no_partner(reason);
+            continue;
+        };
+        used_b.insert(idb);
+        let tb = match b.tensor(idb) {
+            Ok(t) => t,
+            Err(e) => {
+                unreadable.push(format!("B: {e}"));
+                continue;
+            }
+        };
+        let (verdict, metrics) = match compare_pair(a, ta, b, tb, transforms, tol) {
+            Ok(x) => x,
+            Err(e) => (Verdict::Skipped(format!("unreadable: {e}")), None),
+        };
+        if let Verdict::Skipped(why) = &verdict {
+            if why.starts_with("unreadable") {
+                unreadable.push(format!("{key}: {why}"));
             }
         }
+        pairs.push(Pair {
+            key,
+            step,
+            rule: rule.map(str::to_owned),
+            transforms: transforms.iter().map(|t| t.to_string()).collect(),
+            a: Side::of(ta),
+            b: Side::of(tb),
+            verdict,
+            metrics,
+        });
     }
+    let only_in_a = unpaired
+        .iter()
+        .map(|u| format!("{} (#{})", u.name, u.id))
+        .collect();
     let only_in_b = b
         .tensor_ids()
         .iter()
@@ -561,10 +581,23 @@ pub fn diff(
         pairs,
         first_divergence,
         only_in_a,
+        unpaired,
+        by_step,
         only_in_b,
         layers,
         unreadable,
     })
+}
+
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, 11) | (2, 12) | (3, 13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 fn layer_summary(pairs: &[Pair]) -> Vec<LayerSummary> {
@@ -644,17 +677,16 @@ mod tests {
     }
 
     #[test]
-    fn preset_maps_llama_names() {
-        let r = Renamer::preset("llama-hf").unwrap();
-        assert_eq!(r.apply("attn_norm-0"), "model.layers.0.input_layernorm");
-        assert_eq!(r.apply("Qcur-12"), "model.layers.12.self_attn.q_proj");
+    fn presets_parse() {
+        for p in mapping::PRESETS {
+            assert!(Mapping::from_map(p.text).is_ok(), "{}", p.name);
+        }
+        let m = Mapping::preset("llama-hf").unwrap();
         assert_eq!(
-            r.apply("kqv_out-3"),
-            "model.layers.3.self_attn.o_proj.input"
+            m.resolve("attn_norm-0", Some("MUL")).key(),
+            Some("model.layers.0.input_layernorm")
         );
-        assert_eq!(r.apply("ffn_out-7"), "model.layers.7.mlp.down_proj");
-        assert_eq!(r.apply("result_output"), "lm_head");
-        assert_eq!(r.apply("something_else"), "something_else");
-        assert!(Renamer::from_map("no arrow here").is_err());
+        assert_eq!(ordinal(2), "2nd");
+        assert_eq!(ordinal(13), "13th");
     }
 }

@@ -5,6 +5,7 @@ pub mod compare;
 mod error;
 pub mod gguf;
 mod halves;
+pub mod mapping;
 mod pool;
 #[cfg(feature = "report")]
 pub mod report;

@@ -10,7 +10,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::compare::{diff, DiffReport, Renamer, Tolerance};
+use crate::compare::{diff, DiffReport, Tolerance};
+use crate::mapping::Mapping;
 use crate::{ReaderError, Trace, Value};
 
 /// One shard: its rank and its trace.
@@ -230,7 +231,7 @@ pub struct RankDiff {
 pub fn diff_by_rank(
     a: &Shards,
     b: &Shards,
-    renamer: &Renamer,
+    mapping: &Mapping,
     tolerance: &Tolerance,
 ) -> Result<Vec<RankDiff>, ReaderError> {
     let mut ranks: Vec<i64> = a.shards.iter().chain(&b.shards).map(|s| s.rank).collect();
@@ -241,7 +242,7 @@ pub fn diff_by_rank(
         let sa = a.shards.iter().find(|s| s.rank == r);
         let sb = b.shards.iter().find(|s| s.rank == r);
         let report = match (sa, sb) {
-            (Some(x), Some(y)) => Some(diff(&x.trace, &y.trace, renamer, tolerance, |_, _| {})?),
+            (Some(x), Some(y)) => Some(diff(&x.trace, &y.trace, mapping, tolerance, |_, _| {})?),
             _ => None,
         };
         out.push(RankDiff {

@@ -58,6 +58,69 @@ fn side(trace: &Trace, id: u64) -> String {
     }
 }
 
+/// "A's name = B's name", or the one name both sides share.
+fn pair_names(p: &Pair) -> String {
+    if p.a.name == p.b.name {
+        p.a.name.clone()
+    } else {
+        format!("{} (A) = {} (B)", p.a.name, p.b.name)
+    }
+}
+
+/// The rule and transforms that made a pair.
+fn pairing_of(p: &Pair) -> String {
+    let mut s = match &p.rule {
+        Some(r) => format!("rule `{r}`"),
+        None => "the same name".to_string(),
+    };
+    if !p.transforms.is_empty() {
+        write!(s, "; A transformed by {}", p.transforms.join(", ")).ok();
+    }
+    s
+}
+
+/// `diff --explain-pairing`: how each pair was made, and why each of A's
+/// unpaired tensors has no partner.
+pub fn explain_pairing(r: &DiffReport) -> Result<String> {
+    let mut s = String::new();
+    writeln!(
+        s,
+        "\npairing ({}): {} pairs, {} of A's tensors unpaired",
+        if r.by_step {
+            "within steps, then by occurrence"
+        } else {
+            "by occurrence over the whole trace: a trace has no steps"
+        },
+        r.pairs.len(),
+        r.unpaired.len()
+    )?;
+    let mut t = Grid::new(&["step", "#A", "A", "#B", "B", "paired by"]);
+    for p in &r.pairs {
+        t.row(vec![
+            p.step.map_or("-".into(), |x| x.to_string()),
+            p.a.id.to_string(),
+            p.a.name.clone(),
+            p.b.id.to_string(),
+            p.b.name.clone(),
+            pairing_of(p),
+        ]);
+    }
+    writeln!(s, "{t}")?;
+    if !r.unpaired.is_empty() {
+        let mut t = Grid::new(&["step", "#A", "A", "why unpaired"]);
+        for u in &r.unpaired {
+            t.row(vec![
+                u.step.map_or("-".into(), |x| x.to_string()),
+                u.id.to_string(),
+                u.name.clone(),
+                u.reason.clone(),
+            ]);
+        }
+        writeln!(s, "A's tensors without a partner\n{t}")?;
+    }
+    Ok(s)
+}
+
 pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<String> {
     let mut s = String::new();
     writeln!(s, "A (under test) {}", a.path().display())?;
@@ -151,11 +214,15 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
             let p = &r.pairs[i];
             writeln!(
                 s,
-                "\nFIRST DIVERGENCE: {} (pair {} of {}, in A's execution order)",
-                p.key,
+                "\nFIRST DIVERGENCE: {}{} (pair {} of {}, in A's execution order)",
+                pair_names(p),
+                p.step.map_or(String::new(), |st| format!(" at step {st}")),
                 i + 1,
                 r.pairs.len()
             )?;
+            if p.rule.is_some() || !p.transforms.is_empty() {
+                writeln!(s, "  paired by: {}", pairing_of(p))?;
+            }
             match (&p.verdict, &p.metrics) {
                 (Verdict::Diverge(why), Some(m)) => {
                     writeln!(s, "  why: {}", why.join("; "))?;
@@ -195,7 +262,7 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
                 writeln!(
                     s,
                     "  the pair before it: {} ({})",
-                    prev.key,
+                    pair_names(prev),
                     verdict_cell(&prev.verdict)
                 )?;
             }

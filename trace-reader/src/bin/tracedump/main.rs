@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use regex::Regex;
-use trace_reader::compare::{diff, Renamer, Tolerance};
+use trace_reader::compare::{diff, Tolerance};
+use trace_reader::mapping::{preset_names, Mapping};
 use trace_reader::shards::{diff_by_rank, is_sharded, Shards};
 use trace_reader::{DType, TensorFilter, Trace};
 
@@ -136,6 +137,9 @@ enum Command {
         /// List every pair, not only the divergent ones.
         #[arg(long)]
         all: bool,
+        /// Say how each tensor was paired (the rule, its transforms) and why each of A's unpaired tensors has no partner.
+        #[arg(long)]
+        explain_pairing: bool,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
@@ -254,13 +258,13 @@ fn main() -> ExitCode {
 /// How `diff` and `report` pair and judge tensors.
 #[derive(clap::Args, Debug)]
 struct Pairing {
-    /// Rename A's tensors: `PATTERN=>REPLACEMENT` (regex, `$1` for groups); repeatable, first match wins.
+    /// A mapping rule: `PATTERN [@OP] => NAME [| TRANSFORM]...` (regex on A's names, `$1` for groups); repeatable, first match wins.
     #[arg(long, value_name = "RULE")]
     rename: Vec<String>,
-    /// A mapping file: one `PATTERN => REPLACEMENT` per line, `#` comments.
+    /// A mapping file: one rule per line (as --rename), `#` comments.
     #[arg(long, value_name = "FILE")]
     map: Option<PathBuf>,
-    /// A built-in mapping: `llama-hf` (llama.cpp names to HF transformers module names).
+    /// A built-in mapping, llama.cpp (A) to HF transformers (B): llama-hf, qwen2-hf, qwen3-hf.
     #[arg(long, value_name = "NAME")]
     preset: Option<String>,
     /// Absolute tolerance.
@@ -275,8 +279,8 @@ struct Pairing {
 }
 
 impl Pairing {
-    fn renamer(&self) -> Result<Renamer> {
-        renamer_from(&self.rename, self.map.as_deref(), self.preset.as_deref())
+    fn mapping(&self) -> Result<Mapping> {
+        mapping_from(&self.rename, self.map.as_deref(), self.preset.as_deref())
     }
 
     fn tolerance(&self) -> Tolerance {
@@ -371,19 +375,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             b,
             pairing,
             all,
+            explain_pairing,
             json,
             parquet,
         } => {
-            let (renamer, tol) = (pairing.renamer()?, pairing.tolerance());
+            let (mapping, tol) = (pairing.mapping()?, pairing.tolerance());
             if is_sharded(&a) || is_sharded(&b) {
                 if parquet.is_some() {
                     bail!("--parquet compares one trace with one trace; for shards, diff them rank by rank");
                 }
-                return diff_shards(&a, &b, &renamer, &tol, all, json);
+                return diff_shards(&a, &b, &mapping, &tol, all, json);
             }
             let (ta, tb) = (open(&a)?, open(&b)?);
             let bar = output::progress(ta.len() as u64, true, "comparing");
-            let report = diff(&ta, &tb, &renamer, &tol, |done, _| {
+            let report = diff(&ta, &tb, &mapping, &tol, |done, _| {
                 bar.set_position(done as u64)
             })?;
             bar.finish_and_clear();
@@ -394,6 +399,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", diffcmd::diff_text(&ta, &tb, &report, all)?);
+                if explain_pairing {
+                    print!("{}", diffcmd::explain_pairing(&report)?);
+                }
             }
             Ok(if report.agrees() {
                 ExitCode::SUCCESS
@@ -407,11 +415,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output,
             pairing,
         } => {
-            let (renamer, tol) = (pairing.renamer()?, pairing.tolerance());
+            let (mapping, tol) = (pairing.mapping()?, pairing.tolerance());
             let (ta, tb) = (open(&a)?, open(&b)?);
 
             let bar = output::progress(ta.len() as u64, true, "comparing");
-            let report = diff(&ta, &tb, &renamer, &tol, |done, _| {
+            let report = diff(&ta, &tb, &mapping, &tol, |done, _| {
                 bar.set_position(done as u64)
             })?;
             bar.finish_and_clear();
@@ -621,36 +629,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// The renaming rules of `diff` and `report`.
-fn renamer_from(
+/// The mapping `diff` and `report` pair tensors by.
+fn mapping_from(
     rename: &[String],
     map: Option<&std::path::Path>,
     preset: Option<&str>,
-) -> Result<Renamer> {
-    let mut renamer = Renamer::none();
+) -> Result<Mapping> {
+    let mut mapping = Mapping::none();
     for rule in rename {
-        let (pat, rep) = rule
-            .split_once("=>")
-            .with_context(|| format!("--rename {rule}: expected PATTERN=>REPLACEMENT"))?;
-        renamer
-            .push(pat, rep)
+        mapping
+            .push_rule(rule)
+            .map_err(anyhow::Error::msg)
             .with_context(|| format!("--rename {rule}"))?;
     }
     if let Some(m) = map {
         let text = std::fs::read_to_string(m).with_context(|| format!("{}", m.display()))?;
-        renamer.extend(
-            Renamer::from_map(&text)
+        mapping.extend(
+            Mapping::from_map(&text)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("{}", m.display()))?,
         );
     }
     if let Some(p) = preset {
-        renamer.extend(
-            Renamer::preset(p)
-                .with_context(|| format!("--preset {p}: the presets are: llama-hf"))?,
+        mapping.extend(
+            Mapping::preset(p)
+                .with_context(|| format!("--preset {p}: the presets are: {}", preset_names()))?,
         );
     }
-    Ok(renamer)
+    Ok(mapping)
 }
 
 fn export_parquet(
@@ -753,13 +759,13 @@ fn shards_summary(shards: &Shards) -> String {
 fn diff_shards(
     a: &std::path::Path,
     b: &std::path::Path,
-    renamer: &Renamer,
+    mapping: &Mapping,
     tol: &Tolerance,
     all: bool,
     json: bool,
 ) -> Result<ExitCode> {
     let (sa, sb) = (Shards::open(a)?, Shards::open(b)?);
-    let per_rank = diff_by_rank(&sa, &sb, renamer, tol)?;
+    let per_rank = diff_by_rank(&sa, &sb, mapping, tol)?;
     let agrees = per_rank
         .iter()
         .all(|r| r.report.as_ref().is_some_and(|x| x.agrees()));
