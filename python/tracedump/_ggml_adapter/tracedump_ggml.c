@@ -12,6 +12,7 @@
 struct tracedump_ggml {
     td_ggml * rec;
     uint64_t records;
+    uint64_t newest_id;  /* record ids grow: an older one is a graph input recorded before */
     uint64_t errors;
     char error[512];
     void * scratch;      /* device data copied out */
@@ -111,8 +112,10 @@ static void record(struct tracedump_ggml * td, struct ggml_tensor * t, int once)
     int rc = td_ggml_record(td->rec, &node, &id);
     if (rc == TD_ERROR) {
         fail(td, node.name, td_last_error());
-    } else if (rc == TD_OK) {
+    } else if (rc == TD_OK && (td->records == 0 || id > td->newest_id)) {
+        /* a graph input already recorded in this graph comes back with its old id */
         td->records++;
+        td->newest_id = id;
     }
 }
 
