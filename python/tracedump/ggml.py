@@ -140,11 +140,15 @@ def adapter_library(cc: Optional[str] = None):
 class Capture:
     """See :func:`capture`."""
 
-    def __init__(self, llama, path, include: Optional[str] = None):
+    def __init__(self, llama, path, include: Optional[str] = None, n_seq: int = 1):
+        if n_seq < 1:
+            raise ValueError(f"n_seq must be at least 1, not {n_seq}")
         self.llama = llama
         self.path = str(path)
         self.include = include
+        self.n_seq = n_seq
         self.step = 0
+        self._positions: Dict[int, int] = {}
         self._lib = None
         self._td = None
         self._records = 0
@@ -172,7 +176,8 @@ class Capture:
         self._lib, self._td = lib, td
         llama = self.llama
         params = llama.context_params
-        self._old = (llama._ctx, params.cb_eval, params.cb_eval_user_data, llama.n_tokens)
+        self._old = (llama._ctx, params.cb_eval, params.cb_eval_user_data, llama.n_tokens, params.n_seq_max)
+        params.n_seq_max = max(params.n_seq_max, self.n_seq)
         cb_addr = ctypes.cast(lib.tracedump_ggml_cb, ctypes.c_void_p).value
         self._cb = llama_cpp.ggml_backend_sched_eval_callback(cb_addr)
         params.cb_eval = self._cb
@@ -191,6 +196,80 @@ class Capture:
         llama.n_tokens = 0
         return self
 
+    def decode(self, sequences, *, logits: str = "all"):
+        """Decode one batch (one step) holding tokens of several sequences.
+
+            with tracedump.ggml.capture(llm, "run.tdump", n_seq=2) as cap:
+                cap.decode({0: prompt_a, 1: prompt_b})      # step 0: both prompts
+                cap.decode({0: [next_a], 1: [next_b]})      # step 1
+
+        ``sequences`` maps a sequence id (``0 <= id < n_seq``) to its token
+        ids (a list of lists means ids 0, 1, …). Each sequence's positions go
+        on from where its last ``decode`` left it. ``logits``: ``"all"``
+        (every token's row, what a comparison wants) or ``"last"`` (each
+        sequence's last token, what generation needs). Returns ``{id:
+        numpy array [rows, n_vocab]}``, the logits llama.cpp computed.
+        llama.cpp may split a batch of several sequences into ubatches,
+        each a graph of its own: the step then holds each name once per
+        graph.
+        """
+        import ctypes
+
+        import llama_cpp
+        import numpy as np
+
+        if self._td is None:
+            raise RuntimeError("decode() is for inside the `with` block")
+        if logits not in ("all", "last"):
+            raise ValueError(f"logits must be 'all' or 'last', not {logits!r}")
+        if not isinstance(sequences, dict):
+            sequences = dict(enumerate(sequences))
+        seqs = {int(k): [int(t) for t in v] for k, v in sequences.items() if len(v)}
+        for sid in seqs:
+            if not 0 <= sid < self.n_seq:
+                raise ValueError(f"sequence id {sid}: capture(..., n_seq={self.n_seq}) allows 0..{self.n_seq - 1}")
+        n = sum(len(v) for v in seqs.values())
+        if n == 0:
+            raise ValueError("decode() needs at least one token")
+        ctx = self.llama._ctx.ctx
+        batch = llama_cpp.llama_batch_init(n, 0, max(len(seqs), 1))
+        try:
+            rows: Dict[int, List[int]] = {}
+            i = 0
+            for sid, tokens in seqs.items():
+                start = self._positions.get(sid, 0)
+                for j, tok in enumerate(tokens):
+                    batch.token[i] = tok
+                    batch.pos[i] = start + j
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = sid
+                    want = logits == "all" or j == len(tokens) - 1
+                    batch.logits[i] = want
+                    if want:
+                        rows.setdefault(sid, []).append(i)
+                    i += 1
+            batch.n_tokens = n
+            self._lib.tracedump_ggml_step(self._td, self.step)
+            self.step += 1
+            rc = llama_cpp.llama_decode(ctx, batch)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode returned {rc}")
+            for sid, tokens in seqs.items():
+                self._positions[sid] = self._positions.get(sid, 0) + len(tokens)
+            n_vocab = self.llama.n_vocab()
+            out = {}
+            for sid, idx in rows.items():
+                out[sid] = np.stack([
+                    np.ctypeslib.as_array(
+                        ctypes.cast(llama_cpp.llama_get_logits_ith(ctx, r), ctypes.POINTER(ctypes.c_float)),
+                        shape=(n_vocab,),
+                    ).copy()
+                    for r in idx
+                ])
+            return out
+        finally:
+            llama_cpp.llama_batch_free(batch)
+
     @property
     def records(self) -> int:
         """Tensors recorded so far (all of them, after the block)."""
@@ -199,8 +278,9 @@ class Capture:
     def __exit__(self, *exc) -> bool:
         llama = self.llama
         ctx = llama._ctx
-        llama._ctx, cb, ud, _ = self._old
+        llama._ctx, cb, ud, _, n_seq_max = self._old
         llama.context_params.cb_eval, llama.context_params.cb_eval_user_data = cb, ud
+        llama.context_params.n_seq_max = n_seq_max
         llama.n_tokens = 0  # the original context's cache no longer matches input_ids
         ctx.close()
         lib, td = self._lib, self._td
@@ -215,7 +295,7 @@ class Capture:
         return False
 
 
-def capture(llama, path, *, include: Optional[str] = None) -> Capture:
+def capture(llama, path, *, include: Optional[str] = None, n_seq: int = 1) -> Capture:
     """Record every tensor llama.cpp evaluates in ``llama`` (a
     ``llama_cpp.Llama``) into ``path``, with the C adapter (compiled on first
     use against llama-cpp-python's own ggml headers, :func:`adapter_library`).
@@ -228,5 +308,15 @@ def capture(llama, path, *, include: Optional[str] = None) -> Capture:
     of its own with the eval callback installed (same parameters, an empty
     KV cache); the original context is back afterwards, its cache forgotten
     (``n_tokens = 0``). ``include`` is a regex on tensor names.
+
+    For a comparison, make ``llm`` with ``logits_all=True``: otherwise
+    llama.cpp computes the last layer's FFN, the final norm and the logits
+    for the last token only (the rows whose logits were asked for), and
+    those tensors hold fewer rows than a reference's. ``type_k=0, type_v=0``
+    (``GGML_TYPE_F32``) keep the KV cache in f32; the default f16 cache
+    differs from an f32 reference by about 1e-3. ``llm.eval`` decodes in
+    chunks of ``n_batch`` tokens, a step each.
+
+    Several sequences in one batch: ``n_seq=N`` and :meth:`Capture.decode`.
     """
-    return Capture(llama, path, include)
+    return Capture(llama, path, include, n_seq)
