@@ -15,6 +15,8 @@ torch's ``[batch, heads, seq, head_dim]``, and computes
 
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` in float32;
 * ``naive``: ``softmax(Q K^T * scale [soft-capped] + mask) V`` in float64;
+* ``ggml`` (with ``round_q="ggml"`` on a ggml trace): ggml's CPU attention
+  kernel emulated, its f16 rounding included (see :func:`attention`);
 
 and, when the engine's output is there, max abs / max rel / cosine of each
 against it.
@@ -606,6 +608,8 @@ def _resolve(ops: Dict[str, _Operand], mask_shape, known: Dict[str, int]):
 
 
 _GGML_VEC_DOT = {
+    # a ggml type -> the type ggml's CPU kernels convert the other operand of
+    # a dot product with it to (type_traits_cpu[...].vec_dot_type); None: f32
     "f16": "f16",
     "bf16": "bf16",
     "q4_0": "q8_0",
@@ -618,12 +622,36 @@ _GGML_VEC_DOT = {
 }
 
 
-def _round_q(q, how: str, k_operand, notes: List[str]):
-    """Q rounded as an engine rounds it before multiplying with K."""
+def _round_to(x, how: str, what: str = "round_q"):
+    """``x`` rounded to ``how`` (f16, bf16, q8_0 in 32-blocks along the last axis), same dtype."""
     import torch
 
+    if how == "f16":
+        return x.to(torch.float32).to(torch.float16).to(x.dtype)
+    if how == "bf16":
+        return x.to(torch.float32).to(torch.bfloat16).to(x.dtype)
+    if how == "q8_0":
+        # ggml's x86-64 quantize_row_q8_0 (AVX): d = amax/127 stored as f16,
+        # x * (127/amax) in f32 rounded to nearest (ties to even)
+        x32 = x.to(torch.float32)
+        if x32.shape[-1] % 32:
+            raise ValueError(f"{what}: q8_0 needs the last axis a multiple of 32, not {x32.shape[-1]}")
+        b = x32.reshape(-1, 32)
+        amax = b.abs().amax(dim=1, keepdim=True)
+        inv = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
+        qs = torch.round(b * inv)
+        d16 = (amax / 127).to(torch.float16).to(torch.float32)
+        return (qs * d16).reshape(x.shape).to(x.dtype)
+    raise ValueError(f"{what}={how!r}: use 'f16', 'bf16', 'q8_0' or 'ggml'")
+
+
+def _round_q(q, how: str, k_operand, notes: List[str], kernel: Optional[str] = None):
+    """Q rounded as an engine rounds it before multiplying with K."""
     if how == "ggml":
         kd = k_operand.dtype
+        if kernel == "fa_tiled":
+            notes.append("round_q='ggml': FLASH_ATTN_EXT's tiled kernel (64+ query tokens) keeps Q in f32")
+            return q
         if kd not in _GGML_VEC_DOT:
             notes.append(f"round_q='ggml': no rule for K of type {kd}; Q not rounded")
             return q
@@ -633,22 +661,182 @@ def _round_q(q, how: str, k_operand, notes: List[str]):
         notes.append(f"Q rounded to {how} as ggml's CPU kernels do for K of type {kd}")
     else:
         notes.append(f"Q rounded to {how}")
-    if how == "f16":
-        return q.to(torch.float16).to(q.dtype)
-    if how == "bf16":
-        return q.to(torch.bfloat16).to(q.dtype)
-    if how == "q8_0":
-        x = q.to(torch.float32)
-        if x.shape[-1] % 32:
-            raise ValueError(f"round_q='q8_0' needs head_dim a multiple of 32, not {x.shape[-1]}")
-        b = x.reshape(-1, 32)
-        d = b.abs().amax(dim=1, keepdim=True) / 127
-        inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
-        y = b * inv
-        qs = torch.sign(y) * torch.floor(y.abs() + 0.5)  # roundf: half away from zero
-        d16 = d.to(torch.float16).to(torch.float32)
-        return (qs * d16).reshape(q.shape).to(q.dtype)
-    raise ValueError(f"round_q={how!r}: use 'f16', 'bf16', 'q8_0' or 'ggml'")
+    if how == "q8_0" and q.shape[-1] % 32:
+        raise ValueError(f"round_q='q8_0' needs head_dim a multiple of 32, not {q.shape[-1]}")
+    return _round_to(q, how)
+
+
+# --------------------------------------------------------------------------
+# ggml's CPU attention kernels, emulated (the x86-64 build of the pinned
+# llama.cpp, ggml/src/ggml-cpu/ops.cpp)
+
+
+def _ggml_kernel_name(graph_op, out_tensor, tensors) -> Optional[str]:
+    """``'FLASH_ATTN_EXT'`` or ``'SOFT_MAX'`` (mul_mat, soft_max, mul_mat): the recorded attention op."""
+    for t in ([graph_op] if graph_op is not None else []) + ([out_tensor] if out_tensor is not None else []):
+        engine, op, _ = _engine_op(t)
+        if engine == "ggml" and op == "FLASH_ATTN_EXT":
+            return "FLASH_ATTN_EXT"
+        if engine == "ggml" and op in ("SOFT_MAX", "SOFT_MAX_EXT"):
+            return "SOFT_MAX"
+    for t in tensors:
+        engine, op, _ = _engine_op(t)
+        if engine == "ggml" and op == "FLASH_ATTN_EXT":
+            return "FLASH_ATTN_EXT"
+    for t in tensors:
+        engine, op, _ = _engine_op(t)
+        if engine == "ggml" and op in ("SOFT_MAX", "SOFT_MAX_EXT"):
+            return "SOFT_MAX"
+    return None
+
+
+def _ggml_fa_path(n_tok: int, batch: int, n_kv: int, qd: str, kd: str, vd: str) -> str:
+    """Which CPU FLASH_ATTN_EXT kernel ggml runs (ggml_compute_forward_flash_attn_ext_f16)."""
+    f32_f16 = kd == vd and kd in ("f16", "f32") and qd == "f32"
+    if f32_f16 and n_tok == 1 and batch == 1 and n_kv >= 512:
+        return "fa_split"  # one_chunk per thread's share of the keys, then reduced in f32
+    if f32_f16 and n_tok >= 64:  # GGML_FA_TILE_Q
+        return "fa_tiled"  # f32 GEMMs, Q not converted
+    return "fa_one_chunk"
+
+
+def _f32(x):
+    import torch
+
+    return x.to(torch.float32).to(torch.float64)
+
+
+def _f16(x):
+    import torch
+
+    return x.to(torch.float32).to(torch.float16).to(torch.float64)
+
+
+def _ggml_fa_f16(q, k, v, mask, scale: float, softcap: Optional[float], n_chunks: int):
+    """ggml_compute_forward_flash_attn_ext_f16_one_chunk with an f16 V, float64
+    tensors holding the f32/f16 values ggml holds. q ``[b, h, t, d]`` (already
+    converted to K's vec_dot type), k/v ``[b, h, s, d]`` (GQA repeated), mask
+    additive ``[.., t, s]`` or None. Per query row: s = q.k in f32, scaled (and
+    soft-capped), plus the mask (keys masked -inf skipped); the online softmax's
+    max M and sum S in f32; the V accumulator VKQ in f16, in key order:
+    on a new max VKQ = f16(VKQ*expf(Mold-M)), then VKQ = f16(VKQ + v*expf(s-M))
+    (ggml_vec_scale_f16 / ggml_vec_mad_f16: f32 arithmetic, each element rounded
+    to f16 per step); out = f32(VKQ) * (1/S). With ``n_chunks`` > 1 (the split-KV
+    path, one chunk of ceil(s/n_chunks) keys per thread) each chunk does that
+    from scratch and the chunks are merged in f32 (ggml_flash_attn_ext_reduce_partials).
+    """
+    import torch
+
+    f64 = torch.float64
+
+    def expf(x):
+        return _f32(torch.exp(x))
+
+    q, k, v = (x.to(f64) for x in (q, k, v))
+    b, h, t, _ = q.shape
+    n_kv, dv = k.shape[2], v.shape[-1]
+    s = _f32(torch.matmul(q, k.transpose(-1, -2)))  # ggml_vec_dot_f16 & co: an f32 sum
+    if softcap:
+        sc = float(torch.tensor(scale, dtype=torch.float32) / torch.tensor(softcap, dtype=torch.float32))
+        s = _f32(softcap * torch.tanh(_f32(s * sc)))
+    else:
+        s = _f32(s * float(torch.tensor(scale, dtype=torch.float32)))
+    if mask is not None:
+        m = _f32(mask.to(f64)).expand(b, h, t, n_kv)
+        valid = m != -math.inf
+        s = _f32(s + m)
+    else:
+        valid = torch.ones((b, h, t, n_kv), dtype=torch.bool)
+    size = -(-n_kv // n_chunks)
+    pad = size * n_chunks - n_kv
+    if pad:
+        s = torch.nn.functional.pad(s, (0, pad))
+        valid = torch.nn.functional.pad(valid, (0, pad), value=False)
+        v = torch.nn.functional.pad(v, (0, 0, 0, pad))
+    # chunks first: [c, b, h, t, size] and V [c, b, h, 1, size, dv]
+    s = s.reshape(b, h, t, n_chunks, size).permute(3, 0, 1, 2, 4)
+    valid = valid.reshape(b, h, t, n_chunks, size).permute(3, 0, 1, 2, 4)
+    vv = v.reshape(b, h, n_chunks, size, dv).permute(2, 0, 1, 3, 4).unsqueeze(3)
+    M = torch.full((n_chunks, b, h, t), -math.inf, dtype=f64)
+    S = torch.zeros((n_chunks, b, h, t), dtype=f64)
+    acc = torch.zeros((n_chunks, b, h, t, dv), dtype=f64)
+    live = valid.reshape(-1, size).any(dim=0)
+    for i in torch.nonzero(live).flatten().tolist():
+        si, ok = s[..., i], valid[..., i]
+        new = ok & (si > M)
+        ms = torch.where(new, expf(torch.where(new, _f32(M - si), 0.0)), 1.0)
+        vs = torch.where(new, 1.0, torch.where(ok & ~new, expf(torch.where(ok & ~new, _f32(si - M), 0.0)), 0.0))
+        acc = torch.where(new.unsqueeze(-1), _f16(acc * ms.unsqueeze(-1)), acc)
+        acc = torch.where(ok.unsqueeze(-1), _f16(acc + vv[..., i, :] * vs.unsqueeze(-1)), acc)
+        M = torch.where(new, si, M)
+        S = torch.where(ok, _f32(S * ms + vs), S)
+    if n_chunks == 1:
+        inv = torch.where(S[0] == 0, 0.0, _f32(1 / S[0]))
+        return _f32(acc[0] * inv.unsqueeze(-1)).to(torch.float32)
+    Mf = torch.full((b, h, t), -math.inf, dtype=f64)
+    Sf = torch.zeros((b, h, t), dtype=f64)
+    Vf = torch.zeros((b, h, t, dv), dtype=f64)
+    for c in range(n_chunks):
+        use = S[c] != 0
+        Mn = torch.maximum(Mf, M[c])
+        so = expf(torch.where(use, _f32(Mf - Mn), 0.0))
+        sn = expf(torch.where(use, _f32(M[c] - Mn), 0.0))
+        Vf = torch.where(use.unsqueeze(-1), _f32(Vf * so.unsqueeze(-1) + acc[c] * sn.unsqueeze(-1)), Vf)
+        Sf = torch.where(use, _f32(Sf * so + S[c] * sn), Sf)
+        Mf = torch.where(use, Mn, Mf)
+    inv = torch.where(Sf == 0, 1.0, _f32(1 / Sf))
+    return _f32(Vf * inv.unsqueeze(-1)).to(torch.float32)
+
+
+def _ggml_attention(path, q, k, v, mask, scale, softcap, vd: str, threads, naive, notes: List[str]):
+    """The output of ggml's CPU kernel for ``path`` (see :func:`attention`), float32, or None."""
+    import torch
+
+    if path is None:
+        notes.append(
+            "round_q='ggml': no recorded ggml attention op (FLASH_ATTN_EXT, or SOFT_MAX and its MUL_MATs); "
+            "no kernel emulated (r.ggml is None)"
+        )
+        return None
+    if path == "soft_max":
+        to = _GGML_VEC_DOT.get(vd, "?")
+        if to == "?":
+            notes.append(f"ggml: no rule for V of type {vd}; kq·V emulated without rounding the softmax")
+            to = None
+        if to is None:
+            return naive.to(torch.float32)
+        if to == "q8_0" and k.shape[2] % 32:
+            notes.append("ggml: the softmax cannot be q8_0 blocks (n_kv not a multiple of 32); not rounded")
+            return naive.to(torch.float32)
+        s = torch.matmul(q.to(torch.float64), k.to(torch.float64).transpose(-1, -2)) * scale
+        if softcap:
+            s = softcap * torch.tanh(s / softcap)
+        if mask is not None:
+            s = s + mask
+        p = _round_to(torch.softmax(s, dim=-1).to(torch.float32), to, "the softmax").to(torch.float64)
+        notes.append(f"ggml: SOFT_MAX then MUL_MAT with V ({vd}): the softmax rounded to {to}, as ggml's mul_mat does")
+        return torch.matmul(p, v.to(torch.float64)).to(torch.float32)
+    if path == "fa_tiled":
+        notes.append("ggml: FLASH_ATTN_EXT's tiled kernel (64+ query tokens): f32 Q, K, V and accumulators")
+        return naive.to(torch.float32)
+    if vd != "f16":
+        notes.append(f"ggml: FLASH_ATTN_EXT with V of type {vd}: V converted to f32, f32 accumulation")
+        return naive.to(torch.float32)
+    if path == "fa_split":
+        if not threads:
+            notes.append(
+                "ggml: FLASH_ATTN_EXT's split-KV kernel (one query token, n_kv >= 512) accumulates V in f16 over "
+                "each thread's share of the keys: pass ggml_threads= (llama.cpp's n_threads) to emulate it; "
+                "r.ggml is the f32 attention"
+            )
+            return naive.to(torch.float32)
+        notes.append(
+            f"ggml: FLASH_ATTN_EXT's split-KV kernel on {threads} threads: f16 V accumulation per chunk of "
+            f"{-(-k.shape[2] // threads)} keys, chunks merged in f32"
+        )
+        return _ggml_fa_f16(q, k, v, mask, scale, softcap, int(threads))
+    notes.append("ggml: FLASH_ATTN_EXT with an f16 V: V·softmax accumulated in f16, key by key")
+    return _ggml_fa_f16(q, k, v, mask, scale, softcap, 1)
 
 
 def _arrange_mask(m, n_tokens: int, n_kv: int):
@@ -707,10 +895,12 @@ class AttentionResult:
 
     Tensors are ``[batch, n_heads, n_tokens, head_dim_v]``: ``sdpa`` (float32,
     None with a soft-cap), ``naive`` (float64), ``engine`` (the recorded
-    output, float64, or None). ``q``, ``k``, ``v`` (K/V with the KV heads
-    before the GQA repeat) and ``mask`` (additive, float64, or None) are the
-    inputs as used. ``sources`` says which tensor and layout each came from;
-    ``metrics`` has ``sdpa``/``naive`` vs the engine and ``sdpa_vs_naive``.
+    output, float64, or None), ``ggml`` (float32: ggml's CPU kernel emulated,
+    with ``round_q="ggml"`` when the trace records the ggml attention op;
+    else None). ``q``, ``k``, ``v`` (K/V with the KV heads before the GQA
+    repeat) and ``mask`` (additive, float64, or None) are the inputs as used.
+    ``sources`` says which tensor and layout each came from; ``metrics`` has
+    ``sdpa``/``naive``/``ggml`` vs the engine and ``sdpa_vs_naive``.
     """
 
     layer: Any
@@ -729,6 +919,7 @@ class AttentionResult:
     sources: Dict[str, Dict[str, Any]]
     metrics: Dict[str, Dict[str, float]]
     notes: List[str] = field(default_factory=list)
+    ggml: Any = None
 
     def __getitem__(self, key: str):
         return getattr(self, key)
@@ -807,6 +998,7 @@ def attention(
     head_dim: Optional[int] = None,
     layouts: Optional[Dict[str, str]] = None,
     round_q: Optional[str] = None,
+    ggml_threads: Optional[int] = None,
 ) -> AttentionResult:
     """Recompute layer ``layer``'s attention (at ``step``) from a trace.
 
@@ -820,12 +1012,29 @@ def attention(
     n_heads, n_kv_heads, head_dim: decide layouts the shapes cannot.
     layouts: ``{'q'|'k'|'v'|'out': code}``, e.g. ``{'q': 'bshd'}``; see the module doc.
     round_q: round Q first as the engine does before its dot products with K:
-        ``"f16"``, ``"bf16"``, ``"q8_0"`` (ggml's quantizer, 32-blocks along
-        head_dim), or ``"ggml"``: what ggml's CPU kernels convert Q to for
-        K's type (f16 -> f16, bf16 -> bf16, q4_0/q4_1/q5_0/q5_1/q8_0/iq4_nl
-        -> q8_0; f32 -> no rounding). Default None: exact math. With a
-        quantized KV cache llama.cpp's flash attention quantizes Q to q8_0,
-        a difference of a few percent that is the engine's, not a bug.
+        ``"f16"``, ``"bf16"``, ``"q8_0"`` (ggml's x86-64 quantizer, 32-blocks
+        along head_dim), or ``"ggml"``: what ggml's CPU kernels convert Q to
+        for K's type (f16 -> f16, bf16 -> bf16, q4_0/q4_1/q5_0/q5_1/q8_0/iq4_nl
+        -> q8_0; f32 -> no rounding; none in FLASH_ATTN_EXT's tiled kernel,
+        which runs with 64 or more query tokens and an f16 or f32 K and V of
+        one type). Default None: exact math. With a quantized KV cache
+        llama.cpp's flash attention quantizes Q to q8_0, a difference of a few
+        percent that is the engine's, not a bug. ``sdpa`` and ``naive`` are
+        exact math on the rounded Q. ``"ggml"`` also emulates the rest of
+        ggml's CPU kernel (its x86-64 build) when the trace records the
+        attention op, as ``r.ggml`` and ``r.metrics["ggml"]``: FLASH_ATTN_EXT
+        with an f16 V accumulates V·softmax in f16 (the online softmax's max
+        and sum in f32, the V accumulator rounded to f16 after every key, in
+        key order), about 1e-3 relative that ``sdpa``/``naive`` do not have;
+        without flash attention (SOFT_MAX and MUL_MATs) the softmax is rounded
+        to V's vec_dot type (f16 for an f16 V) before its product with V;
+        otherwise (f32 or dequantized V, the tiled kernel) ``ggml`` is the
+        exact result in f32. The notes say which kernel was emulated.
+    ggml_threads: the ggml thread count of the recorded step (llama.cpp's
+        ``n_threads`` for a one-token batch). Only FLASH_ATTN_EXT's split-KV
+        kernel (one query token, batch 1, n_kv >= 512, f16 K and V) depends
+        on it: each thread accumulates its share of the keys in f16. Without
+        it that kernel's ``ggml`` is the exact result in f32 (a note says so).
     """
     import torch
 
@@ -959,8 +1168,18 @@ def attention(
         cm = torch.zeros((1, 1, n_tok, n_kv), dtype=torch.float64).masked_fill(j > i, -math.inf)
         add_mask = cm if add_mask is None else add_mask + cm
 
+    # which of ggml's CPU kernels computed the recorded output (round_q="ggml")
+    path = None
+    if round_q == "ggml":
+        kernel = _ggml_kernel_name(graph_op, out_tensor, tensors)
+        if kernel == "FLASH_ATTN_EXT":
+            path = _ggml_fa_path(
+                n_tok, int(qa.shape[0]), n_kv, operands["q"].dtype, operands["k"].dtype, operands["v"].dtype
+            )
+        elif kernel == "SOFT_MAX":
+            path = "soft_max"
     if round_q is not None:
-        qa = _round_q(qa, round_q, operands["k"], notes)
+        qa = _round_q(qa, round_q, operands["k"], notes, path)
 
     group = hq // hkv
     k_full = ka.repeat_interleave(group, dim=1) if group > 1 else ka
@@ -984,12 +1203,21 @@ def attention(
         m32 = None if add_mask is None else add_mask.to(torch.float32).expand(q32.shape[0], hq, n_tok, n_kv)
         sdpa = torch.nn.functional.scaled_dot_product_attention(q32, k32, v32, attn_mask=m32, scale=scale)
 
+    # ggml's CPU kernel, emulated
+    ggml_out = None
+    if round_q == "ggml":
+        ggml_out = _ggml_attention(
+            path, qa, k_full, v_full, add_mask, scale, softcap, operands["v"].dtype, ggml_threads, naive, notes
+        )
+
     engine = arranged["out"].to(torch.float64) if "out" in arranged else None
     metrics: Dict[str, Dict[str, float]] = {}
     if engine is not None:
         if sdpa is not None:
             metrics["sdpa"] = compare_tensors(sdpa, engine)
         metrics["naive"] = compare_tensors(naive, engine)
+        if ggml_out is not None:
+            metrics["ggml"] = compare_tensors(ggml_out, engine)
     if sdpa is not None:
         metrics["sdpa_vs_naive"] = compare_tensors(sdpa, naive)
 
@@ -1031,6 +1259,7 @@ def attention(
         sources=sources,
         metrics=metrics,
         notes=notes,
+        ggml=ggml_out,
     )
 
 
