@@ -22,7 +22,10 @@
 //!   (`[T, H, D]` against `[T, H·D]`), numel must match;
 //! * `last_rows` — where A has fewer rows than B along the token axis (-2),
 //!   compare them with B's last rows (llama.cpp keeps only the rows whose
-//!   logits were asked for in its last layer).
+//!   logits were asked for in its last layer);
+//! * `crop(I)` — where A's axis `I` is longer than B's, compare only its
+//!   first entries (llama.cpp's attention scores span the KV cache cells,
+//!   padded past the tokens there are).
 //!
 //! ```
 //! use trace_reader::mapping::Mapping;
@@ -49,6 +52,8 @@ pub enum Transform {
     Reshape,
     /// Compare A's rows with B's last rows along axis -2.
     LastRows,
+    /// Keep A's first entries along an axis, as many as B has.
+    Crop(i64),
 }
 
 impl std::fmt::Display for Transform {
@@ -58,6 +63,7 @@ impl std::fmt::Display for Transform {
             Transform::Transpose(i, j) => write!(f, "transpose({i}, {j})"),
             Transform::Reshape => f.write_str("reshape"),
             Transform::LastRows => f.write_str("last_rows"),
+            Transform::Crop(i) => write!(f, "crop({i})"),
         }
     }
 }
@@ -87,8 +93,15 @@ impl std::str::FromStr for Transform {
             }
             return Err(format!("transform `{s}`: transpose takes two axes"));
         }
+        if let Some(arg) = s.strip_prefix("crop(").and_then(|r| r.strip_suffix(')')) {
+            return arg
+                .trim()
+                .parse()
+                .map(Transform::Crop)
+                .map_err(|e| format!("transform `{s}`: {e}"));
+        }
         Err(format!(
-            "unknown transform `{s}` (known: rope_rows, transpose(I, J), reshape, last_rows)"
+            "unknown transform `{s}` (known: rope_rows, transpose(I, J), reshape, last_rows, crop(I))"
         ))
     }
 }
@@ -364,6 +377,12 @@ pub fn transformed_shapes(
                     }
                 }
             }
+            Transform::Crop(i) => {
+                let (ia, ib) = (axis(i, a.len())?, axis(i, b.len())?);
+                if a[ia] > b[ib] {
+                    a[ia] = b[ib];
+                }
+            }
         }
     }
     Ok((a, b))
@@ -451,6 +470,23 @@ pub fn apply(
                             .collect();
                         sb[rb] = keep;
                     }
+                }
+            }
+            Transform::Crop(i) => {
+                let (ia, ib) = (
+                    axis(i, sa.len()).unwrap_or(0),
+                    axis(i, sb.len()).unwrap_or(0),
+                );
+                let (have, keep) = (sa[ia], sb[ib]);
+                if keep < have {
+                    let inner = numel(&sa[ia + 1..]) as usize;
+                    let block = have as usize * inner;
+                    let take = keep as usize * inner;
+                    a = a
+                        .chunks_exact(block)
+                        .flat_map(|c| c[..take].iter().copied())
+                        .collect();
+                    sa[ia] = keep;
                 }
             }
         }
@@ -543,5 +579,19 @@ mod tests {
         );
         assert_eq!(b, vec![4., 5.]);
         assert!(transformed_shapes(&[Transform::Transpose(0, 5)], &[2, 3], &[3, 2]).is_err());
+        // A's scores span 4 cache cells, B's the 2 tokens there are
+        let t: [Transform; 1] = ["crop(-1)".parse().unwrap()];
+        assert_eq!(
+            transformed_shapes(&t, &[2, 4], &[1, 2, 2]).unwrap(),
+            (vec![2, 2], vec![1, 2, 2])
+        );
+        let (a, _) = apply(
+            &t,
+            vec![0., 1., 2., 3., 4., 5., 6., 7.],
+            &[2, 4],
+            vec![],
+            &[1, 2, 2],
+        );
+        assert_eq!(a, vec![0., 1., 4., 5.]);
     }
 }
