@@ -29,15 +29,118 @@ name -> role) can tag records for :mod:`tracedump.reference`.
 
 Hooks are removed and the trace closed when the ``with`` block ends, also when
 it ends with an exception.
+
+Op-level capture (``ops=True``)
+-------------------------------
+
+Module hooks see no RoPE, no attention scores or softmax, no SwiGLU product:
+those are plain torch calls inside a ``forward``. With ``ops=True`` a
+``torch.overrides.TorchFunctionMode`` is on while the model's forward runs
+(pushed by the outermost module's pre-hook, popped by its hook, also when
+forward raises) and every floating-point tensor a torch function returns is
+recorded, besides the module records, which keep their names. A record is
+named ``<innermost module path>/<op>/<k>``:
+
+* the module path is that of the innermost module whose forward is running
+  (a function the module calls, such as HF's ``apply_rotary_pos_emb`` or
+  ``eager_attention_forward``, counts as its module's); the root model's own
+  ops have no path: ``mul/0``;
+* ``<op>`` is a short name: ``Tensor.mul``, ``torch.mul`` and ``x * y``
+  (``Tensor.__mul__`` / ``__rmul__``) are all ``mul``, ``x += y`` is
+  ``add_``, ``x[i]`` is ``getitem``, ``F.linear`` is ``linear``
+  (:func:`op_name`);
+* ``<k>`` counts the calls of that op in that module's current forward
+  call, from 0: it restarts with each call, so names are the same run to
+  run, and ``trace["<name>#<s>"]`` is the one of the s-th call (the step, for
+  a module called once per step);
+* a call returning several tensors (``chunk``, ``split``) gives
+  ``<op>/<k>.<i>``.
+
+Op records have the module's layer and the step, the metadata ``op`` (the
+short name), ``torch_func`` (torch's name for the function, e.g.
+``torch.Tensor.__mul__``), ``module`` and ``module_type``, and as lineage
+parents the records of the call's tensor arguments that this capture
+recorded (an op's or a module's output; inputs are not parents): e.g.
+``model.layers.1.mlp/mul/0`` has the parents ``model.layers.1.mlp.act_fn``
+and ``model.layers.1.mlp.up_proj``. With ``stats_only=True`` (no lineage in
+a stats record) the parents' names are in the metadata ``inputs``,
+comma-separated.
+
+Not recorded: results that are not floating point (int/bool masks, indices,
+``argmax``), calls returning no tensor (``size``, ``dim``, ``shape``,
+``is_contiguous``, ``item`` ...), property reads but ``.T``/``.mT``/``.H``/
+``.mH``, autograd and memory bookkeeping (``requires_grad_``, ``storage``
+...), and calls that hand back one of their arguments untouched (``x.to(x.dtype)``,
+``x.contiguous()`` of a contiguous ``x``, dropout in eval) -- in-place ops
+(``add_``, ``out=``) are recorded. Views (``view``, ``transpose``,
+``getitem``, ``expand``) are recorded as the views they are, with their
+strides, over the bytes already written (no copy). Calls made outside any
+forward (between steps, by ``generate``) are not seen, nor the calls inside
+a function torch already dispatched (``F.softmax``'s own ``torch.softmax``),
+nor the recording itself (the mode steps aside while a record is written).
+The mode changes no value: the model's outputs are bit-identical.
+
+What an HF ``LlamaForCausalLM`` gives (transformers 5.25, ``attn_implementation="eager"``;
+``P = model.layers.N``):
+
+* ``P.input_layernorm/pow/0``, ``mean/0``, ``add/0``, ``rsqrt/0``,
+  ``mul/0`` (x * rsqrt), ``mul/1`` (weight * ...; the same bytes as the
+  record ``P.input_layernorm``);
+* ``P.self_attn.q_proj/linear/0`` (= ``P.self_attn.q_proj``),
+  ``P.self_attn/view/0``, ``transpose/0`` (Q, ``[b, heads, t, d]``); K:
+  ``view/1``, ``transpose/1``; V: ``view/2``, ``transpose/2``;
+* RoPE (``apply_rotary_pos_emb``): ``P.self_attn/unsqueeze/0`` (cos),
+  ``unsqueeze/1`` (sin), ``mul/0`` (q * cos), ``getitem/0``, ``getitem/1``,
+  ``neg/0``, ``cat/0`` (rotate_half(q)), ``mul/1`` (* sin), **post-RoPE Q:
+  ``P.self_attn/add/0``** ``[b, heads, t, d]``; the same for K: ``mul/2``,
+  ``getitem/2``, ``getitem/3``, ``neg/1``, ``cat/1``, ``mul/3``, **post-RoPE
+  K: ``P.self_attn/add/1``** ``[b, kv_heads, t, d]``;
+* with a KV cache (``use_cache``, the default): ``P.self_attn/cat/2`` /
+  ``cat/3``, the layer's whole K / V (the cache's first call also records
+  ``tensor/0``, ``tensor/1``, empty tensors);
+* GQA ``repeat_kv``: ``getitem/4``, ``expand/0``, ``reshape/0`` (K) and
+  ``getitem/5``, ``expand/1``, ``reshape/1`` (V), none without GQA;
+* ``transpose/3`` (K^T), **scores Q K^T: ``P.self_attn/matmul/0``**,
+  scaled: ``mul/4``, masked: ``add/2`` (+ the mask ``model/where/0``),
+  **softmax: ``P.self_attn/softmax/0``** (float32; in a bf16/f16 model its
+  cast back is ``to/0``, and the weights returned are that), P V:
+  ``matmul/1`` ``[b, heads, t, d]``, ``transpose/4``, ``contiguous/0``
+  ``[b, t, heads, d]``, **the attention output before o_proj:
+  ``P.self_attn/reshape/2``** ``[b, t, heads * d]`` (``reshape/0`` without
+  GQA; the same bytes as ``P.self_attn.o_proj.input.0``), then
+  ``P.self_attn.o_proj/linear/0``;
+* ``P/add/0`` (residual after attention), ``P.post_attention_layernorm/...``
+  as above, ``P.mlp.gate_proj/linear/0``, ``P.mlp.act_fn/silu/0``,
+  ``P.mlp.up_proj/linear/0``, **the SwiGLU product act(gate) * up:
+  ``P.mlp/mul/0``** (= ``P.mlp.down_proj.input.0``),
+  ``P.mlp.down_proj/linear/0``, ``P/add/1`` (residual after the MLP, = ``P``);
+* outside the layers: ``model.embed_tokens/embedding/0``,
+  ``model.rotary_emb/float/0`` (the positions), ``mul/0`` (the angles),
+  ``cat/0``, ``cos/0``, ``mul/1`` (cos), ``sin/0``, ``mul/2`` (sin; in a
+  bf16/f16 model cast by ``to/1``, ``to/2``), ``model/zeros/0``,
+  ``model/where/0`` (the float causal mask),
+  ``model.norm/...``, ``getitem/0`` (the root's slice of the hidden states),
+  ``lm_head/linear/0``.
+
+With ``attn_implementation="sdpa"`` there are no scores or softmax records:
+the attention is one ``P.self_attn/scaled_dot_product_attention/0``.
+
+Comparing a backend with the CPU op by op: capture the same model and input
+twice with ``ops=True`` (on the device, and on the CPU) and
+``tracedump.compare(device_run, cpu_run).first_divergence["key"]`` names the
+first op whose result differs (e.g. ``model.layers.0.self_attn/contiguous/0``
+for a backend that copies non-contiguous tensors wrongly), where the module
+records alone would only show the module that consumed it.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
+import weakref
 from typing import Any, Dict, List, Optional, Pattern, Sequence, Union
 
-__all__ = ["capture", "Capture", "layer_of"]
+__all__ = ["capture", "Capture", "layer_of", "op_name"]
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)(?=\.|$)")
 
@@ -104,6 +207,132 @@ def _flatten(value: Any, prefix: str, out: List[tuple], depth: int = 0) -> None:
             _flatten(item, f"{prefix}.{i}", out, depth + 1)
 
 
+# -- op-level capture (ops=True) ----------------------------------------------
+
+# Python operators -> the torch op they stand for (reflected ones included:
+# ``2 * x`` is ``Tensor.__rmul__``, recorded as ``mul``; in-place ones get
+# torch's trailing underscore: ``x += y`` is ``add_``).
+_DUNDER_OPS = {
+    "add": "add", "radd": "add", "iadd": "add_",
+    "sub": "sub", "rsub": "sub", "isub": "sub_",
+    "mul": "mul", "rmul": "mul", "imul": "mul_",
+    "truediv": "div", "rtruediv": "div", "itruediv": "div_", "div": "div", "rdiv": "div", "idiv": "div_",
+    "floordiv": "floor_divide", "rfloordiv": "floor_divide", "ifloordiv": "floor_divide_",
+    "mod": "remainder", "rmod": "remainder", "imod": "remainder_",
+    "pow": "pow", "rpow": "pow", "ipow": "pow_",
+    "matmul": "matmul", "rmatmul": "matmul", "imatmul": "matmul_",
+    "neg": "neg", "pos": "positive", "abs": "abs", "invert": "bitwise_not",
+    "and": "bitwise_and", "rand": "bitwise_and", "iand": "bitwise_and_",
+    "or": "bitwise_or", "ror": "bitwise_or", "ior": "bitwise_or_",
+    "xor": "bitwise_xor", "rxor": "bitwise_xor", "ixor": "bitwise_xor_",
+    "lshift": "bitwise_left_shift", "rlshift": "bitwise_left_shift", "ilshift": "bitwise_left_shift_",
+    "rshift": "bitwise_right_shift", "rrshift": "bitwise_right_shift", "irshift": "bitwise_right_shift_",
+    "eq": "eq", "ne": "ne", "lt": "lt", "le": "le", "gt": "gt", "ge": "ge",
+    "getitem": "getitem", "setitem": "setitem",
+}
+
+# Tensor properties whose value is a computed tensor (``x.T``); every other
+# property read (``.shape``, ``.dtype``, ``.data``, ``.grad`` ...) is skipped.
+_TENSOR_PROPERTIES = {"T", "mT", "H", "mH"}
+
+# Calls that return a tensor but compute nothing (or only touch autograd /
+# memory bookkeeping), by short name (``__deepcopy__`` is ``deepcopy``):
+# never recorded.
+_NOT_OPS = {
+    "requires_grad_", "retain_grad", "register_hook", "share_memory_", "record_stream",
+    "pin_memory", "untyped_storage", "storage", "_typed_storage", "data_ptr",
+    "reduce_ex", "deepcopy", "setstate", "array", "array_wrap", "dlpack", "format", "repr",
+    "torch_function",
+}
+
+_OP_NAMES: Dict[Any, tuple] = {}
+
+
+def op_name(func) -> tuple:
+    """``(short, full, is_property)`` for a function seen by ``__torch_function__``.
+
+    ``short`` is what op records are named by: ``Tensor.__mul__``,
+    ``Tensor.mul`` and ``torch.mul`` are all ``mul``; ``F.linear`` is
+    ``linear``; ``x += y`` is ``add_``; the read of a property (``x.T``) is
+    the property's name, with ``is_property`` True. ``full`` is torch's name
+    for it (``torch.overrides.resolve_name``: ``torch.Tensor.__mul__``) or
+    the function's module and qualified name.
+    """
+    try:
+        return _OP_NAMES[func]
+    except (KeyError, TypeError):
+        pass
+    name = getattr(func, "__name__", None) or type(func).__name__
+    prop = name in ("__get__", "__set__", "__delete__")
+    if prop:
+        owner = getattr(func, "__self__", None)
+        name = getattr(owner, "__name__", None) or "property"
+    short = name
+    m = re.fullmatch(r"__(\w+?)__", name)
+    if m and not prop:
+        short = _DUNDER_OPS.get(m.group(1), m.group(1))
+    full = None
+    try:
+        import torch.overrides
+
+        full = torch.overrides.resolve_name(func)
+    except Exception:  # resolve_name may not know a function: fall back below
+        full = None
+    if not full:
+        mod = getattr(func, "__module__", None) or ""
+        qual = getattr(func, "__qualname__", None) or name
+        if prop:
+            qual = f"Tensor.{name}.{func.__name__}"
+        full = f"{mod}.{qual}" if mod else qual
+    result = (short, full, prop)
+    try:
+        _OP_NAMES[func] = result
+    except TypeError:
+        pass
+    return result
+
+
+def _tensors_in(value: Any, out: List[Any], depth: int = 0) -> None:
+    """The tensors among a call's arguments (lists, tuples and dicts searched)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        out.append(value)
+    elif depth < 4 and isinstance(value, (tuple, list)):
+        for item in value:
+            _tensors_in(item, out, depth + 1)
+    elif depth < 4 and isinstance(value, dict):
+        for item in value.values():
+            _tensors_in(item, out, depth + 1)
+
+
+def _op_mode_class():
+    """A ``TorchFunctionMode`` that hands every call's result to a Capture."""
+    import torch.overrides
+
+    class _OpCapture(torch.overrides.TorchFunctionMode):
+        def __init__(self, cap: "Capture") -> None:
+            super().__init__()
+            self.cap = cap
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if kwargs is None:
+                kwargs = {}
+            # torch pops this mode while we run: neither ``func`` nor the
+            # recording below comes back here
+            result = func(*args, **kwargs)
+            cap = self.cap
+            if cap._frames and not cap._busy:
+                cap._busy = True
+                try:
+                    cap._record_op(func, args, kwargs, result)
+                finally:
+                    cap._busy = False
+            return result
+
+    return _OpCapture
+
+
 class Capture:
     """The object ``capture(...)`` yields: ``.path``, ``.step``, ``.records``.
 
@@ -130,6 +359,7 @@ class Capture:
         queue_bytes: int = 256 << 20,
         when_full: str = "block",
         preallocate: bool = False,
+        ops: bool = False,
         **run_metadata: Any,
     ) -> None:
         import torch
@@ -159,6 +389,14 @@ class Capture:
         self._handles: List[Any] = []
         self._depth = 0
         self._current_step: Optional[int] = None
+        # ops=True: the modules whose forward is running (innermost last),
+        # each with its per-op-name counters, and the recorded tensors
+        self.ops = bool(ops)
+        self._frames: List[list] = []
+        self._busy = False
+        self._mode = None
+        self._mode_pushed = False
+        self._produced: Dict[int, tuple] = {}
 
     # -- filters and naming -------------------------------------------------
     def wants(self, name: str) -> bool:
@@ -173,20 +411,29 @@ class Capture:
                 return role
         return None
 
-    def _record(self, module_path: str, module, name: str, tensor) -> None:
+    def _record(
+        self,
+        module_path: str,
+        module,
+        name: str,
+        tensor,
+        *,
+        parents: Optional[List[tuple]] = None,
+        extra: Optional[Dict[str, Any]] = None,
+    ) -> Optional[int]:
         import torch
 
         if not self.wants(name):
-            return
+            return None
         layer = layer_of(module_path)
         if self.layers is not None and layer is not None and layer not in self.layers:
-            return
+            return None
         if self.steps is not None and self._current_step is not None and self._current_step not in self.steps:
-            return
+            return None
         t = tensor.detach()
         if t.layout != torch.strided or t.device.type == "meta" or t.dtype not in _supported_dtypes():
             self.skipped.append((name, f"no trace dtype/layout for {t.dtype} {t.layout} on {t.device}"))
-            return
+            return None
         if t.device.type != "cpu":
             t = t.to("cpu")
         if isinstance(t, torch.nn.Parameter) or type(t) is not torch.Tensor:
@@ -199,11 +446,124 @@ class Capture:
         role = self._role(name)
         if role is not None:
             kwargs["role"] = role
+        if extra:
+            kwargs.update(extra)
         if self.stats_only:
-            self.writer.add_stats(name, t, **kwargs)
+            if parents:  # no lineage in a stats record: the parents' names
+                kwargs["inputs"] = ",".join(n for _, n in parents)
+            rid = self.writer.add_stats(name, t, **kwargs)
         else:
-            self.writer.add(name, t, module=module_path, module_type=type(module).__name__, **kwargs)
+            if parents:
+                kwargs["lineage"] = {"parents": [i for i, _ in parents]}
+            rid = self.writer.add(name, t, module=module_path, module_type=type(module).__name__, **kwargs)
         self.records += 1
+        return rid
+
+    # -- op-level capture -----------------------------------------------------
+    def _remember(self, tensor, rid: Optional[int], name: str) -> None:
+        """Note that ``tensor`` (this very object) was recorded as ``rid``."""
+        if rid is None:
+            return
+        key = id(tensor)
+        produced = self._produced
+
+        def forget(ref, key=key):
+            entry = produced.get(key)
+            if entry is not None and entry[0] is ref:
+                del produced[key]
+
+        try:
+            ref = weakref.ref(tensor, forget)
+        except TypeError:
+            return
+        produced[key] = (ref, rid, name)
+
+    def _parents(self, args, kwargs) -> List[tuple]:
+        """(record id, name) of the call's tensor arguments recorded before."""
+        found: List[Any] = []
+        _tensors_in(args, found)
+        _tensors_in(kwargs, found)
+        parents: List[tuple] = []
+        for t in found:
+            entry = self._produced.get(id(t))
+            if entry is not None and entry[0]() is t and (entry[1], entry[2]) not in parents:
+                parents.append((entry[1], entry[2]))
+        return parents
+
+    def _record_op(self, func, args, kwargs, result) -> None:
+        """Record the floating-point tensors ``func(*args, **kwargs)`` returned."""
+        import torch
+
+        frame = self._frames[-1]
+        short, full, prop = op_name(func)
+        if short in _NOT_OPS or (prop and short not in _TENSOR_PROPERTIES):
+            return
+        outs: List[tuple] = []
+        if isinstance(result, torch.Tensor):
+            outs.append(("", result))
+        elif isinstance(result, (tuple, list)):
+            _flatten(result, "", outs)
+        if not outs:
+            return
+        inputs: List[Any] = []
+        _tensors_in(args, inputs)
+        inplace = (short.endswith("_") and not short.startswith("_")) or "out" in kwargs
+        # a call that hands back one of its arguments untouched (x.to(x.dtype),
+        # x.contiguous() of a contiguous x, dropout in eval) computed nothing
+        outs = [
+            (suffix, t)
+            for suffix, t in outs
+            if t.is_floating_point() and (inplace or not any(t is i for i in inputs))
+        ]
+        if not outs:
+            return
+        path, module, counts = frame
+        k = counts.get(short, 0)
+        counts[short] = k + 1
+        if self.steps is not None and self._current_step is not None and self._current_step not in self.steps:
+            return
+        base = f"{path}/{short}/{k}" if path else f"{short}/{k}"
+        parents = self._parents(args, kwargs)
+        extra = {"op": short, "torch_func": full}
+        for suffix, t in outs:
+            name = base + suffix
+            rid = self._record(path, module, name, t, parents=parents, extra=extra)
+            self._remember(t, rid, name)
+
+    def _unpush_mode(self) -> None:
+        """Take this capture's mode off torch's mode stack, through its
+        documented context-manager exit: it is on top unless a forward
+        entered a mode of its own and never left it, which is not supported
+        (torch offers no public way to take a mode from under another)."""
+        self._mode.__exit__(None, None, None)
+
+    def _make_frame_pre_hook(self, module_path: str):
+        def pre_hook(module, args):
+            if not self._frames and not self._mode_pushed:
+                # the outermost forward starts: the mode goes on
+                self._mode.__enter__()
+                self._mode_pushed = True
+            self._frames.append([module_path, module, {}])
+            return None
+
+        return pre_hook
+
+    def _make_frame_hook(self):
+        def hook(module, args, output):
+            try:
+                # pop down to this module's frame (one whose pre-hooks raised
+                # after ours ran has no hook call to pop its frame)
+                while self._frames:
+                    if self._frames.pop()[1] is module:
+                        break
+            finally:
+                if not self._frames and self._mode_pushed:
+                    # the outermost forward ends (or raised): the mode goes off
+                    self._mode_pushed = False
+                    self._unpush_mode()
+            return None
+
+        return hook
 
     @staticmethod
     def _names(module_path: str, kind: str, value: Any) -> List[tuple]:
@@ -227,21 +587,29 @@ class Capture:
                     self.step += 1
                 self._depth += 1
             if self.inputs:
-                for name, t in self._names(module_path, "input", tuple(args)):
-                    self._record(module_path, module, name, t)
-                for name, t in self._names(module_path, "input", dict(kwargs)):
-                    self._record(module_path, module, name, t)
+                busy, self._busy = self._busy, True  # ops=True: the recording is no op
+                try:
+                    for name, t in self._names(module_path, "input", tuple(args)):
+                        self._record(module_path, module, name, t)
+                    for name, t in self._names(module_path, "input", dict(kwargs)):
+                        self._record(module_path, module, name, t)
+                finally:
+                    self._busy = busy
             return None
 
         return pre_hook
 
     def _make_hook(self, module_path: str, is_root: bool):
         def hook(module, args, output):
+            busy, self._busy = self._busy, True  # ops=True: the recording is no op
             try:
                 if self.outputs and output is not None:
                     for name, t in self._names(module_path, "output", output):
-                        self._record(module_path, module, name, t)
+                        rid = self._record(module_path, module, name, t)
+                        if self.ops:
+                            self._remember(t, rid, name)
             finally:
+                self._busy = busy
                 if is_root:
                     self._depth = max(self._depth - 1, 0)
                     if self._depth == 0:
@@ -267,6 +635,18 @@ class Capture:
                     self._handles.append(
                         module.register_forward_hook(self._make_hook(module_path, is_root), always_call=True)
                     )
+                if self.ops:
+                    # which module's forward is running: first of the
+                    # pre-hooks, last of the hooks; the outermost one also
+                    # turns the TorchFunctionMode on and off (on for forward only)
+                    self._handles.append(
+                        module.register_forward_pre_hook(self._make_frame_pre_hook(module_path), prepend=True)
+                    )
+                    self._handles.append(
+                        module.register_forward_hook(self._make_frame_hook(), always_call=True)
+                    )
+            if self.ops:
+                self._mode = _op_mode_class()(self)
         except BaseException:
             self._remove()
             self.writer.close()
@@ -283,8 +663,16 @@ class Capture:
         finally:
             self._depth = 0
             self._current_step = None
-            if self.writer is not None:
-                self.writer.close()
+            try:
+                if self._mode_pushed:  # a forward left by BaseException (KeyboardInterrupt)
+                    self._mode_pushed = False
+                    self._unpush_mode()
+            finally:
+                self._frames.clear()
+                self._produced.clear()
+                self._busy = False
+                if self.writer is not None:
+                    self.writer.close()
         if self.skipped:
             names = ", ".join(n for n, _ in self.skipped[:5])
             more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
@@ -313,6 +701,7 @@ def capture(
     queue_bytes: int = 256 << 20,
     when_full: str = "block",
     preallocate: bool = False,
+    ops: bool = False,
     **run_metadata: Any,
 ) -> Capture:
     """Record the inputs and outputs of every submodule of ``model`` into ``path``.
@@ -330,6 +719,11 @@ def capture(
         as the embedding and the head, are kept) / these forward calls.
     mode, queue_bytes, when_full, preallocate: the :class:`tracedump.Writer`
         options; ``mode="background"`` leaves the file I/O to a writer thread.
+    ops: also record every floating-point tensor a torch function returns
+        inside a module's forward (``<module path>/<op>/<k>``: RoPE, scores,
+        softmax, the SwiGLU product ...), through a
+        ``torch.overrides.TorchFunctionMode`` active during the forward; see
+        the module's docstring.
     run_metadata: the trace's run metadata (``engine``, ``model`` ... are
         filled in when not given).
     """
@@ -348,5 +742,6 @@ def capture(
         queue_bytes=queue_bytes,
         when_full=when_full,
         preallocate=preallocate,
+        ops=ops,
         **run_metadata,
     )
