@@ -501,8 +501,8 @@ pub fn diff(
             })
         };
         let (key, rule, transforms) = match mapping.resolve(&ta.name, engine_op(ta)) {
-            Resolved::Unpaired { rule, reason } => {
-                no_partner(format!("{reason} (rule `{rule}`)"));
+            Resolved::Unpaired { reason, .. } => {
+                no_partner(reason);
                 continue;
             }
             Resolved::Pair {

@@ -315,7 +315,14 @@ impl Mapping {
                 },
                 Target::Unpaired(reason) => Resolved::Unpaired {
                     rule: &r.text,
-                    reason: r.pattern.replace(name, reason.as_str()).into_owned(),
+                    reason: match r.pattern.captures(name) {
+                        Some(caps) => {
+                            let mut out = String::new();
+                            caps.expand(reason, &mut out);
+                            out
+                        }
+                        None => reason.clone(),
+                    },
                 },
             };
         }
@@ -504,6 +511,7 @@ mod tests {
             "^Qcur-(\\d+)$ @ROPE => q.$1 | rope_rows | transpose(-3, -2)\n\
              # a comment\n\
              ^Qcur-(\\d+)$ => unpaired: layer $1 is paired elsewhere\n\
+             \\)$ => unpaired: a view\n\
              ^a$=>b",
         )
         .unwrap();
@@ -527,6 +535,11 @@ mod tests {
             }
         );
         assert_eq!(m.resolve("a", None).key(), Some("b"));
+        // a reason is the rule's text, not the name with its match replaced
+        assert!(matches!(
+            m.resolve("Kcur-0 (view)", None),
+            Resolved::Unpaired { reason, .. } if reason == "a view"
+        ));
         assert!(Mapping::from_map("no arrow here").is_err());
         assert!(Mapping::from_map("a => b | flip").is_err());
         assert!(Mapping::from_map("a => b | transpose(1)").is_err());
