@@ -215,6 +215,23 @@ fn without_steps_occurrences_pair_over_the_whole_trace() {
     assert_eq!(r.pairs.len(), 2);
     assert_eq!(r.first_divergence, Some(1));
     assert_eq!(r.pairs[1].step, None);
+
+    // two runs that share no name compared nothing: they do not agree
+    let p = dir.path().join("other.tdump");
+    let w = Writer::create(&p, Metadata::new()).unwrap();
+    w.add_tensor("y", DType::F32, &[2], f32s(&[1.0, 2.0]), TensorMeta::new())
+        .unwrap();
+    w.finish().unwrap();
+    let r = diff(
+        &a,
+        &Trace::open(p).unwrap(),
+        &Mapping::none(),
+        &Tolerance::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    assert!(r.pairs.is_empty() && r.first_divergence.is_none());
+    assert!(!r.agrees());
 }
 
 #[test]

@@ -352,9 +352,11 @@ pub struct DiffReport {
 }
 
 impl DiffReport {
-    /// Whether the runs agree: no divergent pair and no unreadable tensor.
+    /// Whether the runs agree: at least one pair compared, none divergent,
+    /// no unreadable tensor. Two runs that share no tensor name do not
+    /// agree: nothing was compared (a mapping is missing).
     pub fn agrees(&self) -> bool {
-        self.first_divergence.is_none() && self.unreadable.is_empty()
+        !self.pairs.is_empty() && self.first_divergence.is_none() && self.unreadable.is_empty()
     }
 }
 

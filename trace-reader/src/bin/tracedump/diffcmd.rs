@@ -209,6 +209,10 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
     }
 
     match r.first_divergence {
+        None if r.pairs.is_empty() => writeln!(
+            s,
+            "\nNOTHING COMPARED: no tensor of A pairs with one of B (engines name tensors differently: a --preset, --map or --rename says how)"
+        )?,
         None => writeln!(s, "\nthe runs agree: no pair diverges")?,
         Some(i) => {
             let p = &r.pairs[i];
