@@ -1,0 +1,165 @@
+"""llama.cpp against HF transformers on real pairs: a clean pair agrees, and a
+bug planted on the HF side is named where it is.
+
+Each architecture's tiny random model is built in HF transformers, converted
+by llama.cpp's own ``convert_hf_to_gguf.py`` (``tests/hfpair``, which says how
+its tokenizer is made), and run on the same token ids by llama-cpp-python
+(recorded by ``tracedump.ggml.capture``, ``logits_all=True``) and by
+transformers (``tracedump.capture(..., ops=True)``): a prompt of 8 tokens,
+then 3 decode steps. ``tracedump.compare`` with the architecture's preset
+must then
+
+* exit clean on the clean pair, with every llama.cpp node either paired or
+  left unpaired by a rule that says why, and the expected number of pairs;
+* agree within the default tolerances with llama.cpp's default f16 KV cache;
+* with one bug planted in the HF model, name as the first divergence the
+  llama.cpp tensor (name, op, step) where the bug first shows.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import tracedump
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests import hfpair  # noqa: E402
+from tests.hfpair.bugs import BUGS, plant  # noqa: E402
+
+N_PROMPT, N_DECODE = 8, 3
+
+#: llama.cpp's default f16 KV cache against an f32 reference: K and V are
+#: rounded to f16, so the attention scores differ by up to ~8e-3 (measured
+#: on these models); the default tolerance (atol 1e-3) is for f32 caches.
+F16_KV_TOLERANCE = dict(atol=1e-2, rtol=1e-2, min_cosine=0.9999)
+
+#: Pairs per step: graph-level (token ids, positions, embedding, final norm
+#: before and after its weight, logits) + per layer. Llama: attn_norm, Q and K
+#: (projection, RoPE), V, scores, softmax, P·V, kqv_out, attn_out, ffn_inp,
+#: ffn_norm, gate, up, SwiGLU, ffn_out, l_out. Qwen2: Q, K and V after their
+#: bias instead of the projection (no separate V RESHAPE pair). Qwen3: also
+#: q_norm and k_norm, projections paired as they come out of the MUL_MAT.
+PRESETS = {
+    "llama": ("llama-hf", 6, 18),
+    "qwen2": ("qwen2-hf", 6, 17),
+    "qwen3": ("qwen3-hf", 6, 19),
+    "mistral": ("llama-hf", 6, 18),
+}
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    """``pairs(arch)``: the architecture's model, GGUF, tokens and clean
+    llama.cpp trace (f32 KV cache), built once."""
+    built = {}
+
+    def get(arch):
+        if arch not in built:
+            out = tmp_path_factory.mktemp(arch)
+            seed = len(arch)
+            model, gguf, config = hfpair.make_model(arch, out, seed=seed)
+            tokens = hfpair.default_tokens(config, N_PROMPT, N_DECODE, seed=seed)
+            llama = out / "llama.tdump"
+            llama_logits = hfpair.run_llama(gguf, tokens, N_DECODE, llama, kv="f32")
+            built[arch] = dict(arch=arch, out=out, model=model, gguf=gguf, config=config,
+                               tokens=tokens, llama=llama, llama_logits=llama_logits)
+        return built[arch]
+
+    return get
+
+
+def run_hf(pair, path, model=None):
+    return hfpair.run_hf(model or pair["model"], pair["tokens"], N_DECODE, path, ops=True)
+
+
+@pytest.mark.parametrize("arch", sorted(PRESETS))
+def test_clean_pair_agrees(arch, pairs, tmp_path):
+    arch_pair = pairs(arch)
+    preset, graph, per_layer = PRESETS[arch]
+    hf = tmp_path / "hf.tdump"
+    hf_logits = run_hf(arch_pair, hf)
+    rel = hfpair.compare(arch_pair["llama_logits"], hf_logits, N_PROMPT)
+    assert max(rel) < 1e-5, rel
+    r = tracedump.compare(arch_pair["llama"], hf, rules=preset)
+    assert r.agrees, r.first_divergence
+    layers = arch_pair["config"].num_hidden_layers
+    assert len(r.pairs) == (1 + N_DECODE) * (graph + per_layer * layers)
+    steps = {}
+    for p in r.pairs:
+        steps[p["step"]] = steps.get(p["step"], 0) + 1
+    assert steps == {s: graph + per_layer * layers for s in range(1 + N_DECODE)}
+    # every llama.cpp node is paired, or unpaired by a rule that says why
+    missing = [u for u in r.unpaired if u["reason"].startswith("B has")]
+    assert not missing, missing[:5]
+    # the attention scores, softmax and post-RoPE Q/K came from the op capture
+    names = {p["name_b"] for p in r.pairs}
+    assert {"model.layers.0.self_attn/softmax/0", "model.layers.0.self_attn/add/0"} <= names
+    # the logits pair in every step, all prompt rows included
+    logits = [p for p in r.pairs if p["name_a"] == "result_output"]
+    assert [p["shape_a"][-2] for p in logits] == [N_PROMPT] + [1] * N_DECODE
+
+
+@pytest.mark.parametrize("arch", sorted(PRESETS))
+def test_f16_kv_cache_agrees_within_its_tolerance(arch, pairs, tmp_path):
+    """llama.cpp's default f16 KV cache against HF in f32: logits about 4e-4
+    relative; the attention scores, dot products of f16-rounded K, up to
+    about 8e-3 absolute (measured). Compared with F16_KV_TOLERANCE."""
+    arch_pair = pairs(arch)
+    llama = tmp_path / "llama-f16.tdump"
+    hfpair.run_llama(arch_pair["gguf"], arch_pair["tokens"], N_DECODE, llama, kv="f16")
+    hf = tmp_path / "hf.tdump"
+    run_hf(arch_pair, hf)
+    rules = PRESETS[arch_pair["arch"]][0]
+    r = tracedump.compare(llama, hf, rules=rules, **F16_KV_TOLERANCE)
+    assert r.agrees, r.first_divergence
+    assert len(r.pairs) == len(tracedump.compare(arch_pair["llama"], hf, rules=rules).pairs)
+    worst = max(p["max_rel"] for p in r.pairs if p["name_a"] == "kqv_out-0")
+    assert worst > 0  # the cache really was f16
+
+
+# --------------------------------------------------------------------------
+# planted bugs (tests/hfpair/bugs.py): each patches the HF side only, one at a time
+
+
+#: (arch, bug, layer it is planted in, expected first divergence: llama.cpp
+#: name, its op, step). Spread over architectures, layers and steps.
+PLANTED = [
+    ("llama", "silu_zero", 1, ("ffn_swiglu-1", "GLU", 0)),
+    ("qwen3", "silu_zero", 2, ("ffn_swiglu-2", "GLU", 0)),
+    ("llama", "rope_base", 0, ("Qcur-0", "ROPE", 0)),
+    ("qwen2", "rope_base", 0, ("Qcur-0", "ROPE", 0)),
+    ("qwen3", "rope_type", 0, ("Qcur-0", "ROPE", 0)),
+    ("llama", "attention_axes_swapped", 1, ("kqv_out-1", "CONT", 0)),
+    ("qwen3", "attention_axes_swapped", 0, ("kqv_out-0", "CONT", 0)),
+    ("qwen2", "norm_scaled", 1, ("ffn_norm-1", "MUL", 0)),
+    ("mistral", "norm_scaled", 2, ("ffn_norm-2", "MUL", 0)),
+    ("qwen2", "gqa_repeat", 0, ("kq-0", "MUL_MAT", 0)),
+    ("mistral", "gqa_repeat", 0, ("kq-0", "MUL_MAT", 0)),
+    ("llama", "kv_wrong_position", 0, ("kq-0", "MUL_MAT", 1)),
+    ("qwen3", "kv_wrong_position", 0, ("kq-0", "MUL_MAT", 1)),
+    ("qwen2", "mask_off_by_one", 0, ("kq_soft_max-0", "SOFT_MAX", 0)),
+    ("mistral", "mask_off_by_one", 0, ("kq_soft_max-0", "SOFT_MAX", 0)),
+]
+
+
+@pytest.mark.parametrize("arch,bug,layer,expected", PLANTED, ids=[f"{a}-{b}-{l}" for a, b, l, _ in PLANTED])
+def test_planted_bug_is_named(arch, bug, layer, expected, pairs, tmp_path):
+    arch_pair = pairs(arch)
+    hf = tmp_path / "hf.tdump"
+    with plant(arch_pair["model"], bug, layer) as model:
+        run_hf(arch_pair, hf, model)
+    r = tracedump.compare(arch_pair["llama"], hf, rules=PRESETS[arch][0])
+    first = r.first_divergence
+    assert first is not None, f"{bug}: no divergence found"
+    op = next(t for t in tracedump.open(arch_pair["llama"]) if t.id == first["id_a"]).engine_op["op"]
+    got = (first["name_a"], op, first["step"])
+    assert got == expected, (bug, got, first["name_b"], first["reasons"])
+    # everything before it agrees
+    assert not any(p["divergent"] for p in r.pairs[: r.first_divergence_index])
+
+
+def test_every_bug_is_planted_somewhere():
+    assert {b for _, b, _, _ in PLANTED} == set(BUGS)
