@@ -58,6 +58,19 @@ fn side(trace: &Trace, id: u64) -> String {
     }
 }
 
+/// The first names of a long list (all of them with `all`).
+fn some(names: &[String], all: bool) -> String {
+    const SHOWN: usize = 24;
+    if all || names.len() <= SHOWN {
+        return names.join(", ");
+    }
+    format!(
+        "{}, … and {} more (--all lists them, --explain-pairing says why)",
+        names[..SHOWN].join(", "),
+        names.len() - SHOWN
+    )
+}
+
 /// "A's name = B's name", or the one name both sides share.
 fn pair_names(p: &Pair) -> String {
     if p.a.name == p.b.name {
@@ -129,7 +142,7 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
     let divergent = r.pairs.iter().filter(|p| p.verdict.is_divergent()).count();
     writeln!(
         s,
-        "{} pairs compared, {} divergent; {} only in A, {} only in B (atol {}, rtol {}, min cosine {})",
+        "{} pairs compared, {} divergent; {} only in A (--explain-pairing says why), {} only in B (atol {}, rtol {}, min cosine {})",
         r.pairs.len(),
         divergent,
         r.only_in_a.len(),
@@ -276,10 +289,10 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
         writeln!(s, "UNREADABLE {u}")?;
     }
     if !r.only_in_a.is_empty() {
-        writeln!(s, "\nonly in A: {}", r.only_in_a.join(", "))?;
+        writeln!(s, "\nonly in A: {}", some(&r.only_in_a, all))?;
     }
     if !r.only_in_b.is_empty() {
-        writeln!(s, "only in B: {}", r.only_in_b.join(", "))?;
+        writeln!(s, "only in B: {}", some(&r.only_in_b, all))?;
     }
     Ok(s)
 }
