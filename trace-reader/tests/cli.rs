@@ -124,6 +124,49 @@ fn diff_finds_the_planted_divergence_and_gates_ci() {
         .unwrap()
         .iter()
         .any(|n| n.as_str().unwrap().starts_with("ffn_norm-2")));
+    assert!(json["unpaired"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["name"] == "ffn_norm-2"
+            && u["reason"]
+                == "B has no tensor named `nothing-2` (rule `^ffn_norm-(\\d+)$=>nothing-$1`)"));
+
+    // --explain-pairing: the rule and transforms of each pair, the reason of each unpaired one
+    let (code, text) = run(
+        d,
+        &[
+            "diff",
+            "demo.tdump",
+            "demo.reference.tdump",
+            "--rename",
+            "^ffn_norm-(\\d+)$ => unpaired: checked elsewhere",
+            "--explain-pairing",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        text.contains("pairing (within steps, then by occurrence)"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("ffn_norm-2") && l.ends_with("checked elsewhere")),
+        "{text}"
+    );
+    // a bad rule is a clear error naming it
+    let (code, text) = run(
+        d,
+        &[
+            "diff",
+            "demo.tdump",
+            "demo.reference.tdump",
+            "--rename",
+            "a => b | flip",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(text.contains("unknown transform `flip`"), "{text}");
 }
 
 #[test]
