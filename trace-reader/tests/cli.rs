@@ -615,3 +615,52 @@ fn gguf_inspect_show_import() {
         "{text}"
     );
 }
+
+/// `inspect --tree` on a 20,000-link view chain and on 30,000 sibling
+/// views: it overflowed the stack on the first (a recursion a link) and
+/// took time and output quadratic in the tensors on both. Now one pass
+/// with an explicit stack, and output linear in the tensors.
+#[test]
+fn inspect_tree_is_linear_on_deep_chains_and_wide_fans() {
+    use trace_format::{DType, Layout, Metadata};
+    use trace_writer::{TensorMeta, Writer};
+
+    let dir = tempfile::tempdir().unwrap();
+    for (name, n, chain) in [
+        ("chain.tdump", 20_000u64, true),
+        ("fan.tdump", 30_000, false),
+    ] {
+        let w = Writer::create(dir.path().join(name), Metadata::new()).unwrap();
+        let storage = w.add_storage("bytes", &[0u8; 16]).unwrap();
+        let layout = Layout::contiguous(DType::F32, &[4], 0).unwrap();
+        let root = w
+            .add_view("v", DType::F32, storage, &layout, TensorMeta::new())
+            .unwrap()
+            .unwrap();
+        let mut parent = root;
+        for _ in 0..n {
+            let mut meta = TensorMeta::new();
+            meta.lineage.parents = vec![parent];
+            let id = w
+                .add_view("v", DType::F32, storage, &layout, meta)
+                .unwrap()
+                .unwrap();
+            if chain {
+                parent = id;
+            }
+        }
+        w.finish().unwrap();
+        let start = std::time::Instant::now();
+        let (code, text) = run(dir.path(), &["inspect", name, "--tree"]);
+        let took = start.elapsed();
+        assert_eq!(code, 0, "{name}: {}", &text[..text.len().min(500)]);
+        assert_eq!(text.matches("└─").count() as u64, n + 1, "{name}");
+        // linear: about one line of at most 200 bytes a tensor (depth² was 1.2 GB for the chain)
+        assert!(
+            text.len() as u64 <= 200 * (n + 1) + 4096,
+            "{name}: {} bytes",
+            text.len()
+        );
+        assert!(took.as_secs() < 20, "{name}: {took:?}");
+    }
+}

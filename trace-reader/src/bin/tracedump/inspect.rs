@@ -423,6 +423,18 @@ pub fn num(x: f64) -> String {
     }
 }
 
+/// The indentation of a tree line at `depth`: three spaces a level up to
+/// 16, then the depth as a number, so that output stays linear in the
+/// number of tensors however deep a view chain goes.
+fn indent(depth: usize) -> String {
+    const SHOWN: usize = 16;
+    if depth <= SHOWN {
+        "   ".repeat(depth)
+    } else {
+        format!("{}[depth {depth}] ", "   ".repeat(SHOWN))
+    }
+}
+
 /// Views grouped under their storages, children under their parents.
 fn tree(trace: &Trace, rows: &[Row]) -> String {
     let mut s = String::new();
@@ -446,36 +458,46 @@ fn tree(trace: &Trace, rows: &[Row]) -> String {
             .copied()
             .find(|p| shown.contains(p) && by_id.get(p).is_some_and(|pr| pr.storage == r.storage))
     };
-    fn walk(
-        s: &mut String,
-        id: u64,
-        depth: usize,
-        rows: &[Row],
-        line: &dyn Fn(&Row) -> String,
-        parent_of: &dyn Fn(&Row) -> Option<u64>,
-        storage: Option<u64>,
-    ) {
-        for r in rows
-            .iter()
-            .filter(|r| parent_of(r) == Some(id) && r.storage == storage)
-        {
+    // children by parent, in row order: one pass, not one scan per node
+    let mut children: std::collections::HashMap<u64, Vec<&Row>> = std::collections::HashMap::new();
+    let mut roots = Vec::new();
+    for r in rows {
+        match parent_of(r) {
+            Some(p) => children.entry(p).or_default().push(r),
+            None => roots.push(r),
+        }
+    }
+    // depth-first with an explicit stack: a view chain can be as deep as the file is long
+    let walk = |s: &mut String, root: &Row| {
+        let mut stack: Vec<(&Row, usize)> = children
+            .get(&root.id)
+            .map_or(Vec::new(), |c| c.iter().rev().map(|r| (*r, 1)).collect());
+        while let Some((r, depth)) = stack.pop() {
             let _ = writeln!(
                 s,
                 "{}└─ {}  {}",
-                "   ".repeat(depth),
+                indent(depth),
                 line(r),
                 r.lineage.rsplit(" → ").next().unwrap_or("")
             );
-            walk(s, r.id, depth + 1, rows, line, parent_of, storage);
+            if let Some(c) = children.get(&r.id) {
+                stack.extend(c.iter().rev().map(|r| (*r, depth + 1)));
+            }
         }
-    }
-    let mut storages: Vec<Option<u64>> = Vec::new();
-    for r in rows {
-        if !storages.contains(&r.storage) {
-            storages.push(r.storage);
-        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    let storages: Vec<Option<u64>> = rows
+        .iter()
+        .map(|r| r.storage)
+        .filter(|st| seen.insert(*st))
+        .collect();
+    let mut roots_of: std::collections::HashMap<Option<u64>, Vec<&Row>> =
+        std::collections::HashMap::new();
+    for r in roots {
+        roots_of.entry(r.storage).or_default().push(r);
     }
     for st in storages {
+        let roots = roots_of.get(&st).map_or(&[][..], |v| v.as_slice());
         match st {
             Some(sid)
                 if trace
@@ -489,12 +511,9 @@ fn tree(trace: &Trace, rows: &[Row]) -> String {
                     "storage #{sid} {} ({len} bytes)",
                     trace.record_name(sid).unwrap_or("")
                 );
-                for r in rows
-                    .iter()
-                    .filter(|r| r.storage == st && parent_of(r).is_none())
-                {
+                for r in roots {
                     let _ = writeln!(s, "└─ {}", line(r));
-                    walk(&mut s, r.id, 1, rows, &line, &parent_of, st);
+                    walk(&mut s, r);
                 }
             }
             None => {
@@ -503,12 +522,9 @@ fn tree(trace: &Trace, rows: &[Row]) -> String {
                 }
             }
             Some(_) => {
-                for r in rows
-                    .iter()
-                    .filter(|r| r.storage == st && parent_of(r).is_none())
-                {
+                for r in roots {
                     let _ = writeln!(s, "own bytes {}", line(r));
-                    walk(&mut s, r.id, 1, rows, &line, &parent_of, st);
+                    walk(&mut s, r);
                 }
             }
         }
