@@ -664,3 +664,50 @@ fn inspect_tree_is_linear_on_deep_chains_and_wide_fans() {
         assert!(took.as_secs() < 20, "{name}: {took:?}");
     }
 }
+
+/// A 1 KB file whose view names 2^40 values through zero strides: export
+/// asked for 4 TiB of zeros once reading its values was refused, leaving a
+/// 4 TiB sparse temp file behind. Now such a tensor is skipped with the
+/// reason before anything is written; the rest is exported, nothing is
+/// left behind.
+#[test]
+fn export_skips_what_it_cannot_read() {
+    use trace_format::{DType, Layout, Metadata};
+    use trace_writer::{TensorMeta, Writer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let w = Writer::create(dir.path().join("broadcast.tdump"), Metadata::new()).unwrap();
+    let storage = w.add_storage("one", &1f32.to_le_bytes()).unwrap();
+    for (name, shape) in [("huge", [1u64 << 20, 1 << 20]), ("big", [1 << 16, 1 << 15])] {
+        let layout = Layout::new(shape.to_vec(), vec![0, 0], 0).unwrap();
+        w.add_view(name, DType::F32, storage, &layout, TensorMeta::new())
+            .unwrap();
+    }
+    w.add_tensor("fine", DType::F32, &[2], &[0u8; 8], TensorMeta::new())
+        .unwrap();
+    w.finish().unwrap();
+    for (to, out) in [("safetensors", "out.safetensors"), ("npz", "out.npz")] {
+        let start = std::time::Instant::now();
+        let (code, text) = run(dir.path(), &["export", "broadcast.tdump", "--to", to, out]);
+        assert_eq!(code, 0, "{to}: {text}");
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "{to}: {:?}",
+            start.elapsed()
+        );
+        for name in ["huge", "big"] {
+            assert!(
+                text.contains(&format!("skipped {name}: materializing")),
+                "{to}: {text}"
+            );
+        }
+        let size = std::fs::metadata(dir.path().join(out)).unwrap().len();
+        assert!(size < 4096, "{to}: {size} bytes");
+    }
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["broadcast.tdump", "out.npz", "out.safetensors"]);
+}

@@ -201,12 +201,21 @@ fn plan<'t>(
             }
         };
         let mut d = describe(t, &names);
+        let limit = trace_reader::values::value_limit(trace.file_len());
+        let must_build = t.dtype.is_block() || t.derived || !t.is_contiguous();
         let why = if t.is_stats_only() {
             Some("statistics only: the trace holds no values".to_string())
         } else if t.dtype.is_block() && !trace_quant::can_dequantize(t.dtype) {
             Some(format!(
                 "{} blocks cannot be dequantized by this version",
                 t.dtype
+            ))
+        } else if must_build && t.layout.numel() > limit {
+            // a broadcast view can name far more values than the file holds:
+            // refused before anything is allocated or written
+            Some(format!(
+                "materializing {} values is refused (limit {limit} for this file)",
+                t.layout.numel()
             ))
         } else {
             None
@@ -340,7 +349,8 @@ impl View for StTensor<'_> {
                     self.failed
                         .borrow_mut()
                         .get_or_insert(format!("tensor `{}`: {why}", info.name));
-                    Cow::Owned(vec![0; self.len])
+                    // nothing made up: the file is removed (`write_safetensors`)
+                    Cow::Borrowed(&[])
                 }
             };
         }
@@ -357,7 +367,7 @@ impl View for StTensor<'_> {
                 self.failed
                     .borrow_mut()
                     .get_or_insert(format!("tensor `{}`: {why}", self.view.info().name));
-                Cow::Owned(vec![0; self.len])
+                Cow::Borrowed(&[])
             }
         }
     }

@@ -190,8 +190,11 @@ enum Command {
     },
     /// Write logical tensors (contiguous, row-major) to safetensors or npz.
     ///
-    /// Repeated names get `#k` for their k-th occurrence. Stats-only and
-    /// block-quantized tensors are skipped and listed. safetensors keeps the
+    /// Repeated names get `#k` for their k-th occurrence. Quantized tensors
+    /// are written dequantized, as f32. Skipped and listed: stats-only
+    /// tensors, block types this version cannot dequantize, and views whose
+    /// values would exceed the file's value limit (a broadcast naming more
+    /// values than the file holds); nothing made up is written. safetensors keeps the
     /// run metadata and every source layout in `__metadata__`; npz (numpy)
     /// gets bf16/fp8 as float32.
     #[command(
