@@ -3,6 +3,7 @@
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use trace_format::codec::MAX_VALUE_DEPTH;
 use trace_format::{DType, Lineage, Metadata, Op, SourceLayout, Stats, Value};
 
 /// A metadata value as a Python object.
@@ -32,8 +33,30 @@ pub fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny
 }
 
 /// A Python object as a metadata value: bool, int, float, str, bytes, and
-/// lists/tuples and dicts (string keys) of them.
-pub fn py_to_value(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+/// lists/tuples and dicts (string keys) of them, nested at most
+/// `MAX_VALUE_DEPTH` deep (SPEC.md §4): deeper, or a structure that contains
+/// itself, is a `ValueError` naming the key path (`key` is the entry's key).
+pub fn py_to_value(obj: &Bound<'_, PyAny>, key: &str) -> PyResult<Value> {
+    let mut path = vec![key.to_owned()];
+    to_value(obj, &mut path)
+}
+
+fn to_value(obj: &Bound<'_, PyAny>, path: &mut Vec<String>) -> PyResult<Value> {
+    // the entry's own value is depth 0: path holds its key and one segment a level
+    if path.len() > MAX_VALUE_DEPTH + 1 {
+        let shown = if path.len() > 8 {
+            format!(
+                "{}.….{}",
+                path[..3].join("."),
+                path[path.len() - 2..].join(".")
+            )
+        } else {
+            path.join(".")
+        };
+        return Err(PyValueError::new_err(format!(
+            "metadata `{shown}` is nested deeper than {MAX_VALUE_DEPTH} levels, which a reader refuses (a dict or list that contains itself?)"
+        )));
+    }
     if obj.is_instance_of::<PyBool>() {
         return Ok(Value::Bool(obj.extract::<bool>()?));
     }
@@ -58,14 +81,19 @@ pub fn py_to_value(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
             let key: String = k
                 .extract()
                 .map_err(|_| PyTypeError::new_err("metadata dict keys must be str"))?;
-            entries.push((key, py_to_value(&v)?));
+            path.push(key.clone());
+            let value = to_value(&v, path)?;
+            path.pop();
+            entries.push((key, value));
         }
         return Ok(Value::Map(entries));
     }
     if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
         let mut items = Vec::new();
-        for item in obj.try_iter()? {
-            items.push(py_to_value(&item?)?);
+        for (i, item) in obj.try_iter()?.enumerate() {
+            path.push(i.to_string());
+            items.push(to_value(&item?, path)?);
+            path.pop();
         }
         return Ok(Value::List(items));
     }
@@ -103,7 +131,8 @@ pub fn py_to_metadata(d: Option<&Bound<'_, PyDict>>) -> PyResult<Metadata> {
             let key: String = k
                 .extract()
                 .map_err(|_| PyTypeError::new_err("metadata keys must be str"))?;
-            m.insert(key, py_to_value(&v)?);
+            let value = py_to_value(&v, &key)?;
+            m.insert(key, value);
         }
     }
     Ok(m)

@@ -306,3 +306,30 @@ def test_tensors_without_dense_values(tmp_path):
     assert t["zero"].numpy().tolist() == [[0.0] * 3] * 2
     assert t["zero_stats"].stats["count"] == 4 and t["zero_stats"].stats["abs_max"] == 0.0
     assert len(t) == 2
+
+
+def test_metadata_that_contains_itself_or_nests_too_deep(tmp_path):
+    """A dict or list that contains itself crashed the interpreter (exit
+    139); nesting past 32 levels was written and then refused by the
+    reader. Both are a ValueError naming the key path, before anything is
+    written; 32 levels are written and read back."""
+    d = {}
+    d["me"] = d
+    w = tracedump.Writer(tmp_path / "t.tdump")
+    with pytest.raises(ValueError, match=r"metadata `meta\.me\.me\.….me\.me` is nested deeper than 32"):
+        w.add("x", np.zeros(2, np.float32), meta=d)
+    l = []
+    l.append(l)
+    with pytest.raises(ValueError, match=r"metadata `info\.0\.0"):
+        tracedump.Writer(tmp_path / "u.tdump", info=l)
+    deep = 1
+    for _ in range(33):
+        deep = {"in": deep}
+    with pytest.raises(ValueError, match="nested deeper than 32"):
+        w.add("y", np.zeros(2, np.float32), meta=deep)
+    ok = deep["in"]  # 32 levels below the entry
+    w.add("z", np.zeros(2, np.float32), meta=ok)
+    w.close()
+    t = tracedump.open(tmp_path / "t.tdump")
+    assert t.names() == ["z"]
+    assert t["z"].metadata["meta"] == ok

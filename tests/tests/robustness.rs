@@ -784,3 +784,55 @@ fn sampled_bit_flips_in_real_traces_are_caught() {
     }
     assert_eq!(flips, 6000);
 }
+
+/// Metadata nested deeper than a reader accepts (SPEC.md §4) is refused by
+/// the writer, naming the key path, for run, storage and tensor metadata;
+/// at the limit it is written and read back.
+#[test]
+fn writer_refuses_metadata_a_reader_would_refuse() {
+    use trace_format::codec::MAX_VALUE_DEPTH;
+    use trace_format::Value;
+    let nest = |levels: usize| {
+        let mut v = Value::I64(7);
+        for _ in 0..levels {
+            v = Value::Map(vec![("in".into(), v)]);
+        }
+        v
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let e = Writer::create(
+        dir.path().join("run.tdump"),
+        Metadata::new().with("deep", nest(MAX_VALUE_DEPTH + 1)),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains(&format!("deep{}", ".in".repeat(MAX_VALUE_DEPTH + 1))),
+        "{e}"
+    );
+    let path = dir.path().join("t.tdump");
+    let w = Writer::create(&path, Metadata::new()).unwrap();
+    let mut meta = TensorMeta::new();
+    meta.metadata = Metadata::new().with("m", nest(MAX_VALUE_DEPTH + 1));
+    let e = w
+        .add_tensor("x", DType::F32, &[1], &[0; 4], meta)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("`x`: metadata `m.in"), "{e}");
+    let e = w
+        .add_storage_with("s", &[0; 4], Metadata::new().with("m", nest(100)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("`s`: metadata `m.in"), "{e}");
+    // at the limit: written, and read back
+    let mut meta = TensorMeta::new();
+    meta.metadata = Metadata::new().with("m", nest(MAX_VALUE_DEPTH));
+    w.add_tensor("y", DType::F32, &[1], &[0; 4], meta).unwrap();
+    w.finish().unwrap();
+    let t = Trace::open(&path).unwrap();
+    assert_eq!(
+        t.get("y").unwrap().metadata.get("m"),
+        Some(&nest(MAX_VALUE_DEPTH))
+    );
+}

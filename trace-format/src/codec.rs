@@ -99,6 +99,49 @@ impl Metadata {
         Metadata(Vec::new())
     }
 
+    /// The key path (`outer.inner.3`) of the first value nested deeper than
+    /// [`MAX_VALUE_DEPTH`], which a reader refuses (SPEC.md §4); `None` when
+    /// every value is within it. Walks with its own stack: a value can be
+    /// nested as deep as memory allows.
+    ///
+    /// ```
+    /// use trace_format::{Metadata, Value};
+    /// let mut v = Value::I64(1);
+    /// for _ in 0..40 {
+    ///     v = Value::List(vec![v]);
+    /// }
+    /// let m = Metadata::new().with("deep", v);
+    /// assert_eq!(m.too_deep().unwrap(), format!("deep{}", ".0".repeat(33)));
+    /// assert_eq!(Metadata::new().with("x", 1i64).too_deep(), None);
+    /// ```
+    pub fn too_deep(&self) -> Option<String> {
+        let mut stack: Vec<(&Value, usize, String)> =
+            self.0.iter().map(|(k, v)| (v, 0, k.clone())).collect();
+        stack.reverse();
+        while let Some((v, depth, path)) = stack.pop() {
+            if depth > MAX_VALUE_DEPTH {
+                return Some(path);
+            }
+            match v {
+                Value::List(items) => stack.extend(
+                    items
+                        .iter()
+                        .enumerate()
+                        .rev()
+                        .map(|(i, x)| (x, depth + 1, format!("{path}.{i}"))),
+                ),
+                Value::Map(items) => stack.extend(
+                    items
+                        .iter()
+                        .rev()
+                        .map(|(k, x)| (x, depth + 1, format!("{path}.{k}"))),
+                ),
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// Set `key` to `value`, replacing an earlier value of `key`.
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) -> &mut Self {
         let key = key.into();

@@ -57,6 +57,14 @@ pub enum WriterError {
         /// The storage.
         name: String,
     },
+    /// A metadata value nested deeper than readers accept (SPEC.md §4).
+    #[error("`{name}`: metadata `{path}` is nested deeper than {max} levels (a reader refuses it; a structure that contains itself never ends)", max = trace_format::codec::MAX_VALUE_DEPTH)]
+    MetadataTooDeep {
+        /// The tensor or storage (empty: the run metadata).
+        name: String,
+        /// The key path of the first value too deep.
+        path: String,
+    },
     /// The request needs something this writer cannot do.
     #[error("tensor `{name}`: {what} is not supported")]
     Unsupported {

@@ -448,6 +448,7 @@ impl Writer {
             path: path.clone(),
             error: source,
         })?;
+        check_depth("", &run_metadata)?;
         let descriptor = encode_run_metadata(&run_metadata);
         sink.append(&RecordParts {
             kind: RecordKind::RunMetadata,
@@ -612,6 +613,7 @@ impl Writer {
         bytes: &[u8],
         metadata: Metadata,
     ) -> Result<RecordId, WriterError> {
+        check_depth(name, &metadata)?;
         let descriptor = encode_storage(&StorageDesc {
             name: name.to_owned(),
             metadata,
@@ -738,7 +740,7 @@ impl Writer {
             },
             layout,
             meta,
-        );
+        )?;
         let id = self.append_with(
             RecordKind::Tensor,
             name,
@@ -790,7 +792,7 @@ impl Writer {
             },
             layout.clone(),
             meta,
-        );
+        )?;
         self.append(
             RecordKind::Tensor,
             name,
@@ -887,7 +889,7 @@ impl Writer {
             name: name.into(),
             error: source,
         })?;
-        let desc = tensor_desc(name, dtype, DataRef::Derived, layout, meta);
+        let desc = tensor_desc(name, dtype, DataRef::Derived, layout, meta)?;
         self.append(
             RecordKind::Tensor,
             name,
@@ -953,7 +955,7 @@ impl Writer {
             error: source,
         })?;
         meta.stats = Some(stats);
-        let desc = tensor_desc(name, dtype, DataRef::StatsOnly, layout, meta);
+        let desc = tensor_desc(name, dtype, DataRef::StatsOnly, layout, meta)?;
         self.append(
             RecordKind::Tensor,
             name,
@@ -1331,8 +1333,9 @@ fn tensor_desc(
     data: DataRef,
     layout: Layout,
     meta: TensorMeta,
-) -> TensorDesc {
-    TensorDesc {
+) -> Result<TensorDesc, WriterError> {
+    check_depth(name, &meta.metadata)?;
+    Ok(TensorDesc {
         name: name.to_owned(),
         dtype,
         data,
@@ -1345,5 +1348,16 @@ fn tensor_desc(
         lineage: meta.lineage,
         stats: meta.stats,
         metadata: meta.metadata,
+    })
+}
+
+/// Refuse metadata a reader would refuse: nested deeper than SPEC.md §4 allows.
+fn check_depth(name: &str, metadata: &Metadata) -> Result<(), WriterError> {
+    match metadata.too_deep() {
+        None => Ok(()),
+        Some(path) => Err(WriterError::MetadataTooDeep {
+            name: name.to_owned(),
+            path,
+        }),
     }
 }
