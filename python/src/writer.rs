@@ -488,6 +488,7 @@ impl PyWriter {
             trace_writer::WriterOptions {
                 mode,
                 filter: filter.clone(),
+                ..trace_writer::WriterOptions::default()
             },
         )
         .map_err(writer_error)?;

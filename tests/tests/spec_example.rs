@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use trace_writer::{DType, FinishSummary, Layout, Metadata, Op, TensorMeta, Writer, WriterError};
+use trace_writer::{
+    DType, FinishSummary, Layout, Metadata, Op, TensorMeta, Writer, WriterError, WriterOptions,
+};
 
 /// Write the SPEC.md §10 example trace to `path`:
 ///
@@ -20,7 +22,16 @@ use trace_writer::{DType, FinishSummary, Layout, Metadata, Op, TensorMeta, Write
 /// | 4  | TENSOR       | `logits`: f32 [3], stats only, of [1.0, -2.0, 0.5]             |
 /// | 5  | FOOTER       | index of records 0–4, then the trailer                         |
 pub fn build_spec_example(path: &Path) -> Result<FinishSummary, WriterError> {
-    let w = Writer::create(path, Metadata::new().with("engine", "spec-example"))?;
+    // every record written, none mapped into space allocated ahead: the
+    // file is exactly its records, as SPEC.md §10 dumps it
+    let w = Writer::with_options(
+        path,
+        Metadata::new().with("engine", "spec-example"),
+        WriterOptions {
+            allocate_ahead: false,
+            ..WriterOptions::default()
+        },
+    )?;
     let values: Vec<u8> = (0..8).flat_map(|i| (i as f32).to_le_bytes()).collect();
     let storage = w.add_storage("cache", &values)?;
     let full = Layout::contiguous(DType::F32, &[2, 4], 0).expect("contiguous [2,4]");

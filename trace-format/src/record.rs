@@ -340,6 +340,73 @@ pub fn frame_footer(
     out
 }
 
+/// The end of a finished file written at `footer_offset` into space the
+/// writer allocated ahead up to `allocated_end` (a multiple of 64): a FOOTER
+/// whose zero payload fills that space, so that the trailer starts at
+/// `allocated_end` and the file only grows (SPEC.md §2, §5.6). Where the
+/// footer does not fit, it is the plain one of [`frame_footer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilledFooter {
+    /// The footer's header, body prefix, descriptor and padding up to its
+    /// payload: written at `footer_offset`.
+    pub head: Vec<u8>,
+    /// Zero payload bytes after `head`, not in `head`: the allocated space
+    /// already reads as zeros.
+    pub fill: u64,
+    /// The trailer, written at `footer_offset + head.len() + fill`.
+    pub trailer: [u8; TRAILER_BYTES as usize],
+}
+
+/// [`FilledFooter`] for a footer at `footer_offset` filling up to `allocated_end`.
+pub fn frame_footer_filled(
+    footer_offset: u64,
+    entries: &[crate::codec::IndexEntry],
+    names: &[u8],
+    allocated_end: u64,
+) -> FilledFooter {
+    let record_count = entries.len() as u64;
+    let descriptor = crate::codec::encode_footer(entries, names);
+    let trailer = Trailer {
+        footer_offset,
+        record_count,
+    }
+    .encode();
+    let payload_at = payload_offset(footer_offset, descriptor.len() as u64).unwrap_or(u64::MAX);
+    if allocated_end % 64 != 0 || payload_at >= allocated_end {
+        let mut head = frame_footer(footer_offset, entries, names);
+        head.truncate(head.len() - TRAILER_BYTES as usize);
+        return FilledFooter {
+            head,
+            fill: 0,
+            trailer,
+        };
+    }
+    let fill = allocated_end - payload_at;
+    let body = body_head(footer_offset, &descriptor, fill);
+    let mut crc = crc32c(&body);
+    const ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+    let mut left = fill;
+    while left > 0 {
+        let n = left.min(ZEROS.len() as u64);
+        crc = crc32c_append(crc, &ZEROS[..n as usize]);
+        left -= n;
+    }
+    let header = RecordHeader {
+        kind: RecordKind::Footer as u16,
+        flags: 0,
+        record_id: record_count,
+        body_len: body.len() as u64 + fill,
+        body_crc32c: crc,
+    };
+    let mut head = header.encode().to_vec();
+    head.extend_from_slice(&body);
+    FilledFooter {
+        head,
+        fill,
+        trailer,
+    }
+}
+
 /// A decoded body: descriptor and payload slices, checked against the framing rules.
 #[derive(Clone, Copy, Debug)]
 pub struct Body<'a> {

@@ -937,6 +937,8 @@ fn scan(bytes: &[u8]) -> (Vec<RecordEntry>, Option<TornTail>) {
         }
         let h = match RecordHeader::decode(&bytes[at as usize..], at) {
             Ok(h) => h,
+            // only zeros left: space a writer allocated ahead, nothing lost
+            Err(_) if bytes[at as usize..].iter().all(|&b| b == 0) => return (records, None),
             Err(e) => return (records, stop(at, e.to_string())),
         };
         if h.record_id != records.len() as u64 {

@@ -163,6 +163,21 @@ impl Trace {
                         "padding after the footer is not zero".into(),
                     );
                 }
+                // the footer's payload, if any, is the space a writer
+                // allocated ahead: zeros (SPEC.md §5.6)
+                let body_at = (fo + RECORD_HEADER_BYTES) as usize;
+                if let Ok(b) = trace_format::record::split_body(&bytes[body_at..end.min(next)], fo)
+                {
+                    if let Some(p) = b.payload.iter().position(|&x| x != 0) {
+                        fault(
+                            &mut rep,
+                            None,
+                            None,
+                            b.payload_offset + p as u64,
+                            "the footer's payload is not zero".into(),
+                        );
+                    }
+                }
                 rep.bytes += RECORD_HEADER_BYTES + h.body_len;
             }
         }

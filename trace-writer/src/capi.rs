@@ -305,7 +305,16 @@ unsafe fn open_writer(
     } else {
         Mode::Sync
     };
-    Writer::with_options(path, meta, WriterOptions { mode, filter }).map_err(|e| e.to_string())
+    Writer::with_options(
+        path,
+        meta,
+        WriterOptions {
+            mode,
+            filter,
+            ..WriterOptions::default()
+        },
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Write the footer and close; frees `w` (NULL does nothing).

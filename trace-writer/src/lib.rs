@@ -84,6 +84,13 @@ pub struct WriterOptions {
     pub mode: Mode,
     /// Which tensors to record (default: all).
     pub filter: CaptureFilter,
+    /// Sync mode on Linux: copy small records into a shared mapping of
+    /// space allocated ahead of them, one system call fewer a record
+    /// (default). The file never shrinks, so a finished file keeps that
+    /// space as its footer's zero payload (SPEC.md §5.6): up to the file's
+    /// own size, at most 4 MiB, its disk blocks given back. `false` writes
+    /// every record, and a file exactly as long as its records.
+    pub allocate_ahead: bool,
 }
 
 impl Default for WriterOptions {
@@ -91,6 +98,7 @@ impl Default for WriterOptions {
         WriterOptions {
             mode: Mode::Sync,
             filter: CaptureFilter::default(),
+            allocate_ahead: true,
         }
     }
 }
@@ -467,7 +475,7 @@ impl Writer {
             path: path.clone(),
             error: source,
         })?;
-        if matches!(options.mode, Mode::Sync) {
+        if matches!(options.mode, Mode::Sync) && options.allocate_ahead {
             sink.map_small_records();
         }
         let shared = Arc::new(Shared {

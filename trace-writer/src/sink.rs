@@ -6,8 +6,8 @@ use std::path::Path;
 
 use trace_format::codec::IndexEntry;
 use trace_format::record::{
-    self, body_head, crc32c, crc32c_append, crc32c_combine, encode_file_header, frame_footer,
-    next_record_offset, RecordHeader, RecordKind,
+    self, body_head, crc32c, crc32c_append, crc32c_combine, encode_file_header,
+    frame_footer_filled, next_record_offset, RecordHeader, RecordKind,
 };
 
 /// A record ready to be framed: its descriptor and payload.
@@ -62,8 +62,24 @@ const MAPPED_RECORD_MAX: u64 = 64 << 10;
 // a mapped record is never one whose payload streams (STREAM_BYTES)
 const _: () = assert!(MAPPED_RECORD_MAX < STREAM_BYTES as u64);
 
-/// Bytes of the file mapped (and allocated) at a time ahead of the records.
+/// Most bytes of the file mapped (and allocated) at a time ahead of the records.
 const WINDOW_BYTES: u64 = 4 << 20;
+
+/// Fewest: a window starts at most `WINDOW_ALIGN` before the record it is
+/// for, and holds it whole (at most `MAPPED_RECORD_MAX`).
+const WINDOW_MIN_BYTES: u64 = 128 << 10;
+
+/// The window mapped for a record at `at`: as large as the file so far
+/// (rounded up to a power of two) within the bounds above, so that the
+/// space a small file leaves allocated ahead when it finishes (the file
+/// never shrinks: [`Sink::finish`]) stays in proportion to it.
+fn window_bytes(at: u64) -> u64 {
+    at.checked_next_power_of_two()
+        .unwrap_or(WINDOW_BYTES)
+        .clamp(WINDOW_MIN_BYTES, WINDOW_BYTES)
+}
+
+const _: () = assert!(WINDOW_MIN_BYTES >= WINDOW_ALIGN + MAPPED_RECORD_MAX);
 
 /// Window starts are multiples of this (a multiple of every page size).
 const WINDOW_ALIGN: u64 = 64 << 10;
@@ -165,6 +181,8 @@ pub(crate) struct Sink {
     /// record's end no longer shows a partial write: written records get
     /// their header last.
     ahead: bool,
+    /// The end of the space allocated ahead (0: none), a multiple of 64.
+    allocated_end: u64,
     index: Vec<IndexEntry>,
     names: Vec<u8>,
     /// crc32c of every record's payload, by record id (callers that
@@ -191,6 +209,7 @@ impl Sink {
             window: None,
             cursor_behind: false,
             ahead: false,
+            allocated_end: 0,
             index: Vec::new(),
             names: Vec::new(),
             payload_crcs: Vec::new(),
@@ -217,6 +236,7 @@ impl Sink {
             self.window = None;
             match self.map_window(at) {
                 Ok(w) => {
+                    self.allocated_end = self.allocated_end.max(w.start + w.map.len() as u64);
                     self.window = Some(w);
                     self.ahead = true;
                 }
@@ -245,11 +265,10 @@ impl Sink {
         use std::os::fd::AsRawFd;
         self.file.flush()?;
         let start = at - at % WINDOW_ALIGN;
+        let bytes = window_bytes(at);
         let file = self.file.get_ref();
-        let (Ok(off), Ok(len)) = (
-            libc::off_t::try_from(start),
-            libc::off_t::try_from(WINDOW_BYTES),
-        ) else {
+        let (Ok(off), Ok(len)) = (libc::off_t::try_from(start), libc::off_t::try_from(bytes))
+        else {
             return Err(io::Error::other("window offset out of range"));
         };
         // allocate the blocks first: a store to a mapped page the file
@@ -267,7 +286,7 @@ impl Sink {
         let map = unsafe {
             memmap2::MmapOptions::new()
                 .offset(start)
-                .len(WINDOW_BYTES as usize)
+                .len(bytes as usize)
                 .map_mut(file)?
         };
         Ok(Window {
@@ -324,16 +343,35 @@ impl Sink {
         Ok(())
     }
 
-    /// Cut (or extend) the file to `len` bytes if it was allocated ahead.
-    fn trim_to(&mut self, len: u64) -> io::Result<()> {
-        self.window = None;
-        if self.ahead {
-            self.file.flush()?;
-            self.file.get_ref().set_len(len)?;
-            self.ahead = false;
+    /// Give the disk blocks of `[from, to)` back, keeping the file's length:
+    /// the bytes read as zeros, as before (a hole). Best effort: where the
+    /// file system cannot, the blocks stay allocated.
+    #[cfg(target_os = "linux")]
+    fn release(&mut self, from: u64, to: u64) {
+        use std::os::fd::AsRawFd;
+        let (Ok(off), Ok(len)) = (
+            libc::off_t::try_from(from),
+            libc::off_t::try_from(to - from),
+        ) else {
+            return;
+        };
+        if len > 0 && self.file.flush().is_ok() {
+            // SAFETY: a plain system call on the open descriptor of this
+            // sink's own file; the range lies inside the file, which keeps
+            // its length (KEEP_SIZE): a reader's mapping of it stays valid.
+            unsafe {
+                libc::fallocate(
+                    self.file.get_ref().as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off,
+                    len,
+                );
+            }
         }
-        Ok(())
     }
+
+    #[cfg(not(target_os = "linux"))]
+    fn release(&mut self, _from: u64, _to: u64) {}
 
     /// The crc32c of record `id`'s payload, once it is appended.
     pub fn payload_crc32c(&self, id: u64) -> Option<u32> {
@@ -496,24 +534,39 @@ impl Sink {
     }
 
     /// Write the footer and trailer; returns (records, file bytes).
+    ///
+    /// The file never shrinks: a reader may have mapped the bytes allocated
+    /// ahead, and a page cut from under its mapping is a SIGBUS. The footer
+    /// fills that space with a zero payload instead (SPEC.md §5.6), whose
+    /// blocks go back to the file system, and the trailer follows it.
     pub fn finish(&mut self) -> io::Result<(u64, u64)> {
-        let tail = frame_footer(self.offset, &self.index, &self.names);
-        // the bytes allocated ahead are cut where the footer will end, not
-        // at the last record: a reader scanning the file meanwhile reads the
-        // zero header there, and a page gone from under its mapping would
-        // be a SIGBUS in the reader
-        self.trim_to(self.offset + tail.len() as u64)?;
+        self.window = None;
+        let end = if self.ahead { self.allocated_end } else { 0 };
+        let footer_offset = self.offset;
+        let footer = frame_footer_filled(footer_offset, &self.index, &self.names, end);
         self.catch_up_cursor()?;
-        self.file.write_all(&tail)?;
+        self.file.write_all(&footer.head)?;
+        let fill_at = footer_offset + footer.head.len() as u64;
+        if footer.fill > 0 {
+            self.file.seek(SeekFrom::Start(fill_at + footer.fill))?;
+        }
+        self.file.write_all(&footer.trailer)?;
         self.file.flush()?;
-        self.offset += tail.len() as u64;
+        self.release(fill_at, fill_at + footer.fill);
+        self.ahead = false;
+        self.offset = fill_at + footer.fill + footer.trailer.len() as u64;
         Ok((self.next_id(), self.offset))
     }
 }
 
 impl Drop for Sink {
-    /// An unfinished sink still cuts the window's zero bytes off the file.
+    /// An unfinished sink leaves the zero bytes allocated ahead where they
+    /// are (a reader may have mapped them; SPEC.md §2 lets an unfinished
+    /// file end in zeros) and gives their disk blocks back.
     fn drop(&mut self) {
-        let _ = self.trim_to(self.offset);
+        self.window = None;
+        if self.ahead && self.allocated_end > self.offset {
+            self.release(self.offset, self.allocated_end);
+        }
     }
 }
