@@ -36,18 +36,50 @@ N_PROMPT, N_DECODE = 8, 3
 #: on these models); the default tolerance (atol 1e-3) is for f32 caches.
 F16_KV_TOLERANCE = dict(atol=1e-2, rtol=1e-2, min_cosine=0.9999)
 
+#: Per architecture, where the default tolerance (atol 1e-3, rtol 1e-2,
+#: cosine 0.999) does not fit an f32 pair. Gemma 2: llama.cpp's CPU GELU (the
+#: fused GEGLU, ffn_geglu-N) reads an f16 table at the f16-rounded input, so
+#: from ffn_geglu-0 on it is ~2.5e-4 relative off (logits 1.8-3.5e-4 relative
+#: for seeds 0-3 and 6, hidden states up to ~4 in size): measured, the
+#: smallest atol that passes with rtol 1e-2 is 7.4e-4 for the test's seed (6)
+#: but 0.9-1.7e-3 for seeds 0-3 (worst at l_out-1 and sa_out-1, elements near
+#: 0). atol 5e-3 leaves ~3x margin; every cosine is >= 0.9999999.
+TOLERANCE = {
+    "gemma2": dict(atol=5e-3, rtol=1e-2, min_cosine=0.9999),
+}
+
 #: Pairs per step: graph-level (token ids, positions, embedding, final norm
 #: before and after its weight, logits) + per layer. Llama: attn_norm, Q and K
 #: (projection, RoPE), V, scores, softmax, P·V, kqv_out, attn_out, ffn_inp,
 #: ffn_norm, gate, up, SwiGLU, ffn_out, l_out. Qwen2: Q, K and V after their
 #: bias instead of the projection (no separate V RESHAPE pair). Qwen3: also
 #: q_norm and k_norm, projections paired as they come out of the MUL_MAT.
+#: Gemma 2: graph-level token ids, positions, embedding before and after its
+#: sqrt(hidden) scale, final norm, the final soft-capping's tanh and the
+#: logits (7); per layer attn_norm, Q, K, V, Q and K after RoPE, scores, the
+#: soft-capping's /cap, tanh and *cap, softmax, P·V, kqv_out, attn_post_norm,
+#: sa_out, ffn_norm, gate, up, GEGLU, ffn_out, l_out (21). The five score pairs
+#: (scores, /cap, tanh, *cap, softmax) are missing in a sliding-window layer
+#: (the even ones: HF's decode cache holds only the window, see the preset):
+#: the third number, pairs a sliding-window layer lacks.
 PRESETS = {
-    "llama": ("llama-hf", 6, 18),
-    "qwen2": ("qwen2-hf", 6, 17),
-    "qwen3": ("qwen3-hf", 6, 19),
-    "mistral": ("llama-hf", 6, 18),
+    "llama": ("llama-hf", 6, 18, 0),
+    "qwen2": ("qwen2-hf", 6, 17, 0),
+    "qwen3": ("qwen3-hf", 6, 19, 0),
+    "mistral": ("llama-hf", 6, 18, 0),
+    "gemma2": ("gemma2-hf", 7, 21, 5),
 }
+
+
+def pairs_per_step(arch, config):
+    _, graph, per_layer, sliding_lacks = PRESETS[arch]
+    types = getattr(config, "layer_types", None) or []
+    sliding = sum(t == "sliding_attention" for t in types)
+    return graph + per_layer * config.num_hidden_layers - sliding_lacks * sliding
+
+#: The layer whose attention scores must pair (from the op capture): 0, but
+#: for Gemma 2, whose layer 0 uses a sliding window (its scores unpaired).
+SCORES_LAYER = {"gemma2": 1}
 
 
 @pytest.fixture(scope="module")
@@ -78,25 +110,25 @@ def run_hf(pair, path, model=None):
 @pytest.mark.parametrize("arch", sorted(PRESETS))
 def test_clean_pair_agrees(arch, pairs, tmp_path):
     arch_pair = pairs(arch)
-    preset, graph, per_layer = PRESETS[arch]
+    preset = PRESETS[arch][0]
     hf = tmp_path / "hf.tdump"
     hf_logits = run_hf(arch_pair, hf)
     rel = hfpair.compare(arch_pair["llama_logits"], hf_logits, N_PROMPT)
-    assert max(rel) < 1e-5, rel
-    r = tracedump.compare(arch_pair["llama"], hf, rules=preset)
+    assert max(rel) < hfpair.ARCHS[arch].get("tol", 1e-5), rel
+    r = tracedump.compare(arch_pair["llama"], hf, rules=preset, **TOLERANCE.get(arch, {}))
     assert r.agrees, r.first_divergence
-    layers = arch_pair["config"].num_hidden_layers
-    assert len(r.pairs) == (1 + N_DECODE) * (graph + per_layer * layers)
+    per_step = pairs_per_step(arch, arch_pair["config"])
     steps = {}
     for p in r.pairs:
         steps[p["step"]] = steps.get(p["step"], 0) + 1
-    assert steps == {s: graph + per_layer * layers for s in range(1 + N_DECODE)}
+    assert steps == {s: per_step for s in range(1 + N_DECODE)}
     # every llama.cpp node is paired, or unpaired by a rule that says why
     missing = [u for u in r.unpaired if u["reason"].startswith("B has")]
     assert not missing, missing[:5]
     # the attention scores, softmax and post-RoPE Q/K came from the op capture
     names = {p["name_b"] for p in r.pairs}
-    assert {"model.layers.0.self_attn/softmax/0", "model.layers.0.self_attn/add/0"} <= names
+    scores = SCORES_LAYER.get(arch, 0)
+    assert {f"model.layers.{scores}.self_attn/softmax/0", "model.layers.0.self_attn/add/0"} <= names
     # the logits pair in every step, all prompt rows included
     logits = [p for p in r.pairs if p["name_a"] == "result_output"]
     assert [p["shape_a"][-2] for p in logits] == [N_PROMPT] + [1] * N_DECODE
@@ -142,6 +174,17 @@ PLANTED = [
     ("qwen3", "kv_wrong_position", 0, ("kq-0", "MUL_MAT", 1)),
     ("qwen2", "mask_off_by_one", 0, ("kq_soft_max-0", "SOFT_MAX", 0)),
     ("mistral", "mask_off_by_one", 0, ("kq_soft_max-0", "SOFT_MAX", 0)),
+    # Gemma 2: GELU-tanh zeroed (the fused GEGLU); post_attention_layernorm is
+    # Gemma 2's post-attention norm (attn_post_norm), not the FFN's; layer 0
+    # slides, so its scores are unpaired: a wrong mask first shows in P·V, and
+    # K and V rolled together in decode leave its P·V as it was (all four
+    # window positions visible), so the global layer 1's scores name it
+    ("gemma2", "silu_zero", 0, ("ffn_geglu-0", "GLU", 0)),
+    ("gemma2", "norm_scaled", 1, ("attn_post_norm-1", "MUL", 0)),
+    ("gemma2", "rope_base", 0, ("Qcur-0", "ROPE", 0)),
+    ("gemma2", "attention_axes_swapped", 1, ("kqv_out-1", "CONT", 0)),
+    ("gemma2", "kv_wrong_position", 0, ("kq-1", "MUL_MAT", 1)),
+    ("gemma2", "mask_off_by_one", 0, ("kqv-0", "MUL_MAT", 0)),
 ]
 
 
@@ -151,7 +194,7 @@ def test_planted_bug_is_named(arch, bug, layer, expected, pairs, tmp_path):
     hf = tmp_path / "hf.tdump"
     with plant(arch_pair["model"], bug, layer) as model:
         run_hf(arch_pair, hf, model)
-    r = tracedump.compare(arch_pair["llama"], hf, rules=PRESETS[arch][0])
+    r = tracedump.compare(arch_pair["llama"], hf, rules=PRESETS[arch][0], **TOLERANCE.get(arch, {}))
     first = r.first_divergence
     assert first is not None, f"{bug}: no divergence found"
     op = next(t for t in tracedump.open(arch_pair["llama"]) if t.id == first["id_a"]).engine_op["op"]

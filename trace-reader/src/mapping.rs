@@ -238,6 +238,11 @@ pub const PRESETS: &[Preset] = &[
         about: "llama.cpp QWEN3 vs HF Qwen3ForCausalLM (q/k norm, NEOX RoPE)",
         text: include_str!("../presets/qwen3-hf.map"),
     },
+    Preset {
+        name: "gemma2-hf",
+        about: "llama.cpp GEMMA2 vs HF Gemma2ForCausalLM (scaled embedding, 4 norms a layer, soft-capping, sliding window)",
+        text: include_str!("../presets/gemma2-hf.map"),
+    },
 ];
 
 /// The names of the built-in mappings, comma-separated (for messages).

@@ -267,7 +267,7 @@ struct Pairing {
     /// A mapping file: one rule per line (as --rename), `#` comments.
     #[arg(long, value_name = "FILE")]
     map: Option<PathBuf>,
-    /// A built-in mapping, llama.cpp (A) to HF transformers (B): llama-hf, qwen2-hf, qwen3-hf.
+    /// A built-in mapping, llama.cpp (A) to HF transformers (B): llama-hf, qwen2-hf, qwen3-hf, gemma2-hf.
     #[arg(long, value_name = "NAME")]
     preset: Option<String>,
     /// Absolute tolerance.
