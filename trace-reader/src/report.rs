@@ -175,6 +175,13 @@ pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, Reader
         Some((i, p)) => json!({
             "index": i,
             "key": p.key,
+            // what the user calls it: A's name, and B's where it differs
+            "names": if p.a.name == p.b.name {
+                p.a.name.clone()
+            } else {
+                format!("{} = {}", p.a.name, p.b.name)
+            },
+            "step": p.step,
             "verdict": verdict_text(&p.verdict),
             "metrics": p.metrics.as_ref().map(|m| json!({
                 "max_abs": m.max_abs, "max_rel": m.max_rel, "mean_abs": m.mean_abs,

@@ -433,7 +433,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 output.display(),
                 report.pairs.len(),
                 match report.first_divergence.and_then(|i| report.pairs.get(i)) {
-                    Some(p) => format!("first divergence {}", p.key),
+                    Some(p) if p.a.name == p.b.name => format!("first divergence {}", p.a.name),
+                    Some(p) => format!("first divergence {} (A) = {} (B)", p.a.name, p.b.name),
+                    None if report.pairs.is_empty() => {
+                        "nothing compared: no tensor of A pairs with one of B".to_string()
+                    }
                     None => "the runs agree".to_string(),
                 }
             );
