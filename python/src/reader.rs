@@ -633,6 +633,12 @@ impl VerifyReport {
         self.rep.lineages_replayed
     }
 
+    /// Value checks left out past verify's budget of values (not faults).
+    #[getter]
+    fn values_unchecked(&self) -> u64 {
+        self.rep.values_unchecked
+    }
+
     fn __bool__(&self) -> bool {
         self.rep.is_ok()
     }

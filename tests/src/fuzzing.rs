@@ -21,7 +21,7 @@ mod import;
 /// Tensors with more values than this are not read value by value in
 /// [`read_all`] (unless they exceed the reader's own limit, which is
 /// refused cheaply): every decoding path is reached with a block or two,
-/// and a zero-stride view can name 2^26 values of a few bytes, which costs
+/// and a zero-stride view can name 2^23 values of a few bytes, which costs
 /// a second per input and finds nothing new.
 const VALUE_CAP: u64 = 1 << 10;
 

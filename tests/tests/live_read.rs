@@ -50,7 +50,12 @@ fn read_and_verify_while_writers_finish() {
                             if let Ok(t) = Trace::open(&path) {
                                 let report = t.verify();
                                 if t.is_finished() {
-                                    assert!(report.is_ok(), "{}: {:?}", path.display(), report.faults);
+                                    assert!(
+                                        report.is_ok(),
+                                        "{}: {:?}",
+                                        path.display(),
+                                        report.faults
+                                    );
                                     seen.1 += 1;
                                 } else {
                                     assert!(t.torn_tail().is_none() || !last);

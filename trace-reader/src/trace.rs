@@ -169,6 +169,8 @@ pub struct Trace {
     by_name: OnceLock<HashMap<String, Vec<u64>>>,
     /// For a GGUF file opened as a trace: its tensor table.
     gguf: Option<Box<[crate::gguf::GgufTensorInfo]>>,
+    /// Derived tensors already rebuilt, shared by every read of this trace.
+    pub(crate) derived: std::sync::Mutex<crate::values::DerivedCache>,
 }
 
 impl Trace {
@@ -240,6 +242,7 @@ impl Trace {
             infos,
             by_name: OnceLock::new(),
             gguf: None,
+            derived: Default::default(),
         };
         let mut run = Metadata::new();
         for id in 0..trace.records.len() as u64 {
@@ -296,6 +299,7 @@ impl Trace {
             infos: (0..n).map(|_| OnceLock::new()).collect(),
             by_name: OnceLock::new(),
             gguf: Some(g.tensors.into_boxed_slice()),
+            derived: Default::default(),
         })
     }
 

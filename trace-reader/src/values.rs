@@ -16,13 +16,15 @@ use crate::trace::{TensorInfo, Trace};
 /// How deep a chain of derived tensors may go (each rebuilt from the last).
 pub const MAX_DERIVATION_DEPTH: usize = 64;
 
-/// The most values one materialization may produce: 2^26 plus 8 per byte of
-/// the file. A view with zero strides (an `expand`) can name far more
-/// elements than its storage holds; materializing such a view beyond this
-/// bound is refused with an error rather than exhausting memory. The
-/// zero-copy `array()` view has no such limit.
+/// The most values one materialization may produce: 2^23 plus 8 per byte of
+/// the file (a byte of any block type holds fewer than 8 values, so every
+/// tensor a file can hold fits). A view with zero strides (an `expand`) can
+/// name far more elements than its storage holds; materializing such a view
+/// beyond this bound is refused with an error rather than exhausting
+/// memory: as f64, at most 64 MiB + 64 bytes per byte of the file (SPEC.md
+/// §9). The zero-copy `array()` view has no such limit.
 pub fn value_limit(file_len: u64) -> u64 {
-    (1u64 << 26).saturating_add(file_len.saturating_mul(8))
+    (1u64 << 23).saturating_add(file_len.saturating_mul(8))
 }
 
 /// Call `f(offset)` for every element of a checked layout, row-major; the
@@ -509,23 +511,62 @@ enum State<'t> {
     },
 }
 
-struct Replay<'t, 'c> {
+struct Replay<'t> {
     trace: &'t Trace,
     tensor: &'t TensorInfo,
     limit: u64,
-    cache: &'c std::cell::RefCell<Cache>,
+    /// The longest chain of derived tensors among the parents so far.
+    chain: std::cell::Cell<usize>,
 }
 
-/// Derived values already rebuilt during one rebuild, by record id: a
-/// derived tensor used twice (`concat(x, x)`, or a diamond of lineages) is
-/// rebuilt once, so the work stays linear in the number of records.
-#[derive(Default)]
-pub(crate) struct Cache {
-    arrays: std::collections::HashMap<u64, ArrayD<f64>>,
+/// Derived values already rebuilt, by record id, for the life of a
+/// [`Trace`]: a derived tensor used twice (`concat(x, x)`, a diamond of
+/// lineages, a chain of 64 each rebuilt from the one before, or `verify`
+/// then `to_f32` of the same tensor) is rebuilt once, so the work stays
+/// linear in the number of records. At most the file's value limit of
+/// values is kept (SPEC.md §9): past it, the rebuilds used longest ago go
+/// first (a chain read in order needs the one just before).
+#[derive(Debug, Default)]
+pub(crate) struct DerivedCache {
+    /// The values, the length of the longest chain of derived tensors they
+    /// were rebuilt through (1: from stored parents only), and when they
+    /// were last used.
+    arrays: std::collections::HashMap<u64, (std::sync::Arc<ArrayD<f64>>, usize, u64)>,
     values: u64,
+    clock: u64,
 }
 
-impl<'t> Replay<'t, '_> {
+impl DerivedCache {
+    fn get(&mut self, id: u64) -> Option<(std::sync::Arc<ArrayD<f64>>, usize)> {
+        self.clock += 1;
+        let now = self.clock;
+        self.arrays.get_mut(&id).map(|(a, chain, used)| {
+            *used = now;
+            (a.clone(), *chain)
+        })
+    }
+
+    fn put(&mut self, id: u64, array: std::sync::Arc<ArrayD<f64>>, chain: usize, limit: u64) {
+        let n = array.len() as u64;
+        if n > limit || self.arrays.contains_key(&id) {
+            return;
+        }
+        while self.values + n > limit {
+            let Some((&oldest, _)) = self.arrays.iter().min_by_key(|(_, (_, _, used))| *used)
+            else {
+                break;
+            };
+            if let Some((a, _, _)) = self.arrays.remove(&oldest) {
+                self.values -= a.len() as u64;
+            }
+        }
+        self.clock += 1;
+        self.values += n;
+        self.arrays.insert(id, (array, chain, self.clock));
+    }
+}
+
+impl<'t> Replay<'t> {
     fn err(&self, reason: String) -> ReaderError {
         ReaderError::Tensor {
             path: self.trace.path().to_path_buf(),
@@ -542,22 +583,12 @@ impl<'t> Replay<'t, '_> {
         }
         let p = self.trace.tensor(id)?;
         if p.derived {
-            let cached = self.cache.borrow().arrays.get(&id).cloned();
-            let array = match cached {
-                Some(a) => a,
-                None => {
-                    let a = derive_cached(self.trace, p, depth + 1, self.cache)?;
-                    let mut c = self.cache.borrow_mut();
-                    if c.values.saturating_add(a.len() as u64) <= self.limit {
-                        c.values += a.len() as u64;
-                        c.arrays.insert(id, a.clone());
-                    }
-                    a
-                }
-            };
+            let (array, chain) = derive_chain(self.trace, p, depth + 1)?;
+            self.chain.set(self.chain.get().max(chain));
             Ok(State::Values {
                 dtype: Some(p.dtype),
-                array,
+                // the replay's ops consume their input: one copy, not a rebuild
+                array: std::sync::Arc::unwrap_or_clone(array),
             })
         } else if p.storage.is_some() {
             let view = self.trace.view(id)?;
@@ -734,36 +765,69 @@ impl<'t> Replay<'t, '_> {
 }
 
 /// Rebuild the values of a derived tensor (data kind 3), row-major in the
-/// recorded shape, rounded to the recorded dtype.
+/// recorded shape, rounded to the recorded dtype; once per [`Trace`]
+/// ([`DerivedCache`]).
 pub(crate) fn derive(
     trace: &Trace,
     tensor: &TensorInfo,
     depth: usize,
-) -> Result<ArrayD<f64>, ReaderError> {
-    derive_cached(
-        trace,
-        tensor,
-        depth,
-        &std::cell::RefCell::new(Cache::default()),
-    )
+) -> Result<std::sync::Arc<ArrayD<f64>>, ReaderError> {
+    derive_chain(trace, tensor, depth).map(|(array, _)| array)
 }
 
-fn derive_cached(
+/// [`derive`], with the length of the longest chain of derived tensors the
+/// values come through: a cached rebuild counts the chain it stands for, so
+/// the depth limit does not depend on what was read before.
+fn derive_chain(
     trace: &Trace,
     tensor: &TensorInfo,
     depth: usize,
-    cache: &std::cell::RefCell<Cache>,
-) -> Result<ArrayD<f64>, ReaderError> {
+) -> Result<(std::sync::Arc<ArrayD<f64>>, usize), ReaderError> {
+    let lock = || trace.derived.lock().unwrap_or_else(|e| e.into_inner());
+    let cached = lock().get(tensor.id);
+    if let Some((array, chain)) = cached {
+        if depth + chain > MAX_DERIVATION_DEPTH + 1 {
+            return Err(too_deep(trace, tensor));
+        }
+        return Ok((array, chain));
+    }
+    // rebuilt without the lock held: a rebuild asks for its parents
+    let (array, chain) = rebuild(trace, tensor, depth)?;
+    let array = std::sync::Arc::new(array);
+    lock().put(
+        tensor.id,
+        array.clone(),
+        chain,
+        value_limit(trace.file_len()),
+    );
+    Ok((array, chain))
+}
+
+fn too_deep(trace: &Trace, tensor: &TensorInfo) -> ReaderError {
+    Replay {
+        trace,
+        tensor,
+        limit: 0,
+        chain: Default::default(),
+    }
+    .err(format!(
+        "derived from derived tensors more than {MAX_DERIVATION_DEPTH} deep"
+    ))
+}
+
+fn rebuild(
+    trace: &Trace,
+    tensor: &TensorInfo,
+    depth: usize,
+) -> Result<(ArrayD<f64>, usize), ReaderError> {
     let r = Replay {
         trace,
         tensor,
         limit: value_limit(trace.file_len()),
-        cache,
+        chain: Default::default(),
     };
     if depth > MAX_DERIVATION_DEPTH {
-        return Err(r.err(format!(
-            "derived from derived tensors more than {MAX_DERIVATION_DEPTH} deep"
-        )));
+        return Err(too_deep(trace, tensor));
     }
     // Every derived value has its recorded shape (checked at the end of each
     // rebuild), so sizes are known before any work is done.
@@ -849,7 +913,7 @@ fn derive_cached(
     if dtype != Some(tensor.dtype) && !tensor.dtype.is_block() {
         round_all(&mut array, tensor.dtype).map_err(|e| r.err(e))?;
     }
-    Ok(array)
+    Ok((array, r.chain.get() + 1))
 }
 
 #[cfg(test)]
