@@ -471,12 +471,12 @@ pub fn diff(
     let by_step = has_steps(a) && has_steps(b);
     let step_of = |t: &TensorInfo| if by_step { t.step } else { None };
     let mut b_by_name: HashMap<(Option<i64>, &str), Vec<u64>> = HashMap::new();
-    let mut b_steps_of: HashMap<&str, Vec<Option<i64>>> = HashMap::new();
+    let mut b_names = std::collections::HashSet::new();
     for &id in b.tensor_ids() {
         let name = b.record_name(id).unwrap_or("");
         let step = b.tensor(id).ok().and_then(step_of);
         b_by_name.entry((step, name)).or_default().push(id);
-        b_steps_of.entry(name).or_default().push(step);
+        b_names.insert(name);
     }
     let mut seen: HashMap<(Option<i64>, String), usize> = HashMap::new();
     let mut used_b = std::collections::HashSet::new();
@@ -524,12 +524,12 @@ pub fn diff(
             let via = rule.map_or("same name".to_string(), |r| format!("rule `{r}`"));
             let at = step.map_or(String::new(), |s| format!(" at step {s}"));
             let reason = match (
-                b_steps_of.get(key.as_str()),
+                b_names.contains(key.as_str()),
                 b_by_name.get(&(step, key.as_str())),
             ) {
-                (None, _) => format!("B has no tensor named `{key}` ({via})"),
-                (Some(_), None) => format!("B has `{key}`, but not{at} ({via})"),
-                (Some(_), Some(ids)) => format!(
+                (false, _) => format!("B has no tensor named `{key}` ({via})"),
+                (true, None) => format!("B has `{key}`, but not{at} ({via})"),
+                (true, Some(ids)) => format!(
                     "B has {} `{key}`{at}; this is the {} of A's tensors that go there ({via})",
                     ids.len(),
                     ordinal(occurrence + 1)
