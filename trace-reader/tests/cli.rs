@@ -711,3 +711,34 @@ fn export_skips_what_it_cannot_read() {
     left.sort();
     assert_eq!(left, ["broadcast.tdump", "out.npz", "out.safetensors"]);
 }
+
+/// `tracedump inspect run.tdump | head`: the reader closing the pipe is
+/// not a crash (it panicked, exit 101), and `diff` keeps its verdict.
+#[test]
+fn a_closed_pipe_is_not_a_crash() {
+    let dir = demo_dir();
+    for (args, code) in [
+        (&["inspect", "demo.tdump"][..], 0),
+        (&["inspect", "demo.tdump", "--json"][..], 0),
+        (&["show", "demo.tdump", "k-0", "--full"][..], 0),
+        (&["verify", "demo.tdump"][..], 0),
+        (
+            &["diff", "demo.tdump", "demo.reference.tdump", "--all"][..],
+            1,
+        ),
+        (&["diff", "demo.tdump", "demo.tdump"][..], 0),
+    ] {
+        let mut child = tracedump(dir.path())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // the reading end closes before anything is written
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -247,15 +247,41 @@ enum Command {
     },
 }
 
+/// `print!` that does not panic when stdout is a closed pipe
+/// ([`output::stdout`]); other write errors are errors.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        output::stdout(format_args!($($arg)*))?
+    };
+}
+
+/// `println!`, as [`out!`].
+macro_rules! outln {
+    () => { out!("\n") };
+    ($($arg:tt)*) => {{
+        out!($($arg)*);
+        out!("\n");
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        // a closed pipe met outside `out!` (a library writing to stdout)
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// How `diff` and `report` pair and judge tensors.
@@ -329,21 +355,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             }))
                         })
                         .collect::<Result<_>>()?;
-                    println!("{}", serde_json::to_string_pretty(&all)?);
+                    outln!("{}", serde_json::to_string_pretty(&all)?);
                 } else {
-                    print!("{}", shards_summary(&shards));
+                    out!("{}", shards_summary(&shards));
                     for s in shards.shards() {
-                        println!("\n== rank {}: {} ==", s.rank, s.trace.path().display());
-                        print!("{}", inspect::inspect_text(&s.trace, &opts)?);
+                        outln!("\n== rank {}: {} ==", s.rank, s.trace.path().display());
+                        out!("{}", inspect::inspect_text(&s.trace, &opts)?);
                     }
                 }
                 return Ok(ExitCode::SUCCESS);
             }
             let trace = open(&file)?;
             if json {
-                println!("{}", inspect::inspect_json(&trace, &opts)?);
+                outln!("{}", inspect::inspect_json(&trace, &opts)?);
             } else {
-                print!("{}", inspect::inspect_text(&trace, &opts)?);
+                out!("{}", inspect::inspect_text(&trace, &opts)?);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -357,7 +383,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let trace = open(&file)?;
             if raw {
-                print!("{}", show::show_raw(&trace, &name, full)?);
+                out!("{}", show::show_raw(&trace, &name, full)?);
                 return Ok(ExitCode::SUCCESS);
             }
             let as_dtype = match as_dtype {
@@ -367,7 +393,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 None => None,
             };
-            print!(
+            out!(
                 "{}",
                 show::show(&trace, &name, slice.as_deref(), as_dtype, full)?
             );
@@ -399,11 +425,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 write_diff_parquet(&ta, &tb, &report, out)?;
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", diffcmd::diff_text(&ta, &tb, &report, all)?);
+                out!("{}", diffcmd::diff_text(&ta, &tb, &report, all)?);
                 if explain_pairing {
-                    print!("{}", diffcmd::explain_pairing(&report)?);
+                    out!("{}", diffcmd::explain_pairing(&report)?);
                 }
             }
             Ok(if report.agrees() {
@@ -428,7 +454,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bar.finish_and_clear();
             let page = trace_reader::report::html(&ta, &tb, &report)?;
             std::fs::write(&output, page).with_context(|| format!("{}", output.display()))?;
-            println!(
+            outln!(
                 "{}: {} pairs, {}",
                 output.display(),
                 report.pairs.len(),
@@ -453,10 +479,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for s in shards.shards() {
                 let rep = s.trace.verify();
                 for f in &rep.faults {
-                    println!("FAULT rank {}: {f}", s.rank);
+                    outln!("FAULT rank {}: {f}", s.rank);
                 }
                 bad += usize::from(!rep.is_ok());
-                println!(
+                outln!(
                     "rank {} {}: {} records, {} tensors, {} lineages replayed: {}",
                     s.rank,
                     s.trace.path().display(),
@@ -471,7 +497,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             for w in shards.warnings() {
-                println!("WARNING {w}");
+                outln!("WARNING {w}");
             }
             Ok(if bad == 0 {
                 ExitCode::SUCCESS
@@ -483,15 +509,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let trace = open(&file)?;
             let rep = trace.verify();
             for f in &rep.faults {
-                println!("FAULT {f}");
+                outln!("FAULT {f}");
             }
             if rep.values_unchecked > 0 {
-                println!(
+                outln!(
                     "note: {} value checks left out: past verify's budget of values for a file this size (SPEC.md §9)",
                     rep.values_unchecked
                 );
             }
-            println!(
+            outln!(
                 "{}: {} records, {} bytes checksummed, {} tensors, {} lineages replayed, {} value checksums: {}",
                 file.display(),
                 rep.records,
@@ -514,9 +540,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let sum = recover::recover(&input, &output)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&sum)?);
+                outln!("{}", serde_json::to_string_pretty(&sum)?);
             } else {
-                println!(
+                outln!(
                     "wrote {}: {} records, {} bytes",
                     output.display(),
                     sum.records,
@@ -524,9 +550,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 match &sum.stopped_at {
                     Some((offset, why)) => {
-                        println!("stopped at byte {offset}: {why}; {} bytes of the input were not carried over", sum.dropped_tail_bytes)
+                        outln!("stopped at byte {offset}: {why}; {} bytes of the input were not carried over", sum.dropped_tail_bytes)
                     }
-                    None => println!("every record of the input was carried over"),
+                    None => outln!("every record of the input was carried over"),
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -574,19 +600,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let sum = export::export(&trace, format, &out, Some(&ids))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&sum)?);
+                outln!("{}", serde_json::to_string_pretty(&sum)?);
             } else {
-                println!(
+                outln!(
                     "wrote {}: {} tensors, {} bytes",
                     out.display(),
                     sum.exported.len(),
                     sum.bytes
                 );
                 for (name, why) in &sum.converted {
-                    println!("  converted {name}: {why}");
+                    outln!("  converted {name}: {why}");
                 }
                 for (name, why) in &sum.skipped {
-                    println!("  skipped {name}: {why}");
+                    outln!("  skipped {name}: {why}");
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -623,7 +649,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 (true, _) => export::import_gguf(&file, &out)?,
                 (false, _) => export::import_safetensors(&file, &out)?,
             };
-            println!(
+            outln!(
                 "wrote {}: {} tensors, {} bytes",
                 out.display(),
                 sum.tensors,
@@ -635,7 +661,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for (path, n) in
                 demo::write_demo(&out).with_context(|| format!("writing {}", out.display()))?
             {
-                println!("wrote {} ({n} records)", path.display());
+                outln!("wrote {} ({n} records)", path.display());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -691,11 +717,11 @@ fn export_parquet_shards(
 ) -> Result<ExitCode> {
     let sum = parquet_out::export_shards(parts, out, values_max)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&sum)?);
+        outln!("{}", serde_json::to_string_pretty(&sum)?);
     } else {
-        println!("{}: {} tensors", sum.tensors_file, sum.tensors);
+        outln!("{}: {} tensors", sum.tensors_file, sum.tensors);
         if let Some(v) = &sum.values_file {
-            println!("{v}: {} values", sum.values);
+            outln!("{v}: {} values", sum.values);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -794,17 +820,17 @@ fn diff_shards(
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("A {} vs B {}, rank by rank", a.display(), b.display());
+        outln!("A {} vs B {}, rank by rank", a.display(), b.display());
         for r in &per_rank {
             match &r.report {
-                None => println!(
+                None => outln!(
                     "rank {:<4} only in {}",
                     r.rank,
                     if r.files.0.is_some() { "A" } else { "B" }
                 ),
-                Some(rep) => println!(
+                Some(rep) => outln!(
                     "rank {:<4} {} pairs, {} divergent, first divergence: {}",
                     r.rank,
                     rep.pairs.len(),
@@ -822,9 +848,9 @@ fn diff_shards(
         for r in &per_rank {
             if let (Some(rep), (Some(fa), Some(fb))) = (&r.report, &r.files) {
                 if !rep.agrees() || all {
-                    println!("\n== rank {} ==", r.rank);
+                    outln!("\n== rank {} ==", r.rank);
                     let (ta, tb) = (open(fa)?, open(fb)?);
-                    print!("{}", diffcmd::diff_text(&ta, &tb, rep, all)?);
+                    out!("{}", diffcmd::diff_text(&ta, &tb, rep, all)?);
                 }
             }
         }

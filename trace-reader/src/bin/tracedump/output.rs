@@ -106,3 +106,26 @@ pub fn progress(len: u64, wanted: bool, what: &str) -> ProgressBar {
     bar.set_message(what.to_owned());
     bar
 }
+
+/// Stdout went away (`tracedump inspect big.tdump | head`).
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Write to stdout; once the reader has closed the pipe, write nothing more
+/// and carry on, so that the verb still ends with its own exit status
+/// (`diff`'s verdict) rather than a panic or an error. Other write errors
+/// are returned.
+pub fn stdout(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        other => other,
+    }
+}
