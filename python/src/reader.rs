@@ -684,6 +684,23 @@ impl PyTensor {
                 what: "it was recorded as statistics only; it has no values (see .stats)".into(),
             }));
         }
+        // numpy and torch refuse a shape whose extents multiply past isize
+        // in bytes, even an empty one ([0, 2^62]): say so, as a TraceError
+        let bytes = info
+            .layout
+            .shape
+            .iter()
+            .filter(|&&n| n != 0)
+            .try_fold(8u64, |acc, &n| acc.checked_mul(n));
+        if bytes.is_none_or(|b| b > i64::MAX as u64) {
+            return Err(reader_error(ReaderError::Unsupported {
+                tensor: info.name.clone(),
+                what: format!(
+                    "an array of shape {:?}: its extents multiply past what numpy and torch can describe",
+                    info.layout.shape
+                ),
+            }));
+        }
         Ok(())
     }
 

@@ -153,6 +153,13 @@ fn hostile_counts_lengths_and_shapes_allocate_no_more_than_the_file() {
             }),
         ),
         (
+            "empty tensor with an extent of 2^62",
+            with_tensor(
+                &desc("empty", DType::F32, view, &[0, 1 << 62], &[0, 4]),
+                |_| {},
+            ),
+        ),
+        (
             "2^40 broadcast elements over 4 bytes",
             with_tensor(
                 &desc("bcast", DType::F32, view, &[1 << 20, 1 << 20], &[0, 0]),
