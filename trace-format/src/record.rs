@@ -384,7 +384,7 @@ pub fn frame_footer_filled(
     let fill = allocated_end - payload_at;
     let body = body_head(footer_offset, &descriptor, fill);
     let mut crc = crc32c(&body);
-    const ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+    static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
     let mut left = fill;
     while left > 0 {
         let n = left.min(ZEROS.len() as u64);
