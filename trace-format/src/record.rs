@@ -564,4 +564,49 @@ mod tests {
         assert_eq!(Trailer::decode(&t.encode()), Some(t));
         decode_file_header(&encode_file_header()).unwrap();
     }
+
+    /// A footer filling the space allocated ahead ends exactly there, and
+    /// its header, body and trailer are what a plain footer's framing
+    /// rules say; one that does not fit is the plain footer.
+    #[test]
+    fn filled_footer_ends_where_the_allocation_does() {
+        let entries = vec![crate::codec::IndexEntry {
+            offset: 64,
+            body_len: 100,
+            kind: RecordKind::Tensor as u16,
+            step: Some(3),
+            layer: None,
+            name_offset: 0,
+            name_len: 1,
+        }];
+        let at = 256;
+        let f = frame_footer_filled(at, &entries, b"x", 128 << 10);
+        let end = at + f.head.len() as u64 + f.fill;
+        assert_eq!(end, 128 << 10);
+        let h = RecordHeader::decode(&f.head, at).unwrap();
+        assert_eq!(next_record_offset(at, h.body_len), Some(end));
+        let mut body = f.head[RECORD_HEADER_BYTES as usize..].to_vec();
+        body.resize(body.len() + f.fill as usize, 0);
+        assert_eq!(crc32c(&body), h.body_crc32c);
+        let b = split_body(&body, at).unwrap();
+        assert!(b.payload.len() as u64 == f.fill && b.payload.iter().all(|&x| x == 0));
+        assert_eq!(
+            crate::codec::decode_footer(b.descriptor, b.descriptor_offset)
+                .unwrap()
+                .0,
+            entries
+        );
+        assert_eq!(Trailer::decode(&f.trailer).unwrap().footer_offset, at);
+        // no room, or no allocation: the plain footer
+        for allocated in [0, at, at + 64] {
+            let f = frame_footer_filled(at, &entries, b"x", allocated);
+            let mut plain = frame_footer(at, &entries, b"x");
+            assert_eq!(f.fill, 0);
+            assert_eq!(
+                plain.split_off(plain.len() - TRAILER_BYTES as usize),
+                f.trailer
+            );
+            assert_eq!(plain, f.head);
+        }
+    }
 }
