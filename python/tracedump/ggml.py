@@ -231,7 +231,7 @@ class Capture:
         n = sum(len(v) for v in seqs.values())
         if n == 0:
             raise ValueError("decode() needs at least one token")
-        ctx = self.llama._ctx.ctx
+        ctx = self.llama.ctx  # public: the context this capture installed
         batch = llama_cpp.llama_batch_init(n, 0, max(len(seqs), 1))
         try:
             rows: Dict[int, List[int]] = {}
