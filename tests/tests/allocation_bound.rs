@@ -35,6 +35,14 @@ fn freed(size: usize) {
     LIVE.fetch_sub(size, Ordering::Relaxed);
 }
 
+/// The counters are the process's: tests that read them run one at a time
+/// (`cargo test` runs a file's tests on threads of one process).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 // SAFETY: every method forwards to `System` with the caller's arguments
 // unchanged; the counting has no effect on the memory handed out.
 unsafe impl GlobalAlloc for Counting {
@@ -64,11 +72,14 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Open, read every tensor every way, verify; the largest allocation asked
-/// for on the way, and whether anything panicked.
-fn exercise(path: &Path) -> (usize, bool) {
+/// Open, read every tensor every way (inspect --stats included), verify;
+/// then diff and report the file against itself (the library calls behind
+/// every reading verb). The largest allocation asked for while reading and
+/// while diffing and reporting, and whether anything panicked.
+fn exercise(path: &Path) -> (usize, usize, bool) {
     LARGEST.store(0, Ordering::Relaxed);
     ARMED.store(true, Ordering::Relaxed);
+    let mut reading = 0;
     let panicked = catch_unwind(AssertUnwindSafe(|| {
         if let Ok(t) = Trace::open(path) {
             for &id in t.tensor_ids() {
@@ -76,14 +87,29 @@ fn exercise(path: &Path) -> (usize, bool) {
                 if let Ok(v) = t.view(id) {
                     let _ = v.to_f32();
                     let _ = v.materialize();
+                    let _ = v.compute_stats();
                 }
             }
             let _ = t.verify();
+            reading = LARGEST.swap(0, Ordering::Relaxed);
+            let mapping = trace_reader::mapping::Mapping::none();
+            let tol = trace_reader::compare::Tolerance::default();
+            if let Ok(r) = trace_reader::compare::diff(&t, &t, &mapping, &tol, |_, _| {}) {
+                let _ = trace_reader::report::html(&t, &t, &r);
+            }
+        } else {
+            // refused at open: what opening asked for is the reading
+            reading = LARGEST.swap(0, Ordering::Relaxed);
         }
     }))
     .is_err();
     ARMED.store(false, Ordering::Relaxed);
-    (LARGEST.load(Ordering::Relaxed), panicked)
+    let reporting = LARGEST.load(Ordering::Relaxed);
+    (
+        reading.max(if reading == 0 { reporting } else { 0 }),
+        reporting,
+        panicked,
+    )
 }
 
 /// A storage of 64 bytes and one tensor whose descriptor is `patch`ed.
@@ -126,6 +152,7 @@ fn gguf_str(s: &[u8], claimed: u64) -> Vec<u8> {
 
 #[test]
 fn hostile_counts_lengths_and_shapes_allocate_no_more_than_the_file() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let view = DataRef::Storage {
         storage: 1,
@@ -278,7 +305,7 @@ fn hostile_counts_lengths_and_shapes_allocate_no_more_than_the_file() {
         );
     }
 
-    let mut baseline = 0;
+    let (mut baseline, mut baseline_report) = (0, 0);
     for (label, bytes) in &cases {
         let ext = if bytes.starts_with(b"GGUF") {
             "gguf"
@@ -289,12 +316,20 @@ fn hostile_counts_lengths_and_shapes_allocate_no_more_than_the_file() {
             .path()
             .join(format!("{}.{ext}", label.replace([' ', '^', ','], "_")));
         std::fs::write(&path, bytes).unwrap();
-        let (largest, panicked) = exercise(&path);
+        let (largest, report, panicked) = exercise(&path);
         assert!(!panicked, "{label}: the reader panicked");
         if *label == "baseline" {
-            baseline = largest;
+            (baseline, baseline_report) = (largest, report);
             continue;
         }
+        // the report page grows with the error messages it quotes, which
+        // name what the file holds: at most the file's size more
+        let report_bound = baseline_report + bytes.len() + 4096;
+        assert!(
+            report <= report_bound,
+            "{label}: diff and report asked for {report} bytes at once ({} byte file, baseline {baseline_report})",
+            bytes.len()
+        );
         // what a well-formed file of this size costs, or the file itself
         let bound = baseline.max(bytes.len());
         assert!(
@@ -345,6 +380,7 @@ fn work(path: &Path, every_way: bool) -> (usize, std::time::Duration, trace_read
 /// all: 200 of 2^26 values kept it busy for minutes).
 #[test]
 fn value_work_stays_within_the_budget() {
+    let _serial = serial();
     use trace_format::{Layout as View, Op, Stats};
     use trace_writer::{TensorMeta, Writer, WriterOptions};
 
