@@ -90,6 +90,20 @@ impl TensorInfo {
         self.storage.is_none() && !self.derived
     }
 
+    /// How many more values the tensor names than the bytes its view spans
+    /// can hold (no byte of any type holds more than 8): non-zero only for
+    /// a view with zero strides (a broadcast), what reading it expands.
+    pub fn values_beyond_bytes(&self) -> u64 {
+        if self.derived || self.is_stats_only() {
+            return 0;
+        }
+        let span = match self.layout.byte_span(self.dtype) {
+            Ok(Some((lo, hi))) => u64::try_from(hi - lo).unwrap_or(u64::MAX),
+            _ => return 0,
+        };
+        self.layout.numel().saturating_sub(span.saturating_mul(8))
+    }
+
     /// Whether the tensor has values (stored, or derived from its parents).
     pub fn has_values(&self) -> bool {
         self.storage.is_some() || self.derived
@@ -171,6 +185,9 @@ pub struct Trace {
     gguf: Option<Box<[crate::gguf::GgufTensorInfo]>>,
     /// Derived tensors already rebuilt, shared by every read of this trace.
     pub(crate) derived: std::sync::Mutex<crate::values::DerivedCache>,
+    /// Values that reads may still make beyond the bytes their views span
+    /// (broadcast views): unlimited unless set ([`Trace::set_broadcast_budget`]).
+    broadcast_budget: std::sync::atomic::AtomicU64,
 }
 
 impl Trace {
@@ -243,6 +260,7 @@ impl Trace {
             by_name: OnceLock::new(),
             gguf: None,
             derived: Default::default(),
+            broadcast_budget: std::sync::atomic::AtomicU64::new(u64::MAX),
         };
         let mut run = Metadata::new();
         for id in 0..trace.records.len() as u64 {
@@ -300,6 +318,7 @@ impl Trace {
             by_name: OnceLock::new(),
             gguf: Some(g.tensors.into_boxed_slice()),
             derived: Default::default(),
+            broadcast_budget: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
     }
 
@@ -356,6 +375,27 @@ impl Trace {
         })
     }
 
+    /// Bound the values all reads of this trace may make beyond the bytes
+    /// their views span (a view with zero strides names more values than
+    /// it holds): once `values` of them are spent, such a read is refused
+    /// with an error naming the tensor. Unlimited by default; the
+    /// `tracedump` verbs set 4 × the file's value limit (SPEC.md §9), so
+    /// that their work follows the file's size, not what it claims.
+    pub fn set_broadcast_budget(&self, values: u64) {
+        self.broadcast_budget
+            .store(values, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Spend `values` of the broadcast budget; false (nothing spent) when
+    /// fewer are left.
+    pub(crate) fn spend_broadcast(&self, values: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        self.broadcast_budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(values)
+            })
+            .is_ok()
+    }
     /// The file's path (or the label given to [`Trace::from_bytes`]).
     pub fn path(&self) -> &Path {
         &self.path

@@ -51,6 +51,18 @@ impl<'a> TensorView<'a> {
         Ok(())
     }
 
+    /// Spend what reading this view's values makes beyond the bytes it
+    /// spans (a broadcast view) from the trace's budget, or refuse.
+    fn spend_broadcast(&self) -> Result<(), ReaderError> {
+        let beyond = self.info.values_beyond_bytes();
+        if beyond == 0 || self.trace.spend_broadcast(beyond) {
+            return Ok(());
+        }
+        Err(self.tensor_error(format!(
+            "reading it expands {beyond} values beyond its bytes (zero strides), past the budget left for this trace's broadcast views (SPEC.md §9); the zero-copy view has no such limit"
+        )))
+    }
+
     fn require_stored(&self, what: &str) -> Result<(), ReaderError> {
         self.require_data()?;
         if self.info.derived {
@@ -167,6 +179,7 @@ impl<'a> TensorView<'a> {
     /// their rebuilt values encoded in their dtype, a float type).
     pub fn materialize(&self) -> Result<Vec<u8>, ReaderError> {
         self.require_data()?;
+        self.spend_broadcast()?;
         if self.info.derived {
             let values = self.to_f64()?;
             return encode_floats(self.info.dtype, &values).ok_or_else(|| {
@@ -233,6 +246,7 @@ impl<'a> TensorView<'a> {
 
     fn values<T>(&self, conv: impl Fn(f64) -> T) -> Result<Vec<T>, ReaderError> {
         self.require_data()?;
+        self.spend_broadcast()?;
         if self.info.derived {
             let array = derive(self.trace, self.info, 0)?;
             return Ok(array.iter().map(|&v| conv(v)).collect());
@@ -262,6 +276,7 @@ impl<'a> TensorView<'a> {
         }
         if !self.info.derived {
             self.require_data()?;
+            self.spend_broadcast()?;
             return gather_f32(
                 self.info.dtype,
                 &self.info.layout,

@@ -742,3 +742,50 @@ fn a_closed_pipe_is_not_a_crash() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// A few KB of broadcast views, each under the value limit, made the
+/// reading verbs expand them all (minutes for hundreds of views). The
+/// verbs now spend at most 4 × the value limit on values beyond the bytes
+/// views span, and say which tensors they refused.
+#[test]
+fn verbs_bound_the_broadcast_values_they_expand() {
+    use trace_format::{DType, Layout, Metadata};
+    use trace_writer::{TensorMeta, Writer, WriterOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let w = Writer::with_options(
+        dir.path().join("views.tdump"),
+        Metadata::new(),
+        WriterOptions {
+            allocate_ahead: false,
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    let s = w.add_storage("one", &1f32.to_le_bytes()).unwrap();
+    let view = Layout::new(vec![1 << 13, 1 << 10], vec![0, 0], 0).unwrap(); // 2^23 values
+    for i in 0..64 {
+        w.add_view(&format!("v{i}"), DType::F32, s, &view, TensorMeta::new())
+            .unwrap();
+    }
+    w.finish().unwrap();
+    // inspect shows the refusal per tensor; diff cannot compare what it
+    // could not read (exit 1); export skips those tensors and says so
+    for (args, want) in [
+        (&["inspect", "views.tdump", "--stats"][..], 0),
+        (&["diff", "views.tdump", "views.tdump"][..], 1),
+        (&["export", "views.tdump", "--to", "npz", "out.npz"][..], 0),
+    ] {
+        let start = std::time::Instant::now();
+        let (code, text) = run(dir.path(), args);
+        let took = start.elapsed();
+        assert!(took.as_secs() < 60, "{args:?}: {took:?}");
+        assert_eq!(code, want, "{args:?}: {}", &text[..text.len().min(2000)]);
+        assert!(
+            text.contains("past the budget left for this trace's broadcast views"),
+            "{args:?}: {}",
+            &text[..text.len().min(2000)]
+        );
+        assert!(!text.contains("panicked"), "{args:?}");
+    }
+}

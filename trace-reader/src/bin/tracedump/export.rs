@@ -191,6 +191,7 @@ fn plan<'t>(
             p.renamed.push((names[&id].clone(), what));
         }
     }
+    let mut broadcast_left = trace_reader::values::value_limit(trace.file_len()).saturating_mul(4);
     for id in selected {
         let name = names[&id].clone();
         let t = match trace.tensor(id) {
@@ -203,6 +204,7 @@ fn plan<'t>(
         let mut d = describe(t, &names);
         let limit = trace_reader::values::value_limit(trace.file_len());
         let must_build = t.dtype.is_block() || t.derived || !t.is_contiguous();
+        let beyond = t.values_beyond_bytes();
         let why = if t.is_stats_only() {
             Some("statistics only: the trace holds no values".to_string())
         } else if t.dtype.is_block() && !trace_quant::can_dequantize(t.dtype) {
@@ -217,7 +219,14 @@ fn plan<'t>(
                 "materializing {} values is refused (limit {limit} for this file)",
                 t.layout.numel()
             ))
+        } else if beyond > broadcast_left {
+            // the trace's broadcast budget (set by the verb), spent in plan
+            // order as the writing will spend it
+            Some(format!(
+                "reading it expands {beyond} values beyond its bytes (zero strides), past the budget left for this trace's broadcast views"
+            ))
         } else {
+            broadcast_left -= beyond;
             None
         };
         if let Some(why) = why {

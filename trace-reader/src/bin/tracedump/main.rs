@@ -321,8 +321,13 @@ impl Pairing {
     }
 }
 
+/// Open a trace for a verb: its reads of broadcast views may expand at most
+/// 4 × the file's value limit of values beyond their bytes (SPEC.md §9), so
+/// that a small file cannot make a verb work for minutes.
 fn open(path: &PathBuf) -> Result<Trace> {
-    Ok(Trace::open(path)?)
+    let t = Trace::open(path)?;
+    t.set_broadcast_budget(trace_reader::values::value_limit(t.file_len()).saturating_mul(4));
+    Ok(t)
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
