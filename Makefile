@@ -8,7 +8,7 @@ DEMO_REF := $(TARGET_DIR)/demo/demo.reference.tdump
 .PHONY: demo test test-rust test-python test-c debug-build lint bench build pyenv pypackage llama fuzz fuzz-cmin browser
 
 build:
-	$(CARGO) build --release -p trace-reader
+	$(CARGO) build --release -p tracedump-cli
 
 ## Write the built-in example (two runs of a tiny model, one with a planted
 ## bug), show what is in the first, and find where the runs part ways.
@@ -54,7 +54,7 @@ test: pyenv test-rust test-c test-python
 ## The debug build the C and Python tests use: libtrace_writer.a/.so and the
 ## CLI with Parquet (arrow-rs: a heavy build, kept out of the default features).
 debug-build:
-	$(CARGO) build -p trace-writer -p trace-reader --features trace-reader/parquet
+	$(CARGO) build -p trace-writer -p tracedump-cli --features tracedump-cli/parquet
 
 ## The C ABI: a C program calls every function of tracedump.h; Python checks the file.
 test-c: debug-build pypackage

@@ -1,14 +1,14 @@
-//! `compare()`: `trace_reader::compare::diff`, with its report as Python objects.
+//! `compare()`: `trace_tools::compare::diff`, with its report as Python objects.
 
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
-use trace_reader::compare::{diff, DiffReport, Moments, Pair, Tolerance, Verdict};
-use trace_reader::mapping::{preset_names, Mapping};
+use trace_tools::compare::{diff, DiffReport, Moments, Pair, Tolerance, Verdict};
+use trace_tools::mapping::{preset_names, Mapping};
 
-use crate::errors::reader_error;
+use crate::errors::tools_error;
 use crate::reader::{PyTrace, Shared};
 
 fn trace_arg(obj: &Bound<'_, PyAny>) -> PyResult<Arc<Shared>> {
@@ -101,7 +101,7 @@ fn run_diff(
     };
     let report = py
         .detach(|| diff(&ta.trace, &tb.trace, &ren, &tol, |_, _| {}))
-        .map_err(reader_error)?;
+        .map_err(tools_error)?;
     Ok((ta, tb, report))
 }
 
@@ -130,8 +130,8 @@ pub fn report(
         .extract()?;
     let (ta, tb, report) = run_diff(py, a, b, rules, atol, rtol, min_cosine)?;
     let page = py
-        .detach(|| trace_reader::report::html(&ta.trace, &tb.trace, &report))
-        .map_err(reader_error)?;
+        .detach(|| trace_tools::report::html(&ta.trace, &tb.trace, &report))
+        .map_err(tools_error)?;
     std::fs::write(&out, page)
         .map_err(|e| crate::errors::TraceIOError::new_err(format!("{}: {e}", out.display())))?;
     Ok(DiffResult { report })
@@ -483,7 +483,7 @@ fn diff_html(r: &DiffReport) -> String {
             .metrics
             .as_ref()
             .filter(|_| !matches!(p.verdict, Verdict::StatsOnly));
-        let cell = |f: fn(&trace_reader::compare::Metrics) -> f64| {
+        let cell = |f: fn(&trace_tools::compare::Metrics) -> f64| {
             m.map(|m| num(f(m))).unwrap_or_else(|| "—".into())
         };
         let dtype = if p.a.dtype == p.b.dtype {

@@ -117,6 +117,19 @@ pub fn reader_error(e: ReaderError) -> PyErr {
     }
 }
 
+/// The Python exception for an error of the tools library (compare,
+/// report, shards): a reader's or writer's error keeps its class.
+pub fn tools_error(e: trace_tools::ToolsError) -> PyErr {
+    match e {
+        trace_tools::ToolsError::Reader(e) => reader_error(e),
+        trace_tools::ToolsError::Writer(e) => writer_error(e),
+        e @ (trace_tools::ToolsError::Io { .. } | trace_tools::ToolsError::Os(_)) => {
+            TraceIOError::new_err(e.to_string())
+        }
+        e => TraceError::new_err(e.to_string()),
+    }
+}
+
 /// The Python exception for a writer error.
 pub fn writer_error(e: WriterError) -> PyErr {
     let msg = e.to_string();

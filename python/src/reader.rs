@@ -25,7 +25,7 @@ use trace_reader::{DType, ReaderError, Source, TensorFilter, TensorInfo, Trace};
 use crate::convert::{
     engine_op_to_py, html_escape, metadata_to_py, op_to_py, source_layout_to_py, stats_to_py,
 };
-use crate::errors::{reader_error, TraceError, TraceIOError};
+use crate::errors::{reader_error, tools_error, TraceError, TraceIOError};
 
 /// Files up to this size are read into memory when opened (copy-on-open):
 /// arrays made from them cannot fault if another program truncates the file
@@ -266,18 +266,18 @@ pub fn open(path: &Bound<'_, PyAny>, copy: Option<bool>) -> PyResult<PyTrace> {
 }
 
 /// The shard files `path` names, sorted, by the CLI's rules
-/// (`trace_reader::shards::shard_files`): a directory's `*.tdump` files, or
+/// (`trace_tools::shards::shard_files`): a directory's `*.tdump` files, or
 /// the files a `dir/pattern*.tdump` glob matches.
 #[pyfunction]
 pub fn _shard_files(path: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
-    let files = trace_reader::shards::shard_files(&path_arg(path)?).map_err(reader_error)?;
+    let files = trace_tools::shards::shard_files(&path_arg(path)?).map_err(tools_error)?;
     Ok(files.iter().map(|f| f.display().to_string()).collect())
 }
 
-/// Whether `path` names shards (`trace_reader::shards::is_sharded`).
+/// Whether `path` names shards (`trace_tools::shards::is_sharded`).
 #[pyfunction]
 pub fn _is_sharded(path: &Bound<'_, PyAny>) -> PyResult<bool> {
-    Ok(trace_reader::shards::is_sharded(&path_arg(path)?))
+    Ok(trace_tools::shards::is_sharded(&path_arg(path)?))
 }
 
 #[pymethods]

@@ -25,7 +25,7 @@ def _cli() -> Path | None:
         return max(found, key=lambda p: p.stat().st_mtime)
     if shutil.which("cargo"):
         subprocess.run(
-            ["cargo", "build", "-q", "-p", "trace-reader", "--bin", "tracedump"], cwd=ROOT, check=True
+            ["cargo", "build", "-q", "-p", "tracedump-cli", "--bin", "tracedump"], cwd=ROOT, check=True
         )
         return target / "debug" / "tracedump"
     return None
@@ -36,7 +36,7 @@ def cli() -> Path:
     """The Rust CLI."""
     found = _cli()
     if found is None:
-        pytest.skip("no tracedump CLI (set TRACEDUMP_BIN or build trace-reader)")
+        pytest.skip("no tracedump CLI (set TRACEDUMP_BIN or build tracedump-cli)")
     return found
 
 

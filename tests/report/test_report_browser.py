@@ -30,7 +30,7 @@ def chromium():
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     exe = TARGET / "debug" / "tracedump"
-    assert exe.exists(), f"{exe}: `cargo build -p trace-reader` makes it"
+    assert exe.exists(), f"{exe}: `cargo build -p tracedump-cli` makes it"
     tmp = tmp_path_factory.mktemp("report")
     a, b = tmp / "demo.tdump", tmp / "demo.reference.tdump"
     subprocess.run([str(exe), "demo", str(a)], check=True, capture_output=True)

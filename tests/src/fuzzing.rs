@@ -15,8 +15,7 @@ use trace_reader::{DType, Fault, TensorFilter, Trace};
 use trace_writer::capi::{self, td_ggml_node, TD_ERROR, TD_NONE, TD_OK, TD_SKIPPED};
 use trace_writer::Writer;
 
-#[path = "../../trace-reader/src/bin/tracedump/import.rs"]
-mod import;
+use trace_tools::import;
 
 /// Tensors with more values than this are not read value by value in
 /// [`read_all`] (unless they exceed the reader's own limit, which is

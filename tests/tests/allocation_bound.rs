@@ -92,10 +92,10 @@ fn exercise(path: &Path) -> (usize, usize, bool) {
             }
             let _ = t.verify();
             reading = LARGEST.swap(0, Ordering::Relaxed);
-            let mapping = trace_reader::mapping::Mapping::none();
-            let tol = trace_reader::compare::Tolerance::default();
-            if let Ok(r) = trace_reader::compare::diff(&t, &t, &mapping, &tol, |_, _| {}) {
-                let _ = trace_reader::report::html(&t, &t, &r);
+            let mapping = trace_tools::mapping::Mapping::none();
+            let tol = trace_tools::compare::Tolerance::default();
+            if let Ok(r) = trace_tools::compare::diff(&t, &t, &mapping, &tol, |_, _| {}) {
+                let _ = trace_tools::report::html(&t, &t, &r);
             }
         } else {
             // refused at open: what opening asked for is the reading

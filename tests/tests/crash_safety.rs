@@ -16,16 +16,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use trace_format::record::{RecordKind, RECORD_HEADER_BYTES};
 use trace_reader::{Metadata, Trace, Value};
 use trace_writer::{Mode, WhenFull, Writer, WriterOptions};
 use tracedump_tests::crash::{check_unfinished, Plan};
-use tracedump_tests::{workspace_root, Rng};
+use tracedump_tests::Rng;
 
 /// Kill trials per mode.
 const TRIALS: usize = 100;
@@ -326,19 +325,13 @@ fn check_killed_file(
     }
 }
 
-/// `tracedump recover TORN OUT`: OUT is finished, verifies, and holds the
-/// same records with the same bytes at the same offsets.
+/// `tracedump recover TORN OUT` (its library call): OUT is finished,
+/// verifies, and holds the same records with the same bytes at the same
+/// offsets.
 fn recover_and_check(what: &str, torn: &Path, out: &Path) {
-    let o = Command::new(tracedump())
-        .arg("recover")
-        .args([torn, out])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{what}: recover failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    if let Err(e) = trace_tools::recover::recover(torn, out) {
+        panic!("{what}: recover failed: {e}");
+    }
     let a = Trace::open(torn).unwrap();
     let b = Trace::open(out).unwrap_or_else(|e| panic!("{what}: recovered file: {e}"));
     assert!(
@@ -372,28 +365,4 @@ fn recover_and_check(what: &str, torn: &Path, out: &Path) {
         );
     }
     let _ = std::fs::remove_file(out);
-}
-
-/// The `tracedump` CLI. It belongs to trace-reader, so cargo does not build
-/// it for this package's tests: build it (a no-op when it is fresh) and
-/// take the path cargo reports.
-fn tracedump() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(&cargo)
-            .args(["build", "-p", "trace-reader", "--bin", "tracedump"])
-            .arg("--message-format=json-render-diagnostics")
-            .current_dir(workspace_root())
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo.to_string_lossy()));
-        assert!(out.status.success(), "building the tracedump CLI failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "tracedump")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported no tracedump executable")
-    })
 }

@@ -2,9 +2,9 @@
 //! mapping's transforms; and the ggml recorder's graph-level tensors.
 
 use trace_format::{DType, Metadata};
-use trace_reader::compare::{diff, Tolerance, Verdict};
-use trace_reader::mapping::Mapping;
 use trace_reader::Trace;
+use trace_tools::compare::{diff, Tolerance, Verdict};
+use trace_tools::mapping::Mapping;
 use trace_writer::ggml::{GgmlNode, GgmlRecorder};
 use trace_writer::{TensorMeta, Writer};
 

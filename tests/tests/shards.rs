@@ -2,9 +2,9 @@
 //! compared rank by rank.
 
 use trace_format::{DType, Metadata};
-use trace_reader::compare::Tolerance;
-use trace_reader::mapping::Mapping;
-use trace_reader::shards::{diff_by_rank, is_sharded, Shards};
+use trace_tools::compare::Tolerance;
+use trace_tools::mapping::Mapping;
+use trace_tools::shards::{diff_by_rank, is_sharded, Shards};
 use trace_writer::{TensorMeta, Writer};
 
 fn run(dir: &std::path::Path, bug_rank: Option<i64>) {

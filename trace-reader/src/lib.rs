@@ -1,15 +1,10 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
-pub mod compare;
 mod error;
 pub mod gguf;
 mod halves;
-pub mod mapping;
 mod pool;
-#[cfg(feature = "report")]
-pub mod report;
-pub mod shards;
 /// Layer and step numbers read from tensor names (shared with the writer).
 pub use trace_format::names;
 mod source;

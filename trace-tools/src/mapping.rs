@@ -28,7 +28,7 @@
 //!   padded past the tokens there are).
 //!
 //! ```
-//! use trace_reader::mapping::Mapping;
+//! use trace_tools::mapping::Mapping;
 //! let m = Mapping::from_map(r"
 //!     ^Qcur-(\d+)$ @RESHAPE => model.layers.$1.self_attn.q_proj | rope_rows | reshape
 //!     ^Qcur-(\d+)$ @MUL_MAT => unpaired: rows permuted for RoPE; its RESHAPE is paired

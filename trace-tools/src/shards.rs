@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use crate::compare::{diff, DiffReport, Tolerance};
 use crate::mapping::Mapping;
-use crate::{ReaderError, Trace, Value};
+use trace_reader::{ReaderError, Trace, Value};
+
+use crate::ToolsError;
 
 /// One shard: its rank and its trace.
 #[derive(Debug)]
@@ -32,6 +34,8 @@ pub struct Shards {
     /// Qualified name → (shard position, record id), in rank then record order.
     names: Vec<(String, usize, u64)>,
     by_name: HashMap<String, Vec<usize>>,
+    /// Opened from a directory or glob (not one file).
+    sharded: bool,
 }
 
 /// Whether `path` names shards: a directory, or a file name with `*` / `?`.
@@ -57,7 +61,7 @@ fn matches(pattern: &[u8], name: &[u8]) -> bool {
 
 /// The shard files `path` names, sorted: a directory's `*.tdump` files, or
 /// the files a `dir/pattern*.tdump` glob matches.
-pub fn shard_files(path: &Path) -> Result<Vec<PathBuf>, ReaderError> {
+pub fn shard_files(path: &Path) -> Result<Vec<PathBuf>, ToolsError> {
     let io = |error| ReaderError::Io {
         path: path.to_path_buf(),
         error,
@@ -90,7 +94,8 @@ pub fn shard_files(path: &Path) -> Result<Vec<PathBuf>, ReaderError> {
         return Err(io(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!("no shard matches {pattern} in {}", dir.display()),
-        )));
+        ))
+        .into());
     }
     Ok(files)
 }
@@ -106,7 +111,7 @@ fn int(v: Option<&Value>) -> Option<i64> {
 
 impl Shards {
     /// Open every shard `path` names (see [`shard_files`]).
-    pub fn open(path: impl AsRef<Path>) -> Result<Shards, ReaderError> {
+    pub fn open(path: impl AsRef<Path>) -> Result<Shards, ToolsError> {
         let path = path.as_ref().to_path_buf();
         let mut shards = Vec::new();
         for (i, f) in shard_files(&path)?.into_iter().enumerate() {
@@ -115,6 +120,43 @@ impl Shards {
             shards.push(Shard { rank, trace });
         }
         Ok(Self::from_shards(path, shards))
+    }
+
+    /// A trace file, as a run of one shard, or every shard a directory or
+    /// glob names: the one way the verbs open what they are given.
+    pub fn open_any(path: impl AsRef<Path>) -> Result<Shards, ToolsError> {
+        let path = path.as_ref();
+        if is_sharded(path) {
+            return Self::open(path);
+        }
+        Ok(Self::single(Trace::open(path)?))
+    }
+
+    /// One trace as a run of one shard (its rank from the run metadata, else 0).
+    pub fn single(trace: Trace) -> Shards {
+        let rank = int(trace.run_metadata().get("rank")).unwrap_or(0);
+        let mut s = Self::from_shards(trace.path().to_path_buf(), vec![Shard { rank, trace }]);
+        s.warnings.clear();
+        s.sharded = false;
+        s
+    }
+
+    /// Whether this run was opened from a directory or glob of shards.
+    pub fn is_sharded(&self) -> bool {
+        self.sharded
+    }
+
+    /// The one trace of a run that is not sharded; for shards, an error
+    /// saying that `verb` takes one trace file.
+    pub fn only(&self, verb: &str) -> Result<&Trace, ToolsError> {
+        match (&self.shards[..], self.sharded) {
+            ([s], false) => Ok(&s.trace),
+            _ => Err(ToolsError::Invalid(format!(
+                "{}: {verb} takes one trace file, not a directory or glob of shards ({} shards here); give it one rank's file",
+                self.path.display(),
+                self.shards.len()
+            ))),
+        }
     }
 
     /// Shards already open.
@@ -175,6 +217,7 @@ impl Shards {
             warnings,
             names,
             by_name,
+            sharded: true,
         }
     }
 
@@ -201,7 +244,7 @@ impl Shards {
 
     /// Look a tensor up by qualified name (`name#k` for the k-th occurrence,
     /// as [`Trace::resolve`]): its shard position and record id.
-    pub fn resolve(&self, name: &str) -> Result<(usize, u64), ReaderError> {
+    pub fn resolve(&self, name: &str) -> Result<(usize, u64), ToolsError> {
         let hit = self.by_name.get(name).and_then(|v| v.first()).or_else(|| {
             let (base, k) = name.rsplit_once('#')?;
             self.by_name.get(base)?.get(k.parse::<usize>().ok()?)
@@ -211,7 +254,8 @@ impl Shards {
             None => Err(ReaderError::NotFound {
                 path: self.path.clone(),
                 name: name.to_owned(),
-            }),
+            }
+            .into()),
         }
     }
 }
@@ -233,7 +277,7 @@ pub fn diff_by_rank(
     b: &Shards,
     mapping: &Mapping,
     tolerance: &Tolerance,
-) -> Result<Vec<RankDiff>, ReaderError> {
+) -> Result<Vec<RankDiff>, ToolsError> {
     let mut ranks: Vec<i64> = a.shards.iter().chain(&b.shards).map(|s| s.rank).collect();
     ranks.sort();
     ranks.dedup();

@@ -1,10 +1,8 @@
-//! Shared output helpers: plain aligned tables, progress bars on stderr.
+//! Plain text tables and lists, as the CLI prints them.
 
 use std::fmt;
-use std::io::IsTerminal;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
+/// The items, comma-separated, as in `[2,3]`.
 pub fn join<T: std::fmt::Display>(v: &[T]) -> String {
     v.iter()
         .map(|x| x.to_string())
@@ -15,12 +13,14 @@ pub fn join<T: std::fmt::Display>(v: &[T]) -> String {
 /// A plain table: columns separated by two spaces, numbers right-aligned,
 /// the header underlined. No colour, no box drawing: it reads the same in a
 /// terminal, a pipe and a CI log, and stays narrow.
+#[derive(Debug)]
 pub struct Grid {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
 }
 
 impl Grid {
+    /// A table with these column headers.
     pub fn new(header: &[&str]) -> Self {
         Grid {
             header: header.iter().map(|s| s.to_string()).collect(),
@@ -28,6 +28,7 @@ impl Grid {
         }
     }
 
+    /// Add a row of cells.
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
@@ -91,41 +92,5 @@ impl fmt::Display for Grid {
             line(f, r)?;
         }
         Ok(())
-    }
-}
-
-/// A progress bar on stderr, drawn only when `wanted` and stderr is a terminal.
-pub fn progress(len: u64, wanted: bool, what: &str) -> ProgressBar {
-    if !wanted || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} {elapsed}") {
-        bar.set_style(style);
-    }
-    bar.set_message(what.to_owned());
-    bar
-}
-
-/// Stdout went away (`tracedump inspect big.tdump | head`).
-static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Write to stdout; once the reader has closed the pipe, write nothing more
-/// and carry on, so that the verb still ends with its own exit status
-/// (`diff`'s verdict) rather than a panic or an error. Other write errors
-/// are returned.
-pub fn stdout(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::sync::atomic::Ordering;
-    if STDOUT_CLOSED.load(Ordering::Relaxed) {
-        return Ok(());
-    }
-    let mut out = std::io::stdout().lock();
-    match out.write_fmt(args).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            STDOUT_CLOSED.store(true, Ordering::Relaxed);
-            Ok(())
-        }
-        other => other,
     }
 }

@@ -2,12 +2,14 @@
 
 use std::fmt::Write;
 
-use anyhow::Result;
-use trace_reader::compare::{DiffReport, Pair, Verdict};
+use crate::compare::{DiffReport, Pair, Verdict};
 use trace_reader::Trace;
 
 use crate::inspect::num;
-use crate::output::{join, Grid};
+use crate::table::{join, Grid};
+use crate::ToolsError;
+
+type Result<T, E = ToolsError> = std::result::Result<T, E>;
 
 fn verdict_cell(v: &Verdict) -> String {
     match v {
@@ -134,6 +136,8 @@ pub fn explain_pairing(r: &DiffReport) -> Result<String> {
     Ok(s)
 }
 
+/// `diff`'s text: the summary, the first divergence with both sides' layout
+/// and lineage, per-layer growth, and the divergent pairs (every pair with `all`).
 pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<String> {
     let mut s = String::new();
     writeln!(s, "A (under test) {}", a.path().display())?;

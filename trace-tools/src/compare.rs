@@ -9,13 +9,12 @@ use std::collections::HashMap;
 
 use trace_format::DType;
 
-use crate::error::ReaderError;
 use crate::mapping::{self, Mapping, Resolved, Transform};
-use crate::trace::{TensorInfo, Trace};
+use crate::ToolsError;
+use trace_reader::{TensorInfo, Trace};
 
 /// When two tensors count as agreeing.
-#[derive(Clone, Copy, Debug, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Tolerance {
     /// Absolute tolerance: an element agrees when `|a − b| ≤ atol + rtol·|b|`.
     pub atol: f64,
@@ -38,8 +37,7 @@ impl Default for Tolerance {
 }
 
 /// Mean and spread of one side's values.
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Default, serde::Serialize)]
 pub struct Moments {
     /// Mean of the finite values.
     pub mean: f64,
@@ -52,8 +50,7 @@ pub struct Moments {
 }
 
 /// Element-wise comparison of two equally long value sequences.
-#[derive(Clone, Debug, PartialEq, Default)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[derive(Clone, Debug, PartialEq, Default, serde::Serialize)]
 pub struct Metrics {
     /// Elements compared.
     pub numel: u64,
@@ -207,12 +204,8 @@ pub fn unravel(mut flat: u64, shape: &[u64]) -> Vec<u64> {
 }
 
 /// The verdict on one pair.
-#[derive(Clone, Debug, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[cfg_attr(
-    feature = "serde",
-    serde(tag = "kind", content = "detail", rename_all = "snake_case")
-)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum Verdict {
     /// Within tolerance.
     Agree,
@@ -234,8 +227,7 @@ impl Verdict {
 }
 
 /// One side of a pair.
-#[derive(Clone, Debug, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Side {
     /// Record id.
     pub id: u64,
@@ -268,8 +260,7 @@ impl Side {
 }
 
 /// One compared pair.
-#[derive(Clone, Debug, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Pair {
     /// The name both sides pair under (B's name: A's name after the mapping).
     pub key: String,
@@ -290,8 +281,7 @@ pub struct Pair {
 }
 
 /// Per-layer error growth, as people tabulate it by hand.
-#[derive(Clone, Debug, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct LayerSummary {
     /// The layer (`None`: tensors without a layer).
     pub layer: Option<i64>,
@@ -314,8 +304,7 @@ pub struct LayerSummary {
 }
 
 /// One of A's tensors that has no partner in B, and why.
-#[derive(Clone, Debug, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Unpaired {
     /// Record id in A.
     pub id: u64,
@@ -328,8 +317,7 @@ pub struct Unpaired {
 }
 
 /// Everything `diff` found.
-#[derive(Clone, Debug, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct DiffReport {
     /// The tolerance used.
     pub tolerance: Tolerance,
@@ -371,9 +359,9 @@ fn compare_pair(
     b: &TensorInfo,
     transforms: &[Transform],
     tol: &Tolerance,
-) -> Result<(Verdict, Option<Metrics>), ReaderError> {
+) -> Result<(Verdict, Option<Metrics>), ToolsError> {
     if a.is_stats_only() || b.is_stats_only() {
-        let moments_of = |trace: &Trace, t: &TensorInfo| -> Result<Moments, ReaderError> {
+        let moments_of = |trace: &Trace, t: &TensorInfo| -> Result<Moments, ToolsError> {
             match &t.stats {
                 Some(s) if t.is_stats_only() => Ok(Moments {
                     mean: s.mean,
@@ -462,7 +450,7 @@ pub fn diff(
     mapping: &Mapping,
     tol: &Tolerance,
     mut progress: impl FnMut(usize, usize),
-) -> Result<DiffReport, ReaderError> {
+) -> Result<DiffReport, ToolsError> {
     let has_steps = |t: &Trace| {
         t.tensor_ids()
             .iter()

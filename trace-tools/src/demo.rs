@@ -9,9 +9,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use crate::ToolsError;
 use trace_format::stats::compute_stats;
 use trace_writer::{DType, Layout, Metadata, Op, TensorMeta, Writer};
+
+type Result<T, E = ToolsError> = std::result::Result<T, E>;
 
 const N_LAYER: usize = 4;
 const N_EMBD: usize = 64;

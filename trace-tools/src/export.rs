@@ -14,15 +14,18 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::{Dtype, View};
 use serde::Serialize;
 use serde_json::json;
 use trace_reader::{DType, Source, TensorInfo, TensorView, Trace, Value};
 use trace_writer::{Metadata, Writer};
 
+use crate::error::{bail, invalid};
 use crate::import;
 use crate::recover::{same_file, temp_path};
+use crate::{ResultExt, ToolsError};
+
+type Result<T, E = ToolsError> = std::result::Result<T, E>;
 
 /// The output format of [`export`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,7 +238,7 @@ fn plan<'t>(
         } else {
             p.tensors.push(Planned {
                 name: name.clone(),
-                view: trace.view(id).with_context(|| format!("tensor `{name}`"))?,
+                view: trace.view(id).context_with(|| format!("tensor `{name}`"))?,
             });
         }
         p.described.insert(name, d);
@@ -284,7 +287,7 @@ pub fn export(
             let tmp = temp_path(out);
             let result = write_npz(&plan, &tmp, &mut summary.converted).and_then(|()| {
                 fs::rename(&tmp, out)
-                    .with_context(|| format!("cannot move {} to {}", tmp.display(), out.display()))
+                    .context_with(|| format!("cannot move {} to {}", tmp.display(), out.display()))
             });
             if let Err(e) = result {
                 let _ = fs::remove_file(&tmp);
@@ -293,7 +296,7 @@ pub fn export(
         }
     }
     summary.bytes = fs::metadata(out)
-        .with_context(|| format!("{}", out.display()))?
+        .context_with(|| format!("{}", out.display()))?
         .len();
     Ok(summary)
 }
@@ -405,20 +408,20 @@ fn write_safetensors(trace: &Trace, plan: &Plan<'_>, out: &Path) -> Result<()> {
             info.dtype
         };
         let dtype = st_dtype(stored)
-            .ok_or_else(|| anyhow!("{} has no safetensors dtype", info.dtype))
-            .with_context(ctx)?;
+            .ok_or_else(|| invalid!("{} has no safetensors dtype", info.dtype))
+            .context_with(ctx)?;
         let shape = info
             .layout
             .shape
             .iter()
             .map(|&n| usize::try_from(n))
             .collect::<Result<Vec<_>, _>>()
-            .with_context(ctx)?;
+            .context_with(ctx)?;
         let len = stored
             .bytes_for(info.layout.numel())
             .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| anyhow!("too large"))
-            .with_context(ctx)?;
+            .ok_or_else(|| invalid!("too large"))
+            .context_with(ctx)?;
         tensors.push((
             p.name.clone(),
             StTensor {
@@ -441,7 +444,7 @@ fn write_safetensors(trace: &Trace, plan: &Plan<'_>, out: &Path) -> Result<()> {
     );
     let permissions = usual_permissions(out);
     safetensors::serialize_to_file(tensors, Some(meta), out)
-        .with_context(|| format!("writing {}", out.display()))?;
+        .context_with(|| format!("writing {}", out.display()))?;
     if let Some(why) = failed.into_inner() {
         let _ = fs::remove_file(out);
         bail!("writing {}: {why}", out.display());
@@ -476,13 +479,13 @@ fn write_trace_atomically(
     let tmp = temp_path(output);
     let result = (|| -> Result<u64> {
         let w = Writer::create(&tmp, run)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
+            .context_with(|| format!("cannot create {}", tmp.display()))?;
         record(&w)?;
         let s = w
             .finish()
-            .with_context(|| format!("writing {}", tmp.display()))?;
+            .context_with(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, output)
-            .with_context(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
+            .context_with(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
         Ok(s.bytes)
     })();
     if result.is_err() {
@@ -523,7 +526,7 @@ pub fn import_safetensors(input: &Path, output: &Path) -> Result<ImportSummary> 
             output.display()
         );
     }
-    let source = Source::map(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let source = Source::map(input).context_with(|| format!("cannot read {}", input.display()))?;
     let st = import::SafetensorsImport::parse(source.bytes(), &input.display().to_string())?;
     let bytes = write_trace_atomically(output, st.run.clone(), |w| st.record(w))?;
     Ok(ImportSummary {
@@ -567,7 +570,7 @@ fn npy_header(descr: &str, shape: &[u64]) -> Result<Vec<u8>> {
     let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     // magic (6) + version (2) + header length (2) + dict + spaces + '\n'
     let total = (10 + dict.len() + 1).next_multiple_of(64);
-    let header_len = u16::try_from(total - 10).context("npy header too long")?;
+    let header_len = u16::try_from(total - 10).context_with(|| "npy header too long")?;
     let mut h = Vec::with_capacity(total);
     h.extend_from_slice(b"\x93NUMPY\x01\x00");
     h.extend_from_slice(&header_len.to_le_bytes());
@@ -581,7 +584,7 @@ fn write_npz(plan: &Plan<'_>, path: &Path, converted: &mut Vec<(String, String)>
     use zip::write::SimpleFileOptions;
     use zip::CompressionMethod;
 
-    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file = File::create(path).context_with(|| format!("cannot create {}", path.display()))?;
     let mut zip = zip::ZipWriter::new(BufWriter::with_capacity(1 << 20, file));
     // 64-byte aligned entries: with the 64-byte npy header, the array data
     // is aligned in the archive (numpy can memory-map a stored npz member).
@@ -592,10 +595,10 @@ fn write_npz(plan: &Plan<'_>, path: &Path, converted: &mut Vec<(String, String)>
     for p in &plan.tensors {
         let info = p.view.info();
         let (descr, to_f32) = npy_descr(info.dtype)
-            .ok_or_else(|| anyhow!("{} has no numpy dtype", info.dtype))
-            .with_context(|| ctx(&p.name))?;
+            .ok_or_else(|| invalid!("{} has no numpy dtype", info.dtype))
+            .context_with(|| ctx(&p.name))?;
         let data: Cow<'_, [u8]> = if to_f32 {
-            let values = p.view.to_f32().with_context(|| ctx(&p.name))?;
+            let values = p.view.to_f32().context_with(|| ctx(&p.name))?;
             let how = if info.dtype.is_block() {
                 "dequantized"
             } else {
@@ -609,28 +612,28 @@ fn write_npz(plan: &Plan<'_>, path: &Path, converted: &mut Vec<(String, String)>
         } else {
             match p.view.contiguous_bytes() {
                 Some(b) => Cow::Borrowed(b),
-                None => Cow::Owned(p.view.materialize().with_context(|| ctx(&p.name))?),
+                None => Cow::Owned(p.view.materialize().context_with(|| ctx(&p.name))?),
             }
         };
-        let header = npy_header(descr, &info.layout.shape).with_context(|| ctx(&p.name))?;
+        let header = npy_header(descr, &info.layout.shape).context_with(|| ctx(&p.name))?;
         let size = (header.len() + data.len()) as u64;
         zip.start_file(
             format!("{}.npy", p.name),
             options.large_file(size >= u64::from(u32::MAX)),
         )
-        .with_context(|| ctx(&p.name))?;
-        zip.write_all(&header).with_context(|| ctx(&p.name))?;
-        zip.write_all(&data).with_context(|| ctx(&p.name))?;
+        .context_with(|| ctx(&p.name))?;
+        zip.write_all(&header).context_with(|| ctx(&p.name))?;
+        zip.write_all(&data).context_with(|| ctx(&p.name))?;
     }
     let out = zip
         .finish()
-        .with_context(|| format!("writing {}", path.display()))?;
+        .context_with(|| format!("writing {}", path.display()))?;
     let file = out
         .into_inner()
         .map_err(|e| e.into_error())
-        .with_context(|| format!("writing {}", path.display()))?;
+        .context_with(|| format!("writing {}", path.display()))?;
     file.sync_all()
-        .with_context(|| format!("writing {}", path.display()))?;
+        .context_with(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

@@ -11,7 +11,8 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::error::bail;
+use crate::{ResultExt, ToolsError};
 use serde::Serialize;
 use trace_format::codec::{decode_storage, decode_tensor, IndexEntry};
 use trace_format::record::{
@@ -19,6 +20,8 @@ use trace_format::record::{
     FILE_HEADER_BYTES, RECORD_HEADER_BYTES,
 };
 use trace_reader::{RecordEntry, Trace};
+
+type Result<T, E = ToolsError> = std::result::Result<T, E>;
 
 /// What [`recover`] did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -50,7 +53,7 @@ pub fn recover(input: &Path, output: &Path) -> Result<RecoverSummary> {
         );
     }
     let trace =
-        Trace::open(input).with_context(|| format!("cannot recover {}", input.display()))?;
+        Trace::open(input).context_with(|| format!("cannot recover {}", input.display()))?;
     let bytes = trace.source().bytes();
     let records = trace.records();
 
@@ -97,7 +100,7 @@ pub fn recover(input: &Path, output: &Path) -> Result<RecoverSummary> {
     let tmp = temp_path(output);
     let written = write_recovered(&trace, kept, &tmp).and_then(|n| {
         fs::rename(&tmp, output)
-            .with_context(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
+            .context_with(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
         Ok(n)
     });
     let bytes_written = match written {
@@ -194,10 +197,9 @@ fn index_fields(
 /// `path`; returns the file size.
 fn write_recovered(trace: &Trace, kept: &[RecordEntry], path: &Path) -> Result<u64> {
     let bytes = trace.source().bytes();
-    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file = File::create(path).context_with(|| format!("cannot create {}", path.display()))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
-    let io =
-        |e: std::io::Error| anyhow::Error::new(e).context(format!("writing {}", path.display()));
+    let io = |e: std::io::Error| ToolsError::io(format!("writing {}", path.display()), e);
 
     out.write_all(&bytes[..FILE_HEADER_BYTES as usize])
         .map_err(io)?;
@@ -209,7 +211,7 @@ fn write_recovered(trace: &Trace, kept: &[RecordEntry], path: &Path) -> Result<u
         let end = r.offset + RECORD_HEADER_BYTES + r.body_len;
         out.write_all(&bytes[r.offset as usize..end as usize])
             .map_err(io)?;
-        let next = next_record_offset(r.offset, r.body_len).context("record too large")?;
+        let next = next_record_offset(r.offset, r.body_len).context_with(|| "record too large")?;
         out.write_all(&ZEROS[..(next - end) as usize]).map_err(io)?;
         let (name, step, layer) = index_fields(trace, bytes, id as u64, r);
         index.push(IndexEntry {
@@ -219,7 +221,7 @@ fn write_recovered(trace: &Trace, kept: &[RecordEntry], path: &Path) -> Result<u
             step,
             layer,
             name_offset: names.len() as u64,
-            name_len: u32::try_from(name.len()).context("record name too long")?,
+            name_len: u32::try_from(name.len()).context_with(|| "record name too long")?,
         });
         names.extend_from_slice(name.as_bytes());
         offset = next;

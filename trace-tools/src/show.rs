@@ -2,10 +2,13 @@
 
 use std::fmt::Write;
 
-use anyhow::{bail, Context, Result};
 use trace_reader::{DType, Trace};
 
-use crate::output::join;
+use crate::error::bail;
+use crate::table::join;
+use crate::{ResultExt, ToolsError};
+
+type Result<T, E = ToolsError> = std::result::Result<T, E>;
 
 /// One axis of a numpy-style slice.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,7 +25,7 @@ fn parse_slice(text: &str) -> Result<Vec<Axis>> {
             if !p.contains(':') {
                 return Ok(Axis::Index(
                     p.parse()
-                        .with_context(|| format!("`{p}` is not an index"))?,
+                        .context_with(|| format!("`{p}` is not an index"))?,
                 ));
             }
             let f: Vec<&str> = p.split(':').collect();
@@ -36,7 +39,7 @@ fn parse_slice(text: &str) -> Result<Vec<Axis>> {
                 } else {
                     Some(
                         s.parse()
-                            .with_context(|| format!("`{s}` is not an integer"))?,
+                            .context_with(|| format!("`{s}` is not an integer"))?,
                     )
                 })
             };
@@ -110,7 +113,8 @@ fn apply(values: &[f64], shape: &[u64], axes: &[Axis]) -> Result<(Vec<f64>, Vec<
         .filter(|(_, a)| !matches!(a, Some(Axis::Index(_))))
         .map(|(p, _)| p.len() as u64)
         .collect();
-    let strides = trace_format::layout::row_major_strides(shape, 1).context("shape too large")?;
+    let strides =
+        trace_format::layout::row_major_strides(shape, 1).context_with(|| "shape too large")?;
     let mut out = Vec::new();
     let mut idx = vec![0usize; shape.len()];
     if picks.iter().any(|p| p.is_empty()) {
@@ -205,6 +209,8 @@ fn render(
     out.push(']');
 }
 
+/// `show`: a tensor's values (a numpy `slice` of them, converted to
+/// `as_dtype`), printed as numpy does; every value with `full`.
 pub fn show(
     trace: &Trace,
     name: &str,
@@ -276,7 +282,7 @@ pub fn show_raw(trace: &Trace, name: &str, full: bool) -> Result<String> {
     let t = trace.tensor(id)?;
     let view = trace.view(id)?;
     if t.storage.is_none() {
-        anyhow::bail!(
+        bail!(
             "tensor `{}` has no stored bytes ({})",
             t.name,
             if t.derived {

@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use crate::compare::{DiffReport, Verdict};
+use crate::{ResultExt, ToolsError};
 use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
     UInt64Builder,
@@ -16,12 +17,13 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use trace_reader::compare::{DiffReport, Verdict};
 use trace_reader::{SourceLayout, Stats, Trace};
+
+type Result<T, E = ToolsError> = std::result::Result<T, E>;
 
 fn write(batch: &RecordBatch, out: &Path) -> Result<()> {
     let tmp = out.with_extension("parquet.tmp");
-    let file = std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?;
+    let file = std::fs::File::create(&tmp).context_with(|| format!("{}", tmp.display()))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_created_by(format!("tracedump {}", env!("CARGO_PKG_VERSION")))
@@ -29,7 +31,7 @@ fn write(batch: &RecordBatch, out: &Path) -> Result<()> {
     let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
     w.write(batch)?;
     w.close()?;
-    std::fs::rename(&tmp, out).with_context(|| format!("{}", out.display()))?;
+    std::fs::rename(&tmp, out).context_with(|| format!("{}", out.display()))?;
     Ok(())
 }
 
@@ -382,7 +384,7 @@ pub fn values_path(out: &Path) -> std::path::PathBuf {
 /// One row per compared pair of a `diff`.
 pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<()> {
     let p = &r.pairs;
-    let m = |f: fn(&trace_reader::compare::Metrics) -> f64| {
+    let m = |f: fn(&crate::compare::Metrics) -> f64| {
         f64s(p.iter().map(|x| {
             x.metrics
                 .as_ref()
@@ -390,7 +392,7 @@ pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<(
                 .map(f)
         }))
     };
-    let mu = |f: fn(&trace_reader::compare::Metrics) -> u64| {
+    let mu = |f: fn(&crate::compare::Metrics) -> u64| {
         u64s(p.iter().map(|x| {
             x.metrics
                 .as_ref()

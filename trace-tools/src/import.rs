@@ -4,11 +4,14 @@
 //! uses no other module of the CLI, so the fuzz targets
 //! (`tests/src/fuzzing.rs`) include it and run the very same code.
 
-use anyhow::{anyhow, Context, Result};
+use crate::error::invalid;
+use crate::{ResultExt, ToolsError};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use trace_reader::{DType, Trace};
 use trace_writer::{Metadata, TensorMeta, Writer};
+
+type Result<T, E = ToolsError> = std::result::Result<T, E>;
 
 /// The key of `__metadata__` that describes the source tensors.
 pub const TENSORS_KEY: &str = "tracedump.tensors";
@@ -54,8 +57,9 @@ pub struct SafetensorsImport<'a> {
 impl<'a> SafetensorsImport<'a> {
     /// Parse the bytes of a safetensors file; `label` names it in errors.
     pub fn parse(bytes: &'a [u8], label: &str) -> Result<Self> {
-        let bad =
-            |e: safetensors::SafeTensorError| anyhow!("{label}: not a valid safetensors file: {e}");
+        let bad = |e: safetensors::SafeTensorError| {
+            invalid!("{label}: not a valid safetensors file: {e}")
+        };
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(bad)?;
         let st = SafeTensors::deserialize(bytes).map_err(bad)?;
 
@@ -101,7 +105,7 @@ impl<'a> SafetensorsImport<'a> {
         let label = &self.label;
         for (name, t) in &self.order {
             let dtype = from_st_dtype(t.dtype()).ok_or_else(|| {
-                anyhow!(
+                invalid!(
                     "{label}: tensor `{name}` has dtype {:?}, which a trace cannot hold",
                     t.dtype()
                 )
@@ -117,7 +121,7 @@ impl<'a> SafetensorsImport<'a> {
                     .map(str::to_owned);
             }
             w.add_tensor(name, dtype, &shape, t.data(), meta)
-                .with_context(|| format!("{label}: tensor `{name}`"))?;
+                .context_with(|| format!("{label}: tensor `{name}`"))?;
         }
         Ok(())
     }
@@ -140,14 +144,14 @@ pub fn record_gguf(trace: &Trace, label: &str, w: &Writer) -> Result<()> {
         let view = trace.view(t.id)?;
         let bytes = view
             .contiguous_bytes()
-            .ok_or_else(|| anyhow!("{label}: tensor `{}` is not contiguous", t.name))?;
+            .ok_or_else(|| invalid!("{label}: tensor `{}` is not contiguous", t.name))?;
         let mut meta = TensorMeta::new();
         meta.layer = t.layer;
         meta.step = t.step;
         meta.source_layout = t.source_layout.clone();
         meta.metadata = t.metadata.clone();
         w.add_tensor(&t.name, t.dtype, &t.layout.shape, bytes, meta)
-            .with_context(|| format!("{label}: tensor `{}`", t.name))?;
+            .context_with(|| format!("{label}: tensor `{}`", t.name))?;
     }
     Ok(())
 }

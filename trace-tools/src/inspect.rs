@@ -2,17 +2,24 @@
 
 use std::fmt::Write;
 
-use anyhow::Result;
 use serde::Serialize;
 use trace_reader::{SourceLayout, TensorFilter, Trace};
 
-use crate::output::{join, progress, Grid};
+use crate::table::{join, Grid};
+use crate::ToolsError;
+
+type Result<T, E = ToolsError> = std::result::Result<T, E>;
 
 /// What `inspect` shows.
+#[derive(Debug, Default)]
 pub struct InspectOptions {
+    /// Also ggml's ne/nb where recorded.
     pub ggml: bool,
+    /// Views grouped under their storages and parents.
     pub tree: bool,
+    /// Every tensor's statistics.
     pub stats: bool,
+    /// Which tensors.
     pub filter: TensorFilter,
 }
 
@@ -98,6 +105,7 @@ fn short_value(v: &trace_reader::Value) -> String {
     }
 }
 
+/// A metadata value as JSON.
 pub fn value_json(v: &trace_reader::Value) -> serde_json::Value {
     use trace_reader::Value as V;
     match v {
@@ -240,21 +248,30 @@ fn header(trace: &Trace) -> Header {
     }
 }
 
-fn rows(trace: &Trace, opts: &InspectOptions) -> Result<Vec<Row>> {
+fn rows(
+    trace: &Trace,
+    opts: &InspectOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<Row>> {
     let ids = trace.filter(&opts.filter)?;
-    let bar = progress(ids.len() as u64, opts.stats && ids.len() > 200, "stats");
     let out = ids
         .iter()
-        .map(|&id| {
-            bar.inc(1);
+        .enumerate()
+        .map(|(i, &id)| {
+            progress(i + 1, ids.len());
             row(trace, id, opts.stats)
         })
         .collect();
-    bar.finish_and_clear();
     Ok(out)
 }
 
-pub fn inspect_json(trace: &Trace, opts: &InspectOptions) -> Result<String> {
+/// `inspect --json`: the header and one object per tensor. `progress` is
+/// called with (tensors done, tensors) as each row is made.
+pub fn inspect_json(
+    trace: &Trace,
+    opts: &InspectOptions,
+    progress: impl FnMut(usize, usize),
+) -> Result<String> {
     #[derive(Serialize)]
     struct Doc {
         header: Header,
@@ -262,7 +279,7 @@ pub fn inspect_json(trace: &Trace, opts: &InspectOptions) -> Result<String> {
     }
     Ok(serde_json::to_string_pretty(&Doc {
         header: header(trace),
-        tensors: rows(trace, opts)?,
+        tensors: rows(trace, opts, progress)?,
     })?)
 }
 
@@ -290,7 +307,12 @@ fn labels(r: &Row) -> String {
     l.join(" ")
 }
 
-pub fn inspect_text(trace: &Trace, opts: &InspectOptions) -> Result<String> {
+/// `inspect`'s table (or `--tree`); `progress` as for [`inspect_json`].
+pub fn inspect_text(
+    trace: &Trace,
+    opts: &InspectOptions,
+    progress: impl FnMut(usize, usize),
+) -> Result<String> {
     let mut s = String::new();
     let h = header(trace);
     writeln!(s, "file      {}", h.file)?;
@@ -327,7 +349,7 @@ pub fn inspect_text(trace: &Trace, opts: &InspectOptions) -> Result<String> {
     for w in &h.warnings {
         writeln!(s, "warning   {w}")?;
     }
-    let rows = rows(trace, opts)?;
+    let rows = rows(trace, opts, progress)?;
     if opts.tree {
         writeln!(s)?;
         s.push_str(&tree(trace, &rows));

@@ -8,7 +8,9 @@
 use serde_json::{json, Value};
 
 use crate::compare::{DiffReport, Verdict};
-use crate::{ReaderError, Trace};
+use trace_reader::Trace;
+
+use crate::ToolsError;
 
 /// Rows and columns of the heat map, at most.
 const HEAT_ROWS: usize = 64;
@@ -35,7 +37,7 @@ fn side_json(trace: &Trace, id: u64) -> Value {
                 Some(s) => format!("storage #{s} ({})", trace.record_name(s).unwrap_or("?")),
             },
             "ggml": t.source_layout.as_ref().map(|s| match s {
-                crate::SourceLayout::Ggml { ne, nb } => format!("ne {ne:?} nb {nb:?}"),
+                trace_reader::SourceLayout::Ggml { ne, nb } => format!("ne {ne:?} nb {nb:?}"),
             }),
             "layer": t.layer,
             "step": t.step,
@@ -47,7 +49,7 @@ fn side_json(trace: &Trace, id: u64) -> Value {
 }
 
 /// |a − b| of the first divergence, as a histogram and a heat map.
-fn error_map(a: &Trace, b: &Trace, ida: u64, idb: u64) -> Result<Value, ReaderError> {
+fn error_map(a: &Trace, b: &Trace, ida: u64, idb: u64) -> Result<Value, ToolsError> {
     let va = a.view(ida)?.to_f64()?;
     let vb = b.view(idb)?.to_f64()?;
     let shape = a.tensor(ida)?.layout.shape.clone();
@@ -129,7 +131,7 @@ fn verdict_text(v: &Verdict) -> String {
 }
 
 /// Everything the page shows, as JSON.
-pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, ReaderError> {
+pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, ToolsError> {
     let pairs: Vec<Value> = r
         .pairs
         .iter()
@@ -210,7 +212,7 @@ pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, Reader
 }
 
 /// The report page: `TEMPLATE` with the data embedded.
-pub fn html(a: &Trace, b: &Trace, r: &DiffReport) -> Result<String, ReaderError> {
+pub fn html(a: &Trace, b: &Trace, r: &DiffReport) -> Result<String, ToolsError> {
     let data = report_data(a, b, r)?;
     // JSON inside <script>: no "</script" or "<!--" may end it early; '<'
     // only occurs inside JSON strings, where \u003c means the same

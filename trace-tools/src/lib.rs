@@ -1,0 +1,21 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod compare;
+pub mod demo;
+pub mod diff_text;
+mod error;
+pub mod export;
+pub mod import;
+pub mod inspect;
+pub mod mapping;
+#[cfg(feature = "parquet")]
+pub mod parquet;
+pub mod recover;
+pub mod report;
+pub mod shards;
+pub mod show;
+pub mod table;
+
+pub use error::{ResultExt, ToolsError};

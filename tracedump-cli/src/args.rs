@@ -1,0 +1,127 @@
+//! Arguments several verbs share, and how a verb opens what it is given.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use regex::Regex;
+use trace_reader::{TensorFilter, Trace};
+use trace_tools::compare::Tolerance;
+use trace_tools::mapping::{preset_names, Mapping};
+use trace_tools::shards::Shards;
+
+/// Which tensors a verb looks at.
+#[derive(clap::Args)]
+pub struct Filters {
+    /// Only tensors whose name matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    filter: Option<String>,
+    /// Only tensors of this layer.
+    #[arg(long, value_name = "N")]
+    layer: Option<i64>,
+    /// Only tensors of this step.
+    #[arg(long, value_name = "N")]
+    step: Option<i64>,
+    /// Only tensors with this role (q, k, v, kq, kqv_out, k_cache, ...).
+    #[arg(long, value_name = "ROLE")]
+    role: Option<String>,
+}
+
+impl Filters {
+    pub fn build(&self) -> Result<TensorFilter> {
+        Ok(TensorFilter {
+            name: self
+                .filter
+                .as_deref()
+                .map(Regex::new)
+                .transpose()
+                .context("--filter")?,
+            layer: self.layer,
+            step: self.step,
+            role: self.role.clone(),
+        })
+    }
+}
+
+/// How `diff` and `report` pair and judge tensors.
+#[derive(clap::Args, Debug)]
+pub struct Pairing {
+    /// A mapping rule: `PATTERN [@OP] => NAME [| TRANSFORM]...` (regex on A's names, `$1` for groups); repeatable, first match wins.
+    #[arg(long, value_name = "RULE")]
+    rename: Vec<String>,
+    /// A mapping file: one rule per line (as --rename), `#` comments.
+    #[arg(long, value_name = "FILE")]
+    map: Option<PathBuf>,
+    /// A built-in mapping, llama.cpp (A) to HF transformers (B): llama-hf, qwen2-hf, qwen3-hf, gemma2-hf.
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+    /// Absolute tolerance.
+    #[arg(long, default_value_t = Tolerance::default().atol)]
+    atol: f64,
+    /// Relative tolerance (against B).
+    #[arg(long, default_value_t = Tolerance::default().rtol)]
+    rtol: f64,
+    /// Smallest cosine similarity that agrees.
+    #[arg(long, default_value_t = Tolerance::default().min_cosine)]
+    min_cosine: f64,
+}
+
+impl Pairing {
+    /// The mapping: --rename rules first, then --map's, then the preset's.
+    pub fn mapping(&self) -> Result<Mapping> {
+        let mut mapping = Mapping::none();
+        for rule in &self.rename {
+            mapping
+                .push_rule(rule)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--rename {rule}"))?;
+        }
+        if let Some(m) = &self.map {
+            let text = std::fs::read_to_string(m).with_context(|| format!("{}", m.display()))?;
+            mapping.extend(
+                Mapping::from_map(&text)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("{}", m.display()))?,
+            );
+        }
+        if let Some(p) = &self.preset {
+            mapping.extend(
+                Mapping::preset(p).with_context(|| {
+                    format!("--preset {p}: the presets are: {}", preset_names())
+                })?,
+            );
+        }
+        Ok(mapping)
+    }
+
+    pub fn tolerance(&self) -> Tolerance {
+        Tolerance {
+            atol: self.atol,
+            rtol: self.rtol,
+            min_cosine: self.min_cosine,
+        }
+    }
+}
+
+/// A verb's reads of broadcast views may expand at most 4 × the file's
+/// value limit of values beyond their bytes (SPEC.md §9), so that a small
+/// file cannot make a verb work for minutes.
+fn broadcast_budget(t: &Trace) -> u64 {
+    trace_reader::values::value_limit(t.file_len()).saturating_mul(4)
+}
+
+/// Open one trace file for a verb.
+pub fn open(path: &Path) -> Result<Trace> {
+    let t = Trace::open(path)?;
+    t.set_broadcast_budget(broadcast_budget(&t));
+    Ok(t)
+}
+
+/// Open what a verb is given: a trace file (a run of one shard) or a
+/// directory or glob of shards.
+pub fn open_run(path: &Path) -> Result<Shards> {
+    let run = Shards::open_any(path)?;
+    for s in run.shards() {
+        s.trace.set_broadcast_budget(broadcast_budget(&s.trace));
+    }
+    Ok(run)
+}
