@@ -1,8 +1,7 @@
 //! `tracedump import`: the tensors of a safetensors or GGUF file recorded
-//! into a trace. File handling (the atomic output, the same-file check)
-//! lives in `export.rs`; this module only turns bytes into records, and it
-//! uses no other module of the CLI, so the fuzz targets
-//! (`tests/src/fuzzing.rs`) include it and run the very same code.
+//! into a trace, written atomically (a temporary file renamed into place).
+//! The fuzz targets (`tests/src/fuzzing.rs`) call [`SafetensorsImport`] and
+//! [`record_gguf`], the very code the CLI runs.
 
 use crate::error::invalid;
 use crate::{ResultExt, ToolsError};
@@ -10,6 +9,15 @@ use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use trace_reader::{DType, Trace};
 use trace_writer::{Metadata, TensorMeta, Writer};
+
+use std::fs;
+use std::path::Path;
+
+use serde::Serialize;
+use trace_reader::Source;
+
+use crate::error::bail;
+use crate::recover::{same_file, temp_path};
 
 type Result<T, E = ToolsError> = std::result::Result<T, E>;
 
@@ -154,4 +162,80 @@ pub fn record_gguf(trace: &Trace, label: &str, w: &Writer) -> Result<()> {
             .context_with(|| format!("{label}: tensor `{}`", t.name))?;
     }
     Ok(())
+}
+
+/// What [`import_safetensors`] wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ImportSummary {
+    /// Tensors recorded.
+    pub tensors: u64,
+    /// Size of the trace file.
+    pub bytes: u64,
+}
+
+/// Write a trace at `output` through `record`, atomically: into a temporary
+/// file beside it, renamed into place when complete, removed on failure.
+/// Returns the size of the trace.
+fn write_trace_atomically(
+    output: &Path,
+    run: Metadata,
+    record: impl FnOnce(&Writer) -> Result<()>,
+) -> Result<u64> {
+    let tmp = temp_path(output);
+    let result = (|| -> Result<u64> {
+        let w = Writer::create(&tmp, run)
+            .context_with(|| format!("cannot create {}", tmp.display()))?;
+        record(&w)?;
+        let s = w
+            .finish()
+            .context_with(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, output)
+            .context_with(|| format!("cannot move {} to {}", tmp.display(), output.display()))?;
+        Ok(s.bytes)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Convert a GGUF file into a trace: every tensor with its raw bytes (block
+/// types stay blocks), ggml `ne`/`nb` kept as the source layout, layer and
+/// step from the names, the key-value metadata as run metadata.
+pub fn import_gguf(input: &Path, output: &Path) -> Result<ImportSummary> {
+    if same_file(input, output) {
+        bail!(
+            "{}: the output must be a different file from the input",
+            output.display()
+        );
+    }
+    let trace = Trace::open(input)?;
+    if !trace.is_gguf() {
+        bail!("{}: not a GGUF file", input.display());
+    }
+    let label = input.display().to_string();
+    let run = gguf_run_metadata(&trace, &label);
+    let bytes = write_trace_atomically(output, run, |w| record_gguf(&trace, &label, w))?;
+    Ok(ImportSummary {
+        tensors: trace.len() as u64,
+        bytes,
+    })
+}
+
+/// Read a safetensors file and record its tensors, contiguous, in a new
+/// trace (see [`SafetensorsImport`] for their order and metadata).
+pub fn import_safetensors(input: &Path, output: &Path) -> Result<ImportSummary> {
+    if same_file(input, output) {
+        bail!(
+            "{}: the output must be a different file from the input",
+            output.display()
+        );
+    }
+    let source = Source::map(input).context_with(|| format!("cannot read {}", input.display()))?;
+    let st = SafetensorsImport::parse(source.bytes(), &input.display().to_string())?;
+    let bytes = write_trace_atomically(output, st.run.clone(), |w| st.record(w))?;
+    Ok(ImportSummary {
+        tensors: st.tensor_count() as u64,
+        bytes,
+    })
 }

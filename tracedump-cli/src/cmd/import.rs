@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use trace_tools::export::{export, import_gguf, import_safetensors, ExportFormat, ImportSummary};
+use trace_tools::export::{export, ExportFormat};
+use trace_tools::import::{import_gguf, import_safetensors, ImportSummary};
 
 use crate::args::open;
 
