@@ -105,7 +105,7 @@ bench: pypackage
 ## Installs nightly and cargo-fuzz when missing. New inputs go to FUZZ_WORK,
 ## crashes to fuzz/artifacts/; the committed corpus is only read.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= trace_bytes gguf_bytes safetensors_import capi
+FUZZ_TARGETS ?= trace_bytes gguf_bytes safetensors_import capi verbs
 FUZZ_WORK ?= $(abspath $(TARGET_DIR))/fuzz-corpus
 FUZZ_FLAGS := -max_len=1048576 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1
 CARGO_FUZZ := cargo +nightly fuzz

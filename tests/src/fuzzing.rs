@@ -559,10 +559,10 @@ fn read_all(trace: &Trace) {
 
 /// A file for one body's output: unique to this call, in memory where
 /// `/dev/shm` exists, removed when dropped.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Scratch {
-    fn new() -> Scratch {
+    pub(crate) fn new() -> Scratch {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let shm = Path::new("/dev/shm");
         let dir = if shm.is_dir() {

@@ -89,3 +89,5 @@ pub mod crash;
 
 /// The bodies of the fuzz targets (`fuzz/`), shared with the corpus replay.
 pub mod fuzzing;
+/// The fuzz body of the `verbs` target (the CLI verbs' library calls).
+pub mod fuzzing_verbs;

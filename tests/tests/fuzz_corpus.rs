@@ -53,6 +53,11 @@ fn trace_bytes_corpus() {
 }
 
 #[test]
+fn verbs_corpus() {
+    replay("verbs", tracedump_tests::fuzzing_verbs::verbs);
+}
+
+#[test]
 fn gguf_bytes_corpus() {
     replay("gguf_bytes", fuzzing::gguf_bytes);
 }
