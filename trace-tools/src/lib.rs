@@ -4,6 +4,7 @@
 
 pub mod compare;
 pub mod demo;
+pub mod diagnose;
 pub mod diff_text;
 mod error;
 pub mod export;

@@ -1,0 +1,268 @@
+//! Why two tensors differ: a catalogue of hypotheses tested on the values.
+//!
+//! [`diagnose`] takes the values of a divergent pair — A, the run under
+//! test, and B, the reference, both logical and row-major — and returns
+//! the hypotheses that hold, strongest first, each with its evidence: all
+//! zeros or a region never written, the first NaN/Inf, collapsed variance,
+//! a scale/offset/sign/per-row scale, a layout (A holds B's values in
+//! another order: a permutation, a transpose, a head split the other way,
+//! column-major for row-major), a shift along an axis, heads in another
+//! order or repeated the other way, a divergence confined to a region, or
+//! only the rounding of a narrower format. [`stale`] checks A against other
+//! tensors (a buffer reused without being written) and [`rope`] against
+//! the other RoPE pairing or another base.
+//!
+//! Each hypothesis is a small function with its acceptance threshold in
+//! its documentation. Searches are bounded: candidates are screened on a
+//! fixed sample of positions before a full check, so a pair of 16 M
+//! elements is diagnosed in about a second.
+
+mod checks;
+mod layout;
+mod region;
+pub mod rope;
+mod stale;
+#[cfg(test)]
+mod tests;
+
+pub use checks::{collapse, non_finite, precision, scale, written};
+pub use layout::{heads, permutation, shift};
+pub use region::partial;
+pub use stale::stale;
+
+/// What a hypothesis found.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Cause {
+    /// Every value of A is 0 where B's are not.
+    Zeros,
+    /// Every value of A is the same (`value`), where B's vary.
+    Constant {
+        /// A's one value.
+        value: f64,
+    },
+    /// A region of A holds zeros (or one repeated value) where B has data:
+    /// an output never written, or written by a kernel that did not finish.
+    Unwritten {
+        /// The region, per axis `[start, end)`.
+        region: Vec<(usize, usize)>,
+        /// The value A holds there.
+        value: f64,
+    },
+    /// A has NaN or Inf where B is finite.
+    NonFinite {
+        /// The first such element (row-major order).
+        first: Vec<usize>,
+        /// NaNs in A where B is finite.
+        nans: u64,
+        /// Infinities in A where B is finite.
+        infs: u64,
+    },
+    /// A's values along `axis` are (nearly) constant where B's vary: the
+    /// variance collapsed (uniform logits, a softmax over a constant).
+    Collapse {
+        /// The axis.
+        axis: usize,
+        /// A's spread along it over B's (median over the other axes).
+        ratio: f64,
+    },
+    /// A = c·B.
+    Scale {
+        /// The factor.
+        c: f64,
+    },
+    /// A = −B.
+    SignFlip,
+    /// A = B + c.
+    Offset {
+        /// The offset.
+        c: f64,
+    },
+    /// Each slice along `axis` is B's scaled by its own factor (a
+    /// normalization applied per row, or with the wrong statistics).
+    RowScale {
+        /// The axis whose slices carry one factor each.
+        axis: usize,
+        /// The smallest and largest factor.
+        range: (f64, f64),
+    },
+    /// A holds B's values in another order.
+    Layout {
+        /// What maps B onto A, in words.
+        transform: String,
+        /// B's shape as the transform reads it (after any split).
+        split_shape: Vec<usize>,
+        /// The axis order of that shape that gives A.
+        permutation: Vec<usize>,
+    },
+    /// A equals B moved by `by` positions along `axis` (a cache or
+    /// position read at the wrong offset).
+    Shift {
+        /// The axis.
+        axis: usize,
+        /// A[i] = B[i − by].
+        by: i64,
+    },
+    /// A's slices along `axis` (heads) are B's in another order or
+    /// repeated another way.
+    Heads {
+        /// The axis.
+        axis: usize,
+        /// For each of A's slices, the B slice it equals.
+        map: Vec<usize>,
+        /// The pattern, in words (a permutation, repeat vs repeat_interleave).
+        pattern: String,
+    },
+    /// Only this region differs; the rest agrees.
+    Partial {
+        /// The region, per axis `[start, end)`.
+        region: Vec<(usize, usize)>,
+        /// What the region is, in words.
+        description: String,
+    },
+    /// A is B within the rounding of `format`: not a bug, and the
+    /// tolerance that accepts it.
+    Precision {
+        /// f16, bf16, q8_0 or q4_0.
+        format: String,
+        /// The smallest absolute tolerance that accepts the pair.
+        atol: f64,
+        /// ‖A − B‖ / ‖B‖.
+        relative_rms: f64,
+    },
+    /// A equals another tensor (`other`): a buffer reused without being
+    /// written, or read from the wrong step or layer.
+    Stale {
+        /// The other tensor, as the caller named it.
+        other: String,
+    },
+    /// A equals B's input rotated with another RoPE variant.
+    Rope {
+        /// The variant that gives A.
+        a: rope::Variant,
+        /// The variant that gives B, where one does.
+        b: Option<rope::Variant>,
+    },
+}
+
+/// A hypothesis that holds, with how strongly and why.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Finding {
+    /// What it is.
+    pub cause: Cause,
+    /// 0..1: how much of the difference it explains (1: all of it, exactly).
+    pub strength: f64,
+    /// The evidence, in one sentence.
+    pub evidence: String,
+}
+
+/// Logical, row-major values and their shape.
+#[derive(Clone, Copy, Debug)]
+pub struct Values<'a> {
+    /// The values, row-major.
+    pub data: &'a [f32],
+    /// The shape, outermost first.
+    pub shape: &'a [usize],
+}
+
+impl<'a> Values<'a> {
+    /// Values of a shape (their product must be the length).
+    pub fn new(data: &'a [f32], shape: &'a [usize]) -> Option<Self> {
+        (shape.iter().product::<usize>() == data.len()).then_some(Values { data, shape })
+    }
+}
+
+/// Element closeness used by every check: |a − b| ≤ atol + rtol·|b|, with
+/// atol a millionth of B's largest magnitude (so that exact zeros and
+/// denormal noise agree) and rtol 10⁻³ (an f16 rounding passes).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Close {
+    atol: f32,
+    rtol: f32,
+}
+
+impl Close {
+    pub(crate) fn for_reference(b: &[f32]) -> Close {
+        let max = b
+            .iter()
+            .filter(|x| x.is_finite())
+            .fold(0f32, |m, x| m.max(x.abs()));
+        Close {
+            atol: (max * 1e-6).max(f32::MIN_POSITIVE),
+            rtol: 1e-3,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn eq(&self, a: f32, b: f32) -> bool {
+        (a - b).abs() <= self.atol + self.rtol * b.abs() || (a.is_nan() && b.is_nan()) || a == b
+    }
+}
+
+/// Row-major strides of a shape, in elements.
+pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// A fixed, well-spread sample of positions in `0..n` (all of them when
+/// `n <= k`), the same on every call: checks screen candidates on it.
+pub(crate) fn sample(n: usize, k: usize) -> Vec<usize> {
+    if n <= k {
+        return (0..n).collect();
+    }
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ n as u64;
+    let mut out: Vec<usize> = (0..k)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        })
+        .collect();
+    // the ends are where many bugs live (last token, last block)
+    out.push(0);
+    out.push(n - 1);
+    out
+}
+
+/// Every hypothesis that holds for A (under test) against B (reference),
+/// strongest first. A and B must have as many values; A's shape is the one
+/// reported (B is read in A's shape where they differ). An agreeing pair
+/// gives nothing; a pair within a format's rounding gives only
+/// [`Cause::Precision`].
+pub fn diagnose(a: Values<'_>, b: Values<'_>) -> Vec<Finding> {
+    if a.data.len() != b.data.len() || a.data.is_empty() {
+        return Vec::new();
+    }
+    let close = Close::for_reference(b.data);
+    if a.data.iter().zip(b.data).all(|(&x, &y)| close.eq(x, y)) {
+        // within 10^-3: precision, if there is any difference at all
+        return precision(a, b).into_iter().collect();
+    }
+    if let Some(p) = precision(a, b) {
+        return vec![p];
+    }
+    let b_as_a = Values {
+        data: b.data,
+        shape: a.shape,
+    };
+    let mut found: Vec<Finding> = Vec::new();
+    found.extend(non_finite(a, b_as_a));
+    found.extend(written(a, b_as_a));
+    found.extend(scale(a, b_as_a));
+    found.extend(collapse(a, b_as_a));
+    found.extend(permutation(a, b));
+    found.extend(shift(a, b_as_a));
+    found.extend(heads(a, b_as_a));
+    // a region is a weaker statement than any exact explanation of it
+    if !found.iter().any(|f| f.strength >= 0.9) {
+        found.extend(partial(a, b_as_a));
+    }
+    found.sort_by(|x, y| y.strength.total_cmp(&x.strength));
+    found
+}
