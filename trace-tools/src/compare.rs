@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use trace_format::DType;
 
+use crate::blame::{self, Blame};
 use crate::mapping::{self, Mapping, Resolved, Transform};
 use crate::ToolsError;
 use trace_reader::{TensorInfo, Trace};
@@ -278,6 +279,14 @@ pub struct Pair {
     pub verdict: Verdict,
     /// The metrics (absent when skipped or shapes differ; moments only for stats-only pairs).
     pub metrics: Option<Metrics>,
+    /// A's record ids of the tensor's parents, as its lineage records them.
+    pub parents: Vec<u64>,
+    /// Indices (into the report's pairs) of its compared inputs: the
+    /// nearest ancestors that are themselves paired.
+    pub inputs: Vec<usize>,
+    /// Relative error out over the largest relative error of its inputs,
+    /// for a divergent pair whose inputs differ at all.
+    pub amplification: Option<f64>,
 }
 
 /// Per-layer error growth, as people tabulate it by hand.
@@ -337,6 +346,9 @@ pub struct DiffReport {
     pub layers: Vec<LayerSummary>,
     /// Tensors that could not be read (bad layout, unknown dtype, …), with the error.
     pub unreadable: Vec<String>,
+    /// The ops that made a divergent output from agreeing inputs, in
+    /// execution order, each with a diagnosis (see [`crate::blame`]).
+    pub blamed: Vec<Blame>,
 }
 
 impl DiffReport {
@@ -472,6 +484,7 @@ pub fn diff(
     let mut unpaired = Vec::new();
     let total = a.len();
     let mut unreadable = Vec::new();
+    let mut pair_transforms = Vec::new();
     for (done, &ida) in a.tensor_ids().iter().enumerate() {
         progress(done + 1, total);
         let ta = match a.tensor(ida) {
@@ -543,6 +556,7 @@ pub fn diff(
                 unreadable.push(format!("{key}: {why}"));
             }
         }
+        pair_transforms.push(transforms);
         pairs.push(Pair {
             key,
             step,
@@ -552,6 +566,9 @@ pub fn diff(
             b: Side::of(tb),
             verdict,
             metrics,
+            parents: ta.lineage.parents.clone(),
+            inputs: Vec::new(),
+            amplification: None,
         });
     }
     let only_in_a = unpaired
@@ -566,7 +583,7 @@ pub fn diff(
         .collect();
     let first_divergence = pairs.iter().position(|p| p.verdict.is_divergent());
     let layers = layer_summary(&pairs);
-    Ok(DiffReport {
+    let mut report = DiffReport {
         tolerance: *tol,
         pairs,
         first_divergence,
@@ -576,7 +593,24 @@ pub fn diff(
         only_in_b,
         layers,
         unreadable,
-    })
+        blamed: Vec::new(),
+    };
+    let inputs = blame::pair_inputs(a, &report.pairs);
+    let (mut blamed, amplification) = blame::blame(&report, &inputs);
+    for (p, (i, x)) in report
+        .pairs
+        .iter_mut()
+        .zip(inputs.into_iter().zip(amplification))
+    {
+        p.inputs = i;
+        p.amplification = x;
+    }
+    for bl in blamed.iter_mut().take(blame::MAX_DIAGNOSED) {
+        let p = &report.pairs[bl.pair];
+        bl.diagnosis = blame::diagnose_pair(a, b, p, pair_transforms[bl.pair]).unwrap_or_default();
+    }
+    report.blamed = blamed;
+    Ok(report)
 }
 
 fn ordinal(n: usize) -> String {

@@ -112,13 +112,17 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
         .with("engine_version", env!("CARGO_PKG_VERSION"));
     let w = Writer::create(path, meta)?;
     let f32s = |v: &[f32]| -> Vec<u8> { bytemuck::cast_slice(v).to_vec() };
+    // each activation records the tensors it was computed from, so that
+    // `diff` can blame the op that made a divergence (trace_tools::blame)
     let act = |name: &str,
                layer: Option<usize>,
                role: &str,
                v: &[f32],
-               cols: usize|
+               cols: usize,
+               parents: &[Option<u64>]|
      -> Result<Option<u64>> {
         let mut m = ggml_2d(cols, N_TOK, 4).role(role).step(0);
+        m.lineage.parents.extend(parents.iter().flatten());
         if let Some(l) = layer {
             m = m.layer(l as i64);
         }
@@ -130,7 +134,7 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
         .iter()
         .flat_map(|&t| emb[(t % N_VOCAB) * N_EMBD..][..N_EMBD].to_vec())
         .collect();
-    act("inp_embd", None, "embedding", &x, N_EMBD)?;
+    let mut x_id = act("inp_embd", None, "embedding", &x, N_EMBD, &[])?;
 
     for l in 0..N_LAYER {
         let seed = 100 * (l as u64 + 1);
@@ -147,7 +151,14 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
         );
 
         let h = rms_norm(&x, 1e-5);
-        act(&format!("attn_norm-{l}"), Some(l), "attn_norm", &h, N_EMBD)?;
+        let h_id = act(
+            &format!("attn_norm-{l}"),
+            Some(l),
+            "attn_norm",
+            &h,
+            N_EMBD,
+            &[x_id],
+        )?;
         let (q, k, v) = (
             matmul(&h, &wq, N_EMBD, N_EMBD),
             matmul(&h, &wk, N_EMBD, N_EMBD),
@@ -159,7 +170,8 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
                 .iter()
                 .map(|&v| half::f16::from_f32(v).to_bits())
                 .collect();
-            let m = ggml_2d(N_EMBD, N_TOK, 2).layer(l as i64).step(0).role("q");
+            let mut m = ggml_2d(N_EMBD, N_TOK, 2).layer(l as i64).step(0).role("q");
+            m.lineage.parents.extend(h_id);
             w.add_tensor(
                 &format!("Qcur-{l}"),
                 DType::F16,
@@ -168,9 +180,9 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
                 m,
             )?
         } else {
-            act(&format!("Qcur-{l}"), Some(l), "q", &q, N_EMBD)?
+            act(&format!("Qcur-{l}"), Some(l), "q", &q, N_EMBD, &[h_id])?
         };
-        act(&format!("Vcur-{l}"), Some(l), "v", &v, N_EMBD)?;
+        let v_id = act(&format!("Vcur-{l}"), Some(l), "v", &v, N_EMBD, &[h_id])?;
 
         // K per head, [n_head, n_tok, head_dim], the layout attention reads
         let k_heads: Vec<f32> = (0..N_HEAD)
@@ -181,7 +193,8 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
         let k_id = match run {
             Run::Test => Some(record_k_cache(&w, l, &k)?),
             Run::Reference => {
-                let m = TensorMeta::new().layer(l as i64).step(0).role("k");
+                let mut m = TensorMeta::new().layer(l as i64).step(0).role("k");
+                m.lineage.parents.extend(h_id);
                 w.add_tensor(&format!("k-{l}"), DType::F32, &k_shape, &f32s(&k_heads), m)?
             }
         };
@@ -228,7 +241,7 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
             .role("kq")
             .engine_op("ggml", "SOFT_MAX", &[]);
         kq_meta.lineage.parents.extend(q_id.into_iter().chain(k_id));
-        match run {
+        let kq_id = match run {
             Run::Test => {
                 let stats = compute_stats(DType::F32, &kq_bytes).expect("f32 stats");
                 w.add_stats(
@@ -237,34 +250,41 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
                     &kq_shape,
                     stats,
                     kq_meta,
-                )?;
+                )?
             }
-            Run::Reference => {
-                w.add_tensor(
-                    &format!("kq_soft_max-{l}"),
-                    DType::F32,
-                    &kq_shape,
-                    &kq_bytes,
-                    kq_meta,
-                )?;
-            }
-        }
-        act(&format!("kqv_out-{l}"), Some(l), "kqv_out", &kqv, N_EMBD)?;
+            Run::Reference => w.add_tensor(
+                &format!("kq_soft_max-{l}"),
+                DType::F32,
+                &kq_shape,
+                &kq_bytes,
+                kq_meta,
+            )?,
+        };
+        let kqv_id = act(
+            &format!("kqv_out-{l}"),
+            Some(l),
+            "kqv_out",
+            &kqv,
+            N_EMBD,
+            &[kq_id, v_id],
+        )?;
         let attn_out = matmul(&kqv, &wo, N_EMBD, N_EMBD);
-        act(
+        let attn_out_id = act(
             &format!("attn_out-{l}"),
             Some(l),
             "attn_out",
             &attn_out,
             N_EMBD,
+            &[kqv_id],
         )?;
         let ffn_inp: Vec<f32> = attn_out.iter().zip(&x).map(|(a, b)| a + b).collect();
-        act(
+        let ffn_inp_id = act(
             &format!("ffn_inp-{l}"),
             Some(l),
             "ffn_inp",
             &ffn_inp,
             N_EMBD,
+            &[attn_out_id, x_id],
         )?;
         let eps = if run == Run::Test && l == BUGGY_LAYER {
             1e-1
@@ -272,28 +292,77 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
             1e-5
         };
         let hn = rms_norm(&ffn_inp, eps);
-        act(&format!("ffn_norm-{l}"), Some(l), "ffn_norm", &hn, N_EMBD)?;
+        let hn_id = act(
+            &format!("ffn_norm-{l}"),
+            Some(l),
+            "ffn_norm",
+            &hn,
+            N_EMBD,
+            &[ffn_inp_id],
+        )?;
         let gate = matmul(&hn, &wg, N_EMBD, N_FF);
         let up = matmul(&hn, &wu, N_EMBD, N_FF);
-        act(&format!("ffn_gate-{l}"), Some(l), "ffn_gate", &gate, N_FF)?;
-        act(&format!("ffn_up-{l}"), Some(l), "ffn_up", &up, N_FF)?;
+        let gate_id = act(
+            &format!("ffn_gate-{l}"),
+            Some(l),
+            "ffn_gate",
+            &gate,
+            N_FF,
+            &[hn_id],
+        )?;
+        let up_id = act(
+            &format!("ffn_up-{l}"),
+            Some(l),
+            "ffn_up",
+            &up,
+            N_FF,
+            &[hn_id],
+        )?;
         let act_v: Vec<f32> = gate.iter().map(|&g| silu(g)).collect();
-        act(&format!("ffn_silu-{l}"), Some(l), "ffn_silu", &act_v, N_FF)?;
+        let silu_id = act(
+            &format!("ffn_silu-{l}"),
+            Some(l),
+            "ffn_silu",
+            &act_v,
+            N_FF,
+            &[gate_id],
+        )?;
         let par: Vec<f32> = act_v.iter().zip(&up).map(|(a, b)| a * b).collect();
         let down = matmul(&par, &wd, N_FF, N_EMBD);
-        act(&format!("ffn_out-{l}"), Some(l), "ffn_out", &down, N_EMBD)?;
+        let down_id = act(
+            &format!("ffn_out-{l}"),
+            Some(l),
+            "ffn_out",
+            &down,
+            N_EMBD,
+            &[silu_id, up_id],
+        )?;
         x = down.iter().zip(&ffn_inp).map(|(a, b)| a + b).collect();
-        act(&format!("l_out-{l}"), Some(l), "l_out", &x, N_EMBD)?;
+        x_id = act(
+            &format!("l_out-{l}"),
+            Some(l),
+            "l_out",
+            &x,
+            N_EMBD,
+            &[down_id, ffn_inp_id],
+        )?;
     }
     let norm = rms_norm(&x, 1e-5);
-    act("result_norm", None, "result_norm", &norm, N_EMBD)?;
+    let norm_id = act("result_norm", None, "result_norm", &norm, N_EMBD, &[x_id])?;
     let logits = matmul(
         &norm,
         &weights(9, N_VOCAB * N_EMBD, N_EMBD),
         N_EMBD,
         N_VOCAB,
     );
-    act("result_output", None, "logits", &logits, N_VOCAB)?;
+    act(
+        "result_output",
+        None,
+        "logits",
+        &logits,
+        N_VOCAB,
+        &[norm_id],
+    )?;
     Ok(w.finish()?.records)
 }
 

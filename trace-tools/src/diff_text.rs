@@ -289,6 +289,7 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
             }
         }
     }
+    s.push_str(&blame_text(r)?);
     for u in &r.unreadable {
         writeln!(s, "UNREADABLE {u}")?;
     }
@@ -297,6 +298,56 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
     }
     if !r.only_in_b.is_empty() {
         writeln!(s, "only in B: {}", some(&r.only_in_b, all))?;
+    }
+    Ok(s)
+}
+
+/// The blamed ops: for each, the inputs that agree, the amplification and
+/// the likely causes the values support.
+pub fn blame_text(r: &DiffReport) -> Result<String> {
+    let mut s = String::new();
+    for bl in &r.blamed {
+        let p = &r.pairs[bl.pair];
+        let inputs: Vec<String> = bl.inputs.iter().map(|&i| r.pairs[i].key.clone()).collect();
+        let how = if !bl.by_graph {
+            "the first divergence in execution order (no compared input of it is recorded)"
+                .to_string()
+        } else if inputs.is_empty() {
+            "made a divergent output, and none of its inputs was compared".to_string()
+        } else {
+            format!(
+                "made a divergent output from agreeing inputs ({})",
+                some(&inputs, false)
+            )
+        };
+        writeln!(
+            s,
+            "\nBLAMED OP: {} (pair {} of {}): {how}",
+            pair_names(p),
+            bl.pair + 1,
+            r.pairs.len()
+        )?;
+        match bl.amplification {
+            Some(x) => writeln!(
+                s,
+                "  amplification: relative error {x:.3e}× that of its inputs"
+            )?,
+            None if bl.by_graph && !inputs.is_empty() => writeln!(
+                s,
+                "  amplification: its inputs agree exactly; the error starts here"
+            )?,
+            None => {}
+        }
+        for (k, f) in bl.diagnosis.iter().take(3).enumerate() {
+            let label = if k == 0 { "likely cause" } else { "also" };
+            writeln!(s, "  {label}: {}", f.evidence)?;
+        }
+        if bl.diagnosis.is_empty() {
+            writeln!(
+                s,
+                "  likely cause: none of the diagnosis's hypotheses holds"
+            )?;
+        }
     }
     Ok(s)
 }

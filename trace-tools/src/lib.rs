@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod blame;
 pub mod compare;
 pub mod demo;
 pub mod diagnose;

@@ -1,0 +1,153 @@
+//! Blame through the graph: which op turned agreeing inputs into a
+//! divergent output, how much each op amplified the error it was given,
+//! and, for each blamed op, a diagnosis of its output.
+//!
+//! A tensor's inputs are the parents its lineage records (llama.cpp's
+//! `src[]` through the ggml adapter, module and op inputs through
+//! `tracedump.capture`). Records between two compared tensors (views,
+//! weights nobody paired) are walked through, so a pair's inputs are its
+//! nearest compared ancestors. A divergent pair whose compared inputs all
+//! agree is a *blamed op*; a divergent pair with a divergent input is the
+//! cascade. Without recorded parents, the first divergence in execution
+//! order is blamed, and the report says so.
+
+use std::collections::{HashMap, HashSet};
+
+use trace_reader::Trace;
+
+use crate::compare::{DiffReport, Pair, Verdict};
+use crate::diagnose::{diagnose, Finding, Values};
+use crate::mapping::{self, Transform};
+use crate::ToolsError;
+
+/// At most this many ancestors are visited per pair, looking for compared ones.
+const MAX_WALK: usize = 4096;
+/// At most this many blamed ops get a diagnosis (each reads both tensors again).
+pub const MAX_DIAGNOSED: usize = 8;
+
+/// An op that made a divergent output from agreeing inputs.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Blame {
+    /// Index into the report's pairs of the op's output.
+    pub pair: usize,
+    /// Indices of the pairs of its compared inputs (all agree).
+    pub inputs: Vec<usize>,
+    /// Relative error out over the largest relative error in (None: the
+    /// inputs agree exactly, so the op made the error from nothing).
+    pub amplification: Option<f64>,
+    /// Whether blamed through recorded parents (false: by execution order,
+    /// because the traces record none).
+    pub by_graph: bool,
+    /// What the values say about why (strongest first).
+    pub diagnosis: Vec<Finding>,
+}
+
+/// ‖A − B‖ / ‖B‖ of a pair, where values were compared.
+pub fn relative_error(p: &Pair) -> Option<f64> {
+    let m = p.metrics.as_ref()?;
+    if matches!(p.verdict, Verdict::StatsOnly | Verdict::Skipped(_)) {
+        return None;
+    }
+    let rms_b = (m.b.std * m.b.std + m.b.mean * m.b.mean).sqrt();
+    (rms_b > 0.0).then(|| m.rmse / rms_b)
+}
+
+/// Each pair's compared inputs: the nearest ancestors of A's tensor (through
+/// its lineage's parents) that are themselves in a pair.
+pub fn pair_inputs(a: &Trace, pairs: &[Pair]) -> Vec<Vec<usize>> {
+    let pair_of: HashMap<u64, usize> = pairs.iter().enumerate().map(|(i, p)| (p.a.id, i)).collect();
+    pairs
+        .iter()
+        .map(|p| {
+            let mut found = Vec::new();
+            let mut seen = HashSet::new();
+            let mut todo: Vec<u64> = parents(a, p.a.id);
+            while let Some(id) = todo.pop() {
+                if !seen.insert(id) || seen.len() > MAX_WALK {
+                    continue;
+                }
+                match pair_of.get(&id) {
+                    Some(&i) => found.push(i),
+                    None => todo.extend(parents(a, id)),
+                }
+            }
+            found.sort_unstable();
+            found.dedup();
+            found
+        })
+        .collect()
+}
+
+fn parents(t: &Trace, id: u64) -> Vec<u64> {
+    t.tensor(id)
+        .map(|x| x.lineage.parents.clone())
+        .unwrap_or_default()
+}
+
+/// The blamed ops of a diff, in execution order, and each pair's
+/// amplification (relative error out over the largest relative error in;
+/// None where the pair agrees, has no compared input, or its inputs agree
+/// exactly).
+/// `inputs` are [`pair_inputs`]'s.
+pub fn blame(report: &DiffReport, inputs: &[Vec<usize>]) -> (Vec<Blame>, Vec<Option<f64>>) {
+    let pairs = &report.pairs;
+    let rel: Vec<Option<f64>> = pairs.iter().map(relative_error).collect();
+    let divergent = |i: usize| pairs[i].verdict.is_divergent();
+    let amplification: Vec<Option<f64>> = (0..pairs.len())
+        .map(|i| {
+            let out = rel[i]?;
+            let input = inputs[i]
+                .iter()
+                .filter_map(|&j| rel[j])
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))?;
+            (input > 0.0 && divergent(i)).then(|| out / input)
+        })
+        .collect();
+    let mut blamed = Vec::new();
+    for i in (0..pairs.len()).filter(|&i| divergent(i)) {
+        let by_graph = !inputs[i].is_empty();
+        // without recorded (and compared) inputs only the order says
+        // anything: the first divergence is blamed, what follows it may be
+        // its cascade
+        let blame = if by_graph {
+            inputs[i].iter().all(|&j| !divergent(j))
+        } else {
+            report.first_divergence == Some(i)
+        };
+        if blame {
+            blamed.push(Blame {
+                pair: i,
+                inputs: inputs[i].clone(),
+                amplification: amplification[i],
+                by_graph,
+                diagnosis: Vec::new(),
+            });
+        }
+    }
+    (blamed, amplification)
+}
+
+/// Diagnose pair `p` (A's values with the pairing's transforms applied,
+/// against B's), as f32.
+pub fn diagnose_pair(
+    a: &Trace,
+    b: &Trace,
+    p: &Pair,
+    transforms: &[Transform],
+) -> Result<Vec<Finding>, ToolsError> {
+    let (sa, sb) = mapping::transformed_shapes(transforms, &p.a.shape, &p.b.shape)
+        .map_err(ToolsError::Invalid)?;
+    let va = a.view(p.a.id)?.to_f64()?;
+    let vb = b.view(p.b.id)?.to_f64()?;
+    let (va, vb) = mapping::apply(transforms, va, &p.a.shape, vb, &p.b.shape);
+    let (fa, fb): (Vec<f32>, Vec<f32>) = (
+        va.iter().map(|&x| x as f32).collect(),
+        vb.iter().map(|&x| x as f32).collect(),
+    );
+    let to_usize = |s: &[u64]| s.iter().map(|&n| n as usize).collect::<Vec<_>>();
+    let (sa, sb) = (to_usize(&sa), to_usize(&sb));
+    match (Values::new(&fa, &sa), Values::new(&fb, &sb)) {
+        (Some(x), Some(y)) => Ok(diagnose(x, y)),
+        _ => Ok(Vec::new()),
+    }
+}
