@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod dequant;
+mod diagnose;
 mod layout;
 mod read;
 mod write;
@@ -22,7 +23,7 @@ pub(crate) type Res<T> = Result<T, Box<dyn Error>>;
 pub(crate) const MIB: usize = 1 << 20;
 const USAGE: &str = "usage: tracedump-bench [--scale F] [--repeat N] [--only PARTS] [--json PATH] [--quiet]
   --scale F   fraction of every tensor count, in (0, 1] (default 1: the full 1 GiB run)
-  --only PARTS comma-separated parts to run: write (with its checksum rows), read, layout, dequantize
+  --only PARTS comma-separated parts to run: write (with its checksum rows), read, layout, dequantize, diagnose
               (default all)
   --repeat N  rounds per figure, the best is kept (default 5; writes and opens: 2N+1)
   --json PATH where to write the rows (default bench/results-rust.json)
@@ -68,10 +69,9 @@ fn parse_args() -> Result<Args, String> {
             "--quiet" => args.quiet = true,
             "--only" => {
                 let parts: Vec<String> = value()?.split(',').map(str::to_owned).collect();
-                if let Some(p) = parts
-                    .iter()
-                    .find(|p| !["write", "read", "layout", "dequantize"].contains(&p.as_str()))
-                {
+                if let Some(p) = parts.iter().find(|p| {
+                    !["write", "read", "layout", "dequantize", "diagnose"].contains(&p.as_str())
+                }) {
                     return Err(format!("--only: unknown part {p:?}\n{USAGE}"));
                 }
                 args.only = Some(parts);
@@ -268,6 +268,9 @@ fn run(args: &Args) -> Res<()> {
             args.scaled(1 << 22).next_multiple_of(256),
             args.repeat,
         )?);
+    }
+    if args.runs("diagnose") {
+        rows.extend(diagnose::rows(args, &dir.0)?);
     }
     // the checksum rows go last, as in the merged table
     rows.sort_by_key(|r| r.group == "checksum");

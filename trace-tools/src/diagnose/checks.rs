@@ -80,30 +80,45 @@ pub fn written(a: Values<'_>, b: Values<'_>) -> Option<Finding> {
     })
 }
 
-/// `[lo, hi)` per axis of the elements where A and B differ; None when none do.
+/// `[lo, hi)` per axis of the elements where A and B differ; None when
+/// none do. The outermost axis comes from the first and last differing
+/// elements; the scan for the others stops once they span their axes.
 pub(crate) fn differing_box(
     a: Values<'_>,
     b: Values<'_>,
     close: Close,
 ) -> Option<Vec<(usize, usize)>> {
+    let differs = |i: usize| !close.eq(a.data[i], b.data[i]);
+    let first = (0..a.data.len()).find(|&i| differs(i))?;
+    let last = (first..a.data.len()).rev().find(|&i| differs(i))?;
+    let rank = a.shape.len();
+    if rank == 0 {
+        return Some(Vec::new());
+    }
     let st = strides(a.shape);
     let mut lo = a.shape.to_vec();
-    let mut hi = vec![0usize; a.shape.len()];
-    let mut any = false;
-    for (i, (&x, &y)) in a.data.iter().zip(b.data).enumerate() {
-        if close.eq(x, y) {
+    let mut hi = vec![0usize; rank];
+    (lo[0], hi[0]) = (first / st[0], last / st[0] + 1);
+    let full = |lo: &[usize], hi: &[usize]| (1..rank).all(|k| lo[k] == 0 && hi[k] == a.shape[k]);
+    for i in first..=last {
+        if !differs(i) {
             continue;
         }
-        any = true;
-        let mut rest = i;
-        for (k, &s) in st.iter().enumerate() {
-            let idx = rest / s;
-            rest %= s;
+        let mut rest = i % st[0];
+        for k in 1..rank {
+            let idx = rest / st[k];
+            rest %= st[k];
             lo[k] = lo[k].min(idx);
             hi[k] = hi[k].max(idx + 1);
         }
+        if i % 4096 == 0 && full(&lo, &hi) {
+            break;
+        }
     }
-    any.then(|| lo.into_iter().zip(hi).collect())
+    if rank == 1 {
+        return Some(vec![(lo[0], hi[0])]);
+    }
+    Some(lo.into_iter().zip(hi).collect())
 }
 
 /// Call `f` with the flat index of every element of a box.
@@ -187,35 +202,38 @@ pub fn non_finite(a: Values<'_>, b: Values<'_>) -> Option<Finding> {
     })
 }
 
-/// Mean and standard deviation of the values along `axis`, for every
-/// position of the other axes: (A's median spread) / (B's median spread).
+/// The spread (standard deviation) of the values along `axis` at every
+/// position of the other axes, summed row-major so that memory is read in
+/// order: (A's median spread) / (B's median spread).
 fn spread_ratio(a: Values<'_>, b: Values<'_>, axis: usize) -> Option<f64> {
     let n = a.shape[axis];
-    let st = strides(a.shape);
-    let inner = st[axis];
+    let inner = strides(a.shape)[axis];
     let outer = a.data.len() / (n * inner);
-    let mut sa = Vec::with_capacity(outer * inner);
-    let mut sb = Vec::with_capacity(outer * inner);
-    for o in 0..outer {
-        for i in 0..inner {
-            let base = o * n * inner + i;
-            let std = |v: &[f32]| {
-                let (mut s, mut s2) = (0f64, 0f64);
-                for k in 0..n {
-                    let x = v[base + k * inner] as f64;
-                    s += x;
-                    s2 += x * x;
+    let spreads = |v: &[f32]| {
+        let mut out = Vec::with_capacity(outer * inner);
+        let (mut s, mut s2) = (vec![0f64; inner], vec![0f64; inner]);
+        for o in 0..outer {
+            s.fill(0.0);
+            s2.fill(0.0);
+            for k in 0..n {
+                let row = &v[(o * n + k) * inner..][..inner];
+                for ((s, s2), &x) in s.iter_mut().zip(s2.iter_mut()).zip(row) {
+                    let x = x as f64;
+                    *s += x;
+                    *s2 += x * x;
                 }
+            }
+            out.extend(s.iter().zip(&s2).map(|(&s, &s2)| {
                 let m = s / n as f64;
                 (s2 / n as f64 - m * m).max(0.0).sqrt()
-            };
-            sa.push(std(a.data));
-            sb.push(std(b.data));
+            }));
         }
-    }
+        out
+    };
+    let (mut sa, mut sb) = (spreads(a.data), spreads(b.data));
     let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        let mid = v.len() / 2;
+        *v.select_nth_unstable_by(mid, f64::total_cmp).1
     };
     let (ma, mb) = (median(&mut sa), median(&mut sb));
     (mb > 0.0 && mb.is_finite() && ma.is_finite()).then(|| ma / mb)
@@ -304,11 +322,20 @@ fn row_scale(a: Values<'_>, b: Values<'_>, aa: f64) -> Option<Finding> {
         if n < 2 || n == a.data.len() {
             continue;
         }
+        let inner = st[axis];
+        let outer = a.data.len() / (n * inner);
+        // element (o, k, i) of the (outer, n, inner) view is at (o·n + k)·inner + i
+        let slice = |v: &'_ [f32], o: usize, k: usize| -> std::ops::Range<usize> {
+            let _ = v;
+            (o * n + k) * inner..(o * n + k + 1) * inner
+        };
         let (mut ab, mut bb) = (vec![0f64; n], vec![0f64; n]);
-        for (i, (&x, &y)) in a.data.iter().zip(b.data).enumerate() {
-            let k = (i / st[axis]) % n;
-            ab[k] += x as f64 * y as f64;
-            bb[k] += y as f64 * y as f64;
+        for o in 0..outer {
+            for k in 0..n {
+                let r = slice(a.data, o, k);
+                ab[k] += dot(&a.data[r.clone()], &b.data[r.clone()]);
+                bb[k] += dot(&b.data[r.clone()], &b.data[r]);
+            }
         }
         let c: Vec<f64> = ab
             .iter()
@@ -316,10 +343,14 @@ fn row_scale(a: Values<'_>, b: Values<'_>, aa: f64) -> Option<Finding> {
             .map(|(&p, &q)| if q > 0.0 { p / q } else { 1.0 })
             .collect();
         let mut resid = 0f64;
-        for (i, (&x, &y)) in a.data.iter().zip(b.data).enumerate() {
-            let k = (i / st[axis]) % n;
-            let d = x as f64 - c[k] * y as f64;
-            resid += d * d;
+        for o in 0..outer {
+            for (k, &ck) in c.iter().enumerate() {
+                let r = slice(a.data, o, k);
+                for (&x, &y) in a.data[r.clone()].iter().zip(&b.data[r]) {
+                    let d = x as f64 - ck * y as f64;
+                    resid += d * d;
+                }
+            }
         }
         let (lo, hi) = c
             .iter()

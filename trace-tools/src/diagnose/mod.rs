@@ -251,14 +251,27 @@ pub fn diagnose(a: Values<'_>, b: Values<'_>) -> Vec<Finding> {
         data: b.data,
         shape: a.shape,
     };
-    let mut found: Vec<Finding> = Vec::new();
-    found.extend(non_finite(a, b_as_a));
-    found.extend(written(a, b_as_a));
-    found.extend(scale(a, b_as_a));
-    found.extend(collapse(a, b_as_a));
-    found.extend(permutation(a, b));
-    found.extend(shift(a, b_as_a));
-    found.extend(heads(a, b_as_a));
+    // two independent halves of the catalogue, on two threads
+    let (mut found, order): (Vec<Finding>, Vec<Finding>) = std::thread::scope(|s| {
+        let values = s.spawn(|| {
+            let mut f = Vec::new();
+            f.extend(non_finite(a, b_as_a));
+            f.extend(written(a, b_as_a));
+            f.extend(scale(a, b_as_a));
+            f.extend(collapse(a, b_as_a));
+            f
+        });
+        let mut order = Vec::new();
+        order.extend(permutation(a, b));
+        order.extend(shift(a, b_as_a));
+        order.extend(heads(a, b_as_a));
+        // a panic in a check is a bug of ours: let it surface as one
+        let found = values
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (found, order)
+    });
+    found.extend(order);
     // a region is a weaker statement than any exact explanation of it
     if !found.iter().any(|f| f.strength >= 0.9) {
         found.extend(partial(a, b_as_a));
