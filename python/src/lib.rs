@@ -3,9 +3,10 @@
 //!
 //! `unsafe` code lives in two files: `describe.rs` (the writer reads a
 //! numpy array's or torch tensor's bytes in place) and `dlpack.rs` (the
-//! DLPack C ABI a torch tensor is described through). Arrays are made over the
-//! file's mapping through numpy's `__array_interface__` (see `reader.rs`),
-//! and the mapping's own `unsafe` lives in `trace_reader::Source`.
+//! DLPack C ABI a torch tensor is described through). Arrays are made over
+//! the file's mapping through numpy's `__array_interface__` (see
+//! `reader/arrays.rs`), and the mapping's own `unsafe` lives in
+//! `trace_reader::Source`.
 
 #![deny(unsafe_code)]
 
