@@ -289,13 +289,11 @@ fn torch_parts<'py>(py: Python<'py>, t: &Bound<'py, PyAny>) -> PyResult<Option<D
         return Ok(None);
     };
     let ty = t.get_type();
-    // the API was read from torch.Tensor: no look-up for its own objects
-    let exact = ty.is(torch.tensor.bind(py));
-    if !exact && !t.is_instance(torch.tensor.bind(py))? {
+    if !ty.is(torch.tensor.bind(py)) && !t.is_instance(torch.tensor.bind(py))? {
         return Ok(None);
     }
     let view = match &torch.exchange {
-        Some(api) if exact || api.published_by(&ty) => dlpack_view(py, t, api)?,
+        Some(api) if api.accepts(&ty) => dlpack_view(py, t, api)?,
         _ => attribute_view(py, t, torch)?,
     };
     match view {

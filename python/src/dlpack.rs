@@ -15,6 +15,7 @@
 
 #![allow(unsafe_code)]
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyType};
@@ -80,14 +81,22 @@ struct DLPackVersion {
 /// `DLPackDLTensorFromPyObjectNoSync`: 0, or -1 with a Python exception set.
 type DLTensorFromPyObject = unsafe extern "C" fn(*mut c_void, *mut DLTensor) -> c_int;
 
-/// `DLPackExchangeAPI` (its header, `DLPackExchangeAPIHeader`, inlined).
-/// Only `dltensor_from_py_object_no_sync` is called here; the others are
-/// kept as opaque pointers to hold the layout.
+/// `DLPackExchangeAPIHeader`: the part of the table that every DLPack
+/// version keeps.
+#[repr(C)]
+#[derive(Debug)]
+struct DLPackExchangeAPIHeader {
+    version: DLPackVersion,
+    prev_api: *const DLPackExchangeAPIHeader,
+}
+
+/// `DLPackExchangeAPI` of DLPack major version 1. Only
+/// `dltensor_from_py_object_no_sync` is called here; the others are kept
+/// as opaque pointers to hold the layout.
 #[repr(C)]
 #[derive(Debug)]
 struct DLPackExchangeAPI {
-    version: DLPackVersion,
-    prev_api: *const c_void,
+    header: DLPackExchangeAPIHeader,
     managed_tensor_allocator: *const c_void,
     managed_tensor_from_py_object_no_sync: *const c_void,
     managed_tensor_to_py_object_no_sync: *const c_void,
@@ -99,6 +108,8 @@ struct DLPackExchangeAPI {
 /// The exchange API one tensor type publishes, where it offers
 /// `dltensor_from_py_object_no_sync` at DLPack major version 1.
 pub(crate) struct ExchangeApi {
+    /// The type it was read from.
+    home: Py<PyType>,
     /// The `__dlpack_c_exchange_api__` capsule it was read from: a type
     /// whose attribute is this object publishes this API.
     capsule: Py<PyCapsule>,
@@ -131,58 +142,66 @@ impl ExchangeApi {
             .ok()?
             .cast_into::<PyCapsule>()
             .ok()?;
-        let api = capsule
-            .pointer_checked(Some(c"dlpack_exchange_api"))
-            .ok()?
-            .cast::<DLPackExchangeAPI>();
+        let api = capsule.pointer_checked(Some(c"dlpack_exchange_api")).ok()?;
         // SAFETY: a capsule named `dlpack_exchange_api` holds a pointer to
         // a `DLPackExchangeAPI` that the producer keeps alive for the whole
         // process (the protocol's rule: a static table), so reading it now
-        // and keeping its function pointer are both sound; its header (the
-        // version) is stable across DLPack versions and read before the
-        // rest, whose layout is that of major version 1.
+        // and keeping its function pointer are both sound. Its header is
+        // the same in every DLPack version and is read first; the whole
+        // table only once the header says major version 1, whose layout
+        // `DLPackExchangeAPI` is.
         let from_py_object = unsafe {
-            let api = api.as_ref();
-            if api.version.major != 1 {
+            if api.cast::<DLPackExchangeAPIHeader>().as_ref().version.major != 1 {
                 return None;
             }
-            api.dltensor_from_py_object_no_sync?
+            api.cast::<DLPackExchangeAPI>()
+                .as_ref()
+                .dltensor_from_py_object_no_sync?
         };
         Some(ExchangeApi {
+            home: ty.clone().unbind(),
             capsule: capsule.unbind(),
             from_py_object,
         })
     }
 
-    /// Whether `ty` publishes this API: an object of that type may be
-    /// handed to it (the protocol asks for the type the API was found on).
-    pub fn published_by(&self, ty: &Bound<'_, PyType>) -> bool {
+    /// Whether objects of type `ty` may be handed to this API: the
+    /// protocol asks for the type it was found on, so `ty` is that type or
+    /// publishes the same capsule (a subclass that inherits it).
+    pub fn accepts(&self, ty: &Bound<'_, PyType>) -> bool {
         let py = ty.py();
-        ty.getattr(intern!(py, "__dlpack_c_exchange_api__"))
-            .is_ok_and(|c| c.is(self.capsule.bind(py)))
+        ty.is(self.home.bind(py))
+            || ty
+                .getattr(intern!(py, "__dlpack_c_exchange_api__"))
+                .is_ok_and(|c| c.is(self.capsule.bind(py)))
     }
 
     /// `obj` as its framework describes it; the framework's exception where
-    /// it cannot (a meta or sparse torch tensor, for one).
+    /// it cannot (a meta or sparse torch tensor, for one), a TypeError
+    /// where `obj`'s type does not publish this API ([`accepts`]).
     ///
-    /// The caller checks first that `obj`'s type is [`published_by`]
-    /// this API.
-    ///
-    /// [`published_by`]: ExchangeApi::published_by
+    /// [`accepts`]: ExchangeApi::accepts
     pub fn view(&self, obj: &Bound<'_, PyAny>) -> PyResult<DlView> {
+        if !self.accepts(&obj.get_type()) {
+            return Err(PyTypeError::new_err(
+                "the object's type does not publish this DLPack exchange API",
+            ));
+        }
         let mut t = DLTensor::default();
         // SAFETY: `from_py_object` is the producer's
         // `dltensor_from_py_object_no_sync`, with that C signature; `obj`
         // is a live object (borrowed for this call) of a type that
-        // publishes the API (the caller's check), the GIL is held (`obj` is
+        // publishes the API (checked above), the GIL is held (`obj` is
         // bound to it), and `t` is a writable `DLTensor` on our stack. It
         // returns 0, or -1 with a Python exception set.
         let status = unsafe { (self.from_py_object)(obj.as_ptr().cast(), &mut t) };
         if status != 0 {
             return Err(PyErr::fetch(obj.py()));
         }
-        let ndim = usize::try_from(t.ndim).unwrap_or(0);
+        // a negative ndim reads as neither shape nor strides
+        let ndim = usize::try_from(t.ndim).ok();
         let copy = |p: *const i64| -> Option<Vec<i64>> {
+            let ndim = ndim?;
             if ndim == 0 {
                 return Some(Vec::new());
             }
