@@ -1,16 +1,19 @@
 //! Python bindings of tracedump (`import tracedump`): a thin layer over
 //! `trace-reader` and `trace-writer`. See `python/README.md`.
 //!
-//! `unsafe` code lives in one file, `describe.rs` (the writer reads a numpy
-//! array's or torch tensor's bytes in place). Arrays are made over the
-//! file's mapping through numpy's `__array_interface__` (see `reader.rs`),
-//! and the mapping's own `unsafe` lives in `trace_reader::Source`.
+//! `unsafe` code lives in two files: `describe.rs` (the writer reads a
+//! numpy array's or torch tensor's bytes in place) and `dlpack.rs` (the
+//! DLPack C ABI a torch tensor is described through). Arrays are made over
+//! the file's mapping through numpy's `__array_interface__` (see
+//! `reader/arrays.rs`), and the mapping's own `unsafe` lives in
+//! `trace_reader::Source`.
 
 #![deny(unsafe_code)]
 
 mod compare;
 mod convert;
 mod describe;
+mod dlpack;
 mod errors;
 mod reader;
 mod writer;
@@ -25,7 +28,6 @@ fn _tracedump(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compare::compare, m)?)?;
     m.add_function(wrap_pyfunction!(compare::report, m)?)?;
     m.add_function(wrap_pyfunction!(describe::_describe, m)?)?;
-    m.add_function(wrap_pyfunction!(describe::_torch_shim, m)?)?;
     m.add_function(wrap_pyfunction!(reader::_shard_files, m)?)?;
     m.add_function(wrap_pyfunction!(reader::_is_sharded, m)?)?;
     m.add_class::<reader::PyTrace>()?;

@@ -3,19 +3,24 @@
 `tracedump._layout.describe`: both must see the same dtype, shape, byte
 strides, offset and storage bytes."""
 
-import re
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from tracedump import _layout
-from tracedump._tracedump import _describe, _torch_shim
+from tracedump._tracedump import _describe
 
 
 class _Subclass(torch.Tensor):
-    """A tensor subclass: read through its Python attributes, not the shim."""
+    """A tensor subclass: read in Rust, like a plain tensor (it inherits
+    torch's DLPack C exchange API)."""
+
+
+class _NoExchange(torch.Tensor):
+    """A tensor type that does not publish torch's DLPack C exchange API:
+    read in Rust through its public attributes instead."""
+
+    __dlpack_c_exchange_api__ = None
 
 
 def _python_view(t):
@@ -58,6 +63,11 @@ def _torch_cases():
     yield "Parameter", torch.nn.Parameter(base[1])
     yield "subclass", base[1:3].as_subclass(_Subclass)
     yield "permuted f16 KV view", torch.zeros(1, 8, 256, 128, dtype=torch.float16).permute(0, 2, 1, 3)[0, 3:]
+    # the same through the public attributes (no DLPack exchange API)
+    yield "attributes: narrow + step", base[1:3, ::2, 1:7].as_subclass(_NoExchange)
+    yield "attributes: expand", base[0, 0].expand(5, 8).as_subclass(_NoExchange)
+    yield "attributes: bfloat16", base.to(torch.bfloat16)[::2].as_subclass(_NoExchange)
+    yield "attributes: scalar", torch.tensor(3.5).as_subclass(_NoExchange)
 
 
 @pytest.mark.parametrize("label,array", list(_numpy_cases()), ids=lambda x: x if isinstance(x, str) else "")
@@ -74,42 +84,6 @@ def test_torch_read_in_rust_as_in_python(label, tensor):
     assert tuple(fields[:-1]) == tuple(_python_view(tensor)), label
 
 
-def test_torch_is_read_through_its_c_shim():
-    # torch.Tensor and Parameter are read through torch's stable C API
-    # (aoti_torch_get_sizes & co. from the loaded libtorch_cpu); if this
-    # torch lacks it, or `_cdata` stopped being the TensorImpl, the writer
-    # falls back to ten Python calls per tensor: slower, so this test says so.
-    shim, handle_in_object, negative_bit = _torch_shim()
-    assert shim, f"torch {torch.__version__}: its C shim was not loaded or disagreed on the probe"
-    # where torch's THPVariable holds its at::Tensor right after the object
-    # header (its installed header says so), the handle is read from the
-    # tensor object without a `_cdata` call per tensor (checked on probe
-    # tensors before use); an older layout (at::MaybeOwned) calls `_cdata`
-    header = Path(torch.__file__).parent / "include/torch/csrc/autograd/python_variable.h"
-    struct = re.search(r"struct THPVariable \{\s*PyObject_HEAD\s*(//[^\n]*\s*)*([\w:<>]+) cdata;",
-                       header.read_text())
-    assert struct, f"{header}: no THPVariable struct found"
-    assert handle_in_object == (struct.group(2) == "at::Tensor"), struct.group(0)
-    # where TensorImpl's members are laid out as its installed header says
-    # (key_set_ last, after sizes_and_strides_ and the fixed-size fields
-    # `check_sizes` asserts), the negative bit is read from key_set_ instead
-    # of an is_neg() call per tensor (checked on probe tensors before use)
-    impl = (Path(torch.__file__).parent / "include/c10/core/TensorImpl.h").read_text()
-    fields = re.search(r"enum class FieldNameEnum \{([^}]*)\}", impl)
-    assert fields, "TensorImpl.h: no FieldNameEnum"
-    order = [f.strip() for f in fields.group(1).split(",") if f.strip()]
-    sizes = {m.group(1): int(m.group(2)) for m in re.finditer(
-        r"are_equal<sizeof\((\w+)\),\s*(\d+),", impl[impl.index("This is a 64-bit system"):])}
-    layout_as_read = (
-        order[-3:] == ["device_opt_", "key_set_", "TOTAL_SIZE"]
-        and order[order.index("sizes_and_strides_"):order.index("key_set_")]
-        == ["sizes_and_strides_", "storage_offset_", "numel_", "data_type_", "device_opt_"]
-        and [sizes.get(f) for f in ("sizes_and_strides_", "storage_offset_", "numel_", "data_type_",
-                                    "device_opt_", "key_set_")] == [88, 8, 8, 2, 3, 8]
-    )
-    assert negative_bit == layout_as_read, (order, sizes)
-
-
 def test_the_rest_goes_through_python():
     import ml_dtypes
 
@@ -124,6 +98,8 @@ def test_the_rest_goes_through_python():
         "negative view (_neg_view)": torch._neg_view(torch.arange(6.0).reshape(2, 3)),
         "negative view, 7-d": torch._neg_view(torch.arange(6.0).reshape(1, 1, 1, 1, 1, 2, 3)),
         "negative Parameter view": torch._neg_view(torch.nn.Parameter(torch.arange(3.0))),
+        "ZeroTensor (no memory)": torch._efficientzerotensor(2, 3),
+        "negative view, attributes": torch._neg_view(torch.arange(6.0)).as_subclass(_NoExchange),
     }
     for label, t in cases.items():
         fields = _describe(t)

@@ -1,0 +1,618 @@
+//! `Tensor`: one tensor of an open trace, its description, and its values
+//! as numpy arrays or torch tensors over the file's bytes ([`MappedBytes`]).
+
+use std::sync::Arc;
+
+use numpy::PyArray1;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyTuple};
+use trace_reader::{DType, ReaderError, TensorInfo};
+
+use super::arrays::{numpy_type, torch_dtype, torch_type, MappedBytes};
+use super::{opt, Shared};
+use crate::convert::{
+    engine_op_to_py, html_escape, metadata_to_py, op_to_py, source_layout_to_py, stats_to_py,
+};
+use crate::errors::{reader_error, TraceError};
+
+/// One tensor of a trace: its description, and its values as numpy or
+/// torch arrays over the file's bytes.
+#[pyclass(frozen, module = "tracedump", name = "Tensor")]
+#[derive(Debug)]
+pub struct PyTensor {
+    pub(super) shared: Arc<Shared>,
+    pub(super) id: u64,
+}
+
+impl PyTensor {
+    fn info(&self) -> PyResult<&TensorInfo> {
+        self.shared.trace.tensor(self.id).map_err(reader_error)
+    }
+
+    fn view(&self) -> PyResult<trace_reader::TensorView<'_>> {
+        self.shared.trace.view(self.id).map_err(reader_error)
+    }
+
+    fn require_values(&self, info: &TensorInfo) -> PyResult<()> {
+        if info.is_stats_only() {
+            return Err(reader_error(ReaderError::Unsupported {
+                tensor: info.name.clone(),
+                what: "it was recorded as statistics only; it has no values (see .stats)".into(),
+            }));
+        }
+        // numpy and torch refuse a shape whose extents multiply past isize
+        // in bytes, even an empty one ([0, 2^62]): say so, as a TraceError
+        let bytes = info
+            .layout
+            .shape
+            .iter()
+            .filter(|&&n| n != 0)
+            .try_fold(8u64, |acc, &n| acc.checked_mul(n));
+        if bytes.is_none_or(|b| b > i64::MAX as u64) {
+            return Err(reader_error(ReaderError::Unsupported {
+                tensor: info.name.clone(),
+                what: format!(
+                    "an array of shape {:?}: its extents multiply past what numpy and torch can describe",
+                    info.layout.shape
+                ),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Bytes of a mapping described by `m`, as a numpy array (a view, not a copy).
+    /// The whole copy-on-write mapping as a 1-D torch tensor of `tdtype`
+    /// (cached per trace and dtype; the tensor keeps the mapping alive).
+    fn whole_file<'py>(
+        &self,
+        py: Python<'py>,
+        tname: &'static str,
+        size: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(t) = self
+            .shared
+            .whole
+            .lock()
+            .map_err(|_| TraceError::new_err("poisoned cache"))?
+            .get(tname)
+        {
+            return Ok(t.bind(py).clone());
+        }
+        let torch = py.import("torch")?;
+        let tdtype = torch_dtype(&torch, tname, &self.info()?.name)?;
+        let cow = self.shared.cow()?;
+        let len = cow.len() as u64 - cow.len() as u64 % size;
+        let bytes = self.mapped(
+            py,
+            MappedBytes {
+                source: Arc::clone(cow),
+                offset: 0,
+                shape: vec![len],
+                strides: vec![1],
+                typestr: "|u1",
+                writable: true,
+            },
+        )?;
+        let t = torch
+            .call_method1("from_numpy", (bytes,))?
+            .call_method1("view", (tdtype,))?;
+        self.shared
+            .whole
+            .lock()
+            .map_err(|_| TraceError::new_err("poisoned cache"))?
+            .insert(tname, t.clone().unbind());
+        Ok(t)
+    }
+
+    fn mapped<'py>(&self, py: Python<'py>, m: MappedBytes) -> PyResult<Bound<'py, PyAny>> {
+        if m.offset > m.source.len() as u64 {
+            return Err(TraceError::new_err(format!(
+                "tensor `{}`: offset {} is past the end of the file",
+                self.info()?.name,
+                m.offset
+            )));
+        }
+        py.import("numpy")?
+            .call_method1("asarray", (Bound::new(py, m)?,))
+    }
+
+    /// The f32 values (dequantized, rebuilt, or converted) as a new array.
+    fn f32_array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let view = self.view()?;
+        let values = py.detach(|| view.to_f32()).map_err(reader_error)?;
+        self.shaped(PyArray1::from_vec(py, values).into_any())
+    }
+
+    fn shaped<'py>(&self, arr: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let shape = PyTuple::new(arr.py(), &self.info()?.layout.shape)?;
+        arr.call_method1("reshape", (shape,))
+    }
+
+    /// A numpy dtype for `dtype`: ml_dtypes' type for bf16/fp8 when
+    /// ml_dtypes is installed, else `None` (the raw unsigned view is kept).
+    fn ml_dtype<'py>(py: Python<'py>, name: &str) -> Option<Bound<'py, PyAny>> {
+        py.import("ml_dtypes").ok()?.getattr(name).ok()
+    }
+
+    fn reinterpret<'py>(
+        arr: Bound<'py, PyAny>,
+        ml: Option<&'static str>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match ml.and_then(|n| Self::ml_dtype(arr.py(), n)) {
+            Some(t) => arr.call_method1("view", (t,)),
+            None => Ok(arr),
+        }
+    }
+}
+
+#[pymethods]
+impl PyTensor {
+    /// The engine's name.
+    #[getter]
+    fn name(&self) -> PyResult<String> {
+        Ok(self.info()?.name.clone())
+    }
+
+    /// Record id: the tensor's identity (names repeat).
+    #[getter]
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Which occurrence of its name this is, from 0.
+    #[getter]
+    fn occurrence(&self) -> usize {
+        self.shared
+            .trace
+            .occurrence(self.id)
+            .map(|(k, _)| k)
+            .unwrap_or(0)
+    }
+
+    /// dtype name: "f32", "f16", "bf16", "q8_0", …
+    #[getter]
+    fn dtype(&self) -> PyResult<&'static str> {
+        Ok(self.info()?.dtype.name())
+    }
+
+    /// Shape, outermost first.
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.info()?.layout.shape)
+    }
+
+    /// Number of dimensions.
+    #[getter]
+    fn ndim(&self) -> PyResult<usize> {
+        Ok(self.info()?.layout.ndim())
+    }
+
+    /// Number of elements.
+    #[getter]
+    fn numel(&self) -> PyResult<u64> {
+        Ok(self.info()?.layout.numel())
+    }
+
+    /// Signed byte strides (numpy's convention; ggml's nb reversed).
+    #[getter]
+    fn byte_strides<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.info()?.layout.byte_strides)
+    }
+
+    /// Element strides (torch's convention) where every byte stride
+    /// divides, else None. For block dtypes, in dequantized elements.
+    #[getter]
+    fn strides<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.info()?
+            .element_strides()
+            .map(|s| PyTuple::new(py, s))
+            .transpose()
+    }
+
+    /// Byte offset of element (0, …, 0) in its storage.
+    #[getter]
+    fn storage_offset(&self) -> PyResult<u64> {
+        Ok(self.info()?.layout.storage_offset)
+    }
+
+    /// Record id of the storage the tensor views (its own id when it has
+    /// its own bytes; None for stats-only and derived tensors).
+    #[getter]
+    fn storage(&self) -> PyResult<Option<u64>> {
+        Ok(self.info()?.storage)
+    }
+
+    /// Whether the elements are dense and row-major.
+    #[getter]
+    fn is_contiguous(&self) -> PyResult<bool> {
+        Ok(self.info()?.is_contiguous())
+    }
+
+    /// Whether only statistics were recorded (no values).
+    #[getter]
+    fn is_stats_only(&self) -> PyResult<bool> {
+        Ok(self.info()?.is_stats_only())
+    }
+
+    /// Whether the values are rebuilt from parents (no bytes of its own).
+    #[getter]
+    fn is_derived(&self) -> PyResult<bool> {
+        Ok(self.info()?.derived)
+    }
+
+    /// Whether the dtype is a ggml block-quantized type.
+    #[getter]
+    fn is_quantized(&self) -> PyResult<bool> {
+        Ok(self.info()?.dtype.is_block())
+    }
+
+    #[getter]
+    fn layer(&self) -> PyResult<Option<i64>> {
+        Ok(self.info()?.layer)
+    }
+
+    #[getter]
+    fn step(&self) -> PyResult<Option<i64>> {
+        Ok(self.info()?.step)
+    }
+
+    #[getter]
+    fn role(&self) -> PyResult<Option<String>> {
+        Ok(self.info()?.role.clone())
+    }
+
+    /// Lineage steps from the parents to this tensor, as dicts:
+    /// `{"op": "view", "offset", "shape", "byte_strides"}`,
+    /// `{"op": "permute", "axes"}`, `{"op": "reshape", "shape"}`,
+    /// `{"op": "transpose", "a", "b"}`, `{"op": "cont"}`,
+    /// `{"op": "convert"|"quantize"|"dequantize", "dtype"}`,
+    /// `{"op": "concat", "axis"}`.
+    #[getter]
+    fn lineage<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for op in &self.info()?.lineage.ops {
+            list.append(op_to_py(py, op)?)?;
+        }
+        Ok(list)
+    }
+
+    /// Parent tensors as dicts {"id", "name"}, in order.
+    #[getter]
+    fn parents<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for &p in &self.info()?.lineage.parents {
+            let d = PyDict::new(py);
+            d.set_item("id", p)?;
+            d.set_item("name", self.shared.trace.record_name(p))?;
+            list.append(d)?;
+        }
+        Ok(list)
+    }
+
+    /// The engine's own op {"engine", "op", "params"}, or None.
+    #[getter]
+    fn engine_op<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        engine_op_to_py(py, &self.info()?.lineage)
+    }
+
+    /// ggml's layout {"ne": [...], "nb": [...]} (fastest first), or None.
+    #[getter]
+    fn ggml<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        source_layout_to_py(py, self.info()?.source_layout.as_ref())
+    }
+
+    /// Free metadata (dict).
+    #[getter]
+    fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        metadata_to_py(py, &self.info()?.metadata)
+    }
+
+    /// Stored statistics (dict), or None.
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.info()?
+            .stats
+            .as_ref()
+            .map(|s| stats_to_py(py, s))
+            .transpose()
+    }
+
+    /// Statistics computed from the values now (dict).
+    fn compute_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let view = self.view()?;
+        let s = py.detach(|| view.compute_stats()).map_err(reader_error)?;
+        stats_to_py(py, &s)
+    }
+
+    /// The values as a numpy array **without copying**: a read-only view of
+    /// the file's mapping with the tensor's true byte strides (negative,
+    /// zero and overlapping included). bf16 and fp8 come as ml_dtypes'
+    /// `bfloat16` / `float8_e4m3fn` / `float8_e5m2` when ml_dtypes is
+    /// installed, else as the raw `uint16` / `uint8` bits. Quantized and
+    /// derived tensors come as a new f32 array (dequantized / rebuilt).
+    fn numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let info = self.info()?;
+        self.require_values(info)?;
+        let Some((typestr, ml)) = numpy_type(info.dtype).filter(|_| !info.derived) else {
+            return self.f32_array(py);
+        };
+        let layout = &info.layout;
+        let offset = if layout.shape.contains(&0) {
+            info.storage_file_offset()
+        } else {
+            info.storage_file_offset() + layout.storage_offset
+        };
+        let arr = self.mapped(
+            py,
+            MappedBytes {
+                source: Arc::clone(self.shared.trace.source()),
+                offset,
+                shape: layout.shape.clone(),
+                strides: layout.byte_strides.clone(),
+                typestr,
+                writable: false,
+            },
+        )?;
+        Self::reinterpret(arr, ml)
+    }
+
+    /// The values as a torch tensor **without copying** where torch can
+    /// describe the layout: the tensor's true element strides over a
+    /// private copy-on-write mapping of the file, so in-place writes are
+    /// safe and never reach the file. Negative strides (torch has none),
+    /// strides that are not whole elements, quantized and derived tensors
+    /// come as a copy (quantized/derived: f32).
+    fn torch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        static AS_STRIDED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let info = self.info()?;
+        self.require_values(info)?;
+        let tname = torch_type(info.dtype).filter(|_| !info.derived);
+        let size = info.dtype.block_bytes();
+        let layout = &info.layout;
+        let elems = info
+            .element_strides()
+            .filter(|s| s.iter().all(|&x| x >= 0))
+            .filter(|_| layout.storage_offset % size == 0);
+        let absolute = info.storage_file_offset() + layout.storage_offset;
+        if let (Some(tname), Some(strides)) = (tname, &elems) {
+            if absolute % size == 0 {
+                // the common case, kept short: one call into torch
+                let whole = self.whole_file(py, tname, size)?;
+                let as_strided = AS_STRIDED.import(py, "torch", "as_strided")?;
+                return as_strided.call1((
+                    whole,
+                    PyTuple::new(py, &layout.shape)?,
+                    PyTuple::new(py, strides)?,
+                    absolute / size,
+                ));
+            }
+        }
+        let torch = py.import("torch")?;
+        let Some(tname) = tname else {
+            return torch.call_method1("from_numpy", (self.f32_array(py)?,));
+        };
+        let tdtype = torch_dtype(&torch, tname, &info.name)?;
+        let Some(strides) = elems else {
+            // a copy, row-major
+            let view = self.view()?;
+            let bytes = py.detach(|| view.materialize()).map_err(reader_error)?;
+            let t = torch.call_method1("from_numpy", (PyArray1::from_vec(py, bytes),))?;
+            let t = t.call_method1("view", (tdtype,))?;
+            return t.call_method1("reshape", (PyTuple::new(py, &layout.shape)?,));
+        };
+        let cow = self.shared.cow()?;
+        let len = info.storage_len() - info.storage_len() % size;
+        let bytes = self.mapped(
+            py,
+            MappedBytes {
+                source: Arc::clone(cow),
+                offset: info.storage_file_offset(),
+                shape: vec![len],
+                strides: vec![1],
+                typestr: "|u1",
+                writable: true,
+            },
+        )?;
+        let base = torch
+            .call_method1("from_numpy", (bytes,))?
+            .call_method1("view", (tdtype,))?;
+        torch.call_method1(
+            "as_strided",
+            (
+                base,
+                PyTuple::new(py, &layout.shape)?,
+                PyTuple::new(py, strides)?,
+                layout.storage_offset / size,
+            ),
+        )
+    }
+
+    /// A contiguous row-major copy: in the tensor's dtype (dtype=None), or
+    /// converted to `dtype` ("f32", "f64", "f16", "bf16", "i32", …; bf16
+    /// and fp8 need ml_dtypes). Quantized and derived tensors: f32 unless
+    /// asked otherwise.
+    #[pyo3(signature = (dtype=None))]
+    fn materialize<'py>(
+        &self,
+        py: Python<'py>,
+        dtype: Option<&str>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let info = self.info()?;
+        self.require_values(info)?;
+        let target = dtype.map(crate::convert::dtype_from_name).transpose()?;
+        let own = !info.derived && !info.dtype.is_block();
+        match target {
+            None if own => {}
+            Some(t) if t == info.dtype && own => {}
+            None | Some(DType::F32) => return self.f32_array(py),
+            Some(DType::F64) => {
+                let view = self.view()?;
+                let values = py.detach(|| view.to_f64()).map_err(reader_error)?;
+                return self.shaped(PyArray1::from_vec(py, values).into_any());
+            }
+            Some(t) => {
+                let Some((typestr, ml)) = numpy_type(t) else {
+                    return Err(PyValueError::new_err(format!(
+                        "materialize() converts to scalar dtypes, not {t}"
+                    )));
+                };
+                let view = self.view()?;
+                let values = py.detach(|| view.to_f64()).map_err(reader_error)?;
+                let np_dtype = match ml {
+                    Some(name) => Self::ml_dtype(py, name).ok_or_else(|| {
+                        PyValueError::new_err(format!("converting to {t} needs ml_dtypes"))
+                    })?,
+                    None => typestr.into_pyobject(py)?.into_any(),
+                };
+                let arr = PyArray1::from_vec(py, values).call_method1("astype", (np_dtype,))?;
+                return self.shaped(arr);
+            }
+        }
+        let (_, ml) = numpy_type(info.dtype)
+            .ok_or_else(|| PyValueError::new_err(format!("{} has no numpy dtype", info.dtype)))?;
+        let view = self.view()?;
+        let bytes = py.detach(|| view.materialize()).map_err(reader_error)?;
+        let (typestr, _) = numpy_type(info.dtype).unwrap_or(("|u1", None));
+        let arr = PyArray1::from_vec(py, bytes).call_method1("view", (typestr,))?;
+        self.shaped(Self::reinterpret(arr, ml)?)
+    }
+
+    /// The values as f32, row-major, as a new array (same as materialize("f32")).
+    fn to_f32<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.require_values(self.info()?)?;
+        self.f32_array(py)
+    }
+
+    /// The stored bytes the view spans (quantized blocks included), as a
+    /// read-only uint8 numpy array over the file's mapping (no copy).
+    fn raw<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let info = self.info()?;
+        self.require_values(info)?;
+        if info.derived {
+            return Err(reader_error(ReaderError::Unsupported {
+                tensor: info.name.clone(),
+                what: "it is derived from its parents and has no bytes of its own".into(),
+            }));
+        }
+        let span = info.layout.byte_span(info.dtype).map_err(|e| {
+            crate::errors::TraceLayoutError::new_err(format!("tensor `{}`: {e}", info.name))
+        })?;
+        // check_within at decode time: 0 <= start <= end <= storage_len
+        let (start, end) = span.map_or((0, 0), |(s, e)| (s.max(0) as u64, e.max(0) as u64));
+        let end = end.min(info.storage_len()).max(start);
+        self.mapped(
+            py,
+            MappedBytes {
+                source: Arc::clone(self.shared.trace.source()),
+                offset: info.storage_file_offset() + start,
+                shape: vec![end - start],
+                strides: vec![1],
+                typestr: "|u1",
+                writable: false,
+            },
+        )
+    }
+
+    fn __repr__(&self) -> String {
+        match self.info() {
+            Err(e) => format!("Tensor(#{}: {e})", self.id),
+            Ok(i) => {
+                let mut s = format!(
+                    "Tensor({:?}, {}{:?}, byte_strides={:?}",
+                    i.name, i.dtype, i.layout.shape, i.layout.byte_strides
+                );
+                if i.layout.storage_offset != 0 {
+                    s.push_str(&format!(", offset={}", i.layout.storage_offset));
+                }
+                if let Some(l) = i.layer {
+                    s.push_str(&format!(", layer={l}"));
+                }
+                if let Some(st) = i.step {
+                    s.push_str(&format!(", step={st}"));
+                }
+                if let Some(r) = &i.role {
+                    s.push_str(&format!(", role={r:?}"));
+                }
+                if i.is_stats_only() {
+                    s.push_str(", stats only");
+                } else if i.derived {
+                    s.push_str(", derived");
+                }
+                s.push_str(&format!(", id={})", i.id));
+                s
+            }
+        }
+    }
+
+    fn _repr_html_(&self) -> String {
+        let i = match self.info() {
+            Ok(i) => i,
+            Err(e) => {
+                return format!(
+                    "<b>Tensor</b> #{}: {}",
+                    self.id,
+                    html_escape(&e.to_string())
+                )
+            }
+        };
+        let mut rows: Vec<(&str, String)> = vec![
+            ("id", i.id.to_string()),
+            ("dtype", i.dtype.to_string()),
+            ("shape", format!("{:?}", i.layout.shape)),
+            ("byte strides", format!("{:?}", i.layout.byte_strides)),
+            (
+                "element strides",
+                i.element_strides()
+                    .map(|s| format!("{s:?}"))
+                    .unwrap_or_else(|| "—".into()),
+            ),
+            (
+                "storage",
+                format!("{:?} +{}", i.storage, i.layout.storage_offset),
+            ),
+            ("contiguous", i.is_contiguous().to_string()),
+            ("layer", opt(i.layer)),
+            ("step", opt(i.step)),
+            ("role", i.role.clone().unwrap_or_default()),
+        ];
+        if !i.lineage.is_empty() {
+            let mut l: Vec<String> = i
+                .lineage
+                .parents
+                .iter()
+                .map(|&p| format!("{}#{p}", self.shared.trace.record_name(p).unwrap_or("?")))
+                .collect();
+            l.extend(i.lineage.ops.iter().map(|o| o.to_string()));
+            if let Some(e) = &i.lineage.engine_op {
+                l.push(format!("[{} {}]", e.engine, e.op));
+            }
+            rows.push(("lineage", l.join(" → ")));
+        }
+        if let Some(trace_reader::SourceLayout::Ggml { ne, nb }) = &i.source_layout {
+            rows.push(("ggml", format!("ne {ne:?} nb {nb:?}")));
+        }
+        if let Some(s) = &i.stats {
+            rows.push((
+                "stats",
+                format!(
+                    "mean {:.6} std {:.6} min {:.6} max {:.6}",
+                    s.mean, s.std, s.min, s.max
+                ),
+            ));
+        }
+        let mut h = format!(
+            "<div><b>Tensor</b> <code>{}</code><table><tbody>",
+            html_escape(&i.name)
+        );
+        for (k, v) in rows {
+            h.push_str(&format!(
+                "<tr><th style=\"text-align:left\">{k}</th><td>{}</td></tr>",
+                html_escape(&v)
+            ));
+        }
+        h.push_str("</tbody></table></div>");
+        h
+    }
+}
