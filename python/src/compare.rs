@@ -6,6 +6,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use trace_tools::compare::{diff, DiffReport, Moments, Pair, Tolerance, Verdict};
+use trace_tools::diagnose::Finding;
 use trace_tools::mapping::{preset_names, Mapping};
 
 use crate::errors::tools_error;
@@ -78,8 +79,12 @@ pub fn compare(
     rtol: f64,
     min_cosine: f64,
 ) -> PyResult<DiffResult> {
-    let (_, _, report) = run_diff(py, a, b, rules, atol, rtol, min_cosine)?;
-    Ok(DiffResult { report })
+    let (ta, tb, report) = run_diff(py, a, b, rules, atol, rtol, min_cosine)?;
+    Ok(DiffResult {
+        report,
+        traces: (ta, tb),
+        mapping: mapping(rules)?,
+    })
 }
 
 /// Open both sides and compare them (the GIL released while comparing).
@@ -134,7 +139,11 @@ pub fn report(
         .map_err(tools_error)?;
     std::fs::write(&out, page)
         .map_err(|e| crate::errors::TraceIOError::new_err(format!("{}: {e}", out.display())))?;
-    Ok(DiffResult { report })
+    Ok(DiffResult {
+        report,
+        traces: (ta, tb),
+        mapping: mapping(rules)?,
+    })
 }
 
 /// What `compare()` found.
@@ -142,6 +151,27 @@ pub fn report(
 #[derive(Debug)]
 pub struct DiffResult {
     report: DiffReport,
+    /// Both runs, for diagnoses on request.
+    traces: (Arc<Shared>, Arc<Shared>),
+    /// The mapping the pairs were made with (their transforms).
+    mapping: Mapping,
+}
+
+/// A diagnosis finding as a dict: `kind`, the cause's fields, `strength`,
+/// `evidence`.
+fn finding_dict<'py>(py: Python<'py>, f: &Finding) -> PyResult<Bound<'py, PyAny>> {
+    let json = serde_json::to_string(&serde_json::json!({
+        "cause": f.cause,
+        "strength": f.strength,
+        "evidence": f.evidence,
+    }))
+    .map_err(|e| crate::errors::TraceError::new_err(e.to_string()))?;
+    let d = py.import("json")?.getattr("loads")?.call1((json,))?;
+    // flatten: the cause's kind and fields next to strength and evidence
+    let cause = d.get_item("cause")?;
+    d.del_item("cause")?;
+    d.call_method1("update", (cause,))?;
+    Ok(d)
 }
 
 fn verdict_name(v: &Verdict) -> (&'static str, Vec<String>) {
@@ -217,6 +247,9 @@ fn pair_dict<'py>(py: Python<'py>, index: usize, p: &Pair) -> PyResult<Bound<'py
         moments(&d, "a", &m.a)?;
         moments(&d, "b", &m.b)?;
     }
+    d.set_item("parents", PyTuple::new(py, &p.parents)?)?;
+    d.set_item("inputs", PyTuple::new(py, &p.inputs)?)?;
+    d.set_item("amplification", p.amplification)?;
     Ok(d)
 }
 
@@ -240,6 +273,74 @@ impl DiffResult {
             .and_then(|i| self.report.pairs.get(i).map(|p| (i, p)))
             .map(|(i, p)| pair_dict(py, i, p))
             .transpose()
+    }
+
+    /// The ops that made a divergent output from agreeing inputs, in
+    /// execution order: dicts with `index` (into `pairs`), `key`, `inputs`
+    /// (indices of its compared inputs, which agree), `amplification`
+    /// (relative error out over in; None when its inputs agree exactly),
+    /// `by_graph` (False: blamed by execution order, no inputs recorded) and
+    /// `diagnosis` (findings, strongest first: `kind`, its fields,
+    /// `strength`, `evidence`).
+    #[getter]
+    fn blamed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for bl in &self.report.blamed {
+            let d = PyDict::new(py);
+            d.set_item("index", bl.pair)?;
+            d.set_item("key", &self.report.pairs[bl.pair].key)?;
+            d.set_item("inputs", PyTuple::new(py, &bl.inputs)?)?;
+            d.set_item("amplification", bl.amplification)?;
+            d.set_item("by_graph", bl.by_graph)?;
+            let findings = PyList::empty(py);
+            for f in &bl.diagnosis {
+                findings.append(finding_dict(py, f)?)?;
+            }
+            d.set_item("diagnosis", findings)?;
+            list.append(d)?;
+        }
+        Ok(list)
+    }
+
+    /// Diagnose one pair on request: why its values differ. `pair` is an
+    /// index into `pairs` or a pair's `key` (its first pair of that key).
+    /// A list of findings (dicts: `kind`, its fields, `strength`,
+    /// `evidence`), strongest first; empty when no hypothesis holds or the
+    /// pair agrees.
+    fn diagnosis<'py>(
+        &self,
+        py: Python<'py>,
+        pair: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let pairs = &self.report.pairs;
+        let index = if let Ok(i) = pair.extract::<usize>() {
+            i
+        } else {
+            let key: String = pair.extract()?;
+            pairs.iter().position(|p| p.key == key).ok_or_else(|| {
+                Python::attach(|py| crate::errors::not_found(py, format!("no pair `{key}`")))
+            })?
+        };
+        let p = pairs.get(index).ok_or_else(|| {
+            pyo3::exceptions::PyIndexError::new_err(format!("pair {index} of {}", pairs.len()))
+        })?;
+        let (ta, tb) = (&self.traces.0.trace, &self.traces.1.trace);
+        let op = ta
+            .tensor(p.a.id)
+            .ok()
+            .and_then(|t| t.lineage.engine_op.as_ref().map(|e| e.op.clone()));
+        let transforms = match self.mapping.resolve(&p.a.name, op.as_deref()) {
+            trace_tools::mapping::Resolved::Pair { transforms, .. } => transforms.to_vec(),
+            _ => Vec::new(),
+        };
+        let found = py
+            .detach(|| trace_tools::blame::diagnose_pair(ta, tb, p, &transforms))
+            .map_err(tools_error)?;
+        let list = PyList::empty(py);
+        for f in &found {
+            list.append(finding_dict(py, f)?)?;
+        }
+        Ok(list)
     }
 
     /// Index into `pairs` of the first divergent pair, or None.

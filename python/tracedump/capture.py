@@ -27,6 +27,13 @@ number comes from the first ``layers.N`` / ``h.N`` / ``blocks.N`` /
 ``model(...)`` call (0 for the first), and ``roles`` (regex on the record
 name -> role) can tag records for :mod:`tracedump.reference`.
 
+Records carry what they were computed from, as lineage parents, so that
+``tracedump diff`` can blame the module that made a divergence: a module's
+output has as parents its positional inputs' records (``<path>.input.<i>``,
+or with ``inputs=False`` the records that produced those tensors), and an
+input record has as parent the record that produced that tensor (an earlier
+module's output).
+
 Hooks are removed and the trace closed when the ``with`` block ends, also when
 it ends with an exception.
 
@@ -60,7 +67,8 @@ Op records have the module's layer and the step, the metadata ``op`` (the
 short name), ``torch_func`` (torch's name for the function, e.g.
 ``torch.Tensor.__mul__``), ``module`` and ``module_type``, and as lineage
 parents the records of the call's tensor arguments that this capture
-recorded (an op's or a module's output; inputs are not parents): e.g.
+recorded (an op's or a module's output, or the module input record of that
+tensor): e.g.
 ``model.layers.1.mlp/mul/0`` has the parents ``model.layers.1.mlp.act_fn``
 and ``model.layers.1.mlp.up_proj``. With ``stats_only=True`` (no lineage in
 a stats record) the parents' names are in the metadata ``inputs``,
@@ -397,6 +405,9 @@ class Capture:
         self._mode = None
         self._mode_pushed = False
         self._produced: Dict[int, tuple] = {}
+        # per module (by id), the input records of each call under way:
+        # its output's parents
+        self._call_inputs: Dict[int, List[List[tuple]]] = {}
 
     # -- filters and naming -------------------------------------------------
     def wants(self, name: str) -> bool:
@@ -587,13 +598,21 @@ class Capture:
                     self.step += 1
                 self._depth += 1
             if self.inputs:
+                call_inputs: List[tuple] = []
                 busy, self._busy = self._busy, True  # ops=True: the recording is no op
                 try:
-                    for name, t in self._names(module_path, "input", tuple(args)):
-                        self._record(module_path, module, name, t)
-                    for name, t in self._names(module_path, "input", dict(kwargs)):
-                        self._record(module_path, module, name, t)
+                    for name, t in self._names(module_path, "input", tuple(args)) + self._names(
+                        module_path, "input", dict(kwargs)
+                    ):
+                        # an input's parent is the record that produced it
+                        # (an earlier module's output); the module's output
+                        # then has its input records as parents
+                        producer = self._parents((t,), {})
+                        rid = self._record(module_path, module, name, t, parents=producer)
+                        if rid is not None:
+                            call_inputs.append((rid, name))
                 finally:
+                    self._call_inputs.setdefault(id(module), []).append(call_inputs)
                     self._busy = busy
             return None
 
@@ -604,10 +623,13 @@ class Capture:
             busy, self._busy = self._busy, True  # ops=True: the recording is no op
             try:
                 if self.outputs and output is not None:
+                    # computed from the call's inputs: their records (or,
+                    # with inputs=False, the records that produced them)
+                    calls = self._call_inputs.get(id(module))
+                    parents = calls.pop() if calls else self._parents(tuple(args), {})
                     for name, t in self._names(module_path, "output", output):
-                        rid = self._record(module_path, module, name, t)
-                        if self.ops:
-                            self._remember(t, rid, name)
+                        rid = self._record(module_path, module, name, t, parents=parents)
+                        self._remember(t, rid, name)
             finally:
                 self._busy = busy
                 if is_root:
@@ -670,6 +692,7 @@ class Capture:
             finally:
                 self._frames.clear()
                 self._produced.clear()
+                self._call_inputs.clear()
                 self._busy = False
                 if self.writer is not None:
                     self.writer.close()
