@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod container;
 mod error;
 pub mod gguf;
 mod halves;
@@ -8,6 +9,7 @@ mod pool;
 /// Layer and step numbers read from tensor names (shared with the writer).
 pub use trace_format::names;
 mod source;
+mod tdump;
 mod trace;
 pub mod values;
 mod verify;

@@ -105,10 +105,10 @@ impl Trace {
             );
         }
         // a GGUF file has no record framing or checksums: its tensors are checked below
-        let framed = if self.is_gguf() {
-            &[][..]
-        } else {
+        let framed = if self.framed() {
             &self.records[..]
+        } else {
+            &[][..]
         };
         for (id, r) in framed.iter().enumerate() {
             let id = id as u64;
