@@ -6,6 +6,7 @@ mod error;
 pub mod gguf;
 mod halves;
 mod pool;
+mod replay;
 /// Layer and step numbers read from tensor names (shared with the writer).
 pub use trace_format::names;
 mod source;

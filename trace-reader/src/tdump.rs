@@ -9,8 +9,7 @@ use trace_format::record::{
 };
 use trace_format::{FormatError, Layout, Metadata};
 
-use crate::container::RecordEntry;
-use crate::container::{Describe, Opened, Records, TensorInfo, TornTail};
+use crate::container::{Describe, Opened, RecordEntry, Records, TensorInfo, TornTail};
 use crate::error::ReaderError;
 
 /// Open the `.tdump` file `bytes` (`path` names it in errors): its records,

@@ -14,7 +14,6 @@ use crate::container::{Describe, Opened, Records};
 pub use crate::container::{RecordEntry, StorageInfo, TensorInfo, TornTail};
 use crate::error::ReaderError;
 use crate::source::Source;
-use crate::view::TensorView;
 
 /// Which tensors [`Trace::filter`] returns; empty fields match everything.
 #[derive(Clone, Debug, Default)]
@@ -55,7 +54,7 @@ pub struct Trace {
     /// How the container describes its tensors.
     tensors: Box<dyn Describe>,
     /// Derived tensors already rebuilt, shared by every read of this trace.
-    pub(crate) derived: std::sync::Mutex<crate::values::DerivedCache>,
+    pub(crate) derived: std::sync::Mutex<crate::replay::DerivedCache>,
     /// Values that reads may still make beyond the bytes their views span
     /// (broadcast views): unlimited unless set ([`Trace::set_broadcast_budget`]).
     broadcast_budget: std::sync::atomic::AtomicU64,
@@ -364,21 +363,14 @@ impl Trace {
         Ok(out)
     }
 
-    /// A zero-copy view of the tensor with record id `id`.
-    pub fn view(&self, id: u64) -> Result<TensorView<'_>, ReaderError> {
-        let info = self.tensor(id)?;
-        let bytes = self.source.bytes();
-        let storage = if info.storage.is_some() {
-            &bytes[info.storage_at as usize..(info.storage_at + info.storage_len) as usize]
-        } else {
-            &[][..]
-        };
-        Ok(TensorView::new(self, info, storage))
-    }
-
-    /// [`Trace::view`] by name (see [`Trace::get`] for repeated names).
-    pub fn view_by_name(&self, name: &str) -> Result<TensorView<'_>, ReaderError> {
-        self.resolve(name).and_then(|id| self.view(id))
+    /// The whole storage `info` views (empty for a tensor without one):
+    /// decoding `info` checked that it lies inside the file.
+    pub(crate) fn storage_bytes(&self, info: &TensorInfo) -> &[u8] {
+        if info.storage.is_none() {
+            return &[];
+        }
+        &self.source.bytes()
+            [info.storage_at as usize..(info.storage_at + info.storage_len) as usize]
     }
 
     /// The storage record `id`.
