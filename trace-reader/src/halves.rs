@@ -4,9 +4,8 @@
 //! one of the 65,536 f16 values (tested), and the same as the `half` crate.
 //!
 //! One of the few places of the reader with `unsafe` code (with
-//! `source.rs`, the memory map; `pool.rs`, the helper threads; and
-//! `values.rs`, the length of a vector its rows were converted into): the
-//! F16C loop below.
+//! `source.rs`, the memory map, and `values.rs`, the length of a vector its
+//! rows were converted into): the F16C loop below.
 
 use std::mem::MaybeUninit;
 

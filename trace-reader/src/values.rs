@@ -5,9 +5,8 @@
 //! is `replay.rs`'s.
 
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
 
+use rayon::prelude::*;
 use trace_format::{DType, Layout};
 
 use crate::pool;
@@ -128,8 +127,8 @@ pub(crate) fn gather<T>(
 /// f16, bf16 and f32 convert to f32 exactly.
 ///
 /// From [`SHARED_MIN_VALUES`] values on (and where the machine has more
-/// than one core), the rows are converted by the calling thread and the
-/// [`pool`]'s helper threads together; the values are the same.
+/// than one core), the rows are converted by the threads of the reader's
+/// [`pool`] together; the values are the same.
 pub(crate) fn gather_f32(
     dtype: DType,
     layout: &Layout,
@@ -184,7 +183,7 @@ pub(crate) fn gather_f32_with(
     let n = numel as usize; // reserved above, so it fits
     let dst = &mut out.spare_capacity_mut()[..n];
     let shared = match threads {
-        Threads::Auto => numel >= SHARED_MIN_VALUES && pool::helpers() > 0,
+        Threads::Auto => numel >= SHARED_MIN_VALUES && pool::pool().is_some(),
         Threads::One => false,
         Threads::Shared => true,
     };
@@ -211,8 +210,9 @@ pub(crate) fn gather_f32_with(
 }
 
 /// From how many values on [`gather_f32`] shares a conversion of rows out
-/// between the calling thread and the [`pool`]'s helper threads (where
-/// there are any): 2^16 values, 256 KiB of f32. Measured on a 2-core VM
+/// between the threads of the [`pool`] (where there is one): 2^16 values,
+/// 256 KiB of f32. Measured on a 2-core VM with the hand-written pool this
+/// replaced
 /// (permuted f16 views, best of 200 calls, one thread against shared):
 /// 2^14 values 2.0 against 2.4 µs (one chunk: nothing to share), 3·2^13
 /// about even, 2^15 4.1 against 3.4 µs, 2^16 7.8 against 5.8 µs, 2^18 34
@@ -221,15 +221,15 @@ pub(crate) fn gather_f32_with(
 /// `Threads::One` against `Threads::Shared`, 10 calls a round, 20 rounds).
 pub(crate) const SHARED_MIN_VALUES: u64 = 1 << 16;
 
-/// The size of the pieces of a shared conversion, in values: each
-/// participant claims one at a time, so a helper that joins late takes
-/// only what is left, and the caller waits at most for one piece.
+/// The size of the pieces of a shared conversion, in values: rayon hands
+/// them out as its threads ask, so a thread that joins late takes only
+/// what is left.
 const CHUNK_VALUES: usize = 1 << 14;
 
 /// Who converts the rows of a [`gather_f32_with`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Threads {
-    /// Shared with the pool's helpers from [`SHARED_MIN_VALUES`] on.
+    /// Shared with the pool's threads from [`SHARED_MIN_VALUES`] on.
     Auto,
     /// The calling thread alone.
     #[cfg_attr(not(test), allow(dead_code))]
@@ -378,8 +378,9 @@ fn convert_rows_by(
     done
 }
 
-/// [`convert_rows`] of all of `rows` into `dst`, shared out a chunk of rows
-/// at a time between the calling thread and the [`pool`]'s helpers.
+/// [`convert_rows`] of all of `rows` into `dst`, a chunk of rows at a time,
+/// the chunks shared out between the threads of the [`pool`] (converted in
+/// turn on the calling thread where there is none).
 fn convert_rows_shared(
     dtype: DType,
     rows: &Layout,
@@ -387,42 +388,17 @@ fn convert_rows_shared(
     storage: &[u8],
     dst: &mut [MaybeUninit<f32>],
 ) -> Converted {
-    enum Chunk<'d> {
-        Todo(u64, &'d mut [MaybeUninit<f32>]),
-        Taken,
-        Done(Converted),
-    }
     let chunk_rows = (CHUNK_VALUES / row_len).max(1);
-    let chunks: Vec<Mutex<Chunk<'_>>> = dst
-        .chunks_mut(chunk_rows * row_len)
-        .enumerate()
-        .map(|(i, d)| Mutex::new(Chunk::Todo((i * chunk_rows) as u64, d)))
-        .collect();
-    /// Take a chunk's state, leaving `Taken`.
-    fn take<'d>(c: &Mutex<Chunk<'d>>) -> Chunk<'d> {
-        // a conversion runs outside the lock: never poisoned
-        let mut guard = c.lock().unwrap_or_else(PoisonError::into_inner);
-        std::mem::replace(&mut *guard, Chunk::Taken)
-    }
-    let next = AtomicUsize::new(0);
-    pool::broadcast(&|| {
-        while let Some(chunk) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
-            if let Chunk::Todo(first, d) = take(chunk) {
-                let done = convert_rows(dtype, rows, row_len, first, storage, d);
-                *chunk.lock().unwrap_or_else(PoisonError::into_inner) = Chunk::Done(done);
-            }
-        }
-    });
-    // every chunk was claimed by the calling thread or a helper that has
-    // returned (`broadcast`): all are done, in order
-    chunks
-        .iter()
-        .map(|c| match take(c) {
-            Chunk::Done(done) => done,
-            // cannot happen; counts as nothing written
-            Chunk::Todo(..) | Chunk::Taken => Converted::default(),
-        })
-        .fold(Converted::default(), Converted::then)
+    let convert = |(i, d): (usize, &mut [MaybeUninit<f32>])| {
+        convert_rows(dtype, rows, row_len, (i * chunk_rows) as u64, storage, d)
+    };
+    let chunk = chunk_rows * row_len;
+    let done: Vec<Converted> = match pool::pool() {
+        Some(pool) => pool.install(|| dst.par_chunks_mut(chunk).enumerate().map(convert).collect()),
+        None => dst.chunks_mut(chunk).enumerate().map(convert).collect(),
+    };
+    // in row order
+    done.into_iter().fold(Converted::default(), Converted::then)
 }
 
 /// Call `f(offset)` for the `count` elements of a checked layout from the
