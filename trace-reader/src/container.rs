@@ -3,6 +3,8 @@
 //! the record index, the run metadata, and the tensor descriptions, read by
 //! a [`Describe`] of the container.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 
 use trace_format::{DType, Layout, Lineage, Metadata, SourceLayout, Stats};

@@ -13,6 +13,9 @@
 //! `source.rs`, the memory map, and `values.rs`, the length of a vector its
 //! rows were converted into): the F16C loop below.
 
+// the F16C loop: see the `unsafe` blocks and their SAFETY comments
+#![allow(unsafe_code)]
+
 use std::mem::MaybeUninit;
 
 /// f16 → f32 of slices, with the CPU's vector conversion where it has one

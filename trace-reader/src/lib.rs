@@ -1,5 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+// unsafe code only where a module allows it (source.rs, halves.rs,
+// values.rs); every other module forbids it
+#![deny(unsafe_code)]
 
 mod container;
 mod error;

@@ -8,6 +8,8 @@
 //! pool N threads ([`thread_count`]). A pool that cannot be started is the
 //! same as none: the work runs on the calling thread, never fails.
 
+#![forbid(unsafe_code)]
+
 use std::sync::OnceLock;
 
 /// At most this many threads share a conversion: it is bound by memory

@@ -2,6 +2,8 @@
 //! their lineage on values (SPEC.md §5.4, value replay), once per
 //! [`Trace`] ([`DerivedCache`]).
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 
 use ndarray::{concatenate, ArrayD, ArrayViewD, Axis, IxDyn};

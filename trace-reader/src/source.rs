@@ -27,6 +27,9 @@
 //! map can guard against either (memmap2's `Mmap` documents the same), and
 //! both are the caller's to rule out.
 
+// the memory maps: see the `unsafe` blocks and their SAFETY comments
+#![allow(unsafe_code)]
+
 use std::fs::File;
 use std::path::Path;
 

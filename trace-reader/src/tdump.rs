@@ -2,6 +2,8 @@
 //! for an unfinished file, a scan; tensor descriptions decoded from their
 //! records.
 
+#![forbid(unsafe_code)]
+
 use trace_format::codec::{decode_footer, decode_run_metadata, decode_tensor, DataRef};
 use trace_format::record::{
     decode_file_header, next_record_offset, split_body, Body, RecordHeader, RecordKind, Trailer,

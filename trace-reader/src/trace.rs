@@ -1,6 +1,8 @@
 //! An open trace: a container's records and tensor descriptions over the
 //! file's bytes, whichever container (`.tdump` or GGUF) they came from.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

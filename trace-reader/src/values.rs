@@ -4,6 +4,9 @@
 //! and its storage's bytes; rebuilding derived tensors from their parents
 //! is `replay.rs`'s.
 
+// the length of a vector its rows were converted into: see the `unsafe` blocks and their SAFETY comments
+#![allow(unsafe_code)]
+
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
