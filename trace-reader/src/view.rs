@@ -269,8 +269,8 @@ impl<'a> TensorView<'a> {
     /// their parents, f64 and 64-bit integers rounded.
     ///
     /// A large f32, f16 or bf16 view (256 KiB of f32 or more) is converted
-    /// by the calling thread together with the reader's helper thread(s),
-    /// where the machine has more than one core; the values are the same.
+    /// by the threads of the reader's rayon pool together, where the
+    /// machine has more than one core; the values are the same.
     pub fn to_f32(&self) -> Result<Vec<f32>, ReaderError> {
         if self.info.dtype == DType::F32 && !self.info.derived {
             if let Ok(s) = self.as_slice::<f32>() {
