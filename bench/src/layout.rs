@@ -3,6 +3,8 @@
 //! `permute(1, 0, 2).contiguous().float()` of the same bytes (a Python
 //! subprocess of the same run).
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,7 +13,9 @@ use trace_format::Layout;
 use trace_reader::Trace;
 use trace_writer::{DType, Metadata, TensorMeta, Writer};
 
-use crate::{progress, python, Res, Row};
+use half::slice::HalfFloatSliceExt;
+
+use crate::{interleaved, progress, python, Res, Row};
 
 /// The storage: [positions, heads, head dim], as the cache holds it.
 const STORAGE: [u64; 3] = [256, 8, 128];
@@ -82,7 +86,61 @@ pub(crate) fn rows(dir: &Path) -> Res<Vec<Row>> {
     for (label, us) in &torch[1..] {
         row = row.also(label.clone(), *us, "µs");
     }
-    Ok(vec![row])
+    Ok(vec![row, f16_row(dir)?])
+}
+
+/// f16 -> f32 of a contiguous tensor small enough to stay on one thread:
+/// ours (the hand-written F16C loop, `trace-reader/src/halves.rs`) against
+/// the `half` crate's slice conversion, which picks F16C at run time too.
+/// halves.rs is kept only while ours is at least 1.3x as fast.
+fn f16_row(dir: &Path) -> Res<Row> {
+    const SHAPE: [u64; 2] = [128, 256];
+    let n = 128 * 256; // 2^15 values: under trace-reader's shared size
+    let values: Vec<f16> = (0..n)
+        .map(|i| f16::from_f32((i % 2039) as f32 / 64.0 - 16.0))
+        .collect();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let path = dir.join("f16.tdump");
+    let w = Writer::create(&path, Metadata::new())?;
+    w.add_tensor("x", DType::F16, &SHAPE, &bytes, TensorMeta::new())?
+        .ok_or("the tensor was not recorded")?;
+    w.finish()?;
+    let trace = Trace::open(&path)?;
+    let view = trace.view_by_name("x")?;
+    let want: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
+    if view.to_f32()? != want {
+        return Err("to_f32 of the f16 tensor gives wrong values".into());
+    }
+    let mut ours = |_| -> Res<Duration> {
+        let start = Instant::now();
+        let v = view.to_f32()?;
+        let took = start.elapsed();
+        std::hint::black_box(v);
+        Ok(took)
+    };
+    // what a caller of `half` writes: a zeroed Vec, then the conversion
+    let mut theirs = |_| -> Res<Duration> {
+        let start = Instant::now();
+        let mut v = vec![0f32; n];
+        values.convert_to_f32_slice(&mut v);
+        let took = start.elapsed();
+        std::hint::black_box(v);
+        Ok(took)
+    };
+    let [ours, theirs] = interleaved(CALLS * 10, &mut [&mut ours, &mut theirs])?;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    Ok(Row::time(
+        "layout",
+        "Rust TensorView::to_f32(), contiguous f16 [128,256], one thread".into(),
+        "µs",
+        us(ours),
+    )
+    .vs(
+        "half 2.x convert_to_f32_slice into a zeroed Vec",
+        us(theirs),
+    )
+    .goal_ratio(1.3, None)
+    .ours())
 }
 
 /// torch's figures (µs, best of CALLS) from `python_bench.py torch-permute`:

@@ -6,6 +6,8 @@
 //! Record `i + 1` of a trace is item `i` of its plan (record 0 is the run
 //! metadata): the writer hands out ids in order and nothing is dropped.
 
+#![forbid(unsafe_code)]
+
 use trace_format::record::{next_record_offset, RecordKind, RECORD_HEADER_BYTES};
 use trace_format::{DType, Layout, Stats};
 use trace_reader::Trace;

@@ -1,5 +1,7 @@
 //! Traces built record by record, so tests can write what the writer refuses to.
 
+#![forbid(unsafe_code)]
+
 use trace_format::codec::{encode_run_metadata, encode_tensor, DataRef, IndexEntry, TensorDesc};
 use trace_format::record::{encode_file_header, frame_footer, frame_record, RecordKind};
 use trace_format::{DType, Lineage, Metadata};

@@ -14,6 +14,8 @@
 //! may be lost. Every record the reader returns, flushed or not, must hold
 //! exactly the planned bytes.
 
+#![forbid(unsafe_code)]
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;

@@ -10,6 +10,8 @@
 //! (`src/bin/crash_writer.rs fill`) exits; the child copies the trace out
 //! first. Where neither works the test fails and says why.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 

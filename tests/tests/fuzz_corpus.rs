@@ -3,6 +3,8 @@
 //! the same bodies the fuzz targets run (`tracedump_tests::fuzzing`), so
 //! `make test` replays them without nightly or libFuzzer.
 
+#![forbid(unsafe_code)]
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 

@@ -3,6 +3,8 @@
 //! IQ type we do not know) and describes what `GGUFReader` reads back; our
 //! parse must agree on every field.
 
+#![forbid(unsafe_code)]
+
 use serde_json::Value as Json;
 use trace_format::DType;
 use trace_reader::gguf::{self, value_type, GgufValue};

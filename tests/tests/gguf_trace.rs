@@ -2,6 +2,8 @@
 //! and layer, by gguf-py's writer) opened directly as a trace: every tensor
 //! readable, values equal to gguf-py's dequantization bit for bit.
 
+#![forbid(unsafe_code)]
+
 use trace_format::{DType, SourceLayout, Value};
 use trace_reader::Trace;
 use tracedump_tests::run_python;

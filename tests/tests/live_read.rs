@@ -4,6 +4,8 @@
 //! had mapped the longer file faulted (SIGBUS) reading its old end; in this
 //! test that kills the test process.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 

@@ -4,6 +4,8 @@
 //! derived tensor. The reader's rebuild must equal an independent reference
 //! (gguf-py dequantization + numpy concat/transpose) bit for bit.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 
 use trace_format::layout::ggml;

@@ -1,6 +1,8 @@
 //! Pairing two engines' traces: within steps, by engine op, through the
 //! mapping's transforms; and the ggml recorder's graph-level tensors.
 
+#![forbid(unsafe_code)]
+
 use trace_format::{DType, Metadata};
 use trace_reader::Trace;
 use trace_tools::compare::{diff, Tolerance, Verdict};

@@ -4,6 +4,8 @@
 //! negatives and the largest finite values. Q8_K, which gguf-py lacks, is
 //! checked against `q8_k_reference.py`, numpy written from ggml's C.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 
 use trace_format::DType;

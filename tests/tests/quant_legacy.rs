@@ -3,6 +3,8 @@
 //! random, degenerate and tie-breaking values quantized to Q8_0 and Q4_0 by
 //! both sides.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 
 use trace_format::DType;

@@ -1,6 +1,8 @@
 //! Torn files, flipped bits, hostile records, repeated names, quantized views,
 //! concurrency: the reader never lies and never crashes.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 
 use trace_format::codec::{encode_storage, encode_tensor, DataRef, StorageDesc};

@@ -1,6 +1,9 @@
 //! Writer → file → reader round trips over random dtypes, shapes, strides,
 //! offsets and permutations, non-contiguous included.
 
+// deny, not forbid: ndarray's `s!` macro allows unsafe_code inside itself
+#![deny(unsafe_code)]
+
 use proptest::prelude::*;
 use trace_format::{DType, Layout, Metadata, Op, Value};
 use trace_reader::Trace;

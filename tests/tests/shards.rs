@@ -1,6 +1,8 @@
 //! A directory (or glob) of per-rank shards opened as one trace; two runs
 //! compared rank by rank.
 
+#![forbid(unsafe_code)]
+
 use trace_format::{DType, Metadata};
 use trace_tools::compare::Tolerance;
 use trace_tools::mapping::Mapping;

@@ -5,6 +5,8 @@
 //! Regenerate with `TRACEDUMP_BLESS=1 cargo test -p tracedump-tests --test spec_example`
 //! (and update the hex dump in SPEC.md §10 to match).
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 
 use trace_writer::{

@@ -1,13 +1,19 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+// unsafe code only where a module allows it (source.rs, halves.rs,
+// values.rs); every other module forbids it
+#![deny(unsafe_code)]
 
+mod container;
 mod error;
 pub mod gguf;
 mod halves;
 mod pool;
+mod replay;
 /// Layer and step numbers read from tensor names (shared with the writer).
 pub use trace_format::names;
 mod source;
+mod tdump;
 mod trace;
 pub mod values;
 mod verify;

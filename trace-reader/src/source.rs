@@ -1,8 +1,34 @@
-//! The bytes of a trace: a read-only memory map, an owned buffer, or (for
-//! bindings whose tensors may be written in place) a private copy-on-write map.
+//! The bytes of a trace: a private read-only memory map, an owned buffer,
+//! or (for bindings whose tensors may be written in place) a private
+//! copy-on-write map.
 //!
-//! With `halves.rs` (the F16C conversion), one of the two files of the
-//! reader with `unsafe` code.
+//! One of the three files of the reader with `unsafe` code (with
+//! `halves.rs`, the F16C conversion, and `values.rs`, the length of a
+//! vector its rows were converted into): the two maps below.
+//!
+//! # What a map of a file being written shows
+//!
+//! A private map is private only for the pages this process writes: every
+//! other page is the file's page in the page cache, and shows what other
+//! processes write to the file after it was mapped (Linux; POSIX leaves it
+//! unspecified). tracedump's writer does write into files that readers
+//! may have mapped (SPEC.md §2, `trace-writer/src/sink.rs`): it appends,
+//! it fills space it allocated ahead (zeros) with records in place, and it
+//! writes a large record's header after its body. It never changes the
+//! bytes of a record once the record is complete, and never shrinks a file.
+//! The reader indexes only complete records when it opens a file (from the
+//! footer, or a scan that stops at the first incomplete one), so every byte
+//! it reads through the index stays as it was decoded. Bytes past the last
+//! complete record may turn from zeros into a record while mapped: the scan
+//! reads them once, to tell zeros (space allocated ahead) from a torn tail,
+//! and a later open sees the records. A program other than tracedump that rewrites a
+//! mapped file changes bytes under the reader's `&[u8]`, and one that
+//! truncates it makes touching the lost pages raise `SIGBUS`: no memory
+//! map can guard against either (memmap2's `Mmap` documents the same), and
+//! both are the caller's to rule out.
+
+// the memory maps: see the `unsafe` blocks and their SAFETY comments
+#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::path::Path;
@@ -10,7 +36,7 @@ use std::path::Path;
 /// The bytes of a trace file.
 #[derive(Debug)]
 pub enum Source {
-    /// A private read-only mapping of the file.
+    /// A private, read-only mapping of the file (`MAP_PRIVATE`, `PROT_READ`).
     Mapped(memmap2::Mmap),
     /// Bytes held in memory (empty files, in-memory traces, tests).
     Owned(Vec<u8>),
@@ -22,24 +48,31 @@ pub enum Source {
 }
 
 impl Source {
-    /// Map `path` read-only.
+    /// Map `path` private and read-only.
     ///
-    /// The mapping reflects the file as it is on disk. If another process
-    /// truncates the file while it is mapped, touching the lost pages raises
-    /// `SIGBUS`; tracedump never writes to a file it reads, and the writer
-    /// only appends, which is safe (appended bytes are simply not seen).
+    /// Bytes the writer adds to the file later may or may not be seen;
+    /// bytes of complete records never change (see the module
+    /// documentation). If another program truncates the file while it is
+    /// mapped, touching the lost pages raises `SIGBUS`.
     pub fn map(path: &Path) -> std::io::Result<Source> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
         if len == 0 {
             return Ok(Source::Owned(Vec::new()));
         }
-        // SAFETY: the map is read-only and private, so no Rust reference
-        // to it is ever written through. The remaining hazard, another
-        // process shrinking the file underneath, is documented above and in
-        // SPEC.md §9; every offset we read is checked against the length
-        // observed at mapping time.
-        let map = unsafe { memmap2::MmapOptions::new().map(&file)? };
+        // SAFETY: the map is read-only, so no Rust code can write through
+        // it, and it lives as long as `Source` (the `File` may close: the
+        // map keeps its own reference). What memmap2 asks of the caller is
+        // that the file not change underneath. tracedump's writer changes
+        // only bytes past the last complete record (it fills zeros it
+        // allocated ahead, and never rewrites a complete record or shrinks
+        // a file): the reader indexes none of them, and reads them only
+        // once, when a scan tells zeros from a torn tail, an answer a fill
+        // under way can at worst make stale. Every offset read is checked
+        // against the length observed at mapping time. Another program rewriting or truncating the file is
+        // outside what the reader can rule out (module documentation,
+        // SPEC.md §9).
+        let map = unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file)? };
         Ok(Source::Mapped(map))
     }
 
@@ -62,10 +95,12 @@ impl Source {
         }
         // SAFETY: the mapping is private (MAP_PRIVATE): writes through it
         // go to private copies of the pages and never to the file, so no
-        // other mapping or process can observe or disturb them. The hazard
-        // of another process shrinking the file underneath is the same as
-        // for `map` (documented there); callers check offsets against the
-        // length observed at mapping time.
+        // other mapping or process sees them. Pages not written here are
+        // the file's, with the same hazard as `map` (documented there and
+        // in the module documentation): the writer changes only bytes not
+        // indexed, another program rewriting or truncating the file is the
+        // caller's to rule out; offsets are checked against the length
+        // observed at mapping time.
         let map = unsafe { memmap2::MmapOptions::new().map_copy(&file)? };
         Ok(Source::CopyOnWrite(map))
     }

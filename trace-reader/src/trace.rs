@@ -1,149 +1,21 @@
-//! Opening a trace: the footer index or, for an unfinished file, a scan.
+//! An open trace: a container's records and tensor descriptions over the
+//! file's bytes, whichever container (`.tdump` or GGUF) they came from.
+
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use regex::Regex;
-use trace_format::codec::{
-    decode_footer, decode_run_metadata, decode_storage, decode_tensor, DataRef,
-};
-use trace_format::record::{
-    decode_file_header, next_record_offset, split_body, Body, RecordHeader, RecordKind, Trailer,
-    FILE_HEADER_BYTES, RECORD_HEADER_BYTES, TRAILER_BYTES,
-};
-use trace_format::{DType, FormatError, Layout, Lineage, Metadata, SourceLayout, Stats, Value};
+use trace_format::codec::decode_storage;
+use trace_format::record::{Body, RecordHeader, RecordKind};
+use trace_format::{FormatError, Metadata};
 
+use crate::container::{Describe, Opened, Records};
+pub use crate::container::{RecordEntry, StorageInfo, TensorInfo, TornTail};
 use crate::error::ReaderError;
 use crate::source::Source;
-use crate::view::TensorView;
-
-/// One record as the index (or the scan) knows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RecordEntry {
-    /// Offset of the record header.
-    pub offset: u64,
-    /// Body length.
-    pub body_len: u64,
-    /// Kind code (see [`RecordKind`]).
-    pub kind: u16,
-    /// Step of a tensor.
-    pub step: Option<i64>,
-    /// Layer of a tensor.
-    pub layer: Option<i64>,
-    name_at: u64,
-    name_len: u32,
-}
-
-/// Where an unfinished file stops making sense.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TornTail {
-    /// Offset of the first byte not part of a complete record.
-    pub offset: u64,
-    /// Bytes from there to the end of the file.
-    pub bytes: u64,
-    /// Why the scan stopped there.
-    pub reason: String,
-}
-
-/// A tensor's description, checked against the file: its view lies inside
-/// its storage.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TensorInfo {
-    /// Record id: the tensor's identity (names repeat).
-    pub id: u64,
-    /// The engine's name.
-    pub name: String,
-    /// Element type.
-    pub dtype: DType,
-    /// Shape, byte strides and storage offset.
-    pub layout: Layout,
-    /// The storage's record id (`None` for stats-only tensors). Equal to
-    /// `id` when the tensor carries its own bytes.
-    pub storage: Option<u64>,
-    /// Step.
-    pub step: Option<i64>,
-    /// Layer.
-    pub layer: Option<i64>,
-    /// Role.
-    pub role: Option<String>,
-    /// The engine's own layout (ggml `ne`/`nb`).
-    pub source_layout: Option<SourceLayout>,
-    /// Parents, steps and engine op.
-    pub lineage: Lineage,
-    /// Stored statistics.
-    pub stats: Option<Stats>,
-    /// Free metadata.
-    pub metadata: Metadata,
-    /// Offset of the record header in the file.
-    pub record_offset: u64,
-    /// Whether the values are rebuilt from the parents by replaying the
-    /// lineage (data kind 3, SPEC.md §5.4) instead of read from a storage.
-    pub derived: bool,
-    storage_at: u64,
-    storage_len: u64,
-}
-
-impl TensorInfo {
-    /// Whether the tensor has no data, only statistics.
-    pub fn is_stats_only(&self) -> bool {
-        self.storage.is_none() && !self.derived
-    }
-
-    /// How many more values the tensor names than the bytes its view spans
-    /// can hold (no byte of any type holds more than 8): non-zero only for
-    /// a view with zero strides (a broadcast), what reading it expands.
-    pub fn values_beyond_bytes(&self) -> u64 {
-        if self.derived || self.is_stats_only() {
-            return 0;
-        }
-        let span = match self.layout.byte_span(self.dtype) {
-            Ok(Some((lo, hi))) => u64::try_from(hi - lo).unwrap_or(u64::MAX),
-            _ => return 0,
-        };
-        self.layout.numel().saturating_sub(span.saturating_mul(8))
-    }
-
-    /// Whether the tensor has values (stored, or derived from its parents).
-    pub fn has_values(&self) -> bool {
-        self.storage.is_some() || self.derived
-    }
-
-    /// Element strides where they divide (block types: SPEC.md §6).
-    pub fn element_strides(&self) -> Option<Vec<i64>> {
-        self.layout.element_strides(self.dtype)
-    }
-
-    /// Whether the elements are dense and row-major (size-1 strides ignored).
-    pub fn is_contiguous(&self) -> bool {
-        self.layout.is_contiguous(self.dtype)
-    }
-
-    /// Byte length of the storage the tensor views.
-    pub fn storage_len(&self) -> u64 {
-        self.storage_len
-    }
-
-    /// Absolute file offset of the storage's first byte.
-    pub fn storage_file_offset(&self) -> u64 {
-        self.storage_at
-    }
-}
-
-/// A storage record's description.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StorageInfo {
-    /// Record id.
-    pub id: u64,
-    /// Label.
-    pub name: String,
-    /// Metadata.
-    pub metadata: Metadata,
-    /// Length in bytes.
-    pub len: u64,
-    /// Absolute file offset of the first byte.
-    pub file_offset: u64,
-}
 
 /// Which tensors [`Trace::filter`] returns; empty fields match everything.
 #[derive(Clone, Debug, Default)]
@@ -181,10 +53,10 @@ pub struct Trace {
     /// Decoded tensors, filled on first use (boxed: an unused slot costs 8 bytes).
     infos: Vec<OnceLock<Box<TensorInfo>>>,
     by_name: OnceLock<HashMap<String, Vec<u64>>>,
-    /// For a GGUF file opened as a trace: its tensor table.
-    gguf: Option<Box<[crate::gguf::GgufTensorInfo]>>,
+    /// How the container describes its tensors.
+    tensors: Box<dyn Describe>,
     /// Derived tensors already rebuilt, shared by every read of this trace.
-    pub(crate) derived: std::sync::Mutex<crate::values::DerivedCache>,
+    pub(crate) derived: std::sync::Mutex<crate::replay::DerivedCache>,
     /// Values that reads may still make beyond the bytes their views span
     /// (broadcast views): unlimited unless set ([`Trace::set_broadcast_budget`]).
     broadcast_budget: std::sync::atomic::AtomicU64,
@@ -206,30 +78,25 @@ impl Trace {
         Self::from_source(label.into(), Source::Owned(bytes))
     }
 
+    /// The one place that tells the containers apart: a GGUF file by its
+    /// magic, anything else read as a `.tdump` file.
     fn from_source(path: PathBuf, source: Source) -> Result<Trace, ReaderError> {
         let bytes = source.bytes();
-        if bytes.starts_with(crate::gguf::GGUF_MAGIC) {
-            return Self::from_gguf(path, source);
-        }
-        let version = decode_file_header(bytes).map_err(|source| ReaderError::NotATrace {
-            path: path.clone(),
-            error: Box::new(source),
-        })?;
-        let mut warnings = Vec::new();
-        let (records, finished, footer_offset, torn) = match read_footer(bytes) {
-            Ok(Some((records, footer_offset))) => (records, true, Some(footer_offset), None),
-            Ok(None) => {
-                let (records, torn) = scan(bytes);
-                (records, false, None, torn)
-            }
-            Err(e) => {
-                warnings.push(format!(
-                    "the footer index is damaged ({e}); records were found by scanning"
-                ));
-                let (records, torn) = scan(bytes);
-                (records, false, None, torn)
-            }
+        let opened = if bytes.starts_with(crate::gguf::GGUF_MAGIC) {
+            crate::gguf::open(&path, bytes)?
+        } else {
+            crate::tdump::open(&path, bytes)?
         };
+        let Opened {
+            version,
+            records,
+            finished,
+            footer_offset,
+            torn,
+            mut warnings,
+            run_metadata,
+            tensors,
+        } = opened;
         let mut tensor_ids = Vec::new();
         let mut tensor_slot = vec![u32::MAX; records.len()];
         for (id, r) in records.iter().enumerate() {
@@ -244,7 +111,7 @@ impl Trace {
             }
         }
         let infos = (0..tensor_ids.len()).map(|_| OnceLock::new()).collect();
-        let mut trace = Trace {
+        Ok(Trace {
             path,
             source: Arc::new(source),
             version,
@@ -255,124 +122,33 @@ impl Trace {
             footer_offset,
             torn,
             warnings,
-            run_metadata: Metadata::new(),
+            run_metadata,
             infos,
             by_name: OnceLock::new(),
-            gguf: None,
-            derived: Default::default(),
-            broadcast_budget: std::sync::atomic::AtomicU64::new(u64::MAX),
-        };
-        let mut run = Metadata::new();
-        for id in 0..trace.records.len() as u64 {
-            if trace.records[id as usize].kind == RecordKind::RunMetadata as u16 {
-                let body = trace.body(id)?;
-                let m = decode_run_metadata(body.descriptor, body.descriptor_offset)
-                    .map_err(|e| trace.record_error(id, e))?;
-                for (k, v) in m.0 {
-                    run.insert(k, v);
-                }
-            }
-        }
-        trace.run_metadata = run;
-        Ok(trace)
-    }
-
-    /// A GGUF file as a trace: every tensor (raw blocks, ggml `ne` kept as
-    /// the source layout), the key-value metadata as run metadata, layer
-    /// and step parsed from the tensor names.
-    fn from_gguf(path: PathBuf, source: Source) -> Result<Trace, ReaderError> {
-        let g = crate::gguf::parse(&path, source.bytes())?;
-        let mut run = Metadata::new();
-        run.insert("format", Value::Str("gguf".into()));
-        run.insert("gguf_version", Value::U64(u64::from(g.version)));
-        for (k, v) in &g.metadata {
-            run.insert(k.clone(), v.to_value());
-        }
-        let records: Vec<RecordEntry> = g
-            .tensors
-            .iter()
-            .map(|t| RecordEntry {
-                offset: t.info_offset,
-                body_len: 0,
-                kind: RecordKind::Tensor as u16,
-                step: crate::names::step_from_name(&t.name),
-                layer: crate::names::layer_from_name(&t.name),
-                name_at: t.name_offset,
-                name_len: t.name.len() as u32,
-            })
-            .collect();
-        let n = records.len();
-        Ok(Trace {
-            path,
-            source: Arc::new(source),
-            version: (0, 0),
-            tensor_ids: (0..n as u64).collect(),
-            tensor_slot: (0..n as u32).collect(),
-            records,
-            finished: true,
-            footer_offset: None,
-            torn: None,
-            warnings: Vec::new(),
-            run_metadata: run,
-            infos: (0..n).map(|_| OnceLock::new()).collect(),
-            by_name: OnceLock::new(),
-            gguf: Some(g.tensors.into_boxed_slice()),
+            tensors,
             derived: Default::default(),
             broadcast_budget: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// The records over the file's bytes, what descriptions are read from.
+    fn at(&self) -> Records<'_> {
+        Records {
+            path: &self.path,
+            bytes: self.source.bytes(),
+            records: &self.records,
+        }
     }
 
     /// Whether this is a GGUF file opened as a trace (no records, no
     /// checksums; [`Trace::version`] is (0, 0)).
     pub fn is_gguf(&self) -> bool {
-        self.gguf.is_some()
+        self.tensors.is_gguf()
     }
 
-    fn decode_gguf_tensor(
-        &self,
-        id: u64,
-        tensors: &[crate::gguf::GgufTensorInfo],
-    ) -> Result<TensorInfo, ReaderError> {
-        let t = &tensors[id as usize];
-        let err = |reason: String| ReaderError::Gguf {
-            path: self.path.clone(),
-            offset: t.info_offset,
-            tensor: Some(t.name.clone()),
-            reason,
-        };
-        let dtype = t.dtype.ok_or_else(|| {
-            err(format!(
-                "ggml type {} is not known to this reader",
-                t.ggml_type
-            ))
-        })?;
-        let shape: Vec<u64> = t.ne.iter().rev().copied().collect();
-        let layout = Layout::contiguous(dtype, &shape, 0).map_err(|e| err(e.to_string()))?;
-        layout
-            .check_within(dtype, t.nbytes)
-            .map_err(|e| err(e.to_string()))?;
-        // ggml's ne/nb of the contiguous tensor (nb[0] = block bytes)
-        let (ne, nb) = trace_format::layout::ggml::from_canonical(&layout, t.ne.len())
-            .ok_or_else(|| err("its layout has no ggml form".into()))?;
-        let r = self.records[id as usize];
-        Ok(TensorInfo {
-            id,
-            name: t.name.clone(),
-            dtype,
-            layout,
-            storage: Some(id),
-            step: r.step,
-            layer: r.layer,
-            role: None,
-            source_layout: Some(SourceLayout::Ggml { ne, nb }),
-            lineage: Lineage::default(),
-            stats: None,
-            metadata: Metadata::new().with("gguf_offset", t.offset),
-            record_offset: t.info_offset,
-            derived: false,
-            storage_at: t.file_offset,
-            storage_len: t.nbytes,
-        })
+    /// Whether the records are framed and checksummed (not a GGUF file's).
+    pub(crate) fn framed(&self) -> bool {
+        self.tensors.framed()
     }
 
     /// Bound the values all reads of this trace may make beyond the bytes
@@ -464,12 +240,7 @@ impl Trace {
 
     /// The name of record `id` (tensor or storage), from the index.
     pub fn record_name(&self, id: u64) -> Option<&str> {
-        let r = self.records.get(id as usize)?;
-        let b = self
-            .source
-            .bytes()
-            .get(r.name_at as usize..(r.name_at + u64::from(r.name_len)) as usize)?;
-        std::str::from_utf8(b).ok()
+        self.at().name(id)
     }
 
     /// Every tensor's description, in record order.
@@ -496,10 +267,7 @@ impl Trace {
         if let Some(info) = cell.get() {
             return Ok(info);
         }
-        let info = Box::new(match &self.gguf {
-            Some(tensors) => self.decode_gguf_tensor(id, tensors)?,
-            None => self.decode_tensor(id)?,
-        });
+        let info = Box::new(self.tensors.describe(self.at(), id)?);
         Ok(cell.get_or_init(|| info))
     }
 
@@ -597,21 +365,14 @@ impl Trace {
         Ok(out)
     }
 
-    /// A zero-copy view of the tensor with record id `id`.
-    pub fn view(&self, id: u64) -> Result<TensorView<'_>, ReaderError> {
-        let info = self.tensor(id)?;
-        let bytes = self.source.bytes();
-        let storage = if info.storage.is_some() {
-            &bytes[info.storage_at as usize..(info.storage_at + info.storage_len) as usize]
-        } else {
-            &[][..]
-        };
-        Ok(TensorView::new(self, info, storage))
-    }
-
-    /// [`Trace::view`] by name (see [`Trace::get`] for repeated names).
-    pub fn view_by_name(&self, name: &str) -> Result<TensorView<'_>, ReaderError> {
-        self.resolve(name).and_then(|id| self.view(id))
+    /// The whole storage `info` views (empty for a tensor without one):
+    /// decoding `info` checked that it lies inside the file.
+    pub(crate) fn storage_bytes(&self, info: &TensorInfo) -> &[u8] {
+        if info.storage.is_none() {
+            return &[];
+        }
+        &self.source.bytes()
+            [info.storage_at as usize..(info.storage_at + info.storage_len) as usize]
     }
 
     /// The storage record `id`.
@@ -654,414 +415,16 @@ impl Trace {
     }
 
     pub(crate) fn record_error(&self, id: u64, source: FormatError) -> ReaderError {
-        let offset = self.records.get(id as usize).map_or(0, |r| r.offset);
-        let name = self.record_name(id).unwrap_or("").to_owned();
-        ReaderError::Record {
-            path: self.path.clone(),
-            record: id,
-            name,
-            offset,
-            error: Box::new(source),
-        }
+        self.at().record_error(id, source)
     }
 
     /// The header of record `id`, checked against the index.
     pub(crate) fn header(&self, id: u64) -> Result<RecordHeader, ReaderError> {
-        let r = self.records[id as usize];
-        let bytes = self.source.bytes();
-        let h = bytes.get(r.offset as usize..).unwrap_or(&[]);
-        let header = RecordHeader::decode(h, r.offset).map_err(|e| self.record_error(id, e))?;
-        let mismatch = |what: &str| {
-            self.record_error(
-                id,
-                FormatError::Invalid {
-                    field: "record header",
-                    offset: r.offset,
-                    reason: format!("{what} differs from the index"),
-                },
-            )
-        };
-        if header.record_id != id {
-            return Err(mismatch("record id"));
-        }
-        if header.kind != r.kind {
-            return Err(mismatch("kind"));
-        }
-        if header.body_len != r.body_len {
-            return Err(mismatch("body length"));
-        }
-        Ok(header)
+        self.at().header(id)
     }
 
     /// The body of record `id`, split (no checksum check: see `verify`).
     pub(crate) fn body(&self, id: u64) -> Result<Body<'_>, ReaderError> {
-        self.header(id)?;
-        let r = self.records[id as usize];
-        let start = (r.offset + RECORD_HEADER_BYTES) as usize;
-        // open() checked that every body lies inside the file.
-        let body = &self.source.bytes()[start..start + r.body_len as usize];
-        split_body(body, r.offset).map_err(|e| self.record_error(id, e))
-    }
-
-    fn decode_tensor(&self, id: u64) -> Result<TensorInfo, ReaderError> {
-        let body = self.body(id)?;
-        let r = self.records[id as usize];
-        let mut d = decode_tensor(body.descriptor, body.descriptor_offset).map_err(|e| {
-            match self.record_error(id, e) {
-                ReaderError::Record {
-                    path,
-                    record,
-                    name,
-                    offset,
-                    error: source,
-                } if name.is_empty() => {
-                    // name the tensor from its own descriptor when the index has no name
-                    let name = trace_format::codec::Decoder::new(body.descriptor, 0)
-                        .str("name")
-                        .unwrap_or("")
-                        .to_owned();
-                    ReaderError::Record {
-                        path,
-                        record,
-                        name,
-                        offset,
-                        error: source,
-                    }
-                }
-                other => other,
-            }
-        })?;
-        let tensor_err = |reason: String| ReaderError::Tensor {
-            path: self.path.clone(),
-            tensor: d.name.clone(),
-            record: id,
-            offset: r.offset,
-            reason,
-        };
-        if !matches!(d.data, DataRef::Inline { .. }) && !body.payload.is_empty() {
-            return Err(tensor_err(format!(
-                "carries {} payload bytes but does not say they are its data",
-                body.payload.len()
-            )));
-        }
-        let layout = Layout::new(
-            std::mem::take(&mut d.shape),
-            std::mem::take(&mut d.byte_strides),
-            0,
-        )
-        .map_err(|source| ReaderError::Layout {
-            path: self.path.clone(),
-            tensor: d.name.clone(),
-            record: id,
-            error: Box::new(source),
-        })?;
-        let (storage, offset, storage_at, storage_len) = match d.data {
-            DataRef::StatsOnly => {
-                if d.stats.is_none() {
-                    return Err(tensor_err("stats-only tensor without stats".into()));
-                }
-                (None, 0, 0, 0)
-            }
-            DataRef::Derived => {
-                if d.lineage.ops.is_empty() {
-                    return Err(tensor_err(
-                        "derived tensor without lineage steps to rebuild it from".into(),
-                    ));
-                }
-                (None, 0, 0, 0)
-            }
-            DataRef::Inline { offset } => (
-                Some(id),
-                offset,
-                body.payload_offset,
-                body.payload.len() as u64,
-            ),
-            DataRef::Storage { storage, offset } => {
-                if storage >= id {
-                    return Err(tensor_err(format!(
-                        "views storage record {storage}, which does not come before it"
-                    )));
-                }
-                let kind = self.records[storage as usize].kind;
-                let sb = self.body(storage)?;
-                if kind == RecordKind::Tensor as u16 {
-                    let sd = decode_tensor(sb.descriptor, sb.descriptor_offset)
-                        .map_err(|e| self.record_error(storage, e))?;
-                    if !matches!(sd.data, DataRef::Inline { .. }) {
-                        return Err(tensor_err(format!(
-                            "record {storage} is a tensor without its own bytes, not a storage"
-                        )));
-                    }
-                } else if kind != RecordKind::Storage as u16 {
-                    return Err(tensor_err(format!(
-                        "record {storage} is not a storage (kind {kind})"
-                    )));
-                }
-                (
-                    Some(storage),
-                    offset,
-                    sb.payload_offset,
-                    sb.payload.len() as u64,
-                )
-            }
-        };
-        let layout = Layout {
-            storage_offset: offset,
-            ..layout
-        };
-        if let Some(s) = storage {
-            layout
-                .check_within(d.dtype, storage_len)
-                .map_err(|source| ReaderError::Layout {
-                    path: self.path.clone(),
-                    tensor: d.name.clone(),
-                    record: id,
-                    error: Box::new(annotate(source, s)),
-                })?;
-        }
-        Ok(TensorInfo {
-            id,
-            name: d.name,
-            dtype: d.dtype,
-            layout,
-            storage,
-            step: d.step,
-            layer: d.layer,
-            role: d.role,
-            source_layout: d.source_layout,
-            lineage: d.lineage,
-            stats: d.stats,
-            metadata: d.metadata,
-            record_offset: r.offset,
-            derived: matches!(d.data, DataRef::Derived),
-            storage_at,
-            storage_len,
-        })
-    }
-}
-
-/// Name the storage in an out-of-bounds error.
-fn annotate(e: trace_format::LayoutError, storage: u64) -> trace_format::LayoutError {
-    match e {
-        trace_format::LayoutError::BlockMapping { dtype, reason } => {
-            trace_format::LayoutError::BlockMapping {
-                dtype,
-                reason: format!("{reason} (storage {storage})"),
-            }
-        }
-        other => other,
-    }
-}
-
-/// The records of a finished file, from its footer. `Ok(None)` when there
-/// is no valid trailer (an unfinished file).
-fn read_footer(bytes: &[u8]) -> Result<Option<(Vec<RecordEntry>, u64)>, FormatError> {
-    let len = bytes.len() as u64;
-    if len < FILE_HEADER_BYTES + TRAILER_BYTES {
-        return Ok(None);
-    }
-    let Some(trailer) = Trailer::decode(&bytes[(len - TRAILER_BYTES) as usize..]) else {
-        return Ok(None);
-    };
-    let invalid = |offset, reason: String| FormatError::Invalid {
-        field: "footer",
-        offset,
-        reason,
-    };
-    let fo = trailer.footer_offset;
-    if fo < FILE_HEADER_BYTES
-        || fo % 64 != 0
-        || fo.saturating_add(RECORD_HEADER_BYTES) > len - TRAILER_BYTES
-    {
-        return Err(invalid(
-            len - TRAILER_BYTES,
-            format!("trailer points to byte {fo}, outside the file"),
-        ));
-    }
-    let h = RecordHeader::decode(&bytes[fo as usize..], fo)?;
-    if h.kind != RecordKind::Footer as u16 || h.record_id != trailer.record_count {
-        return Err(invalid(
-            fo,
-            "the trailer does not point to the footer record".into(),
-        ));
-    }
-    let body_start = fo + RECORD_HEADER_BYTES;
-    if next_record_offset(fo, h.body_len) != Some(len - TRAILER_BYTES) {
-        return Err(invalid(
-            fo,
-            format!(
-                "footer body of {} bytes does not end where the trailer starts",
-                h.body_len
-            ),
-        ));
-    }
-    let body = &bytes[body_start as usize..(body_start + h.body_len) as usize];
-    if trace_format::record::crc32c(body) != h.body_crc32c {
-        return Err(invalid(fo, "footer checksum mismatch".into()));
-    }
-    let b = split_body(body, fo)?;
-    let (entries, names) = decode_footer(b.descriptor, b.descriptor_offset)?;
-    if entries.len() as u64 != trailer.record_count {
-        return Err(invalid(
-            fo,
-            "record count differs from the trailer's".into(),
-        ));
-    }
-    let names_at = b.descriptor_offset + b.descriptor.len() as u64 - names.len() as u64;
-    let mut records = Vec::with_capacity(entries.len());
-    let mut expect = FILE_HEADER_BYTES;
-    for (id, e) in entries.iter().enumerate() {
-        let at = b.descriptor_offset + 8 + (id * trace_format::codec::INDEX_ENTRY_BYTES) as u64;
-        if e.offset != expect {
-            return Err(invalid(
-                at,
-                format!(
-                    "record {id} is indexed at byte {}, expected {expect}",
-                    e.offset
-                ),
-            ));
-        }
-        expect = next_record_offset(e.offset, e.body_len)
-            .filter(|&n| n <= fo)
-            .ok_or_else(|| {
-                invalid(
-                    at,
-                    format!("record {id} of {} bytes runs past the footer", e.body_len),
-                )
-            })?;
-        let name_end = e
-            .name_offset
-            .checked_add(u64::from(e.name_len))
-            .filter(|&n| n <= names.len() as u64);
-        let Some(name_end) = name_end else {
-            return Err(invalid(
-                at,
-                format!("record {id}'s name lies outside the name table"),
-            ));
-        };
-        if std::str::from_utf8(&names[e.name_offset as usize..name_end as usize]).is_err() {
-            return Err(invalid(at, format!("record {id}'s name is not UTF-8")));
-        }
-        records.push(RecordEntry {
-            offset: e.offset,
-            body_len: e.body_len,
-            kind: e.kind,
-            step: e.step,
-            layer: e.layer,
-            name_at: names_at + e.name_offset,
-            name_len: e.name_len,
-        });
-    }
-    if expect != fo {
-        return Err(invalid(
-            fo,
-            format!("bytes {expect}..{fo} before the footer belong to no record"),
-        ));
-    }
-    Ok(Some((records, fo)))
-}
-
-/// Walk the records of a file from the start; stop at the first that is
-/// incomplete or invalid. Footer records met on the way are not records of
-/// the trace (a writer that died after its footer but before its trailer).
-fn scan(bytes: &[u8]) -> (Vec<RecordEntry>, Option<TornTail>) {
-    let len = bytes.len() as u64;
-    let mut records = Vec::new();
-    let mut at = FILE_HEADER_BYTES;
-    let stop = |at: u64, reason: String| {
-        Some(TornTail {
-            offset: at,
-            bytes: len - at,
-            reason,
-        })
-    };
-    loop {
-        if at >= len {
-            return (records, None);
-        }
-        let h = match RecordHeader::decode(&bytes[at as usize..], at) {
-            Ok(h) => h,
-            // only zeros left: space a writer allocated ahead, nothing lost
-            Err(_) if bytes[at as usize..].iter().all(|&b| b == 0) => return (records, None),
-            Err(e) => return (records, stop(at, e.to_string())),
-        };
-        if h.record_id != records.len() as u64 {
-            let reason = format!(
-                "record header says id {}, expected {}",
-                h.record_id,
-                records.len()
-            );
-            return (records, stop(at, reason));
-        }
-        let end = at
-            .checked_add(RECORD_HEADER_BYTES)
-            .and_then(|x| x.checked_add(h.body_len));
-        let Some(end) = end.filter(|&e| e <= len) else {
-            return (
-                records,
-                stop(
-                    at,
-                    format!(
-                        "record {} needs {} body bytes; the file ends first",
-                        h.record_id, h.body_len
-                    ),
-                ),
-            );
-        };
-        let body = &bytes[(at + RECORD_HEADER_BYTES) as usize..end as usize];
-        if h.kind == RecordKind::Footer as u16 {
-            let trailing = len - at;
-            return (
-                records,
-                stop(
-                    at,
-                    format!("footer record without a valid trailer ({trailing} bytes)"),
-                ),
-            );
-        }
-        let Ok(b) = split_body(body, at) else {
-            return (records, stop(at, "malformed record body".into()));
-        };
-        let (mut name_at, mut name_len, mut step, mut layer) =
-            (b.descriptor_offset, 0u32, None, None);
-        if h.kind == RecordKind::Tensor as u16 || h.kind == RecordKind::Storage as u16 {
-            if b.descriptor.len() >= 4 {
-                let n = u32::from_le_bytes(b.descriptor[0..4].try_into().unwrap_or_default());
-                if 4 + n as usize <= b.descriptor.len()
-                    && std::str::from_utf8(&b.descriptor[4..4 + n as usize]).is_ok()
-                {
-                    name_at = b.descriptor_offset + 4;
-                    name_len = n;
-                }
-            }
-            if h.kind == RecordKind::Tensor as u16 {
-                if let Ok(d) = decode_tensor(b.descriptor, b.descriptor_offset) {
-                    step = d.step;
-                    layer = d.layer;
-                }
-            }
-        }
-        records.push(RecordEntry {
-            offset: at,
-            body_len: h.body_len,
-            kind: h.kind,
-            step,
-            layer,
-            name_at,
-            name_len,
-        });
-        match next_record_offset(at, h.body_len) {
-            Some(next) if next <= len => at = next,
-            // the last record is complete; only its padding was cut
-            _ => {
-                return (
-                    records,
-                    stop(
-                        end,
-                        "the file ends inside the padding after the last record".into(),
-                    ),
-                )
-            }
-        }
+        self.at().body(id)
     }
 }

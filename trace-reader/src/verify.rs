@@ -1,5 +1,7 @@
 //! `verify()`: every checksum, every padding byte, every lineage replay.
 
+#![forbid(unsafe_code)]
+
 use trace_format::lineage::{replay, ParentLayout};
 use trace_format::record::{
     crc32c, next_record_offset, RecordHeader, RecordKind, RECORD_HEADER_BYTES,
@@ -105,10 +107,10 @@ impl Trace {
             );
         }
         // a GGUF file has no record framing or checksums: its tensors are checked below
-        let framed = if self.is_gguf() {
-            &[][..]
-        } else {
+        let framed = if self.framed() {
             &self.records[..]
+        } else {
+            &[][..]
         };
         for (id, r) in framed.iter().enumerate() {
             let id = id as u64;

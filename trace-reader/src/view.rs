@@ -1,12 +1,15 @@
 //! Zero-copy views of a tensor's bytes and the copies made from them.
 
+#![forbid(unsafe_code)]
+
 use ndarray::{ArrayViewD, Axis, IxDyn, ShapeBuilder};
 use trace_format::stats::StatsAccumulator;
 use trace_format::{DType, Layout, NativeType, Stats};
 
 use crate::error::ReaderError;
+use crate::replay::derive;
 use crate::trace::{TensorInfo, Trace};
-use crate::values::{derive, gather, gather_f32, value_limit, walk};
+use crate::values::{gather, gather_f32, value_limit, walk};
 
 /// A tensor and the bytes of its storage. Its layout was checked against
 /// the storage when the tensor was decoded, so every element it names is
@@ -19,7 +22,7 @@ pub struct TensorView<'a> {
 }
 
 impl<'a> TensorView<'a> {
-    pub(crate) fn new(trace: &'a Trace, info: &'a TensorInfo, storage: &'a [u8]) -> Self {
+    fn new(trace: &'a Trace, info: &'a TensorInfo, storage: &'a [u8]) -> Self {
         TensorView {
             trace,
             info,
@@ -266,8 +269,8 @@ impl<'a> TensorView<'a> {
     /// their parents, f64 and 64-bit integers rounded.
     ///
     /// A large f32, f16 or bf16 view (256 KiB of f32 or more) is converted
-    /// by the calling thread together with the reader's helper thread(s),
-    /// where the machine has more than one core; the values are the same.
+    /// by the threads of the reader's rayon pool together, where the
+    /// machine has more than one core; the values are the same.
     pub fn to_f32(&self) -> Result<Vec<f32>, ReaderError> {
         if self.info.dtype == DType::F32 && !self.info.derived {
             if let Ok(s) = self.as_slice::<f32>() {
@@ -312,6 +315,19 @@ impl<'a> TensorView<'a> {
             .ok()
             .map(|b| trace_format::record::crc32c(&b));
         Ok(acc.finish(crc))
+    }
+}
+
+impl Trace {
+    /// A zero-copy view of the tensor with record id `id`.
+    pub fn view(&self, id: u64) -> Result<TensorView<'_>, ReaderError> {
+        let info = self.tensor(id)?;
+        Ok(TensorView::new(self, info, self.storage_bytes(info)))
+    }
+
+    /// [`Trace::view`] by name (see [`Trace::get`] for repeated names).
+    pub fn view_by_name(&self, name: &str) -> Result<TensorView<'_>, ReaderError> {
+        self.resolve(name).and_then(|id| self.view(id))
     }
 }
 

@@ -25,6 +25,8 @@
 //!
 //! MODE is `sync` or `background` (a 4 MiB queue that blocks when full).
 
+#![forbid(unsafe_code)]
+
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::process::ExitCode;
