@@ -260,7 +260,11 @@ impl Side {
 }
 
 /// One compared pair.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+///
+/// As JSON, a stats-only pair's `metrics` holds both sides' moments and
+/// `null` for every element-wise metric (nothing was measured element by
+/// element); see [`Pair::measured`].
+#[derive(Clone, Debug, PartialEq)]
 pub struct Pair {
     /// The name both sides pair under (B's name: A's name after the mapping).
     pub key: String,
@@ -276,8 +280,91 @@ pub struct Pair {
     pub b: Side,
     /// The verdict.
     pub verdict: Verdict,
-    /// The metrics (absent when skipped or shapes differ; moments only for stats-only pairs).
+    /// The metrics (absent when skipped or shapes differ; moments only for
+    /// stats-only pairs: their other fields are not measured, see [`Pair::measured`]).
     pub metrics: Option<Metrics>,
+}
+
+impl Pair {
+    /// The element-wise metrics, when values were compared element by
+    /// element (`None` for stats-only, skipped and shape-mismatched pairs).
+    pub fn measured(&self) -> Option<&Metrics> {
+        self.metrics
+            .as_ref()
+            .filter(|_| self.verdict != Verdict::StatsOnly)
+    }
+}
+
+/// [`Metrics`] as JSON: `null` for what was not measured.
+#[derive(serde::Serialize)]
+struct MetricsJson<'a> {
+    numel: Option<u64>,
+    max_abs: Option<f64>,
+    max_abs_index: Option<&'a [u64]>,
+    max_abs_a: Option<f64>,
+    max_abs_b: Option<f64>,
+    max_rel: Option<f64>,
+    mean_abs: Option<f64>,
+    rmse: Option<f64>,
+    cosine: Option<f64>,
+    max_ulp: Option<u64>,
+    nan_mismatch: Option<u64>,
+    inf_mismatch: Option<u64>,
+    outside_tolerance: Option<u64>,
+    a: &'a Moments,
+    b: &'a Moments,
+}
+
+impl<'a> MetricsJson<'a> {
+    fn of(m: &'a Metrics, measured: bool) -> Self {
+        let f = |x: f64| measured.then_some(x);
+        let u = |x: u64| measured.then_some(x);
+        MetricsJson {
+            numel: u(m.numel),
+            max_abs: f(m.max_abs),
+            max_abs_index: measured.then_some(m.max_abs_index.as_slice()),
+            max_abs_a: f(m.max_abs_a),
+            max_abs_b: f(m.max_abs_b),
+            max_rel: f(m.max_rel),
+            mean_abs: f(m.mean_abs),
+            rmse: f(m.rmse),
+            cosine: f(m.cosine),
+            max_ulp: m.max_ulp.filter(|_| measured),
+            nan_mismatch: u(m.nan_mismatch),
+            inf_mismatch: u(m.inf_mismatch),
+            outside_tolerance: u(m.outside_tolerance),
+            a: &m.a,
+            b: &m.b,
+        }
+    }
+}
+
+impl serde::Serialize for Pair {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct PairJson<'a> {
+            key: &'a str,
+            step: Option<i64>,
+            rule: Option<&'a str>,
+            transforms: &'a [String],
+            a: &'a Side,
+            b: &'a Side,
+            verdict: &'a Verdict,
+            metrics: Option<MetricsJson<'a>>,
+        }
+        let measured = self.measured().is_some();
+        PairJson {
+            key: &self.key,
+            step: self.step,
+            rule: self.rule.as_deref(),
+            transforms: &self.transforms,
+            a: &self.a,
+            b: &self.b,
+            verdict: &self.verdict,
+            metrics: self.metrics.as_ref().map(|m| MetricsJson::of(m, measured)),
+        }
+        .serialize(s)
+    }
 }
 
 /// Per-layer error growth, as people tabulate it by hand.

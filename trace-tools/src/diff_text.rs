@@ -202,18 +202,14 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
         {
             continue;
         }
-        let m = p.metrics.as_ref();
-        let stats = matches!(p.verdict, Verdict::StatsOnly);
+        let m = p.measured();
         pt.row(vec![
             p.a.id.to_string(),
             name_cell(p),
             format!("[{}]", join(&p.a.shape)),
-            m.filter(|_| !stats)
-                .map_or(String::new(), |m| num(m.max_abs)),
-            m.filter(|_| !stats)
-                .map_or(String::new(), |m| num(m.max_rel)),
-            m.filter(|_| !stats)
-                .map_or(String::new(), |m| format!("{:.5}", m.cosine)),
+            m.map_or(String::new(), |m| num(m.max_abs)),
+            m.map_or(String::new(), |m| num(m.max_rel)),
+            m.map_or(String::new(), |m| format!("{:.5}", m.cosine)),
             m.and_then(|m| m.max_ulp)
                 .map_or(String::new(), |u| u.to_string()),
             verdict_cell(&p.verdict),

@@ -384,22 +384,8 @@ pub fn values_path(out: &Path) -> std::path::PathBuf {
 /// One row per compared pair of a `diff`.
 pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<()> {
     let p = &r.pairs;
-    let m = |f: fn(&crate::compare::Metrics) -> f64| {
-        f64s(p.iter().map(|x| {
-            x.metrics
-                .as_ref()
-                .filter(|_| !matches!(x.verdict, Verdict::StatsOnly))
-                .map(f)
-        }))
-    };
-    let mu = |f: fn(&crate::compare::Metrics) -> u64| {
-        u64s(p.iter().map(|x| {
-            x.metrics
-                .as_ref()
-                .filter(|_| !matches!(x.verdict, Verdict::StatsOnly))
-                .map(f)
-        }))
-    };
+    let m = |f: fn(&crate::compare::Metrics) -> f64| f64s(p.iter().map(|x| x.measured().map(f)));
+    let mu = |f: fn(&crate::compare::Metrics) -> u64| u64s(p.iter().map(|x| x.measured().map(f)));
     let verdict = |v: &Verdict| match v {
         Verdict::Agree => "agree",
         Verdict::Diverge(_) => "diverge",

@@ -138,6 +138,8 @@ pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, ToolsE
         .enumerate()
         .map(|(i, p)| {
             let m = p.metrics.as_ref();
+            // stats-only pairs have moments but no element-wise metrics: null ("—")
+            let measured = p.measured();
             json!({
                 "index": i,
                 "key": p.key,
@@ -148,9 +150,9 @@ pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, ToolsE
                 "shape": p.a.shape,
                 "verdict": verdict_text(&p.verdict),
                 "divergent": p.verdict.is_divergent(),
-                "max_abs": m.map(|m| m.max_abs),
-                "max_rel": m.map(|m| m.max_rel),
-                "cosine": m.map(|m| m.cosine),
+                "max_abs": measured.map(|m| m.max_abs),
+                "max_rel": measured.map(|m| m.max_rel),
+                "cosine": measured.map(|m| m.cosine),
                 "mean_a": m.map(|m| m.a.mean),
                 "mean_b": m.map(|m| m.b.mean),
                 "std_a": m.map(|m| m.a.std),
@@ -185,7 +187,7 @@ pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, ToolsE
             },
             "step": p.step,
             "verdict": verdict_text(&p.verdict),
-            "metrics": p.metrics.as_ref().map(|m| json!({
+            "metrics": p.measured().map(|m| json!({
                 "max_abs": m.max_abs, "max_rel": m.max_rel, "mean_abs": m.mean_abs,
                 "rmse": m.rmse, "cosine": m.cosine, "max_abs_index": m.max_abs_index,
                 "nan_mismatch": m.nan_mismatch, "inf_mismatch": m.inf_mismatch,

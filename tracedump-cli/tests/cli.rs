@@ -789,3 +789,75 @@ fn verbs_bound_the_broadcast_values_they_expand() {
         assert!(!text.contains("panicked"), "{args:?}");
     }
 }
+
+/// The data a report page draws itself from (its `<script id="data">`).
+fn report_data(html: &str) -> serde_json::Value {
+    let start = html
+        .find(r#"<script id="data" type="application/json">"#)
+        .unwrap();
+    let body = &html[start..];
+    let body = &body[body.find('>').unwrap() + 1..body.find("</script>").unwrap()];
+    serde_json::from_str(body).unwrap()
+}
+
+#[test]
+fn stats_only_pairs_have_no_made_up_metrics() {
+    let dir = demo_dir();
+    let d = dir.path();
+    // the demo records kq_soft_max-N as statistics only in B
+    let (code, text) = run(d, &["diff", "demo.tdump", "demo.reference.tdump", "--json"]);
+    assert_eq!(code, 1, "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let pair = |key: &str| {
+        json["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["key"] == key)
+            .unwrap()
+            .clone()
+    };
+    let stats = pair("kq_soft_max-0");
+    assert_eq!(stats["verdict"]["kind"], "stats_only");
+    let m = &stats["metrics"];
+    for k in [
+        "numel",
+        "max_abs",
+        "max_abs_index",
+        "max_rel",
+        "mean_abs",
+        "rmse",
+        "cosine",
+        "nan_mismatch",
+        "outside_tolerance",
+    ] {
+        assert!(m[k].is_null(), "{k}: {}", m[k]);
+    }
+    assert!(m["a"]["std"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(m["b"]["std"].as_f64().unwrap() > 0.0, "{m}");
+    // a compared pair keeps its numbers
+    assert_eq!(pair("k-0")["metrics"]["cosine"], 1.0);
+
+    let (code, text) = run(
+        d,
+        &[
+            "report",
+            "demo.tdump",
+            "demo.reference.tdump",
+            "-o",
+            "r.html",
+        ],
+    );
+    assert_eq!(code, 1, "{text}");
+    let data = report_data(&std::fs::read_to_string(d.join("r.html")).unwrap());
+    let row = data["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == "kq_soft_max-0")
+        .unwrap();
+    for k in ["max_abs", "max_rel", "cosine"] {
+        assert!(row[k].is_null(), "{k}: {row}");
+    }
+    assert!(row["std_a"].as_f64().is_some(), "{row}");
+}
