@@ -220,6 +220,38 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The verdict's name, the same everywhere (JSON's `kind`, Parquet,
+    /// Python, the report): `agree`, `diverge`, `shape_mismatch`,
+    /// `stats_only` or `skipped`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Agree => "agree",
+            Verdict::Diverge(_) => "diverge",
+            Verdict::ShapeMismatch => "shape_mismatch",
+            Verdict::StatsOnly => "stats_only",
+            Verdict::Skipped(_) => "skipped",
+        }
+    }
+
+    /// The name as people read it in tables: upper case when the pair
+    /// parts the runs (`DIVERGE`, `SHAPE_MISMATCH`), so that it stands out.
+    pub fn label(&self) -> String {
+        if self.is_divergent() {
+            self.name().to_ascii_uppercase()
+        } else {
+            self.name().to_string()
+        }
+    }
+
+    /// Why: the reasons a pair diverges, or why it was skipped.
+    pub fn reasons(&self) -> &[String] {
+        match self {
+            Verdict::Diverge(why) => why,
+            Verdict::Skipped(why) => std::slice::from_ref(why),
+            _ => &[],
+        }
+    }
+
     /// Whether this pair marks the runs as parted.
     pub fn is_divergent(&self) -> bool {
         matches!(self, Verdict::Diverge(_) | Verdict::ShapeMismatch)

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::compare::{DiffReport, Verdict};
+use crate::compare::DiffReport;
 use crate::{ResultExt, ToolsError};
 use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
@@ -386,21 +386,7 @@ pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<(
     let p = &r.pairs;
     let m = |f: fn(&crate::compare::Metrics) -> f64| f64s(p.iter().map(|x| x.measured().map(f)));
     let mu = |f: fn(&crate::compare::Metrics) -> u64| u64s(p.iter().map(|x| x.measured().map(f)));
-    let verdict = |v: &Verdict| match v {
-        Verdict::Agree => "agree",
-        Verdict::Diverge(_) => "diverge",
-        Verdict::ShapeMismatch => "shape_mismatch",
-        Verdict::StatsOnly => "stats_only",
-        Verdict::Skipped(_) => "skipped",
-    };
-    let reasons: Vec<String> = p
-        .iter()
-        .map(|x| match &x.verdict {
-            Verdict::Diverge(why) => why.join("; "),
-            Verdict::Skipped(why) => why.clone(),
-            _ => String::new(),
-        })
-        .collect();
+    let reasons: Vec<String> = p.iter().map(|x| x.verdict.reasons().join("; ")).collect();
     let (fa, fb) = (
         a.path().display().to_string(),
         b.path().display().to_string(),
@@ -439,10 +425,7 @@ pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<(
                     .collect::<Vec<_>>(),
             ),
         ),
-        (
-            "verdict",
-            strings(p.iter().map(|x| Some(verdict(&x.verdict)))),
-        ),
+        ("verdict", strings(p.iter().map(|x| Some(x.verdict.name())))),
         (
             "divergent",
             bools(p.iter().map(|x| Some(x.verdict.is_divergent()))),

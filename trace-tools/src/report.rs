@@ -120,13 +120,12 @@ fn error_map(a: &Trace, b: &Trace, ida: u64, idb: u64) -> Result<Value, ToolsErr
     }))
 }
 
+/// The verdict as the page shows it: its name (upper case when divergent),
+/// then the reasons.
 fn verdict_text(v: &Verdict) -> String {
-    match v {
-        Verdict::Agree => "ok".into(),
-        Verdict::Diverge(why) => format!("DIVERGE: {}", why.join("; ")),
-        Verdict::ShapeMismatch => "shape mismatch".into(),
-        Verdict::StatsOnly => "stats only".into(),
-        Verdict::Skipped(why) => format!("skipped: {why}"),
+    match v.reasons() {
+        [] => v.label(),
+        why => format!("{}: {}", v.label(), why.join("; ")),
     }
 }
 
@@ -141,7 +140,9 @@ pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, ToolsE
             // stats-only pairs have moments but no element-wise metrics: null ("—")
             let measured = p.measured();
             json!({
+                // 0-based, as in diff --json; people read `pair` (1-based)
                 "index": i,
+                "pair": i + 1,
                 "key": p.key,
                 "name_a": p.a.name,
                 "name_b": p.b.name,
@@ -178,6 +179,7 @@ pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, ToolsE
     {
         Some((i, p)) => json!({
             "index": i,
+            "pair": i + 1,
             "key": p.key,
             // what the user calls it: A's name, and B's where it differs
             "names": if p.a.name == p.b.name {

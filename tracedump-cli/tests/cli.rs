@@ -861,3 +861,70 @@ fn stats_only_pairs_have_no_made_up_metrics() {
     }
     assert!(row["std_a"].as_f64().is_some(), "{row}");
 }
+
+#[test]
+fn one_vocabulary_for_verdicts_one_numbering_for_pairs() {
+    let dir = demo_dir();
+    let d = dir.path();
+    let (_, json) = run(d, &["diff", "demo.tdump", "demo.reference.tdump", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let (_, text) = run(d, &["diff", "demo.tdump", "demo.reference.tdump", "--all"]);
+    let (_, summary) = run(
+        d,
+        &[
+            "report",
+            "demo.tdump",
+            "demo.reference.tdump",
+            "-o",
+            "r.html",
+        ],
+    );
+    let data = report_data(&std::fs::read_to_string(d.join("r.html")).unwrap());
+    // numbering: pair 38 of 59 for people, index 37 in JSON
+    assert_eq!(json["first_divergence"], 37);
+    assert!(
+        text.contains("(pair 38 of 59, in A's execution order)"),
+        "{text}"
+    );
+    assert!(
+        summary.contains("first divergence ffn_norm-2 (pair 38 of 59)"),
+        "{summary}"
+    );
+    assert_eq!(data["first"]["index"], 37);
+    assert_eq!(data["first"]["pair"], 38);
+    assert_eq!(data["pairs"][37]["pair"], 38);
+    // the text table's pair column says the same
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("38  #47 ") && l.contains("ffn_norm-2")),
+        "{text}"
+    );
+    // vocabulary: each pair's verdict has the same name everywhere
+    let names = [
+        "agree",
+        "diverge",
+        "shape_mismatch",
+        "stats_only",
+        "skipped",
+    ];
+    for (i, p) in json["pairs"].as_array().unwrap().iter().enumerate() {
+        let kind = p["verdict"]["kind"].as_str().unwrap();
+        assert!(names.contains(&kind), "{kind}");
+        let shown = if kind == "diverge" || kind == "shape_mismatch" {
+            kind.to_ascii_uppercase()
+        } else {
+            kind.to_string()
+        };
+        let row = data["pairs"][i]["verdict"].as_str().unwrap();
+        assert!(
+            row == shown || row.starts_with(&format!("{shown}: ")),
+            "{row} vs {kind}"
+        );
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{}  #", i + 1)))
+            .unwrap_or_else(|| panic!("pair {} not in\n{text}", i + 1));
+        assert!(line.trim_end().ends_with(&shown), "{line} vs {kind}");
+    }
+    assert!(!text.contains(" ok\n") && !text.contains("(ok)"), "{text}");
+}

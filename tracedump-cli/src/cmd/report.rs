@@ -38,9 +38,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
         "{}: {} pairs, {}",
         output.display(),
         report.pairs.len(),
-        match report.first_divergence.and_then(|i| report.pairs.get(i)) {
-            Some(p) if p.a.name == p.b.name => format!("first divergence {}", p.a.name),
-            Some(p) => format!("first divergence {} (A) = {} (B)", p.a.name, p.b.name),
+        match report
+            .first_divergence
+            .and_then(|i| Some((i, report.pairs.get(i)?)))
+        {
+            Some((i, p)) => format!(
+                "first divergence {} (pair {} of {})",
+                if p.a.name == p.b.name {
+                    p.a.name.clone()
+                } else {
+                    format!("{} (A) = {} (B)", p.a.name, p.b.name)
+                },
+                i + 1,
+                report.pairs.len()
+            ),
             None if report.pairs.is_empty() => {
                 "nothing compared: no tensor of A pairs with one of B".to_string()
             }
