@@ -55,7 +55,7 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// The values of a tensor, printed as numpy and ggml's eval callback do.
     #[command(
-        after_help = "Examples:\n  tracedump show run.tdump k-0\n  tracedump show run.tdump 'Qcur-0#2' --slice '0, :, 0:4'\n  tracedump show run.tdump logits --as f16 --full"
+        after_help = "Examples:\n  tracedump show run.tdump k-0\n  tracedump show run.tdump 'Qcur-0#2' --slice '0, :, 0:4'\n  tracedump show run.tdump logits --as f16 --full\n  tracedump show run.tdump k-0 --slice '0, 0' --json\n\nJSON (--json): {name, id, occurrence: [k, n] (k from 0) or null, dtype, as_dtype, shape, byte_strides, slice, sliced_shape, values}; values are nested lists of the slice's shape (the tensor's without one), every value: integers for integer dtypes, NaN and infinities as the strings \"NaN\", \"Infinity\", \"-Infinity\"."
     )]
     Show(cmd::show::Args),
     /// Where two runs part ways: pair tensors by name, compare values, name the first divergence.
@@ -77,11 +77,13 @@ enum Command {
     /// error sits, and the full sortable table. No network fetches. Exit
     /// status as `diff`: 0 agree, 1 diverge.
     #[command(
-        after_help = "Example:\n  tracedump report mine.tdump llama.tdump -o report.html --preset llama-hf"
+        after_help = "Example:\n  tracedump report mine.tdump llama.tdump -o report.html --preset llama-hf\n\nJSON (--json): the summary line as {output, agrees, pairs, divergent, first_divergence: null or {pair (from 1), index (from 0, as diff --json), key, name_a, name_b, step, verdict, reasons}}."
     )]
     Report(cmd::report::Args),
     /// Check every checksum, padding byte and lineage replay; exit 1 on any fault.
-    #[command(after_help = "Example:\n  tracedump verify run.tdump")]
+    #[command(
+        after_help = "Examples:\n  tracedump verify run.tdump\n  tracedump verify run.tdump --json\n\nJSON (--json): {ok, files: [{file, rank (sharded runs) or null, ok, records, bytes, tensors, lineages_replayed, value_checksums, values_unchecked, faults: [{record, tensor, offset, message}]}], warnings}. Exit status: 0 sound, 1 a fault, 2 error."
+    )]
     Verify(cmd::verify::Args),
     /// Turn a torn trace (writer killed) into a clean, finished one holding every complete record.
     ///

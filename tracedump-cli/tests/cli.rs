@@ -928,3 +928,69 @@ fn one_vocabulary_for_verdicts_one_numbering_for_pairs() {
     }
     assert!(!text.contains(" ok\n") && !text.contains("(ok)"), "{text}");
 }
+
+#[test]
+fn verify_show_report_print_json() {
+    let dir = demo_dir();
+    let d = dir.path();
+    let json = |args: &[&str], code: i32| -> serde_json::Value {
+        let out = tracedump(d).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let v = json(&["verify", "demo.tdump", "--json"], 0);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["files"][0]["file"], "demo.tdump");
+    assert_eq!(v["files"][0]["records"], 72);
+    assert_eq!(v["files"][0]["faults"], serde_json::json!([]));
+
+    // values as nested lists of the slice's shape, f32 digits kept short
+    let v = json(
+        &[
+            "show",
+            "demo.tdump",
+            "k-0",
+            "--slice",
+            "0, 0, 0:2, 0:3",
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(v["name"], "k-0");
+    assert_eq!(v["dtype"], "f32");
+    assert_eq!(v["shape"], serde_json::json!([1, 4, 8, 16]));
+    assert_eq!(v["sliced_shape"], serde_json::json!([2, 3]));
+    let rows = v["values"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].as_array().unwrap().len(), 3);
+    let trace = Trace::open(d.join("demo.tdump")).unwrap();
+    let all = trace
+        .view(trace.resolve("k-0").unwrap())
+        .unwrap()
+        .to_f32()
+        .unwrap();
+    assert_eq!(rows[1][2].as_f64().unwrap() as f32, all[16 + 2]);
+    // every value, without a slice
+    let v = json(&["show", "demo.tdump", "k-0", "--json"], 0);
+    assert_eq!(v["values"][0][3][7].as_array().unwrap().len(), 16);
+
+    let v = json(
+        &[
+            "report",
+            "demo.tdump",
+            "demo.reference.tdump",
+            "-o",
+            "r.html",
+            "--json",
+        ],
+        1,
+    );
+    assert_eq!(v["agrees"], false);
+    assert_eq!(v["pairs"], 59);
+    assert_eq!(v["first_divergence"]["pair"], 38);
+    assert_eq!(v["first_divergence"]["index"], 37);
+    assert_eq!(v["first_divergence"]["key"], "ffn_norm-2");
+    assert_eq!(v["first_divergence"]["verdict"], "diverge");
+    assert!(d.join("r.html").exists());
+}
