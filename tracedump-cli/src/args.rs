@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use regex::Regex;
 use trace_reader::{TensorFilter, Trace};
 use trace_tools::compare::Tolerance;
@@ -124,4 +124,32 @@ pub fn open_run(path: &Path) -> Result<Shards> {
         s.trace.set_broadcast_budget(broadcast_budget(&s.trace));
     }
     Ok(run)
+}
+
+/// The file a verb writes: `-o/--output FILE`, as every verb that writes a
+/// file takes it. Verbs that took it positionally still do (`OUT`); both
+/// may be given only when they name the same file.
+#[derive(clap::Args)]
+pub struct Output {
+    /// The file to write (OUT, the positional form, says the same).
+    #[arg(short, long, value_name = "FILE", required_unless_present = "out")]
+    output: Option<PathBuf>,
+    /// The file to write: the same as -o/--output.
+    #[arg(value_name = "OUT")]
+    out: Option<PathBuf>,
+}
+
+impl Output {
+    /// The file to write.
+    pub fn path(&self) -> Result<&Path> {
+        match (&self.output, &self.out) {
+            (Some(o), Some(p)) if o != p => bail!(
+                "two output files: {} (-o) and {} (OUT); give one",
+                o.display(),
+                p.display()
+            ),
+            (Some(o), _) | (None, Some(o)) => Ok(o),
+            (None, None) => bail!("no output file: give -o FILE"),
+        }
+    }
 }

@@ -35,7 +35,7 @@ mod output;
     name = "tracedump",
     version,
     about = "Capture and inspect named tensors from ML inference engines; find where two runs part ways",
-    after_help = "Exit status: 0 success (diff: the runs agree), 1 diff found a divergence or verify a fault, 2 error.\nEnvironment: TRACEDUMP_THREADS=N lets at most N threads share a large conversion to f32 (default: the cores, up to 4; 1: the calling thread only).\nStart with: tracedump demo demo.tdump && tracedump diff demo.tdump demo.reference.tdump"
+    after_help = "Exit status: 0 success (diff: the runs agree), 1 diff found a divergence or verify a fault, 2 error.\nEnvironment: TRACEDUMP_THREADS=N lets at most N threads share a large conversion to f32 (default: the cores, up to 4; 1: the calling thread only).\nEvery verb that writes a file takes -o/--output FILE (export, import, recover and demo also take it as their last argument).\nStart with: tracedump demo -o demo.tdump && tracedump diff demo.tdump demo.reference.tdump"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -87,9 +87,11 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Turn a torn trace (writer killed) into a clean, finished one holding every complete record.
     ///
-    /// Records are copied byte for byte with their ids; a footer index is
+    /// The output (-o FILE, or OUT) may not be the input. Records are copied byte for byte with their ids; a footer index is
     /// added. Recovery stops at the first record whose checksum fails.
-    #[command(after_help = "Example:\n  tracedump recover crashed.tdump recovered.tdump")]
+    #[command(
+        after_help = "Examples:\n  tracedump recover crashed.tdump -o recovered.tdump\n  tracedump recover crashed.tdump recovered.tdump --json\n\nJSON (--json): {records, dropped_tail_bytes, stopped_at: null or [byte offset, why], bytes_written}."
+    )]
     Recover(cmd::recover::Args),
     /// Write logical tensors (contiguous, row-major) to safetensors or npz.
     ///
@@ -101,7 +103,7 @@ enum Command {
     /// run metadata and every source layout in `__metadata__`; npz (numpy)
     /// gets bf16/fp8 as float32.
     #[command(
-        after_help = "Examples:\n  tracedump export run.tdump --to safetensors run.safetensors\n  tracedump export run.tdump --to npz layer0.npz --layer 0"
+        after_help = "Examples:\n  tracedump export run.tdump --to safetensors -o run.safetensors\n  tracedump export run.tdump --to npz -o layer0.npz --layer 0"
     )]
     Export(cmd::export::Args),
     /// Convert a safetensors or GGUF file into a trace (or, from GGUF, into
@@ -112,14 +114,15 @@ enum Command {
     /// the key-value metadata becomes run metadata. Every reading verb also
     /// opens a `.gguf` directly (`tracedump inspect model.gguf`).
     #[command(
-        after_help = "Examples:\n  tracedump import weights.safetensors weights.tdump\n  tracedump import model.gguf model.tdump\n  tracedump import kv-trace.gguf kv.npz"
+        after_help = "Examples:\n  tracedump import weights.safetensors -o weights.tdump\n  tracedump import model.gguf -o model.tdump\n  tracedump import kv-trace.gguf -o kv.npz"
     )]
     Import(cmd::import::Args),
     /// Write the built-in example: a 4-layer model run twice, with a planted divergence.
     ///
-    /// OUT is the run under test; OUT's stem + `.reference.tdump` is the reference.
+    /// -o FILE (or OUT) is the run under test; its stem + `.reference.tdump`
+    /// is the reference.
     #[command(
-        after_help = "Example:\n  tracedump demo demo.tdump && tracedump diff demo.tdump demo.reference.tdump"
+        after_help = "Example:\n  tracedump demo -o demo.tdump && tracedump diff demo.tdump demo.reference.tdump"
     )]
     Demo(cmd::demo::Args),
 }

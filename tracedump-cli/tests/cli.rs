@@ -994,3 +994,61 @@ fn verify_show_report_print_json() {
     assert_eq!(v["first_divergence"]["verdict"], "diverge");
     assert!(d.join("r.html").exists());
 }
+
+#[test]
+fn every_verb_that_writes_a_file_takes_dash_o() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ok = |args: &[&str]| {
+        let (code, text) = run(d, args);
+        assert_eq!(code, 0, "{args:?}: {text}");
+    };
+    ok(&["demo", "-o", "demo.tdump"]);
+    assert!(d.join("demo.reference.tdump").exists());
+    ok(&["demo", "--output", "d2.tdump", "d2.tdump"]);
+    ok(&["recover", "demo.tdump", "-o", "rec.tdump"]);
+    ok(&[
+        "export",
+        "demo.tdump",
+        "--to",
+        "safetensors",
+        "-o",
+        "x.safetensors",
+    ]);
+    ok(&["export", "demo.tdump", "--to", "npz", "--output", "x.npz"]);
+    ok(&["import", "x.safetensors", "-o", "back.tdump"]);
+    ok(&["report", "demo.tdump", "demo.tdump", "--output", "r.html"]);
+    for f in [
+        "rec.tdump",
+        "x.safetensors",
+        "x.npz",
+        "back.tdump",
+        "r.html",
+    ] {
+        assert!(d.join(f).exists(), "{f}");
+    }
+    // the positional form still works; two different files are refused
+    ok(&["recover", "demo.tdump", "rec2.tdump"]);
+    for args in [
+        &["recover", "demo.tdump", "a.tdump", "-o", "b.tdump"][..],
+        &["demo", "a.tdump", "-o", "b.tdump"],
+        &[
+            "export",
+            "demo.tdump",
+            "--to",
+            "npz",
+            "a.npz",
+            "-o",
+            "b.npz",
+        ],
+        &["import", "x.safetensors", "a.tdump", "-o", "b.tdump"],
+    ] {
+        let (code, text) = run(d, args);
+        assert_eq!(code, 2, "{args:?}: {text}");
+        assert!(text.contains("two output files"), "{args:?}: {text}");
+        assert!(!d.join("a.tdump").exists() && !d.join("b.tdump").exists());
+    }
+    let (code, text) = run(d, &["recover", "demo.tdump"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("--output <FILE>"), "{text}");
+}

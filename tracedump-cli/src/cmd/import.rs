@@ -7,18 +7,19 @@ use anyhow::Result;
 use trace_tools::export::{export, ExportFormat};
 use trace_tools::import::{import_gguf, import_safetensors, ImportSummary};
 
-use crate::args::open;
+use crate::args::{open, Output};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The safetensors or GGUF file.
     file: PathBuf,
     /// The file to write: a trace (`.tdump`), or from GGUF also `.safetensors` / `.npz`.
-    out: PathBuf,
+    #[command(flatten)]
+    output: Output,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (file, out) = (&args.file, &args.out);
+    let (file, out) = (&args.file, args.output.path()?);
     let is_gguf = std::fs::File::open(file)
         .and_then(|mut f| {
             let mut magic = [0u8; 4];
