@@ -8,6 +8,7 @@ use trace_reader::{TensorFilter, Trace};
 use trace_tools::compare::Tolerance;
 use trace_tools::mapping::{preset_names, Mapping};
 use trace_tools::shards::Shards;
+use trace_tools::sniff::sniff;
 
 /// Which tensors a verb looks at.
 #[derive(clap::Args)]
@@ -109,9 +110,19 @@ fn broadcast_budget(t: &Trace) -> u64 {
     trace_reader::values::value_limit(t.file_len()).saturating_mul(4)
 }
 
+/// A file that did not open as a trace: when its first bytes say it is
+/// something else (safetensors, npz, a PyTorch checkpoint), say so and
+/// what to do instead of the reader's "bad magic".
+fn not_a_trace(path: &Path, e: impl Into<anyhow::Error>) -> anyhow::Error {
+    match sniff(path).and_then(|k| k.hint(path)) {
+        Some(hint) => anyhow::anyhow!(hint),
+        None => e.into(),
+    }
+}
+
 /// Open one trace file for a verb.
 pub fn open(path: &Path) -> Result<Trace> {
-    let t = Trace::open(path)?;
+    let t = Trace::open(path).map_err(|e| not_a_trace(path, e))?;
     t.set_broadcast_budget(broadcast_budget(&t));
     Ok(t)
 }
@@ -119,7 +130,7 @@ pub fn open(path: &Path) -> Result<Trace> {
 /// Open what a verb is given: a trace file (a run of one shard) or a
 /// directory or glob of shards.
 pub fn open_run(path: &Path) -> Result<Shards> {
-    let run = Shards::open_any(path)?;
+    let run = Shards::open_any(path).map_err(|e| not_a_trace(path, e))?;
     for s in run.shards() {
         s.trace.set_broadcast_budget(broadcast_budget(&s.trace));
     }

@@ -1052,3 +1052,65 @@ fn every_verb_that_writes_a_file_takes_dash_o() {
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("--output <FILE>"), "{text}");
 }
+
+#[test]
+fn a_file_that_is_not_a_trace_is_named() {
+    let dir = demo_dir();
+    let d = dir.path();
+    for (to, file) in [("safetensors", "w.safetensors"), ("npz", "w.npz")] {
+        let (code, text) = run(d, &["export", "demo.tdump", "--to", to, "-o", file]);
+        assert_eq!(code, 0, "{text}");
+    }
+    // torch.save's zip layout, as far as its first bytes go
+    std::fs::write(
+        d.join("model.pt"),
+        b"PK\x03\x04\0\0\0\0archive/data.pkl\0\0\0\0",
+    )
+    .unwrap();
+    let (code, text) = run(d, &["inspect", "w.safetensors"]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        text.trim(),
+        "error: w.safetensors is a safetensors file, not a trace: \
+         `tracedump import w.safetensors -o OUT.tdump` converts it"
+    );
+    for verb in [&["verify"][..], &["show"], &["diff", "demo.tdump"]] {
+        let mut args = verb.to_vec();
+        args.insert(1, "w.safetensors");
+        if verb[0] == "show" {
+            args.push("k-0");
+        }
+        if verb[0] == "diff" {
+            args.swap(1, 2);
+        }
+        let (code, text) = run(d, &args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(
+            text.contains("is a safetensors file, not a trace"),
+            "{args:?}: {text}"
+        );
+    }
+    let (_, text) = run(d, &["inspect", "w.npz"]);
+    assert!(
+        text.contains("w.npz is a numpy .npz archive, not a trace"),
+        "{text}"
+    );
+    let (_, text) = run(d, &["inspect", "model.pt"]);
+    assert!(text.contains("model.pt is a PyTorch checkpoint"), "{text}");
+    assert!(!text.contains("bad magic"), "{text}");
+    // import names what it cannot convert
+    let (code, text) = run(d, &["import", "w.npz", "-o", "x.tdump"]);
+    assert_eq!(code, 2);
+    assert!(
+        text.contains("w.npz is a numpy .npz archive: import converts"),
+        "{text}"
+    );
+    let (_, text) = run(d, &["import", "demo.tdump", "-o", "x.tdump"]);
+    assert!(
+        text.contains("demo.tdump is already a tracedump trace"),
+        "{text}"
+    );
+    // and converts what it can
+    let (code, text) = run(d, &["import", "w.safetensors", "-o", "w.tdump"]);
+    assert_eq!(code, 0, "{text}");
+}
