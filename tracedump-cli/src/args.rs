@@ -120,6 +120,20 @@ fn not_a_trace(path: &Path, e: impl Into<anyhow::Error>) -> anyhow::Error {
     }
 }
 
+/// The one file a verb that cannot take shards (`recover`, `import`) is
+/// given: a directory or glob is refused with the verb's name, not an OS
+/// error from opening it.
+pub fn one_file<'p>(path: &'p Path, verb: &str, what: &str) -> Result<&'p Path> {
+    if trace_tools::shards::is_sharded(path) {
+        let n = trace_tools::shards::shard_files(path).map_or(0, |f| f.len());
+        bail!(
+            "{}: {verb} takes {what}, not a directory or glob of shards ({n} shards here)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// Open one trace file for a verb.
 pub fn open(path: &Path) -> Result<Trace> {
     let t = Trace::open(path).map_err(|e| not_a_trace(path, e))?;
@@ -158,6 +172,11 @@ impl Output {
                 "two output files: {} (-o) and {} (OUT); give one",
                 o.display(),
                 p.display()
+            ),
+            (Some(o), _) | (None, Some(o)) if o.is_dir() => bail!(
+                "{}: the output is a directory; give a file name (e.g. {})",
+                o.display(),
+                o.join("out").display()
             ),
             (Some(o), _) | (None, Some(o)) => Ok(o),
             (None, None) => bail!("no output file: give -o FILE"),

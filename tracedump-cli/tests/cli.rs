@@ -1114,3 +1114,64 @@ fn a_file_that_is_not_a_trace_is_named() {
     let (code, text) = run(d, &["import", "w.safetensors", "-o", "w.tdump"]);
     assert_eq!(code, 0, "{text}");
 }
+
+#[test]
+fn directories_and_globs_are_taken_or_refused_by_name() {
+    let dir = demo_dir();
+    let d = dir.path();
+    std::fs::create_dir(d.join("run")).unwrap();
+    for r in 0..2 {
+        std::fs::copy(d.join("demo.tdump"), d.join(format!("run/rank{r}.tdump"))).unwrap();
+    }
+    let refused = |args: &[&str], want: &str| {
+        let (code, text) = run(d, args);
+        assert_eq!(code, 2, "{args:?}: {text}");
+        assert!(text.contains(want), "{args:?}: {text}");
+        assert!(!text.contains("os error"), "{args:?}: {text}");
+    };
+    for input in ["run", "run/rank*.tdump"] {
+        refused(
+            &["recover", input, "-o", "r.tdump"],
+            &format!("{input}: recover takes one trace file, not a directory or glob of shards (2 shards here)"),
+        );
+        refused(
+            &["import", input, "-o", "r.tdump"],
+            &format!("{input}: import takes one safetensors or GGUF file, not a directory or glob"),
+        );
+        refused(
+            &["report", input, "demo.tdump", "-o", "r.html"],
+            &format!("{input}: report takes one trace file, not a directory or glob of shards (2 shards here)"),
+        );
+        refused(
+            &["report", "demo.tdump", input, "-o", "r.html"],
+            "report takes one trace file",
+        );
+    }
+    // the reading verbs take them
+    for args in [
+        &["inspect", "run"][..],
+        &["verify", "run/rank*.tdump"],
+        &["show", "run", "k-0"],
+        &["export", "run", "--to", "npz", "-o", "x.npz"],
+    ] {
+        let (code, text) = run(d, args);
+        if args[0] == "export" {
+            // npz holds one trace: it says so (parquet takes shards)
+            assert!(
+                text.contains("a sharded trace exports to parquet"),
+                "{text}"
+            );
+        } else {
+            assert_eq!(code, 0, "{args:?}: {text}");
+        }
+    }
+    // a directory where a file is written is named, not an OS error
+    for args in [
+        &["recover", "demo.tdump", "-o", "run"][..],
+        &["export", "demo.tdump", "--to", "npz", "-o", "run"],
+        &["demo", "-o", "run"],
+        &["report", "demo.tdump", "demo.tdump", "-o", "run"],
+    ] {
+        refused(args, "run: the output is a directory; give a file name");
+    }
+}

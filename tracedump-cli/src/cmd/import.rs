@@ -8,7 +8,7 @@ use trace_tools::export::{export, ExportFormat};
 use trace_tools::import::{import_gguf, import_safetensors, ImportSummary};
 use trace_tools::sniff::{sniff, Kind};
 
-use crate::args::{open, Output};
+use crate::args::{one_file, open, Output};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -20,7 +20,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (file, out) = (&args.file, args.output.path()?);
+    let (file, out) = (
+        one_file(&args.file, "import", "one safetensors or GGUF file")?,
+        args.output.path()?,
+    );
     let kind = sniff(file);
     let is_gguf = kind == Some(Kind::Gguf);
     match kind {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::args::Output;
+use crate::args::{one_file, Output};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,7 +21,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let output = args.output.path()?;
-    let sum = trace_tools::recover::recover(&args.input, output)?;
+    let input = one_file(&args.input, "recover", "one trace file")?;
+    let sum = trace_tools::recover::recover(input, output)?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&sum)?);
         return Ok(ExitCode::SUCCESS);

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use trace_tools::compare::{diff, DiffReport};
 
@@ -90,6 +90,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     bar.finish_and_clear();
     let page = trace_tools::report::html(ta, tb, &report)?;
     let output = &args.output;
+    if output.is_dir() {
+        bail!(
+            "{}: the output is a directory; give a file name (e.g. {})",
+            output.display(),
+            output.join("report.html").display()
+        );
+    }
     std::fs::write(output, page).with_context(|| format!("{}", output.display()))?;
     if args.json {
         outln!(
