@@ -1175,3 +1175,193 @@ fn directories_and_globs_are_taken_or_refused_by_name() {
         refused(args, "run: the output is a directory; give a file name");
     }
 }
+
+/// A small GGUF (v3) file: f32 tensors `(name, ne)` filled with 0.5, 1.5, …
+fn write_gguf(path: &Path, tensors: &[(&str, &[u64])]) {
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes());
+    // one key-value: general.name = "tiny"
+    let s = |b: &mut Vec<u8>, x: &str| {
+        b.extend_from_slice(&(x.len() as u64).to_le_bytes());
+        b.extend_from_slice(x.as_bytes());
+    };
+    s(&mut b, "general.name");
+    b.extend_from_slice(&8u32.to_le_bytes());
+    s(&mut b, "tiny");
+    let mut offset = 0u64;
+    let mut data = Vec::new();
+    for (name, ne) in tensors {
+        s(&mut b, name);
+        b.extend_from_slice(&(ne.len() as u32).to_le_bytes());
+        ne.iter()
+            .for_each(|n| b.extend_from_slice(&n.to_le_bytes()));
+        b.extend_from_slice(&0u32.to_le_bytes()); // F32
+        b.extend_from_slice(&offset.to_le_bytes());
+        let n: u64 = ne.iter().product();
+        for i in 0..n {
+            data.extend_from_slice(&(i as f32 + 0.5).to_le_bytes());
+        }
+        while data.len() % 32 != 0 {
+            data.push(0);
+        }
+        offset = data.len() as u64;
+    }
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    b.extend_from_slice(&data);
+    std::fs::write(path, b).unwrap();
+}
+
+/// Split an example line as a shell would: words, '…' and "…" quoting,
+/// `&&` between commands.
+fn shell_words(line: &str) -> Vec<Vec<String>> {
+    let (mut cmds, mut words, mut word, mut in_word) = (vec![], vec![], String::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                in_word = true;
+                for q in chars.by_ref() {
+                    if q == c {
+                        break;
+                    }
+                    word.push(q);
+                }
+            }
+            '&' if chars.peek() == Some(&'&') => {
+                chars.next();
+                cmds.push(std::mem::take(&mut words));
+            }
+            ' ' => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            _ => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    cmds.push(words);
+    cmds.retain(|c| !c.is_empty());
+    cmds
+}
+
+/// Every example in every `--help` runs: on the demo traces (under the
+/// names the examples use) in a temporary directory, it exits 0, or 1
+/// where the verb's help documents 1 (diff, report, verify).
+#[test]
+fn every_help_example_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_eq!(run(d, &["demo", "-o", "run.tdump"]).0, 0);
+    for (from, to) in [
+        ("run.tdump", "mine.tdump"),
+        ("run.tdump", "a.tdump"),
+        ("run.reference.tdump", "llama.tdump"),
+        ("run.reference.tdump", "hf.tdump"),
+        ("run.reference.tdump", "b.tdump"),
+    ] {
+        std::fs::copy(d.join(from), d.join(to)).unwrap();
+    }
+    // a torn trace: the writer killed mid-record
+    let bytes = std::fs::read(d.join("run.tdump")).unwrap();
+    std::fs::write(d.join("crashed.tdump"), &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let (code, text) = run(
+        d,
+        &[
+            "export",
+            "run.tdump",
+            "--to",
+            "safetensors",
+            "-o",
+            "weights.safetensors",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    write_gguf(
+        &d.join("model.gguf"),
+        &[
+            ("token_embd.weight", &[8, 4]),
+            ("blk.0.attn_q.weight", &[8, 8]),
+        ],
+    );
+    write_gguf(
+        &d.join("kv-trace.gguf"),
+        &[
+            ("K_quant.step0.layer0", &[16, 4]),
+            ("K_quant.step1.layer0", &[16, 4]),
+        ],
+    );
+
+    let help = |args: &[&str]| {
+        let out = tracedump(d).args(args).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{args:?} --help");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&[]);
+    let verbs: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .filter(|v| v != "help")
+        .collect();
+    assert!(verbs.len() >= 9, "{verbs:?}");
+    let mut examples: Vec<String> = top
+        .lines()
+        .filter_map(|l| l.strip_prefix("Start with: "))
+        .map(str::to_owned)
+        .collect();
+    for verb in &verbs {
+        let text = help(&[verb]);
+        let before = examples.len();
+        examples.extend(
+            text.lines()
+                .skip_while(|l| !l.starts_with("Example"))
+                .skip(1)
+                .take_while(|l| l.starts_with("  tracedump "))
+                .map(|l| l.trim().to_owned()),
+        );
+        assert!(
+            examples.len() > before,
+            "`tracedump {verb} --help` has no example"
+        );
+    }
+    for example in &examples {
+        let cmds = shell_words(example);
+        for (k, words) in cmds.iter().enumerate() {
+            assert_eq!(words[0], "tracedump", "{example}");
+            let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+            let (code, text) = run(d, &args);
+            let documented: &[i32] =
+                if k + 1 == cmds.len() && matches!(args[0], "diff" | "report" | "verify") {
+                    &[0, 1]
+                } else {
+                    &[0]
+                };
+            assert!(
+                documented.contains(&code),
+                "`{example}` exited {code}:\n{text}"
+            );
+        }
+    }
+    // import's help says safetensors become a trace: another extension is refused
+    let (code, text) = run(d, &["import", "weights.safetensors", "-o", "w.npz"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("from safetensors, import writes a trace"),
+        "{text}"
+    );
+    assert!(!d.join("w.npz").exists());
+}

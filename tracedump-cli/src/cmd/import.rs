@@ -44,6 +44,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
+    if !is_gguf && matches!(ext.as_str(), "safetensors" | "npz" | "parquet") {
+        bail!(
+            "{}: from safetensors, import writes a trace: name it OUT.tdump (export turns a trace into {ext})",
+            out.display()
+        );
+    }
     let sum = match (is_gguf, ext.as_str()) {
         (true, "safetensors" | "npz") => {
             let format = if ext == "npz" {

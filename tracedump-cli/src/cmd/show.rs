@@ -17,7 +17,7 @@ pub struct Args {
     /// A numpy slice, e.g. `0, :, 1:8:2` or `-1, ::-1` (no `...`; trailing dimensions may be left out).
     #[arg(long, value_name = "SLICE")]
     slice: Option<String>,
-    /// Convert the values to this dtype before printing (f32, f16, bf16).
+    /// Convert the values to this dtype before printing (f32, f16, bf16, f64).
     #[arg(long = "as", value_name = "DTYPE")]
     as_dtype: Option<String>,
     /// Print every value, not the first and last three of each dimension longer than six.
