@@ -221,6 +221,38 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The verdict's name, the same everywhere (JSON's `kind`, Parquet,
+    /// Python, the report): `agree`, `diverge`, `shape_mismatch`,
+    /// `stats_only` or `skipped`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Agree => "agree",
+            Verdict::Diverge(_) => "diverge",
+            Verdict::ShapeMismatch => "shape_mismatch",
+            Verdict::StatsOnly => "stats_only",
+            Verdict::Skipped(_) => "skipped",
+        }
+    }
+
+    /// The name as people read it in tables: upper case when the pair
+    /// parts the runs (`DIVERGE`, `SHAPE_MISMATCH`), so that it stands out.
+    pub fn label(&self) -> String {
+        if self.is_divergent() {
+            self.name().to_ascii_uppercase()
+        } else {
+            self.name().to_string()
+        }
+    }
+
+    /// Why: the reasons a pair diverges, or why it was skipped.
+    pub fn reasons(&self) -> &[String] {
+        match self {
+            Verdict::Diverge(why) => why,
+            Verdict::Skipped(why) => std::slice::from_ref(why),
+            _ => &[],
+        }
+    }
+
     /// Whether this pair marks the runs as parted.
     pub fn is_divergent(&self) -> bool {
         matches!(self, Verdict::Diverge(_) | Verdict::ShapeMismatch)
@@ -261,7 +293,11 @@ impl Side {
 }
 
 /// One compared pair.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+///
+/// As JSON, a stats-only pair's `metrics` holds both sides' moments and
+/// `null` for every element-wise metric (nothing was measured element by
+/// element); see [`Pair::measured`].
+#[derive(Clone, Debug, PartialEq)]
 pub struct Pair {
     /// The name both sides pair under (B's name: A's name after the mapping).
     pub key: String,
@@ -277,7 +313,8 @@ pub struct Pair {
     pub b: Side,
     /// The verdict.
     pub verdict: Verdict,
-    /// The metrics (absent when skipped or shapes differ; moments only for stats-only pairs).
+    /// The metrics (absent when skipped or shapes differ; moments only for
+    /// stats-only pairs: their other fields are not measured, see [`Pair::measured`]).
     pub metrics: Option<Metrics>,
     /// A's record ids of the tensor's parents, as its lineage records them.
     pub parents: Vec<u64>,
@@ -287,6 +324,88 @@ pub struct Pair {
     /// Relative error out over the largest relative error of its inputs,
     /// for a divergent pair whose inputs differ at all.
     pub amplification: Option<f64>,
+}
+
+impl Pair {
+    /// The element-wise metrics, when values were compared element by
+    /// element (`None` for stats-only, skipped and shape-mismatched pairs).
+    pub fn measured(&self) -> Option<&Metrics> {
+        self.metrics
+            .as_ref()
+            .filter(|_| self.verdict != Verdict::StatsOnly)
+    }
+}
+
+/// [`Metrics`] as JSON: `null` for what was not measured.
+#[derive(serde::Serialize)]
+struct MetricsJson<'a> {
+    numel: Option<u64>,
+    max_abs: Option<f64>,
+    max_abs_index: Option<&'a [u64]>,
+    max_abs_a: Option<f64>,
+    max_abs_b: Option<f64>,
+    max_rel: Option<f64>,
+    mean_abs: Option<f64>,
+    rmse: Option<f64>,
+    cosine: Option<f64>,
+    max_ulp: Option<u64>,
+    nan_mismatch: Option<u64>,
+    inf_mismatch: Option<u64>,
+    outside_tolerance: Option<u64>,
+    a: &'a Moments,
+    b: &'a Moments,
+}
+
+impl<'a> MetricsJson<'a> {
+    fn of(m: &'a Metrics, measured: bool) -> Self {
+        let f = |x: f64| measured.then_some(x);
+        let u = |x: u64| measured.then_some(x);
+        MetricsJson {
+            numel: u(m.numel),
+            max_abs: f(m.max_abs),
+            max_abs_index: measured.then_some(m.max_abs_index.as_slice()),
+            max_abs_a: f(m.max_abs_a),
+            max_abs_b: f(m.max_abs_b),
+            max_rel: f(m.max_rel),
+            mean_abs: f(m.mean_abs),
+            rmse: f(m.rmse),
+            cosine: f(m.cosine),
+            max_ulp: m.max_ulp.filter(|_| measured),
+            nan_mismatch: u(m.nan_mismatch),
+            inf_mismatch: u(m.inf_mismatch),
+            outside_tolerance: u(m.outside_tolerance),
+            a: &m.a,
+            b: &m.b,
+        }
+    }
+}
+
+impl serde::Serialize for Pair {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct PairJson<'a> {
+            key: &'a str,
+            step: Option<i64>,
+            rule: Option<&'a str>,
+            transforms: &'a [String],
+            a: &'a Side,
+            b: &'a Side,
+            verdict: &'a Verdict,
+            metrics: Option<MetricsJson<'a>>,
+        }
+        let measured = self.measured().is_some();
+        PairJson {
+            key: &self.key,
+            step: self.step,
+            rule: self.rule.as_deref(),
+            transforms: &self.transforms,
+            a: &self.a,
+            b: &self.b,
+            verdict: &self.verdict,
+            metrics: self.metrics.as_ref().map(|m| MetricsJson::of(m, measured)),
+        }
+        .serialize(s)
+    }
 }
 
 /// Per-layer error growth, as people tabulate it by hand.

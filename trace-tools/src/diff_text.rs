@@ -11,13 +11,11 @@ use crate::ToolsError;
 
 type Result<T, E = ToolsError> = std::result::Result<T, E>;
 
+/// The verdict as the table shows it: its name, upper case when divergent.
 fn verdict_cell(v: &Verdict) -> String {
     match v {
-        Verdict::Agree => "ok".into(),
-        Verdict::Diverge(_) => "DIVERGE".into(),
-        Verdict::ShapeMismatch => "SHAPE".into(),
-        Verdict::StatsOnly => "stats".into(),
-        Verdict::Skipped(why) => format!("skipped: {why}"),
+        Verdict::Skipped(why) => format!("{}: {why}", v.label()),
+        _ => v.label(),
     }
 }
 
@@ -36,7 +34,7 @@ fn name_cell(p: &Pair) -> String {
 fn side(trace: &Trace, id: u64) -> String {
     match trace.tensor(id) {
         Ok(t) => format!(
-            "{} #{id}: {} [{}] byte strides [{}] {}, {}\n      lineage: {}",
+            "{} (record #{id}): {} [{}] byte strides [{}] {}, {}\n      lineage: {}",
             t.name,
             t.dtype,
             join(&t.layout.shape),
@@ -109,24 +107,33 @@ pub fn explain_pairing(r: &DiffReport) -> Result<String> {
         r.pairs.len(),
         r.unpaired.len()
     )?;
-    let mut t = Grid::new(&["step", "#A", "A", "#B", "B", "paired by"]);
-    for p in &r.pairs {
+    let mut t = Grid::new(&[
+        "pair",
+        "step",
+        "record A",
+        "A",
+        "record B",
+        "B",
+        "paired by",
+    ]);
+    for (i, p) in r.pairs.iter().enumerate() {
         t.row(vec![
+            (i + 1).to_string(),
             p.step.map_or("-".into(), |x| x.to_string()),
-            p.a.id.to_string(),
+            format!("#{}", p.a.id),
             p.a.name.clone(),
-            p.b.id.to_string(),
+            format!("#{}", p.b.id),
             p.b.name.clone(),
             pairing_of(p),
         ]);
     }
     writeln!(s, "{t}")?;
     if !r.unpaired.is_empty() {
-        let mut t = Grid::new(&["step", "#A", "A", "why unpaired"]);
+        let mut t = Grid::new(&["step", "record A", "A", "why unpaired"]);
         for u in &r.unpaired {
             t.row(vec![
                 u.step.map_or("-".into(), |x| x.to_string()),
-                u.id.to_string(),
+                format!("#{}", u.id),
                 u.name.clone(),
                 u.reason.clone(),
             ]);
@@ -192,7 +199,7 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
     )?;
 
     let mut pt = Grid::new(&[
-        "#A", "name", "shape", "max abs", "max rel", "cosine", "ulp", "verdict",
+        "pair", "record A", "name", "shape", "max abs", "max rel", "cosine", "ulp", "verdict",
     ]);
     for (i, p) in r.pairs.iter().enumerate() {
         if !all
@@ -202,18 +209,15 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
         {
             continue;
         }
-        let m = p.metrics.as_ref();
-        let stats = matches!(p.verdict, Verdict::StatsOnly);
+        let m = p.measured();
         pt.row(vec![
-            p.a.id.to_string(),
+            (i + 1).to_string(),
+            format!("#{}", p.a.id),
             name_cell(p),
             format!("[{}]", join(&p.a.shape)),
-            m.filter(|_| !stats)
-                .map_or(String::new(), |m| num(m.max_abs)),
-            m.filter(|_| !stats)
-                .map_or(String::new(), |m| num(m.max_rel)),
-            m.filter(|_| !stats)
-                .map_or(String::new(), |m| format!("{:.5}", m.cosine)),
+            m.map_or(String::new(), |m| num(m.max_abs)),
+            m.map_or(String::new(), |m| num(m.max_rel)),
+            m.map_or(String::new(), |m| format!("{:.5}", m.cosine)),
             m.and_then(|m| m.max_ulp)
                 .map_or(String::new(), |u| u.to_string()),
             verdict_cell(&p.verdict),

@@ -18,6 +18,7 @@ pub mod recover;
 pub mod report;
 pub mod shards;
 pub mod show;
+pub mod sniff;
 pub mod table;
 
 pub use error::{ResultExt, ToolsError};

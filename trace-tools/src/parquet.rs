@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::compare::{DiffReport, Verdict};
+use crate::compare::DiffReport;
 use crate::{ResultExt, ToolsError};
 use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
@@ -384,37 +384,9 @@ pub fn values_path(out: &Path) -> std::path::PathBuf {
 /// One row per compared pair of a `diff`.
 pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<()> {
     let p = &r.pairs;
-    let m = |f: fn(&crate::compare::Metrics) -> f64| {
-        f64s(p.iter().map(|x| {
-            x.metrics
-                .as_ref()
-                .filter(|_| !matches!(x.verdict, Verdict::StatsOnly))
-                .map(f)
-        }))
-    };
-    let mu = |f: fn(&crate::compare::Metrics) -> u64| {
-        u64s(p.iter().map(|x| {
-            x.metrics
-                .as_ref()
-                .filter(|_| !matches!(x.verdict, Verdict::StatsOnly))
-                .map(f)
-        }))
-    };
-    let verdict = |v: &Verdict| match v {
-        Verdict::Agree => "agree",
-        Verdict::Diverge(_) => "diverge",
-        Verdict::ShapeMismatch => "shape_mismatch",
-        Verdict::StatsOnly => "stats_only",
-        Verdict::Skipped(_) => "skipped",
-    };
-    let reasons: Vec<String> = p
-        .iter()
-        .map(|x| match &x.verdict {
-            Verdict::Diverge(why) => why.join("; "),
-            Verdict::Skipped(why) => why.clone(),
-            _ => String::new(),
-        })
-        .collect();
+    let m = |f: fn(&crate::compare::Metrics) -> f64| f64s(p.iter().map(|x| x.measured().map(f)));
+    let mu = |f: fn(&crate::compare::Metrics) -> u64| u64s(p.iter().map(|x| x.measured().map(f)));
+    let reasons: Vec<String> = p.iter().map(|x| x.verdict.reasons().join("; ")).collect();
     let (fa, fb) = (
         a.path().display().to_string(),
         b.path().display().to_string(),
@@ -453,10 +425,7 @@ pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<(
                     .collect::<Vec<_>>(),
             ),
         ),
-        (
-            "verdict",
-            strings(p.iter().map(|x| Some(verdict(&x.verdict)))),
-        ),
+        ("verdict", strings(p.iter().map(|x| Some(x.verdict.name())))),
         (
             "divergent",
             bools(p.iter().map(|x| Some(x.verdict.is_divergent()))),

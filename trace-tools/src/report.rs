@@ -120,13 +120,12 @@ fn error_map(a: &Trace, b: &Trace, ida: u64, idb: u64) -> Result<Value, ToolsErr
     }))
 }
 
+/// The verdict as the page shows it: its name (upper case when divergent),
+/// then the reasons.
 fn verdict_text(v: &Verdict) -> String {
-    match v {
-        Verdict::Agree => "ok".into(),
-        Verdict::Diverge(why) => format!("DIVERGE: {}", why.join("; ")),
-        Verdict::ShapeMismatch => "shape mismatch".into(),
-        Verdict::StatsOnly => "stats only".into(),
-        Verdict::Skipped(why) => format!("skipped: {why}"),
+    match v.reasons() {
+        [] => v.label(),
+        why => format!("{}: {}", v.label(), why.join("; ")),
     }
 }
 
@@ -138,8 +137,12 @@ pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, ToolsE
         .enumerate()
         .map(|(i, p)| {
             let m = p.metrics.as_ref();
+            // stats-only pairs have moments but no element-wise metrics: null ("—")
+            let measured = p.measured();
             json!({
+                // 0-based, as in diff --json; people read `pair` (1-based)
                 "index": i,
+                "pair": i + 1,
                 "key": p.key,
                 "name_a": p.a.name,
                 "name_b": p.b.name,
@@ -148,9 +151,9 @@ pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, ToolsE
                 "shape": p.a.shape,
                 "verdict": verdict_text(&p.verdict),
                 "divergent": p.verdict.is_divergent(),
-                "max_abs": m.map(|m| m.max_abs),
-                "max_rel": m.map(|m| m.max_rel),
-                "cosine": m.map(|m| m.cosine),
+                "max_abs": measured.map(|m| m.max_abs),
+                "max_rel": measured.map(|m| m.max_rel),
+                "cosine": measured.map(|m| m.cosine),
                 "mean_a": m.map(|m| m.a.mean),
                 "mean_b": m.map(|m| m.b.mean),
                 "std_a": m.map(|m| m.a.std),
@@ -176,6 +179,7 @@ pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, ToolsE
     {
         Some((i, p)) => json!({
             "index": i,
+            "pair": i + 1,
             "key": p.key,
             // what the user calls it: A's name, and B's where it differs
             "names": if p.a.name == p.b.name {
@@ -185,7 +189,7 @@ pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, ToolsE
             },
             "step": p.step,
             "verdict": verdict_text(&p.verdict),
-            "metrics": p.metrics.as_ref().map(|m| json!({
+            "metrics": p.measured().map(|m| json!({
                 "max_abs": m.max_abs, "max_rel": m.max_rel, "mean_abs": m.mean_abs,
                 "rmse": m.rmse, "cosine": m.cosine, "max_abs_index": m.max_abs_index,
                 "nan_mismatch": m.nan_mismatch, "inf_mismatch": m.inf_mismatch,

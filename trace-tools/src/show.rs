@@ -209,18 +209,111 @@ fn render(
     out.push(']');
 }
 
-/// `show`: a tensor's values (a numpy `slice` of them, converted to
-/// `as_dtype`), printed as numpy does; every value with `full`.
-pub fn show(
+/// A tensor's values as `show` selects them: a numpy `slice` of them,
+/// converted to `as_dtype`. `show --json` prints it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Shown {
+    /// The tensor's name.
+    pub name: String,
+    /// Its record id.
+    pub id: u64,
+    /// Its occurrence of the name (from 0) and how many there are.
+    pub occurrence: Option<(usize, usize)>,
+    /// The stored dtype.
+    pub dtype: String,
+    /// The dtype the values were converted to (`--as`).
+    pub as_dtype: Option<String>,
+    /// The tensor's logical shape.
+    pub shape: Vec<u64>,
+    /// Its byte strides.
+    pub byte_strides: Vec<i64>,
+    /// The numpy slice taken (`--slice`).
+    pub slice: Option<String>,
+    /// The slice's shape (that of `values`), with a slice.
+    pub sliced_shape: Option<Vec<u64>>,
+    /// The values.
+    pub values: Values,
+}
+
+/// Values in row-major order with their shape; as JSON, nested lists of
+/// that shape (a bare number for shape `[]`): integers for integer dtypes,
+/// NaN and ±infinity as the strings `"NaN"`, `"Infinity"`, `"-Infinity"`
+/// (JSON has no numbers for them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Values {
+    /// The values, row-major.
+    pub flat: Vec<f64>,
+    /// Their shape: the slice's (the tensor's without one).
+    pub shape: Vec<u64>,
+    /// Whether they are integers (an integer dtype, not converted to a float one).
+    pub integer: bool,
+    /// Whether each is an f32 (or narrower): JSON writes the shortest
+    /// digits of the f32, not of the f64 that holds it.
+    pub f32: bool,
+}
+
+/// One value, or the nested lists of one sub-array, as JSON.
+struct Nested<'a> {
+    flat: &'a [f64],
+    shape: &'a [u64],
+    v: &'a Values,
+}
+
+impl serde::Serialize for Nested<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let Some((&n, rest)) = self.shape.split_first() else {
+            let x = self.flat.first().copied().unwrap_or(f64::NAN);
+            return if x.is_nan() {
+                s.serialize_str("NaN")
+            } else if x.is_infinite() {
+                s.serialize_str(if x > 0.0 { "Infinity" } else { "-Infinity" })
+            } else if self.v.integer && x.fract() == 0.0 && x.abs() < 9.0e15 {
+                s.serialize_i64(x as i64)
+            } else if self.v.f32 {
+                // the shortest digits that give back the f32
+                s.serialize_f32(x as f32)
+            } else {
+                s.serialize_f64(x)
+            };
+        };
+        let inner = rest.iter().product::<u64>() as usize;
+        let mut seq = s.serialize_seq(Some(n as usize))?;
+        for i in 0..n as usize {
+            seq.serialize_element(&Nested {
+                flat: &self.flat[i * inner..(i + 1) * inner],
+                shape: rest,
+                v: self.v,
+            })?;
+        }
+        seq.end()
+    }
+}
+
+impl serde::Serialize for Values {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Nested {
+            flat: &self.flat,
+            shape: &self.shape,
+            v: self,
+        }
+        .serialize(s)
+    }
+}
+
+/// The values `show` prints: a numpy `slice` of a tensor's values,
+/// converted to `as_dtype`.
+pub fn shown(
     trace: &Trace,
     name: &str,
     slice: Option<&str>,
     as_dtype: Option<DType>,
-    full: bool,
-) -> Result<String> {
+) -> Result<Shown> {
     let id = trace.resolve(name)?;
     let t = trace.tensor(id)?;
     let view = trace.view(id)?;
+    let f32 = matches!(as_dtype, Some(DType::F32 | DType::F16 | DType::BF16))
+        || (as_dtype.is_none() && t.dtype != DType::F64);
     let mut values = match as_dtype {
         Some(DType::F32) | None if t.dtype != DType::F64 => {
             view.to_f32()?.into_iter().map(f64::from).collect()
@@ -246,28 +339,65 @@ pub fn show(
     }
     let integer =
         !t.dtype.is_float() && !t.dtype.is_block() && as_dtype.is_none_or(|d| !d.is_float());
+    Ok(Shown {
+        name: t.name.clone(),
+        id,
+        occurrence: trace.occurrence(id),
+        dtype: t.dtype.to_string(),
+        as_dtype: as_dtype.map(|d| d.to_string()),
+        shape: t.layout.shape.clone(),
+        byte_strides: t.layout.byte_strides.clone(),
+        slice: slice.map(str::to_owned),
+        sliced_shape: slice.map(|_| shape.clone()),
+        values: Values {
+            flat: values,
+            shape,
+            integer,
+            f32,
+        },
+    })
+}
+
+/// `show`: a tensor's values (a numpy `slice` of them, converted to
+/// `as_dtype`), printed as numpy does; every value with `full`.
+pub fn show(
+    trace: &Trace,
+    name: &str,
+    slice: Option<&str>,
+    as_dtype: Option<DType>,
+    full: bool,
+) -> Result<String> {
+    let sh = shown(trace, name, slice, as_dtype)?;
+    let t = trace.tensor(sh.id)?;
+    let Values {
+        flat: values,
+        shape,
+        integer,
+        ..
+    } = &sh.values;
     let mut out = String::new();
-    let occ = match trace.occurrence(id) {
+    let occ = match sh.occurrence {
         Some((k, n)) if n > 1 => format!(" (occurrence {} of {n})", k + 1),
         _ => String::new(),
     };
     writeln!(
         out,
-        "{} #{id}{occ} = ({}{}) shape [{}] byte strides [{}]{}",
-        t.name,
+        "{} #{}{occ} = ({}{}) shape [{}] byte strides [{}]{}",
+        sh.name,
+        sh.id,
         if t.dtype.is_block() {
             format!("{} dequantized", t.dtype)
         } else {
             t.dtype.to_string()
         },
         as_dtype.map(|d| format!(" as {d}")).unwrap_or_default(),
-        join(&t.layout.shape),
-        join(&t.layout.byte_strides),
+        join(&sh.shape),
+        join(&sh.byte_strides),
         slice
-            .map(|s| format!(" [{s}] → [{}]", join(&shape)))
+            .map(|s| format!(" [{s}] → [{}]", join(shape)))
             .unwrap_or_default()
     )?;
-    render(&mut out, &values, &shape, 0, 3, full, integer);
+    render(&mut out, values, shape, 0, 3, full, *integer);
     out.push('\n');
     let sum: f64 = values.iter().sum();
     writeln!(out, "sum = {sum:.6}")?;

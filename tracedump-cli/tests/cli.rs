@@ -789,3 +789,579 @@ fn verbs_bound_the_broadcast_values_they_expand() {
         assert!(!text.contains("panicked"), "{args:?}");
     }
 }
+
+/// The data a report page draws itself from (its `<script id="data">`).
+fn report_data(html: &str) -> serde_json::Value {
+    let start = html
+        .find(r#"<script id="data" type="application/json">"#)
+        .unwrap();
+    let body = &html[start..];
+    let body = &body[body.find('>').unwrap() + 1..body.find("</script>").unwrap()];
+    serde_json::from_str(body).unwrap()
+}
+
+#[test]
+fn stats_only_pairs_have_no_made_up_metrics() {
+    let dir = demo_dir();
+    let d = dir.path();
+    // the demo records kq_soft_max-N as statistics only in B
+    let (code, text) = run(d, &["diff", "demo.tdump", "demo.reference.tdump", "--json"]);
+    assert_eq!(code, 1, "{text}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let pair = |key: &str| {
+        json["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["key"] == key)
+            .unwrap()
+            .clone()
+    };
+    let stats = pair("kq_soft_max-0");
+    assert_eq!(stats["verdict"]["kind"], "stats_only");
+    let m = &stats["metrics"];
+    for k in [
+        "numel",
+        "max_abs",
+        "max_abs_index",
+        "max_rel",
+        "mean_abs",
+        "rmse",
+        "cosine",
+        "nan_mismatch",
+        "outside_tolerance",
+    ] {
+        assert!(m[k].is_null(), "{k}: {}", m[k]);
+    }
+    assert!(m["a"]["std"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(m["b"]["std"].as_f64().unwrap() > 0.0, "{m}");
+    // a compared pair keeps its numbers
+    assert_eq!(pair("k-0")["metrics"]["cosine"], 1.0);
+
+    let (code, text) = run(
+        d,
+        &[
+            "report",
+            "demo.tdump",
+            "demo.reference.tdump",
+            "-o",
+            "r.html",
+        ],
+    );
+    assert_eq!(code, 1, "{text}");
+    let data = report_data(&std::fs::read_to_string(d.join("r.html")).unwrap());
+    let row = data["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == "kq_soft_max-0")
+        .unwrap();
+    for k in ["max_abs", "max_rel", "cosine"] {
+        assert!(row[k].is_null(), "{k}: {row}");
+    }
+    assert!(row["std_a"].as_f64().is_some(), "{row}");
+}
+
+#[test]
+fn one_vocabulary_for_verdicts_one_numbering_for_pairs() {
+    let dir = demo_dir();
+    let d = dir.path();
+    let (_, json) = run(d, &["diff", "demo.tdump", "demo.reference.tdump", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let (_, text) = run(d, &["diff", "demo.tdump", "demo.reference.tdump", "--all"]);
+    let (_, summary) = run(
+        d,
+        &[
+            "report",
+            "demo.tdump",
+            "demo.reference.tdump",
+            "-o",
+            "r.html",
+        ],
+    );
+    let data = report_data(&std::fs::read_to_string(d.join("r.html")).unwrap());
+    // numbering: pair 38 of 59 for people, index 37 in JSON
+    assert_eq!(json["first_divergence"], 37);
+    assert!(
+        text.contains("(pair 38 of 59, in A's execution order)"),
+        "{text}"
+    );
+    assert!(
+        summary.contains("first divergence ffn_norm-2 (pair 38 of 59)"),
+        "{summary}"
+    );
+    assert_eq!(data["first"]["index"], 37);
+    assert_eq!(data["first"]["pair"], 38);
+    assert_eq!(data["pairs"][37]["pair"], 38);
+    // the text table's pair column says the same
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("38  #47 ") && l.contains("ffn_norm-2")),
+        "{text}"
+    );
+    // vocabulary: each pair's verdict has the same name everywhere
+    let names = [
+        "agree",
+        "diverge",
+        "shape_mismatch",
+        "stats_only",
+        "skipped",
+    ];
+    for (i, p) in json["pairs"].as_array().unwrap().iter().enumerate() {
+        let kind = p["verdict"]["kind"].as_str().unwrap();
+        assert!(names.contains(&kind), "{kind}");
+        let shown = if kind == "diverge" || kind == "shape_mismatch" {
+            kind.to_ascii_uppercase()
+        } else {
+            kind.to_string()
+        };
+        let row = data["pairs"][i]["verdict"].as_str().unwrap();
+        assert!(
+            row == shown || row.starts_with(&format!("{shown}: ")),
+            "{row} vs {kind}"
+        );
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{}  #", i + 1)))
+            .unwrap_or_else(|| panic!("pair {} not in\n{text}", i + 1));
+        assert!(line.trim_end().ends_with(&shown), "{line} vs {kind}");
+    }
+    assert!(!text.contains(" ok\n") && !text.contains("(ok)"), "{text}");
+}
+
+#[test]
+fn verify_show_report_print_json() {
+    let dir = demo_dir();
+    let d = dir.path();
+    let json = |args: &[&str], code: i32| -> serde_json::Value {
+        let out = tracedump(d).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let v = json(&["verify", "demo.tdump", "--json"], 0);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["files"][0]["file"], "demo.tdump");
+    assert_eq!(v["files"][0]["records"], 72);
+    assert_eq!(v["files"][0]["faults"], serde_json::json!([]));
+
+    // values as nested lists of the slice's shape, f32 digits kept short
+    let v = json(
+        &[
+            "show",
+            "demo.tdump",
+            "k-0",
+            "--slice",
+            "0, 0, 0:2, 0:3",
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(v["name"], "k-0");
+    assert_eq!(v["dtype"], "f32");
+    assert_eq!(v["shape"], serde_json::json!([1, 4, 8, 16]));
+    assert_eq!(v["sliced_shape"], serde_json::json!([2, 3]));
+    let rows = v["values"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].as_array().unwrap().len(), 3);
+    let trace = Trace::open(d.join("demo.tdump")).unwrap();
+    let all = trace
+        .view(trace.resolve("k-0").unwrap())
+        .unwrap()
+        .to_f32()
+        .unwrap();
+    assert_eq!(rows[1][2].as_f64().unwrap() as f32, all[16 + 2]);
+    // every value, without a slice
+    let v = json(&["show", "demo.tdump", "k-0", "--json"], 0);
+    assert_eq!(v["values"][0][3][7].as_array().unwrap().len(), 16);
+
+    let v = json(
+        &[
+            "report",
+            "demo.tdump",
+            "demo.reference.tdump",
+            "-o",
+            "r.html",
+            "--json",
+        ],
+        1,
+    );
+    assert_eq!(v["agrees"], false);
+    assert_eq!(v["pairs"], 59);
+    assert_eq!(v["first_divergence"]["pair"], 38);
+    assert_eq!(v["first_divergence"]["index"], 37);
+    assert_eq!(v["first_divergence"]["key"], "ffn_norm-2");
+    assert_eq!(v["first_divergence"]["verdict"], "diverge");
+    assert!(d.join("r.html").exists());
+}
+
+#[test]
+fn every_verb_that_writes_a_file_takes_dash_o() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ok = |args: &[&str]| {
+        let (code, text) = run(d, args);
+        assert_eq!(code, 0, "{args:?}: {text}");
+    };
+    ok(&["demo", "-o", "demo.tdump"]);
+    assert!(d.join("demo.reference.tdump").exists());
+    ok(&["demo", "--output", "d2.tdump", "d2.tdump"]);
+    ok(&["recover", "demo.tdump", "-o", "rec.tdump"]);
+    ok(&[
+        "export",
+        "demo.tdump",
+        "--to",
+        "safetensors",
+        "-o",
+        "x.safetensors",
+    ]);
+    ok(&["export", "demo.tdump", "--to", "npz", "--output", "x.npz"]);
+    ok(&["import", "x.safetensors", "-o", "back.tdump"]);
+    ok(&["report", "demo.tdump", "demo.tdump", "--output", "r.html"]);
+    for f in [
+        "rec.tdump",
+        "x.safetensors",
+        "x.npz",
+        "back.tdump",
+        "r.html",
+    ] {
+        assert!(d.join(f).exists(), "{f}");
+    }
+    // the positional form still works; two different files are refused
+    ok(&["recover", "demo.tdump", "rec2.tdump"]);
+    for args in [
+        &["recover", "demo.tdump", "a.tdump", "-o", "b.tdump"][..],
+        &["demo", "a.tdump", "-o", "b.tdump"],
+        &[
+            "export",
+            "demo.tdump",
+            "--to",
+            "npz",
+            "a.npz",
+            "-o",
+            "b.npz",
+        ],
+        &["import", "x.safetensors", "a.tdump", "-o", "b.tdump"],
+    ] {
+        let (code, text) = run(d, args);
+        assert_eq!(code, 2, "{args:?}: {text}");
+        assert!(text.contains("two output files"), "{args:?}: {text}");
+        assert!(!d.join("a.tdump").exists() && !d.join("b.tdump").exists());
+    }
+    let (code, text) = run(d, &["recover", "demo.tdump"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("--output <FILE>"), "{text}");
+}
+
+#[test]
+fn a_file_that_is_not_a_trace_is_named() {
+    let dir = demo_dir();
+    let d = dir.path();
+    for (to, file) in [("safetensors", "w.safetensors"), ("npz", "w.npz")] {
+        let (code, text) = run(d, &["export", "demo.tdump", "--to", to, "-o", file]);
+        assert_eq!(code, 0, "{text}");
+    }
+    // torch.save's zip layout, as far as its first bytes go
+    std::fs::write(
+        d.join("model.pt"),
+        b"PK\x03\x04\0\0\0\0archive/data.pkl\0\0\0\0",
+    )
+    .unwrap();
+    let (code, text) = run(d, &["inspect", "w.safetensors"]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        text.trim(),
+        "error: w.safetensors is a safetensors file, not a trace: \
+         `tracedump import w.safetensors -o OUT.tdump` converts it"
+    );
+    for verb in [&["verify"][..], &["show"], &["diff", "demo.tdump"]] {
+        let mut args = verb.to_vec();
+        args.insert(1, "w.safetensors");
+        if verb[0] == "show" {
+            args.push("k-0");
+        }
+        if verb[0] == "diff" {
+            args.swap(1, 2);
+        }
+        let (code, text) = run(d, &args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(
+            text.contains("is a safetensors file, not a trace"),
+            "{args:?}: {text}"
+        );
+    }
+    let (_, text) = run(d, &["inspect", "w.npz"]);
+    assert!(
+        text.contains("w.npz is a numpy .npz archive, not a trace"),
+        "{text}"
+    );
+    let (_, text) = run(d, &["inspect", "model.pt"]);
+    assert!(text.contains("model.pt is a PyTorch checkpoint"), "{text}");
+    assert!(!text.contains("bad magic"), "{text}");
+    // import names what it cannot convert
+    let (code, text) = run(d, &["import", "w.npz", "-o", "x.tdump"]);
+    assert_eq!(code, 2);
+    assert!(
+        text.contains("w.npz is a numpy .npz archive: import converts"),
+        "{text}"
+    );
+    let (_, text) = run(d, &["import", "demo.tdump", "-o", "x.tdump"]);
+    assert!(
+        text.contains("demo.tdump is already a tracedump trace"),
+        "{text}"
+    );
+    // and converts what it can
+    let (code, text) = run(d, &["import", "w.safetensors", "-o", "w.tdump"]);
+    assert_eq!(code, 0, "{text}");
+}
+
+#[test]
+fn directories_and_globs_are_taken_or_refused_by_name() {
+    let dir = demo_dir();
+    let d = dir.path();
+    std::fs::create_dir(d.join("run")).unwrap();
+    for r in 0..2 {
+        std::fs::copy(d.join("demo.tdump"), d.join(format!("run/rank{r}.tdump"))).unwrap();
+    }
+    let refused = |args: &[&str], want: &str| {
+        let (code, text) = run(d, args);
+        assert_eq!(code, 2, "{args:?}: {text}");
+        assert!(text.contains(want), "{args:?}: {text}");
+        assert!(!text.contains("os error"), "{args:?}: {text}");
+    };
+    for input in ["run", "run/rank*.tdump"] {
+        refused(
+            &["recover", input, "-o", "r.tdump"],
+            &format!("{input}: recover takes one trace file, not a directory or glob of shards (2 shards here)"),
+        );
+        refused(
+            &["import", input, "-o", "r.tdump"],
+            &format!("{input}: import takes one safetensors or GGUF file, not a directory or glob"),
+        );
+        refused(
+            &["report", input, "demo.tdump", "-o", "r.html"],
+            &format!("{input}: report takes one trace file, not a directory or glob of shards (2 shards here)"),
+        );
+        refused(
+            &["report", "demo.tdump", input, "-o", "r.html"],
+            "report takes one trace file",
+        );
+    }
+    // the reading verbs take them
+    for args in [
+        &["inspect", "run"][..],
+        &["verify", "run/rank*.tdump"],
+        &["show", "run", "k-0"],
+        &["export", "run", "--to", "npz", "-o", "x.npz"],
+    ] {
+        let (code, text) = run(d, args);
+        if args[0] == "export" {
+            // npz holds one trace: it says so (parquet takes shards)
+            assert!(
+                text.contains("a sharded trace exports to parquet"),
+                "{text}"
+            );
+        } else {
+            assert_eq!(code, 0, "{args:?}: {text}");
+        }
+    }
+    // a directory where a file is written is named, not an OS error
+    for args in [
+        &["recover", "demo.tdump", "-o", "run"][..],
+        &["export", "demo.tdump", "--to", "npz", "-o", "run"],
+        &["demo", "-o", "run"],
+        &["report", "demo.tdump", "demo.tdump", "-o", "run"],
+    ] {
+        refused(args, "run: the output is a directory; give a file name");
+    }
+}
+
+/// A small GGUF (v3) file: f32 tensors `(name, ne)` filled with 0.5, 1.5, …
+fn write_gguf(path: &Path, tensors: &[(&str, &[u64])]) {
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes());
+    // one key-value: general.name = "tiny"
+    let s = |b: &mut Vec<u8>, x: &str| {
+        b.extend_from_slice(&(x.len() as u64).to_le_bytes());
+        b.extend_from_slice(x.as_bytes());
+    };
+    s(&mut b, "general.name");
+    b.extend_from_slice(&8u32.to_le_bytes());
+    s(&mut b, "tiny");
+    let mut offset = 0u64;
+    let mut data = Vec::new();
+    for (name, ne) in tensors {
+        s(&mut b, name);
+        b.extend_from_slice(&(ne.len() as u32).to_le_bytes());
+        ne.iter()
+            .for_each(|n| b.extend_from_slice(&n.to_le_bytes()));
+        b.extend_from_slice(&0u32.to_le_bytes()); // F32
+        b.extend_from_slice(&offset.to_le_bytes());
+        let n: u64 = ne.iter().product();
+        for i in 0..n {
+            data.extend_from_slice(&(i as f32 + 0.5).to_le_bytes());
+        }
+        while data.len() % 32 != 0 {
+            data.push(0);
+        }
+        offset = data.len() as u64;
+    }
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    b.extend_from_slice(&data);
+    std::fs::write(path, b).unwrap();
+}
+
+/// Split an example line as a shell would: words, '…' and "…" quoting,
+/// `&&` between commands.
+fn shell_words(line: &str) -> Vec<Vec<String>> {
+    let (mut cmds, mut words, mut word, mut in_word) = (vec![], vec![], String::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                in_word = true;
+                for q in chars.by_ref() {
+                    if q == c {
+                        break;
+                    }
+                    word.push(q);
+                }
+            }
+            '&' if chars.peek() == Some(&'&') => {
+                chars.next();
+                cmds.push(std::mem::take(&mut words));
+            }
+            ' ' => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            _ => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    cmds.push(words);
+    cmds.retain(|c| !c.is_empty());
+    cmds
+}
+
+/// Every example in every `--help` runs: on the demo traces (under the
+/// names the examples use) in a temporary directory, it exits 0, or 1
+/// where the verb's help documents 1 (diff, report, verify).
+#[test]
+fn every_help_example_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_eq!(run(d, &["demo", "-o", "run.tdump"]).0, 0);
+    for (from, to) in [
+        ("run.tdump", "mine.tdump"),
+        ("run.tdump", "a.tdump"),
+        ("run.reference.tdump", "llama.tdump"),
+        ("run.reference.tdump", "hf.tdump"),
+        ("run.reference.tdump", "b.tdump"),
+    ] {
+        std::fs::copy(d.join(from), d.join(to)).unwrap();
+    }
+    // a torn trace: the writer killed mid-record
+    let bytes = std::fs::read(d.join("run.tdump")).unwrap();
+    std::fs::write(d.join("crashed.tdump"), &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let (code, text) = run(
+        d,
+        &[
+            "export",
+            "run.tdump",
+            "--to",
+            "safetensors",
+            "-o",
+            "weights.safetensors",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    write_gguf(
+        &d.join("model.gguf"),
+        &[
+            ("token_embd.weight", &[8, 4]),
+            ("blk.0.attn_q.weight", &[8, 8]),
+        ],
+    );
+    write_gguf(
+        &d.join("kv-trace.gguf"),
+        &[
+            ("K_quant.step0.layer0", &[16, 4]),
+            ("K_quant.step1.layer0", &[16, 4]),
+        ],
+    );
+
+    let help = |args: &[&str]| {
+        let out = tracedump(d).args(args).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{args:?} --help");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&[]);
+    let verbs: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .filter(|v| v != "help")
+        .collect();
+    assert!(verbs.len() >= 9, "{verbs:?}");
+    let mut examples: Vec<String> = top
+        .lines()
+        .filter_map(|l| l.strip_prefix("Start with: "))
+        .map(str::to_owned)
+        .collect();
+    for verb in &verbs {
+        let text = help(&[verb]);
+        let before = examples.len();
+        examples.extend(
+            text.lines()
+                .skip_while(|l| !l.starts_with("Example"))
+                .skip(1)
+                .take_while(|l| l.starts_with("  tracedump "))
+                .map(|l| l.trim().to_owned()),
+        );
+        assert!(
+            examples.len() > before,
+            "`tracedump {verb} --help` has no example"
+        );
+    }
+    for example in &examples {
+        let cmds = shell_words(example);
+        for (k, words) in cmds.iter().enumerate() {
+            assert_eq!(words[0], "tracedump", "{example}");
+            let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+            let (code, text) = run(d, &args);
+            let documented: &[i32] =
+                if k + 1 == cmds.len() && matches!(args[0], "diff" | "report" | "verify") {
+                    &[0, 1]
+                } else {
+                    &[0]
+                };
+            assert!(
+                documented.contains(&code),
+                "`{example}` exited {code}:\n{text}"
+            );
+        }
+    }
+    // import's help says safetensors become a trace: another extension is refused
+    let (code, text) = run(d, &["import", "weights.safetensors", "-o", "w.npz"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("from safetensors, import writes a trace"),
+        "{text}"
+    );
+    assert!(!d.join("w.npz").exists());
+}

@@ -108,8 +108,12 @@ fn by_rank(sa: &Shards, sb: &Shards, per_rank: &[RankDiff], args: &Args) -> Resu
                     .filter(|p| p.verdict.is_divergent())
                     .count(),
                 rep.first_divergence
-                    .and_then(|i| rep.pairs.get(i))
-                    .map(|p| p.key.clone())
+                    .and_then(|i| rep.pairs.get(i).map(|p| format!(
+                        "{} (pair {} of {})",
+                        p.key,
+                        i + 1,
+                        rep.pairs.len()
+                    )))
                     .unwrap_or_else(|| "none".into())
             ),
         }

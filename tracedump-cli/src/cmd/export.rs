@@ -8,7 +8,7 @@ use trace_reader::Trace;
 use trace_tools::compare::DiffReport;
 use trace_tools::export::{export, ExportFormat};
 
-use crate::args::{open_run, Filters};
+use crate::args::{open_run, Filters, Output};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -19,7 +19,8 @@ pub struct Args {
     #[arg(long, value_name = "FORMAT")]
     to: String,
     /// The output file.
-    out: PathBuf,
+    #[command(flatten)]
+    output: Output,
     /// With `--to parquet`: also write OUT's stem + `.values.parquet`,
     /// one row per value of every tensor of at most N elements.
     #[arg(long, value_name = "N")]
@@ -32,6 +33,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    let out = args.output.path()?;
     let run = open_run(&args.file)?;
     let filter = args.filters.build()?;
     let format = match args.to.to_ascii_lowercase().as_str() {
@@ -49,7 +51,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .zip(&ids)
                 .map(|(s, i)| (run.is_sharded().then_some(s.rank), &s.trace, i.as_slice()))
                 .collect();
-            return export_parquet(&parts, &args.out, args.values_max, args.json);
+            return export_parquet(&parts, out, args.values_max, args.json);
         }
         other => bail!("--to {other}: choose safetensors, npz or parquet"),
     };
@@ -64,14 +66,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let trace = run.only("export")?;
     let ids = trace.filter(&filter)?;
-    let sum = export(trace, format, &args.out, Some(&ids))?;
+    let sum = export(trace, format, out, Some(&ids))?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&sum)?);
         return Ok(ExitCode::SUCCESS);
     }
     outln!(
         "wrote {}: {} tensors, {} bytes",
-        args.out.display(),
+        out.display(),
         sum.exported.len(),
         sum.bytes
     );

@@ -5,26 +5,31 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
+use crate::args::{one_file, Output};
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The torn (or any) trace.
     input: PathBuf,
     /// Where to write the clean trace (not the input).
-    output: PathBuf,
+    #[command(flatten)]
+    output: Output,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let sum = trace_tools::recover::recover(&args.input, &args.output)?;
+    let output = args.output.path()?;
+    let input = one_file(&args.input, "recover", "one trace file")?;
+    let sum = trace_tools::recover::recover(input, output)?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&sum)?);
         return Ok(ExitCode::SUCCESS);
     }
     outln!(
         "wrote {}: {} records, {} bytes",
-        args.output.display(),
+        output.display(),
         sum.records,
         sum.bytes_written
     );

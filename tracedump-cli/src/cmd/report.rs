@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use trace_tools::compare::diff;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use trace_tools::compare::{diff, DiffReport};
 
 use crate::args::{open_run, Pairing};
 use crate::output::{progress, verdict};
@@ -20,6 +21,62 @@ pub struct Args {
     output: PathBuf,
     #[command(flatten)]
     pairing: Pairing,
+    /// Print the summary line as JSON for scripts, see below.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `report --json`: what the summary line says.
+#[derive(Serialize)]
+struct ReportJson<'a> {
+    /// The page written.
+    output: String,
+    /// Whether the runs agree (exit status 0).
+    agrees: bool,
+    /// Pairs compared.
+    pairs: usize,
+    /// Pairs that diverge.
+    divergent: usize,
+    /// The first divergent pair.
+    first_divergence: Option<FirstJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct FirstJson<'a> {
+    /// 1-based, as people count ("pair 38 of 59").
+    pair: usize,
+    /// 0-based, as `diff --json`'s `first_divergence`.
+    index: usize,
+    key: &'a str,
+    name_a: &'a str,
+    name_b: &'a str,
+    step: Option<i64>,
+    verdict: &'static str,
+    reasons: &'a [String],
+}
+
+impl<'a> ReportJson<'a> {
+    fn of(output: &std::path::Path, r: &'a DiffReport) -> Self {
+        ReportJson {
+            output: output.display().to_string(),
+            agrees: r.agrees(),
+            pairs: r.pairs.len(),
+            divergent: r.pairs.iter().filter(|p| p.verdict.is_divergent()).count(),
+            first_divergence: r
+                .first_divergence
+                .and_then(|i| Some((i, r.pairs.get(i)?)))
+                .map(|(i, p)| FirstJson {
+                    pair: i + 1,
+                    index: i,
+                    key: &p.key,
+                    name_a: &p.a.name,
+                    name_b: &p.b.name,
+                    step: p.step,
+                    verdict: p.verdict.name(),
+                    reasons: p.verdict.reasons(),
+                }),
+        }
+    }
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -33,14 +90,39 @@ pub fn run(args: Args) -> Result<ExitCode> {
     bar.finish_and_clear();
     let page = trace_tools::report::html(ta, tb, &report)?;
     let output = &args.output;
+    if output.is_dir() {
+        bail!(
+            "{}: the output is a directory; give a file name (e.g. {})",
+            output.display(),
+            output.join("report.html").display()
+        );
+    }
     std::fs::write(output, page).with_context(|| format!("{}", output.display()))?;
+    if args.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&ReportJson::of(output, &report))?
+        );
+        return Ok(verdict(report.agrees()));
+    }
     outln!(
         "{}: {} pairs, {}",
         output.display(),
         report.pairs.len(),
-        match report.first_divergence.and_then(|i| report.pairs.get(i)) {
-            Some(p) if p.a.name == p.b.name => format!("first divergence {}", p.a.name),
-            Some(p) => format!("first divergence {} (A) = {} (B)", p.a.name, p.b.name),
+        match report
+            .first_divergence
+            .and_then(|i| Some((i, report.pairs.get(i)?)))
+        {
+            Some((i, p)) => format!(
+                "first divergence {} (pair {} of {})",
+                if p.a.name == p.b.name {
+                    p.a.name.clone()
+                } else {
+                    format!("{} (A) = {} (B)", p.a.name, p.b.name)
+                },
+                i + 1,
+                report.pairs.len()
+            ),
             None if report.pairs.is_empty() => {
                 "nothing compared: no tensor of A pairs with one of B".to_string()
             }

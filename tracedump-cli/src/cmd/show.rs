@@ -17,7 +17,7 @@ pub struct Args {
     /// A numpy slice, e.g. `0, :, 1:8:2` or `-1, ::-1` (no `...`; trailing dimensions may be left out).
     #[arg(long, value_name = "SLICE")]
     slice: Option<String>,
-    /// Convert the values to this dtype before printing (f32, f16, bf16).
+    /// Convert the values to this dtype before printing (f32, f16, bf16, f64).
     #[arg(long = "as", value_name = "DTYPE")]
     as_dtype: Option<String>,
     /// Print every value, not the first and last three of each dimension longer than six.
@@ -27,6 +27,9 @@ pub struct Args {
     /// (for block types the raw ggml blocks, one per line).
     #[arg(long, conflicts_with_all = ["slice", "as_dtype"])]
     raw: bool,
+    /// Print JSON for scripts: every value (as --full), see below.
+    #[arg(long, conflicts_with_all = ["raw", "full"])]
+    json: bool,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -62,6 +65,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         },
         None => None,
     };
+    if args.json {
+        let shown = trace_tools::show::shown(trace, name, args.slice.as_deref(), as_dtype)?;
+        outln!("{}", serde_json::to_string(&shown)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     out!(
         "{}",
         trace_tools::show::show(trace, name, args.slice.as_deref(), as_dtype, args.full)?
