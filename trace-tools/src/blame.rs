@@ -146,8 +146,50 @@ pub fn diagnose_pair(
     );
     let to_usize = |s: &[u64]| s.iter().map(|&n| n as usize).collect::<Vec<_>>();
     let (sa, sb) = (to_usize(&sa), to_usize(&sb));
-    match (Values::new(&fa, &sa), Values::new(&fb, &sb)) {
-        (Some(x), Some(y)) => Ok(diagnose(x, y)),
-        _ => Ok(Vec::new()),
+    let (Some(x), Some(y)) = (Values::new(&fa, &sa), Values::new(&fb, &sb)) else {
+        return Ok(Vec::new());
+    };
+    let mut found = diagnose(x, y);
+    if found.first().is_none_or(|f| f.strength < 0.95) {
+        found.extend(stale_in(a, b, p, x));
+        found.sort_by(|x, y| y.strength.total_cmp(&x.strength));
     }
+    Ok(found)
+}
+
+/// At most this many other tensors are compared with a blamed output.
+const MAX_STALE: usize = 32;
+
+/// A's values equal another tensor of either run with as many values (the
+/// nearest ones in execution order first): a buffer reused without being
+/// written, or read from another step or layer.
+fn stale_in(a: &Trace, b: &Trace, p: &Pair, x: Values<'_>) -> Option<Finding> {
+    let numel = x.data.len() as u64;
+    let near = |t: &Trace, own: u64| -> Vec<u64> {
+        let mut ids: Vec<u64> = t
+            .tensor_ids()
+            .iter()
+            .copied()
+            .filter(|&id| id != own)
+            .filter(|&id| {
+                t.tensor(id).is_ok_and(|i| {
+                    !i.is_stats_only() && i.layout.shape.iter().product::<u64>() == numel
+                })
+            })
+            .collect();
+        ids.sort_by_key(|&id| id.abs_diff(own));
+        ids.truncate(MAX_STALE / 2);
+        ids
+    };
+    let mut others: Vec<(String, Vec<f32>)> = Vec::new();
+    for (t, own, run) in [(a, p.a.id, "A"), (b, p.b.id, "B")] {
+        for id in near(t, own) {
+            if let Ok(v) = t.view(id).and_then(|v| v.to_f32()) {
+                let name = t.record_name(id).unwrap_or("?");
+                others.push((format!("{name} (record #{id} of {run})"), v));
+            }
+        }
+    }
+    // B's own value is not "another tensor": a match there is no bug
+    crate::diagnose::stale(x, others.iter().map(|(n, v)| (n.as_str(), v.as_slice())))
 }

@@ -26,6 +26,8 @@ enum Bug {
     NormEps,
     /// The projection's output scaled.
     Scale,
+    /// The activation's buffer is the previous layer's, never rewritten.
+    Stale,
 }
 
 fn weights(seed: u64, n: usize) -> Vec<f32> {
@@ -54,6 +56,7 @@ fn run(path: &Path, bug: Bug, seed: u64) {
         )
         .unwrap()
     };
+    let mut previous_silu: Vec<f32> = Vec::new();
     let mut x = weights(seed, T * D);
     let mut x_id = add("embd", &x, &[]);
     for l in 0..LAYERS {
@@ -86,6 +89,10 @@ fn run(path: &Path, bug: Bug, seed: u64) {
         if planted && bug == Bug::Zeros {
             s.fill(0.0);
         }
+        if planted && bug == Bug::Stale {
+            s = previous_silu.clone();
+        }
+        previous_silu = s.clone();
         let s_id = add(&format!("silu-{l}"), &s, &[a_id]);
         x = x.iter().zip(&s).map(|(p, q)| p + q).collect();
         x_id = add(&format!("out-{l}"), &x, &[s_id, x_id]);
@@ -133,6 +140,13 @@ fn the_planted_op_is_blamed_not_its_cascade() {
         assert_eq!(names, ["norm-1"], "seed {seed}");
         assert!(
             matches!(cause, Some(Cause::RowScale { axis: 0, .. })),
+            "seed {seed}: {cause:?}"
+        );
+
+        let (names, cause) = blame_of(Bug::Stale, seed);
+        assert_eq!(names, ["silu-1"], "seed {seed}");
+        assert!(
+            matches!(&cause, Some(Cause::Stale { other }) if other.starts_with("silu-0 ")),
             "seed {seed}: {cause:?}"
         );
 
