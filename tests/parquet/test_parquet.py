@@ -103,3 +103,13 @@ def test_diff_table(tables):
             assert row[k] == p[k] or (row[k] is None and p[k] is None) or (math.isnan(row[k]) and math.isnan(p[k]))
     first = duckdb.sql(f"select key, index from '{tmp / 'diff.parquet'}' where first_divergence").fetchall()
     assert first == [(r.first_divergence["key"], r.first_divergence_index)]
+    # blame and diagnosis: the same as Python's, one query away
+    for row, p in zip(t, r.pairs):
+        assert row["inputs"] == list(p["inputs"]) and row["amplification"] == p["amplification"]
+    blamed = duckdb.sql(
+        f"select index, likely_cause, likely_cause_evidence from '{tmp / 'diff.parquet'}' where blamed"
+    ).fetchall()
+    assert blamed == [
+        (x["index"], x["diagnosis"][0]["kind"], x["diagnosis"][0]["evidence"]) for x in r.blamed
+    ]
+    assert blamed and blamed[0][1] == "row_scale"

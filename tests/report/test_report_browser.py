@@ -73,6 +73,10 @@ def test_report_renders_in_chromium(page, tmp_path):
     assert dom.count('class="bar"') == 40  # histogram bins
     assert 'id="heat"' in dom and 'class="first"' in dom and "ffn_norm-2" in dom
     assert dom.count('id="pair-') == 59
+    # the blamed op, with its agreeing input and the likely cause
+    assert dom.count('class="blamed"') == 1 and 'id="blamed-38"' in dom
+    assert '<b>row scale</b>' in dom and "a normalization with the wrong statistics" in dom
+    assert 'href="#pair-37">ffn_inp-2</a>' in dom
     # a real picture: many colours, not a blank page
     img = Image.open(shot).convert("RGB")
     assert img.size == (1300, 2400)

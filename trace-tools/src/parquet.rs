@@ -391,6 +391,18 @@ pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<(
         a.path().display().to_string(),
         b.path().display().to_string(),
     );
+    let blame_of = |i: usize| r.blamed.iter().find(|bl| bl.pair == i);
+    let top = |i: usize| blame_of(i).and_then(|bl| bl.diagnosis.first());
+    let kinds: Vec<Option<String>> = (0..p.len())
+        .map(|i| {
+            top(i).map(|f| {
+                serde_json::to_value(&f.cause)
+                    .ok()
+                    .and_then(|v| v["kind"].as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            })
+        })
+        .collect();
     let batch = RecordBatch::try_from_iter(vec![
         ("file_a", strings(p.iter().map(|_| Some(fa.as_str())))),
         ("file_b", strings(p.iter().map(|_| Some(fb.as_str())))),
@@ -435,6 +447,24 @@ pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<(
             bools((0..p.len()).map(|i| Some(r.first_divergence == Some(i)))),
         ),
         ("reasons", strings(reasons.iter().map(|s| Some(s.as_str())))),
+        (
+            "inputs",
+            u64_list(
+                &p.iter()
+                    .map(|x| Some(x.inputs.iter().map(|&i| i as u64).collect()))
+                    .collect::<Vec<_>>(),
+            ),
+        ),
+        ("amplification", f64s(p.iter().map(|x| x.amplification))),
+        (
+            "blamed",
+            bools((0..p.len()).map(|i| Some(blame_of(i).is_some()))),
+        ),
+        ("likely_cause", strings(kinds.iter().map(|k| k.as_deref()))),
+        (
+            "likely_cause_evidence",
+            strings((0..p.len()).map(|i| top(i).map(|f| f.evidence.as_str()))),
+        ),
         ("numel", mu(|m| m.numel)),
         ("max_abs", m(|m| m.max_abs)),
         ("max_rel", m(|m| m.max_rel)),

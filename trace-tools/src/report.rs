@@ -200,7 +200,30 @@ pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, ToolsE
         }),
         None => Value::Null,
     };
+    let blamed: Vec<Value> = r
+        .blamed
+        .iter()
+        .map(|bl| {
+            let p = &r.pairs[bl.pair];
+            json!({
+                "index": bl.pair,
+                "pair": bl.pair + 1,
+                "key": p.key,
+                "names": if p.a.name == p.b.name { p.a.name.clone() } else { format!("{} = {}", p.a.name, p.b.name) },
+                "shape": p.a.shape,
+                "by_graph": bl.by_graph,
+                "amplification": bl.amplification,
+                "inputs": bl.inputs.iter().map(|&i| json!({
+                    "pair": i + 1,
+                    "key": r.pairs[i].key,
+                    "verdict": verdict_text(&r.pairs[i].verdict),
+                })).collect::<Vec<_>>(),
+                "diagnosis": bl.diagnosis,
+            })
+        })
+        .collect();
     Ok(json!({
+        "blamed": blamed,
         "a": a.path().display().to_string(),
         "b": b.path().display().to_string(),
         "tolerance": { "atol": r.tolerance.atol, "rtol": r.tolerance.rtol, "min_cosine": r.tolerance.min_cosine },
