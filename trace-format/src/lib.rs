@@ -8,6 +8,7 @@ mod error;
 pub mod layout;
 pub mod lineage;
 pub mod names;
+pub mod op;
 pub mod record;
 pub mod stats;
 

@@ -7,7 +7,7 @@ pub const FILE_MAGIC: [u8; 8] = *b"\x89TDUMP\r\n";
 /// Format major version written and read.
 pub const VERSION_MAJOR: u16 = 1;
 /// Format minor version written.
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 /// Size of the file header.
 pub const FILE_HEADER_BYTES: u64 = 64;
 /// The first 4 bytes of every record header.

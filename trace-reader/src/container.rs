@@ -78,6 +78,23 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// The op that made the tensor, as its metadata's `tracedump.op` says
+    /// (SPEC.md §5.4, format 1.1): `None` when not recorded, an error
+    /// message when the key holds something SPEC.md does not allow.
+    pub fn op(&self) -> Option<Result<trace_format::op::OpInfo, String>> {
+        trace_format::op::OpInfo::from_metadata(&self.metadata)
+    }
+
+    /// Whether the tensor is computed from its parents (its inputs) rather
+    /// than a view of the first: what `tracedump.op` says, else what the
+    /// lineage implies (parents without view steps are inputs).
+    pub fn is_computed(&self) -> bool {
+        match self.op() {
+            Some(Ok(op)) => op.relation == trace_format::op::Relation::Computed,
+            _ => self.lineage.ops.is_empty(),
+        }
+    }
+
     /// Whether the tensor has no data, only statistics.
     pub fn is_stats_only(&self) -> bool {
         self.storage.is_none() && !self.derived

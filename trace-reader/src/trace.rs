@@ -303,6 +303,21 @@ impl Trace {
             parts.push(names.join(" + "));
         }
         parts.extend(t.lineage.ops.iter().map(|o| o.to_string()));
+        match t.op() {
+            Some(Ok(op)) => {
+                let params: Vec<String> = op.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let name = op.name.as_deref().unwrap_or("?");
+                parts.push(match (op.relation, params.is_empty()) {
+                    (trace_format::op::Relation::Computed, true) => format!("computed by {name}"),
+                    (trace_format::op::Relation::Computed, false) => {
+                        format!("computed by {name}({})", params.join(", "))
+                    }
+                    (trace_format::op::Relation::View, _) => format!("view ({name})"),
+                });
+            }
+            Some(Err(e)) => parts.push(format!("(bad op: {e})")),
+            None => {}
+        }
         if let Some(op) = &t.lineage.engine_op {
             parts.push(format!("[{} {}]", op.engine, op.op));
         }
