@@ -27,7 +27,9 @@ number comes from the first ``layers.N`` / ``h.N`` / ``blocks.N`` /
 ``model(...)`` call (0 for the first), and ``roles`` (regex on the record
 name -> role) can tag records for :mod:`tracedump.reference`.
 
-Records carry what they were computed from, as lineage parents, so that
+Records carry what they were computed from, as lineage parents (with the
+format's op relation ``tracedump.op``: computed, by the op's short name or
+the module's class name), so that
 ``tracedump diff`` can blame the module that made a divergence: a module's
 output has as parents its positional inputs' records (``<path>.input.<i>``,
 or with ``inputs=False`` the records that produced those tensors), and an
@@ -466,6 +468,11 @@ class Capture:
         else:
             if parents:
                 kwargs["lineage"] = {"parents": [i for i, _ in parents]}
+                if not name.startswith(f"{module_path}.input") and not name.startswith("input"):
+                    # computed from those parents (SPEC.md §5.4, format 1.1):
+                    # by the op, or by the module's forward
+                    op = (extra or {}).get("op") or type(module).__name__
+                    kwargs["tracedump.op"] = {"relation": "computed", "name": op}
             rid = self.writer.add(name, t, module=module_path, module_type=type(module).__name__, **kwargs)
         self.records += 1
         return rid

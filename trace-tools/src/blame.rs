@@ -150,10 +150,12 @@ pub fn diagnose_pair(
         return Ok(Vec::new());
     };
     let mut found = diagnose(x, y);
-    if found.first().is_none_or(|f| f.strength < 0.95) {
+    found.extend(params_differ(a, b, p));
+    // an agreeing pair equals its copies elsewhere: that is no staleness
+    if p.verdict.is_divergent() && found.iter().all(|f| f.strength < 0.95) {
         found.extend(stale_in(a, b, p, x));
-        found.sort_by(|x, y| y.strength.total_cmp(&x.strength));
     }
+    found.sort_by(|x, y| y.strength.total_cmp(&x.strength));
     Ok(found)
 }
 
@@ -192,4 +194,48 @@ fn stale_in(a: &Trace, b: &Trace, p: &Pair, x: Values<'_>) -> Option<Finding> {
     }
     // B's own value is not "another tensor": a match there is no bug
     crate::diagnose::stale(x, others.iter().map(|(n, v)| (n.as_str(), v.as_slice())))
+}
+
+/// The op's typed parameters (or the op itself) differ between the runs,
+/// as each tensor's `tracedump.op` records them.
+fn params_differ(a: &Trace, b: &Trace, p: &Pair) -> Option<Finding> {
+    let op_of = |t: &Trace, id: u64| t.tensor(id).ok().and_then(|i| i.op()).and_then(Result::ok);
+    let (oa, ob) = (op_of(a, p.a.id)?, op_of(b, p.b.id)?);
+    let mut differ = Vec::new();
+    if oa.name != ob.name {
+        let name = |o: &trace_format::op::OpInfo| o.name.clone().unwrap_or_else(|| "?".into());
+        differ.push(("op".to_string(), name(&oa), name(&ob)));
+    }
+    let mut keys: Vec<&str> = oa
+        .params
+        .iter()
+        .chain(&ob.params)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    keys.dedup();
+    let mut seen = HashSet::new();
+    for k in keys.into_iter().filter(|k| seen.insert(*k)) {
+        let (va, vb) = (oa.get(k), ob.get(k));
+        if va != vb {
+            let text =
+                |v: Option<&trace_format::Value>| v.map_or("(none)".to_string(), |v| v.to_string());
+            differ.push((k.to_string(), text(va), text(vb)));
+        }
+    }
+    if differ.is_empty() {
+        return None;
+    }
+    let name = oa.name.as_deref().unwrap_or("op");
+    let said: Vec<String> = differ
+        .iter()
+        .map(|(k, x, y)| format!("{k} = {x} in A, {y} in B"))
+        .collect();
+    Some(Finding {
+        evidence: format!(
+            "the runs configured {name} differently: {}",
+            said.join("; ")
+        ),
+        cause: crate::diagnose::Cause::Params { differ },
+        strength: 0.99,
+    })
 }

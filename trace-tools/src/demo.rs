@@ -97,6 +97,15 @@ fn ggml_2d(ne0: usize, ne1: usize, elem: u64) -> TensorMeta {
     )
 }
 
+/// The eps of an RMSNorm: the backend under test has its planted bug here.
+fn norm_eps(run: Run, layer: Option<usize>, role: &str) -> f64 {
+    if run == Run::Test && layer == Some(BUGGY_LAYER) && role == "ffn_norm" {
+        1e-1
+    } else {
+        1e-5
+    }
+}
+
 fn write_run(path: &Path, run: Run) -> Result<u64> {
     let engine = match run {
         Run::Test => "tracedump-demo (custom backend, planted bug in layer 2)",
@@ -121,8 +130,21 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
                cols: usize,
                parents: &[Option<u64>]|
      -> Result<Option<u64>> {
-        let mut m = ggml_2d(cols, N_TOK, 4).role(role).step(0);
-        m.lineage.parents.extend(parents.iter().flatten());
+        let inputs: Vec<u64> = parents.iter().flatten().copied().collect();
+        let op = match role {
+            "embedding" => "get_rows",
+            "attn_norm" | "ffn_norm" | "result_norm" => "rms_norm",
+            "ffn_inp" | "l_out" => "add",
+            "ffn_silu" => "silu",
+            _ => "mul_mat",
+        };
+        let mut m = ggml_2d(cols, N_TOK, 4)
+            .role(role)
+            .step(0)
+            .computed_from(op, &inputs);
+        if op == "rms_norm" {
+            m = m.op_param("eps", norm_eps(run, layer, role));
+        }
         if let Some(l) = layer {
             m = m.layer(l as i64);
         }
@@ -286,12 +308,7 @@ fn write_run(path: &Path, run: Run) -> Result<u64> {
             N_EMBD,
             &[attn_out_id, x_id],
         )?;
-        let eps = if run == Run::Test && l == BUGGY_LAYER {
-            1e-1
-        } else {
-            1e-5
-        };
-        let hn = rms_norm(&ffn_inp, eps);
+        let hn = rms_norm(&ffn_inp, norm_eps(run, Some(l), "ffn_norm") as f32);
         let hn_id = act(
             &format!("ffn_norm-{l}"),
             Some(l),

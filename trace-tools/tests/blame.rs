@@ -181,3 +181,64 @@ fn amplification_is_measured_along_the_cascade() {
     // the blamed op's inputs agree exactly: no amplification, the error starts there
     assert_eq!(r.blamed[0].amplification, None);
 }
+
+/// Two runs of one RMSNorm recorded with the op relation and its eps
+/// (format 1.1): the eps that differs is the first finding.
+#[test]
+fn a_recorded_parameter_that_differs_comes_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = weights(9, T * D);
+    let mut traces = Vec::new();
+    for (name, eps) in [("a.tdump", 0.5f64), ("b.tdump", 1e-6)] {
+        let path = dir.path().join(name);
+        let w = Writer::create(&path, Metadata::new()).unwrap();
+        let shape = [T as u64, D as u64];
+        let xid = w
+            .add_tensor(
+                "x",
+                DType::F32,
+                &shape,
+                bytemuck::cast_slice(&x),
+                TensorMeta::new(),
+            )
+            .unwrap()
+            .unwrap();
+        let h: Vec<f32> = x
+            .chunks(D)
+            .flat_map(|r| {
+                let rms = (r.iter().map(|v| v * v).sum::<f32>() / D as f32 + eps as f32).sqrt();
+                r.iter().map(move |v| v / rms).collect::<Vec<_>>()
+            })
+            .collect();
+        let meta = TensorMeta::new()
+            .computed_from("rms_norm", &[xid])
+            .op_param("eps", eps);
+        w.add_tensor("norm", DType::F32, &shape, bytemuck::cast_slice(&h), meta)
+            .unwrap();
+        w.finish().unwrap();
+        traces.push(Trace::open(&path).unwrap());
+    }
+    let info = traces[0].get("norm").unwrap();
+    assert!(info.is_computed());
+    let op = info.op().unwrap().unwrap();
+    assert_eq!(op.name.as_deref(), Some("rms_norm"));
+    let r = diff(
+        &traces[0],
+        &traces[1],
+        &Mapping::none(),
+        &Tolerance::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    let d = &r.blamed[0].diagnosis;
+    assert!(
+        matches!(&d[0].cause, Cause::Params { differ } if differ.len() == 1 && differ[0].0 == "eps"),
+        "{d:?}"
+    );
+    // the values' own evidence is still there
+    assert!(
+        d.iter()
+            .any(|f| matches!(f.cause, Cause::RowScale { axis: 0, .. })),
+        "{d:?}"
+    );
+}

@@ -174,6 +174,51 @@ impl TensorMeta {
         self.metadata.insert(key, value);
         self
     }
+    /// Computed from `inputs` (added as parents, in order) by the op `name`
+    /// (`rms_norm`, `mul_mat`, …): SPEC.md §5.4's op relation, which lets
+    /// `tracedump diff` blame the op that made a divergence.
+    pub fn computed_from(mut self, name: &str, inputs: &[RecordId]) -> Self {
+        self.lineage.parents.extend_from_slice(inputs);
+        let mut op = self
+            .op_info()
+            .unwrap_or_else(|| trace_format::op::OpInfo::computed(name));
+        op.relation = trace_format::op::Relation::Computed;
+        op.name = Some(name.into());
+        self.metadata
+            .insert(trace_format::op::OP_KEY, op.to_value());
+        self
+    }
+    /// A view of `parent` (added as the first parent; the view steps go in
+    /// with [`TensorMeta::op`]), by the engine's op `name` if it has one.
+    pub fn view_of(mut self, parent: RecordId, name: Option<&str>) -> Self {
+        self.lineage.parents.insert(0, parent);
+        let op = trace_format::op::OpInfo::view(name.map(str::to_owned));
+        self.metadata
+            .insert(trace_format::op::OP_KEY, op.to_value());
+        self
+    }
+    /// A typed parameter of the op that made the tensor (`eps`,
+    /// `freq_base`, `mode`, `scale`), beside the engine's raw bytes. Call
+    /// after [`TensorMeta::computed_from`] or [`TensorMeta::view_of`];
+    /// alone, it records a computed tensor of an unnamed op.
+    pub fn op_param(mut self, key: &str, value: impl Into<Value>) -> Self {
+        let mut op = self.op_info().unwrap_or(trace_format::op::OpInfo {
+            relation: trace_format::op::Relation::Computed,
+            name: None,
+            params: Vec::new(),
+        });
+        let value = value.into();
+        match op.params.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => op.params.push((key.into(), value)),
+        }
+        self.metadata
+            .insert(trace_format::op::OP_KEY, op.to_value());
+        self
+    }
+    fn op_info(&self) -> Option<trace_format::op::OpInfo> {
+        trace_format::op::OpInfo::from_metadata(&self.metadata).and_then(Result::ok)
+    }
 }
 
 /// What [`Writer::finish`] reports.

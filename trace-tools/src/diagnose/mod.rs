@@ -137,6 +137,12 @@ pub enum Cause {
         /// The other tensor, as the caller named it.
         other: String,
     },
+    /// The op's recorded parameters differ between the runs (SPEC.md §5.4,
+    /// `tracedump.op`): the op itself was configured differently.
+    Params {
+        /// (parameter, A's value, B's value); `op` when the ops differ.
+        differ: Vec<(String, String, String)>,
+    },
     /// A equals B's input rotated with another RoPE variant.
     Rope {
         /// The variant that gives A.

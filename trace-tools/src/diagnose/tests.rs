@@ -278,6 +278,7 @@ fn kind(c: &Cause) -> &'static str {
         Cause::Precision { .. } => "precision",
         Cause::Stale { .. } => "stale",
         Cause::Rope { .. } => "rope",
+        Cause::Params { .. } => "params",
     }
 }
 
