@@ -117,7 +117,11 @@ impl OpInfo {
         let relation = match get("relation") {
             Some(Value::Str(s)) if s == "computed" => Relation::Computed,
             Some(Value::Str(s)) if s == "view" => Relation::View,
-            Some(other) => return Err(format!("`{OP_KEY}.relation` is {other}, not computed or view")),
+            Some(other) => {
+                return Err(format!(
+                    "`{OP_KEY}.relation` is {other}, not computed or view"
+                ))
+            }
             None => return Err(format!("`{OP_KEY}` has no relation")),
         };
         let name = match get("name") {
@@ -152,7 +156,10 @@ mod tests {
         assert_eq!(op.get("mode"), Some(&Value::I64(2)));
         let view = OpInfo::view(Some("PERMUTE".into()));
         let m = Metadata::new().with(OP_KEY, view.to_value());
-        assert_eq!(OpInfo::from_metadata(&m).unwrap().unwrap().relation, Relation::View);
+        assert_eq!(
+            OpInfo::from_metadata(&m).unwrap().unwrap().relation,
+            Relation::View
+        );
         for bad in [
             Value::I64(1),
             Value::Map(vec![]),

@@ -305,7 +305,8 @@ impl Trace {
         parts.extend(t.lineage.ops.iter().map(|o| o.to_string()));
         match t.op() {
             Some(Ok(op)) => {
-                let params: Vec<String> = op.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let params: Vec<String> =
+                    op.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 let name = op.name.as_deref().unwrap_or("?");
                 parts.push(match (op.relation, params.is_empty()) {
                     (trace_format::op::Relation::Computed, true) => format!("computed by {name}"),
