@@ -11,6 +11,7 @@ pub mod names;
 pub mod op;
 pub mod record;
 pub mod stats;
+mod strided;
 
 pub use codec::{
     DataRef, EngineOp, IndexEntry, Lineage, Metadata, Op, SourceLayout, Stats, StorageDesc,

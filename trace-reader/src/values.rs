@@ -32,7 +32,7 @@ pub fn value_limit(file_len: u64) -> u64 {
 /// offsets are `storage_offset + Σ i·stride`, in whatever unit the layout's
 /// strides are (bytes, or elements for a block type's element layout).
 pub(crate) fn walk(layout: &Layout, f: impl FnMut(usize)) {
-    walk_rows(layout, 0, layout.numel(), f);
+    layout.for_each_offset(f);
 }
 
 /// A vector with room for `n` values, or an error instead of an abort.
@@ -370,7 +370,7 @@ fn convert_rows_by(
     let mut done = Converted::default();
     let count = (dst.len() / row_len) as u64;
     let mut dst_rows = dst.chunks_exact_mut(row_len);
-    walk_rows(rows, first, count, |o| {
+    rows.for_each_offset_from(first, count, |o| {
         let Some(d) = dst_rows.next() else { return };
         match storage.get(o..o.saturating_add(run)) {
             Some(bytes) if convert(bytes, d) => done.written += row_len,
@@ -402,62 +402,6 @@ fn convert_rows_shared(
     };
     // in row order
     done.into_iter().fold(Converted::default(), Converted::then)
-}
-
-/// Call `f(offset)` for the `count` elements of a checked layout from the
-/// `first` on (row-major), the offsets as [`walk`] gives them ([`walk`] is
-/// all of them; the rows of a view, its outer dimensions, go a range at a
-/// time).
-fn walk_rows(layout: &Layout, first: u64, count: u64, mut f: impl FnMut(usize)) {
-    let (shape, strides) = (&layout.shape, &layout.byte_strides);
-    if count == 0 || shape.contains(&0) {
-        return;
-    }
-    let nd = shape.len();
-    let mut idx = vec![0u64; nd];
-    let mut base = layout.storage_offset as isize;
-    let mut rest = first;
-    for d in (0..nd).rev() {
-        idx[d] = rest % shape[d];
-        rest /= shape[d];
-        base += idx[d] as isize * strides[d] as isize;
-    }
-    if nd == 0 {
-        f(base as usize);
-        return;
-    }
-    let (inner_n, inner_s) = (shape[nd - 1], strides[nd - 1] as isize);
-    let mut left = count;
-    loop {
-        // the rest of this line of the innermost dimension
-        let n = (inner_n - idx[nd - 1]).min(left);
-        let mut o = base;
-        for _ in 0..n {
-            f(o as usize);
-            o += inner_s;
-        }
-        left -= n;
-        if left == 0 {
-            return;
-        }
-        // the start of the next line
-        base -= idx[nd - 1] as isize * inner_s;
-        idx[nd - 1] = 0;
-        let mut d = nd - 1;
-        loop {
-            if d == 0 {
-                return;
-            }
-            d -= 1;
-            idx[d] += 1;
-            base += strides[d] as isize;
-            if idx[d] < shape[d] {
-                break;
-            }
-            base -= strides[d] as isize * shape[d] as isize;
-            idx[d] = 0;
-        }
-    }
 }
 
 #[cfg(test)]
