@@ -12,6 +12,7 @@ pub mod export;
 pub mod import;
 pub mod inspect;
 pub mod mapping;
+pub mod metrics;
 #[cfg(feature = "parquet")]
 pub mod parquet;
 pub mod recover;
