@@ -456,9 +456,9 @@ pub(crate) fn _describe<'py>(py: Python<'py>, t: &Bound<'py, PyAny>) -> PyResult
     let bytes = d.storage.bytes()?;
     Ok((
         d.dtype.name(),
-        d.layout.shape.clone(),
-        d.layout.byte_strides.clone(),
-        d.layout.storage_offset,
+        d.layout.shape().to_vec(),
+        d.layout.byte_strides().to_vec(),
+        d.layout.storage_offset(),
         bytes.as_ptr() as usize,
         bytes.len(),
         matches!(d.storage, Storage::InPlace { .. }),

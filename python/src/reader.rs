@@ -405,8 +405,8 @@ impl PyTrace {
                     "<tr><td>{id}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{:?}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     html_escape(&i.name),
                     i.dtype,
-                    i.layout.shape,
-                    i.layout.byte_strides,
+                    i.layout.shape(),
+                    i.layout.byte_strides(),
                     opt(i.layer),
                     opt(i.step),
                     html_escape(i.role.as_deref().unwrap_or(""))

@@ -27,7 +27,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 use rustc_hash::FxHashMap;
 use trace_format::record::crc32c;
-use trace_writer::{CaptureFilter, EngineOp, Layout, Lineage, Op, TensorMeta, Writer};
+use trace_writer::{CaptureFilter, EngineOp, Lineage, Op, TensorMeta, Writer};
 
 use crate::convert::{dtype_from_name, py_to_metadata, py_to_op};
 use crate::describe::{describe, owner_weakref};
@@ -582,7 +582,7 @@ impl PyWriter {
         let Some((lo, hi)) = span else {
             // no elements: nothing to point at
             let id = w
-                .add_tensor(name, dtype, &layout.shape, &[], meta)
+                .add_tensor(name, dtype, layout.shape(), &[], meta)
                 .map_err(writer_error)?;
             if let Some(id) = id {
                 st.names.insert(name, id);
@@ -597,7 +597,7 @@ impl PyWriter {
         }
         let (lo, hi) = (lo as usize, hi as usize);
         let (abs_lo, abs_hi) = (base + lo, base + hi);
-        let elem0 = base + layout.storage_offset as usize;
+        let elem0 = base + layout.storage_offset() as usize;
 
         // 1. a view of bytes already recorded
         let found = st
@@ -607,16 +607,13 @@ impl PyWriter {
             })
             .map(|r| (r.id, r.is_tensor, r.start));
         let id = if let Some((region_id, is_tensor, start)) = found {
-            let rebased = Layout {
-                storage_offset: (elem0 - start) as u64,
-                ..layout.clone()
-            };
+            let rebased = layout.clone().at_offset((elem0 - start) as u64);
             if auto && is_tensor {
                 meta.lineage.parents.push(region_id);
                 meta.lineage.ops.push(Op::View {
-                    offset: rebased.storage_offset,
-                    shape: rebased.shape.clone(),
-                    byte_strides: rebased.byte_strides.clone(),
+                    offset: rebased.storage_offset(),
+                    shape: rebased.shape().to_vec(),
+                    byte_strides: rebased.byte_strides().to_vec(),
                 });
             }
             w.add_view(name, dtype, region_id, &rebased, meta)
@@ -626,7 +623,7 @@ impl PyWriter {
             // later view needs it: the recording thread does not checksum)
             let bytes = &buf[lo..hi];
             let added = w
-                .add_tensor(name, dtype, &layout.shape, bytes, meta)
+                .add_tensor(name, dtype, layout.shape(), bytes, meta)
                 .map_err(writer_error)?;
             if let (Some(id), Some(owner)) = (added, owner) {
                 st.regions.push(

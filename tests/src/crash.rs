@@ -266,7 +266,7 @@ impl Plan {
             } => {
                 if !info.is_stats_only()
                     || info.dtype != *dtype
-                    || &info.layout.shape != shape
+                    || info.layout.shape() != shape
                     || info.stats.as_ref() != Some(stats)
                 {
                     return Err(format!(
@@ -291,10 +291,11 @@ impl Plan {
                 same_bytes(id, &got, &self.expected_bytes(index))
             }
             ItemKind::Tensor { dtype, shape } => {
-                if info.dtype != *dtype || &info.layout.shape != shape {
+                if info.dtype != *dtype || info.layout.shape() != shape {
                     return Err(format!(
                         "record {id}: {} {:?}, planned {dtype} {shape:?}",
-                        info.dtype, info.layout.shape
+                        info.dtype,
+                        info.layout.shape()
                     ));
                 }
                 let view = trace.view(id).map_err(|e| e.to_string())?;
@@ -397,23 +398,24 @@ fn view_layout(rng: &mut Rng, rows: u64, cols: u64) -> Layout {
 /// row-major order: an independent walk, not the reader's (whole rows at
 /// once where the innermost stride is one element).
 pub fn gather(storage: &[u8], elem: usize, layout: &Layout) -> Vec<u8> {
-    let n: u64 = layout.shape.iter().product();
+    let n: u64 = layout.shape().iter().product();
     let mut out = Vec::with_capacity(n as usize * elem);
     if n == 0 {
         return out;
     }
-    let dims = layout.shape.len();
-    let (run, outer) = match layout.byte_strides.last() {
-        Some(&s) if s == elem as i64 => (layout.shape[dims - 1] as usize, dims - 1),
+    let dims = layout.shape().len();
+    let (run, outer) = match layout.byte_strides().last() {
+        Some(&s) if s == elem as i64 => (layout.shape()[dims - 1] as usize, dims - 1),
         _ => (1, dims),
     };
     let mut index = vec![0u64; outer];
     loop {
         let at = index
             .iter()
-            .zip(&layout.byte_strides)
-            .fold(layout.storage_offset as i64, |a, (&i, &s)| a + i as i64 * s)
-            as usize;
+            .zip(layout.byte_strides())
+            .fold(layout.storage_offset() as i64, |a, (&i, &s)| {
+                a + i as i64 * s
+            }) as usize;
         out.extend_from_slice(&storage[at..at + run * elem]);
         let mut d = outer;
         loop {
@@ -422,7 +424,7 @@ pub fn gather(storage: &[u8], elem: usize, layout: &Layout) -> Vec<u8> {
             }
             d -= 1;
             index[d] += 1;
-            if index[d] < layout.shape[d] {
+            if index[d] < layout.shape()[d] {
                 break;
             }
             index[d] = 0;

@@ -46,7 +46,7 @@ fn trace_tool_gguf_reads_as_a_trace() {
             .iter()
             .map(|v| v.as_u64().unwrap())
             .collect();
-        assert_eq!(t.layout.shape, shape, "{name}");
+        assert_eq!(t.layout.shape(), shape, "{name}");
         assert_eq!(
             u64::from(t.dtype.id()),
             entry["type"].as_u64().unwrap(),

@@ -174,7 +174,7 @@ fn mixed_kv_cache_is_rebuilt_exactly() {
         // the logical tensor: cold (dequantized) ++ hot, permuted
         let t = trace.get(&format!("{which}-0")).unwrap();
         assert!(t.derived && !t.is_stats_only());
-        assert_eq!(t.layout.shape, vec![1, N_HEAD, N_CTX, HEAD_DIM]);
+        assert_eq!(t.layout.shape(), vec![1, N_HEAD, N_CTX, HEAD_DIM]);
         let got = trace.view(t.id).unwrap().to_f32().unwrap();
         let want = reference(dir.path(), part, N_COLD, true, true);
         assert_eq!(

@@ -15,10 +15,10 @@ fn reference_gather(storage: &[u8], layout: &Layout, size: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n * size);
     for flat in 0..n {
         let mut rem = flat;
-        let mut off = layout.storage_offset as i64;
+        let mut off = layout.storage_offset() as i64;
         for d in (0..layout.ndim()).rev() {
-            let ext = layout.shape[d] as usize;
-            off += (rem % ext) as i64 * layout.byte_strides[d];
+            let ext = layout.shape()[d] as usize;
+            off += (rem % ext) as i64 * layout.byte_strides()[d];
             rem /= ext;
         }
         out.extend_from_slice(&storage[off as usize..off as usize + size]);
@@ -153,8 +153,8 @@ proptest! {
             let flat: Vec<f32> = a.iter().copied().collect();
             let want: Vec<f32> = expect.chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
             prop_assert_eq!(flat.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
-            let strides_el: Vec<isize> = layout.shape.iter().zip(&layout.byte_strides).map(|(&n, &s)| if n > 1 { (s / 4) as isize } else { 0 }).collect();
-            let got: Vec<isize> = layout.shape.iter().zip(a.strides()).map(|(&n, &s)| if n > 1 { s } else { 0 }).collect();
+            let strides_el: Vec<isize> = layout.shape().iter().zip(layout.byte_strides()).map(|(&n, &s)| if n > 1 { (s / 4) as isize } else { 0 }).collect();
+            let got: Vec<isize> = layout.shape().iter().zip(a.strides()).map(|(&n, &s)| if n > 1 { s } else { 0 }).collect();
             if layout.numel() > 0 {
                 prop_assert_eq!(got, strides_el);
             }
@@ -213,11 +213,11 @@ fn ndarray_views_keep_their_strides() {
         );
     }
     let rev_info = trace.get("rev").unwrap();
-    assert_eq!(rev_info.layout.byte_strides, vec![-80, 40, 4]);
+    assert_eq!(rev_info.layout.byte_strides(), vec![-80, 40, 4]);
     assert!(!rev_info.is_contiguous());
     // the broadcast view keeps its zero stride over one row of bytes
     let b = trace.get("bcast").unwrap();
-    assert_eq!(b.layout.byte_strides[0], 0);
+    assert_eq!(b.layout.byte_strides()[0], 0);
     assert_eq!(b.storage_len(), 20);
 }
 

@@ -109,7 +109,7 @@ fn golden_file_reads_back() {
         Some(&trace_format::Value::Str("spec-example".into()))
     );
     let k = t.view_by_name("k-0").expect("k-0");
-    assert_eq!(k.info().layout.byte_strides, vec![4, 16]);
+    assert_eq!(k.info().layout.byte_strides(), vec![4, 16]);
     assert_eq!(
         k.to_f32().expect("values"),
         vec![0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0]

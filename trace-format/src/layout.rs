@@ -6,8 +6,8 @@
 //! // ggml ne=[128,256,8,1] f32, contiguous, then permute(0,2,1,3)
 //! let cache = Layout::contiguous(DType::F32, &[1, 8, 256, 128], 0).unwrap();
 //! let k = cache.permute(&[0, 2, 1, 3]).unwrap();
-//! assert_eq!(k.shape, vec![1, 256, 8, 128]);
-//! assert_eq!(k.byte_strides, vec![1048576, 512, 131072, 4]);
+//! assert_eq!(k.shape(), [1, 256, 8, 128]);
+//! assert_eq!(k.byte_strides(), [1048576, 512, 131072, 4]);
 //! assert!(!k.is_contiguous(DType::F32));
 //! ```
 
@@ -23,14 +23,18 @@ pub const MAX_DIMS: usize = 64;
 /// `storage_offset + Σ i_d · byte_strides[d]`. Block types map through
 /// [`Layout::element_layout`]. A layout says nothing about whether the
 /// bytes exist: check it with [`Layout::check_within`] before touching them.
+///
+/// The fields are private: every layout went through [`Layout::new`]'s
+/// checks (rank, dimension count, element count), or was derived from one
+/// that did by a method that keeps them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Layout {
     /// Extent of each dimension, outermost first.
-    pub shape: Vec<u64>,
+    shape: Vec<u64>,
     /// Signed distance in bytes between neighbours along each dimension.
-    pub byte_strides: Vec<i64>,
+    byte_strides: Vec<i64>,
     /// Byte offset of element `(0, …, 0)` in the storage.
-    pub storage_offset: u64,
+    storage_offset: u64,
 }
 
 /// A layout in units of elements: what a block-typed layout means once its
@@ -62,6 +66,40 @@ pub fn row_major_strides(shape: &[u64], unit: i64) -> Option<Vec<i64>> {
 }
 
 impl Layout {
+    /// Extent of each dimension, outermost first.
+    pub fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    /// Signed distance in bytes between neighbours along each dimension.
+    pub fn byte_strides(&self) -> &[i64] {
+        &self.byte_strides
+    }
+
+    /// Byte offset of element `(0, …, 0)` in the storage.
+    pub fn storage_offset(&self) -> u64 {
+        self.storage_offset
+    }
+
+    /// Every dimension but the innermost: where each innermost row starts
+    /// (walking it visits the first element of every row). A layout of
+    /// zero dimensions stays as it is.
+    pub fn outer(&self) -> Layout {
+        let keep = self.shape.len().saturating_sub(1);
+        Layout {
+            shape: self.shape[..keep].to_vec(),
+            byte_strides: self.byte_strides[..keep].to_vec(),
+            storage_offset: self.storage_offset,
+        }
+    }
+
+    /// The same view at another storage offset (where a record's data
+    /// field puts it).
+    pub fn at_offset(mut self, storage_offset: u64) -> Layout {
+        self.storage_offset = storage_offset;
+        self
+    }
+
     /// A layout from its parts, checking rank, dimension count and that the
     /// element count fits in 64 bits.
     pub fn new(

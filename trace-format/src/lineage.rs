@@ -52,9 +52,9 @@ pub fn replay(
         };
         Replayed {
             dtype: Some(p.dtype),
-            shape: p.layout.shape.clone(),
-            byte_strides: Some(p.layout.byte_strides.clone()),
-            storage: Some((p.storage, p.layout.storage_offset)),
+            shape: p.layout.shape().to_vec(),
+            byte_strides: Some(p.layout.byte_strides().to_vec()),
+            storage: Some((p.storage, p.layout.storage_offset())),
         }
     };
     for op in ops {
@@ -73,21 +73,22 @@ fn concat(axis: u32, parents: &[ParentLayout]) -> Result<Replayed, LayoutError> 
             first.layout.ndim()
         )));
     }
-    let mut shape = first.layout.shape.clone();
+    let mut shape = first.layout.shape().to_vec();
     for p in &parents[1..] {
         if p.layout.ndim() != shape.len() {
             return Err(bad("parts differ in rank".into()));
         }
         for d in 0..shape.len() {
-            if d != a && p.layout.shape[d] != shape[d] {
+            if d != a && p.layout.shape()[d] != shape[d] {
                 return Err(bad(format!(
                     "part shape {:?} does not match {:?} off the axis",
-                    p.layout.shape, shape
+                    p.layout.shape(),
+                    shape
                 )));
             }
         }
         shape[a] = shape[a]
-            .checked_add(p.layout.shape[a])
+            .checked_add(p.layout.shape()[a])
             .ok_or_else(|| bad("length overflows".into()))?;
     }
     // Parts of one dtype join into that dtype, contiguous; parts of several
@@ -99,7 +100,7 @@ fn concat(axis: u32, parents: &[ParentLayout]) -> Result<Replayed, LayoutError> 
     let byte_strides = dtype
         .map(|d| Layout::contiguous(d, &shape, 0))
         .transpose()?
-        .map(|l| l.byte_strides);
+        .map(|l| l.byte_strides().to_vec());
     Ok(Replayed {
         dtype,
         shape,
@@ -110,11 +111,12 @@ fn concat(axis: u32, parents: &[ParentLayout]) -> Result<Replayed, LayoutError> 
 
 fn step(s: Replayed, op: &Op) -> Result<Replayed, LayoutError> {
     let known = |s: &Replayed| -> Option<Layout> {
-        Some(Layout {
-            shape: s.shape.clone(),
-            byte_strides: s.byte_strides.clone()?,
-            storage_offset: s.storage.map(|x| x.1).unwrap_or(0),
-        })
+        Layout::new(
+            s.shape.clone(),
+            s.byte_strides.clone()?,
+            s.storage.map(|x| x.1).unwrap_or(0),
+        )
+        .ok()
     };
     Ok(match op {
         Op::View {
@@ -123,17 +125,14 @@ fn step(s: Replayed, op: &Op) -> Result<Replayed, LayoutError> {
             byte_strides,
         } => {
             let base = s.storage.map(|x| x.1).unwrap_or(0);
-            let l = Layout {
-                shape: vec![],
-                byte_strides: vec![],
-                storage_offset: base,
-            }
-            .view(*offset, shape, byte_strides)?;
+            let l = Layout::default()
+                .at_offset(base)
+                .view(*offset, shape, byte_strides)?;
             Replayed {
                 dtype: s.dtype,
-                shape: l.shape,
-                byte_strides: Some(l.byte_strides),
-                storage: s.storage.map(|(id, _)| (id, l.storage_offset)),
+                shape: l.shape().to_vec(),
+                byte_strides: Some(l.byte_strides().to_vec()),
+                storage: s.storage.map(|(id, _)| (id, l.storage_offset())),
             }
         }
         Op::Permute { axes } => permute(s, axes)?,
@@ -152,8 +151,8 @@ fn step(s: Replayed, op: &Op) -> Result<Replayed, LayoutError> {
             (Some(l), Some(dtype)) => {
                 let r = l.reshape(dtype, shape)?;
                 Replayed {
-                    byte_strides: Some(r.byte_strides),
-                    shape: r.shape,
+                    byte_strides: Some(r.byte_strides().to_vec()),
+                    shape: r.shape().to_vec(),
                     ..s
                 }
             }
@@ -177,7 +176,7 @@ fn step(s: Replayed, op: &Op) -> Result<Replayed, LayoutError> {
                 .dtype
                 .map(|d| Layout::contiguous(d, &s.shape, 0))
                 .transpose()?
-                .map(|l| l.byte_strides);
+                .map(|l| l.byte_strides().to_vec());
             Replayed {
                 byte_strides: strides,
                 storage: None,
@@ -200,18 +199,20 @@ fn step(s: Replayed, op: &Op) -> Result<Replayed, LayoutError> {
 }
 
 fn permute(s: Replayed, axes: &[u32]) -> Result<Replayed, LayoutError> {
-    let probe = Layout {
-        shape: s.shape.clone(),
-        byte_strides: s
-            .byte_strides
+    let probe = Layout::new(
+        s.shape.clone(),
+        s.byte_strides
             .clone()
             .unwrap_or_else(|| vec![0; s.shape.len()]),
-        storage_offset: 0,
-    }
+        0,
+    )?
     .permute(axes)?;
     Ok(Replayed {
-        shape: probe.shape,
-        byte_strides: s.byte_strides.as_ref().map(|_| probe.byte_strides),
+        shape: probe.shape().to_vec(),
+        byte_strides: s
+            .byte_strides
+            .as_ref()
+            .map(|_| probe.byte_strides().to_vec()),
         ..s
     })
 }

@@ -26,13 +26,13 @@ impl Layout {
     /// all of them; the rows of a view, its outer dimensions, go a range at a
     /// time).
     pub fn for_each_offset_from(&self, first: u64, count: u64, mut f: impl FnMut(usize)) {
-        let (shape, strides) = (&self.shape, &self.byte_strides);
+        let (shape, strides) = (self.shape(), self.byte_strides());
         if count == 0 || shape.contains(&0) {
             return;
         }
         let nd = shape.len();
         let mut idx = vec![0u64; nd];
-        let mut base = self.storage_offset as isize;
+        let mut base = self.storage_offset() as isize;
         let mut rest = first;
         for d in (0..nd).rev() {
             idx[d] = rest % shape[d];
@@ -87,21 +87,17 @@ mod tests {
     fn offsets_are_the_strided_sum() {
         let base = Layout::contiguous(DType::F32, &[3, 4, 5], 0).unwrap();
         let mut views = vec![base.clone(), base.permute(&[2, 0, 1]).unwrap()];
-        views.push(Layout {
-            shape: vec![3, 4],
-            byte_strides: vec![-80, 4],
-            storage_offset: 160,
-        });
+        views.push(Layout::new(vec![3, 4], vec![-80, 4], 160).unwrap());
         for v in views {
             let mut got = Vec::new();
             v.for_each_offset(|o| got.push(o));
             let mut want = Vec::new();
-            let n: u64 = v.shape.iter().product();
+            let n: u64 = v.shape().iter().product();
             for flat in 0..n {
-                let (mut rest, mut o) = (flat, v.storage_offset as i64);
-                for d in (0..v.shape.len()).rev() {
-                    o += (rest % v.shape[d]) as i64 * v.byte_strides[d];
-                    rest /= v.shape[d];
+                let (mut rest, mut o) = (flat, v.storage_offset() as i64);
+                for d in (0..v.shape().len()).rev() {
+                    o += (rest % v.shape()[d]) as i64 * v.byte_strides()[d];
+                    rest /= v.shape()[d];
                 }
                 want.push(o as usize);
             }

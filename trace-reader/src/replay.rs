@@ -145,7 +145,7 @@ impl<'t> Replay<'t> {
             } => {
                 let v =
                     gather(dtype, &layout, storage, self.limit, |x| x).map_err(|e| self.err(e))?;
-                let shape: Vec<usize> = layout.shape.iter().map(|&n| n as usize).collect();
+                let shape: Vec<usize> = layout.shape().iter().map(|&n| n as usize).collect();
                 let array = ArrayD::from_shape_vec(IxDyn(&shape), v)
                     .map_err(|e| self.err(e.to_string()))?;
                 Ok((Some(dtype), array))
@@ -238,11 +238,12 @@ impl<'t> Replay<'t> {
                         "view offset or strides are not whole {size}-byte elements"
                     )));
                 }
-                let elements = Layout {
-                    shape: shape.clone(),
-                    byte_strides: byte_strides.iter().map(|s| s / size).collect(),
-                    storage_offset: *offset / size as u64,
-                };
+                let elements = Layout::new(
+                    shape.clone(),
+                    byte_strides.iter().map(|s| s / size).collect(),
+                    *offset / size as u64,
+                )
+                .map_err(layout_err)?;
                 let flat: Vec<f64> = array.iter().copied().collect();
                 let mut out =
                     reserve::<f64>(layout.numel(), self.limit).map_err(|e| self.err(e))?;
@@ -432,7 +433,7 @@ fn rebuild(
         state = r.step(state, op)?;
     }
     let (dtype, array) = r.values(state)?;
-    let want: Vec<usize> = tensor.layout.shape.iter().map(|&n| n as usize).collect();
+    let want: Vec<usize> = tensor.layout.shape().iter().map(|&n| n as usize).collect();
     if array.shape() != want.as_slice() {
         return Err(r.err(format!(
             "the steps give shape {:?}, the tensor says {want:?}",

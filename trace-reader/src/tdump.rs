@@ -173,10 +173,7 @@ impl Describe for Tdump {
                 )
             }
         };
-        let layout = Layout {
-            storage_offset: offset,
-            ..layout
-        };
+        let layout = layout.at_offset(offset);
         if let Some(s) = storage {
             layout
                 .check_within(d.dtype, storage_len)

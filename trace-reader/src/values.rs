@@ -83,11 +83,8 @@ fn dequantized_span(
     let mut deq = reserve::<f32>(values, u64::MAX)?;
     deq.resize(values as usize, 0.0);
     trace_quant::dequantize(dtype, bytes, &mut deq).map_err(|e| e.to_string())?;
-    let shifted = Layout {
-        shape: el.shape,
-        byte_strides: el.strides,
-        storage_offset: el.offset - first * be,
-    };
+    let shifted =
+        Layout::new(el.shape, el.strides, el.offset - first * be).map_err(|e| e.to_string())?;
     Ok((deq, shifted))
 }
 
@@ -157,7 +154,8 @@ pub(crate) fn gather_f32_with(
     if dtype.is_block() {
         let (deq, shifted) = dequantized_span(dtype, layout, storage)?;
         // a row-major view of exactly the blocks it spans: those values
-        if layout.is_contiguous(dtype) && shifted.storage_offset == 0 && deq.len() as u64 == numel {
+        if layout.is_contiguous(dtype) && shifted.storage_offset() == 0 && deq.len() as u64 == numel
+        {
             return Ok(deq);
         }
         walk(&shifted, |i| out.push(deq[i]));
@@ -165,7 +163,7 @@ pub(crate) fn gather_f32_with(
     }
     let size = dtype.element_bytes().unwrap_or(1);
     let nd = layout.ndim();
-    if nd == 0 || layout.byte_strides[nd - 1] != size as i64 {
+    if nd == 0 || layout.byte_strides()[nd - 1] != size as i64 {
         let mut failed = false;
         walk(layout, |o| match dtype.decode_f32(&storage[o..]) {
             Some(v) => out.push(v),
@@ -177,12 +175,8 @@ pub(crate) fn gather_f32_with(
         return Ok(out);
     }
     // one contiguous run per innermost row
-    let row_len = layout.shape[nd - 1] as usize;
-    let rows = Layout {
-        shape: layout.shape[..nd - 1].to_vec(),
-        byte_strides: layout.byte_strides[..nd - 1].to_vec(),
-        storage_offset: layout.storage_offset,
-    };
+    let row_len = layout.shape()[nd - 1] as usize;
+    let rows = layout.outer();
     let n = numel as usize; // reserved above, so it fits
     let dst = &mut out.spare_capacity_mut()[..n];
     let shared = match threads {
@@ -445,7 +439,7 @@ mod tests {
         for dtype in [DType::Q8_0, DType::Q4_0] {
             let blocks = trace_quant::quantize_to_vec(dtype, &values).unwrap();
             let whole = Layout::contiguous(dtype, &[4, 256], 0).unwrap();
-            let rows = whole.byte_strides[0];
+            let rows = whole.byte_strides()[0];
             let layouts = [
                 whole.clone(),
                 // heads outermost: [2, 4, 128] of a [4, 2, 128] cache
@@ -454,7 +448,7 @@ mod tests {
                     .permute(&[1, 0, 2])
                     .unwrap(),
                 // the second and third rows only
-                Layout::new(vec![2, 256], whole.byte_strides.clone(), rows as u64).unwrap(),
+                Layout::new(vec![2, 256], whole.byte_strides().to_vec(), rows as u64).unwrap(),
             ];
             for layout in &layouts {
                 let slow = gather(dtype, layout, &blocks, u64::MAX, |v| v as f32).unwrap();

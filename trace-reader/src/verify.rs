@@ -255,25 +255,28 @@ impl Trace {
                         if let Some(d) = r.dtype.filter(|&d| d != t.dtype) {
                             diffs.push(format!("dtype {d} (recorded {})", t.dtype));
                         }
-                        if r.shape != t.layout.shape {
+                        if r.shape != t.layout.shape() {
                             diffs.push(format!(
                                 "shape {:?} (recorded {:?})",
-                                r.shape, t.layout.shape
+                                r.shape,
+                                t.layout.shape()
                             ));
                         }
                         if let Some(s) = &r.byte_strides {
-                            if !same_strides(&r.shape, s, &t.layout.byte_strides) {
+                            if !same_strides(&r.shape, s, t.layout.byte_strides()) {
                                 diffs.push(format!(
                                     "byte strides {:?} (recorded {:?})",
-                                    s, t.layout.byte_strides
+                                    s,
+                                    t.layout.byte_strides()
                                 ));
                             }
                         }
                         if let Some((storage, offset)) = r.storage {
-                            if storage != t.storage || offset != t.layout.storage_offset {
+                            if storage != t.storage || offset != t.layout.storage_offset() {
                                 diffs.push(format!(
                                     "storage {storage:?} + {offset} (recorded {:?} + {})",
-                                    t.storage, t.layout.storage_offset
+                                    t.storage,
+                                    t.layout.storage_offset()
                                 ));
                             }
                         }

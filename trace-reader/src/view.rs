@@ -4,7 +4,7 @@
 
 use ndarray::{ArrayViewD, Axis, IxDyn, ShapeBuilder};
 use trace_format::stats::StatsAccumulator;
-use trace_format::{DType, Layout, NativeType, Stats};
+use trace_format::{DType, NativeType, Stats};
 
 use crate::error::ReaderError;
 use crate::replay::derive;
@@ -92,7 +92,7 @@ impl<'a> TensorView<'a> {
             }
             el.offset / dtype.block_elems() * dtype.block_bytes()
         } else {
-            info.layout.storage_offset
+            info.layout.storage_offset()
         };
         let len = dtype.bytes_for(numel)?;
         self.storage
@@ -130,14 +130,14 @@ impl<'a> TensorView<'a> {
         self.check_dtype::<T>()?;
         let layout = &self.info.layout;
         let size = std::mem::size_of::<T>() as i64;
-        let shape: Vec<usize> = layout.shape.iter().map(|&n| n as usize).collect();
-        if layout.shape.contains(&0) {
+        let shape: Vec<usize> = layout.shape().iter().map(|&n| n as usize).collect();
+        if layout.shape().contains(&0) {
             return ArrayViewD::from_shape(IxDyn(&shape), &[])
                 .map_err(|e| self.unsupported(e.to_string()));
         }
         let mut strides = Vec::with_capacity(shape.len());
-        let mut low = layout.storage_offset as i64;
-        for (&n, &s) in layout.shape.iter().zip(&layout.byte_strides) {
+        let mut low = layout.storage_offset() as i64;
+        for (&n, &s) in layout.shape().iter().zip(layout.byte_strides()) {
             if n <= 1 {
                 strides.push(0usize);
                 continue;
@@ -156,7 +156,7 @@ impl<'a> TensorView<'a> {
         if low % size != 0 {
             return Err(self.unsupported(format!(
                 "storage offset {} is not a whole number of elements",
-                layout.storage_offset
+                layout.storage_offset()
             )));
         }
         let from = &self.storage[low as usize..];
@@ -169,8 +169,8 @@ impl<'a> TensorView<'a> {
         })?;
         let mut view = ArrayViewD::from_shape(IxDyn(&shape).strides(IxDyn(&strides)), elems)
             .map_err(|e| self.unsupported(format!("ndarray refused the layout: {e}")))?;
-        for (d, &s) in layout.byte_strides.iter().enumerate() {
-            if s < 0 && layout.shape[d] > 1 {
+        for (d, &s) in layout.byte_strides().iter().enumerate() {
+            if s < 0 && layout.shape()[d] > 1 {
                 view.invert_axis(Axis(d));
             }
         }
@@ -218,14 +218,10 @@ impl<'a> TensorView<'a> {
         }
         let total = self.info.dtype.bytes_for(layout.numel()).unwrap_or(0) as usize;
         let mut out = Vec::with_capacity(total);
-        let inner_contig = layout.byte_strides.last() == Some(&(size as i64));
+        let inner_contig = layout.byte_strides().last() == Some(&(size as i64));
         if inner_contig && layout.ndim() > 0 {
-            let n = *layout.shape.last().unwrap_or(&1) as usize * size;
-            let outer = Layout {
-                shape: layout.shape[..layout.ndim() - 1].to_vec(),
-                byte_strides: layout.byte_strides[..layout.ndim() - 1].to_vec(),
-                storage_offset: layout.storage_offset,
-            };
+            let n = *layout.shape().last().unwrap_or(&1) as usize * size;
+            let outer = layout.outer();
             if n > 0 {
                 walk(&outer, |o| out.extend_from_slice(&self.storage[o..o + n]));
             }
@@ -298,7 +294,13 @@ impl<'a> TensorView<'a> {
 
     /// The logical values as an owned f32 `ndarray` of the tensor's shape.
     pub fn to_array_f32(&self) -> Result<ndarray::ArrayD<f32>, ReaderError> {
-        let shape: Vec<usize> = self.info.layout.shape.iter().map(|&n| n as usize).collect();
+        let shape: Vec<usize> = self
+            .info
+            .layout
+            .shape()
+            .iter()
+            .map(|&n| n as usize)
+            .collect();
         ndarray::ArrayD::from_shape_vec(IxDyn(&shape), self.to_f32()?)
             .map_err(|e| self.unsupported(e.to_string()))
     }
@@ -350,6 +352,7 @@ fn encode_floats(dtype: DType, values: &[f64]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trace_format::Layout;
 
     #[test]
     fn encode_floats_round_trips() {

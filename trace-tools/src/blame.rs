@@ -175,7 +175,7 @@ fn stale_in(a: &Trace, b: &Trace, p: &Pair, x: Values<'_>) -> Option<Finding> {
             .filter(|&id| id != own)
             .filter(|&id| {
                 t.tensor(id).is_ok_and(|i| {
-                    !i.is_stats_only() && i.layout.shape.iter().product::<u64>() == numel
+                    !i.is_stats_only() && i.layout.shape().iter().product::<u64>() == numel
                 })
             })
             .collect();

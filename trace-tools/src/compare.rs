@@ -97,8 +97,8 @@ impl Side {
             id: t.id,
             name: t.name.clone(),
             dtype: t.dtype.to_string(),
-            shape: t.layout.shape.clone(),
-            byte_strides: t.layout.byte_strides.clone(),
+            shape: t.layout.shape().to_vec(),
+            byte_strides: t.layout.byte_strides().to_vec(),
             contiguous: t.is_contiguous(),
             layer: t.layer,
         }
@@ -338,7 +338,7 @@ fn compare_pair(
         }
     }
     let Ok((shape_a, shape_b)) =
-        mapping::transformed_shapes(transforms, &a.layout.shape, &b.layout.shape)
+        mapping::transformed_shapes(transforms, a.layout.shape(), b.layout.shape())
     else {
         return Ok((Verdict::ShapeMismatch, None));
     };
@@ -347,7 +347,7 @@ fn compare_pair(
     }
     let va = ta.view(a.id)?.to_f64()?;
     let vb = tb.view(b.id)?.to_f64()?;
-    let (va, vb) = mapping::apply(transforms, va, &a.layout.shape, vb, &b.layout.shape);
+    let (va, vb) = mapping::apply(transforms, va, a.layout.shape(), vb, b.layout.shape());
     let ulp = [a.dtype, b.dtype]
         .into_iter()
         .find(|d| matches!(d, DType::F16 | DType::BF16));

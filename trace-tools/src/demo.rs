@@ -430,8 +430,8 @@ fn record_k_cache(w: &Writer, l: usize, k: &[f32]) -> Result<u64> {
         .parent(cache_id)
         .op(Op::View {
             offset: 0,
-            shape: view.shape.clone(),
-            byte_strides: view.byte_strides.clone(),
+            shape: view.shape().to_vec(),
+            byte_strides: view.byte_strides().to_vec(),
         })
         .op(Op::Permute { axes })
         .engine_op("ggml", "PERMUTE", &op_params)
@@ -445,7 +445,7 @@ fn record_k_cache(w: &Writer, l: usize, k: &[f32]) -> Result<u64> {
         .flat_map(|hd| (0..N_TOK).flat_map(move |t| (0..HEAD_DIM).map(move |d| (hd, t, d))))
         .map(|(hd, t, d)| half::f16::from_f32(k[t * N_EMBD + hd * HEAD_DIM + d]).to_bits())
         .collect();
-    let copy = Layout::contiguous(DType::F16, &permuted.shape, 0)?;
+    let copy = Layout::contiguous(DType::F16, permuted.shape(), 0)?;
     let (ne, nb) = trace_format::layout::ggml::from_canonical(&copy, 4).expect("positive strides");
     let cpy_meta = TensorMeta::new()
         .layer(l as i64)
@@ -458,7 +458,7 @@ fn record_k_cache(w: &Writer, l: usize, k: &[f32]) -> Result<u64> {
     w.add_tensor(
         &format!("k-{l} (copy)"),
         DType::F16,
-        &permuted.shape,
+        permuted.shape(),
         bytemuck::cast_slice(&k16),
         cpy_meta,
     )?;

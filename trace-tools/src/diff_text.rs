@@ -37,8 +37,8 @@ fn side(trace: &Trace, id: u64) -> String {
             "{} (record #{id}): {} [{}] byte strides [{}] {}, {}\n      lineage: {}",
             t.name,
             t.dtype,
-            join(&t.layout.shape),
-            join(&t.layout.byte_strides),
+            join(t.layout.shape()),
+            join(t.layout.byte_strides()),
             if t.is_contiguous() {
                 "contiguous"
             } else {
@@ -46,8 +46,8 @@ fn side(trace: &Trace, id: u64) -> String {
             },
             match t.storage {
                 None => "stats only".to_string(),
-                Some(s) if s == id => format!("own bytes +{}", t.layout.storage_offset),
-                Some(s) => format!("storage #{s} +{}", t.layout.storage_offset),
+                Some(s) if s == id => format!("own bytes +{}", t.layout.storage_offset()),
+                Some(s) => format!("storage #{s} +{}", t.layout.storage_offset()),
             },
             match trace.lineage_text(t.id) {
                 c if c.is_empty() => "(none)".to_string(),

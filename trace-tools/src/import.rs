@@ -158,7 +158,7 @@ pub fn record_gguf(trace: &Trace, label: &str, w: &Writer) -> Result<()> {
         meta.step = t.step;
         meta.source_layout = t.source_layout.clone();
         meta.metadata = t.metadata.clone();
-        w.add_tensor(&t.name, t.dtype, &t.layout.shape, bytes, meta)
+        w.add_tensor(&t.name, t.dtype, t.layout.shape(), bytes, meta)
             .context_with(|| format!("{label}: tensor `{}`", t.name))?;
     }
     Ok(())

@@ -25,10 +25,10 @@ fn side_json(trace: &Trace, id: u64) -> Value {
             "id": id,
             "name": t.name,
             "dtype": t.dtype.to_string(),
-            "shape": t.layout.shape,
-            "byte_strides": t.layout.byte_strides,
+            "shape": t.layout.shape(),
+            "byte_strides": t.layout.byte_strides(),
             "element_strides": t.element_strides(),
-            "storage_offset": t.layout.storage_offset,
+            "storage_offset": t.layout.storage_offset(),
             "contiguous": t.is_contiguous(),
             "storage": match t.storage {
                 None if t.derived => "derived (rebuilt from its parents)".to_string(),
@@ -52,7 +52,7 @@ fn side_json(trace: &Trace, id: u64) -> Value {
 fn error_map(a: &Trace, b: &Trace, ida: u64, idb: u64) -> Result<Value, ToolsError> {
     let va = a.view(ida)?.to_f64()?;
     let vb = b.view(idb)?.to_f64()?;
-    let shape = a.tensor(ida)?.layout.shape.clone();
+    let shape = a.tensor(ida)?.layout.shape().to_vec();
     if va.len() != vb.len() || va.is_empty() {
         return Ok(Value::Null);
     }

@@ -331,7 +331,7 @@ pub fn shown(
             })
             .collect();
     }
-    let mut shape = t.layout.shape.clone();
+    let mut shape = t.layout.shape().to_vec();
     if let Some(s) = slice {
         let (v, sh) = apply(&values, &shape, &parse_slice(s)?)?;
         values = v;
@@ -345,8 +345,8 @@ pub fn shown(
         occurrence: trace.occurrence(id),
         dtype: t.dtype.to_string(),
         as_dtype: as_dtype.map(|d| d.to_string()),
-        shape: t.layout.shape.clone(),
-        byte_strides: t.layout.byte_strides.clone(),
+        shape: t.layout.shape().to_vec(),
+        byte_strides: t.layout.byte_strides().to_vec(),
         slice: slice.map(str::to_owned),
         sliced_shape: slice.map(|_| shape.clone()),
         values: Values {

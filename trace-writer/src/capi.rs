@@ -496,7 +496,7 @@ fn canonical(
                 None => {
                     let ne: Vec<u64> = shape.iter().rev().map(|&n| n.max(0) as u64).collect();
                     let l = Layout::contiguous(dtype, &ne, 0).map_err(|e| e.to_string())?;
-                    l.byte_strides.iter().rev().map(|&b| b as u64).collect()
+                    l.byte_strides().iter().rev().map(|&b| b as u64).collect()
                 }
             };
             ggml_layout::to_canonical(shape, &nb, offset).map_err(|e| e.to_string())
@@ -529,8 +529,8 @@ pub unsafe extern "C" fn td_meta_view(
             let l = canonical(order, shape, Some(strides), DType::U8, 0)?;
             m.lineage.ops.push(Op::View {
                 offset,
-                shape: l.shape,
-                byte_strides: l.byte_strides,
+                shape: l.shape().to_vec(),
+                byte_strides: l.byte_strides().to_vec(),
             });
             Ok(())
         })
@@ -581,7 +581,9 @@ pub unsafe extern "C" fn td_meta_reshape(
         with_meta(m, "td_meta_reshape", |m| {
             let shape = slice(shape, ndim as usize, "shape")?;
             let l = canonical(order, shape, None, DType::U8, 0)?;
-            m.lineage.ops.push(Op::Reshape { shape: l.shape });
+            m.lineage.ops.push(Op::Reshape {
+                shape: l.shape().to_vec(),
+            });
             Ok(())
         })
     }
@@ -807,13 +809,9 @@ unsafe fn tensor_args<'a>(
         .map(|m| m.meta.clone())
         .unwrap_or_default();
     if order == TD_ORDER_GGML && meta.source_layout.is_none() {
-        if let Some((ne, nb)) = ggml_layout::from_canonical(
-            &Layout {
-                storage_offset: 0,
-                ..layout.clone()
-            },
-            shape.len(),
-        ) {
+        if let Some((ne, nb)) =
+            ggml_layout::from_canonical(&layout.clone().at_offset(0), shape.len())
+        {
             meta = meta.ggml_layout(&ne, &nb);
         }
     }
@@ -958,7 +956,7 @@ pub unsafe extern "C" fn td_add_stats(
         };
         let id = w
             .writer
-            .add_stats_of(a.name, a.dtype, &a.layout.shape, bytes, a.meta)
+            .add_stats_of(a.name, a.dtype, a.layout.shape(), bytes, a.meta)
             .map_err(|e| e.to_string())?;
         finish_add(id, out_id)
     })

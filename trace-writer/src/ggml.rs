@@ -229,7 +229,7 @@ impl GgmlRecorder {
                 // owns its data: (only) the first parent's conversions are certain
                 if first_parent
                     .as_ref()
-                    .is_some_and(|p| p.shape == layout.shape)
+                    .is_some_and(|p| p.shape == layout.shape())
                 {
                     if let Some(op) = copy_step(node.op, dtype) {
                         meta.lineage.ops.push(op);
@@ -243,7 +243,7 @@ impl GgmlRecorder {
                     self.writer.add_tensor_checksummed(
                         name,
                         dtype,
-                        &layout.shape,
+                        layout.shape(),
                         node.data,
                         meta,
                     )?
@@ -303,7 +303,7 @@ impl GgmlRecorder {
             node.key,
             Recorded {
                 id,
-                shape: layout.shape.clone(),
+                shape: layout.shape().to_vec(),
                 layer,
                 storage,
                 offset,
@@ -318,8 +318,8 @@ fn view_step(node: &GgmlNode<'_>, parent: &Recorded, offset: u64, layout: &Layou
     match node.op {
         "VIEW" => Some(Op::View {
             offset: offset.checked_sub(parent.offset)?,
-            shape: layout.shape.clone(),
-            byte_strides: layout.byte_strides.clone(),
+            shape: layout.shape().to_vec(),
+            byte_strides: layout.byte_strides().to_vec(),
         }),
         "PERMUTE" if offset == parent.offset => {
             let p: Vec<u32> = node
@@ -336,7 +336,7 @@ fn view_step(node: &GgmlNode<'_>, parent: &Recorded, offset: u64, layout: &Layou
         }
         "TRANSPOSE" if offset == parent.offset => Some(Op::Transpose { a: 2, b: 3 }),
         "RESHAPE" if offset == parent.offset => Some(Op::Reshape {
-            shape: layout.shape.clone(),
+            shape: layout.shape().to_vec(),
         }),
         _ => None,
     }

@@ -789,7 +789,7 @@ impl Writer {
             name,
             dtype,
             DataRef::Inline {
-                offset: layout.storage_offset,
+                offset: layout.storage_offset(),
             },
             layout,
             meta,
@@ -811,7 +811,7 @@ impl Writer {
     }
 
     /// Record a view over an earlier storage, or over the bytes of an
-    /// earlier tensor recorded with its own bytes: `layout.storage_offset`
+    /// earlier tensor recorded with its own bytes: `layout.storage_offset()`
     /// and its byte strides are relative to the storage's first byte.
     pub fn add_view(
         &self,
@@ -841,7 +841,7 @@ impl Writer {
             dtype,
             DataRef::Storage {
                 storage,
-                offset: layout.storage_offset,
+                offset: layout.storage_offset(),
             },
             layout.clone(),
             meta,
@@ -1392,8 +1392,8 @@ fn tensor_desc(
         name: name.to_owned(),
         dtype,
         data,
-        shape: layout.shape,
-        byte_strides: layout.byte_strides,
+        shape: layout.shape().to_vec(),
+        byte_strides: layout.byte_strides().to_vec(),
         step: meta.step,
         layer: meta.layer,
         role: meta.role,

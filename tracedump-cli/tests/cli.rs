@@ -579,8 +579,8 @@ fn gguf_inspect_show_import() {
     for (a, b) in g.tensors().zip(t.tensors()) {
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(
-            (&a.name, a.dtype, &a.layout.shape, &a.source_layout),
-            (&b.name, b.dtype, &b.layout.shape, &b.source_layout)
+            (&a.name, a.dtype, a.layout.shape(), &a.source_layout),
+            (&b.name, b.dtype, b.layout.shape(), &b.source_layout)
         );
         assert_eq!((a.layer, a.step), (b.layer, b.step));
         assert_eq!(

@@ -46,7 +46,7 @@ impl PyTensor {
         // in bytes, even an empty one ([0, 2^62]): say so, as a TraceError
         let bytes = info
             .layout
-            .shape
+            .shape()
             .iter()
             .filter(|&&n| n != 0)
             .try_fold(8u64, |acc, &n| acc.checked_mul(n));
@@ -55,7 +55,7 @@ impl PyTensor {
                 tensor: info.name.clone(),
                 what: format!(
                     "an array of shape {:?}: its extents multiply past what numpy and torch can describe",
-                    info.layout.shape
+                    info.layout.shape()
                 ),
             }));
         }
@@ -126,7 +126,7 @@ impl PyTensor {
     }
 
     fn shaped<'py>(&self, arr: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let shape = PyTuple::new(arr.py(), &self.info()?.layout.shape)?;
+        let shape = PyTuple::new(arr.py(), self.info()?.layout.shape())?;
         arr.call_method1("reshape", (shape,))
     }
 
@@ -180,7 +180,7 @@ impl PyTensor {
     /// Shape, outermost first.
     #[getter]
     fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.info()?.layout.shape)
+        PyTuple::new(py, self.info()?.layout.shape())
     }
 
     /// Number of dimensions.
@@ -198,7 +198,7 @@ impl PyTensor {
     /// Signed byte strides (numpy's convention; ggml's nb reversed).
     #[getter]
     fn byte_strides<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.info()?.layout.byte_strides)
+        PyTuple::new(py, self.info()?.layout.byte_strides())
     }
 
     /// Element strides (torch's convention) where every byte stride
@@ -214,7 +214,7 @@ impl PyTensor {
     /// Byte offset of element (0, …, 0) in its storage.
     #[getter]
     fn storage_offset(&self) -> PyResult<u64> {
-        Ok(self.info()?.layout.storage_offset)
+        Ok(self.info()?.layout.storage_offset())
     }
 
     /// Record id of the storage the tensor views (its own id when it has
@@ -339,18 +339,18 @@ impl PyTensor {
             return self.f32_array(py);
         };
         let layout = &info.layout;
-        let offset = if layout.shape.contains(&0) {
+        let offset = if layout.shape().contains(&0) {
             info.storage_file_offset()
         } else {
-            info.storage_file_offset() + layout.storage_offset
+            info.storage_file_offset() + layout.storage_offset()
         };
         let arr = self.mapped(
             py,
             MappedBytes {
                 source: Arc::clone(self.shared.trace.source()),
                 offset,
-                shape: layout.shape.clone(),
-                strides: layout.byte_strides.clone(),
+                shape: layout.shape().to_vec(),
+                strides: layout.byte_strides().to_vec(),
                 typestr,
                 writable: false,
             },
@@ -374,8 +374,8 @@ impl PyTensor {
         let elems = info
             .element_strides()
             .filter(|s| s.iter().all(|&x| x >= 0))
-            .filter(|_| layout.storage_offset % size == 0);
-        let absolute = info.storage_file_offset() + layout.storage_offset;
+            .filter(|_| layout.storage_offset() % size == 0);
+        let absolute = info.storage_file_offset() + layout.storage_offset();
         if let (Some(tname), Some(strides)) = (tname, &elems) {
             if absolute % size == 0 {
                 // the common case, kept short: one call into torch
@@ -383,7 +383,7 @@ impl PyTensor {
                 let as_strided = AS_STRIDED.import(py, "torch", "as_strided")?;
                 return as_strided.call1((
                     whole,
-                    PyTuple::new(py, &layout.shape)?,
+                    PyTuple::new(py, layout.shape())?,
                     PyTuple::new(py, strides)?,
                     absolute / size,
                 ));
@@ -400,7 +400,7 @@ impl PyTensor {
             let bytes = py.detach(|| view.materialize()).map_err(reader_error)?;
             let t = torch.call_method1("from_numpy", (PyArray1::from_vec(py, bytes),))?;
             let t = t.call_method1("view", (tdtype,))?;
-            return t.call_method1("reshape", (PyTuple::new(py, &layout.shape)?,));
+            return t.call_method1("reshape", (PyTuple::new(py, layout.shape())?,));
         };
         let cow = self.shared.cow()?;
         let len = info.storage_len() - info.storage_len() % size;
@@ -422,9 +422,9 @@ impl PyTensor {
             "as_strided",
             (
                 base,
-                PyTuple::new(py, &layout.shape)?,
+                PyTuple::new(py, layout.shape())?,
                 PyTuple::new(py, strides)?,
-                layout.storage_offset / size,
+                layout.storage_offset() / size,
             ),
         )
     }
@@ -521,10 +521,13 @@ impl PyTensor {
             Ok(i) => {
                 let mut s = format!(
                     "Tensor({:?}, {}{:?}, byte_strides={:?}",
-                    i.name, i.dtype, i.layout.shape, i.layout.byte_strides
+                    i.name,
+                    i.dtype,
+                    i.layout.shape(),
+                    i.layout.byte_strides()
                 );
-                if i.layout.storage_offset != 0 {
-                    s.push_str(&format!(", offset={}", i.layout.storage_offset));
+                if i.layout.storage_offset() != 0 {
+                    s.push_str(&format!(", offset={}", i.layout.storage_offset()));
                 }
                 if let Some(l) = i.layer {
                     s.push_str(&format!(", layer={l}"));
@@ -560,8 +563,8 @@ impl PyTensor {
         let mut rows: Vec<(&str, String)> = vec![
             ("id", i.id.to_string()),
             ("dtype", i.dtype.to_string()),
-            ("shape", format!("{:?}", i.layout.shape)),
-            ("byte strides", format!("{:?}", i.layout.byte_strides)),
+            ("shape", format!("{:?}", i.layout.shape())),
+            ("byte strides", format!("{:?}", i.layout.byte_strides())),
             (
                 "element strides",
                 i.element_strides()
@@ -570,7 +573,7 @@ impl PyTensor {
             ),
             (
                 "storage",
-                format!("{:?} +{}", i.storage, i.layout.storage_offset),
+                format!("{:?} +{}", i.storage, i.layout.storage_offset()),
             ),
             ("contiguous", i.is_contiguous().to_string()),
             ("layer", opt(i.layer)),

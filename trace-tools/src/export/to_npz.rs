@@ -83,7 +83,7 @@ pub(super) fn write_npz(
                 None => Cow::Owned(p.view.materialize().context_with(|| ctx(&p.name))?),
             }
         };
-        let header = npy_header(descr, &info.layout.shape).context_with(|| ctx(&p.name))?;
+        let header = npy_header(descr, info.layout.shape()).context_with(|| ctx(&p.name))?;
         let size = (header.len() + data.len()) as u64;
         zip.start_file(
             format!("{}.npy", p.name),

@@ -111,7 +111,7 @@ pub(super) fn write_safetensors(trace: &Trace, plan: &Plan<'_>, out: &Path) -> R
             .context_with(ctx)?;
         let shape = info
             .layout
-            .shape
+            .shape()
             .iter()
             .map(|&n| usize::try_from(n))
             .collect::<Result<Vec<_>, _>>()
