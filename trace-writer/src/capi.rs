@@ -254,7 +254,7 @@ pub unsafe extern "C" fn td_writer_open(
         // SAFETY: the caller's promises.
         let writer = unsafe {
             open_writer(
-                path,
+                Some(path),
                 keys,
                 values,
                 n,
@@ -268,11 +268,47 @@ pub unsafe extern "C" fn td_writer_open(
     })
 }
 
+/// `td_writer_open` into memory rather than a file: the trace's bytes
+/// come back from `td_writer_close_bytes` (the other arguments as
+/// `td_writer_open`'s). NULL on error.
+///
+/// # Safety
+/// As [`td_writer_open`].
+#[no_mangle]
+pub unsafe extern "C" fn td_writer_open_memory(
+    keys: *const *const c_char,
+    values: *const *const c_char,
+    n: usize,
+    background: i32,
+    queue_bytes: u64,
+    drop_when_full: i32,
+    name_regex: *const c_char,
+) -> *mut td_writer {
+    boxed("td_writer_open_memory", || {
+        // SAFETY: the caller's promises.
+        let writer = unsafe {
+            open_writer(
+                None,
+                keys,
+                values,
+                n,
+                background,
+                queue_bytes,
+                drop_when_full,
+                name_regex,
+            )
+        }?;
+        Ok(td_writer { writer })
+    })
+}
+
+/// A writer on `path`, or in memory (`None`).
+///
 /// # Safety
 /// As [`td_writer_open`].
 #[allow(clippy::too_many_arguments)]
 unsafe fn open_writer(
-    path: *const c_char,
+    path: Option<*const c_char>,
     keys: *const *const c_char,
     values: *const *const c_char,
     n: usize,
@@ -284,7 +320,7 @@ unsafe fn open_writer(
     // SAFETY: the caller's promises.
     let (path, meta, regex) = unsafe {
         (
-            text(path, "path")?,
+            path.map(|p| text(p, "path")).transpose()?,
             run_metadata(keys, values, n)?,
             opt_text(name_regex, "name_regex")?,
         )
@@ -305,16 +341,49 @@ unsafe fn open_writer(
     } else {
         Mode::Sync
     };
-    Writer::with_options(
-        path,
-        meta,
-        WriterOptions {
-            mode,
-            filter,
-            ..WriterOptions::default()
-        },
-    )
+    let options = WriterOptions {
+        mode,
+        filter,
+        ..WriterOptions::default()
+    };
+    match path {
+        Some(path) => Writer::with_options(path, meta, options),
+        None => Writer::in_memory(meta, options),
+    }
     .map_err(|e| e.to_string())
+}
+
+/// Hand finished trace bytes to C: `*bytes` and `*len` (both non-null),
+/// freed with `td_bytes_free`.
+///
+/// # Safety
+/// `bytes` and `len` are null or valid for a write.
+unsafe fn hand_out(trace: Vec<u8>, bytes: *mut *mut u8, len: *mut usize) -> Result<i32, String> {
+    if bytes.is_null() || len.is_null() {
+        return Err("bytes or len is NULL".into());
+    }
+    let trace = Box::into_raw(trace.into_boxed_slice());
+    // SAFETY: both non-null and valid for a write (the caller's promise).
+    unsafe {
+        *len = trace.len();
+        *bytes = trace.cast::<u8>();
+    }
+    Ok(TD_OK)
+}
+
+/// Free trace bytes from `td_writer_close_bytes` / `td_ggml_close_bytes`
+/// (NULL does nothing).
+///
+/// # Safety
+/// `bytes` is null, or `*bytes`/`*len` as one of those calls set them, not
+/// freed before.
+#[no_mangle]
+pub unsafe extern "C" fn td_bytes_free(bytes: *mut u8, len: usize) {
+    if !bytes.is_null() {
+        // SAFETY: from Box::into_raw of a boxed slice of `len` bytes in
+        // hand_out, given back once (the caller's promise).
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(bytes, len)) });
+    }
 }
 
 /// Write the footer and close; frees `w` (NULL does nothing).
@@ -330,6 +399,32 @@ pub unsafe extern "C" fn td_writer_close(w: *mut td_writer) -> i32 {
     let w = unsafe { Box::from_raw(w) };
     guard("td_writer_close", || {
         w.writer.finish().map(|_| TD_OK).map_err(|e| e.to_string())
+    })
+}
+
+/// `td_writer_close`, handing back the trace's bytes in `*bytes` (free
+/// them with `td_bytes_free`) and their count in `*len`: those of a
+/// `td_writer_open_memory` writer, or a file writer's file read back.
+/// Frees `w`; on error `*bytes` and `*len` are left as they were.
+///
+/// # Safety
+/// `w` as `td_writer_close`'s; `bytes` and `len` valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn td_writer_close_bytes(
+    w: *mut td_writer,
+    bytes: *mut *mut u8,
+    len: *mut usize,
+) -> i32 {
+    if w.is_null() {
+        set_error("writer is NULL");
+        return TD_ERROR;
+    }
+    // SAFETY: from Box::into_raw in td_writer_open*, given back once.
+    let w = unsafe { Box::from_raw(w) };
+    guard("td_writer_close_bytes", || {
+        let (_, trace) = w.writer.finish_into_bytes().map_err(|e| e.to_string())?;
+        // SAFETY: the caller's promise.
+        unsafe { hand_out(trace, bytes, len) }
     })
 }
 
@@ -983,7 +1078,7 @@ pub unsafe extern "C" fn td_ggml_open(
         // SAFETY: the caller's promises.
         let writer = unsafe {
             open_writer(
-                path,
+                Some(path),
                 keys,
                 values,
                 n,
@@ -1015,6 +1110,65 @@ pub unsafe extern "C" fn td_ggml_close(g: *mut td_ggml) -> i32 {
             .finish()
             .map(|_| TD_OK)
             .map_err(|e| e.to_string())
+    })
+}
+
+/// `td_ggml_open` into memory: the trace's bytes come back from
+/// `td_ggml_close_bytes` (arguments as `td_writer_open_memory`).
+///
+/// # Safety
+/// As [`td_writer_open`].
+#[no_mangle]
+pub unsafe extern "C" fn td_ggml_open_memory(
+    keys: *const *const c_char,
+    values: *const *const c_char,
+    n: usize,
+    background: i32,
+    queue_bytes: u64,
+    drop_when_full: i32,
+    name_regex: *const c_char,
+) -> *mut td_ggml {
+    boxed("td_ggml_open_memory", || {
+        // SAFETY: the caller's promises.
+        let writer = unsafe {
+            open_writer(
+                None,
+                keys,
+                values,
+                n,
+                background,
+                queue_bytes,
+                drop_when_full,
+                name_regex,
+            )
+        }?;
+        Ok(td_ggml {
+            recorder: GgmlRecorder::new(writer),
+        })
+    })
+}
+
+/// `td_ggml_close`, handing back the trace's bytes as
+/// `td_writer_close_bytes` does.
+///
+/// # Safety
+/// `g` as `td_ggml_close`'s; `bytes` and `len` valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn td_ggml_close_bytes(
+    g: *mut td_ggml,
+    bytes: *mut *mut u8,
+    len: *mut usize,
+) -> i32 {
+    if g.is_null() {
+        set_error("recorder is NULL");
+        return TD_ERROR;
+    }
+    // SAFETY: from Box::into_raw in td_ggml_open*, given back once.
+    let g = unsafe { Box::from_raw(g) };
+    guard("td_ggml_close_bytes", || {
+        let (_, trace) = g.recorder.finish_into_bytes().map_err(|e| e.to_string())?;
+        // SAFETY: the caller's promise.
+        unsafe { hand_out(trace, bytes, len) }
     })
 }
 

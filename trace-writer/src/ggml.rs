@@ -144,6 +144,11 @@ impl GgmlRecorder {
         self.writer.finish()
     }
 
+    /// Finish, handing back the trace's bytes ([`Writer::finish_into_bytes`]).
+    pub fn finish_into_bytes(self) -> Result<(crate::FinishSummary, Vec<u8>), WriterError> {
+        self.writer.finish_into_bytes()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

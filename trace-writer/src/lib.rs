@@ -27,6 +27,9 @@ use trace_format::record::RecordKind;
 use trace_format::stats::compute_stats;
 use trace_format::NativeType;
 
+/// The path an in-memory writer reports ([`Writer::in_memory`]).
+const MEMORY_PATH: &str = "<memory>";
+
 /// A record's id: its position among the file's records, from 0. Tensors are
 /// identified by it (names repeat); storages are referred to by it.
 pub type RecordId = u64;
@@ -452,10 +455,48 @@ impl Writer {
         options: WriterOptions,
     ) -> Result<Writer, WriterError> {
         let path = path.as_ref().to_path_buf();
-        let mut sink = Sink::create(&path).map_err(|source| WriterError::Io {
+        let sink = Sink::create(&path).map_err(|source| WriterError::Io {
             path: path.clone(),
             error: source,
         })?;
+        Self::open(path, sink, run_metadata, options)
+    }
+
+    /// Record into memory rather than a file, with options; the trace's
+    /// bytes come back from [`Writer::finish_into_bytes`]. They are those
+    /// a file writer with the same options writes, but for the space a
+    /// file allocates ahead of its records (`allocate_ahead` is ignored:
+    /// nothing is allocated ahead). Errors name the path `<memory>`. For
+    /// a test, a fuzzer or an engine that sends the trace elsewhere.
+    ///
+    /// ```
+    /// use trace_writer::{DType, Metadata, TensorMeta, Writer, WriterOptions};
+    ///
+    /// let w = Writer::in_memory(Metadata::new(), WriterOptions::default()).unwrap();
+    /// let bytes: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    /// w.add_tensor("x", DType::F32, &[2], &bytes, TensorMeta::new()).unwrap();
+    /// let (summary, trace) = w.finish_into_bytes().unwrap();
+    /// assert_eq!(summary.records, 2); // run metadata, tensor
+    /// assert_eq!(summary.bytes, trace.len() as u64);
+    /// ```
+    pub fn in_memory(
+        run_metadata: Metadata,
+        options: WriterOptions,
+    ) -> Result<Writer, WriterError> {
+        Self::open(
+            PathBuf::from(MEMORY_PATH),
+            Sink::in_memory(),
+            run_metadata,
+            options,
+        )
+    }
+
+    fn open(
+        path: PathBuf,
+        mut sink: Sink,
+        run_metadata: Metadata,
+        options: WriterOptions,
+    ) -> Result<Writer, WriterError> {
         check_depth("", &run_metadata)?;
         let descriptor = encode_run_metadata(&run_metadata);
         sink.append(&RecordParts {
@@ -518,7 +559,7 @@ impl Writer {
         })
     }
 
-    /// The file being written.
+    /// The file being written (`<memory>` for [`Writer::in_memory`]).
     pub fn path(&self) -> &Path {
         &self.shared.path
     }
@@ -1226,6 +1267,25 @@ impl Writer {
 
     /// Write the footer index and trailer and close the file.
     pub fn finish(mut self) -> Result<FinishSummary, WriterError> {
+        self.finish_sink()
+    }
+
+    /// [`Writer::finish`], handing back the trace's bytes: those of a
+    /// [`Writer::in_memory`] writer, or a file writer's file read back.
+    pub fn finish_into_bytes(mut self) -> Result<(FinishSummary, Vec<u8>), WriterError> {
+        let summary = self.finish_sink()?;
+        let bytes = lock(&self.shared.sink).take_bytes();
+        let bytes = match bytes {
+            Some(bytes) => bytes,
+            None => std::fs::read(&self.shared.path).map_err(|error| WriterError::Io {
+                path: self.shared.path.clone(),
+                error,
+            })?,
+        };
+        Ok((summary, bytes))
+    }
+
+    fn finish_sink(&mut self) -> Result<FinishSummary, WriterError> {
         self.drain()?;
         self.stop_thread();
         let (records, bytes) =

@@ -313,3 +313,82 @@ fn every_function_and_every_error_path() {
         assert_eq!(td_ggml_close(g), TD_OK);
     }
 }
+
+#[test]
+fn memory_writer_and_recorder_hand_back_their_bytes() {
+    let magic = trace_format::record::encode_file_header();
+    // SAFETY: as above; the bytes handed out are read within their length
+    // and freed once.
+    unsafe {
+        let (mut bytes, mut len) = (null_mut::<u8>(), 0usize);
+        assert_eq!(
+            td_writer_close_bytes(null_mut(), &mut bytes, &mut len),
+            TD_ERROR
+        );
+        assert!(last_error().contains("writer is NULL"));
+        assert_eq!(
+            td_ggml_close_bytes(null_mut(), &mut bytes, &mut len),
+            TD_ERROR
+        );
+        assert!(last_error().contains("recorder is NULL"));
+        td_bytes_free(null_mut(), 0);
+
+        let w = td_writer_open_memory(null(), null(), 0, 0, 0, 0, null());
+        assert!(!w.is_null(), "{}", last_error());
+        let data = [1.0f32, 2.0, 3.0];
+        let shape = [3i64];
+        let name = CString::new("x").unwrap();
+        let mut id = 0;
+        let code = td_add_tensor(
+            w,
+            name.as_ptr(),
+            0,
+            1,
+            shape.as_ptr(),
+            null(),
+            TD_ORDER_CANONICAL,
+            0,
+            data.as_ptr().cast(),
+            12,
+            null(),
+            &mut id,
+        );
+        assert_eq!(code, TD_OK, "{}", last_error());
+        assert_eq!(id, 1);
+        assert_eq!(
+            td_writer_close_bytes(w, &mut bytes, &mut len),
+            TD_OK,
+            "{}",
+            last_error()
+        );
+        let trace = std::slice::from_raw_parts(bytes, len);
+        assert!(trace.starts_with(&magic));
+        // the tensor's bytes are in the trace
+        let payload: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert!(trace.windows(12).any(|w| w == payload.as_slice()));
+        td_bytes_free(bytes, len);
+
+        // a bad filter fails the open, as td_writer_open's does
+        let bad = CString::new("(").unwrap();
+        assert!(td_ggml_open_memory(null(), null(), 0, 0, 0, 0, bad.as_ptr()).is_null());
+        assert!(last_error().contains("name_regex"));
+        let g = td_ggml_open_memory(null(), null(), 0, 1, 1 << 20, 0, null());
+        assert!(!g.is_null(), "{}", last_error());
+        let (mut gbytes, mut glen) = (null_mut::<u8>(), 0usize);
+        assert_eq!(td_ggml_close_bytes(g, null_mut(), &mut glen), TD_ERROR);
+        assert!(last_error().contains("bytes or len is NULL"));
+        let g = td_ggml_open_memory(null(), null(), 0, 1, 1 << 20, 0, null());
+        assert_eq!(
+            td_ggml_close_bytes(g, &mut gbytes, &mut glen),
+            TD_OK,
+            "{}",
+            last_error()
+        );
+        assert!(std::slice::from_raw_parts(gbytes, glen).starts_with(&magic));
+        assert!(
+            glen < len,
+            "the recorder's trace holds only its run metadata"
+        );
+        td_bytes_free(gbytes, glen);
+    }
+}

@@ -165,12 +165,49 @@ struct td_writer *td_writer_open(const char *path,
                                  const char *name_regex);
 
 /**
+ * `td_writer_open` into memory rather than a file: the trace's bytes
+ * come back from `td_writer_close_bytes` (the other arguments as
+ * `td_writer_open`'s). NULL on error.
+ *
+ * # Safety
+ * As [`td_writer_open`].
+ */
+struct td_writer *td_writer_open_memory(const char *const *keys,
+                                        const char *const *values,
+                                        size_t n,
+                                        int32_t background,
+                                        uint64_t queue_bytes,
+                                        int32_t drop_when_full,
+                                        const char *name_regex);
+
+/**
+ * Free trace bytes from `td_writer_close_bytes` / `td_ggml_close_bytes`
+ * (NULL does nothing).
+ *
+ * # Safety
+ * `bytes` is null, or `*bytes`/`*len` as one of those calls set them, not
+ * freed before.
+ */
+void td_bytes_free(uint8_t *bytes, size_t len);
+
+/**
  * Write the footer and close; frees `w` (NULL does nothing).
  *
  * # Safety
  * `w` is null or from `td_writer_open`, not used afterwards.
  */
 int32_t td_writer_close(struct td_writer *w);
+
+/**
+ * `td_writer_close`, handing back the trace's bytes in `*bytes` (free
+ * them with `td_bytes_free`) and their count in `*len`: those of a
+ * `td_writer_open_memory` writer, or a file writer's file read back.
+ * Frees `w`; on error `*bytes` and `*len` are left as they were.
+ *
+ * # Safety
+ * `w` as `td_writer_close`'s; `bytes` and `len` valid for a write.
+ */
+int32_t td_writer_close_bytes(struct td_writer *w, uint8_t **bytes, size_t *len);
 
 /**
  * Hand everything recorded so far to the operating system.
@@ -428,6 +465,30 @@ struct td_ggml *td_ggml_open(const char *path,
  * `g` is null or from `td_ggml_open`, not used afterwards.
  */
 int32_t td_ggml_close(struct td_ggml *g);
+
+/**
+ * `td_ggml_open` into memory: the trace's bytes come back from
+ * `td_ggml_close_bytes` (arguments as `td_writer_open_memory`).
+ *
+ * # Safety
+ * As [`td_writer_open`].
+ */
+struct td_ggml *td_ggml_open_memory(const char *const *keys,
+                                    const char *const *values,
+                                    size_t n,
+                                    int32_t background,
+                                    uint64_t queue_bytes,
+                                    int32_t drop_when_full,
+                                    const char *name_regex);
+
+/**
+ * `td_ggml_close`, handing back the trace's bytes as
+ * `td_writer_close_bytes` does.
+ *
+ * # Safety
+ * `g` as `td_ggml_close`'s; `bytes` and `len` valid for a write.
+ */
+int32_t td_ggml_close_bytes(struct td_ggml *g, uint8_t **bytes, size_t *len);
 
 /**
  * Start step `step` (`TD_NONE`: none): a new graph.
