@@ -1,6 +1,8 @@
 //! Dequantization throughput per ggml type, ours (one thread) against
 //! gguf-py's numpy dequantization of the same blocks, in the same run.
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

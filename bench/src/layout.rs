@@ -3,6 +3,8 @@
 //! `permute(1, 0, 2).contiguous().float()` of the same bytes (a Python
 //! subprocess of the same run).
 
+#![forbid(unsafe_code)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

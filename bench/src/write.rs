@@ -2,6 +2,8 @@
 //! same bytes, the `safetensors` crate's `serialize_to_file`, and a memcpy;
 //! and the crc32c the writer computes, as a share of the sync write time.
 
+#![forbid(unsafe_code)]
+
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::fs::{self, File};

@@ -17,6 +17,8 @@
 //!    a region later views can use).
 //! 3. Else the storage is recorded once and the tensor as a view of it.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;

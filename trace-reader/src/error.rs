@@ -1,5 +1,7 @@
 //! The reader's errors.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use thiserror::Error;
 use trace_format::{DType, FormatError, LayoutError};

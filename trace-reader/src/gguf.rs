@@ -60,6 +60,8 @@
 //! bytes; overlapping tensors are not detected. Unlike ggml we read nested
 //! arrays, which the spec allows and ggml refuses.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::path::Path;
 

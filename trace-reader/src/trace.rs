@@ -1,5 +1,7 @@
 //! Opening a trace: the footer index or, for an unfinished file, a scan.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

@@ -1,5 +1,7 @@
 //! `verify()`: every checksum, every padding byte, every lineage replay.
 
+#![forbid(unsafe_code)]
+
 use trace_format::lineage::{replay, ParentLayout};
 use trace_format::record::{
     crc32c, next_record_offset, RecordHeader, RecordKind, RECORD_HEADER_BYTES,

@@ -1,5 +1,7 @@
 //! Zero-copy views of a tensor's bytes and the copies made from them.
 
+#![forbid(unsafe_code)]
+
 use ndarray::{ArrayViewD, Axis, IxDyn, ShapeBuilder};
 use trace_format::stats::StatsAccumulator;
 use trace_format::{DType, Layout, NativeType, Stats};

@@ -27,6 +27,8 @@
 //! Names of sources that were not recorded (weights, the KV cache itself)
 //! are kept in the metadata (`ggml.srcs`, `ggml.view_src`).
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 

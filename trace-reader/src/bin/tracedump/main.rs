@@ -1,5 +1,7 @@
 //! `tracedump`: look inside tensor traces and find where two runs part ways.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
