@@ -7,6 +7,7 @@ mod error;
 mod filter;
 pub mod ggml;
 mod queue;
+pub mod regions;
 mod sink;
 mod staging;
 mod stream_copy;
@@ -14,6 +15,7 @@ mod writer;
 
 pub use error::WriterError;
 pub use filter::CaptureFilter;
+pub use regions::{Region, Regions};
 pub use trace_format::{
     DType, EngineOp, Layout, Lineage, Metadata, Op, SourceLayout, Stats, Value,
 };
