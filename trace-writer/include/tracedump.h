@@ -49,6 +49,12 @@ typedef struct td_ggml td_ggml;
 typedef struct td_meta td_meta;
 
 /**
+ * The memory recorded so far, to record later tensors over it as views
+ * (opaque; `td_regions_new`). Not thread-safe: one thread at a time.
+ */
+typedef struct td_regions td_regions;
+
+/**
  * A trace being written (opaque).
  */
 typedef struct td_writer td_writer;
@@ -514,6 +520,64 @@ int32_t td_ggml_wants(const struct td_ggml *g, const char *name);
  * describes; `out_id` null or writable.
  */
 int32_t td_ggml_record(const struct td_ggml *g, const struct td_ggml_node *node, uint64_t *out_id);
+
+/**
+ * A new, empty set of regions (free with `td_regions_free`).
+ */
+struct td_regions *td_regions_new(void);
+
+/**
+ * Free `r` (NULL does nothing).
+ *
+ * # Safety
+ * `r` is null or from `td_regions_new`, not used afterwards.
+ */
+void td_regions_free(struct td_regions *r);
+
+/**
+ * Forget every region (memory freed, a new graph).
+ *
+ * # Safety
+ * `r` is null or live.
+ */
+int32_t td_regions_clear(struct td_regions *r);
+
+/**
+ * Remember that record `id` (a storage, or a tensor with its own bytes:
+ * `is_tensor` non-zero) holds the `len` bytes at `start`.
+ *
+ * # Safety
+ * `r` is null or live. `start` is only compared, never read.
+ */
+int32_t td_regions_add(struct td_regions *r,
+                       const void *start,
+                       size_t len,
+                       uint64_t id,
+                       int32_t is_tensor);
+
+/**
+ * Find the newest region holding the `len` bytes at `data` and lying
+ * inside the `base_len` bytes at `base` (the memory the caller records
+ * from, which holds `data`), whose bytes still hash to the crc32c `w`
+ * recorded for its payload. `TD_OK`: found, `*out_id` is its record,
+ * `*out_offset` the offset of `data` in it (a view's storage offset) and
+ * `*out_is_tensor` whether it is a tensor (each out-pointer may be NULL);
+ * `TD_SKIPPED`: none (regions found changed are forgotten).
+ *
+ * # Safety
+ * `r` null or live, `w` null or a live writer; `base` null (with
+ * `base_len == 0`) or readable for `base_len` bytes; out-pointers null or
+ * writable.
+ */
+int32_t td_regions_find(struct td_regions *r,
+                        const struct td_writer *w,
+                        const void *data,
+                        size_t len,
+                        const void *base,
+                        size_t base_len,
+                        uint64_t *out_id,
+                        uint64_t *out_offset,
+                        int32_t *out_is_tensor);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -35,10 +35,13 @@ mod add;
 
 mod ggml;
 
+mod regions;
+
 pub use add::*;
 pub use ggml::*;
 pub use meta::*;
 pub use open::*;
+pub use regions::*;
 
 /// Success.
 pub const TD_OK: i32 = 0;
@@ -69,6 +72,13 @@ pub struct td_meta {
 #[derive(Debug)]
 pub struct td_ggml {
     recorder: GgmlRecorder,
+}
+
+/// The memory recorded so far, to record later tensors over it as views
+/// (opaque; `td_regions_new`). Not thread-safe: one thread at a time.
+#[derive(Debug, Default)]
+pub struct td_regions {
+    regions: crate::Regions<()>,
 }
 
 /// One ggml tensor as an eval callback sees it (see `tracedump_ggml.c`).

@@ -392,3 +392,106 @@ fn memory_writer_and_recorder_hand_back_their_bytes() {
         td_bytes_free(gbytes, glen);
     }
 }
+
+#[test]
+fn regions_find_recorded_bytes_while_they_are_unchanged() {
+    // SAFETY: as above; `cache` outlives every call that is given it.
+    unsafe {
+        let r = td_regions_new();
+        assert!(!r.is_null());
+        let w = td_writer_open_memory(null(), null(), 0, 0, 0, 0, null());
+        assert!(!w.is_null(), "{}", last_error());
+        let mut cache: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        let name = CString::new("cache").unwrap();
+        let mut sid = 0;
+        let code = td_add_storage(w, name.as_ptr(), cache.as_ptr().cast(), 256, &mut sid);
+        assert_eq!(code, TD_OK, "{}", last_error());
+        assert_eq!(td_regions_add(r, cache.as_ptr().cast(), 256, sid, 0), TD_OK);
+
+        let (mut id, mut offset, mut is_tensor) = (0u64, 0u64, -1i32);
+        let base = cache.as_ptr();
+        let code = td_regions_find(
+            r,
+            w,
+            base.add(8).cast(),
+            16,
+            base.cast(),
+            256,
+            &mut id,
+            &mut offset,
+            &mut is_tensor,
+        );
+        assert_eq!(code, TD_OK, "{}", last_error());
+        assert_eq!((id, offset, is_tensor), (sid, 32, 0));
+        // past the region's end: none
+        let past = td_regions_find(
+            r,
+            w,
+            base.add(60).cast(),
+            32,
+            base.cast(),
+            256,
+            null_mut(),
+            null_mut(),
+            null_mut(),
+        );
+        assert_eq!(past, TD_SKIPPED);
+        // errors are values
+        assert_eq!(
+            td_regions_find(
+                null_mut(),
+                w,
+                base.cast(),
+                4,
+                base.cast(),
+                256,
+                null_mut(),
+                null_mut(),
+                null_mut()
+            ),
+            TD_ERROR
+        );
+        assert!(last_error().contains("regions is NULL"));
+        assert_eq!(
+            td_regions_find(
+                r,
+                null(),
+                base.cast(),
+                4,
+                base.cast(),
+                256,
+                null_mut(),
+                null_mut(),
+                null_mut()
+            ),
+            TD_ERROR
+        );
+        assert!(last_error().contains("writer is NULL"));
+        assert_eq!(td_regions_add(null_mut(), base.cast(), 4, 0, 0), TD_ERROR);
+        assert_eq!(
+            td_regions_add(r, usize::MAX as *const c_void, 2, 0, 0),
+            TD_ERROR
+        );
+        assert!(last_error().contains("wraps around"));
+
+        // the bytes change: the region is no longer offered
+        cache[3] = -1.0;
+        let changed = td_regions_find(
+            r,
+            w,
+            base.add(8).cast(),
+            16,
+            base.cast(),
+            256,
+            &mut id,
+            null_mut(),
+            null_mut(),
+        );
+        assert_eq!(changed, TD_SKIPPED);
+        assert_eq!(td_regions_clear(r), TD_OK);
+        assert_eq!(td_regions_clear(null_mut()), TD_ERROR);
+        td_regions_free(r);
+        td_regions_free(null_mut());
+        assert_eq!(td_writer_close(w), TD_OK);
+    }
+}

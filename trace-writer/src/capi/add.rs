@@ -41,7 +41,7 @@ pub unsafe extern "C" fn td_add_storage(
 
 /// # Safety
 /// `out` is null or writable.
-unsafe fn put(out: *mut u64, id: u64) {
+pub(super) unsafe fn put(out: *mut u64, id: u64) {
     if !out.is_null() {
         // SAFETY: non-null and writable (the caller's promise).
         unsafe { out.write_unaligned(id) };

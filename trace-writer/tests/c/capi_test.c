@@ -192,6 +192,22 @@ int main(int argc, char ** argv) {
     CHECK(mw != NULL);
     uint64_t mid = 0;
     CHECK(td_add_tensor(mw, "m", f32, 2, shape_a, NULL, TD_ORDER_CANONICAL, 0, a, sizeof a, NULL, &mid) == TD_OK && mid == 1);
+    /* 10. regions: row 1 of a, found inside the bytes of m, recorded as a view of m */
+    td_regions * rg = td_regions_new();
+    CHECK(rg != NULL && td_regions_add(rg, a, sizeof a, mid, 1) == TD_OK);
+    uint64_t rid = 0, roff = 0;
+    int32_t rtensor = 0;
+    CHECK(td_regions_find(rg, mw, a[1], sizeof a[1], a, sizeof a, &rid, &roff, &rtensor) == TD_OK);
+    CHECK(rid == mid && roff == 12 && rtensor == 1);
+    int64_t shape_row[1] = {3};
+    CHECK(td_add_view(mw, "m.row1", f32, 1, shape_row, NULL, TD_ORDER_CANONICAL, rid, roff, NULL, NULL) == TD_OK);
+    a[1][0] = 40; /* changed bytes: no longer offered */
+    CHECK(td_regions_find(rg, mw, a[1], sizeof a[1], a, sizeof a, &rid, &roff, &rtensor) == TD_SKIPPED);
+    a[1][0] = 4;
+    CHECK(td_regions_clear(rg) == TD_OK && td_regions_clear(NULL) == TD_ERROR);
+    CHECK(td_regions_find(rg, mw, a[1], sizeof a[1], a, sizeof a, NULL, NULL, NULL) == TD_SKIPPED);
+    td_regions_free(rg);
+    td_regions_free(NULL);
     CHECK(td_writer_close_bytes(mw, &bytes, &len) == TD_OK && bytes != NULL && len > sizeof a);
     char path3[4096];
     snprintf(path3, sizeof path3, "%s.memory.tdump", argv[1]);
