@@ -12,6 +12,7 @@ mod compare;
 mod convert;
 mod describe;
 mod errors;
+mod ggml_adapter;
 mod reader;
 mod writer;
 
@@ -36,5 +37,6 @@ fn _tracedump(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<writer::PyWriter>()?;
     m.add_class::<compare::DiffResult>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("_GGML_ADAPTER_SOURCES", ggml_adapter::SOURCES.to_vec())?;
     Ok(())
 }
