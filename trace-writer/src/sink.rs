@@ -90,8 +90,9 @@ const WINDOW_ALIGN: u64 = 64 << 10;
 /// write(), and survives the process (SIGKILL included) without a system
 /// call. The file is longer than its records meanwhile; the bytes after the
 /// last record are zero, which a reader takes for the end of the complete
-/// records (SPEC.md §2), and the sink cuts them off when it finishes or is
-/// dropped.
+/// records (SPEC.md §2). The file never shrinks: when the sink finishes,
+/// the footer's zero payload fills them, and a sink dropped unfinished
+/// leaves them zero; either way their disk blocks are given back.
 #[derive(Debug)]
 struct Window {
     map: memmap2::MmapMut,
