@@ -469,7 +469,7 @@ fn regions_find_recorded_bytes_while_they_are_unchanged() {
         assert!(last_error().contains("writer is NULL"));
         assert_eq!(td_regions_add(null_mut(), base.cast(), 4, 0, 0), TD_ERROR);
         assert_eq!(
-            td_regions_add(r, usize::MAX as *const c_void, 2, 0, 0),
+            td_regions_add(r, std::ptr::without_provenance(usize::MAX), 2, 0, 0),
             TD_ERROR
         );
         assert!(last_error().contains("wraps around"));
