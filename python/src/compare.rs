@@ -1,5 +1,7 @@
 //! `compare()`: `trace_tools::compare::diff`, with its report as Python objects.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};

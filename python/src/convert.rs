@@ -1,5 +1,7 @@
 //! Conversions between the format's types and Python objects.
 
+#![forbid(unsafe_code)]
+
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};

@@ -15,6 +15,8 @@
 //! Messages are the Rust errors' own: they name the file, the record, the
 //! tensor and the byte offset where those are known.
 
+#![forbid(unsafe_code)]
+
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyKeyError};
 use pyo3::prelude::*;

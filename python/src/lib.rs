@@ -15,6 +15,7 @@ mod convert;
 mod describe;
 mod dlpack;
 mod errors;
+mod ggml_adapter;
 mod reader;
 mod writer;
 
@@ -38,5 +39,6 @@ fn _tracedump(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<writer::PyWriter>()?;
     m.add_class::<compare::DiffResult>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("_GGML_ADAPTER_SOURCES", ggml_adapter::SOURCES.to_vec())?;
     Ok(())
 }

@@ -17,6 +17,8 @@
 //!    a region later views can use).
 //! 3. Else the storage is recorded once and the tensor as a view of it.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -26,35 +28,21 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 use rustc_hash::FxHashMap;
-use trace_format::record::crc32c;
-use trace_writer::{CaptureFilter, EngineOp, Lineage, Op, TensorMeta, Writer};
+use trace_writer::{CaptureFilter, EngineOp, Lineage, Op, Regions, TensorMeta, Writer};
 
 use crate::convert::{dtype_from_name, py_to_metadata, py_to_op};
 use crate::describe::{describe, owner_weakref};
 use crate::errors::{writer_error, TraceError, TraceLayoutError};
 
-/// Bytes already in the file that later tensors can view.
-#[derive(Debug)]
-struct Region {
-    /// Address of the first byte in this process.
-    start: usize,
-    len: usize,
-    /// The record holding them (a storage, or a tensor with its own bytes).
-    id: u64,
-    is_tensor: bool,
-    /// crc32c of the bytes as recorded; `None` until a later view first
-    /// needs it (asked of the writer: the recording thread does not
-    /// checksum what it adds).
-    crc: Option<u32>,
-    /// The array or tensor that keeps the memory alive: while it lives,
-    /// the address cannot be reused for other data.
-    owner: Py<PyWeakrefReference>,
-}
+/// A region of bytes this writer recorded, kept alive by the base array
+/// or tensor it came from (while it lives, the address cannot be reused
+/// for other data): the writer's [`trace_writer::Regions`] does the rest.
+type Region = trace_writer::Region<Py<PyWeakrefReference>>;
 
 #[derive(Debug)]
 struct State {
     writer: Option<Writer>,
-    regions: Regions,
+    regions: Regions<Py<PyWeakrefReference>>,
     names: Names,
 }
 
@@ -102,189 +90,6 @@ impl Names {
         }
         self.indexed = self.added.len();
         self.index.get(name).copied()
-    }
-}
-
-/// No next region in a chain.
-const END: u32 = u32::MAX;
-
-/// A region in [`Regions`]' slab.
-#[derive(Debug)]
-struct Slot {
-    region: Region,
-    /// Order of addition (the newest region wins).
-    seq: u64,
-    /// The next (older) region of the same class and bucket, or [`END`].
-    next: u32,
-}
-
-/// The regions recorded so far, found by address. A region of length class
-/// `c` (lengths in `[2^c, 2^(c+1))`) that holds a byte range starts at most
-/// `2^(c+1) - 1` bytes before it, so it lies in one of two buckets of
-/// `2^(c+1)` start addresses: a lookup is two hash probes per class that
-/// has regions, and an addition one, whatever the number of regions.
-#[derive(Debug, Default)]
-struct Regions {
-    /// Every region, by slot; `None` slots are free (listed in `free`).
-    slots: Vec<Option<Slot>>,
-    free: Vec<u32>,
-    /// The newest region of each (class, bucket): the head of a chain
-    /// through [`Slot::next`], newest first.
-    heads: FxHashMap<(u32, usize), u32>,
-    /// Regions per class (classes without any are not probed).
-    per_class: Vec<u32>,
-    next_seq: u64,
-    /// Count at which regions whose owner died are dropped (doubles, so
-    /// the pruning stays amortised linear in the live regions).
-    prune_at: usize,
-}
-
-impl Regions {
-    fn class(len: usize) -> u32 {
-        usize::BITS - 1 - len.max(1).leading_zeros()
-    }
-
-    /// The bucket of start address `start` in class `c`.
-    fn bucket(c: u32, start: usize) -> usize {
-        start.checked_shr(c + 1).unwrap_or(0)
-    }
-
-    /// The number of regions.
-    fn len(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-
-    /// Add a region; first drop those whose owner died once their count
-    /// reaches `prune_at`.
-    fn push(&mut self, py: Python<'_>, region: Region) {
-        if self.len() >= self.prune_at.max(64) {
-            let dead: Vec<u32> = (0..self.slots.len() as u32)
-                .filter(|&i| {
-                    self.slots[i as usize]
-                        .as_ref()
-                        .is_some_and(|s| s.region.owner.bind(py).upgrade().is_none())
-                })
-                .collect();
-            for i in dead {
-                self.remove(i);
-            }
-            self.prune_at = (self.len() * 2).max(64);
-        }
-        let c = Self::class(region.len);
-        let key = (c, Self::bucket(c, region.start));
-        let i = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(None);
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let next = self.heads.insert(key, i).unwrap_or(END);
-        self.slots[i as usize] = Some(Slot {
-            region,
-            seq: self.next_seq,
-            next,
-        });
-        self.next_seq += 1;
-        if self.per_class.len() <= c as usize {
-            self.per_class.resize(c as usize + 1, 0);
-        }
-        self.per_class[c as usize] += 1;
-    }
-
-    /// Take slot `i` out of its chain and free it.
-    fn remove(&mut self, i: u32) {
-        let Some(slot) = self.slots[i as usize].take() else {
-            return;
-        };
-        let c = Self::class(slot.region.len);
-        let key = (c, Self::bucket(c, slot.region.start));
-        if self.heads.get(&key) == Some(&i) {
-            if slot.next == END {
-                self.heads.remove(&key);
-            } else {
-                self.heads.insert(key, slot.next);
-            }
-        } else {
-            let mut at = self.heads.get(&key).copied().unwrap_or(END);
-            while at != END {
-                let s = self.slots[at as usize]
-                    .as_mut()
-                    .expect("chained slots are full");
-                if s.next == i {
-                    s.next = slot.next;
-                    break;
-                }
-                at = s.next;
-            }
-        }
-        self.free.push(i);
-        self.per_class[c as usize] -= 1;
-    }
-
-    /// The newest region holding the bytes `[lo, hi)` (absolute addresses)
-    /// that lies inside `buf` (at address `base`), whose owner is alive and
-    /// whose bytes are unchanged; regions met on the way whose owner died
-    /// or whose bytes changed are forgotten. `crc_of(id)` is the crc32c
-    /// of record `id`'s payload (asked of the writer the first time).
-    fn find(
-        &mut self,
-        py: Python<'_>,
-        (lo, hi): (usize, usize),
-        base: usize,
-        buf: &[u8],
-        crc_of: impl Fn(u64) -> Option<u32>,
-    ) -> Option<&Region> {
-        let mut candidates: Vec<(u64, u32)> = Vec::new();
-        for c in 0..self.per_class.len() as u32 {
-            if self.per_class[c as usize] == 0 {
-                continue;
-            }
-            // the longest length of class c: 2^(c+1) - 1
-            let longest = 1usize.checked_shl(c + 1).map_or(usize::MAX, |p| p - 1);
-            let from = hi.saturating_sub(longest);
-            if from > lo {
-                continue;
-            }
-            let (first, last) = (Self::bucket(c, from), Self::bucket(c, lo));
-            for b in first..=last {
-                let mut at = self.heads.get(&(c, b)).copied().unwrap_or(END);
-                while at != END {
-                    let s = self.slots[at as usize]
-                        .as_ref()
-                        .expect("chained slots are full");
-                    let r = &s.region;
-                    if (from..=lo).contains(&r.start) && r.start + r.len >= hi {
-                        candidates.push((s.seq, at));
-                    }
-                    at = s.next;
-                }
-            }
-        }
-        candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
-        for (_, i) in candidates {
-            let Some(Slot { region: r, .. }) = self.slots[i as usize].as_mut() else {
-                continue;
-            };
-            if !(r.start >= base && r.start + r.len <= base + buf.len()) {
-                continue;
-            }
-            let alive = r.owner.bind(py).upgrade().is_some();
-            if alive && r.crc.is_none() {
-                r.crc = crc_of(r.id);
-            }
-            let now = &buf[r.start - base..r.start - base + r.len];
-            if !alive || r.crc != Some(crc32c(now)) {
-                self.remove(i);
-                continue;
-            }
-            return self.slots[i as usize].as_ref().map(|s| &s.region);
-        }
-        None
-    }
-
-    fn clear(&mut self) {
-        *self = Regions::default();
     }
 }
 
@@ -498,7 +303,7 @@ impl PyWriter {
         Ok(PyWriter {
             state: Mutex::new(State {
                 writer: Some(writer),
-                regions: Regions::default(),
+                regions: Regions::new(),
                 names: Names::default(),
             }),
             path,
@@ -602,9 +407,13 @@ impl PyWriter {
         // 1. a view of bytes already recorded
         let found = st
             .regions
-            .find(py, (abs_lo, abs_hi), base, buf, |id| {
-                w.payload_crc32c(id).ok().flatten()
-            })
+            .find(
+                abs_lo..abs_hi,
+                base,
+                buf,
+                |owner| owner.bind(py).upgrade().is_some(),
+                |id| w.payload_crc32c(id).ok().flatten(),
+            )
             .map(|r| (r.id, r.is_tensor, r.start));
         let id = if let Some((region_id, is_tensor, start)) = found {
             let rebased = layout.clone().at_offset((elem0 - start) as u64);
@@ -627,15 +436,14 @@ impl PyWriter {
                 .map_err(writer_error)?;
             if let (Some(id), Some(owner)) = (added, owner) {
                 st.regions.push(
-                    py,
                     Region {
                         start: abs_lo,
                         len: hi - lo,
                         id,
                         is_tensor: true,
-                        crc: None,
                         owner,
                     },
+                    |owner| owner.bind(py).upgrade().is_some(),
                 );
             }
             added
@@ -650,15 +458,14 @@ impl PyWriter {
                 .map_err(writer_error)?;
             if let Some(owner) = owner {
                 st.regions.push(
-                    py,
                     Region {
                         start: base,
                         len: buf.len(),
                         id: sid,
                         is_tensor: false,
-                        crc: None,
                         owner,
                     },
+                    |owner| owner.bind(py).upgrade().is_some(),
                 );
             }
             w.add_view(name, dtype, sid, &layout, meta)

@@ -9,6 +9,8 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 
 __version__: str
+# (file name, text) of the ggml adapter's C sources, embedded from trace-writer
+_GGML_ADAPTER_SOURCES: list[tuple[str, str]]
 
 StrPath = str | os.PathLike[str]
 

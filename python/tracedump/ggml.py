@@ -87,10 +87,13 @@ def attention_inputs(trace, layer: int, step: Optional[int] = None) -> Optional[
 # recording llama-cpp-python runs
 
 
-def _adapter_dir():
-    from pathlib import Path
+def _adapter_sources():
+    """The adapter's C sources, {file name: text}: trace-writer's
+    ``ggml/tracedump_ggml.{c,h}`` and ``include/tracedump.h``, embedded in
+    the extension when it was built (their one source)."""
+    from . import _tracedump
 
-    return Path(__file__).resolve().parent / "_ggml_adapter"
+    return dict(_tracedump._GGML_ADAPTER_SOURCES)
 
 
 def adapter_library(cc: Optional[str] = None):
@@ -100,6 +103,7 @@ def adapter_library(cc: Optional[str] = None):
     Returns the path of the shared library."""
     import hashlib
     import os
+    import shutil
     import subprocess
     from pathlib import Path
 
@@ -112,10 +116,10 @@ def adapter_library(cc: Optional[str] = None):
     if not (include / "ggml.h").exists():
         raise FileNotFoundError(f"{include}/ggml.h: llama-cpp-python did not install the ggml headers")
     ext = Path(_tracedump.__file__).resolve()
-    src = _adapter_dir()
+    sources = _adapter_sources()
     h = hashlib.sha256()
-    for f in sorted(src.iterdir()):
-        h.update(f.name.encode() + f.read_bytes())
+    for name in sorted(sources):
+        h.update(name.encode() + sources[name].encode())
     for p in (include / "ggml.h", ext):
         h.update(str(p).encode() + str(p.stat().st_mtime_ns).encode())
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tracedump"
@@ -124,13 +128,20 @@ def adapter_library(cc: Optional[str] = None):
         return out
     cache.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [
-        cc or os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O2", "-o", str(tmp),
-        str(src / "tracedump_ggml.c"), f"-I{src}", f"-I{include}",
-        f"-L{lib}", "-lggml", "-lggml-base", f"-Wl,-rpath,{lib}",
-        str(ext), f"-Wl,-rpath,{ext.parent}",
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    src = out.with_suffix(f".{os.getpid()}.src")
+    src.mkdir(exist_ok=True)
+    try:
+        for name, text in sources.items():
+            (src / name).write_text(text)
+        cmd = [
+            cc or os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O2", "-o", str(tmp),
+            str(src / "tracedump_ggml.c"), f"-I{src}", f"-I{include}",
+            f"-L{lib}", "-lggml", "-lggml-base", f"-Wl,-rpath,{lib}",
+            str(ext), f"-Wl,-rpath,{ext.parent}",
+        ]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
     if r.returncode != 0:
         raise RuntimeError(f"compiling the ggml adapter failed:\n{' '.join(cmd)}\n{r.stderr}")
     os.replace(tmp, out)

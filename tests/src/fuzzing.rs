@@ -73,7 +73,7 @@ pub fn gguf_bytes(data: &[u8]) {
     }
     w.finish()
         .unwrap_or_else(|e| panic!("cannot finish the imported GGUF: {e}"));
-    let back = check_written(&out.0);
+    let back = check_file(&out.0);
     assert_eq!(back.len(), trace.len(), "tensors lost in the import");
     for (&a, &b) in trace.tensor_ids().iter().zip(back.tensor_ids()) {
         let (va, vb) = (trace.view(a).unwrap(), back.view(b).unwrap());
@@ -99,7 +99,7 @@ pub fn safetensors_import(data: &[u8]) {
     }
     w.finish()
         .unwrap_or_else(|e| panic!("cannot finish the imported trace: {e}"));
-    let back = check_written(&out.0);
+    let back = check_file(&out.0);
     assert_eq!(back.len(), st.tensor_count(), "tensors lost in the import");
     let parsed = safetensors::SafeTensors::deserialize(data).expect("it parsed once");
     for (name, t) in parsed.tensors() {
@@ -123,10 +123,34 @@ pub fn safetensors_import(data: &[u8]) {
 /// one the reader accepts: every tensor decodes and `verify` finds nothing
 /// but lineage claims that do not replay (the caller's claims, which the
 /// writer records as given).
+///
+/// The trace is written into memory (`td_writer_open_memory`,
+/// `td_writer_close_bytes`: no file to create, allocate, map and remove per
+/// input), except for one input in [`FILE_ONE_IN`], chosen by its bytes,
+/// which goes through a file as [`capi_to_file`] does.
 pub fn capi(data: &[u8]) {
+    let hash = data
+        .iter()
+        .fold(0u32, |h, &b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    capi_into(data, hash % FILE_ONE_IN == 0);
+}
+
+/// One input in this many is written to a file by [`capi`].
+const FILE_ONE_IN: u32 = 64;
+
+/// [`capi`] with the trace written to a file (`td_writer_open`,
+/// `td_writer_close`) and read back from it; the corpus replay runs every
+/// input both ways.
+pub fn capi_to_file(data: &[u8]) {
+    capi_into(data, true);
+}
+
+fn capi_into(data: &[u8], to_file: bool) {
     let mut input = Input(data);
-    let out = Scratch::new();
-    let path = CString::new(out.0.to_string_lossy().into_owned()).expect("no NUL in the path");
+    let out = to_file.then(Scratch::new);
+    let path = out
+        .as_ref()
+        .map(|out| CString::new(out.0.to_string_lossy().into_owned()).expect("no NUL in the path"));
     let flags = input.u8();
     let ggml = flags & 1 != 0;
     let background = i32::from(flags & 6 == 6);
@@ -139,19 +163,31 @@ pub fn capi(data: &[u8]) {
     let key_ptrs: Vec<*const c_char> = keys.iter().map(|k| k.as_ptr()).collect();
     let value_ptrs: Vec<*const c_char> = values.iter().map(|v| v.as_ptr()).collect();
     let regex_ptr = regex.as_ref().map_or(std::ptr::null(), |r| r.as_ptr());
+    let (keys, values) = (key_ptrs.as_ptr(), value_ptrs.as_ptr());
     let mut session = if ggml {
         // SAFETY: every pointer is null or valid for the count passed with it.
         let g = unsafe {
-            capi::td_ggml_open(
-                path.as_ptr(),
-                key_ptrs.as_ptr(),
-                value_ptrs.as_ptr(),
-                n_meta,
-                background,
-                queue_bytes,
-                drop_when_full,
-                regex_ptr,
-            )
+            match &path {
+                Some(path) => capi::td_ggml_open(
+                    path.as_ptr(),
+                    keys,
+                    values,
+                    n_meta,
+                    background,
+                    queue_bytes,
+                    drop_when_full,
+                    regex_ptr,
+                ),
+                None => capi::td_ggml_open_memory(
+                    keys,
+                    values,
+                    n_meta,
+                    background,
+                    queue_bytes,
+                    drop_when_full,
+                    regex_ptr,
+                ),
+            }
         };
         if g.is_null() {
             no_panic("td_ggml_open", TD_ERROR);
@@ -161,16 +197,27 @@ pub fn capi(data: &[u8]) {
     } else {
         // SAFETY: as above.
         let w = unsafe {
-            capi::td_writer_open(
-                path.as_ptr(),
-                key_ptrs.as_ptr(),
-                value_ptrs.as_ptr(),
-                n_meta,
-                background,
-                queue_bytes,
-                drop_when_full,
-                regex_ptr,
-            )
+            match &path {
+                Some(path) => capi::td_writer_open(
+                    path.as_ptr(),
+                    keys,
+                    values,
+                    n_meta,
+                    background,
+                    queue_bytes,
+                    drop_when_full,
+                    regex_ptr,
+                ),
+                None => capi::td_writer_open_memory(
+                    keys,
+                    values,
+                    n_meta,
+                    background,
+                    queue_bytes,
+                    drop_when_full,
+                    regex_ptr,
+                ),
+            }
         };
         if w.is_null() {
             no_panic("td_writer_open", TD_ERROR);
@@ -191,15 +238,36 @@ pub fn capi(data: &[u8]) {
     }
     // SAFETY: from td_meta_new, freed once.
     unsafe { capi::td_meta_free(meta) };
-    let code = match session {
+    let (mut bytes, mut len) = (std::ptr::null_mut::<u8>(), 0usize);
+    let code = match (session, &out) {
         // SAFETY: from td_writer_open / td_ggml_open, closed once.
-        Session::Writer(w) => unsafe { capi::td_writer_close(w) },
+        (Session::Writer(w), Some(_)) => unsafe { capi::td_writer_close(w) },
         // SAFETY: as above.
-        Session::Ggml(g) => unsafe { capi::td_ggml_close(g) },
+        (Session::Ggml(g), Some(_)) => unsafe { capi::td_ggml_close(g) },
+        // SAFETY: from td_writer_open_memory, closed once; out-pointers valid.
+        (Session::Writer(w), None) => unsafe {
+            capi::td_writer_close_bytes(w, &mut bytes, &mut len)
+        },
+        // SAFETY: from td_ggml_open_memory, closed once; out-pointers valid.
+        (Session::Ggml(g), None) => unsafe { capi::td_ggml_close_bytes(g, &mut bytes, &mut len) },
     };
     no_panic("close", code);
-    if code == TD_OK {
-        check_written(&out.0);
+    if code != TD_OK {
+        return;
+    }
+    match &out {
+        Some(out) => {
+            check_file(&out.0);
+        }
+        None => {
+            assert!(!bytes.is_null(), "td_*_close_bytes gave no bytes");
+            // SAFETY: td_*_close_bytes succeeded: `len` bytes at `bytes`,
+            // copied before they are freed, once.
+            let trace = unsafe { std::slice::from_raw_parts(bytes, len) }.to_vec();
+            // SAFETY: as set by td_*_close_bytes, freed once.
+            unsafe { capi::td_bytes_free(bytes, len) };
+            check_written(Path::new("memory.tdump"), trace);
+        }
     }
 }
 
@@ -469,12 +537,17 @@ fn no_panic(what: &str, code: i32) {
     }
 }
 
+/// [`check_written`] on a file.
+fn check_file(path: &Path) -> Trace {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read back: {e}"));
+    check_written(path, bytes)
+}
+
 /// Open a trace the writer finished; panic unless the reader accepts it:
 /// finished, every tensor decodes, the values of every tensor of at most
 /// [`VALUE_CAP`] values read, and `verify` finds nothing but lineage claims
 /// that do not replay.
-fn check_written(path: &Path) -> Trace {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read back: {e}"));
+fn check_written(path: &Path, bytes: Vec<u8>) -> Trace {
     let trace = Trace::from_bytes(path, bytes)
         .unwrap_or_else(|e| panic!("the reader rejects what the writer wrote: {e}"));
     assert!(trace.is_finished(), "the writer's trace is unfinished");

@@ -73,3 +73,10 @@ fn safetensors_import_corpus() {
 fn capi_corpus() {
     replay("capi", fuzzing::capi);
 }
+
+/// The fuzzer writes most traces into memory; the corpus goes through a
+/// file as well, every input.
+#[test]
+fn capi_corpus_to_file() {
+    replay("capi", fuzzing::capi_to_file);
+}

@@ -455,7 +455,7 @@ pub mod ggml {
     /// ggml's `ne`/`nb` of a canonical layout padded to `ndim` entries
     /// (ggml uses 4); `None` if a stride is negative (ggml cannot say it).
     pub fn from_canonical(layout: &Layout, ndim: usize) -> Option<(Vec<i64>, Vec<u64>)> {
-        let mut ne: Vec<i64> = layout.shape.iter().rev().map(|&n| n as i64).collect();
+        let mut ne: Vec<i64> = layout.shape().iter().rev().map(|&n| n as i64).collect();
         let mut nb: Vec<u64> = layout
             .byte_strides
             .iter()

@@ -5,6 +5,8 @@
 //! Run **A** is the run under test, run **B** the reference: relative
 //! errors and tolerances are measured against B's values.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 
 use trace_format::DType;

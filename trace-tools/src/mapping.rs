@@ -39,6 +39,8 @@
 //! assert_eq!(m.resolve("other", None).key(), Some("other"));
 //! ```
 
+#![forbid(unsafe_code)]
+
 use regex::Regex;
 
 /// A change of A's values (or of the part of B they meet) before comparing.

@@ -5,6 +5,8 @@
 //! table. The page draws itself with inline JavaScript from the data
 //! embedded in it; when it has drawn, `<body data-rendered="1">`.
 
+#![forbid(unsafe_code)]
+
 use serde_json::{json, Value};
 
 use crate::compare::{DiffReport, Verdict};

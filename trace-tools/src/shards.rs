@@ -7,6 +7,8 @@
 //! `rank1/attn_out-0`; a name only one shard has keeps its own name.
 //! [`diff_by_rank`] compares two sharded runs rank by rank.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

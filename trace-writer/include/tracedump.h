@@ -49,6 +49,12 @@ typedef struct td_ggml td_ggml;
 typedef struct td_meta td_meta;
 
 /**
+ * The memory recorded so far, to record later tensors over it as views
+ * (opaque; `td_regions_new`). Not thread-safe: one thread at a time.
+ */
+typedef struct td_regions td_regions;
+
+/**
  * A trace being written (opaque).
  */
 typedef struct td_writer td_writer;
@@ -165,12 +171,49 @@ struct td_writer *td_writer_open(const char *path,
                                  const char *name_regex);
 
 /**
+ * `td_writer_open` into memory rather than a file: the trace's bytes
+ * come back from `td_writer_close_bytes` (the other arguments as
+ * `td_writer_open`'s). NULL on error.
+ *
+ * # Safety
+ * As [`td_writer_open`].
+ */
+struct td_writer *td_writer_open_memory(const char *const *keys,
+                                        const char *const *values,
+                                        size_t n,
+                                        int32_t background,
+                                        uint64_t queue_bytes,
+                                        int32_t drop_when_full,
+                                        const char *name_regex);
+
+/**
+ * Free trace bytes from `td_writer_close_bytes` / `td_ggml_close_bytes`
+ * (NULL does nothing).
+ *
+ * # Safety
+ * `bytes` is null, or `*bytes`/`*len` as one of those calls set them, not
+ * freed before.
+ */
+void td_bytes_free(uint8_t *bytes, size_t len);
+
+/**
  * Write the footer and close; frees `w` (NULL does nothing).
  *
  * # Safety
  * `w` is null or from `td_writer_open`, not used afterwards.
  */
 int32_t td_writer_close(struct td_writer *w);
+
+/**
+ * `td_writer_close`, handing back the trace's bytes in `*bytes` (free
+ * them with `td_bytes_free`) and their count in `*len`: those of a
+ * `td_writer_open_memory` writer, or a file writer's file read back.
+ * Frees `w`; on error `*bytes` and `*len` are left as they were.
+ *
+ * # Safety
+ * `w` as `td_writer_close`'s; `bytes` and `len` valid for a write.
+ */
+int32_t td_writer_close_bytes(struct td_writer *w, uint8_t **bytes, size_t *len);
 
 /**
  * Hand everything recorded so far to the operating system.
@@ -430,6 +473,30 @@ struct td_ggml *td_ggml_open(const char *path,
 int32_t td_ggml_close(struct td_ggml *g);
 
 /**
+ * `td_ggml_open` into memory: the trace's bytes come back from
+ * `td_ggml_close_bytes` (arguments as `td_writer_open_memory`).
+ *
+ * # Safety
+ * As [`td_writer_open`].
+ */
+struct td_ggml *td_ggml_open_memory(const char *const *keys,
+                                    const char *const *values,
+                                    size_t n,
+                                    int32_t background,
+                                    uint64_t queue_bytes,
+                                    int32_t drop_when_full,
+                                    const char *name_regex);
+
+/**
+ * `td_ggml_close`, handing back the trace's bytes as
+ * `td_writer_close_bytes` does.
+ *
+ * # Safety
+ * `g` as `td_ggml_close`'s; `bytes` and `len` valid for a write.
+ */
+int32_t td_ggml_close_bytes(struct td_ggml *g, uint8_t **bytes, size_t *len);
+
+/**
  * Start step `step` (`TD_NONE`: none): a new graph.
  *
  * # Safety
@@ -453,6 +520,64 @@ int32_t td_ggml_wants(const struct td_ggml *g, const char *name);
  * describes; `out_id` null or writable.
  */
 int32_t td_ggml_record(const struct td_ggml *g, const struct td_ggml_node *node, uint64_t *out_id);
+
+/**
+ * A new, empty set of regions (free with `td_regions_free`).
+ */
+struct td_regions *td_regions_new(void);
+
+/**
+ * Free `r` (NULL does nothing).
+ *
+ * # Safety
+ * `r` is null or from `td_regions_new`, not used afterwards.
+ */
+void td_regions_free(struct td_regions *r);
+
+/**
+ * Forget every region (memory freed, a new graph).
+ *
+ * # Safety
+ * `r` is null or live.
+ */
+int32_t td_regions_clear(struct td_regions *r);
+
+/**
+ * Remember that record `id` (a storage, or a tensor with its own bytes:
+ * `is_tensor` non-zero) holds the `len` bytes at `start`.
+ *
+ * # Safety
+ * `r` is null or live. `start` is only compared, never read.
+ */
+int32_t td_regions_add(struct td_regions *r,
+                       const void *start,
+                       size_t len,
+                       uint64_t id,
+                       int32_t is_tensor);
+
+/**
+ * Find the newest region holding the `len` bytes at `data` and lying
+ * inside the `base_len` bytes at `base` (the memory the caller records
+ * from, which holds `data`), whose bytes still hash to the crc32c `w`
+ * recorded for its payload. `TD_OK`: found, `*out_id` is its record,
+ * `*out_offset` the offset of `data` in it (a view's storage offset) and
+ * `*out_is_tensor` whether it is a tensor (each out-pointer may be NULL);
+ * `TD_SKIPPED`: none (regions found changed are forgotten).
+ *
+ * # Safety
+ * `r` null or live, `w` null or a live writer; `base` null (with
+ * `base_len == 0`) or readable for `base_len` bytes; out-pointers null or
+ * writable.
+ */
+int32_t td_regions_find(struct td_regions *r,
+                        const struct td_writer *w,
+                        const void *data,
+                        size_t len,
+                        const void *base,
+                        size_t base_len,
+                        uint64_t *out_id,
+                        uint64_t *out_offset,
+                        int32_t *out_is_tensor);
 
 #ifdef __cplusplus
 }  // extern "C"

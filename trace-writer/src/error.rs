@@ -1,5 +1,7 @@
 //! The writer's errors.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use thiserror::Error;
 

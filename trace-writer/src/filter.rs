@@ -1,5 +1,7 @@
 //! Capture filters: which tensors a writer records.
 
+#![forbid(unsafe_code)]
+
 use regex::Regex;
 use std::collections::BTreeSet;
 

@@ -27,6 +27,8 @@
 //! Names of sources that were not recorded (weights, the KV cache itself)
 //! are kept in the metadata (`ggml.srcs`, `ggml.view_src`).
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -142,6 +144,11 @@ impl GgmlRecorder {
     /// Finish the file.
     pub fn finish(self) -> Result<crate::FinishSummary, WriterError> {
         self.writer.finish()
+    }
+
+    /// Finish, handing back the trace's bytes ([`Writer::finish_into_bytes`]).
+    pub fn finish_into_bytes(self) -> Result<(crate::FinishSummary, Vec<u8>), WriterError> {
+        self.writer.finish_into_bytes()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

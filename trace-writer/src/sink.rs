@@ -1,4 +1,5 @@
-//! The file end of the writer: appends framed records and keeps the index.
+//! The output end of the writer: appends framed records and keeps the
+//! index, into a file or into memory.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
@@ -89,8 +90,9 @@ const WINDOW_ALIGN: u64 = 64 << 10;
 /// write(), and survives the process (SIGKILL included) without a system
 /// call. The file is longer than its records meanwhile; the bytes after the
 /// last record are zero, which a reader takes for the end of the complete
-/// records (SPEC.md §2), and the sink cuts them off when it finishes or is
-/// dropped.
+/// records (SPEC.md §2). The file never shrinks: when the sink finishes,
+/// the footer's zero payload fills them, and a sink dropped unfinished
+/// leaves them zero; either way their disk blocks are given back.
 #[derive(Debug)]
 struct Window {
     map: memmap2::MmapMut,
@@ -146,6 +148,10 @@ impl Window {
 #[cfg(target_os = "linux")]
 fn backs_mapped_stores(file: &File) -> bool {
     use std::os::fd::AsRawFd;
+    if cfg!(miri) {
+        // Miri runs neither fstatfs nor file mappings: records are written
+        return false;
+    }
     const EXT4: u64 = 0xEF53;
     const XFS: u64 = 0x5846_5342;
     const TMPFS: u64 = 0x0102_1994;
@@ -166,10 +172,83 @@ fn backs_mapped_stores(_file: &File) -> bool {
     false
 }
 
-/// Appends records to the file; owns the footer index.
+/// Where a sink's bytes go.
+#[derive(Debug)]
+enum Output {
+    /// A file, through a write buffer.
+    File(BufWriter<File>),
+    /// Memory: the trace's bytes, handed out when it is finished
+    /// ([`Sink::take_bytes`]). Nothing is allocated ahead or mapped, so the
+    /// bytes are exactly those of a file written with `allocate_ahead` off.
+    Memory(io::Cursor<Vec<u8>>),
+}
+
+impl Output {
+    /// The file, for the system calls only a file has.
+    fn file(&self) -> Option<&File> {
+        match self {
+            Output::File(f) => Some(f.get_ref()),
+            Output::Memory(_) => None,
+        }
+    }
+
+    /// Write `bytes` at `offset`, before the cursor, leaving it where it is
+    /// (a header written last, in place).
+    fn write_at(&mut self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        match self {
+            Output::File(f) => {
+                f.flush()?;
+                write_at(f.get_ref(), bytes, offset)
+            }
+            Output::Memory(m) => {
+                let at = usize::try_from(offset).map_err(io::Error::other)?;
+                let dst = m
+                    .get_mut()
+                    .get_mut(at..at + bytes.len())
+                    .ok_or_else(|| io::Error::other("write past the end of the trace"))?;
+                dst.copy_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Output::File(f) => f.write(buf),
+            Output::Memory(m) => m.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Output::File(f) => f.write_all(buf),
+            Output::Memory(m) => m.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Output::File(f) => f.flush(),
+            Output::Memory(_) => Ok(()),
+        }
+    }
+}
+
+impl Seek for Output {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        match self {
+            Output::File(f) => f.seek(pos),
+            Output::Memory(m) => m.seek(pos),
+        }
+    }
+}
+
+/// Appends records to the file or memory; owns the footer index.
 #[derive(Debug)]
 pub(crate) struct Sink {
-    file: BufWriter<File>,
+    file: Output,
     offset: u64,
     /// Small records are copied into a mapped window of the file (sync
     /// mode on Linux; [`Sink::map_small_records`]).
@@ -199,7 +278,16 @@ impl Sink {
             .create(true)
             .truncate(true)
             .open(path)?;
-        let mut file = BufWriter::with_capacity(STREAM_BYTES, file);
+        Sink::new(Output::File(BufWriter::with_capacity(STREAM_BYTES, file)))
+    }
+
+    /// A sink that keeps the trace in memory.
+    pub fn in_memory() -> Sink {
+        Sink::new(Output::Memory(io::Cursor::new(Vec::new())))
+            .unwrap_or_else(|_| unreachable!("writing into a Vec cannot fail"))
+    }
+
+    fn new(mut file: Output) -> io::Result<Sink> {
         let header = encode_file_header();
         file.write_all(&header)?;
         Ok(Sink {
@@ -224,7 +312,7 @@ impl Sink {
     /// elsewhere, and wherever the file cannot be allocated ahead (a full
     /// disk), records are written.
     pub fn map_small_records(&mut self) {
-        self.map_small = backs_mapped_stores(self.file.get_ref());
+        self.map_small = self.file.file().is_some_and(backs_mapped_stores);
     }
 
     /// The mapped bytes for `[at, at + len)`, mapping a new window when the
@@ -266,7 +354,10 @@ impl Sink {
         self.file.flush()?;
         let start = at - at % WINDOW_ALIGN;
         let bytes = window_bytes(at);
-        let file = self.file.get_ref();
+        let file = self
+            .file
+            .file()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))?;
         let (Ok(off), Ok(len)) = (libc::off_t::try_from(start), libc::off_t::try_from(bytes))
         else {
             return Err(io::Error::other("window offset out of range"));
@@ -355,13 +446,16 @@ impl Sink {
         ) else {
             return;
         };
-        if len > 0 && self.file.flush().is_ok() {
+        if len == 0 || self.file.flush().is_err() {
+            return;
+        }
+        if let Some(file) = self.file.file() {
             // SAFETY: a plain system call on the open descriptor of this
             // sink's own file; the range lies inside the file, which keeps
             // its length (KEEP_SIZE): a reader's mapping of it stays valid.
             unsafe {
                 libc::fallocate(
-                    self.file.get_ref().as_raw_fd(),
+                    file.as_raw_fd(),
                     libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
                     off,
                     len,
@@ -472,8 +566,7 @@ impl Sink {
             };
             let crc = crc32c_combine(head_crc, payload_crc, payload_len);
             self.file.write_all(&ZEROS[..pad])?;
-            self.file.flush()?;
-            write_at(self.file.get_ref(), &header(crc), record_offset)?;
+            self.file.write_at(&header(crc), record_offset)?;
             self.payload_crcs.push(payload_crc);
         } else {
             let (payload_crc, crc) = crcs();
@@ -493,8 +586,7 @@ impl Sink {
             }
             self.file.write_all(&ZEROS[..pad])?;
             if header_last {
-                self.file.flush()?;
-                write_at(self.file.get_ref(), &header(crc), record_offset)?;
+                self.file.write_at(&header(crc), record_offset)?;
             }
         }
         Ok(self.indexed(r, id, record_offset, next, body_len))
@@ -530,7 +622,19 @@ impl Sink {
 
     pub fn sync_all(&mut self) -> io::Result<()> {
         self.file.flush()?;
-        self.file.get_ref().sync_all()
+        match self.file.file() {
+            Some(f) => f.sync_all(),
+            None => Ok(()),
+        }
+    }
+
+    /// The bytes of an in-memory sink, once finished (`None`: a file sink,
+    /// or asked before).
+    pub fn take_bytes(&mut self) -> Option<Vec<u8>> {
+        match &mut self.file {
+            Output::Memory(m) => Some(std::mem::take(m.get_mut())),
+            Output::File(_) => None,
+        }
     }
 
     /// Write the footer and trailer; returns (records, file bytes).

@@ -313,3 +313,185 @@ fn every_function_and_every_error_path() {
         assert_eq!(td_ggml_close(g), TD_OK);
     }
 }
+
+#[test]
+fn memory_writer_and_recorder_hand_back_their_bytes() {
+    let magic = trace_format::record::encode_file_header();
+    // SAFETY: as above; the bytes handed out are read within their length
+    // and freed once.
+    unsafe {
+        let (mut bytes, mut len) = (null_mut::<u8>(), 0usize);
+        assert_eq!(
+            td_writer_close_bytes(null_mut(), &mut bytes, &mut len),
+            TD_ERROR
+        );
+        assert!(last_error().contains("writer is NULL"));
+        assert_eq!(
+            td_ggml_close_bytes(null_mut(), &mut bytes, &mut len),
+            TD_ERROR
+        );
+        assert!(last_error().contains("recorder is NULL"));
+        td_bytes_free(null_mut(), 0);
+
+        let w = td_writer_open_memory(null(), null(), 0, 0, 0, 0, null());
+        assert!(!w.is_null(), "{}", last_error());
+        let data = [1.0f32, 2.0, 3.0];
+        let shape = [3i64];
+        let name = CString::new("x").unwrap();
+        let mut id = 0;
+        let code = td_add_tensor(
+            w,
+            name.as_ptr(),
+            0,
+            1,
+            shape.as_ptr(),
+            null(),
+            TD_ORDER_CANONICAL,
+            0,
+            data.as_ptr().cast(),
+            12,
+            null(),
+            &mut id,
+        );
+        assert_eq!(code, TD_OK, "{}", last_error());
+        assert_eq!(id, 1);
+        assert_eq!(
+            td_writer_close_bytes(w, &mut bytes, &mut len),
+            TD_OK,
+            "{}",
+            last_error()
+        );
+        let trace = std::slice::from_raw_parts(bytes, len);
+        assert!(trace.starts_with(&magic));
+        // the tensor's bytes are in the trace
+        let payload: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert!(trace.windows(12).any(|w| w == payload.as_slice()));
+        td_bytes_free(bytes, len);
+
+        // a bad filter fails the open, as td_writer_open's does
+        let bad = CString::new("(").unwrap();
+        assert!(td_ggml_open_memory(null(), null(), 0, 0, 0, 0, bad.as_ptr()).is_null());
+        assert!(last_error().contains("name_regex"));
+        let g = td_ggml_open_memory(null(), null(), 0, 1, 1 << 20, 0, null());
+        assert!(!g.is_null(), "{}", last_error());
+        let (mut gbytes, mut glen) = (null_mut::<u8>(), 0usize);
+        assert_eq!(td_ggml_close_bytes(g, null_mut(), &mut glen), TD_ERROR);
+        assert!(last_error().contains("bytes or len is NULL"));
+        let g = td_ggml_open_memory(null(), null(), 0, 1, 1 << 20, 0, null());
+        assert_eq!(
+            td_ggml_close_bytes(g, &mut gbytes, &mut glen),
+            TD_OK,
+            "{}",
+            last_error()
+        );
+        assert!(std::slice::from_raw_parts(gbytes, glen).starts_with(&magic));
+        assert!(
+            glen < len,
+            "the recorder's trace holds only its run metadata"
+        );
+        td_bytes_free(gbytes, glen);
+    }
+}
+
+#[test]
+fn regions_find_recorded_bytes_while_they_are_unchanged() {
+    // SAFETY: as above; `cache` outlives every call that is given it.
+    unsafe {
+        let r = td_regions_new();
+        assert!(!r.is_null());
+        let w = td_writer_open_memory(null(), null(), 0, 0, 0, 0, null());
+        assert!(!w.is_null(), "{}", last_error());
+        let mut cache: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        let name = CString::new("cache").unwrap();
+        let mut sid = 0;
+        let code = td_add_storage(w, name.as_ptr(), cache.as_ptr().cast(), 256, &mut sid);
+        assert_eq!(code, TD_OK, "{}", last_error());
+        assert_eq!(td_regions_add(r, cache.as_ptr().cast(), 256, sid, 0), TD_OK);
+
+        let (mut id, mut offset, mut is_tensor) = (0u64, 0u64, -1i32);
+        let base = cache.as_ptr();
+        let code = td_regions_find(
+            r,
+            w,
+            base.add(8).cast(),
+            16,
+            base.cast(),
+            256,
+            &mut id,
+            &mut offset,
+            &mut is_tensor,
+        );
+        assert_eq!(code, TD_OK, "{}", last_error());
+        assert_eq!((id, offset, is_tensor), (sid, 32, 0));
+        // past the region's end: none
+        let past = td_regions_find(
+            r,
+            w,
+            base.add(60).cast(),
+            32,
+            base.cast(),
+            256,
+            null_mut(),
+            null_mut(),
+            null_mut(),
+        );
+        assert_eq!(past, TD_SKIPPED);
+        // errors are values
+        assert_eq!(
+            td_regions_find(
+                null_mut(),
+                w,
+                base.cast(),
+                4,
+                base.cast(),
+                256,
+                null_mut(),
+                null_mut(),
+                null_mut()
+            ),
+            TD_ERROR
+        );
+        assert!(last_error().contains("regions is NULL"));
+        assert_eq!(
+            td_regions_find(
+                r,
+                null(),
+                base.cast(),
+                4,
+                base.cast(),
+                256,
+                null_mut(),
+                null_mut(),
+                null_mut()
+            ),
+            TD_ERROR
+        );
+        assert!(last_error().contains("writer is NULL"));
+        assert_eq!(td_regions_add(null_mut(), base.cast(), 4, 0, 0), TD_ERROR);
+        assert_eq!(
+            td_regions_add(r, std::ptr::without_provenance(usize::MAX), 2, 0, 0),
+            TD_ERROR
+        );
+        assert!(last_error().contains("wraps around"));
+
+        // the bytes change: the region is no longer offered
+        cache[3] = -1.0;
+        let changed = td_regions_find(
+            r,
+            w,
+            base.add(8).cast(),
+            16,
+            base.cast(),
+            256,
+            &mut id,
+            null_mut(),
+            null_mut(),
+        );
+        assert_eq!(changed, TD_SKIPPED);
+        assert_eq!(td_regions_clear(r), TD_OK);
+        assert_eq!(td_regions_clear(null_mut()), TD_ERROR);
+        td_regions_free(r);
+        td_regions_free(null_mut());
+        assert_eq!(td_writer_close(w), TD_OK);
+    }
+}

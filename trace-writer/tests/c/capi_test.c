@@ -182,6 +182,47 @@ int main(int argc, char ** argv) {
     CHECK(td_ggml_record(g, NULL, NULL) == TD_ERROR);
     CHECK(td_ggml_close(g) == TD_OK);
     CHECK(td_ggml_close(NULL) == TD_OK);
+
+    /* 9. in memory: the trace's bytes handed back, written out for check_capi.py */
+    uint8_t * bytes = NULL;
+    size_t len = 0;
+    CHECK(td_writer_close_bytes(NULL, &bytes, &len) == TD_ERROR && bytes == NULL);
+    td_bytes_free(NULL, 0);
+    td_writer * mw = td_writer_open_memory(keys, values, 2, 0, 0, 0, NULL);
+    CHECK(mw != NULL);
+    uint64_t mid = 0;
+    CHECK(td_add_tensor(mw, "m", f32, 2, shape_a, NULL, TD_ORDER_CANONICAL, 0, a, sizeof a, NULL, &mid) == TD_OK && mid == 1);
+    /* 10. regions: row 1 of a, found inside the bytes of m, recorded as a view of m */
+    td_regions * rg = td_regions_new();
+    CHECK(rg != NULL && td_regions_add(rg, a, sizeof a, mid, 1) == TD_OK);
+    uint64_t rid = 0, roff = 0;
+    int32_t rtensor = 0;
+    CHECK(td_regions_find(rg, mw, a[1], sizeof a[1], a, sizeof a, &rid, &roff, &rtensor) == TD_OK);
+    CHECK(rid == mid && roff == 12 && rtensor == 1);
+    int64_t shape_row[1] = {3};
+    CHECK(td_add_view(mw, "m.row1", f32, 1, shape_row, NULL, TD_ORDER_CANONICAL, rid, roff, NULL, NULL) == TD_OK);
+    a[1][0] = 40; /* changed bytes: no longer offered */
+    CHECK(td_regions_find(rg, mw, a[1], sizeof a[1], a, sizeof a, &rid, &roff, &rtensor) == TD_SKIPPED);
+    a[1][0] = 4;
+    CHECK(td_regions_clear(rg) == TD_OK && td_regions_clear(NULL) == TD_ERROR);
+    CHECK(td_regions_find(rg, mw, a[1], sizeof a[1], a, sizeof a, NULL, NULL, NULL) == TD_SKIPPED);
+    td_regions_free(rg);
+    td_regions_free(NULL);
+    CHECK(td_writer_close_bytes(mw, &bytes, &len) == TD_OK && bytes != NULL && len > sizeof a);
+    char path3[4096];
+    snprintf(path3, sizeof path3, "%s.memory.tdump", argv[1]);
+    FILE * out = fopen(path3, "wb");
+    CHECK(out != NULL && fwrite(bytes, 1, len, out) == len && fclose(out) == 0);
+    td_bytes_free(bytes, len);
+    td_ggml * mg = td_ggml_open_memory(NULL, NULL, 0, 1, 1 << 20, 0, NULL);
+    CHECK(mg != NULL);
+    CHECK(td_ggml_set_step(mg, 3) == TD_OK);
+    CHECK(td_ggml_record(mg, &n, &gid) == TD_OK && gid == 1);
+    CHECK(td_ggml_close_bytes(mg, &bytes, &len) == TD_OK && bytes != NULL);
+    snprintf(path3, sizeof path3, "%s.ggml-memory.tdump", argv[1]);
+    out = fopen(path3, "wb");
+    CHECK(out != NULL && fwrite(bytes, 1, len, out) == len && fclose(out) == 0);
+    td_bytes_free(bytes, len);
     printf("capi_test: ok\n");
     return 0;
 }

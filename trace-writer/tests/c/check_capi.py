@@ -61,4 +61,18 @@ assert perm.lineage == [{"op": "permute", "axes": [0, 2, 1, 3]}] and perm.layer 
 assert [p["id"] for p in perm.parents] == [view.id]
 assert perm.metadata["ggml.view_src"] == "kq-0" and perm.metadata["ggml.srcs"] == "kq-0 (view)"
 np.testing.assert_array_equal(perm.numpy(), view.numpy().transpose(0, 2, 1, 3))
+
+# the in-memory writer and recorder's bytes, as capi_test.c wrote them out
+m = tracedump.open(path + ".memory.tdump")
+assert m.verify().ok, m.verify().faults
+assert m.metadata["engine"] == "capi_test" and len(m) == 2
+np.testing.assert_array_equal(m["m"].numpy(), np.array([[1, 2, 3], [4, 5, 6]], np.float32))
+# found through td_regions: a view of m's own bytes, none of its own
+row = m["m.row1"]
+assert row.storage == m["m"].id and row.storage_offset == 12
+np.testing.assert_array_equal(row.numpy(), np.array([4, 5, 6], np.float32))
+mg = tracedump.open(path + ".ggml-memory.tdump")
+assert mg.verify().ok, mg.verify().faults
+assert mg["kq-0"].step == 3
+np.testing.assert_array_equal(mg["kq-0"].numpy(), x)
 print("check_capi: ok")

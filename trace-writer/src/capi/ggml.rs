@@ -1,0 +1,216 @@
+//! `td_ggml_*`: the ggml graph recorder.
+
+use std::ffi::c_char;
+
+use super::add::finish_add;
+use super::open::{hand_out, open_writer};
+use super::*;
+use crate::ggml::{GgmlNode, GgmlView};
+
+/// Open a trace for a ggml graph recorder (arguments as `td_writer_open`).
+///
+/// # Safety
+/// As [`td_writer_open`].
+#[no_mangle]
+pub unsafe extern "C" fn td_ggml_open(
+    path: *const c_char,
+    keys: *const *const c_char,
+    values: *const *const c_char,
+    n: usize,
+    background: i32,
+    queue_bytes: u64,
+    drop_when_full: i32,
+    name_regex: *const c_char,
+) -> *mut td_ggml {
+    boxed("td_ggml_open", || {
+        // SAFETY: the caller's promises.
+        let writer = unsafe {
+            open_writer(
+                Some(path),
+                keys,
+                values,
+                n,
+                background,
+                queue_bytes,
+                drop_when_full,
+                name_regex,
+            )
+        }?;
+        Ok(td_ggml {
+            recorder: GgmlRecorder::new(writer),
+        })
+    })
+}
+
+/// Close the recorder's trace; frees `g` (NULL does nothing).
+///
+/// # Safety
+/// `g` is null or from `td_ggml_open`, not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn td_ggml_close(g: *mut td_ggml) -> i32 {
+    if g.is_null() {
+        return TD_OK;
+    }
+    // SAFETY: from Box::into_raw in td_ggml_open, given back once.
+    let g = unsafe { Box::from_raw(g) };
+    guard("td_ggml_close", || {
+        g.recorder
+            .finish()
+            .map(|_| TD_OK)
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// `td_ggml_open` into memory: the trace's bytes come back from
+/// `td_ggml_close_bytes` (arguments as `td_writer_open_memory`).
+///
+/// # Safety
+/// As [`td_writer_open`].
+#[no_mangle]
+pub unsafe extern "C" fn td_ggml_open_memory(
+    keys: *const *const c_char,
+    values: *const *const c_char,
+    n: usize,
+    background: i32,
+    queue_bytes: u64,
+    drop_when_full: i32,
+    name_regex: *const c_char,
+) -> *mut td_ggml {
+    boxed("td_ggml_open_memory", || {
+        // SAFETY: the caller's promises.
+        let writer = unsafe {
+            open_writer(
+                None,
+                keys,
+                values,
+                n,
+                background,
+                queue_bytes,
+                drop_when_full,
+                name_regex,
+            )
+        }?;
+        Ok(td_ggml {
+            recorder: GgmlRecorder::new(writer),
+        })
+    })
+}
+
+/// `td_ggml_close`, handing back the trace's bytes as
+/// `td_writer_close_bytes` does.
+///
+/// # Safety
+/// `g` as `td_ggml_close`'s; `bytes` and `len` valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn td_ggml_close_bytes(
+    g: *mut td_ggml,
+    bytes: *mut *mut u8,
+    len: *mut usize,
+) -> i32 {
+    if g.is_null() {
+        set_error("recorder is NULL");
+        return TD_ERROR;
+    }
+    // SAFETY: from Box::into_raw in td_ggml_open*, given back once.
+    let g = unsafe { Box::from_raw(g) };
+    guard("td_ggml_close_bytes", || {
+        let (_, trace) = g.recorder.finish_into_bytes().map_err(|e| e.to_string())?;
+        // SAFETY: the caller's promise.
+        unsafe { hand_out(trace, bytes, len) }
+    })
+}
+
+/// Start step `step` (`TD_NONE`: none): a new graph.
+///
+/// # Safety
+/// `g` is null or live.
+#[no_mangle]
+pub unsafe extern "C" fn td_ggml_set_step(g: *const td_ggml, step: i64) -> i32 {
+    guard("td_ggml_set_step", || {
+        // SAFETY: null or live (the caller's promise).
+        let g = unsafe { g.as_ref() }.ok_or("recorder is NULL")?;
+        g.recorder.set_step(opt_i64(step));
+        Ok(TD_OK)
+    })
+}
+
+/// 1 if a tensor named `name` would be recorded, else 0.
+///
+/// # Safety
+/// `g` null or live; `name` a C string.
+#[no_mangle]
+pub unsafe extern "C" fn td_ggml_wants(g: *const td_ggml, name: *const c_char) -> i32 {
+    // SAFETY: the caller's promises.
+    let (Some(g), Ok(name)) = (unsafe { g.as_ref() }, unsafe { text(name, "name") }) else {
+        return 0;
+    };
+    catch_unwind(AssertUnwindSafe(|| i32::from(g.recorder.wants(name)))).unwrap_or(0)
+}
+
+/// Record one ggml tensor (see `td_ggml_node`).
+///
+/// # Safety
+/// `g` null or live; `node` null or valid with the arrays and strings it
+/// describes; `out_id` null or writable.
+#[no_mangle]
+pub unsafe extern "C" fn td_ggml_record(
+    g: *const td_ggml,
+    node: *const td_ggml_node,
+    out_id: *mut u64,
+) -> i32 {
+    guard("td_ggml_record", || {
+        // SAFETY: null or live / valid (the caller's promises).
+        let (g, n) = unsafe {
+            (
+                g.as_ref().ok_or("recorder is NULL")?,
+                node.as_ref().ok_or("node is NULL")?,
+            )
+        };
+        // SAFETY: the node's pointers are valid as described (the caller's promise).
+        let (name, op, params, srcs, src_names, data) = unsafe {
+            (
+                text(n.name, "name")?,
+                text(n.op, "op")?,
+                slice(n.op_params.cast::<u8>(), n.op_params_len, "op_params")?,
+                slice(n.srcs, n.n_srcs, "srcs")?,
+                slice(n.src_names, n.n_srcs, "src_names")?,
+                slice(n.data.cast::<u8>(), n.data_len, "data")?,
+            )
+        };
+        let mut sources = Vec::with_capacity(srcs.len());
+        for (&k, &sn) in srcs.iter().zip(src_names) {
+            // SAFETY: null or a C string (the caller's promise).
+            let sn = unsafe { opt_text(sn, "src name")? }.unwrap_or("");
+            sources.push((k as usize, sn));
+        }
+        let view_name;
+        let view = if n.view_src.is_null() {
+            None
+        } else {
+            // SAFETY: null or a C string (the caller's promise).
+            view_name = unsafe { opt_text(n.view_src_name, "view_src_name")? }.unwrap_or("");
+            Some(GgmlView {
+                owner_key: n.view_src as usize,
+                owner_name: view_name,
+                offset: n.view_offs,
+            })
+        };
+        let id = g
+            .recorder
+            .record(&GgmlNode {
+                name,
+                op,
+                ggml_type: n.ggml_type,
+                ne: n.ne,
+                nb: n.nb,
+                op_params: params,
+                key: n.key as usize,
+                srcs: &sources,
+                data,
+                view,
+                once: n.once != 0,
+            })
+            .map_err(|e| e.to_string())?;
+        finish_add(id, out_id)
+    })
+}
