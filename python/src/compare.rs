@@ -138,7 +138,7 @@ pub fn report(
         .detach(|| trace_tools::report::html(&ta.trace, &tb.trace, &report))
         .map_err(tools_error)?;
     std::fs::write(&out, page)
-        .map_err(|e| crate::errors::TraceIOError::new_err(format!("{}: {e}", out.display())))?;
+        .map_err(|e| crate::errors::os_error(format!("{}: {e}", out.display()), &e, Some(&out)))?;
     Ok(DiffResult {
         report,
         traces: (ta, tb),

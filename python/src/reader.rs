@@ -15,7 +15,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use trace_reader::{ReaderError, Source, TensorFilter, Trace};
 
 use crate::convert::{html_escape, metadata_to_py};
-use crate::errors::{reader_error, tools_error, TraceError, TraceIOError};
+use crate::errors::{io_error, reader_error, tools_error, TraceError};
 
 pub use arrays::MappedBytes;
 pub(crate) use arrays::{numpy_type, torch_type};
@@ -90,7 +90,7 @@ impl Shared {
                 )))
             })
             .as_ref()
-            .map_err(|e| TraceIOError::new_err(format!("cannot map for torch: {e}")))
+            .map_err(|e| io_error(format!("cannot map for torch: {e}")))
     }
 }
 

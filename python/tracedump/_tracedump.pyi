@@ -15,8 +15,15 @@ StrPath = str | os.PathLike[str]
 class TraceError(Exception):
     """Base class of every error tracedump raises."""
 
-class TraceIOError(TraceError):
-    """The file could not be opened, mapped or written."""
+class TraceIOError(TraceError, OSError):
+    """The file could not be opened, mapped or written (also an OSError:
+    `errno`, `strerror` and `filename` are set where known)."""
+
+class TraceFileNotFoundError(TraceIOError, FileNotFoundError):
+    """The file does not exist (also a FileNotFoundError)."""
+
+class TracePermissionError(TraceIOError, PermissionError):
+    """The file may not be read or written (also a PermissionError)."""
 
 class TraceFormatError(TraceError):
     """Not a readable trace or GGUF, or a malformed record in it."""
