@@ -33,11 +33,17 @@ from ._tracedump import (
     __version__,
     report,
 )
+from collections.abc import Mapping as _Mapping
+
 from ._tracedump import compare as _compare
 from ._tracedump import open as _open
 from . import ggml, reference
 from .capture import capture
 from .shards import ShardedTrace, compare_by_rank, is_sharded
+
+
+# a read-only mapping, as the stubs say (iteration gives keys)
+_Mapping.register(Trace)
 
 
 def open(path, *, copy=None):

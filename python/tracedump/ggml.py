@@ -55,7 +55,7 @@ def attention_inputs(trace, layer: int, step: Optional[int] = None) -> Optional[
     attention op for that layer and step. Raises ``LookupError`` when the
     layer has several at that step (pass ``step=``)."""
     ts = list(trace.filter(layer=layer) if step is None else trace.filter(layer=layer, step=step))
-    by_id = {t.id: t for t in trace}
+    by_id = {t.id: t for t in trace.values()}
     found = []
     for t in ts:
         op = _op(t)

@@ -260,7 +260,7 @@ def _by_id(trace, rid):
     hit = _ID_CACHE.get(id(trace))
     if hit is None or hit[0] is not trace:
         _ID_CACHE.clear()
-        hit = (trace, {getattr(t, "id", None): t for t in trace})
+        hit = (trace, {getattr(t, "id", None): t for t in trace.values()})
         _ID_CACHE[id(trace)] = hit
     return hit[1].get(rid)
 

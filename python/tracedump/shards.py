@@ -15,6 +15,7 @@ Each shard is an ordinary trace whose run metadata has ``rank`` and
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 __all__ = ["ShardedTrace", "is_sharded", "shard_files", "compare_by_rank"]
@@ -37,8 +38,10 @@ def shard_files(path) -> List[str]:
     return _shard_files(os.fspath(path))
 
 
-class ShardedTrace:
-    """Several shard traces read as one (see the module docstring)."""
+class ShardedTrace(Mapping):
+    """Several shard traces read as one (see the module docstring): a
+    read-only mapping, as a :class:`Trace` is, from keys (qualified names;
+    ``name#k`` for a repeated name's later occurrences) to tensors."""
 
     def __init__(self, path, copy: Optional[bool] = None):
         from ._tracedump import open as _open
@@ -66,7 +69,7 @@ class ShardedTrace:
         self._names: List[Tuple[str, int, Any]] = []
         self._by_name: Dict[str, List[int]] = {}
         for k, (r, t) in enumerate(shards):
-            for x in t:
+            for x in t.values():
                 q = f"rank{r}/{x.name}" if len(owners[x.name]) > 1 else x.name
                 self._by_name.setdefault(q, []).append(len(self._names))
                 self._names.append((q, k, x.id))
@@ -103,9 +106,12 @@ class ShardedTrace:
     def __len__(self) -> int:
         return len(self._names)
 
-    def __iter__(self) -> Iterator[Any]:
-        for _, k, rid in self._names:
-            yield self._tensor(k, rid)
+    def __iter__(self) -> Iterator[str]:
+        """The keys, rank by rank, each shard's in record order."""
+        seen: Dict[str, int] = {}
+        for q, _, _ in self._names:
+            n = seen[q] = seen.get(q, -1) + 1
+            yield q if n == 0 else f"{q}#{n}"
 
     def _tensor(self, k: int, rid: int):
         return self._ids(k)[rid]
@@ -115,7 +121,7 @@ class ShardedTrace:
         if cache is None:
             cache = self._id_cache = {}
         if k not in cache:
-            cache[k] = {x.id: x for x in self.shards[k][1]}
+            cache[k] = {x.id: x for x in self.shards[k][1].values()}
         return cache[k]
 
     def __getitem__(self, name: str):
@@ -131,8 +137,14 @@ class ShardedTrace:
         _, k, rid = self._names[hit[0]]
         return self._tensor(k, rid)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._by_name
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        try:
+            self[name]
+        except KeyError:
+            return False
+        return True
 
     def filter(self, regex=None, layer=None, step=None, role=None, rank=None) -> List[Any]:
         out = []
