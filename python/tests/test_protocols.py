@@ -1,5 +1,5 @@
 """A Trace behaves as the read-only mapping safetensors' and gguf-py's
-readers are."""
+readers are, and a Tensor goes to numpy and DLPack consumers directly."""
 
 from __future__ import annotations
 
@@ -37,6 +37,53 @@ def test_a_trace_is_a_mapping_of_keys_to_tensors(path):
         assert t.get("nope") is None and t.get("nope", 7) == 7 and t.get("a").name == "a"
         assert "h#1" in t.keys()
         assert t[0].name == "a"  # positions still index
+
+
+def test_array_protocol(path):
+    with tracedump.open(path) as t:
+        a = np.asarray(t["a"])
+        assert a.dtype == np.float32 and a.shape == (2, 3) and not a.flags.writeable
+        assert np.shares_memory(a, t["a"].numpy())
+        b = np.asarray(t["b"])
+        assert b.strides == (16, -4) and b.tolist() == np.arange(12).reshape(3, 4)[:, ::-1].tolist()
+        c = np.array(t["a"], dtype=np.float64)
+        assert c.dtype == np.float64 and c.tolist() == a.tolist()
+        d = np.array(t["a"])  # copy=True
+        assert d.flags.writeable and not np.shares_memory(d, a)
+        assert np.asarray(t["q"]).dtype == np.float32  # dequantized
+        with pytest.raises(ValueError, match="copy=False"):
+            np.asarray(t["q"], copy=False)
+        assert np.shares_memory(np.asarray(t["a"], copy=False), a)
+
+
+def test_dlpack(path):
+    with tracedump.open(path) as t:
+        assert t["a"].__dlpack_device__() == (1, 0)
+        x = np.from_dlpack(t["b"])
+        assert x.strides == (16, -4) and x.tolist() == t["b"].numpy().tolist()
+        x = np.from_dlpack(t["a"])
+        x[0, 0] = 42  # the private copy-on-write map: the file never changes
+        assert t["a"].numpy()[0, 0] == 0
+        assert np.from_dlpack(t["q"]).dtype == np.float32
+        with pytest.raises(BufferError, match="copy=False"):
+            t["q"].__dlpack__(copy=False)
+
+
+def test_dlpack_into_torch(path):
+    torch = pytest.importorskip("torch")
+    with tracedump.open(path) as t:
+        x = torch.from_dlpack(t["a"])
+        assert x.dtype == torch.float32 and x.tolist() == t["a"].numpy().tolist()
+
+
+def test_dlpack_refuses_bf16_and_names_torch(tmp_path):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    p = tmp_path / "bf.tdump"
+    with tracedump.Writer(p) as w:
+        w.add("x", np.ones(4, dtype=ml_dtypes.bfloat16))
+    with tracedump.open(p) as t:
+        with pytest.raises(BufferError, match=r"\.torch\(\)"):
+            t["x"].__dlpack__()
 
 
 def test_sharded_trace_is_the_same_mapping(tmp_path):

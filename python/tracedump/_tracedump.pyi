@@ -210,6 +210,16 @@ class Tensor:
     @property
     def stats(self) -> Stats | None: ...
     def compute_stats(self) -> Stats: ...
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray: ...
+    def __dlpack__(
+        self,
+        *,
+        stream: Any = None,
+        max_version: tuple[int, int] | None = None,
+        dl_device: tuple[int, int] | None = None,
+        copy: bool | None = None,
+    ) -> Any: ...
+    def __dlpack_device__(self) -> tuple[int, int]: ...
     def numpy(self) -> np.ndarray:
         """Zero-copy, read-only, with the true byte strides (quantized/derived: f32 copy)."""
     def torch(self) -> Any:
