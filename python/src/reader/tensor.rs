@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use numpy::PyArray1;
-use pyo3::exceptions::{PyBufferError, PyValueError};
+use pyo3::exceptions::{PyBufferError, PyImportError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyTuple};
@@ -165,18 +165,32 @@ impl PyTensor {
         arr.call_method1("reshape", (shape,))
     }
 
-    /// A numpy dtype for `dtype`: ml_dtypes' type for bf16/fp8 when
-    /// ml_dtypes is installed, else `None` (the raw unsigned view is kept).
-    fn ml_dtype<'py>(py: Python<'py>, name: &str) -> Option<Bound<'py, PyAny>> {
-        py.import("ml_dtypes").ok()?.getattr(name).ok()
+    /// ml_dtypes' numpy dtype `name` (bf16, fp8). ml_dtypes is a
+    /// dependency of the package; where it is missing all the same, an
+    /// ImportError that says so: the raw bits are never handed out as if
+    /// they were the values (`raw()` has them).
+    fn ml_dtype<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        let missing = |e: PyErr| {
+            let err = PyImportError::new_err(format!(
+                "{name} values need ml_dtypes, a dependency of tracedump that is not \
+                 importable here ({e}); pip install ml_dtypes (raw() gives the bits)"
+            ));
+            err.set_cause(py, Some(e));
+            err
+        };
+        py.import("ml_dtypes")
+            .map_err(missing)?
+            .getattr(name)
+            .map_err(missing)
     }
 
+    /// `arr` (the stored bits) viewed as ml_dtypes' `ml` where it has one.
     fn reinterpret<'py>(
         arr: Bound<'py, PyAny>,
         ml: Option<&'static str>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        match ml.and_then(|n| Self::ml_dtype(arr.py(), n)) {
-            Some(t) => arr.call_method1("view", (t,)),
+        match ml {
+            Some(name) => arr.call_method1("view", (Self::ml_dtype(arr.py(), name)?,)),
             None => Ok(arr),
         }
     }
@@ -364,8 +378,8 @@ impl PyTensor {
     /// The values as a numpy array **without copying**: a read-only view of
     /// the file's mapping with the tensor's true byte strides (negative,
     /// zero and overlapping included). bf16 and fp8 come as ml_dtypes'
-    /// `bfloat16` / `float8_e4m3fn` / `float8_e5m2` when ml_dtypes is
-    /// installed, else as the raw `uint16` / `uint8` bits. Quantized and
+    /// `bfloat16` / `float8_e4m3fn` / `float8_e5m2` (ml_dtypes is a
+    /// dependency; ImportError, never the raw bits, without it). Quantized and
     /// derived tensors come as a new f32 array (dequantized / rebuilt).
     fn numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         match self.strided(py, false)? {
@@ -576,9 +590,7 @@ impl PyTensor {
                 let view = self.view()?;
                 let values = py.detach(|| view.to_f64()).map_err(reader_error)?;
                 let np_dtype = match ml {
-                    Some(name) => Self::ml_dtype(py, name).ok_or_else(|| {
-                        PyValueError::new_err(format!("converting to {t} needs ml_dtypes"))
-                    })?,
+                    Some(name) => Self::ml_dtype(py, name)?,
                     None => typestr.into_pyobject(py)?.into_any(),
                 };
                 let arr = PyArray1::from_vec(py, values).call_method1("astype", (np_dtype,))?;
