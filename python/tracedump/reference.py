@@ -852,7 +852,7 @@ def _arrange_mask(m, n_tokens: int, n_kv: int):
 # metrics and the result
 
 
-def compare_tensors(a, b) -> Dict[str, float]:
+def compare_tensors(a: Any, b: Any) -> Dict[str, float]:
     """max abs, max rel (to b's largest magnitude), mean abs and cosine of a vs b, in float64."""
     import torch
 
@@ -921,10 +921,10 @@ class AttentionResult:
     notes: List[str] = field(default_factory=list)
     ggml: Any = None
 
-    def __getitem__(self, key: str):
+    def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
 
-    def keys(self):
+    def keys(self) -> List[str]:
         return [f for f in self.__dataclass_fields__]
 
     def __contains__(self, key) -> bool:
@@ -981,15 +981,15 @@ class AttentionResult:
 
 
 def attention(
-    trace,
-    layer,
-    step=None,
+    trace: Any,
+    layer: int,
+    step: Optional[int] = None,
     *,
-    q=None,
-    k=None,
-    v=None,
-    mask=None,
-    out=None,
+    q: Any = None,
+    k: Any = None,
+    v: Any = None,
+    mask: Any = None,
+    out: Any = None,
     scale: Optional[float] = None,
     causal: Optional[bool] = None,
     softcap: Optional[float] = None,
