@@ -5,7 +5,7 @@ TRACEDUMP := $(TARGET_DIR)/release/tracedump
 DEMO := $(TARGET_DIR)/demo/demo.tdump
 DEMO_REF := $(TARGET_DIR)/demo/demo.reference.tdump
 
-.PHONY: demo test test-rust test-python test-c debug-build lint bench build pyenv pypackage llama fuzz fuzz-cmin browser
+.PHONY: demo test test-rust test-python test-c debug-build lint bench build pyenv pypackage wheel llama fuzz fuzz-cmin browser
 
 build:
 	$(CARGO) build --release -p tracedump-cli
@@ -38,6 +38,17 @@ pypackage: pyenv
 	$(PYTHON) python/install_torch.py
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./python
 
+## The release wheel, what a notebook user installs without cargo: one abi3
+## wheel (CPython 3.10+) for manylinux2014 (glibc 2.17+), stripped. zig (the
+## ziglang package) links it against glibc 2.17's symbols; its own target dir
+## keeps that build from invalidating the debug and release ones.
+WHEEL_DIR := $(TARGET_DIR)/wheels
+wheel: $(PYTHON)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check "maturin>=1.9.4,<2" "ziglang>=0.13,<0.16"
+	PATH="$$($(PYTHON) -c 'import os, ziglang; print(os.path.dirname(ziglang.__file__))'):$$PATH" \
+		CARGO_TARGET_DIR=$(abspath $(TARGET_DIR))/wheel $(PYTHON) -m maturin build --release --strip \
+		--zig --compatibility manylinux2014 -m python/Cargo.toml -o $(WHEEL_DIR) -i $(PYTHON)
+
 ## llama.cpp for the end-to-end test (pip compiles it once, then uses its cached wheel).
 llama: pyenv
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/llama/requirements.txt
@@ -63,8 +74,9 @@ test-c: debug-build pypackage
 	$(TARGET_DIR)/capi_test $(TARGET_DIR)/capi_test.tdump
 	$(PYTHON) trace-writer/tests/c/check_capi.py $(TARGET_DIR)/capi_test.tdump
 
-test-python: debug-build pypackage llama browser
-	$(PYTHON) -m pytest -q -p tests.pytest_fail_on_skip --fail-on-skip python/tests tests/llama tests/report tests/parquet
+# test_wheel.py installs the wheel into a bare venv with no cargo on PATH
+test-python: debug-build pypackage wheel llama browser
+	TRACEDUMP_WHEEL_DIR=$(abspath $(WHEEL_DIR)) $(PYTHON) -m pytest -q -p tests.pytest_fail_on_skip --fail-on-skip python/tests tests/llama tests/report tests/parquet
 
 test-rust:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

@@ -140,7 +140,7 @@ pub fn report(
         .detach(|| trace_tools::report::html(&ta.trace, &tb.trace, &report))
         .map_err(tools_error)?;
     std::fs::write(&out, page)
-        .map_err(|e| crate::errors::TraceIOError::new_err(format!("{}: {e}", out.display())))?;
+        .map_err(|e| crate::errors::os_error(format!("{}: {e}", out.display()), &e, Some(&out)))?;
     Ok(DiffResult {
         report,
         traces: (ta, tb),
@@ -506,8 +506,9 @@ fn diff_html(r: &DiffReport) -> String {
     if let Some((i, p)) = first {
         let (_, why) = verdict_name(&p.verdict);
         h.push_str(&format!(
-            "<p>first divergence: pair {} <code>{}</code> (A <code>{}</code> #{}, B <code>{}</code> #{}){}</p>",
-            i,
+            "<p>first divergence: pair {} of {} <code>{}</code> (A <code>{}</code> #{}, B <code>{}</code> #{}){}</p>",
+            i + 1,
+            r.pairs.len(),
             esc(&p.key),
             esc(&p.a.name),
             p.a.id,
@@ -563,6 +564,9 @@ fn diff_html(r: &DiffReport) -> String {
     }
     .min(r.pairs.len());
     let start = end.saturating_sub(ROWS);
+    // the # column counts pairs from 1, as "pair N of M" and the CLI's
+    // tables do; `pairs[i]`, `first_divergence_index` and `diagnosis(i)`
+    // stay 0-based (JSON and Python indices)
     h.push_str(
         "<table><thead><tr><th>#</th><th>tensor</th><th>layer</th><th>dtype</th><th>shape</th>\
          <th>verdict</th><th>max abs</th><th>max rel</th><th>cosine</th><th>mean A</th>\
@@ -595,8 +599,9 @@ fn diff_html(r: &DiffReport) -> String {
             format!("{} / {}", p.a.dtype, p.b.dtype)
         };
         h.push_str(&format!(
-            "<tr{style}><td>{i}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{verdict}</td>\
+            "<tr{style}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{verdict}</td>\
              <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            i + 1,
             esc(&p.key),
             p.a.layer.or(p.b.layer).map(|l| l.to_string()).unwrap_or_default(),
             esc(&dtype),

@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! TraceError(Exception)
-//! ├── TraceIOError          the file could not be opened, mapped or written
+//! ├── TraceIOError(OSError)  the file could not be opened, mapped or written
+//! │   ├── TraceFileNotFoundError(FileNotFoundError)  no such file
+//! │   └── TracePermissionError(PermissionError)      not allowed to
 //! ├── TraceFormatError      not a trace, a malformed record or GGUF field,
 //! │                         a tensor description inconsistent with the file
 //! ├── TraceLayoutError      a view reaching outside its storage, a bad layout
@@ -12,13 +14,22 @@
 //! └── TraceWriteError       a record the writer refused (lengths, storages)
 //! ```
 //!
+//! So `except FileNotFoundError`, `except PermissionError`, `except OSError`
+//! and `except KeyError` catch what they catch for `open()` and `dict[...]`.
+//! An error from the operating system carries its `errno`, `strerror` and
+//! `filename` (where the path is known), as `OSError` does.
+//!
 //! Messages are the Rust errors' own: they name the file, the record, the
 //! tensor and the byte offset where those are known.
 
 #![forbid(unsafe_code)]
 
+use std::path::Path;
+
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyKeyError};
+use pyo3::exceptions::{
+    PyException, PyFileNotFoundError, PyKeyError, PyOSError, PyPermissionError,
+};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
@@ -30,12 +41,6 @@ create_exception!(
     TraceError,
     PyException,
     "Base class of every error tracedump raises."
-);
-create_exception!(
-    tracedump,
-    TraceIOError,
-    TraceError,
-    "The file could not be opened, mapped or written."
 );
 create_exception!(
     tracedump,
@@ -62,48 +67,153 @@ create_exception!(
     "The writer refused a record (byte count, unknown storage, dropped record)."
 );
 
+/// The classes with two bases (one ours, one Python's), which
+/// `create_exception!` cannot make: made once with `type()`.
+#[derive(Clone, Copy, Debug)]
+enum Twin {
+    /// `TraceIOError(TraceError, OSError)`
+    Io,
+    /// `TraceFileNotFoundError(TraceIOError, FileNotFoundError)`
+    FileNotFound,
+    /// `TracePermissionError(TraceIOError, PermissionError)`
+    Permission,
+    /// `TraceNotFoundError(TraceError, KeyError)`
+    NotFound,
+}
+
+static IO: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static FILE_NOT_FOUND: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static PERMISSION: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static NOT_FOUND: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
-/// `TraceNotFoundError(TraceError, KeyError)`: made with `type()` because
-/// `create_exception!` takes one base. Its `str()` is the plain message
-/// (a `KeyError` would quote it).
-pub fn not_found_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    let ty = NOT_FOUND.get_or_try_init(py, || -> PyResult<Py<PyType>> {
-        let bases = PyTuple::new(
-            py,
-            [
-                py.get_type::<TraceError>().into_any(),
-                py.get_type::<PyKeyError>().into_any(),
-            ],
-        )?;
-        let ns = PyDict::new(py);
-        ns.set_item("__module__", "tracedump")?;
-        ns.set_item(
-            "__doc__",
-            "No tensor has this name (or the occurrence asked for does not exist).",
-        )?;
-        ns.set_item("__str__", py.get_type::<PyException>().getattr("__str__")?)?;
-        let ty = py
-            .get_type::<PyType>()
-            .call1(("TraceNotFoundError", bases, ns))?;
-        Ok(ty.cast_into::<PyType>()?.unbind())
-    })?;
-    Ok(ty.bind(py))
+impl Twin {
+    const ALL: [Twin; 4] = [
+        Twin::Io,
+        Twin::FileNotFound,
+        Twin::Permission,
+        Twin::NotFound,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Twin::Io => "TraceIOError",
+            Twin::FileNotFound => "TraceFileNotFoundError",
+            Twin::Permission => "TracePermissionError",
+            Twin::NotFound => "TraceNotFoundError",
+        }
+    }
+
+    fn doc(self) -> &'static str {
+        match self {
+            Twin::Io => "The file could not be opened, mapped or written (also an OSError).",
+            Twin::FileNotFound => "The file does not exist (also a FileNotFoundError).",
+            Twin::Permission => "The file may not be read or written (also a PermissionError).",
+            Twin::NotFound => {
+                "No tensor has this name (or the occurrence asked for does not exist)."
+            }
+        }
+    }
+
+    fn cell(self) -> &'static PyOnceLock<Py<PyType>> {
+        match self {
+            Twin::Io => &IO,
+            Twin::FileNotFound => &FILE_NOT_FOUND,
+            Twin::Permission => &PERMISSION,
+            Twin::NotFound => &NOT_FOUND,
+        }
+    }
+
+    /// Our base and Python's.
+    fn bases(self, py: Python<'_>) -> PyResult<(Bound<'_, PyType>, Bound<'_, PyType>)> {
+        Ok(match self {
+            Twin::Io => (py.get_type::<TraceError>(), py.get_type::<PyOSError>()),
+            Twin::FileNotFound => (
+                Twin::Io.get(py)?.clone(),
+                py.get_type::<PyFileNotFoundError>(),
+            ),
+            Twin::Permission => (
+                Twin::Io.get(py)?.clone(),
+                py.get_type::<PyPermissionError>(),
+            ),
+            Twin::NotFound => (py.get_type::<TraceError>(), py.get_type::<PyKeyError>()),
+        })
+    }
+
+    /// The class, made on first use. Its `str()` is the plain message:
+    /// `OSError`'s would put `[Errno 2]` and the file name around it a
+    /// second time, `KeyError`'s would quote it.
+    fn get(self, py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+        let ty = self
+            .cell()
+            .get_or_try_init(py, || -> PyResult<Py<PyType>> {
+                let (ours, theirs) = self.bases(py)?;
+                let bases = PyTuple::new(py, [ours.into_any(), theirs.into_any()])?;
+                let ns = PyDict::new(py);
+                ns.set_item("__module__", "tracedump")?;
+                ns.set_item("__doc__", self.doc())?;
+                ns.set_item("__str__", py.get_type::<PyException>().getattr("__str__")?)?;
+                let ty = py.get_type::<PyType>().call1((self.name(), bases, ns))?;
+                Ok(ty.cast_into::<PyType>()?.unbind())
+            })?;
+        Ok(ty.bind(py))
+    }
+
+    /// An exception of this class with `msg`.
+    fn err(self, py: Python<'_>, msg: String) -> PyErr {
+        match self.get(py) {
+            Ok(ty) => PyErr::from_type(ty.clone(), msg),
+            Err(e) => e,
+        }
+    }
 }
 
 /// A `TraceNotFoundError` with `msg`.
 pub fn not_found(py: Python<'_>, msg: String) -> PyErr {
-    match not_found_type(py) {
-        Ok(ty) => PyErr::from_type(ty.clone(), msg),
-        Err(e) => e,
-    }
+    Twin::NotFound.err(py, msg)
+}
+
+/// A `TraceIOError` with `msg`, for a failure that is not one error of
+/// the operating system (see [`os_error`] for those).
+pub fn io_error(msg: String) -> PyErr {
+    Python::attach(|py| Twin::Io.err(py, msg))
+}
+
+/// The exception for an error of the operating system, `msg` saying what
+/// failed: `TraceFileNotFoundError`, `TracePermissionError` or
+/// `TraceIOError` by the error's kind, with `errno`, `strerror` and
+/// `filename` set as `OSError` sets them.
+pub fn os_error(msg: String, error: &std::io::Error, path: Option<&Path>) -> PyErr {
+    let twin = match error.kind() {
+        std::io::ErrorKind::NotFound => Twin::FileNotFound,
+        std::io::ErrorKind::PermissionDenied => Twin::Permission,
+        _ => Twin::Io,
+    };
+    Python::attach(|py| {
+        let made = || -> PyResult<PyErr> {
+            let e = twin.get(py)?.call1((msg.clone(),))?;
+            if let Some(n) = error.raw_os_error() {
+                e.setattr("errno", n)?;
+                e.setattr(
+                    "strerror",
+                    py.import("os")?.getattr("strerror")?.call1((n,))?,
+                )?;
+            } else {
+                e.setattr("strerror", error.to_string())?;
+            }
+            if let Some(p) = path {
+                e.setattr("filename", p.as_os_str())?;
+            }
+            Ok(PyErr::from_value(e))
+        };
+        made().unwrap_or_else(|e| e)
+    })
 }
 
 /// The Python exception for a reader error.
 pub fn reader_error(e: ReaderError) -> PyErr {
     let msg = e.to_string();
     match e {
-        ReaderError::Io { .. } => TraceIOError::new_err(msg),
+        ReaderError::Io { path, error } => os_error(msg, &error, Some(&path)),
         ReaderError::NotATrace { .. } | ReaderError::Record { .. } | ReaderError::Gguf { .. } => {
             TraceFormatError::new_err(msg)
         }
@@ -122,13 +232,14 @@ pub fn reader_error(e: ReaderError) -> PyErr {
 /// The Python exception for an error of the tools library (compare,
 /// report, shards): a reader's or writer's error keeps its class.
 pub fn tools_error(e: trace_tools::ToolsError) -> PyErr {
+    let msg = e.to_string();
     match e {
         trace_tools::ToolsError::Reader(e) => reader_error(e),
         trace_tools::ToolsError::Writer(e) => writer_error(e),
-        e @ (trace_tools::ToolsError::Io { .. } | trace_tools::ToolsError::Os(_)) => {
-            TraceIOError::new_err(e.to_string())
+        trace_tools::ToolsError::Io { cause, .. } | trace_tools::ToolsError::Os(cause) => {
+            os_error(msg, &cause, None)
         }
-        e => TraceError::new_err(e.to_string()),
+        _ => TraceError::new_err(msg),
     }
 }
 
@@ -136,7 +247,8 @@ pub fn tools_error(e: trace_tools::ToolsError) -> PyErr {
 pub fn writer_error(e: WriterError) -> PyErr {
     let msg = e.to_string();
     match e {
-        WriterError::Io { .. } | WriterError::Failed { .. } => TraceIOError::new_err(msg),
+        WriterError::Io { path, error } => os_error(msg, &error, Some(&path)),
+        WriterError::Failed { .. } => io_error(msg),
         WriterError::Layout { .. } => TraceLayoutError::new_err(msg),
         WriterError::Unsupported { .. } => TraceUnsupportedError::new_err(msg),
         _ => TraceWriteError::new_err(msg),
@@ -147,7 +259,6 @@ pub fn writer_error(e: WriterError) -> PyErr {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("TraceError", py.get_type::<TraceError>())?;
-    m.add("TraceIOError", py.get_type::<TraceIOError>())?;
     m.add("TraceFormatError", py.get_type::<TraceFormatError>())?;
     m.add("TraceLayoutError", py.get_type::<TraceLayoutError>())?;
     m.add(
@@ -155,6 +266,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<TraceUnsupportedError>(),
     )?;
     m.add("TraceWriteError", py.get_type::<TraceWriteError>())?;
-    m.add("TraceNotFoundError", not_found_type(py)?)?;
+    for twin in Twin::ALL {
+        m.add(twin.name(), twin.get(py)?)?;
+    }
     Ok(())
 }

@@ -35,7 +35,6 @@ fn _tracedump(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reader::PyTensor>()?;
     m.add_class::<reader::VerifyReport>()?;
     m.add_class::<reader::MappedBytes>()?;
-    m.add_class::<reader::TensorIter>()?;
     m.add_class::<writer::PyWriter>()?;
     m.add_class::<compare::DiffResult>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

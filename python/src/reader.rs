@@ -7,15 +7,15 @@ mod arrays;
 mod tensor;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyIterator, PyList, PyString, PyTuple};
 use trace_reader::{ReaderError, Source, TensorFilter, Trace};
 
 use crate::convert::{html_escape, metadata_to_py};
-use crate::errors::{reader_error, tools_error, TraceError, TraceIOError};
+use crate::errors::{io_error, reader_error, tools_error, TraceError};
 
 pub use arrays::MappedBytes;
 pub(crate) use arrays::{numpy_type, torch_type};
@@ -90,12 +90,14 @@ impl Shared {
                 )))
             })
             .as_ref()
-            .map_err(|e| TraceIOError::new_err(format!("cannot map for torch: {e}")))
+            .map_err(|e| io_error(format!("cannot map for torch: {e}")))
     }
 }
 
 /// A `Trace` is a `.tdump` trace or a `.gguf` file opened read-only and
-/// memory-mapped. Iterate it for its tensors in record (execution) order.
+/// memory-mapped: a read-only mapping (`collections.abc.Mapping`) from
+/// keys (names; `name#k` for a repeated name's later occurrences) to
+/// tensors, in record (execution) order.
 #[pyclass(frozen, module = "tracedump", name = "Trace")]
 #[derive(Debug)]
 pub struct PyTrace {
@@ -185,11 +187,26 @@ impl PyTrace {
         Ok(self.shared()?.trace.len())
     }
 
-    fn __iter__(&self) -> PyResult<TensorIter> {
-        Ok(TensorIter {
-            shared: self.shared()?,
-            pos: Mutex::new(0),
-        })
+    /// The keys, in record (execution) order: a tensor's name, or
+    /// `name#k` for the k-th occurrence (from 0) of a repeated name after
+    /// the first, so every tensor has one key (`len(trace)` of them).
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
+        PyList::new(py, keys(&self.shared()?.trace))?.try_iter()
+    }
+
+    /// The keys (see iteration), as `collections.abc.Mapping.keys()`.
+    fn keys<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        mapping_view(slf, "KeysView")
+    }
+
+    /// The tensors, in record order, as `collections.abc.Mapping.values()`.
+    fn values<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        mapping_view(slf, "ValuesView")
+    }
+
+    /// `(key, tensor)` pairs, in record order, as `Mapping.items()`.
+    fn items<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        mapping_view(slf, "ItemsView")
     }
 
     /// `trace["name"]` (first occurrence), `trace["name#k"]` (the k-th, from
@@ -216,8 +233,14 @@ impl PyTrace {
         ))
     }
 
-    fn __contains__(&self, name: &str) -> PyResult<bool> {
-        Ok(self.shared()?.trace.resolve(name).is_ok())
+    /// Whether `trace[key]` finds a tensor by name (`name`, `name#k`);
+    /// False for anything but a str.
+    fn __contains__(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let shared = self.shared()?;
+        Ok(match key.cast::<PyString>() {
+            Ok(name) => shared.trace.resolve(name.to_str()?).is_ok(),
+            Err(_) => false,
+        })
     }
 
     /// The tensor named `name` (see `trace[name]`), or `default`.
@@ -432,31 +455,33 @@ fn opt(v: Option<i64>) -> String {
     v.map(|x| x.to_string()).unwrap_or_default()
 }
 
-/// Iterator over a trace's tensors.
-#[pyclass(frozen, module = "tracedump._tracedump")]
-#[derive(Debug)]
-pub struct TensorIter {
-    shared: Arc<Shared>,
-    pos: Mutex<usize>,
+/// Each tensor's key, in record order: its name the first time, `name#k`
+/// the k-th time after (what `Trace::resolve` finds it by).
+fn keys(trace: &Trace) -> Vec<String> {
+    let mut seen: rustc_hash::FxHashMap<&str, usize> = Default::default();
+    trace
+        .tensor_ids()
+        .iter()
+        .map(|&id| {
+            let name = trace.record_name(id).unwrap_or("");
+            let k = seen.entry(name).or_default();
+            *k += 1;
+            match *k - 1 {
+                0 => name.to_owned(),
+                k => format!("{name}#{k}"),
+            }
+        })
+        .collect()
 }
 
-#[pymethods]
-impl TensorIter {
-    fn __iter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
-    fn __next__(&self) -> PyResult<Option<PyTensor>> {
-        let id = {
-            let mut pos = self.pos.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(&id) = self.shared.trace.tensor_ids().get(*pos) else {
-                return Ok(None);
-            };
-            *pos += 1;
-            id
-        };
-        PyTrace::tensor_at(&self.shared, id).map(Some)
-    }
+/// `collections.abc.<view>(trace)`: the standard mapping view, built on
+/// `__iter__`, `__getitem__`, `__len__` and `__contains__`.
+fn mapping_view<'py>(trace: &Bound<'py, PyTrace>, view: &str) -> PyResult<Bound<'py, PyAny>> {
+    trace
+        .py()
+        .import("collections.abc")?
+        .getattr(view)?
+        .call1((trace,))
 }
 
 /// What `Trace.verify()` found.

@@ -11,6 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    # here rather than in pyproject.toml: `make test` runs pytest from the
+    # repository root, where python/pyproject.toml is not its config
+    config.addinivalue_line(
+        "markers", "wheel: installs the release wheel (make wheel) into a fresh venv without cargo"
+    )
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -160,7 +160,7 @@ def test_names_layers_steps_and_values(model, tmp_path):
     assert not any(n.endswith("input.scale") for n in names)
 
     # layers and steps
-    for t in trace:
+    for t in trace.values():
         m = re.match(r"layers\.(\d+)(\.|$)", t.name)
         assert t.layer == (int(m.group(1)) if m else None), t.name
         assert t.step in (0, 1), t.name
@@ -239,8 +239,8 @@ def test_layer_and_step_filters_and_background(model, tmp_path):
         model(IDS[1])
     t = tracedump.open(str(p))
     assert cap.records == len(t) > 0
-    layers = {x.layer for x in t}
-    steps = {x.step for x in t}
+    layers = {x.layer for x in t.values()}
+    steps = {x.step for x in t.values()}
     # layer 0 is filtered out; modules outside the layers (head, norm) stay
     assert layers == {1, None} and steps == {1}
     assert "layers.1.self_attn.o_proj" in t.names() and "output" in t.names()
@@ -255,7 +255,7 @@ def test_stats_only(model, tmp_path):
     h.remove()
     assert cap.records > 0
     trace = tracedump.open(str(path))
-    assert all(t.is_stats_only for t in trace)
+    assert all(t.is_stats_only for t in trace.values())
     t = trace["layers.0.mlp"]
     assert t.layer == 0 and t.step == 0
     assert tuple(t.shape) == (1, 4, N_EMBD)

@@ -121,10 +121,10 @@ def test_default_is_unchanged(model, tmp_path):
     ops = tracedump.open(str(tmp_path / "ops.tdump"))
     assert not any("/" in n for n in plain.names())
     # the module records are all there, in the same order, with the same values
-    module_records = [t for t in ops if "/" not in t.name]
-    assert [t.name for t in module_records] == [t.name for t in plain]
-    assert [(t.layer, t.step) for t in module_records] == [(t.layer, t.step) for t in plain]
-    for a, b in zip(module_records, plain):
+    module_records = [t for t in ops.values() if "/" not in t.name]
+    assert [t.name for t in module_records] == [t.name for t in plain.values()]
+    assert [(t.layer, t.step) for t in module_records] == [(t.layer, t.step) for t in plain.values()]
+    for a, b in zip(module_records, plain.values()):
         assert torch.equal(a.torch(), b.torch()), a.name
     assert len(ops) > len(plain)
     assert hook_counts(model) == 0
@@ -187,7 +187,7 @@ def test_tiny_names_steps_layers_values(model, tmp_path):
 
     # layers and steps; k restarts with each call: every name appears once per step
     counts = {}
-    for t in trace:
+    for t in trace.values():
         m = OP_NAME.match(t.name)
         if not m:
             continue
@@ -262,9 +262,9 @@ def test_stats_only_and_filters(model, tmp_path):
         for ids in IDS:
             model(ids)
     trace = tracedump.open(str(tmp_path / "s.tdump"))
-    assert all(t.is_stats_only for t in trace)
-    assert {t.step for t in trace} == {1}
-    assert {t.layer for t in trace} == {1, None}
+    assert all(t.is_stats_only for t in trace.values())
+    assert {t.step for t in trace.values()} == {1}
+    assert {t.layer for t in trace.values()} == {1, None}
     t = trace["layers.1.mlp/mul/0"]
     assert t.metadata["inputs"] == "layers.1.mlp/silu/0,layers.1.mlp.up"
 

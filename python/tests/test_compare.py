@@ -63,11 +63,17 @@ def test_repr_html_shows_the_first_divergence_and_layers(demo):
     r = tracedump.compare(a, b)
     h = r._repr_html_()
     assert h.startswith("<div") and h.endswith("</div>")
-    assert "first divergence: pair 37 <code>ffn_norm-2</code>" in h
+    # people count pairs from 1, as the CLI's "pair 38 of 59"; the index is 0-based
+    assert r.first_divergence_index == 37
+    assert "first divergence: pair 38 of 59 <code>ffn_norm-2</code>" in h
+    assert "(pair 38 of 59)" in repr(r)
     # the highlighted row is the first divergent pair, and only it is bold
     assert h.count("font-weight:bold") == 1
     bold = h[h.index("font-weight:bold") :]
-    assert bold[: bold.index("</tr>")].count("ffn_norm-2") == 1
+    row = bold[: bold.index("</tr>")]
+    assert row.count("ffn_norm-2") == 1 and '"><td>38</td>' in row
+    pairs = h[h.index("<th>verdict</th>") :]
+    assert "<tr><td>1</td>" in pairs and "<tr><td>0</td>" not in pairs
     # the per-layer table: one row per layer, with l_out-2 as layer 2's last
     assert "<th>std ratio</th>" in h and "<td>l_out-2</td>" in h
     same = tracedump.compare(a, a)._repr_html_()

@@ -10,9 +10,9 @@ def test_open_len_iter_names(demo):
     a, _ = demo
     with tracedump.open(a) as t:
         assert len(t) == 67
-        names = [x.name for x in t]
+        names = [x.name for x in t.values()]
         assert names[:3] == ["inp_embd", "attn_norm-0", "Qcur-0"]
-        ids = [x.id for x in t]
+        ids = [x.id for x in t.values()]
         assert ids == sorted(ids)
         assert t.names()[:3] == names[:3]
         assert t.path.endswith("demo.tdump")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, Sequence, ValuesView
 from typing import Any, Literal, TypedDict
 
 import numpy as np
@@ -17,8 +17,15 @@ StrPath = str | os.PathLike[str]
 class TraceError(Exception):
     """Base class of every error tracedump raises."""
 
-class TraceIOError(TraceError):
-    """The file could not be opened, mapped or written."""
+class TraceIOError(TraceError, OSError):
+    """The file could not be opened, mapped or written (also an OSError:
+    `errno`, `strerror` and `filename` are set where known)."""
+
+class TraceFileNotFoundError(TraceIOError, FileNotFoundError):
+    """The file does not exist (also a FileNotFoundError)."""
+
+class TracePermissionError(TraceIOError, PermissionError):
+    """The file may not be read or written (also a PermissionError)."""
 
 class TraceFormatError(TraceError):
     """Not a readable trace or GGUF, or a malformed record in it."""
@@ -110,7 +117,9 @@ def report(
 ) -> DiffResult:
     """Compare as `compare` does and write the self-contained HTML divergence report to `path`."""
 
-class Trace:
+class Trace(Mapping[str, Tensor]):
+    """A read-only mapping from keys (names; `name#k` for a repeated name's
+    later occurrences) to tensors, in record order."""
     def __init__(self, path: StrPath, *, copy: bool | None = None) -> None: ...
     @property
     def path(self) -> str: ...
@@ -131,10 +140,13 @@ class Trace:
     @property
     def closed(self) -> bool: ...
     def __len__(self) -> int: ...
-    def __iter__(self) -> Iterator[Tensor]: ...
+    def __iter__(self) -> Iterator[str]: ...
     def __getitem__(self, key: str | int) -> Tensor: ...
-    def __contains__(self, name: str) -> bool: ...
-    def get(self, name: str, default: Any = None) -> Tensor | Any: ...
+    def __contains__(self, key: object) -> bool: ...
+    def keys(self) -> KeysView[str]: ...
+    def values(self) -> ValuesView[Tensor]: ...
+    def items(self) -> ItemsView[str, Tensor]: ...
+    # get(key, default=None): Mapping's
     def find(self, name: str) -> list[Tensor]: ...
     def names(self) -> list[str]: ...
     def filter(
@@ -200,6 +212,16 @@ class Tensor:
     @property
     def stats(self) -> Stats | None: ...
     def compute_stats(self) -> Stats: ...
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray: ...
+    def __dlpack__(
+        self,
+        *,
+        stream: Any = None,
+        max_version: tuple[int, int] | None = None,
+        dl_device: tuple[int, int] | None = None,
+        copy: bool | None = None,
+    ) -> Any: ...
+    def __dlpack_device__(self) -> tuple[int, int]: ...
     def numpy(self) -> np.ndarray:
         """Zero-copy, read-only, with the true byte strides (quantized/derived: f32 copy)."""
     def torch(self) -> Any:

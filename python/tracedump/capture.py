@@ -148,7 +148,10 @@ from __future__ import annotations
 import re
 import warnings
 import weakref
-from typing import Any, Dict, List, Optional, Pattern, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Pattern, Sequence, Tuple, Union
+
+if TYPE_CHECKING:
+    import os
 
 __all__ = ["capture", "Capture", "layer_of", "op_name"]
 
@@ -255,10 +258,10 @@ _NOT_OPS = {
     "torch_function",
 }
 
-_OP_NAMES: Dict[Any, tuple] = {}
+_OP_NAMES: Dict[Any, Tuple[str, str, bool]] = {}
 
 
-def op_name(func) -> tuple:
+def op_name(func: Any) -> Tuple[str, str, bool]:
     """``(short, full, is_property)`` for a function seen by ``__torch_function__``.
 
     ``short`` is what op records are named by: ``Tensor.__mul__``,
@@ -716,8 +719,8 @@ class Capture:
 
 
 def capture(
-    model,
-    path,
+    model: Any,
+    path: str | os.PathLike[str],
     *,
     include: Patterns = None,
     exclude: Patterns = None,

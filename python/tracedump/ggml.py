@@ -19,7 +19,13 @@ tensors.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+if TYPE_CHECKING:
+    import os
+    from pathlib import Path
+
+    from ._tracedump import Tensor
 
 __all__ = ["attention_inputs", "srcs", "capture", "Capture", "adapter_library"]
 
@@ -33,7 +39,7 @@ def _id(t) -> Optional[int]:
     return None if t is None else t.id
 
 
-def srcs(t, by_id: Dict[int, Any]) -> List[Optional[Any]]:
+def srcs(t: Tensor, by_id: Dict[int, Tensor]) -> List[Optional[Tensor]]:
     """The tensor's ggml ``src[]`` as trace Tensors, by position (None for a
     source that was not recorded: a weight, the KV cache itself)."""
     names = (t.metadata.get("ggml.srcs") or "").split(",") if t.metadata.get("ggml.srcs") else []
@@ -49,13 +55,13 @@ def srcs(t, by_id: Dict[int, Any]) -> List[Optional[Any]]:
     return out
 
 
-def attention_inputs(trace, layer: int, step: Optional[int] = None) -> Optional[Dict[str, Any]]:
+def attention_inputs(trace: Any, layer: int, step: Optional[int] = None) -> Optional[Dict[str, Any]]:
     """``{"q", "k", "v", "mask", "out", "op"}`` of layer ``layer``'s attention
     at ``step``, found in the ggml graph; None when the trace has no ggml
     attention op for that layer and step. Raises ``LookupError`` when the
     layer has several at that step (pass ``step=``)."""
     ts = list(trace.filter(layer=layer) if step is None else trace.filter(layer=layer, step=step))
-    by_id = {t.id: t for t in trace}
+    by_id = {t.id: t for t in trace.values()}
     found = []
     for t in ts:
         op = _op(t)
@@ -96,7 +102,7 @@ def _adapter_sources():
     return dict(_tracedump._GGML_ADAPTER_SOURCES)
 
 
-def adapter_library(cc: Optional[str] = None):
+def adapter_library(cc: Optional[str] = None) -> Path:
     """The ggml adapter (``tracedump_ggml.c``) compiled against the ggml
     headers and libraries of the installed llama-cpp-python, linked to this
     package's recorder; built once and cached (``$XDG_CACHE_HOME/tracedump``).
@@ -151,7 +157,7 @@ def adapter_library(cc: Optional[str] = None):
 class Capture:
     """See :func:`capture`."""
 
-    def __init__(self, llama, path, include: Optional[str] = None, n_seq: int = 1):
+    def __init__(self, llama: Any, path: str | os.PathLike[str], include: Optional[str] = None, n_seq: int = 1) -> None:
         if n_seq < 1:
             raise ValueError(f"n_seq must be at least 1, not {n_seq}")
         self.llama = llama
@@ -207,7 +213,7 @@ class Capture:
         llama.n_tokens = 0
         return self
 
-    def decode(self, sequences, *, logits: str = "all"):
+    def decode(self, sequences: Any, *, logits: str = "all") -> Dict[int, Any]:
         """Decode one batch (one step) holding tokens of several sequences.
 
             with tracedump.ggml.capture(llm, "run.tdump", n_seq=2) as cap:
@@ -306,7 +312,7 @@ class Capture:
         return False
 
 
-def capture(llama, path, *, include: Optional[str] = None, n_seq: int = 1) -> Capture:
+def capture(llama: Any, path: str | os.PathLike[str], *, include: Optional[str] = None, n_seq: int = 1) -> Capture:
     """Record every tensor llama.cpp evaluates in ``llama`` (a
     ``llama_cpp.Llama``) into ``path``, with the C adapter (compiled on first
     use against llama-cpp-python's own ggml headers, :func:`adapter_library`).

@@ -260,7 +260,7 @@ def _by_id(trace, rid):
     hit = _ID_CACHE.get(id(trace))
     if hit is None or hit[0] is not trace:
         _ID_CACHE.clear()
-        hit = (trace, {getattr(t, "id", None): t for t in trace})
+        hit = (trace, {getattr(t, "id", None): t for t in trace.values()})
         _ID_CACHE[id(trace)] = hit
     return hit[1].get(rid)
 
@@ -852,7 +852,7 @@ def _arrange_mask(m, n_tokens: int, n_kv: int):
 # metrics and the result
 
 
-def compare_tensors(a, b) -> Dict[str, float]:
+def compare_tensors(a: Any, b: Any) -> Dict[str, float]:
     """max abs, max rel (to b's largest magnitude), mean abs and cosine of a vs b, in float64."""
     import torch
 
@@ -921,10 +921,10 @@ class AttentionResult:
     notes: List[str] = field(default_factory=list)
     ggml: Any = None
 
-    def __getitem__(self, key: str):
+    def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
 
-    def keys(self):
+    def keys(self) -> List[str]:
         return [f for f in self.__dataclass_fields__]
 
     def __contains__(self, key) -> bool:
@@ -981,15 +981,15 @@ class AttentionResult:
 
 
 def attention(
-    trace,
-    layer,
-    step=None,
+    trace: Any,
+    layer: int,
+    step: Optional[int] = None,
     *,
-    q=None,
-    k=None,
-    v=None,
-    mask=None,
-    out=None,
+    q: Any = None,
+    k: Any = None,
+    v: Any = None,
+    mask: Any = None,
+    out: Any = None,
     scale: Optional[float] = None,
     causal: Optional[bool] = None,
     softcap: Optional[float] = None,

@@ -15,12 +15,18 @@ Each shard is an ordinary trace whose run metadata has ``rank`` and
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
+
+if TYPE_CHECKING:
+    from ._tracedump import DiffResult, Tensor, Trace, VerifyReport
+
+StrPath = Union[str, "os.PathLike[str]"]
 
 __all__ = ["ShardedTrace", "is_sharded", "shard_files", "compare_by_rank"]
 
 
-def is_sharded(path) -> bool:
+def is_sharded(path: StrPath) -> bool:
     """Whether ``path`` names shards: a directory, or a name with ``*``/``?``
     (the CLI's rule, ``trace_reader::shards::is_sharded``)."""
     from ._tracedump import _is_sharded
@@ -28,7 +34,7 @@ def is_sharded(path) -> bool:
     return _is_sharded(os.fspath(path))
 
 
-def shard_files(path) -> List[str]:
+def shard_files(path: StrPath) -> List[str]:
     """The shard files, sorted: a directory's ``*.tdump``, or the files a
     ``dir/pattern*`` glob matches (the CLI's rules,
     ``trace_reader::shards::shard_files``; TraceIOError when none)."""
@@ -37,10 +43,12 @@ def shard_files(path) -> List[str]:
     return _shard_files(os.fspath(path))
 
 
-class ShardedTrace:
-    """Several shard traces read as one (see the module docstring)."""
+class ShardedTrace(Mapping[str, "Tensor"]):
+    """Several shard traces read as one (see the module docstring): a
+    read-only mapping, as a :class:`Trace` is, from keys (qualified names;
+    ``name#k`` for a repeated name's later occurrences) to tensors."""
 
-    def __init__(self, path, copy: Optional[bool] = None):
+    def __init__(self, path: StrPath, copy: Optional[bool] = None) -> None:
         from ._tracedump import open as _open
 
         self.path = os.fspath(path)
@@ -50,7 +58,7 @@ class ShardedTrace:
             rank = t.metadata.get("rank", i)
             shards.append((int(rank), t))
         shards.sort(key=lambda s: s[0])
-        self.shards: List[Tuple[int, Any]] = shards
+        self.shards: List[Tuple[int, Trace]] = shards
         self.warnings: List[str] = []
         ranks = [r for r, _ in shards]
         if len(set(ranks)) != len(ranks):
@@ -66,7 +74,7 @@ class ShardedTrace:
         self._names: List[Tuple[str, int, Any]] = []
         self._by_name: Dict[str, List[int]] = {}
         for k, (r, t) in enumerate(shards):
-            for x in t:
+            for x in t.values():
                 q = f"rank{r}/{x.name}" if len(owners[x.name]) > 1 else x.name
                 self._by_name.setdefault(q, []).append(len(self._names))
                 self._names.append((q, k, x.id))
@@ -76,10 +84,10 @@ class ShardedTrace:
         return [r for r, _ in self.shards]
 
     @property
-    def traces(self) -> List[Any]:
+    def traces(self) -> List[Trace]:
         return [t for _, t in self.shards]
 
-    def shard(self, rank: int):
+    def shard(self, rank: int) -> Trace:
         """The trace of one rank."""
         for r, t in self.shards:
             if r == rank:
@@ -103,22 +111,25 @@ class ShardedTrace:
     def __len__(self) -> int:
         return len(self._names)
 
-    def __iter__(self) -> Iterator[Any]:
-        for _, k, rid in self._names:
-            yield self._tensor(k, rid)
+    def __iter__(self) -> Iterator[str]:
+        """The keys, rank by rank, each shard's in record order."""
+        seen: Dict[str, int] = {}
+        for q, _, _ in self._names:
+            n = seen[q] = seen.get(q, -1) + 1
+            yield q if n == 0 else f"{q}#{n}"
 
-    def _tensor(self, k: int, rid: int):
+    def _tensor(self, k: int, rid: int) -> Tensor:
         return self._ids(k)[rid]
 
-    def _ids(self, k: int):
+    def _ids(self, k: int) -> Dict[int, Tensor]:
         cache = getattr(self, "_id_cache", None)
         if cache is None:
             cache = self._id_cache = {}
         if k not in cache:
-            cache[k] = {x.id: x for x in self.shards[k][1]}
+            cache[k] = {x.id: x for x in self.shards[k][1].values()}
         return cache[k]
 
-    def __getitem__(self, name: str):
+    def __getitem__(self, name: str) -> Tensor:
         hit = self._by_name.get(name)
         if hit is None and "#" in name:
             base, _, n = name.rpartition("#")
@@ -131,17 +142,30 @@ class ShardedTrace:
         _, k, rid = self._names[hit[0]]
         return self._tensor(k, rid)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._by_name
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        try:
+            self[name]
+        except KeyError:
+            return False
+        return True
 
-    def filter(self, regex=None, layer=None, step=None, role=None, rank=None) -> List[Any]:
+    def filter(
+        self,
+        regex: Optional[str] = None,
+        layer: Optional[int] = None,
+        step: Optional[int] = None,
+        role: Optional[str] = None,
+        rank: Optional[int] = None,
+    ) -> List[Tensor]:
         out = []
         for r, t in self.shards:
             if rank is None or r == rank:
                 out.extend(t.filter(regex=regex, layer=layer, step=step, role=role))
         return out
 
-    def verify(self) -> Dict[int, Any]:
+    def verify(self) -> Dict[int, VerifyReport]:
         """Each rank's VerifyReport."""
         return {r: t.verify() for r, t in self.shards}
 
@@ -152,7 +176,7 @@ class ShardedTrace:
     def __enter__(self) -> "ShardedTrace":
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc: object) -> bool:
         self.close()
         return False
 
@@ -160,7 +184,7 @@ class ShardedTrace:
         return f"ShardedTrace({self.path!r}, ranks={self.ranks}, {len(self)} tensors)"
 
 
-def compare_by_rank(a, b, **kwargs) -> Dict[int, Any]:
+def compare_by_rank(a: ShardedTrace | StrPath, b: ShardedTrace | StrPath, **kwargs: Any) -> Dict[int, DiffResult]:
     """``{rank: DiffResult}``: rank r of ``a`` against rank r of ``b``."""
     from ._tracedump import compare as _compare
 

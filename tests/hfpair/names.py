@@ -47,7 +47,7 @@ def table(trace_path: os.PathLike, steps: Sequence[int] = STEPS, layers: Sequenc
 
     t = tracedump.open(str(trace_path))
     rows, left = [], 0
-    for x in t:
+    for x in t.values():
         if x.step not in steps:
             continue
         if x.layer not in layers:

@@ -31,7 +31,7 @@ def test_two_sequences_in_one_batch_match_one_at_a_time(llm, tmp_path):
     assert {k: v.shape[0] for k, v in prompt.items()} == {0: 3, 1: 2}
     t = tracedump.open(tmp_path / "two.tdump")
     assert cap.records == len(t)
-    assert {x.step for x in t} == {0, 1}
+    assert {x.step for x in t.values()} == {0, 1}
     # the prompt step holds both sequences' 5 tokens (llama.cpp may split
     # one batch of several sequences into ubatches: a graph each)
     assert sum(x.shape[-2] for x in t.filter("^embd$", step=0)) == 5
@@ -52,7 +52,7 @@ def test_graph_level_tensors_have_no_layer(llm, tmp_path):
         last = cap.decode([[1, 2, 3, 4]], logits="last")[0]
     assert last.shape == (1, llm.n_vocab())
     t = tracedump.open(tmp_path / "run.tdump")
-    layers = {x.name: x.layer for x in t if x.name in ("embd", "norm", "result_norm", "result_output", "l_out-1", "kqv_out-0")}
+    layers = {x.name: x.layer for x in t.values() if x.name in ("embd", "norm", "result_norm", "result_output", "l_out-1", "kqv_out-0")}
     assert layers == {"embd": None, "norm": None, "result_norm": None, "result_output": None, "l_out-1": 1, "kqv_out-0": 0}
     logits = t["result_output"].numpy()
     np.testing.assert_allclose(logits.reshape(-1, llm.n_vocab())[-1], last[0], rtol=1e-6)

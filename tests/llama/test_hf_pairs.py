@@ -197,7 +197,7 @@ def test_planted_bug_is_named(arch, bug, layer, expected, pairs, tmp_path):
     r = tracedump.compare(arch_pair["llama"], hf, rules=PRESETS[arch][0], **TOLERANCE.get(arch, {}))
     first = r.first_divergence
     assert first is not None, f"{bug}: no divergence found"
-    op = next(t for t in tracedump.open(arch_pair["llama"]) if t.id == first["id_a"]).engine_op["op"]
+    op = next(t for t in tracedump.open(arch_pair["llama"]).values() if t.id == first["id_a"]).engine_op["op"]
     got = (first["name_a"], op, first["step"])
     assert got == expected, (bug, got, first["name_b"], first["reasons"])
     # everything before it agrees

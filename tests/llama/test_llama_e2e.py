@@ -70,7 +70,7 @@ def test_traces_verify_and_runs_agree(runs):
         rep = t.verify()
         assert rep.ok, (label, rep.faults)
         assert rep.lineages_replayed > 50
-        steps = {x.step for x in t}
+        steps = {x.step for x in t.values()}
         assert steps == {0, 1, 2, 3}, steps
         if label == "2seq":
             continue
@@ -157,7 +157,7 @@ def test_llama_cpp_python_capture(runs, tmp_path):
         llm.eval([runs["q8_0"][1][0]])
     assert cap.records > 100
     t = tracedump.open(path)
-    assert t.verify().ok and sorted({x.step for x in t}) == [0, 1]
+    assert t.verify().ok and sorted({x.step for x in t.values()}) == [0, 1]
     for step, n_tok in ((0, 6), (1, 1)):
         r = tracedump.reference.attention(t, 0, step, round_q="ggml")
         assert r.dims["n_tokens"] == n_tok and r.metrics["sdpa"]["max_rel"] <= 1e-3

@@ -43,7 +43,7 @@ def test_tensors_table_with_pyarrow(tables):
     trace = tracedump.open(a)
     assert len(t) == len(trace)
     by_id = {r["id"]: r for r in t}
-    for x in trace:
+    for x in trace.values():
         r = by_id[x.id]
         assert r["name"] == x.name and r["dtype"] == x.dtype
         assert tuple(r["shape"]) == x.shape and tuple(r["byte_strides"]) == x.byte_strides
@@ -70,7 +70,7 @@ def test_values_table_with_duckdb(tables):
     tmp, a, _ = tables
     trace = tracedump.open(a)
     con = duckdb.connect()
-    small = [x for x in trace if not x.is_stats_only and int(np.prod(x.shape)) <= 1024]
+    small = [x for x in trace.values() if not x.is_stats_only and int(np.prod(x.shape)) <= 1024]
     n = con.sql(f"select count(distinct id), count(*) from '{tmp / 'tensors.values.parquet'}'").fetchall()[0]
     assert n == (len(small), sum(int(np.prod(x.shape)) for x in small))
     x = small[0]

@@ -189,7 +189,7 @@ impl Writer {
     }
 
     /// Record a view over an earlier storage, or over the bytes of an
-    /// earlier tensor recorded with its own bytes: `layout.storage_offset`
+    /// earlier tensor recorded with its own bytes: `layout.storage_offset()`
     /// and its byte strides are relative to the storage's first byte.
     pub fn add_view(
         &self,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use numpy::PyArray1;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyBufferError, PyImportError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyTuple};
@@ -118,6 +118,41 @@ impl PyTensor {
             .call_method1("asarray", (Bound::new(py, m)?,))
     }
 
+    /// The values over the file's bytes with the tensor's true byte
+    /// strides: read-only over the reader's mapping, or (`writable`) over
+    /// the private copy-on-write one. None for quantized and derived
+    /// tensors, which have no such view.
+    fn strided<'py>(&self, py: Python<'py>, writable: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let info = self.info()?;
+        self.require_values(info)?;
+        let Some((typestr, ml)) = numpy_type(info.dtype).filter(|_| !info.derived) else {
+            return Ok(None);
+        };
+        let layout = &info.layout;
+        let offset = if layout.shape().contains(&0) {
+            info.storage_file_offset()
+        } else {
+            info.storage_file_offset() + layout.storage_offset()
+        };
+        let source = if writable {
+            Arc::clone(self.shared.cow()?)
+        } else {
+            Arc::clone(self.shared.trace.source())
+        };
+        let arr = self.mapped(
+            py,
+            MappedBytes {
+                source,
+                offset,
+                shape: layout.shape().to_vec(),
+                strides: layout.byte_strides().to_vec(),
+                typestr,
+                writable,
+            },
+        )?;
+        Self::reinterpret(arr, ml).map(Some)
+    }
+
     /// The f32 values (dequantized, rebuilt, or converted) as a new array.
     fn f32_array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let view = self.view()?;
@@ -130,18 +165,32 @@ impl PyTensor {
         arr.call_method1("reshape", (shape,))
     }
 
-    /// A numpy dtype for `dtype`: ml_dtypes' type for bf16/fp8 when
-    /// ml_dtypes is installed, else `None` (the raw unsigned view is kept).
-    fn ml_dtype<'py>(py: Python<'py>, name: &str) -> Option<Bound<'py, PyAny>> {
-        py.import("ml_dtypes").ok()?.getattr(name).ok()
+    /// ml_dtypes' numpy dtype `name` (bf16, fp8). ml_dtypes is a
+    /// dependency of the package; where it is missing all the same, an
+    /// ImportError that says so: the raw bits are never handed out as if
+    /// they were the values (`raw()` has them).
+    fn ml_dtype<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        let missing = |e: PyErr| {
+            let err = PyImportError::new_err(format!(
+                "{name} values need ml_dtypes, a dependency of tracedump that is not \
+                 importable here ({e}); pip install ml_dtypes (raw() gives the bits)"
+            ));
+            err.set_cause(py, Some(e));
+            err
+        };
+        py.import("ml_dtypes")
+            .map_err(missing)?
+            .getattr(name)
+            .map_err(missing)
     }
 
+    /// `arr` (the stored bits) viewed as ml_dtypes' `ml` where it has one.
     fn reinterpret<'py>(
         arr: Bound<'py, PyAny>,
         ml: Option<&'static str>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        match ml.and_then(|n| Self::ml_dtype(arr.py(), n)) {
-            Some(t) => arr.call_method1("view", (t,)),
+        match ml {
+            Some(name) => arr.call_method1("view", (Self::ml_dtype(arr.py(), name)?,)),
             None => Ok(arr),
         }
     }
@@ -329,33 +378,113 @@ impl PyTensor {
     /// The values as a numpy array **without copying**: a read-only view of
     /// the file's mapping with the tensor's true byte strides (negative,
     /// zero and overlapping included). bf16 and fp8 come as ml_dtypes'
-    /// `bfloat16` / `float8_e4m3fn` / `float8_e5m2` when ml_dtypes is
-    /// installed, else as the raw `uint16` / `uint8` bits. Quantized and
+    /// `bfloat16` / `float8_e4m3fn` / `float8_e5m2` (ml_dtypes is a
+    /// dependency; ImportError, never the raw bits, without it). Quantized and
     /// derived tensors come as a new f32 array (dequantized / rebuilt).
     fn numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.strided(py, false)? {
+            Some(arr) => Ok(arr),
+            None => self.f32_array(py),
+        }
+    }
+
+    /// numpy's protocol (`np.asarray(tensor)`, numpy 2's signature): the
+    /// array `numpy()` gives, converted to `dtype` when asked. `copy=None`
+    /// copies only where it must (quantized, derived, another dtype),
+    /// `copy=True` always, `copy=False` never (ValueError where it must).
+    #[pyo3(signature = (dtype=None, copy=None))]
+    fn __array__<'py>(
+        &self,
+        py: Python<'py>,
+        dtype: Option<Bound<'py, PyAny>>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let view = self.strided(py, false)?;
+        let made = view.is_none();
+        if made && copy == Some(false) {
+            return Err(PyValueError::new_err(format!(
+                "tensor `{}` is {}: its values come as a new f32 array, which copy=False forbids",
+                self.info()?.name,
+                if self.info()?.derived {
+                    "derived"
+                } else {
+                    "quantized"
+                }
+            )));
+        }
+        let arr = match view {
+            Some(arr) => arr,
+            None => self.f32_array(py)?,
+        };
+        let np = py.import("numpy")?;
+        let kw = PyDict::new(py);
+        kw.set_item("dtype", dtype)?;
+        match copy {
+            Some(true) if !made => {
+                kw.set_item("copy", true)?;
+                np.call_method("array", (arr,), Some(&kw))
+            }
+            Some(false) => {
+                kw.set_item("copy", false)?;
+                np.call_method("asarray", (arr,), Some(&kw))
+            }
+            _ => np.call_method("asarray", (arr,), Some(&kw)),
+        }
+    }
+
+    /// DLPack (`torch.from_dlpack(tensor)`, `np.from_dlpack(tensor)`),
+    /// through numpy's exporter: the values with their true strides over
+    /// the private copy-on-write mapping that `torch()` uses, so a consumer
+    /// may write into them and the file never changes. Quantized and
+    /// derived tensors export a new f32 array (BufferError with
+    /// `copy=False`). bf16 and fp8 are not exported (numpy's exporter has
+    /// no such dtypes): `torch()` gives them without a copy. A consumer
+    /// that refuses negative strides (torch) says so; `torch()` copies them.
+    #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
+    fn __dlpack__<'py>(
+        &self,
+        py: Python<'py>,
+        stream: Option<Bound<'py, PyAny>>,
+        max_version: Option<Bound<'py, PyAny>>,
+        dl_device: Option<Bound<'py, PyAny>>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let info = self.info()?;
-        self.require_values(info)?;
-        let Some((typestr, ml)) = numpy_type(info.dtype).filter(|_| !info.derived) else {
-            return self.f32_array(py);
+        if numpy_type(info.dtype).is_some_and(|(_, ml)| ml.is_some()) && !info.derived {
+            return Err(PyBufferError::new_err(format!(
+                "tensor `{}`: DLPack export of {} is not supported (numpy's exporter has no \
+                 such dtype); .torch() gives it without a copy",
+                info.name, info.dtype
+            )));
+        }
+        let arr = match self.strided(py, true)? {
+            Some(arr) if copy == Some(true) => arr.call_method0("copy")?,
+            Some(arr) => arr,
+            None if copy == Some(false) => {
+                return Err(PyBufferError::new_err(format!(
+                    "tensor `{}`: its values come as a new f32 array, which copy=False forbids",
+                    info.name
+                )))
+            }
+            None => self.f32_array(py)?,
         };
-        let layout = &info.layout;
-        let offset = if layout.shape().contains(&0) {
-            info.storage_file_offset()
-        } else {
-            info.storage_file_offset() + layout.storage_offset()
-        };
-        let arr = self.mapped(
-            py,
-            MappedBytes {
-                source: Arc::clone(self.shared.trace.source()),
-                offset,
-                shape: layout.shape().to_vec(),
-                strides: layout.byte_strides().to_vec(),
-                typestr,
-                writable: false,
-            },
-        )?;
-        Self::reinterpret(arr, ml)
+        // only what was given: numpy 1's exporter takes `stream` alone
+        let kw = PyDict::new(py);
+        for (k, v) in [
+            ("stream", stream),
+            ("max_version", max_version),
+            ("dl_device", dl_device),
+        ] {
+            if let Some(v) = v {
+                kw.set_item(k, v)?;
+            }
+        }
+        arr.call_method("__dlpack__", (), Some(&kw))
+    }
+
+    /// `(kDLCPU, 0)`: the values are in host memory.
+    fn __dlpack_device__(&self) -> (i32, i32) {
+        (crate::dlpack::DL_CPU, 0)
     }
 
     /// The values as a torch tensor **without copying** where torch can
@@ -461,9 +590,7 @@ impl PyTensor {
                 let view = self.view()?;
                 let values = py.detach(|| view.to_f64()).map_err(reader_error)?;
                 let np_dtype = match ml {
-                    Some(name) => Self::ml_dtype(py, name).ok_or_else(|| {
-                        PyValueError::new_err(format!("converting to {t} needs ml_dtypes"))
-                    })?,
+                    Some(name) => Self::ml_dtype(py, name)?,
                     None => typestr.into_pyobject(py)?.into_any(),
                 };
                 let arr = PyArray1::from_vec(py, values).call_method1("astype", (np_dtype,))?;
