@@ -63,9 +63,9 @@ browser:
 test: pyenv test-rust test-c test-python
 
 ## The debug build the C and Python tests use: libtrace_writer.a/.so and the
-## CLI with Parquet (arrow-rs: a heavy build, kept out of the default features).
+## CLI (with Parquet, a default feature of tracedump-cli).
 debug-build:
-	$(CARGO) build -p trace-writer -p tracedump-cli --features tracedump-cli/parquet
+	$(CARGO) build -p trace-writer -p tracedump-cli
 
 ## The C ABI: a C program calls every function of tracedump.h; Python checks the file.
 test-c: debug-build pypackage

@@ -1,7 +1,7 @@
 """Parquet tables from the CLI (`export --to parquet`, `diff --parquet`),
 read back with pyarrow and with DuckDB, checked against the traces read with
-the Python package. The CLI is built with `--features parquet` (make test's
-debug build)."""
+the Python package. Parquet is a default feature of the CLI (make test's
+debug build has it)."""
 
 import math
 import os

@@ -129,4 +129,4 @@ pub fn write_diff_parquet(_a: &Trace, _b: &Trace, _r: &DiffReport, _out: &Path) 
 
 #[cfg(not(feature = "parquet"))]
 const NO_PARQUET: &str =
-    "this tracedump was built without Parquet: cargo install/build tracedump-cli --features parquet";
+    "this tracedump was built without Parquet (--no-default-features): build tracedump-cli with its default features";
