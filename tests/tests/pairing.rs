@@ -285,4 +285,17 @@ fn graph_level_ggml_tensors_have_no_layer() {
             ("result_output".into(), None),
         ]
     );
+    // format 1.1's op relation: computed by the ggml op, a view by a view op
+    let op = |name: &str| t.get(name).unwrap().op().map(|o| o.unwrap());
+    let norm = op("norm").unwrap();
+    assert_eq!(norm.relation, trace_format::op::Relation::Computed);
+    assert_eq!(norm.name.as_deref(), Some("rms_norm"));
+    assert!(t.get("norm").unwrap().is_computed());
+    let view = op("l_out-1 (view)").unwrap();
+    assert_eq!(view.relation, trace_format::op::Relation::View);
+    assert!(!t.get("l_out-1 (view)").unwrap().is_computed());
+    assert_eq!(
+        op("result_output").unwrap().name.as_deref(),
+        Some("mul_mat")
+    );
 }

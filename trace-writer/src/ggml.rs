@@ -18,6 +18,12 @@
 //!   PERMUTE → `Permute`, TRANSPOSE → `Transpose`, RESHAPE → `Reshape`;
 //!   CONT → `Cont` and CPY → `Convert` when the shape is kept), which
 //!   `verify` replays;
+//! * the op relation (SPEC.md §5.4, format 1.1): VIEW, PERMUTE, RESHAPE and
+//!   TRANSPOSE are views of `src[0]`; every other op (a CPY into a cache
+//!   view included) computed the tensor from its sources, named by
+//!   `ggml_op_name` in lower case (`mul_mat`, `rms_norm`, `rope`); a leaf
+//!   (`NONE`) has none. `op_params` stay raw bytes: their layout per op is
+//!   ggml's implementation, not its interface;
 //! * the layer comes from the name (`kqv_out-0`, `cache_k_l0`); a tensor
 //!   whose name ggml made up (`node_N`, `Kcur-0 (view)`) takes its parents'
 //!   when they agree (so the flash-attention `node_N` gets its layer); one
@@ -223,6 +229,20 @@ impl GgmlRecorder {
             meta.metadata.insert("ggml.srcs", srcs.join(","));
         }
         let first_parent = parents.first().copied().flatten().cloned();
+        // format 1.1's op relation: ggml's view ops are views of src[0]; any
+        // other op (a CPY into a cache view included) computed its values
+        // from its sources; a leaf (NONE: weights, inputs) has no op
+        if node.op != "NONE" {
+            let name = node.op.to_ascii_lowercase();
+            let op = match node.op {
+                "VIEW" | "PERMUTE" | "RESHAPE" | "TRANSPOSE" => {
+                    trace_format::op::OpInfo::view(Some(name))
+                }
+                _ => trace_format::op::OpInfo::computed(name),
+            };
+            meta.metadata
+                .insert(trace_format::op::OP_KEY, op.to_value());
+        }
 
         let offset = node.view.map_or(0, |v| v.offset);
         let layout = ggml_layout::to_canonical(&node.ne, &node.nb, offset).map_err(|error| {
