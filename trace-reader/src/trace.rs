@@ -313,8 +313,13 @@ impl Trace {
                     (trace_format::op::Relation::Computed, false) => {
                         format!("computed by {name}({})", params.join(", "))
                     }
+                    // the view steps already say how
+                    (trace_format::op::Relation::View, _) if !t.lineage.ops.is_empty() => {
+                        String::new()
+                    }
                     (trace_format::op::Relation::View, _) => format!("view ({name})"),
                 });
+                parts.retain(|p| !p.is_empty());
             }
             Some(Err(e)) => parts.push(format!("(bad op: {e})")),
             None => {}
