@@ -151,6 +151,7 @@ pub fn diagnose_pair(
     };
     let mut found = diagnose(x, y);
     found.extend(params_differ(a, b, p));
+    found.extend(rope_in(a, p.a.id, x, y));
     // an agreeing pair equals its copies elsewhere: that is no staleness
     if p.verdict.is_divergent() && found.iter().all(|f| f.strength < 0.95) {
         found.extend(stale_in(a, b, p, x));
@@ -238,4 +239,24 @@ fn params_differ(a: &Trace, b: &Trace, p: &Pair) -> Option<Finding> {
         cause: crate::diagnose::Cause::Params { differ },
         strength: 0.99,
     })
+}
+
+/// For a RoPE output (its op relation names `rope`, as ggml's ROPE and
+/// `TensorMeta::computed_from("rope", ..)` do) whose first parent is the
+/// rotated input (`[T, H, D]`, as many values) and second the positions
+/// (`T` integers): which RoPE variant gives A, and which B.
+fn rope_in(a: &Trace, id: u64, x: Values<'_>, y: Values<'_>) -> Option<Finding> {
+    let &[t, _, _] = x.shape else { return None };
+    let info = a.tensor(id).ok()?;
+    let op = info.op()?.ok()?;
+    if op.name.as_deref() != Some("rope") {
+        return None;
+    }
+    let (&input, &pos) = (info.lineage.parents.first()?, info.lineage.parents.get(1)?);
+    let input = a.view(input).ok()?.to_f32().ok()?;
+    let positions = a.view(pos).ok()?.to_f64().ok()?;
+    if input.len() != x.data.len() || positions.len() != t {
+        return None;
+    }
+    crate::diagnose::rope::rope(x, y, &input, &positions)
 }

@@ -242,3 +242,73 @@ fn a_recorded_parameter_that_differs_comes_first() {
         "{d:?}"
     );
 }
+
+/// RoPE applied with the other pairing: the blamed rope op's diagnosis
+/// names the variant of each run, from the input and positions it records.
+#[test]
+fn rope_with_the_other_pairing_is_named() {
+    use trace_tools::diagnose::rope::{apply, Pairing, Variant};
+    let (t, h, d) = (5usize, 4usize, 16usize);
+    let dir = tempfile::tempdir().unwrap();
+    let x = weights(21, t * h * d);
+    let pos: Vec<i32> = (0..t as i32).map(|p| p + 2).collect();
+    let pos_f: Vec<f64> = pos.iter().map(|&p| p as f64).collect();
+    let mut traces = Vec::new();
+    for (name, pairing) in [("a.tdump", Pairing::Adjacent), ("b.tdump", Pairing::Neox)] {
+        let path = dir.path().join(name);
+        let w = Writer::create(&path, Metadata::new()).unwrap();
+        let shape = [t as u64, h as u64, d as u64];
+        let xid = w
+            .add_tensor(
+                "q",
+                DType::F32,
+                &shape,
+                bytemuck::cast_slice(&x),
+                TensorMeta::new(),
+            )
+            .unwrap()
+            .unwrap();
+        let pid = w
+            .add_tensor(
+                "pos",
+                DType::I32,
+                &[t as u64],
+                bytemuck::cast_slice(&pos),
+                TensorMeta::new(),
+            )
+            .unwrap()
+            .unwrap();
+        let y = apply(
+            &x,
+            [t, h, d],
+            &pos_f,
+            Variant {
+                pairing,
+                base: 10_000.0,
+            },
+        );
+        let meta = TensorMeta::new().computed_from("rope", &[xid, pid]);
+        w.add_tensor("q_rope", DType::F32, &shape, bytemuck::cast_slice(&y), meta)
+            .unwrap();
+        w.finish().unwrap();
+        traces.push(Trace::open(&path).unwrap());
+    }
+    let r = diff(
+        &traces[0],
+        &traces[1],
+        &Mapping::none(),
+        &Tolerance::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(r.blamed.len(), 1);
+    assert_eq!(r.pairs[r.blamed[0].pair].key, "q_rope");
+    let top = &r.blamed[0].diagnosis[0];
+    match &top.cause {
+        Cause::Rope { a, b } => {
+            assert_eq!(a.pairing, Pairing::Adjacent);
+            assert_eq!(b.map(|v| v.pairing), Some(Pairing::Neox));
+        }
+        other => panic!("{other:?}: {}", top.evidence),
+    }
+}
