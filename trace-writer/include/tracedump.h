@@ -342,6 +342,37 @@ int32_t td_meta_engine_op(struct td_meta *m,
                           size_t len);
 
 /**
+ * Computed from `n` input records (added as parents, in order) by the op
+ * `name` (`rms_norm`, `mul_mat`): format 1.1's op relation, which lets
+ * `tracedump diff` blame the op that made a divergence.
+ *
+ * # Safety
+ * `m` is null or a live builder; `name` a C string; `inputs` holds `n` ids.
+ */
+int32_t td_meta_computed_from(struct td_meta *m,
+                              const char *name,
+                              const uint64_t *inputs,
+                              size_t n);
+
+/**
+ * A typed parameter of the op that made the tensor, as a double (`eps`,
+ * `freq_base`, `scale`).
+ *
+ * # Safety
+ * `m` is null or a live builder; `key` a C string.
+ */
+int32_t td_meta_op_param_f64(struct td_meta *m, const char *key, double value);
+
+/**
+ * A typed parameter of the op that made the tensor, as an integer (RoPE's
+ * `mode`, `n_dims`).
+ *
+ * # Safety
+ * `m` is null or a live builder; `key` a C string.
+ */
+int32_t td_meta_op_param_i64(struct td_meta *m, const char *key, int64_t value);
+
+/**
  * Keep ggml's `ne`/`nb` as the tensor's source layout.
  *
  * # Safety

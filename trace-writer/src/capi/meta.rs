@@ -259,6 +259,72 @@ pub unsafe extern "C" fn td_meta_engine_op(
     }
 }
 
+/// Computed from `n` input records (added as parents, in order) by the op
+/// `name` (`rms_norm`, `mul_mat`): format 1.1's op relation, which lets
+/// `tracedump diff` blame the op that made a divergence.
+///
+/// # Safety
+/// `m` is null or a live builder; `name` a C string; `inputs` holds `n` ids.
+#[no_mangle]
+pub unsafe extern "C" fn td_meta_computed_from(
+    m: *mut td_meta,
+    name: *const c_char,
+    inputs: *const u64,
+    n: usize,
+) -> i32 {
+    // SAFETY: the caller's promise.
+    unsafe {
+        with_meta(m, "td_meta_computed_from", |m| {
+            let name = text(name, "name")?;
+            let inputs = slice(inputs, n, "inputs")?;
+            *m = std::mem::take(m).computed_from(name, inputs);
+            Ok(())
+        })
+    }
+}
+
+/// A typed parameter of the op that made the tensor, as a double (`eps`,
+/// `freq_base`, `scale`).
+///
+/// # Safety
+/// `m` is null or a live builder; `key` a C string.
+#[no_mangle]
+pub unsafe extern "C" fn td_meta_op_param_f64(
+    m: *mut td_meta,
+    key: *const c_char,
+    value: f64,
+) -> i32 {
+    // SAFETY: the caller's promise.
+    unsafe {
+        with_meta(m, "td_meta_op_param_f64", |m| {
+            let key = text(key, "key")?;
+            *m = std::mem::take(m).op_param(key, value);
+            Ok(())
+        })
+    }
+}
+
+/// A typed parameter of the op that made the tensor, as an integer (RoPE's
+/// `mode`, `n_dims`).
+///
+/// # Safety
+/// `m` is null or a live builder; `key` a C string.
+#[no_mangle]
+pub unsafe extern "C" fn td_meta_op_param_i64(
+    m: *mut td_meta,
+    key: *const c_char,
+    value: i64,
+) -> i32 {
+    // SAFETY: the caller's promise.
+    unsafe {
+        with_meta(m, "td_meta_op_param_i64", |m| {
+            let key = text(key, "key")?;
+            *m = std::mem::take(m).op_param(key, value);
+            Ok(())
+        })
+    }
+}
+
 /// Keep ggml's `ne`/`nb` as the tensor's source layout.
 ///
 /// # Safety

@@ -115,6 +115,17 @@ int main(int argc, char ** argv) {
     CHECK(td_add_tensor(W, "a.sub.f16", f16, 1, shape_s, NULL, TD_ORDER_CANONICAL, 0, sub, sizeof sub, m, &id_s) == TD_OK);
     td_meta_free(m);
 
+    /* 4b. computed from an input by an op, with typed parameters (format 1.1) */
+    m = td_meta_new();
+    uint64_t inputs[1] = {id_a};
+    CHECK(td_meta_computed_from(m, "scale", inputs, 1) == TD_OK);
+    CHECK(td_meta_op_param_f64(m, "scale", 2.0) == TD_OK);
+    CHECK(td_meta_op_param_i64(m, "mode", 0) == TD_OK);
+    CHECK(td_meta_computed_from(m, NULL, inputs, 1) == TD_ERROR); /* names the argument */
+    float twice[6] = {2, 4, 6, 8, 10, 12};
+    CHECK(td_add_tensor(W, "a.scaled", f32, 2, shape_a, NULL, TD_ORDER_CANONICAL, 0, twice, sizeof twice, m, NULL) == TD_OK);
+    td_meta_free(m);
+
     /* 5. statistics only */
     float big[1000];
     for (int i = 0; i < 1000; i++) big[i] = (float) i;

@@ -43,6 +43,9 @@ st = t["stats"].stats
 assert st["count"] == 1000 and st["min"] == 0 and st["max"] == 999 and abs(st["mean"] - 499.5) < 1e-9
 
 assert "skipped" not in t and "short" not in t
+sc = t["a.scaled"]
+assert [p["id"] for p in sc.parents] == [a.id]
+assert sc.metadata["tracedump.op"] == {"relation": "computed", "name": "scale", "params": {"scale": 2.0, "mode": 0}}
 for k in range(4):
     for i in (0, 99):
         np.testing.assert_array_equal(t[f"thread{k}.{i}"].numpy(), k * 1000 + i * 16 + np.arange(16, dtype=np.float32))
