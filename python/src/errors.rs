@@ -233,11 +233,25 @@ pub fn reader_error(e: ReaderError) -> PyErr {
 /// report, shards): a reader's or writer's error keeps its class.
 pub fn tools_error(e: trace_tools::ToolsError) -> PyErr {
     let msg = e.to_string();
-    match e {
-        trace_tools::ToolsError::Reader(e) => reader_error(e),
-        trace_tools::ToolsError::Writer(e) => writer_error(e),
+    // what was being done wraps the error itself: its class is the inner one's
+    let mut inner = e;
+    while let trace_tools::ToolsError::Context { inner: i, .. } = inner {
+        inner = *i;
+    }
+    match inner {
+        trace_tools::ToolsError::Reader(e) if e.to_string() == msg => reader_error(e),
+        trace_tools::ToolsError::Writer(e) if e.to_string() == msg => writer_error(e),
         trace_tools::ToolsError::Io { cause, .. } | trace_tools::ToolsError::Os(cause) => {
             os_error(msg, &cause, None)
+        }
+        trace_tools::ToolsError::Reader(e) => {
+            // the class of the reader's error, the message with its context
+            let class = reader_error(e);
+            Python::attach(|py| PyErr::from_type(class.get_type(py), msg))
+        }
+        trace_tools::ToolsError::Writer(e) => {
+            let class = writer_error(e);
+            Python::attach(|py| PyErr::from_type(class.get_type(py), msg))
         }
         _ => TraceError::new_err(msg),
     }

@@ -310,6 +310,68 @@ impl PyTrace {
         ids.iter().map(|&id| Self::tensor_at(&shared, id)).collect()
     }
 
+    /// Write the logical tensors (contiguous, row-major) to `path` as
+    /// `to="safetensors"` or `"npz"`, what `tracedump export` writes:
+    /// quantized tensors dequantized to f32, repeated names as `name#k`,
+    /// stats-only tensors and views past the value limit skipped (nothing
+    /// made up is written), and the file written atomically. `regex`,
+    /// `layer`, `step` and `role` choose tensors as `filter()` does.
+    /// Returns `{"exported": [names], "skipped": [(name, why)], "converted":
+    /// [(name, what)], "bytes": size}`. Parquet tables come from the CLI
+    /// (`tracedump export --to parquet`), whose build carries arrow-rs.
+    #[pyo3(signature = (path, *, to="safetensors", regex=None, layer=None, step=None, role=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn export<'py>(
+        &self,
+        py: Python<'py>,
+        path: &Bound<'py, PyAny>,
+        to: &str,
+        regex: Option<&str>,
+        layer: Option<i64>,
+        step: Option<i64>,
+        role: Option<String>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        use trace_tools::export::{export, ExportFormat};
+        let format = match to.to_ascii_lowercase().as_str() {
+            "safetensors" => ExportFormat::Safetensors,
+            "npz" => ExportFormat::Npz,
+            "parquet" => {
+                return Err(PyValueError::new_err(
+                    "to='parquet': the Python package writes safetensors and npz; `tracedump export --to parquet` writes Parquet",
+                ))
+            }
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "to={other:?}: choose 'safetensors' or 'npz'"
+                )))
+            }
+        };
+        let out = path_arg(path)?;
+        let shared = self.shared()?;
+        let name = regex
+            .map(regex::Regex::new)
+            .transpose()
+            .map_err(|e| PyValueError::new_err(format!("bad regex: {e}")))?;
+        let ids = shared
+            .trace
+            .filter(&TensorFilter {
+                name,
+                layer,
+                step,
+                role,
+            })
+            .map_err(reader_error)?;
+        let sum = py
+            .detach(|| export(&shared.trace, format, &out, Some(&ids)))
+            .map_err(tools_error)?;
+        let d = PyDict::new(py);
+        d.set_item("exported", sum.exported)?;
+        d.set_item("skipped", sum.skipped)?;
+        d.set_item("converted", sum.converted)?;
+        d.set_item("bytes", sum.bytes)?;
+        Ok(d)
+    }
+
     /// Run metadata (a dict of Python values).
     #[getter]
     fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
