@@ -85,6 +85,9 @@ test-rust:
 		$(CARGO) test --workspace --no-fail-fast --lib --bins --tests; \
 	fi
 	$(CARGO) test --workspace --doc
+	@# trace-writer's `candle` feature (candle-core): its test and doctest
+	$(CARGO) test -p trace-writer --features candle --test candle
+	$(CARGO) test -p trace-writer --features candle --doc
 
 ## The unsafe code under checkers (nightly): the C ABI under Miri, the
 ## reader's hostile-input and round-trip tests under AddressSanitizer.

@@ -2,6 +2,8 @@
 #![warn(missing_docs)]
 
 mod add;
+#[cfg(feature = "candle")]
+mod candle;
 pub mod capi;
 mod error;
 mod filter;
