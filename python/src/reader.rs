@@ -131,6 +131,29 @@ impl PyTrace {
     }
 }
 
+/// The record ids `filter()` and `export()` choose: name regex (Rust
+/// syntax), layer, step, role; None matches all.
+fn filter_ids(
+    trace: &Trace,
+    regex: Option<&str>,
+    layer: Option<i64>,
+    step: Option<i64>,
+    role: Option<String>,
+) -> PyResult<Vec<u64>> {
+    let name = regex
+        .map(regex::Regex::new)
+        .transpose()
+        .map_err(|e| PyValueError::new_err(format!("bad regex: {e}")))?;
+    trace
+        .filter(&TensorFilter {
+            name,
+            layer,
+            step,
+            role,
+        })
+        .map_err(reader_error)
+}
+
 fn path_arg(path: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
     let fspath = path.py().import("os")?.getattr("fspath")?.call1((path,))?;
     fspath
@@ -294,19 +317,7 @@ impl PyTrace {
         role: Option<String>,
     ) -> PyResult<Vec<PyTensor>> {
         let shared = self.shared()?;
-        let name = regex
-            .map(regex::Regex::new)
-            .transpose()
-            .map_err(|e| PyValueError::new_err(format!("bad regex: {e}")))?;
-        let ids = shared
-            .trace
-            .filter(&TensorFilter {
-                name,
-                layer,
-                step,
-                role,
-            })
-            .map_err(reader_error)?;
+        let ids = filter_ids(&shared.trace, regex, layer, step, role)?;
         ids.iter().map(|&id| Self::tensor_at(&shared, id)).collect()
     }
 
@@ -348,19 +359,7 @@ impl PyTrace {
         };
         let out = path_arg(path)?;
         let shared = self.shared()?;
-        let name = regex
-            .map(regex::Regex::new)
-            .transpose()
-            .map_err(|e| PyValueError::new_err(format!("bad regex: {e}")))?;
-        let ids = shared
-            .trace
-            .filter(&TensorFilter {
-                name,
-                layer,
-                step,
-                role,
-            })
-            .map_err(reader_error)?;
+        let ids = filter_ids(&shared.trace, regex, layer, step, role)?;
         let sum = py
             .detach(|| export(&shared.trace, format, &out, Some(&ids)))
             .map_err(tools_error)?;
