@@ -55,11 +55,19 @@ def srcs(t: Tensor, by_id: Dict[int, Tensor]) -> List[Optional[Tensor]]:
     return out
 
 
+def _src_name(t: Any, i: int) -> Optional[str]:
+    """The name of ggml source ``i`` of ``t``, recorded or not."""
+    names = (t.metadata.get("ggml.srcs") or "").split(",")
+    return names[i] if i < len(names) and names[i] else None
+
+
 def attention_inputs(trace: Any, layer: int, step: Optional[int] = None) -> Optional[Dict[str, Any]]:
-    """``{"q", "k", "v", "mask", "out", "op"}`` of layer ``layer``'s attention
-    at ``step``, found in the ggml graph; None when the trace has no ggml
-    attention op for that layer and step. Raises ``LookupError`` when the
-    layer has several at that step (pass ``step=``)."""
+    """``{"q", "k", "v", "mask", "mask_name", "out", "op"}`` of layer
+    ``layer``'s attention at ``step``, found in the ggml graph; None when the
+    trace has no ggml attention op for that layer and step. ``mask_name`` is
+    the name of the mask the op used, recorded or not (None: it used none).
+    Raises ``LookupError`` when the layer has several at that step (pass
+    ``step=``)."""
     ts = list(trace.filter(layer=layer) if step is None else trace.filter(layer=layer, step=step))
     by_id = {t.id: t for t in trace.values()}
     found = []
@@ -68,7 +76,9 @@ def attention_inputs(trace: Any, layer: int, step: Optional[int] = None) -> Opti
         if op == "FLASH_ATTN_EXT":
             s = srcs(t, by_id) + [None] * 4
             if s[0] is not None and s[1] is not None and s[2] is not None:
-                found.append({"q": s[0], "k": s[1], "v": s[2], "mask": s[3], "out": t, "op": t})
+                found.append(
+                    {"q": s[0], "k": s[1], "v": s[2], "mask": s[3], "mask_name": _src_name(t, 3), "out": t, "op": t}
+                )
         elif op in ("SOFT_MAX", "SOFT_MAX_EXT"):
             s = srcs(t, by_id) + [None] * 2
             kq = s[0]
@@ -80,7 +90,9 @@ def attention_inputs(trace: Any, layer: int, step: Optional[int] = None) -> Opti
                 continue
             v = srcs(users[0], by_id)[0]
             if v is not None:
-                found.append({"q": q, "k": k, "v": v, "mask": s[1], "out": users[0], "op": t})
+                found.append(
+                    {"q": q, "k": k, "v": v, "mask": s[1], "mask_name": _src_name(t, 1), "out": users[0], "op": t}
+                )
     if not found:
         return None
     if len(found) > 1:

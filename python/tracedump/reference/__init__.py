@@ -299,6 +299,14 @@ def attention(
             q, k, v = found["q"], found["k"], found["v"]
             if mask is None and found["mask"] is not None:
                 mask = found["mask"]
+            elif mask is None and found.get("mask_name"):
+                # comparing without the mask the engine used reports a
+                # divergence that is not there
+                raise LookupError(
+                    f"layer {layer}: {found['op'].name} ({_engine_op(found['op'])[1]}) used the mask "
+                    f"`{found['mask_name']}`, which this trace does not hold (a capture filter left it "
+                    "out?): record it, pass mask='NAME', or mask=False to compare without it"
+                )
             if out is None:
                 out = found["out"]
             graph_op = found["op"]
