@@ -27,15 +27,57 @@ pub struct Shard {
     pub trace: Trace,
 }
 
+/// Qualified name → (shard position, record id), in rank then record
+/// order, and where each name sits in that list.
+#[derive(Debug)]
+struct NameIndex {
+    names: Vec<(String, usize, u64)>,
+    by_name: HashMap<String, Vec<usize>>,
+}
+
+impl NameIndex {
+    fn of(shards: &[Shard]) -> NameIndex {
+        // names in more than one shard are qualified by rank
+        let mut owners: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (k, s) in shards.iter().enumerate() {
+            for &id in s.trace.tensor_ids() {
+                let n = s.trace.record_name(id).unwrap_or("");
+                let o = owners.entry(n).or_default();
+                if o.last() != Some(&k) {
+                    o.push(k);
+                }
+            }
+        }
+        let mut names = Vec::new();
+        for (k, s) in shards.iter().enumerate() {
+            for &id in s.trace.tensor_ids() {
+                let n = s.trace.record_name(id).unwrap_or("");
+                let q = if owners.get(n).is_some_and(|o| o.len() > 1) {
+                    format!("rank{}/{n}", s.rank)
+                } else {
+                    n.to_string()
+                };
+                names.push((q, k, id));
+            }
+        }
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, (q, _, _)) in names.iter().enumerate() {
+            by_name.entry(q.clone()).or_default().push(i);
+        }
+        NameIndex { names, by_name }
+    }
+}
+
 /// A sharded trace.
 #[derive(Debug)]
 pub struct Shards {
     path: PathBuf,
     shards: Vec<Shard>,
     warnings: Vec<String>,
-    /// Qualified name → (shard position, record id), in rank then record order.
-    names: Vec<(String, usize, u64)>,
-    by_name: HashMap<String, Vec<usize>>,
+    /// The qualified names, built on first use ([`Shards::tensors`],
+    /// [`Shards::resolve`]): a verb that only walks the shards never pays
+    /// for a string per tensor.
+    index: std::sync::OnceLock<NameIndex>,
     /// Opened from a directory or glob (not one file).
     sharded: bool,
 }
@@ -186,39 +228,11 @@ impl Shards {
                 }
             }
         }
-        // names in more than one shard are qualified by rank
-        let mut owners: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (k, s) in shards.iter().enumerate() {
-            for &id in s.trace.tensor_ids() {
-                let n = s.trace.record_name(id).unwrap_or("");
-                let o = owners.entry(n).or_default();
-                if o.last() != Some(&k) {
-                    o.push(k);
-                }
-            }
-        }
-        let mut names = Vec::new();
-        for (k, s) in shards.iter().enumerate() {
-            for &id in s.trace.tensor_ids() {
-                let n = s.trace.record_name(id).unwrap_or("");
-                let q = if owners.get(n).is_some_and(|o| o.len() > 1) {
-                    format!("rank{}/{n}", s.rank)
-                } else {
-                    n.to_string()
-                };
-                names.push((q, k, id));
-            }
-        }
-        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, (q, _, _)) in names.iter().enumerate() {
-            by_name.entry(q.clone()).or_default().push(i);
-        }
         Shards {
             path,
             shards,
             warnings,
-            names,
-            by_name,
+            index: std::sync::OnceLock::new(),
             sharded: true,
         }
     }
@@ -241,18 +255,23 @@ impl Shards {
     /// Every tensor: (qualified name, shard position, record id), rank by
     /// rank, in record order within a shard.
     pub fn tensors(&self) -> &[(String, usize, u64)] {
-        &self.names
+        &self.index().names
+    }
+
+    fn index(&self) -> &NameIndex {
+        self.index.get_or_init(|| NameIndex::of(&self.shards))
     }
 
     /// Look a tensor up by qualified name (`name#k` for the k-th occurrence,
     /// as [`Trace::resolve`]): its shard position and record id.
     pub fn resolve(&self, name: &str) -> Result<(usize, u64), ToolsError> {
-        let hit = self.by_name.get(name).and_then(|v| v.first()).or_else(|| {
+        let index = self.index();
+        let hit = index.by_name.get(name).and_then(|v| v.first()).or_else(|| {
             let (base, k) = name.rsplit_once('#')?;
-            self.by_name.get(base)?.get(k.parse::<usize>().ok()?)
+            index.by_name.get(base)?.get(k.parse::<usize>().ok()?)
         });
         match hit {
-            Some(&i) => Ok((self.names[i].1, self.names[i].2)),
+            Some(&i) => Ok((index.names[i].1, index.names[i].2)),
             None => Err(ReaderError::NotFound {
                 path: self.path.clone(),
                 name: name.to_owned(),
