@@ -207,15 +207,9 @@ fn params_differ(a: &Trace, b: &Trace, p: &Pair) -> Option<Finding> {
         let name = |o: &trace_format::op::OpInfo| o.name.clone().unwrap_or_else(|| "?".into());
         differ.push(("op".to_string(), name(&oa), name(&ob)));
     }
-    let mut keys: Vec<&str> = oa
-        .params
-        .iter()
-        .chain(&ob.params)
-        .map(|(k, _)| k.as_str())
-        .collect();
-    keys.dedup();
     let mut seen = HashSet::new();
-    for k in keys.into_iter().filter(|k| seen.insert(*k)) {
+    let keys = oa.params.iter().chain(&ob.params).map(|(k, _)| k.as_str());
+    for k in keys.filter(|k| seen.insert(*k)) {
         let (va, vb) = (oa.get(k), ob.get(k));
         if va != vb {
             let text =
