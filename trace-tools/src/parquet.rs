@@ -2,7 +2,13 @@
 //! (`export --to parquet`), optionally a long table of the values of small
 //! tensors, and one row per compared pair (`diff --parquet`). Written with
 //! arrow-rs `arrow` + `parquet`, snappy-compressed; readable by pyarrow,
-//! DuckDB, Spark, pandas.
+//! DuckDB, Spark, pandas (`make test` reads them with all four but pandas).
+//!
+//! The columns are plain types that every reader maps to its own: UTF-8
+//! strings, booleans, float64, signed int64 and lists of int64. No column
+//! is unsigned, though ids, counts and offsets are `u64` here: JVM readers
+//! have no unsigned 64-bit type (Spark 4 reads UINT_64 as `decimal(20,0)`,
+//! older Spark refuses it). No timestamps, no dictionary-typed columns.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +17,6 @@ use crate::compare::DiffReport;
 use crate::{ResultExt, ToolsError};
 use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
-    UInt64Builder,
 };
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -53,8 +58,31 @@ where
     Arc::new(b.finish())
 }
 
-fn u64_list(rows: &[Option<Vec<u64>>]) -> ArrayRef {
-    list(UInt64Builder::new(), rows, |b, v| b.append_slice(v))
+/// A value of an unsigned quantity (id, count, offset, size) as Parquet's
+/// signed INT64: JVM readers have no unsigned 64-bit type (Spark 4 reads
+/// UINT_64 as `decimal(20,0)`, older Spark refuses it), so no column of ours
+/// is unsigned. No valid trace holds a value past 2^63 − 1; one that does is
+/// an error naming the column and row, not a wrapped number.
+fn signed(column: &str, row: usize, v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| {
+        ToolsError::Invalid(format!(
+            "Parquet column `{column}`, row {row}: {v} is past INT64's 2^63 - 1"
+        ))
+    })
+}
+
+/// A list column of unsigned quantities, as INT64 (see [`signed`]).
+fn u64_list(column: &str, rows: &[Option<Vec<u64>>]) -> Result<ArrayRef> {
+    let rows = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.as_ref()
+                .map(|v| v.iter().map(|&x| signed(column, i, x)).collect())
+                .transpose()
+        })
+        .collect::<Result<Vec<Option<Vec<i64>>>>>()?;
+    Ok(i64_list(&rows))
 }
 
 fn i64_list(rows: &[Option<Vec<i64>>]) -> ArrayRef {
@@ -69,12 +97,13 @@ fn strings<'a>(rows: impl IntoIterator<Item = Option<&'a str>>) -> ArrayRef {
     Arc::new(b.finish())
 }
 
-fn u64s(rows: impl IntoIterator<Item = Option<u64>>) -> ArrayRef {
-    let mut b = UInt64Builder::new();
-    for r in rows {
-        b.append_option(r);
+/// A column of unsigned quantities, as INT64 (see [`signed`]).
+fn u64s(column: &str, rows: impl IntoIterator<Item = Option<u64>>) -> Result<ArrayRef> {
+    let mut b = Int64Builder::new();
+    for (i, r) in rows.into_iter().enumerate() {
+        b.append_option(r.map(|v| signed(column, i, v)).transpose()?);
     }
-    Arc::new(b.finish())
+    Ok(Arc::new(b.finish()))
 }
 
 fn i64s(rows: impl IntoIterator<Item = Option<i64>>) -> ArrayRef {
@@ -243,14 +272,14 @@ pub fn export_shards(
         }
     }
     let st = |f: fn(&Stats) -> f64| f64s(rows.iter().map(|r| r.stats.as_ref().map(f)));
-    let stu = |f: fn(&Stats) -> u64| u64s(rows.iter().map(|r| r.stats.as_ref().map(f)));
+    let stu = |c: &str, f: fn(&Stats) -> u64| u64s(c, rows.iter().map(|r| r.stats.as_ref().map(f)));
     let batch = RecordBatch::try_from_iter(vec![
         (
             "file",
             strings(rows.iter().map(|r| Some(files[r.file].as_str()))),
         ),
         ("rank", i64s(rows.iter().map(|r| r.rank))),
-        ("id", u64s(rows.iter().map(|r| Some(r.id)))),
+        ("id", u64s("id", rows.iter().map(|r| Some(r.id)))?),
         ("name", strings(rows.iter().map(|r| Some(r.name.as_str())))),
         (
             "dtype",
@@ -259,11 +288,12 @@ pub fn export_shards(
         (
             "shape",
             u64_list(
+                "shape",
                 &rows
                     .iter()
                     .map(|r| Some(r.shape.clone()))
                     .collect::<Vec<_>>(),
-            ),
+            )?,
         ),
         (
             "byte_strides",
@@ -285,23 +315,27 @@ pub fn export_shards(
         ),
         (
             "numel",
-            u64s(rows.iter().map(|r| Some(r.shape.iter().product()))),
+            u64s("numel", rows.iter().map(|r| Some(r.shape.iter().product())))?,
         ),
-        ("storage", u64s(rows.iter().map(|r| r.storage))),
+        ("storage", u64s("storage", rows.iter().map(|r| r.storage))?),
         (
             "storage_offset",
-            u64s(rows.iter().map(|r| Some(r.storage_offset))),
+            u64s(
+                "storage_offset",
+                rows.iter().map(|r| Some(r.storage_offset)),
+            )?,
         ),
         ("contiguous", bools(rows.iter().map(|r| Some(r.contiguous)))),
         ("derived", bools(rows.iter().map(|r| Some(r.derived)))),
         (
             "parents",
             u64_list(
+                "parents",
                 &rows
                     .iter()
                     .map(|r| Some(r.parents.clone()))
                     .collect::<Vec<_>>(),
-            ),
+            )?,
         ),
         (
             "lineage",
@@ -326,16 +360,17 @@ pub fn export_shards(
         (
             "ggml_nb",
             u64_list(
+                "ggml_nb",
                 &rows
                     .iter()
                     .map(|r| r.ggml.as_ref().map(|g| g.1.clone()))
                     .collect::<Vec<_>>(),
-            ),
+            )?,
         ),
         ("stats_source", strings(rows.iter().map(|r| r.stats_source))),
-        ("count", stu(|s| s.count)),
-        ("nan_count", stu(|s| s.nan_count)),
-        ("inf_count", stu(|s| s.inf_count)),
+        ("count", stu("count", |s| s.count)?),
+        ("nan_count", stu("nan_count", |s| s.nan_count)?),
+        ("inf_count", stu("inf_count", |s| s.inf_count)?),
         ("min", st(|s| s.min)),
         ("max", st(|s| s.max)),
         ("mean", st(|s| s.mean)),
@@ -360,9 +395,12 @@ pub fn export_shards(
                 strings(v_file.iter().map(|&f| Some(files[f].as_str()))),
             ),
             ("rank", i64s(v_rank.into_iter())),
-            ("id", u64s(v_id.into_iter().map(Some))),
+            ("id", u64s("id", v_id.into_iter().map(Some))?),
             ("name", strings(v_name.iter().map(|s| Some(s.as_str())))),
-            ("flat_index", u64s(v_index.into_iter().map(Some))),
+            (
+                "flat_index",
+                u64s("flat_index", v_index.into_iter().map(Some))?,
+            ),
             ("value", f64s(v_value.into_iter().map(Some))),
         ])?;
         write(&batch, &vout)?;
@@ -381,11 +419,16 @@ pub fn values_path(out: &Path) -> std::path::PathBuf {
     out.with_file_name(format!("{stem}.values.parquet"))
 }
 
-/// One row per compared pair of a `diff`.
+/// One row per compared pair of a `diff`, with A's `rank` (its run
+/// metadata's; null when it has none) so that the tables of every rank of a
+/// run read as one.
 pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<()> {
     let p = &r.pairs;
+    let rank = crate::shards::metadata_rank(a);
     let m = |f: fn(&crate::compare::Metrics) -> f64| f64s(p.iter().map(|x| x.measured().map(f)));
-    let mu = |f: fn(&crate::compare::Metrics) -> u64| u64s(p.iter().map(|x| x.measured().map(f)));
+    let mu = |c: &str, f: fn(&crate::compare::Metrics) -> u64| {
+        u64s(c, p.iter().map(|x| x.measured().map(f)))
+    };
     let reasons: Vec<String> = p.iter().map(|x| x.verdict.reasons().join("; ")).collect();
     let (fa, fb) = (
         a.path().display().to_string(),
@@ -406,12 +449,13 @@ pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<(
     let batch = RecordBatch::try_from_iter(vec![
         ("file_a", strings(p.iter().map(|_| Some(fa.as_str())))),
         ("file_b", strings(p.iter().map(|_| Some(fb.as_str())))),
-        ("index", u64s((0..p.len() as u64).map(Some))),
+        ("rank", i64s(p.iter().map(|_| rank))),
+        ("index", u64s("index", (0..p.len() as u64).map(Some))?),
         ("key", strings(p.iter().map(|x| Some(x.key.as_str())))),
         ("name_a", strings(p.iter().map(|x| Some(x.a.name.as_str())))),
         ("name_b", strings(p.iter().map(|x| Some(x.b.name.as_str())))),
-        ("id_a", u64s(p.iter().map(|x| Some(x.a.id)))),
-        ("id_b", u64s(p.iter().map(|x| Some(x.b.id)))),
+        ("id_a", u64s("id_a", p.iter().map(|x| Some(x.a.id)))?),
+        ("id_b", u64s("id_b", p.iter().map(|x| Some(x.b.id)))?),
         ("layer", i64s(p.iter().map(|x| x.a.layer.or(x.b.layer)))),
         (
             "dtype_a",
@@ -424,18 +468,20 @@ pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<(
         (
             "shape_a",
             u64_list(
+                "shape_a",
                 &p.iter()
                     .map(|x| Some(x.a.shape.clone()))
                     .collect::<Vec<_>>(),
-            ),
+            )?,
         ),
         (
             "shape_b",
             u64_list(
+                "shape_b",
                 &p.iter()
                     .map(|x| Some(x.b.shape.clone()))
                     .collect::<Vec<_>>(),
-            ),
+            )?,
         ),
         ("verdict", strings(p.iter().map(|x| Some(x.verdict.name())))),
         (
@@ -450,10 +496,11 @@ pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<(
         (
             "inputs",
             u64_list(
+                "inputs",
                 &p.iter()
                     .map(|x| Some(x.inputs.iter().map(|&i| i as u64).collect()))
                     .collect::<Vec<_>>(),
-            ),
+            )?,
         ),
         ("amplification", f64s(p.iter().map(|x| x.amplification))),
         (
@@ -465,7 +512,7 @@ pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<(
             "likely_cause_evidence",
             strings((0..p.len()).map(|i| top(i).map(|f| f.evidence.as_str()))),
         ),
-        ("numel", mu(|m| m.numel)),
+        ("numel", mu("numel", |m| m.numel)?),
         ("max_abs", m(|m| m.max_abs)),
         ("max_rel", m(|m| m.max_rel)),
         ("mean_abs", m(|m| m.mean_abs)),
@@ -473,11 +520,17 @@ pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<(
         ("cosine", m(|m| m.cosine)),
         (
             "max_ulp",
-            u64s(p.iter().map(|x| x.metrics.as_ref().and_then(|m| m.max_ulp))),
+            u64s(
+                "max_ulp",
+                p.iter().map(|x| x.metrics.as_ref().and_then(|m| m.max_ulp)),
+            )?,
         ),
-        ("nan_mismatch", mu(|m| m.nan_mismatch)),
-        ("inf_mismatch", mu(|m| m.inf_mismatch)),
-        ("outside_tolerance", mu(|m| m.outside_tolerance)),
+        ("nan_mismatch", mu("nan_mismatch", |m| m.nan_mismatch)?),
+        ("inf_mismatch", mu("inf_mismatch", |m| m.inf_mismatch)?),
+        (
+            "outside_tolerance",
+            mu("outside_tolerance", |m| m.outside_tolerance)?,
+        ),
         (
             "mean_a",
             f64s(p.iter().map(|x| x.metrics.as_ref().map(|m| m.a.mean))),
@@ -512,4 +565,38 @@ pub fn export_diff(a: &Trace, b: &Trace, r: &DiffReport, out: &Path) -> Result<(
         ),
     ])?;
     write(&batch, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array, ListArray};
+    use arrow::datatypes::DataType;
+
+    #[test]
+    fn unsigned_quantities_are_signed_int64() {
+        let a = u64s("numel", [Some(3), None, Some(i64::MAX as u64)]).unwrap();
+        assert_eq!(a.data_type(), &DataType::Int64);
+        let a = a.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!((a.value(0), a.is_null(1), a.value(2)), (3, true, i64::MAX));
+        let l = u64_list("shape", &[Some(vec![2, 3]), None]).unwrap();
+        let l = l.as_any().downcast_ref::<ListArray>().unwrap();
+        assert_eq!(l.value_type(), DataType::Int64);
+        let v = l.value(0);
+        let v = v.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!((v.values().to_vec(), l.is_null(1)), (vec![2, 3], true));
+    }
+
+    #[test]
+    fn a_value_past_int64_is_an_error_naming_column_and_row() {
+        let e = u64s("storage_offset", [Some(1), Some(1 << 63)]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Parquet column `storage_offset`, row 1: 9223372036854775808 is past INT64's 2^63 - 1"
+        );
+        let e = u64_list("shape", &[None, None, Some(vec![1, u64::MAX])]).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("Parquet column `shape`, row 2: 18446744073709551615"));
+    }
 }

@@ -144,6 +144,11 @@ pub fn shard_files(path: &Path) -> Result<Vec<PathBuf>, ToolsError> {
     Ok(files)
 }
 
+/// A trace's `rank` from its run metadata (an integer, or a string of one).
+pub fn metadata_rank(trace: &Trace) -> Option<i64> {
+    int(trace.run_metadata().get("rank"))
+}
+
 fn int(v: Option<&Value>) -> Option<i64> {
     match v? {
         Value::I64(x) => Some(*x),
@@ -160,7 +165,7 @@ impl Shards {
         let mut shards = Vec::new();
         for (i, f) in shard_files(&path)?.into_iter().enumerate() {
             let trace = Trace::open(&f)?;
-            let rank = int(trace.run_metadata().get("rank")).unwrap_or(i as i64);
+            let rank = metadata_rank(&trace).unwrap_or(i as i64);
             shards.push(Shard { rank, trace });
         }
         Ok(Self::from_shards(path, shards))
@@ -178,7 +183,7 @@ impl Shards {
 
     /// One trace as a run of one shard (its rank from the run metadata, else 0).
     pub fn single(trace: Trace) -> Shards {
-        let rank = int(trace.run_metadata().get("rank")).unwrap_or(0);
+        let rank = metadata_rank(&trace).unwrap_or(0);
         let mut s = Self::from_shards(trace.path().to_path_buf(), vec![Shard { rank, trace }]);
         s.warnings.clear();
         s.sharded = false;
