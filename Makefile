@@ -5,7 +5,7 @@ TRACEDUMP := $(TARGET_DIR)/release/tracedump
 DEMO := $(TARGET_DIR)/demo/demo.tdump
 DEMO_REF := $(TARGET_DIR)/demo/demo.reference.tdump
 
-.PHONY: demo test test-rust test-python test-c debug-build lint bench build pyenv pypackage wheel llama fuzz fuzz-cmin browser
+.PHONY: demo test test-rust test-python test-c debug-build lint bench build pyenv pypackage wheel llama fuzz fuzz-cmin browser spark
 
 build:
 	$(CARGO) build --release -p tracedump-cli
@@ -59,8 +59,23 @@ browser:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
-## Every test, Rust, C and Python.
-test: pyenv test-rust test-c test-python
+## PySpark in local mode, for the README's Spark query over the Parquet
+## tables (tests/parquet/test_spark.py): Debian's headless JRE when `java` is
+## missing, and pyspark. Its ~450 MB source download and wheel build are not
+## kept in pip's cache (--no-cache-dir), and are unpacked inside .venv, on its
+## disk, not in /tmp (which may be a small tmpfs), like install_torch.py does.
+spark: pyenv
+	@command -v java >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q openjdk-17-jre-headless; }
+	@tmp=$$(mktemp -d "$(abspath $(VENV))/pip-XXXXXX") && \
+		TMPDIR=$$tmp $(PYTHON) -m pip install --quiet --disable-pip-version-check --no-cache-dir \
+			-r tests/parquet/requirements.txt; \
+		rc=$$?; rm -rf "$$tmp"; exit $$rc
+
+## Every test, Rust, C and Python. `spark` comes before the Rust build so that
+## its transient ~1 GB (download, wheel build) is gone before target/ grows.
+test: pyenv spark test-rust test-c test-python
 
 ## The debug build the C and Python tests use: libtrace_writer.a/.so and the
 ## CLI (with Parquet, a default feature of tracedump-cli).
@@ -75,7 +90,7 @@ test-c: debug-build pypackage
 	$(PYTHON) trace-writer/tests/c/check_capi.py $(TARGET_DIR)/capi_test.tdump
 
 # test_wheel.py installs the wheel into a bare venv with no cargo on PATH
-test-python: debug-build pypackage wheel llama browser
+test-python: debug-build pypackage wheel llama browser spark
 	TRACEDUMP_WHEEL_DIR=$(abspath $(WHEEL_DIR)) $(PYTHON) -m pytest -q -p tests.pytest_fail_on_skip --fail-on-skip python/tests tests/llama tests/report tests/parquet
 
 test-rust:
