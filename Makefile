@@ -41,13 +41,23 @@ pypackage: pyenv
 ## The release wheel, what a notebook user installs without cargo: one abi3
 ## wheel (CPython 3.10+) for manylinux2014 (glibc 2.17+), stripped. zig (the
 ## ziglang package) links it against glibc 2.17's symbols; its own target dir
-## keeps that build from invalidating the debug and release ones.
+## keeps that build from invalidating the debug and release ones. That dir
+## (~0.9 GB) is removed once the wheel is out, which keeps a fresh clone's
+## `make test` under 10 GB of disk; the wheel is built again only when a
+## source it is made from changed.
 WHEEL_DIR := $(TARGET_DIR)/wheels
-wheel: $(PYTHON)
+WHEEL_STAMP := $(WHEEL_DIR)/.built
+WHEEL_SOURCES := $(wildcard $(shell git ls-files Cargo.toml Cargo.lock python/Cargo.toml \
+	python/pyproject.toml python/README.md python/src python/tracedump trace-reader/src \
+	trace-reader/Cargo.toml trace-writer trace-format trace-quant trace-tools 2>/dev/null))
+wheel: $(WHEEL_STAMP)
+$(WHEEL_STAMP): $(WHEEL_SOURCES) | $(PYTHON)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check "maturin>=1.9.4,<2" "ziglang>=0.13,<0.16"
 	PATH="$$($(PYTHON) -c 'import os, ziglang; print(os.path.dirname(ziglang.__file__))'):$$PATH" \
 		CARGO_TARGET_DIR=$(abspath $(TARGET_DIR))/wheel $(PYTHON) -m maturin build --release --strip \
 		--zig --compatibility manylinux2014 -m python/Cargo.toml -o $(WHEEL_DIR) -i $(PYTHON)
+	rm -rf $(TARGET_DIR)/wheel
+	touch $@
 
 ## llama.cpp for the end-to-end test (pip compiles it once, then uses its cached wheel).
 llama: pyenv
