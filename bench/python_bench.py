@@ -9,6 +9,7 @@ kept. Writes its rows, in the schema of the Rust half (bench/src/main.rs
 Usage:
   python bench/python_bench.py [--scale F] [--repeat N] [--json PATH] [--quiet]
   python bench/python_bench.py torch-permute FILE   # torch's side of the Rust layout row
+  python bench/python_bench.py open-iterate         # Python's side of the count sweep
 """
 from __future__ import annotations
 
@@ -440,6 +441,21 @@ def torch_permute_main(raw):
         print("\t".join(f"{torch_label(k)}\t{t[k][0] * 1e6:.3f}" for k in timers), flush=True)
 
 
+def open_iterate_main():
+    """For the tensor-count sweep (bench/src/sweeps.rs): for every path on
+    stdin, the seconds of `tracedump.open` + `.numpy()` of every tensor by
+    name, and the tensor count, on one line: seconds<TAB>count."""
+    for line in sys.stdin:
+        path = line.rstrip("\n")
+        t0 = time.perf_counter()
+        with tracedump.open(path) as t:
+            n = 0
+            for name in t:
+                t[name].numpy()
+                n += 1
+        print(f"{time.perf_counter() - t0:.9f}\t{n}", flush=True)
+
+
 # --- main ---------------------------------------------------------------------
 
 def print_rows(rows):
@@ -455,6 +471,8 @@ def print_rows(rows):
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "torch-permute":
         return torch_permute_main(sys.argv[2])
+    if sys.argv[1:] == ["open-iterate"]:
+        return open_iterate_main()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of every tensor count, in (0, 1]")
     ap.add_argument("--repeat", type=int, default=5, help="rounds per figure, the median is kept (writes and opens: 2N+1)")
@@ -462,12 +480,12 @@ def main():
     ap.add_argument("--quiet", action="store_true", help="no table (make bench prints the merged one)")
     ap.add_argument("--only", default="write,read,layout",
                     help="comma-separated parts to run: write, read, layout (default all); "
-                         "dequantize and diagnose are accepted and have no Python rows")
+                         "dequantize, diagnose and sweeps are accepted and have no Python rows")
     args = ap.parse_args()
     if not 0 < args.scale <= 1 or args.repeat < 1:
         ap.error("--scale must be in (0, 1] and --repeat at least 1")
     only = set(args.only.split(","))
-    known = {"write", "read", "layout", "dequantize", "diagnose"}
+    known = {"write", "read", "layout", "dequantize", "diagnose", "sweeps"}
     if only - known:
         ap.error(f"--only: unknown part(s) {sorted(only - known)}")
     scaled = lambda n: max(1, round(n * args.scale))  # noqa: E731

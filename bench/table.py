@@ -8,6 +8,8 @@ rows (results-sweeps.json: points for bench/plot.py) are skipped.
 Usage:
   python bench/table.py                 # merge, print, write bench/results.json
   python bench/table.py --markdown      # print bench/results.json as the README's table
+  python bench/table.py --readme README.md bench/README.md
+                                        # put that table between the files' markers
 """
 from __future__ import annotations
 
@@ -36,7 +38,23 @@ def group_key(group):
 
 
 def fs_type(path):
-    """The filesystem type of `path` (`stat -f`), e.g. ext4, xfs, tmpfs."""
+    """The filesystem type of `path`: that of the longest mount point in
+    /proc/mounts above it (ext4, xfs, tmpfs); else `stat -f`, which cannot
+    tell ext4 from ext2/ext3."""
+    path = os.path.realpath(path)
+    best = None
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) < 3:
+                continue
+            point = fields[1].replace("\\040", " ")
+            if os.path.commonpath([path, point]) == point and (best is None or len(point) > len(best[0])):
+                best = (point, fields[2])
+    except OSError:
+        pass
+    if best:
+        return best[1]
     try:
         return subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True,
                               text=True, check=True).stdout.strip()
@@ -206,14 +224,33 @@ def merge(parts, scratch=HERE.parent / "target"):
     )
 
 
+START, END = "<!-- bench table: table.py --readme -->", "<!-- end of bench table -->"
+
+
+def put_in_readme(path, table):
+    """Replace what lies between the START and END lines of `path`."""
+    text = Path(path).read_text()
+    if START not in text or END not in text:
+        sys.exit(f"table.py: {path} has no {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    Path(path).write_text(f"{head}{START}\n{table}\n{END}{tail}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", default=HERE, type=Path, help="where the results-*.json files are")
     ap.add_argument("--json", default=HERE / "results.json", type=Path)
     ap.add_argument("--markdown", action="store_true", help="print --json's table as Markdown, merge nothing")
+    ap.add_argument("--readme", nargs="+", type=Path, metavar="FILE",
+                    help="put --json's Markdown table between FILE's markers, merge nothing")
     args = ap.parse_args()
-    if args.markdown:
-        print(markdown(json.loads(args.json.read_text())))
+    if args.markdown or args.readme:
+        table = markdown(json.loads(args.json.read_text()))
+        for path in args.readme or []:
+            put_in_readme(path, table)
+        if args.markdown:
+            print(table)
         return
     parts = load_parts(args.dir.glob("results-*.json"))
     names = {p["part"] for p in parts}

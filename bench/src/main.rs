@@ -15,6 +15,7 @@ mod dequant;
 mod diagnose;
 mod layout;
 mod read;
+mod sweeps;
 mod write;
 
 use serde::Serialize;
@@ -23,14 +24,19 @@ pub(crate) type Res<T> = Result<T, Box<dyn Error>>;
 
 pub(crate) const MIB: usize = 1 << 20;
 const USAGE: &str = "usage: tracedump-bench [--scale F] [--repeat N] [--only PARTS] [--json PATH] [--quiet]
+       tracedump-bench sweeps [--scale F] [--repeat N] [--json PATH]
+  sweeps      tensor count, tensor size and recording threads, as points for bench/plot.py
+              (default --repeat 3, --json bench/results-sweeps.json)
   --scale F   fraction of every tensor count, in (0, 1] (default 1: the full 1 GiB run)
   --only PARTS comma-separated parts to run: write (with its checksum rows), read, layout, dequantize, diagnose
-              (default all)
+              (default all); `sweeps` runs the sweeps, and only they read it
   --repeat N  rounds per figure, the median is kept (default 5; writes and opens: 2N+1)
   --json PATH where to write the rows (default bench/results-rust.json)
   --quiet     no table at the end (`make bench` prints the merged one)";
 
 pub(crate) struct Args {
+    /// `tracedump-bench sweeps`.
+    sweeps: bool,
     pub(crate) scale: f64,
     pub(crate) repeat: usize,
     json: PathBuf,
@@ -53,14 +59,20 @@ impl Args {
 }
 
 fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1).peekable();
+    let sweeps = it.next_if(|a| a == "sweeps").is_some();
     let mut args = Args {
+        sweeps,
         scale: 1.0,
-        repeat: 5,
-        json: Path::new(env!("CARGO_MANIFEST_DIR")).join("results-rust.json"),
+        repeat: if sweeps { 3 } else { 5 },
+        json: Path::new(env!("CARGO_MANIFEST_DIR")).join(if sweeps {
+            "results-sweeps.json"
+        } else {
+            "results-rust.json"
+        }),
         quiet: false,
         only: None,
     };
-    let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -263,6 +275,16 @@ struct Machine {
 }
 
 #[derive(Serialize)]
+struct SweepReport {
+    part: &'static str,
+    date: String,
+    machine: Machine,
+    scale: f64,
+    rounds: usize,
+    sweeps: Vec<sweeps::Sweep>,
+}
+
+#[derive(Serialize)]
 struct Report {
     part: &'static str,
     date: String,
@@ -310,6 +332,21 @@ fn run(args: &Args) -> Res<()> {
         args.repeat,
     );
 
+    if args.sweeps {
+        if !args.runs("sweeps") {
+            eprintln!("tracedump-bench sweeps: not among --only's parts, nothing to do");
+            return Ok(());
+        }
+        let report = SweepReport {
+            part: "sweeps",
+            sweeps: sweeps::sweeps(args.scale, args.repeat, &dir.0)?,
+            date,
+            machine,
+            scale: args.scale,
+            rounds: args.repeat,
+        };
+        return write_json(&args.json, &report);
+    }
     let mut rows = Vec::new();
     if args.runs("write") {
         rows.extend(write::rows(args, &dir.0)?);
@@ -535,4 +572,65 @@ fn utc_now() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_is_median_and_spread() {
+        let s = Stat::values(vec![3.0, 1.0, 2.0, 10.0, 4.0]);
+        assert_eq!((s.median, s.min, s.max, s.rounds), (3.0, 1.0, 10.0, 5));
+        let s = Stat::values(vec![4.0, 1.0, 2.0, 10.0]);
+        assert_eq!((s.median, s.min, s.max), (3.0, 1.0, 10.0));
+        // GB/s of 1 GB: the fastest round is the highest figure
+        let d = [2.0, 1.0, 4.0].map(Duration::from_secs_f64);
+        let s = Stat::of(&d, |d| gbps(1_000_000_000, d));
+        assert_eq!((s.median, s.min, s.max), (0.5, 0.25, 1.0));
+    }
+
+    #[test]
+    fn ratio_and_verdict_come_from_the_medians() {
+        let ours = Stat::values(vec![2.0, 2.0, 100.0]);
+        let theirs = Stat::values(vec![1.0, 5.0, 5.0]);
+        let row = Row::new("read", "t".into(), "ms", ours)
+            .vs("b", theirs)
+            .goal_ratio(2.5, None);
+        assert_eq!(row.ratio, Some(2.5));
+        assert_eq!(row.ok, Some(true));
+        assert_eq!(row.ours_spread, [2.0, 100.0]);
+        let b = row.baseline.as_ref().unwrap();
+        assert_eq!((b.value, b.spread), (5.0, Some([1.0, 5.0])));
+        let row = Row::new("write", "t".into(), "GB/s", ours)
+            .vs("b", theirs)
+            .goal_ratio(0.5, None);
+        assert_eq!((row.ratio, row.ok), (Some(0.4), Some(false)));
+    }
+
+    #[test]
+    fn every_order_comes_up() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let mut v = [0, 1, 2];
+            shuffle(&mut v);
+            let mut sorted = v;
+            sorted.sort_unstable();
+            assert_eq!(sorted, [0, 1, 2]);
+            seen.insert(v);
+        }
+        assert_eq!(seen.len(), 6);
+    }
+
+    #[test]
+    fn scratch_fs_is_the_longest_mount_point() {
+        let mounts = "/dev/vda / ext4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\n\
+                      /dev/vdb /tmp/my\\040disk xfs rw 0 0\n";
+        let fs = |p: &str| fs_type(mounts, Path::new(p));
+        assert_eq!(fs("/no/such/dir/below/root"), "ext4");
+        assert_eq!(fs("/tmp/no-such-scratch"), "tmpfs");
+        assert_eq!(fs("/tmp/my disk/x"), "xfs");
+        // a prefix of a component is not that mount point
+        assert_eq!(fs("/tmpx/y"), "ext4");
+    }
 }

@@ -1,6 +1,6 @@
 """`make bench`'s scripts, cheaply: the Python half at a tiny scale (every
 row in the one schema, spreads around medians, ratios from the medians),
-and table.py's merge of every bench/results-*.json."""
+table.py's merge of every bench/results-*.json, and plot.py's figure."""
 
 from __future__ import annotations
 
@@ -91,6 +91,11 @@ def test_table_merges_every_results_file(tmp_path: Path) -> None:
                      " | also: 1.00 ms |"]
     assert "| dequantize | dq |" in md and "**MISS**" in md
     assert "scratch on" in md and "4 PASS, 1 MISS" in md
+    readme = tmp_path / "README.md"
+    start, end = "<!-- bench table: table.py --readme -->", "<!-- end of bench table -->"
+    readme.write_text(f"# intro\n\n{start}\nan old table\n{end}\n\n## after\n")
+    run(BENCH / "table.py", "--readme", readme, "--json", out)
+    assert readme.read_text() == f"# intro\n\n{start}\n{md.rstrip()}\n{end}\n\n## after\n"
 
 
 def test_table_refuses_a_row_in_the_old_schema(tmp_path: Path) -> None:
@@ -101,3 +106,29 @@ def test_table_refuses_a_row_in_the_old_schema(tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, BENCH / "table.py", "--dir", tmp_path, "--json", tmp_path / "r.json"],
                        capture_output=True, text=True)
     assert p.returncode != 0 and "lacks ['ours_spread']" in p.stderr
+
+
+def test_plot_draws_every_sweep(tmp_path: Path) -> None:
+    def series(label: str, xs: list[int]) -> dict:
+        return dict(label=label, points=[dict(x=x, median=x / 1e5, spread=[x / 2e5, x / 5e4], rounds=3)
+                                         for x in xs])
+
+    sweeps = [
+        dict(name="count", title="count", x_label="tensors", y_label="seconds", log_x=True, log_y=True,
+             series=[series("open", [1000, 10_000, 100_000]), series("diff", [1000, 10_000, 100_000])]),
+        dict(name="size", title="size", x_label="bytes", y_label="GB/s", log_x=True, log_y=False,
+             series=[series("sync", [1024, 65536, 1 << 20])]),
+        dict(name="threads", title="threads", x_label="threads", y_label="GB/s", log_x=True, log_y=False,
+             series=[series("sync", [1, 2, 4, 8])]),
+    ]
+    src = tmp_path / "results-sweeps.json"
+    src.write_text(json.dumps(dict(part="sweeps", date="2026-12-06 00:00:00 UTC", scale=0.01, rounds=3,
+                                   machine=dict(nproc=2, cpu="cpu", kernel="6.x", scratch_fs="ext4"),
+                                   sweeps=sweeps)))
+    out = tmp_path / "scaling.svg"
+    run(BENCH / "plot.py", "--json", src, "--out", out)
+    svg = out.read_text()
+    assert svg.startswith("<?xml") and "<svg" in svg
+    # one panel per sweep, each with its title and legend
+    for text in ("count", "size", "threads", "open", "diff", "sync"):
+        assert f">{text}<" in svg or f"<!-- {text} -->" in svg, text
