@@ -132,13 +132,16 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## The user-facing benchmark table: ours against plain write(), safetensors,
-## torch, numpy and gguf-py in one run, one table, bench/results.json
-## (bench/README.md). A quick run: make bench BENCH_ARGS="--scale 0.05".
-BENCH_ARGS ?=
+## torch, numpy and gguf-py in one run, one table, bench/results.json; and
+## the scaling sweeps, drawn to bench/scaling.svg (bench/README.md).
+## A quick run: make bench BENCH_ARGS="--scale 0.05".
 bench: pypackage
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(CARGO) build --release -p tracedump-bench -p tracedump-cli
 	$(CARGO) run --release -p tracedump-bench -- --quiet $(BENCH_ARGS)
 	$(PYTHON) bench/python_bench.py --quiet $(BENCH_ARGS)
+	TRACEDUMP_CLI=$(abspath $(TRACEDUMP)) $(CARGO) run --release -p tracedump-bench -- sweeps $(BENCH_ARGS)
+	$(PYTHON) bench/plot.py
 	$(PYTHON) bench/table.py
 
 ## Fuzz every parser (fuzz/README.md) for FUZZ_SECONDS each, one after another.

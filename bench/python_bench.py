@@ -1,19 +1,22 @@
 """The Python half of `make bench`: the `tracedump` package against what a
 Python user would use instead (a plain `f.write()`, `safetensors`,
-`torch.save`, `numpy.save`, torch itself), measured in the same run, best
-of N rounds with the contenders interleaved. Writes its rows, in the schema
-of the Rust half (bench/src/main.rs `Row`), to bench/results-python.json;
-`bench/table.py` merges both into the one table. See bench/README.md.
+`torch.save`, `numpy.save`, torch itself), measured in the same run, N
+rounds with the contenders in a random order each round, median and spread
+kept. Writes its rows, in the schema of the Rust half (bench/src/main.rs
+`Row`, bench/README.md "Row schema"), to bench/results-python.json;
+`bench/table.py` merges every bench/results-*.json into the one table.
 
 Usage:
   python bench/python_bench.py [--scale F] [--repeat N] [--json PATH] [--quiet]
-  python bench/python_bench.py torch-permute FILE CALLS   # for the Rust layout row
+  python bench/python_bench.py torch-permute FILE   # torch's side of the Rust layout row
+  python bench/python_bench.py open-iterate         # Python's side of the count sweep
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -38,23 +41,36 @@ KV_CALLS = 30
 KV_BLOCK = 5
 
 
+def stat(values):
+    """(median, min, max, rounds) of some figures."""
+    v = sorted(values)
+    n = len(v)
+    median = v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+    return median, v[0], v[-1], n
+
+
 class Row:
-    """One row of the table (the Rust half's schema)."""
+    """One row of the table (the Rust half's schema). `ours` and the
+    baseline are lists of per-round figures in the row's unit."""
 
     def __init__(self, group, name, unit, ours):
+        median, lo, hi, n = stat(ours)
         self.d = dict(part="python", group=group, name=name, unit=unit,
-                      higher_is_better=unit == "GB/s", ours=ours, baseline=None,
-                      others=[], ratio=None, goal=None, ok=None)
+                      higher_is_better=unit in ("GB/s", "x"), ours=median, ours_spread=[lo, hi],
+                      rounds=n, baseline=None, others=[], ratio=None, goal=None, ok=None)
 
-    def vs(self, label, value):
-        """The baseline, in the row's unit: sets the ratio (> 1: ours faster)."""
+    def vs(self, label, values):
+        """The baseline's rounds, in the row's unit: sets the ratio from the
+        medians (> 1: ours faster)."""
         d = self.d
-        d["baseline"] = dict(label=label, value=value, unit=d["unit"])
-        d["ratio"] = d["ours"] / value if d["higher_is_better"] else value / d["ours"]
+        median, lo, hi, _ = stat(values)
+        d["baseline"] = dict(label=label, value=median, unit=d["unit"], spread=[lo, hi])
+        d["ratio"] = d["ours"] / median if d["higher_is_better"] else median / d["ours"]
         return self
 
-    def also(self, label, value, unit):
-        self.d["others"].append(dict(label=label, value=value, unit=unit))
+    def also(self, label, values, unit):
+        """Another figure measured in the same rounds: its median."""
+        self.d["others"].append(dict(label=label, value=stat(values)[0], unit=unit))
         return self
 
     def goal_ratio(self, minimum, text=None):
@@ -62,21 +78,28 @@ class Row:
         self.d["ok"] = self.d["ratio"] >= minimum
         return self
 
-    def goal_max(self, maximum):
-        self.d["goal"] = f"<= {maximum:g} {self.d['unit']}"
-        self.d["ok"] = self.d["ours"] <= maximum
-        return self
-
 
 def interleaved(contenders, rounds):
-    """Best of `rounds` of every contender, run in turn within each round so
-    that a drift in machine load hits them all. Each contender takes the
-    round number and returns the seconds it timed itself."""
-    best = {k: float("inf") for k in contenders}
+    """Every round of every contender, in a random order within each round,
+    so that neither a drift in machine load nor what one contender leaves
+    behind always falls on the same one. Each contender takes the round
+    number and returns the seconds it timed itself; returns name -> list."""
+    times = {k: [] for k in contenders}
+    order = list(contenders)
     for r in range(rounds):
-        for k, fn in contenders.items():
-            best[k] = min(best[k], fn(r))
-    return best
+        random.shuffle(order)
+        for k in order:
+            times[k].append(contenders[k](r))
+    return times
+
+
+def per(times, scale):
+    """Every round's seconds times `scale` (a unit, a per-tensor figure)."""
+    return [t * scale for t in times]
+
+
+def rate(times, total_bytes):
+    return [total_bytes / t / 1e9 for t in times]
 
 
 def timed(fn, *args):
@@ -102,13 +125,12 @@ def progress(what):
 
 # --- writing ------------------------------------------------------------------
 
-def write_contenders(tmp, named, total_bytes):
+def write_contenders(tmp, named):
     """Every way of writing `named` (name -> 1-D f32 torch tensor) to a file."""
     arrays = [t.numpy() for t in named.values()]
     path = {k: tmp / f"w.{k}" for k in ("plain", "tdump", "safetensors", "pt", "npy")}
-    roomy = 2 * total_bytes + 64 * MIB  # the whole run fits: no add() waits
     dst = np.ones((len(arrays), arrays[0].size), dtype=np.float32)  # faulted in
-    default_adds = [float("inf")]
+    background_adds = {"torch": [], "numpy": []}
     last_name, last = list(named)[-1], arrays[-1]
 
     def check_trace(r):
@@ -144,30 +166,24 @@ def write_contenders(tmp, named, total_bytes):
     def sync_numpy(r):
         return sync(r, numpy_items)
 
-    def background_adds(r, queue_bytes, preallocate=False, items=named.items()):
-        w = tracedump.Writer(path["tdump"], mode="background", queue_bytes=queue_bytes,
-                             preallocate=preallocate)
+    def background(r, kind="torch"):
+        """Create..close on the default queue (not preallocated); the add()
+        calls alone go to background_adds[kind]."""
+        items = named.items() if kind == "torch" else numpy_items
         t0 = time.perf_counter()
+        w = tracedump.Writer(path["tdump"], mode="background")
+        t1 = time.perf_counter()
         for k, v in items:
             w.add(k, v)
-        s = time.perf_counter() - t0
+        background_adds[kind].append(time.perf_counter() - t1)
         if w.close()["dropped"]:
             raise SystemExit("python_bench: the background writer dropped tensors")
+        s = time.perf_counter() - t0
         check_trace(r)
         return s
 
-    def roomy_numpy_adds(r):
-        return background_adds(r, roomy, items=numpy_items)
-
-    def roomy_adds(r):
-        return background_adds(r, roomy, preallocate=True)
-
-    def roomy_cold_adds(r):
-        return background_adds(r, roomy)
-
-    def default_queue_adds(r):
-        default_adds[0] = min(default_adds[0], background_adds(r, 256 << 20))
-        return 0.0
+    def background_numpy(r):
+        return background(r, "numpy")
 
     def safetensors(r):
         s, _ = timed(save_file, named, path["safetensors"])
@@ -205,11 +221,10 @@ def write_contenders(tmp, named, total_bytes):
         del copies
         return s
 
-    return dict(plain=plain, sync=sync, sync_numpy=sync_numpy, roomy_adds=roomy_adds,
-                roomy_numpy_adds=roomy_numpy_adds, roomy_cold_adds=roomy_cold_adds,
-                default_queue_adds=default_queue_adds,
+    return dict(plain=plain, sync=sync, sync_numpy=sync_numpy, background=background,
+                background_numpy=background_numpy,
                 safetensors=safetensors, torch_save=torch_save, numpy_save=numpy_save,
-                memcpy=memcpy, fresh_copy=fresh_copy), default_adds
+                memcpy=memcpy, fresh_copy=fresh_copy), background_adds
 
 
 NP_SAVE = "numpy.save, one per tensor into one file"
@@ -219,51 +234,53 @@ def write_rows(tmp, n_large, n_small, repeat):
     rows = []
     # 1. large: GB/s
     label = f"{n_large} x 4 MiB f32"
-    progress(f"write {label}: plain, Writer sync/background x2, save_file, torch.save, np.save, memcpy x2")
+    progress(f"write {label}: plain, Writer sync/background, save_file, torch.save, np.save, memcpy x2")
     named = {f"blk.{i % 32}.w-{i}": torch.arange(MIB, dtype=torch.float32) + i for i in range(n_large)}
     total = n_large * 4 * MIB
-    contenders, default_adds = write_contenders(tmp, named, total)
-    del contenders["sync_numpy"], contenders["roomy_numpy_adds"]  # small tensors only
-    best = interleaved(contenders, 2 * repeat + 1)
-    gb = {k: total / v / 1e9 for k, v in best.items() if v > 0}
-    gb["default_queue_adds"] = total / default_adds[0] / 1e9
+    contenders, adds = write_contenders(tmp, named)
+    del contenders["sync_numpy"], contenders["background_numpy"]  # small tensors only
+    t = interleaved(contenders, 2 * repeat + 1)
+    gb = {k: rate(v, total) for k, v in t.items()}
+    adds = rate(adds["torch"], total)
     name = f"Python Writer.add (sync), {label}"
     rows.append(Row("write", name, "GB/s", gb["sync"])
                 .vs("plain f.write() of the same bytes", gb["plain"]).goal_ratio(0.9))
     rows.append(Row("write", name, "GB/s", gb["sync"])
                 .vs("safetensors.torch.save_file", gb["safetensors"]).goal_ratio(0.95)
                 .also("torch.save", gb["torch_save"], "GB/s")
-                .also(NP_SAVE, gb["numpy_save"], "GB/s"))
-    rows.append(Row("write", f"Python Writer.add (background, preallocate=True), {label}: add() calls", "GB/s",
-                    gb["roomy_adds"])
-                .vs("memcpy (np.copyto into a preallocated array)", gb["memcpy"])
+                .also(NP_SAVE, gb["numpy_save"], "GB/s")
+                .also("Writer(mode='background'), create..close", gb["background"], "GB/s"))
+    # the engine's cost: the faster (by median) of the two copy forms
+    copies = {"np.copyto into a preallocated array": gb["memcpy"],
+              "a.copy() of each, all kept": gb["fresh_copy"]}
+    (best, best_gb), (other, other_gb) = sorted(copies.items(), key=lambda kv: -stat(kv[1])[0])
+    rows.append(Row("write", f"Python Writer.add (background, default queue), {label}: add() calls", "GB/s",
+                    adds)
+                .vs(f"memcpy: {best} (the faster form)", best_gb)
                 .goal_ratio(0.8, ">= 0.8x (time <= 1.25x memcpy)")
-                .also("add() calls without preallocate: queue memory faulted in as it fills",
-                      gb["roomy_cold_adds"], "GB/s")
-                .also("add() calls with the default 256 MiB queue (waits when full)",
-                      gb["default_queue_adds"], "GB/s")
-                .also("copies into fresh arrays (a.copy(), all kept)", gb["fresh_copy"], "GB/s"))
+                .also(f"memcpy: {other}", other_gb, "GB/s"))
     del named, contenders
 
     # 2. small: µs per tensor
     label = f"{n_small} x 256 B"
     progress(f"write {label}: plain, Writer sync/background, save_file, torch.save, np.save")
     named = {f"blk.{i % 32}.s-{i}": torch.full((64,), float(i)) for i in range(n_small)}
-    contenders, _ = write_contenders(tmp, named, n_small * 256)
-    del contenders["default_queue_adds"], contenders["memcpy"], contenders["fresh_copy"]
-    del contenders["roomy_cold_adds"]  # small payloads are not staged: the same as roomy_adds
-    best = interleaved(contenders, 2 * repeat + 1)
-    us = {k: v / n_small * 1e6 for k, v in best.items()}
+    contenders, adds = write_contenders(tmp, named)
+    del contenders["memcpy"], contenders["fresh_copy"]
+    t = interleaved(contenders, 2 * repeat + 1)
+    us = {k: per(v, 1e6 / n_small) for k, v in t.items()}
+    adds = {k: per(v, 1e6 / n_small) for k, v in adds.items()}
     rows.append(Row("write", f"Python Writer.add (sync), {label}, per tensor", "µs", us["sync"])
-                .vs("safetensors.torch.save_file", us["safetensors"]).goal_max(3.0)
+                .vs("safetensors.torch.save_file", us["safetensors"]).goal_ratio(5.0, ">= 5x (ours)")
                 .also("Writer.add of numpy arrays of the same bytes", us["sync_numpy"], "µs")
                 .also("torch.save", us["torch_save"], "µs")
                 .also(NP_SAVE, us["numpy_save"], "µs")
                 .also("plain f.write()", us["plain"], "µs"))
     rows.append(Row("write", f"Python Writer.add (background), {label}: add() call per tensor", "µs",
-                    us["roomy_adds"])
-                .vs("safetensors.torch.save_file", us["safetensors"]).goal_max(2.0)
-                .also("add() of numpy arrays of the same bytes", us["roomy_numpy_adds"], "µs"))
+                    adds["torch"])
+                .vs("safetensors.torch.save_file", us["safetensors"]).goal_ratio(5.0, ">= 5x (ours)")
+                .also("add() of numpy arrays of the same bytes", adds["numpy"], "µs")
+                .also("create..close", us["background"], "µs"))
     return rows
 
 
@@ -281,141 +298,75 @@ def small_files(tmp, n):
 
 
 def read_rows(tmp, n_open, repeat):
+    """Open a file and reach every tensor as torch, from a fresh open: the
+    work an open defers to first access is in the figure."""
     rows = []
     for n in n_open:
-        progress(f"open a trace of {n} tensors vs safe_open (best of {2 * repeat + 1})")
+        rounds = 2 * repeat + 1
+        progress(f"open + .torch() of every one of {n} tensors vs safe_open + get_tensor ({rounds} rounds)")
         named, tpath, spath = small_files(tmp, n)
+        names = list(named)
+        with tracedump.open(tpath) as t, safe_open(spath, framework="pt") as f:
+            if len(t) != n or not torch.equal(t[names[-1]].torch(), f.get_tensor(names[-1])):
+                raise SystemExit("python_bench: .torch() differs from safetensors")
+            copied = t.copied
 
-        def ours(r, copy=None):
+        def ours(r, get=lambda v: v.torch(), copy=None):
             t0 = time.perf_counter()
             with tracedump.open(tpath, copy=copy) as t:
-                pass
-            s = time.perf_counter() - t0
-            if r == 0:
-                with tracedump.open(tpath, copy=copy) as t:
-                    if len(t) != n:
-                        raise SystemExit("python_bench: wrong tensor count")
-            return s
+                for k in names:
+                    get(t[k])
+            return time.perf_counter() - t0
 
         def theirs(r):
             t0 = time.perf_counter()
             with safe_open(spath, framework="pt") as f:
+                for k in names:
+                    f.get_tensor(k)
+            return time.perf_counter() - t0
+
+        def open_only(r):
+            return timed(lambda: tracedump.open(tpath).close())[0]
+
+        def safe_open_only(r):
+            t0 = time.perf_counter()
+            with safe_open(spath, framework="pt"):
                 pass
             return time.perf_counter() - t0
 
-        best = interleaved(dict(ours=ours, mapped=lambda r: ours(r, copy=False), theirs=theirs),
-                           2 * repeat + 1)
-        copied = tracedump.open(tpath).copied
-        rows.append(Row("read", f"Python tracedump.open, {n} tensors"
-                        + (" (default: read into memory)" if copied else ""), "ms", best["ours"] * 1e3)
-                    .vs("safetensors.safe_open", best["theirs"] * 1e3).goal_ratio(2.0)
-                    .also("tracedump.open(copy=False), mapped", best["mapped"] * 1e3, "ms"))
-
-        if n == n_open[0]:
-            progress(f"trace[name].torch() of {n} tensors vs get_tensor")
-            names = list(named)
-            trace = tracedump.open(tpath)
-            f = safe_open(spath, framework="pt")
-            if not torch.equal(trace[names[-1]].torch(), f.get_tensor(names[-1])):
-                raise SystemExit("python_bench: .torch() differs from safetensors")
-
-            def ours_get(r):
-                t0 = time.perf_counter()
-                for k in names:
-                    trace[k].torch()
-                return time.perf_counter() - t0
-
-            def theirs_get(r):
-                t0 = time.perf_counter()
-                for k in names:
-                    f.get_tensor(k)
-                return time.perf_counter() - t0
-
-            def ours_numpy(r):
-                t0 = time.perf_counter()
-                for k in names:
-                    trace[k].numpy()
-                return time.perf_counter() - t0
-
-            best = interleaved(dict(ours=ours_get, theirs=theirs_get, numpy=ours_numpy), repeat)
-            us = {k: v / n * 1e6 for k, v in best.items()}
-            rows.append(Row("read", f"Python trace[name].torch(), {n} x 256 B, per tensor", "µs", us["ours"])
-                        .vs("safe_open(...).get_tensor", us["theirs"]).goal_ratio(5.0)
-                        .also("trace[name].numpy()", us["numpy"], "µs"))
-            trace.close()
-            del f
+        t = interleaved(dict(ours=ours, theirs=theirs,
+                             numpy=lambda r: ours(r, get=lambda v: v.numpy()),
+                             mapped=lambda r: ours(r, copy=False),
+                             open_only=open_only, safe_open_only=safe_open_only), rounds)
+        ms = {k: per(v, 1e3) for k, v in t.items()}
+        rows.append(Row("read", f"Python tracedump.open + trace[name].torch() of every tensor, {n} x 256 B"
+                        + (" (default: file read into memory)" if copied else ""), "ms", ms["ours"])
+                    .vs("safe_open(framework='pt') + get_tensor of every tensor", ms["theirs"])
+                    .goal_ratio(5.0)
+                    .also(".numpy() instead of .torch()", ms["numpy"], "ms")
+                    .also("tracedump.open(copy=False), mapped", ms["mapped"], "ms")
+                    .also("tracedump.open alone", ms["open_only"], "ms")
+                    .also("safe_open alone", ms["safe_open_only"], "ms"))
         del named
+        os.remove(tpath)
+        os.remove(spath)
     return rows
-
-
-def big_row(tmp, big_elems, repeat):
-    mb = big_elems * 4 / MIB
-    progress(f"one {mb:.0f} MiB tensor -> torch: tracedump, safetensors, torch.load(mmap=True)")
-    big = torch.arange(big_elems, dtype=torch.float32)
-    tpath, spath, ppath = tmp / "big.tdump", tmp / "big.safetensors", tmp / "big.pt"
-    with tracedump.Writer(tpath) as w:
-        w.add("big", big)
-    save_file({"big": big}, spath)
-    torch.save({"big": big}, ppath)
-    dst = np.ones(big_elems, dtype=np.float32)
-    src = big.numpy()
-    last = float(big[-1])
-
-    def check(r, t):
-        if r == 0 and (t.shape != big.shape or float(t[-1]) != last):
-            raise SystemExit("python_bench: the big tensor read back differs")
-
-    def ours(r):
-        t0 = time.perf_counter()
-        with tracedump.open(tpath) as trace:
-            t = trace["big"].torch()
-        s = time.perf_counter() - t0
-        check(r, t)
-        return s
-
-    def theirs(r):
-        t0 = time.perf_counter()
-        with safe_open(spath, framework="pt") as f:
-            t = f.get_tensor("big")
-        s = time.perf_counter() - t0
-        check(r, t)
-        return s
-
-    def torch_load(r):
-        t0 = time.perf_counter()
-        t = torch.load(ppath, mmap=True, weights_only=True)["big"]
-        s = time.perf_counter() - t0
-        check(r, t)
-        return s
-
-    def memcpy(r):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        return time.perf_counter() - t0
-
-    best = interleaved(dict(ours=ours, theirs=theirs, torch_load=torch_load), 2 * repeat + 1)
-    # apart, after: interleaved, the 256 MiB copy slowed the calls after it
-    # by more than they cost (0.06 -> 0.36 ms seen), the baseline's too
-    best |= interleaved(dict(memcpy=memcpy), repeat)
-    ms = {k: v * 1e3 for k, v in best.items()}
-    return [Row("read", f"Python open + trace[name].torch(), one {mb:.0f} MiB f32 tensor", "ms", ms["ours"])
-            .vs("safe_open + get_tensor", ms["theirs"])
-            .goal_ratio(1.0, "<= safetensors (>= 1x)")
-            .also("torch.load(mmap=True)", ms["torch_load"], "ms")
-            .also(f"memcpy of the {mb:.0f} MiB (what O(n) costs)", ms["memcpy"], "ms")]
 
 
 # --- layout -------------------------------------------------------------------
 
 def torch_permute(kv):
-    """What a torch user writes: the cache's [heads, positions, dim] as f32."""
-    return kv.permute(1, 0, 2).contiguous().float()
+    """What a torch user writes: the cache's [heads, positions, dim] as
+    contiguous f32, in torch's one pass (permute is a view; `.to` with a
+    memory format converts and lays out at once)."""
+    return kv.permute(1, 0, 2).to(torch.float32, memory_format=torch.contiguous_format)
 
 
 def torch_permute_timers(kv):
     """torch's conversion at its default thread count and at one thread: on
     a small tensor, and on a busy machine, its thread pool can cost more
-    than it saves, so the baseline is the faster of the two."""
+    than it saves, so the baseline is the faster of the two (by median).
+    Each round is a block of calls, the fastest kept."""
     threads = torch.get_num_threads()
 
     def at(n):
@@ -434,12 +385,9 @@ def torch_permute_timers(kv):
     return timers
 
 
-def torch_baseline(best_us):
-    """(label, value, the other figure or None) of the torch timers' results."""
-    (k1, v1), *rest = sorted(((k, v) for k, v in best_us.items() if k.startswith("torch_")), key=lambda kv: kv[1])
-    label = lambda k: f"torch permute().contiguous().float(), {k[6:]} thread{'s' if k[6:] != '1' else ''}"  # noqa: E731
-    return (label(k1) + (" (the faster)" if rest else ""), v1,
-            (label(rest[0][0]), rest[0][1]) if rest else None)
+def torch_label(k):
+    n = k[len("torch_"):]
+    return f"torch permute().to(float32, contiguous_format), {n} thread{'s' if n != '1' else ''}"
 
 
 def kv_values():
@@ -457,8 +405,9 @@ def layout_row(tmp):
     view = trace["k-0"]
     if view.is_contiguous or view.shape != (8, 256, 128):
         raise SystemExit(f"python_bench: the KV view was recorded as {view.shape}, contiguous={view.is_contiguous}")
-    want = torch_permute(kv).numpy()
-    if not (np.array_equal(view.materialize("f32"), want) and np.array_equal(view.to_f32(), want)):
+    want = torch_permute(kv)
+    if not want.is_contiguous() or not (np.array_equal(view.materialize("f32"), want.numpy())
+                                        and np.array_equal(view.to_f32(), want.numpy())):
         raise SystemExit("python_bench: materialize('f32') differs from torch")
 
     def timer(fn):
@@ -466,27 +415,45 @@ def layout_row(tmp):
             return min(timed(fn)[0] for _ in range(KV_BLOCK))
         return run
 
-    best = interleaved(dict(ours=timer(lambda: view.materialize("f32")),
-                            to_f32=timer(view.to_f32),
-                            **torch_permute_timers(kv)), KV_CALLS)
+    t = interleaved(dict(ours=timer(lambda: view.materialize("f32")),
+                         to_f32=timer(view.to_f32),
+                         **torch_permute_timers(kv)), KV_CALLS)
     trace.close()
-    us = {k: v * 1e6 for k, v in best.items()}
-    label, value, other = torch_baseline(us)
+    us = {k: per(v, 1e6) for k, v in t.items()}
+    sides = sorted((k for k in us if k.startswith("torch_")), key=lambda k: stat(us[k])[0])
     row = (Row("layout", "Python materialize('f32'), permuted f16 KV view [8,256,128]", "µs", us["ours"])
-           .vs(label, value).goal_ratio(1.0)
+           .vs(torch_label(sides[0]) + (" (the faster)" if len(sides) > 1 else ""), us[sides[0]])
+           .goal_ratio(1.0)
            .also(".to_f32()", us["to_f32"], "µs"))
-    if other:
-        row.also(*other, "µs")
+    for k in sides[1:]:
+        row.also(torch_label(k), us[k], "µs")
     return [row]
 
 
-def torch_permute_main(raw, calls):
-    """For the Rust layout row: the torch baseline of the f16 storage in
-    `raw`, on one line: label<TAB>µs<TAB>other label<TAB>other µs."""
+def torch_permute_main(raw):
+    """torch's side of the Rust layout row: for every line on stdin, one
+    round of each thread count's timer in a random order, printed as
+    label<TAB>µs[<TAB>label<TAB>µs] (the same labels in the same order)."""
     kv = torch.from_numpy(np.fromfile(raw, dtype=np.float16).reshape(KV_STORAGE))
-    best = interleaved(torch_permute_timers(kv), calls)
-    label, value, other = torch_baseline({k: v * 1e6 for k, v in best.items()})
-    print("\t".join([label, f"{value:.3f}", *(other and [other[0], f"{other[1]:.3f}"] or [])]))
+    timers = torch_permute_timers(kv)
+    for r, _ in enumerate(sys.stdin):
+        t = interleaved(timers, 1)
+        print("\t".join(f"{torch_label(k)}\t{t[k][0] * 1e6:.3f}" for k in timers), flush=True)
+
+
+def open_iterate_main():
+    """For the tensor-count sweep (bench/src/sweeps.rs): for every path on
+    stdin, the seconds of `tracedump.open` + `.numpy()` of every tensor by
+    name, and the tensor count, on one line: seconds<TAB>count."""
+    for line in sys.stdin:
+        path = line.rstrip("\n")
+        t0 = time.perf_counter()
+        with tracedump.open(path) as t:
+            n = 0
+            for name in t:
+                t[name].numpy()
+                n += 1
+        print(f"{time.perf_counter() - t0:.9f}\t{n}", flush=True)
 
 
 # --- main ---------------------------------------------------------------------
@@ -494,29 +461,33 @@ def torch_permute_main(raw, calls):
 def print_rows(rows):
     for r in rows:
         b = r["baseline"]
-        print(f"{r['name']:<70} {r['ours']:>10.3f} {r['unit']:<5} "
+        lo, hi = r["ours_spread"]
+        print(f"{r['name']:<70} {r['ours']:>10.3f} [{lo:.3f}, {hi:.3f}] {r['unit']:<5} "
               f"{(b['label'] + ' ' + format(b['value'], '.3f')) if b else '-':<50} "
               f"{format(r['ratio'], '.2f') + 'x' if r['ratio'] else '-':>7}  {r['goal'] or '-'}: "
               f"{'-' if r['ok'] is None else 'PASS' if r['ok'] else 'MISS'}")
 
 
 def main():
-    if len(sys.argv) == 4 and sys.argv[1] == "torch-permute":
-        return torch_permute_main(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) == 3 and sys.argv[1] == "torch-permute":
+        return torch_permute_main(sys.argv[2])
+    if sys.argv[1:] == ["open-iterate"]:
+        return open_iterate_main()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of every tensor count, in (0, 1]")
-    ap.add_argument("--repeat", type=int, default=5, help="rounds per figure, the best is kept (writes and opens: 2N+1)")
+    ap.add_argument("--repeat", type=int, default=5, help="rounds per figure, the median is kept (writes and opens: 2N+1)")
     ap.add_argument("--json", default=str(Path(__file__).with_name("results-python.json")))
     ap.add_argument("--quiet", action="store_true", help="no table (make bench prints the merged one)")
     ap.add_argument("--only", default="write,read,layout",
                     help="comma-separated parts to run: write, read, layout (default all); "
-                         "dequantize is accepted and has no Python rows")
+                         "dequantize, diagnose and sweeps are accepted and have no Python rows")
     args = ap.parse_args()
     if not 0 < args.scale <= 1 or args.repeat < 1:
         ap.error("--scale must be in (0, 1] and --repeat at least 1")
     only = set(args.only.split(","))
-    if only - {"write", "read", "layout", "dequantize"}:
-        ap.error(f"--only: unknown part(s) {sorted(only - {'write', 'read', 'layout', 'dequantize'})}")
+    known = {"write", "read", "layout", "dequantize", "diagnose", "sweeps"}
+    if only - known:
+        ap.error(f"--only: unknown part(s) {sorted(only - known)}")
     scaled = lambda n: max(1, round(n * args.scale))  # noqa: E731
     root = Path(__file__).resolve().parent.parent / "target"
     root.mkdir(exist_ok=True)
@@ -527,7 +498,6 @@ def main():
             rows += write_rows(tmp, scaled(256), scaled(20_000), args.repeat)
         if "read" in only:
             rows += read_rows(tmp, [scaled(20_000), scaled(100_000)], args.repeat)
-            rows += big_row(tmp, scaled(64 * MIB), args.repeat)
         if "layout" in only:
             rows += layout_row(tmp)
     finally:

@@ -3,12 +3,14 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use trace_writer::DType;
 
-use crate::{python_figure, Res, Row};
+use crate::{gbps, interleaved, python, Res, Row, Stat};
 
 /// The types gguf-py decodes, and where each block keeps its scales, so the
 /// random blocks get ordinary (normal, finite) scales: `(offset, kind)`
@@ -55,43 +57,66 @@ fn blocks(dtype: DType, scales: &[(usize, u8)], values: usize) -> Vec<u8> {
     out
 }
 
-/// One row per type: GB/s of f32 output, ours and gguf-py's.
+/// One row per type: GB/s of f32 output, ours and gguf-py's, each round
+/// one call of each in a random order (gguf-py in one `serve` process of
+/// `tests/python/gguf_reference.py` for the whole part).
 pub fn rows(dir: &Path, values: usize, repeat: usize) -> Res<Vec<Row>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/gguf_reference.py");
+    let mut child = Command::new(python())
+        .arg(&script)
+        .arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {} ({e})", python().display()))?;
+    let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
     let mut rows = Vec::new();
+    let rounds = repeat.max(3);
     for &(dtype, scales) in TYPES {
         let raw = blocks(dtype, scales, values);
-        let mut out = vec![0f32; values];
-        let mut ours = f64::INFINITY;
-        for _ in 0..repeat.max(3) {
-            let t = Instant::now();
-            trace_quant::dequantize(dtype, &raw, &mut out)?;
-            ours = ours.min(t.elapsed().as_secs_f64());
-            std::hint::black_box(&out);
-        }
         let file = dir.join(format!("{}.bin", dtype.name()));
         std::fs::write(&file, &raw)?;
-        let theirs = python_figure(
-            &script,
-            &[
-                "bench",
-                &dtype.name().to_uppercase(),
-                &file.to_string_lossy(),
-                &repeat.to_string(),
-            ],
-        )?;
-        let gb = |s: f64| (values * 4) as f64 / s / 1e9;
+        let request = format!("{} {}\n", dtype.name().to_uppercase(), file.display());
+        let mut out_f32 = vec![0f32; values];
+        let mut ours = |_: usize| -> Res<Duration> {
+            let t = Instant::now();
+            trace_quant::dequantize(dtype, &raw, &mut out_f32)?;
+            let took = t.elapsed();
+            std::hint::black_box(&out_f32);
+            Ok(took)
+        };
+        let mut theirs = |_: usize| -> Res<Duration> {
+            let stdin = child.stdin.as_mut().ok_or("no stdin")?;
+            stdin.write_all(request.as_bytes())?;
+            stdin.flush()?;
+            let mut line = String::new();
+            if out.read_line(&mut line)? == 0 {
+                return Err(format!("{} serve exited early", script.display()).into());
+            }
+            Ok(Duration::from_secs_f64(line.trim().parse()?))
+        };
+        let [ours, theirs] = interleaved(rounds, &mut [&mut ours, &mut theirs])?;
+        std::fs::remove_file(&file)?;
+        let bytes = values * 4;
         let row = Row::rate(
             "dequantize",
             format!("dequantize {dtype} -> f32 (1 thread)"),
-            values * 4,
-            Duration::from_secs_f64(ours),
+            bytes,
+            &ours,
         )
-        .vs("gguf-py (numpy)", gb(theirs));
+        .vs(
+            "gguf-py quants.dequantize, rows of 4096 values (numpy)",
+            Stat::of(&theirs, |d| gbps(bytes, d)),
+        );
         // every type carries the goal (>= 20x gguf-py; and ours: >= 1 GB/s)
         let mut row = row.goal_ratio(20.0, Some(">= 20x, and >= 1 GB/s (ours)"));
         row.ok = row.ok.map(|ok| ok && row.ours >= 1.0);
         rows.push(row);
+    }
+    drop(child.stdin.take());
+    let status = child.wait()?;
+    if !status.success() {
+        return Err(format!("{} serve failed: {status}", script.display()).into());
     }
     Ok(rows)
 }

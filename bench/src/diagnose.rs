@@ -2,7 +2,7 @@
 //! f32 pair, and what blame adds to a 10,000-pair diff.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use trace_reader::Trace;
 use trace_tools::blame::{blame, diagnose_pair, pair_inputs};
@@ -11,14 +11,7 @@ use trace_tools::diagnose::{diagnose, Values};
 use trace_tools::mapping::Mapping;
 use trace_writer::{DType, Metadata, TensorMeta, Writer};
 
-use crate::{progress, Args, Res, Row};
-
-/// Median, smallest and largest of some durations, in seconds.
-fn spread(mut d: Vec<Duration>) -> (f64, f64, f64) {
-    d.sort();
-    let s = |x: Duration| x.as_secs_f64();
-    (s(d[d.len() / 2]), s(d[0]), s(d[d.len() - 1]))
-}
+use crate::{progress, Args, Res, Row, Stat};
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed | 1;
@@ -60,19 +53,13 @@ pub(crate) fn rows(args: &Args, dir: &Path) -> Res<Vec<Row>> {
         times.push(start.elapsed());
         std::hint::black_box(found);
     }
-    let (median, lo, hi) = spread(times);
     rows.push(
-        Row::time(
+        Row::new(
             "diagnose",
-            format!(
-                "diagnose one {}-value f32 pair (no hypothesis holds: every search runs)",
-                n
-            ),
+            format!("diagnose one {n}-value f32 pair (no hypothesis holds: every search runs)"),
             "s",
-            median,
+            Stat::of(&times, |d| d.as_secs_f64()),
         )
-        .also("fastest", lo, "s")
-        .also("slowest", hi, "s")
         .goal_max(2.0),
     );
 
@@ -120,22 +107,23 @@ pub(crate) fn rows(args: &Args, dir: &Path) -> Res<Vec<Row>> {
             return Err(format!("blame named {blamed:?}, not t{}", pairs / 2).into());
         }
     }
-    let (t, _, _) = spread(total);
-    let (bl, bl_lo, bl_hi) = spread(blaming);
-    let alone = t - bl;
+    // the diff alone, round by round: its total less blame's part
+    let alone: Vec<f64> = total
+        .iter()
+        .zip(&blaming)
+        .map(|(t, b)| t.saturating_sub(*b).as_secs_f64())
+        .collect();
     rows.push(
-        Row::time(
+        Row::new(
             "diagnose",
             format!("blame (with the diagnosis) over a {pairs}-pair diff, over the diff alone"),
             "s",
-            bl,
+            Stat::of(&blaming, |d| d.as_secs_f64()),
         )
         .vs(
             "the diff without blame (its total less blame's part)",
-            alone,
+            Stat::values(alone),
         )
-        .also("fastest blame", bl_lo, "s")
-        .also("slowest blame", bl_hi, "s")
         .goal_ratio(10.0, Some("blame <= 10% of the diff")),
     );
     Ok(rows)

@@ -1,11 +1,14 @@
 //! Layout work: a llama.cpp-style permuted f16 KV-cache view materialized
-//! as contiguous f32, ours (`TensorView::to_f32`) against torch's
-//! `permute(1, 0, 2).contiguous().float()` of the same bytes (a Python
-//! subprocess of the same run).
+//! as contiguous f32, ours (`TensorView::to_f32`) against torch's one-pass
+//! `permute(1, 0, 2).to(torch.float32, memory_format=torch.contiguous_format)`
+//! of the same bytes (a Python subprocess of the same run, its rounds
+//! interleaved with ours).
 
 #![forbid(unsafe_code)]
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use half::f16;
@@ -15,14 +18,16 @@ use trace_writer::{DType, Metadata, TensorMeta, Writer};
 
 use half::slice::HalfFloatSliceExt;
 
-use crate::{interleaved, progress, python, Res, Row};
+use crate::{interleaved, progress, python, shuffle, Res, Row, Stat};
 
 /// The storage: [positions, heads, head dim], as the cache holds it.
 const STORAGE: [u64; 3] = [256, 8, 128];
 /// The view: [heads, positions, head dim] (ggml ne = [128, 256, 8, 1]).
 const AXES: [u32; 3] = [1, 0, 2];
-/// Calls per side (each well under a millisecond to a few).
-const CALLS: usize = 30;
+/// Rounds per side (each a block of calls well under a millisecond).
+const ROUNDS: usize = 30;
+/// Calls in a row per round, the fastest kept.
+const BLOCK: usize = 5;
 
 pub(crate) fn rows(dir: &Path) -> Res<Vec<Row>> {
     progress("layout: permuted f16 KV view -> contiguous f32, ours vs torch (subprocess)");
@@ -60,31 +65,56 @@ pub(crate) fn rows(dir: &Path) -> Res<Vec<Row>> {
         }
     }
 
-    let mut ours = Duration::MAX;
-    let time_ours = |ours: &mut Duration| -> Res<()> {
-        for _ in 0..CALLS {
-            let start = Instant::now();
-            let v = view.to_f32()?;
-            *ours = (*ours).min(start.elapsed());
-            std::hint::black_box(v);
+    // every round: a block of calls of ours (the fastest kept: the first
+    // call after the other side's pays for what it left behind) and one of
+    // torch's at each thread count, in a random order
+    let mut torch = Torch::spawn(&raw)?;
+    let mut ours = Vec::with_capacity(ROUNDS);
+    let mut theirs: Vec<Vec<(String, f64)>> = Vec::with_capacity(ROUNDS);
+    let mut order = [0, 1];
+    for _ in 0..ROUNDS {
+        shuffle(&mut order);
+        for side in order {
+            if side == 0 {
+                let mut best = Duration::MAX;
+                for _ in 0..BLOCK {
+                    let start = Instant::now();
+                    let v = view.to_f32()?;
+                    best = best.min(start.elapsed());
+                    std::hint::black_box(v);
+                }
+                ours.push(best);
+            } else {
+                theirs.push(torch.round()?);
+            }
         }
-        Ok(())
+    }
+    torch.close()?;
+    // the baseline: the thread count whose median is the faster
+    let mut sides: Vec<(String, Stat)> = (0..theirs[0].len())
+        .map(|i| {
+            let label = theirs[0][i].0.clone();
+            (label, Stat::values(theirs.iter().map(|r| r[i].1).collect()))
+        })
+        .collect();
+    sides.sort_by(|a, b| a.1.median.total_cmp(&b.1.median));
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let (label, stat) = &sides[0];
+    let label = if sides.len() > 1 {
+        format!("{label} (the faster)")
+    } else {
+        label.clone()
     };
-    // ours, torch, ours again: a drift in load hits both
-    time_ours(&mut ours)?;
-    let torch = torch_figures(&raw)?;
-    time_ours(&mut ours)?;
-
-    let mut row = Row::time(
+    let mut row = Row::new(
         "layout",
         "Rust TensorView::to_f32(), permuted f16 KV view [8,256,128]".into(),
         "µs",
-        ours.as_secs_f64() * 1e6,
+        Stat::of(&ours, us),
     )
-    .vs(torch[0].0.clone(), torch[0].1)
+    .vs(label, *stat)
     .goal_ratio(1.0, None);
-    for (label, us) in &torch[1..] {
-        row = row.also(label.clone(), *us, "µs");
+    for (label, stat) in &sides[1..] {
+        row = row.also(label.clone(), stat.median, "µs");
     }
     Ok(vec![row, f16_row(dir)?])
 }
@@ -127,50 +157,71 @@ fn f16_row(dir: &Path) -> Res<Row> {
         std::hint::black_box(v);
         Ok(took)
     };
-    let [ours, theirs] = interleaved(CALLS * 10, &mut [&mut ours, &mut theirs])?;
+    let [ours, theirs] = interleaved(ROUNDS * 10, &mut [&mut ours, &mut theirs])?;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    Ok(Row::time(
+    Ok(Row::new(
         "layout",
         "Rust TensorView::to_f32(), contiguous f16 [128,256], one thread".into(),
         "µs",
-        us(ours),
+        Stat::of(&ours, us),
     )
     .vs(
         "half 2.x convert_to_f32_slice into a zeroed Vec",
-        us(theirs),
+        Stat::of(&theirs, us),
     )
     .goal_ratio(1.3, None)
     .ours())
 }
 
-/// torch's figures (µs, best of CALLS) from `python_bench.py torch-permute`:
-/// the baseline (the faster of its default thread count and one thread)
-/// first, then the other.
-fn torch_figures(raw: &Path) -> Res<Vec<(String, f64)>> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python_bench.py");
-    let o = std::process::Command::new(python())
-        .arg(&script)
-        .arg("torch-permute")
-        .arg(raw)
-        .arg(CALLS.to_string())
-        .output()
-        .map_err(|e| format!("cannot run {} ({e})", python().display()))?;
-    if !o.status.success() {
-        return Err(format!(
-            "{} torch-permute failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&o.stderr)
-        )
-        .into());
+/// torch's side of the KV row: `python_bench.py torch-permute FILE`, a
+/// Python process that times one block of torch's conversion at each of its
+/// thread counts for every line it reads, and prints
+/// `label<TAB>µs[<TAB>label<TAB>µs]`.
+struct Torch {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl Torch {
+    fn spawn(raw: &Path) -> Res<Torch> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python_bench.py");
+        let mut child = Command::new(python())
+            .arg(&script)
+            .arg("torch-permute")
+            .arg(raw)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {} ({e})", python().display()))?;
+        let out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        Ok(Torch { child, out })
     }
-    let text = String::from_utf8_lossy(&o.stdout);
-    let fields: Vec<&str> = text.trim().split('\t').collect();
-    let figures = fields
-        .chunks_exact(2)
-        .map(|c| Ok((c[0].to_owned(), c[1].parse::<f64>()?)))
-        .collect::<Res<Vec<_>>>()?;
-    if figures.is_empty() || fields.len() % 2 != 0 {
-        return Err(format!("torch-permute printed {text:?}").into());
+
+    /// One round: every thread count's fastest call of a block, in µs.
+    fn round(&mut self) -> Res<Vec<(String, f64)>> {
+        let stdin = self.child.stdin.as_mut().ok_or("no stdin")?;
+        stdin.write_all(b"round\n")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        if self.out.read_line(&mut line)? == 0 {
+            return Err("python_bench.py torch-permute exited early".into());
+        }
+        let fields: Vec<&str> = line.trim().split('\t').collect();
+        if fields.is_empty() || fields.len() % 2 != 0 {
+            return Err(format!("torch-permute printed {line:?}").into());
+        }
+        fields
+            .chunks_exact(2)
+            .map(|c| Ok((c[0].to_owned(), c[1].parse::<f64>()?)))
+            .collect()
     }
-    Ok(figures)
+
+    fn close(mut self) -> Res<()> {
+        drop(self.child.stdin.take());
+        let status = self.child.wait()?;
+        if !status.success() {
+            return Err(format!("python_bench.py torch-permute failed: {status}").into());
+        }
+        Ok(())
+    }
 }

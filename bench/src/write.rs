@@ -5,7 +5,7 @@
 #![forbid(unsafe_code)]
 
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::fs::{self, File};
 use std::hint::black_box;
 use std::io::{BufWriter, Write};
@@ -17,7 +17,7 @@ use trace_format::record::crc32c;
 use trace_reader::Trace;
 use trace_writer::{DType, Metadata, Mode, TensorMeta, WhenFull, Writer, WriterOptions};
 
-use crate::{gbps, interleaved, pattern, progress, tensor_names, Args, Res, Row, MIB};
+use crate::{gbps, interleaved, pattern, progress, tensor_names, Args, Res, Row, Stat, MIB};
 
 const LARGE_COUNT: usize = 256;
 const LARGE_BYTES: usize = 4 * MIB;
@@ -72,25 +72,22 @@ pub(crate) fn write_safetensors(
     Ok(start.elapsed())
 }
 
-/// Best times of one size's contenders.
+/// Every round of one size's contenders.
 struct Times {
-    plain: Duration,
-    sync: Duration,
-    /// Background writer with the default budget, create to finish.
-    background: Duration,
-    /// Its `add_tensor` calls alone.
-    background_adds: Duration,
-    /// `add_tensor` calls alone, with a budget that holds the whole run,
-    /// its staging memory preallocated.
-    roomy_adds: Duration,
-    /// The same without preallocating: the first pass through fresh memory.
-    roomy_cold_adds: Duration,
-    safetensors: Duration,
-    memcpy: Duration,
-    /// The same copies into fresh allocations, all kept (as a queue that
-    /// holds the whole run keeps them).
-    fresh_copy: Duration,
-    crc: Duration,
+    plain: Vec<Duration>,
+    sync: Vec<Duration>,
+    /// Background writer with the default queue, create to finish.
+    background: Vec<Duration>,
+    /// Its `add_tensor` calls alone: the recording thread's cost, on the
+    /// default queue, its staging memory not preallocated.
+    background_adds: Vec<Duration>,
+    safetensors: Vec<Duration>,
+    /// memcpy into a buffer allocated and faulted in beforehand.
+    memcpy: Vec<Duration>,
+    /// The same copies into fresh allocations, all kept (as a queue keeps
+    /// them until they are written).
+    fresh_copy: Vec<Duration>,
+    crc: Vec<Duration>,
 }
 
 fn measure(
@@ -104,18 +101,13 @@ fn measure(
     let trace = dir.join("bench.tdump");
     let st = dir.join("bench.safetensors");
     let plain = dir.join("plain.bin");
-    let roomy = Mode::Background {
-        // twice the payload: never full, so no add ever waits for the disk
-        budget_bytes: 2 * data.len() as u64 + 64 * MIB as u64,
-        when_full: WhenFull::Block,
-    };
     let background = Mode::Background {
         budget_bytes: DEFAULT_BUDGET,
         when_full: WhenFull::Block,
     };
     // written once beforehand, so the memcpy does not fault its pages in
     let mut dst = vec![1u8; data.len()];
-    let background_adds = Cell::new(Duration::MAX);
+    let background_adds = RefCell::new(Vec::new());
     let last = &data[data.len() - tensor..];
 
     let mut c_plain = |_: usize| {
@@ -130,19 +122,9 @@ fn measure(
     };
     let mut c_background = |round: usize| {
         let (adds, t) = write_trace(&trace, background, names, data, tensor)?;
-        background_adds.set(background_adds.get().min(adds));
+        background_adds.borrow_mut().push(adds);
         check_trace(&trace, round, names.len(), last)?;
         Ok(t)
-    };
-    let mut c_roomy = |round: usize| {
-        let (adds, _) = write_trace_with(&trace, roomy, true, names, data, tensor)?;
-        check_trace(&trace, round, names.len(), last)?;
-        Ok(adds)
-    };
-    let mut c_roomy_cold = |round: usize| {
-        let (adds, _) = write_trace(&trace, roomy, names, data, tensor)?;
-        check_trace(&trace, round, names.len(), last)?;
-        Ok(adds)
     };
     let mut c_safetensors = |round: usize| {
         let t = write_safetensors(&st, names, data, tensor)?;
@@ -181,28 +163,23 @@ fn measure(
     };
     // 2N+1 rounds: on this kind of VM the same 1 GiB write takes 0.3 s or
     // 3 s from one round to the next, whoever writes it
-    let [plain, sync, background, roomy_adds, roomy_cold_adds, safetensors, memcpy, fresh_copy, crc] =
-        interleaved(
-            2 * args.repeat + 1,
-            &mut [
-                &mut c_plain,
-                &mut c_sync,
-                &mut c_background,
-                &mut c_roomy,
-                &mut c_roomy_cold,
-                &mut c_safetensors,
-                &mut c_memcpy,
-                &mut c_fresh,
-                &mut c_crc,
-            ],
-        )?;
+    let [plain, sync, background, safetensors, memcpy, fresh_copy, crc] = interleaved(
+        2 * args.repeat + 1,
+        &mut [
+            &mut c_plain,
+            &mut c_sync,
+            &mut c_background,
+            &mut c_safetensors,
+            &mut c_memcpy,
+            &mut c_fresh,
+            &mut c_crc,
+        ],
+    )?;
     Ok(Times {
         plain,
         sync,
         background,
-        background_adds: background_adds.get(),
-        roomy_adds,
-        roomy_cold_adds,
+        background_adds: background_adds.into_inner(),
         safetensors,
         memcpy,
         fresh_copy,
@@ -210,28 +187,49 @@ fn measure(
     })
 }
 
+/// The faster (by median) of the two memcpy forms, with its label.
+fn best_copy(t: &Times, to: impl Fn(Duration) -> f64 + Copy, higher: bool) -> (&'static str, Stat) {
+    let pre = Stat::of(&t.memcpy, to);
+    let fresh = Stat::of(&t.fresh_copy, to);
+    if (pre.median >= fresh.median) == higher {
+        (
+            "memcpy into a preallocated, faulted-in buffer (the faster form)",
+            pre,
+        )
+    } else {
+        (
+            "memcpy into fresh allocations, all kept (to_vec; the faster form)",
+            fresh,
+        )
+    }
+}
+
 pub(crate) fn rows(args: &Args, dir: &Path) -> Res<Vec<Row>> {
     let (n_large, n_small) = (args.scaled(LARGE_COUNT), args.scaled(SMALL_COUNT));
     let data = pattern(n_large * LARGE_BYTES);
     let mut rows = Vec::new();
-    let gb = |d: Duration, bytes: usize| gbps(bytes, d);
 
     // 1. Large tensors: page-cache throughput (no fsync).
     let label = format!("{n_large} x 4 MiB f32");
     progress(&format!(
-        "write {label}: plain, sync, background x2, safetensors, memcpy x2, crc32c"
+        "write {label}: plain, sync, background, safetensors, memcpy x2, crc32c"
     ));
     let t = measure(args, dir, &tensor_names(n_large), &data, LARGE_BYTES, false)?;
     let bytes = data.len();
-    let plain = ("plain write() of the same bytes", gb(t.plain, bytes));
-    let st = ("safetensors serialize_to_file", gb(t.safetensors, bytes));
+    let gb = move |d: Duration| gbps(bytes, d);
+    let plain = ("plain write() of the same bytes", Stat::of(&t.plain, gb));
+    let st = (
+        "safetensors serialize_to_file",
+        Stat::of(&t.safetensors, gb),
+    );
+    let sync_name = format!("Rust sync writer, {label}");
     rows.push(
-        Row::rate("write", format!("Rust sync writer, {label}"), bytes, t.sync)
+        Row::rate("write", sync_name.clone(), bytes, &t.sync)
             .vs(plain.0, plain.1)
             .goal_ratio(0.9, None),
     );
     rows.push(
-        Row::rate("write", format!("Rust sync writer, {label}"), bytes, t.sync)
+        Row::rate("write", sync_name, bytes, &t.sync)
             .vs(st.0, st.1)
             .goal_ratio(0.95, None),
     );
@@ -240,102 +238,116 @@ pub(crate) fn rows(args: &Args, dir: &Path) -> Res<Vec<Row>> {
             "write",
             format!("Rust background writer, {label}, create..finish"),
             bytes,
-            t.background,
+            &t.background,
         )
         .vs(plain.0, plain.1)
         .goal_ratio(0.9, None)
         .ours(),
     );
+    let (copy_label, copy) = best_copy(&t, gb, true);
+    let other_copy = if copy_label.contains("preallocated") {
+        (
+            "memcpy into fresh allocations (to_vec, all kept)",
+            &t.fresh_copy,
+        )
+    } else {
+        ("memcpy into a preallocated buffer", &t.memcpy)
+    };
     rows.push(
         Row::rate(
             "write",
             format!(
-                "Rust background, {label}: recording thread's add() calls (queue preallocated)"
+                "Rust background, {label}: recording thread's add() calls (default 256 MiB queue)"
             ),
             bytes,
-            t.roomy_adds,
+            &t.background_adds,
         )
-        .vs("memcpy into a preallocated buffer", gb(t.memcpy, bytes))
+        .vs(copy_label, copy)
         .goal_ratio(0.8, Some(">= 0.8x (time <= 1.25x memcpy)"))
-        .also(
-            "add() calls without preallocate(): staging memory faulted in as it fills",
-            gb(t.roomy_cold_adds, bytes),
-            "GB/s",
-        )
-        .also(
-            "add() calls with the default 256 MiB queue (waits when full)",
-            gb(t.background_adds, bytes),
-            "GB/s",
-        )
-        .also(
-            "memcpy into fresh allocations (to_vec, all kept)",
-            gb(t.fresh_copy, bytes),
-            "GB/s",
-        ),
+        .also(other_copy.0, Stat::of(other_copy.1, gb).median, "GB/s"),
     );
+    let share = |crc: &[Duration], sync: &[Duration]| {
+        Stat::values(
+            crc.iter()
+                .zip(sync)
+                .map(|(c, s)| 100.0 * c.as_secs_f64() / s.as_secs_f64())
+                .collect(),
+        )
+    };
     rows.push(
-        Row::time(
+        Row::new(
             "checksum",
             format!("crc32c of {label} payloads / sync write time"),
             "%",
-            100.0 * t.crc.as_secs_f64() / t.sync.as_secs_f64(),
+            share(&t.crc, &t.sync),
         )
-        .also("crc32c", gb(t.crc, bytes), "GB/s")
-        .also("sync writer", gb(t.sync, bytes), "GB/s"),
+        .also("crc32c", Stat::of(&t.crc, gb).median, "GB/s")
+        .also("sync writer", Stat::of(&t.sync, gb).median, "GB/s"),
     );
 
     // 2. Small tensors: per-tensor cost.
     let small = &data[..n_small * SMALL_BYTES];
     let label = format!("{n_small} x 256 B");
     progress(&format!(
-        "write {label}: plain, sync, background x2, safetensors, memcpy x2, crc32c"
+        "write {label}: plain, sync, background, safetensors, memcpy x2, crc32c"
     ));
     let t = measure(args, dir, &tensor_names(n_small), small, SMALL_BYTES, true)?;
-    let us = |d: Duration| d.as_secs_f64() * 1e6 / n_small as f64;
-    let plain = ("plain write() via a 1 MiB BufWriter", us(t.plain));
-    let st = ("safetensors serialize_to_file", us(t.safetensors));
+    let us = move |d: Duration| d.as_secs_f64() * 1e6 / n_small as f64;
+    let st = (
+        "safetensors serialize_to_file",
+        Stat::of(&t.safetensors, us),
+    );
+    let plain = (
+        "plain write() via a 1 MiB BufWriter",
+        Stat::of(&t.plain, us).median,
+    );
     rows.push(
-        Row::time(
+        Row::new(
             "write",
             format!("Rust sync writer, {label}, per tensor"),
             "µs",
-            us(t.sync),
+            Stat::of(&t.sync, us),
         )
         .vs(st.0, st.1)
-        .goal_max(2.0)
+        .goal_ratio(0.5, Some(">= 0.5x (ours)"))
         .also(plain.0, plain.1, "µs"),
     );
     rows.push(
-        Row::time(
+        Row::new(
             "write",
             format!("Rust background writer, {label}, create..finish, per tensor"),
             "µs",
-            us(t.background),
+            Stat::of(&t.background, us),
         )
         .vs(st.0, st.1)
-        .goal_max(2.0)
+        .goal_ratio(0.5, Some(">= 0.5x (ours)"))
         .also(plain.0, plain.1, "µs"),
     );
     rows.push(
-        Row::time(
+        Row::new(
             "write",
             format!("Rust background, {label}: add() call per tensor"),
             "µs",
-            us(t.roomy_adds),
+            Stat::of(&t.background_adds, us),
         )
-        .vs("memcpy of the tensor", us(t.memcpy))
-        .goal_max(2.0)
-        .also("to_vec of the tensor", us(t.fresh_copy), "µs"),
+        .vs(st.0, st.1)
+        .goal_ratio(1.0, None)
+        .also("memcpy of the tensor", Stat::of(&t.memcpy, us).median, "µs")
+        .also(
+            "to_vec of the tensor",
+            Stat::of(&t.fresh_copy, us).median,
+            "µs",
+        ),
     );
     rows.push(
-        Row::time(
+        Row::new(
             "checksum",
             format!("crc32c of {label} payloads / sync write time"),
             "%",
-            100.0 * t.crc.as_secs_f64() / t.sync.as_secs_f64(),
+            share(&t.crc, &t.sync),
         )
-        .also("crc32c per tensor", us(t.crc), "µs")
-        .also("sync writer per tensor", us(t.sync), "µs"),
+        .also("crc32c per tensor", Stat::of(&t.crc, us).median, "µs")
+        .also("sync writer per tensor", Stat::of(&t.sync, us).median, "µs"),
     );
     Ok(rows)
 }
@@ -401,19 +413,6 @@ pub(crate) fn write_trace(
     data: &[u8],
     tensor: usize,
 ) -> Res<(Duration, Duration)> {
-    write_trace_with(path, mode, false, names, data, tensor)
-}
-
-/// [`write_trace`], calling [`Writer::preallocate`] after the writer is
-/// created when `preallocate` (counted in create to finish, not in the adds).
-pub(crate) fn write_trace_with(
-    path: &Path,
-    mode: Mode,
-    preallocate: bool,
-    names: &[String],
-    data: &[u8],
-    tensor: usize,
-) -> Res<(Duration, Duration)> {
     let shape = [(tensor / 4) as u64];
     let start = Instant::now();
     let w = Writer::with_options(
@@ -424,9 +423,6 @@ pub(crate) fn write_trace_with(
             ..Default::default()
         },
     )?;
-    if preallocate {
-        w.preallocate()?;
-    }
     let adding = Instant::now();
     for (i, (name, bytes)) in names.iter().zip(data.chunks_exact(tensor)).enumerate() {
         let meta = TensorMeta::new()

@@ -3,7 +3,12 @@
 
     python gguf_reference.py dequant TYPE BLOCKS.bin OUT.f32     # raw blocks -> f32 LE
     python gguf_reference.py quant TYPE VALUES.f32 OUT.bin       # f32 LE -> raw blocks
-    python gguf_reference.py bench TYPE BLOCKS.bin REPEATS       # prints best seconds
+    python gguf_reference.py serve                               # for make bench, below
+
+`serve` reads lines `TYPE BLOCKS.bin` from stdin and answers each with the
+seconds of one `quants.dequantize` of the file's blocks, given as gguf-py's
+callers hold them: rows of 4096 values ([rows, bytes of a row]), not one
+block per row, which would time numpy's per-call overhead instead.
 
 TYPE is a ggml type name as gguf-py spells it (Q4_0, Q4_K, IQ4_NL, MXFP4...).
 Exits non-zero with a message when gguf or numpy cannot be imported, so a
@@ -27,7 +32,27 @@ def qtype(name):
         sys.exit(f"gguf_reference.py: gguf-py has no type {name}")
 
 
+ROW_VALUES = 4096
+
+
+def serve():
+    loaded = {}
+    for line in sys.stdin:
+        name, path = line.split()
+        t = qtype(name)
+        if (name, path) not in loaded:
+            block_elems, block_bytes = GGML_QUANT_SIZES[t]
+            row_bytes = ROW_VALUES // block_elems * block_bytes
+            loaded[(name, path)] = np.fromfile(path, dtype=np.uint8).reshape(-1, row_bytes)
+        raw = loaded[(name, path)]
+        t0 = time.perf_counter()
+        quants.dequantize(raw, t)
+        print(f"{time.perf_counter() - t0:.9f}", flush=True)
+
+
 def main(argv):
+    if argv[1:] == ["serve"]:
+        return serve()
     verb, name = argv[1], argv[2]
     t = qtype(name)
     block_elems, block_bytes = GGML_QUANT_SIZES[t]
@@ -39,15 +64,6 @@ def main(argv):
         values = np.fromfile(argv[3], dtype="<f4").reshape(-1, block_elems)
         out = quants.quantize(values, t)
         np.ascontiguousarray(out, dtype=np.uint8).tofile(argv[4])
-    elif verb == "bench":
-        raw = np.fromfile(argv[3], dtype=np.uint8).reshape(-1, block_bytes)
-        repeats = int(argv[4])
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            quants.dequantize(raw, t)
-            best = min(best, time.perf_counter() - t0)
-        print(f"{best:.9f}")
     else:
         sys.exit(f"gguf_reference.py: unknown verb {verb}")
 
