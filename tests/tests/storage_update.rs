@@ -413,3 +413,70 @@ fn a_long_chain_reads_back_without_recursion() {
     );
     assert!(t.verify().is_ok());
 }
+
+/// Files with updates in the fuzz corpus (`fuzz/corpus/trace_bytes` and
+/// `verbs`, replayed by `fuzz_corpus.rs` in `make test`): a cache updated
+/// at three steps, a chain, and each hostile update above. Written by
+/// `TRACEDUMP_BLESS=1`; otherwise checked to be what this test builds.
+#[test]
+fn the_fuzz_corpus_holds_files_with_updates() {
+    let mut files: Vec<(String, Vec<u8>)> = vec![("three_steps".into(), three_steps().0)];
+    let mut r = RawTrace::new();
+    let s = storage(&mut r, &[0u8; 64]);
+    let mut base = s;
+    for i in 0..8u64 {
+        base = r.push(
+            RecordKind::StorageUpdate,
+            "cache",
+            &update(
+                base,
+                64 + 8 * (i % 2),
+                vec![(i * 3, 2), (64, 8 * (i % 2))]
+                    .into_iter()
+                    .filter(|r| r.1 > 0)
+                    .collect(),
+            ),
+            &vec![i as u8 + 1; 2 + 8 * (i % 2) as usize],
+        );
+        view_of(&mut r, "cache (view)", base, 64);
+    }
+    files.push(("chain".into(), r.finish()));
+    for (i, ranges) in [
+        vec![(15u64, 2u64)],
+        vec![(0, 4), (2, 2)],
+        vec![(u64::MAX, 2)],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = RawTrace::new();
+        let s = storage(&mut r, &[1u8; 16]);
+        let n: u64 = ranges.iter().map(|x| x.1).sum();
+        let u = r.push(
+            RecordKind::StorageUpdate,
+            "cache",
+            &update(s, 16, ranges),
+            &vec![2u8; n as usize],
+        );
+        view_of(&mut r, "after", u, 4);
+        files.push((format!("hostile_{i}"), r.finish()));
+    }
+    let root = tracedump_tests::workspace_root().join("fuzz/corpus");
+    for target in ["trace_bytes", "verbs"] {
+        for (label, bytes) in &files {
+            let path = root.join(target).join(format!("storage_update_{label}"));
+            if std::env::var_os("TRACEDUMP_BLESS").is_some() {
+                std::fs::write(&path, bytes).unwrap();
+            }
+            let committed = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!("{}: {e} (TRACEDUMP_BLESS=1 writes it)", path.display())
+            });
+            assert!(
+                committed == *bytes,
+                "{} differs from what this test builds",
+                path.display()
+            );
+            tracedump_tests::fuzzing::trace_bytes(bytes);
+        }
+    }
+}
