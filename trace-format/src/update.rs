@@ -171,10 +171,11 @@ pub fn apply(bytes: &mut Vec<u8>, u: &StorageUpdateDesc, payload: &[u8]) {
 /// `new` longer: its tail is one more range), joining ranges whose gap
 /// is at most `gap` bytes (each range costs [`RANGE_BYTES`] on disk, so
 /// a gap of that size costs no more stored than a new range).
-/// Chunks of 64 bytes are compared first (memcmp), bytes only in the
-/// chunks that differ.
+/// Blocks of 4 KiB, then chunks of 64 bytes are compared first (memcmp),
+/// bytes only in the chunks that differ.
 pub fn diff_ranges(old: &[u8], new: &[u8], gap: usize) -> Vec<(u64, u64)> {
     const CHUNK: usize = 64;
+    const BLOCK: usize = 4096;
     let common = old.len().min(new.len());
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut push = |lo: usize, hi: usize| match out.last_mut() {
@@ -185,27 +186,35 @@ pub fn diff_ranges(old: &[u8], new: &[u8], gap: usize) -> Vec<(u64, u64)> {
     };
     let mut at = 0;
     while at < common {
-        let end = (at + CHUNK).min(common);
-        let (a, b) = (&old[at..end], &new[at..end]);
-        if a != b {
-            let first = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(0);
-            let last = a.iter().zip(b).rposition(|(x, y)| x != y).unwrap_or(0);
-            // within a chunk, bytes that differ with equal ones between
-            // them are joined when the gap allows, else split
-            let mut lo = at + first;
-            let mut hi = lo + 1;
-            for i in at + first + 1..=at + last {
-                if old[i] != new[i] {
-                    if i > hi + gap {
-                        push(lo, hi);
-                        lo = i;
-                    }
-                    hi = i + 1;
-                }
-            }
-            push(lo, hi);
+        // most of a cache is unchanged: skip it a block at a time
+        let block = (at + BLOCK).min(common);
+        if old[at..block] == new[at..block] {
+            at = block;
+            continue;
         }
-        at = end;
+        while at < block {
+            let end = (at + CHUNK).min(block);
+            let (a, b) = (&old[at..end], &new[at..end]);
+            if a != b {
+                let first = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(0);
+                let last = a.iter().zip(b).rposition(|(x, y)| x != y).unwrap_or(0);
+                // within a chunk, bytes that differ with equal ones between
+                // them are joined when the gap allows, else split
+                let mut lo = at + first;
+                let mut hi = lo + 1;
+                for i in at + first + 1..=at + last {
+                    if old[i] != new[i] {
+                        if i > hi + gap {
+                            push(lo, hi);
+                            lo = i;
+                        }
+                        hi = i + 1;
+                    }
+                }
+                push(lo, hi);
+            }
+            at = end;
+        }
     }
     if new.len() > common {
         push(common, new.len());
@@ -287,8 +296,8 @@ mod tests {
         /// the first gives the second.
         #[test]
         fn diff_apply_round_trip(
-            old in proptest::collection::vec(0u8..3, 0..400),
-            edits in proptest::collection::vec((0usize..420, 0u8..3), 0..40),
+            old in proptest::collection::vec(0u8..3, 0..9000),
+            edits in proptest::collection::vec((0usize..9100, 0u8..3), 0..40),
             grow in 0usize..40,
             gap in 0usize..20,
         ) {
