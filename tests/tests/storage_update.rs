@@ -117,6 +117,24 @@ fn a_cache_updated_at_three_steps_reads_back_as_it_was_at_each() {
     let report = trace.verify();
     assert!(report.is_ok(), "{:?}", report.faults);
     assert_eq!(report.tensors, 3);
+    // inspect counts the updates as storages and roots their views there
+    let opts = trace_tools::inspect::InspectOptions {
+        ggml: false,
+        tree: true,
+        stats: true,
+        filter: Default::default(),
+    };
+    let text = trace_tools::inspect::inspect_text(&trace, &opts, |_, _| {}).unwrap();
+    assert!(text.contains("(3 tensors, 3 storages)"), "{text}");
+    assert!(
+        text.contains("storage #3 cache_k_l0 (512 bytes, an update of an earlier storage)\n└─ #4 cache_k_l0 (view) f32 [4,8]"),
+        "{text}"
+    );
+    // diff of the trace against itself: every step's view agrees
+    let mapping = trace_tools::mapping::Mapping::none();
+    let tol = trace_tools::compare::Tolerance::default();
+    let d = trace_tools::compare::diff(&trace, &trace, &mapping, &tol, |_, _| {}).unwrap();
+    assert_eq!(d.pairs.len(), 3);
 }
 
 #[test]
