@@ -60,6 +60,25 @@ impl RawTrace {
         id
     }
 
+    /// Append a record of a kind this reader does not know (`code`, as a
+    /// later minor version might write): framed as a STORAGE_UPDATE with
+    /// the kind code and header checksum rewritten; returns its id.
+    pub fn push_unknown(
+        &mut self,
+        code: u16,
+        name: &str,
+        descriptor: &[u8],
+        payload: &[u8],
+    ) -> u64 {
+        let off = self.bytes.len();
+        let id = self.push(RecordKind::StorageUpdate, name, descriptor, payload);
+        self.bytes[off + 4..off + 6].copy_from_slice(&code.to_le_bytes());
+        let crc = trace_format::record::crc32c(&self.bytes[off..off + 28]);
+        self.bytes[off + 28..off + 32].copy_from_slice(&crc.to_le_bytes());
+        self.index[id as usize].kind = code;
+        id
+    }
+
     /// Append a TENSOR record.
     pub fn tensor(&mut self, desc: &TensorDesc, payload: &[u8]) -> u64 {
         self.push(

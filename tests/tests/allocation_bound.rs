@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use trace_format::codec::{encode_storage, encode_tensor, DataRef, StorageDesc, TensorDesc};
 use trace_format::record::{RecordHeader, RecordKind, Trailer};
+use trace_format::update::{encode_storage_update, StorageUpdateDesc};
 use trace_format::{DType, Metadata};
 use trace_reader::Trace;
 use tracedump_tests::raw::{tensor_desc as desc, RawTrace};
@@ -213,6 +214,139 @@ fn hostile_counts_lengths_and_shapes_allocate_no_more_than_the_file() {
             ),
         ),
     ];
+
+    // storage updates (format 1.2) claiming huge storages, ranges or
+    // counts, or updating what is not a storage, and a long chain
+    let updated =
+        |len: u64, ranges: Vec<(u64, u64)>, patch: &dyn Fn(&mut Vec<u8>), base: Option<u64>| {
+            let mut r = RawTrace::new();
+            let s = r.push(
+                RecordKind::Storage,
+                "cache",
+                &encode_storage(&StorageDesc {
+                    name: "cache".into(),
+                    metadata: Metadata::new(),
+                }),
+                &[7u8; 64],
+            );
+            let v = r.tensor(
+                &desc(
+                    "v",
+                    DType::U8,
+                    DataRef::Storage {
+                        storage: s,
+                        offset: 0,
+                    },
+                    &[4],
+                    &[1],
+                ),
+                &[],
+            );
+            let mut d = encode_storage_update(&StorageUpdateDesc {
+                name: "cache".into(),
+                base: base.map_or(s, |_| v),
+                len,
+                ranges,
+                metadata: Metadata::new(),
+            });
+            patch(&mut d);
+            let u = r.push(RecordKind::StorageUpdate, "cache", &d, &[1u8; 8]);
+            r.tensor(
+                &desc(
+                    "k",
+                    DType::F32,
+                    DataRef::Storage {
+                        storage: u,
+                        offset: 0,
+                    },
+                    &[1 << 20, 1 << 20],
+                    &[0, 0],
+                ),
+                &[],
+            );
+            r.finish()
+        };
+    cases.push((
+        "update to 2^62 bytes",
+        updated(1 << 62, vec![(0, 8)], &|_| {}, None),
+    ));
+    cases.push((
+        "update range of 2^63 bytes",
+        updated(1 << 63, vec![(64, 1 << 62), (1 << 62, 8)], &|_| {}, None),
+    ));
+    // name 4 + 5, base 8, len 8: the range count at 25
+    cases.push((
+        "update range count 2^32-1",
+        updated(64, vec![(0, 8)], &|b| u32_at(b, 25, u32::MAX), None),
+    ));
+    cases.push((
+        "update of a tensor view",
+        updated(64, vec![(0, 8)], &|_| {}, Some(0)),
+    ));
+    let mut chain = RawTrace::new();
+    let mut base = chain.push(
+        RecordKind::Storage,
+        "cache",
+        &encode_storage(&StorageDesc {
+            name: "cache".into(),
+            metadata: Metadata::new(),
+        }),
+        &[7u8; 64],
+    );
+    for i in 0..500u64 {
+        base = chain.push(
+            RecordKind::StorageUpdate,
+            "cache",
+            &encode_storage_update(&StorageUpdateDesc {
+                name: "cache".into(),
+                base,
+                len: 64,
+                ranges: vec![(i % 64, 1)],
+                metadata: Metadata::new(),
+            }),
+            &[i as u8],
+        );
+        chain.tensor(
+            &desc(
+                "k",
+                DType::U8,
+                DataRef::Storage {
+                    storage: base,
+                    offset: 0,
+                },
+                &[64],
+                &[1],
+            ),
+            &[],
+        );
+    }
+    // ending in an update whose range runs past the storage
+    let bad = chain.push(
+        RecordKind::StorageUpdate,
+        "cache",
+        &encode_storage_update(&StorageUpdateDesc {
+            name: "cache".into(),
+            base,
+            len: 64,
+            ranges: vec![(60, 8)],
+            metadata: Metadata::new(),
+        }),
+        &[1; 8],
+    );
+    chain.tensor(
+        &desc(
+            "k",
+            DType::U8,
+            DataRef::Storage {
+                storage: bad,
+                offset: 0,
+            },
+            &[64],
+            &[1],
+        ),
+        &[],
+    );
+    cases.push(("update chain of 500", chain.finish()));
 
     // a record header claiming a body of 4 GiB (header checksum valid)
     let mut big = RawTrace::new();

@@ -12,6 +12,7 @@ pub mod op;
 pub mod record;
 pub mod stats;
 mod strided;
+pub mod update;
 
 pub use codec::{
     DataRef, EngineOp, IndexEntry, Lineage, Metadata, Op, SourceLayout, Stats, StorageDesc,

@@ -7,7 +7,7 @@ pub const FILE_MAGIC: [u8; 8] = *b"\x89TDUMP\r\n";
 /// Format major version written and read.
 pub const VERSION_MAJOR: u16 = 1;
 /// Format minor version written.
-pub const VERSION_MINOR: u16 = 1;
+pub const VERSION_MINOR: u16 = 2;
 /// Size of the file header.
 pub const FILE_HEADER_BYTES: u64 = 64;
 /// The first 4 bytes of every record header.
@@ -35,6 +35,9 @@ pub enum RecordKind {
     Tensor = 3,
     /// The index of every record before it.
     Footer = 4,
+    /// A storage as an earlier one with some byte ranges rewritten
+    /// (format 1.2, [`crate::update`]).
+    StorageUpdate = 5,
 }
 
 impl RecordKind {
@@ -45,6 +48,7 @@ impl RecordKind {
             2 => RecordKind::Storage,
             3 => RecordKind::Tensor,
             4 => RecordKind::Footer,
+            5 => RecordKind::StorageUpdate,
             _ => return None,
         })
     }

@@ -75,6 +75,9 @@ pub struct TensorInfo {
     pub derived: bool,
     pub(crate) storage_at: u64,
     pub(crate) storage_len: u64,
+    /// The storage is a STORAGE_UPDATE record's (SPEC.md §5.7): its bytes
+    /// are not in the file as they are but materialized on first read.
+    pub(crate) updated: bool,
 }
 
 impl TensorInfo {
@@ -134,9 +137,18 @@ impl TensorInfo {
         self.storage_len
     }
 
-    /// Absolute file offset of the storage's first byte.
+    /// Absolute file offset of the storage's first byte; 0 for a storage
+    /// that is not in the file as it is ([`TensorInfo::storage_in_file`]).
     pub fn storage_file_offset(&self) -> u64 {
         self.storage_at
+    }
+
+    /// Whether the storage's bytes lie in the file as they are (a zero-copy
+    /// view of the file can show them): false for a storage made of
+    /// STORAGE_UPDATE records (format 1.2, SPEC.md §5.7), whose bytes are
+    /// materialized from its updates ([`crate::Trace::storage_source`]).
+    pub fn storage_in_file(&self) -> bool {
+        self.storage.is_some() && !self.updated
     }
 }
 
@@ -193,6 +205,8 @@ pub(crate) struct Records<'a> {
     pub(crate) path: &'a Path,
     pub(crate) bytes: &'a [u8],
     pub(crate) records: &'a [RecordEntry],
+    /// The trace's checked storage updates.
+    pub(crate) updates: &'a crate::updates::Updates,
 }
 
 impl<'a> Records<'a> {

@@ -15,6 +15,7 @@ pub use trace_format::names;
 mod source;
 mod tdump;
 mod trace;
+mod updates;
 pub mod values;
 mod verify;
 mod view;
@@ -23,6 +24,7 @@ pub use error::ReaderError;
 pub use source::Source;
 pub use trace::{RecordEntry, StorageInfo, TensorFilter, TensorInfo, TornTail, Trace};
 pub use trace_format::{DType, Layout, Lineage, Metadata, Op, SourceLayout, Stats, Value};
+pub use updates::StorageBytes;
 pub use verify::{Fault, VerifyReport};
 pub use view::TensorView;
 

@@ -33,7 +33,7 @@ enum State<'t> {
     Strided {
         dtype: DType,
         layout: Layout,
-        storage: &'t [u8],
+        storage: crate::updates::StorageBytes<'t>,
     },
     /// Materialized values (dtype open after a concat of different dtypes).
     Values {
@@ -125,7 +125,7 @@ impl<'t> Replay<'t> {
             Ok(State::Strided {
                 dtype: p.dtype,
                 layout: p.layout.clone(),
-                storage: self.trace.storage_bytes(p),
+                storage: self.trace.storage_bytes(p)?,
             })
         } else {
             Err(self.err(format!(
@@ -144,7 +144,7 @@ impl<'t> Replay<'t> {
                 storage,
             } => {
                 let v =
-                    gather(dtype, &layout, storage, self.limit, |x| x).map_err(|e| self.err(e))?;
+                    gather(dtype, &layout, &storage, self.limit, |x| x).map_err(|e| self.err(e))?;
                 let shape: Vec<usize> = layout.shape().iter().map(|&n| n as usize).collect();
                 let array = ArrayD::from_shape_vec(IxDyn(&shape), v)
                     .map_err(|e| self.err(e.to_string()))?;
@@ -183,7 +183,7 @@ impl<'t> Replay<'t> {
                 return Ok(State::Strided {
                     dtype: *dtype,
                     layout,
-                    storage,
+                    storage: storage.clone(),
                 });
             }
         }

@@ -37,10 +37,12 @@ pub(crate) fn open(path: &std::path::Path, bytes: &[u8]) -> Result<Opened, Reade
             (records, false, None, torn)
         }
     };
+    let updates = crate::updates::Updates::default();
     let at = Records {
         path,
         bytes,
         records: &records,
+        updates: &updates,
     };
     let mut run = Metadata::new();
     for (id, r) in records.iter().enumerate() {
@@ -123,6 +125,7 @@ impl Describe for Tdump {
             record: id,
             error: Box::new(source),
         })?;
+        let mut updated = false;
         let (storage, offset, storage_at, storage_len) = match d.data {
             DataRef::StatsOnly => {
                 if d.stats.is_none() {
@@ -151,26 +154,35 @@ impl Describe for Tdump {
                     )));
                 }
                 let kind = at.records[storage as usize].kind;
-                let sb = at.body(storage)?;
-                if kind == RecordKind::Tensor as u16 {
-                    let sd = decode_tensor(sb.descriptor, sb.descriptor_offset)
-                        .map_err(|e| at.record_error(storage, e))?;
-                    if !matches!(sd.data, DataRef::Inline { .. }) {
+                if kind == RecordKind::StorageUpdate as u16 {
+                    // format 1.2: the storage as its updates made it (§5.7)
+                    let c = at.updates.check(at, storage).map_err(|e| {
+                        tensor_err(format!("views storage update record {storage}: {e}"))
+                    })?;
+                    updated = true;
+                    (Some(storage), offset, 0, c.len())
+                } else {
+                    let sb = at.body(storage)?;
+                    if kind == RecordKind::Tensor as u16 {
+                        let sd = decode_tensor(sb.descriptor, sb.descriptor_offset)
+                            .map_err(|e| at.record_error(storage, e))?;
+                        if !matches!(sd.data, DataRef::Inline { .. }) {
+                            return Err(tensor_err(format!(
+                                "record {storage} is a tensor without its own bytes, not a storage"
+                            )));
+                        }
+                    } else if kind != RecordKind::Storage as u16 {
                         return Err(tensor_err(format!(
-                            "record {storage} is a tensor without its own bytes, not a storage"
+                            "record {storage} is not a storage (kind {kind})"
                         )));
                     }
-                } else if kind != RecordKind::Storage as u16 {
-                    return Err(tensor_err(format!(
-                        "record {storage} is not a storage (kind {kind})"
-                    )));
+                    (
+                        Some(storage),
+                        offset,
+                        sb.payload_offset,
+                        sb.payload.len() as u64,
+                    )
                 }
-                (
-                    Some(storage),
-                    offset,
-                    sb.payload_offset,
-                    sb.payload.len() as u64,
-                )
             }
         };
         let layout = layout.at_offset(offset);
@@ -201,6 +213,7 @@ impl Describe for Tdump {
             derived: matches!(d.data, DataRef::Derived),
             storage_at,
             storage_len,
+            updated,
         })
     }
 
@@ -449,7 +462,10 @@ fn scan(bytes: &[u8]) -> (Vec<RecordEntry>, Option<TornTail>) {
         };
         let (mut name_at, mut name_len, mut step, mut layer) =
             (b.descriptor_offset, 0u32, None, None);
-        if h.kind == RecordKind::Tensor as u16 || h.kind == RecordKind::Storage as u16 {
+        if h.kind == RecordKind::Tensor as u16
+            || h.kind == RecordKind::Storage as u16
+            || h.kind == RecordKind::StorageUpdate as u16
+        {
             if b.descriptor.len() >= 4 {
                 let n = u32::from_le_bytes(b.descriptor[0..4].try_into().unwrap_or_default());
                 if 4 + n as usize <= b.descriptor.len()

@@ -16,6 +16,7 @@ use crate::container::{Describe, Opened, Records};
 pub use crate::container::{RecordEntry, StorageInfo, TensorInfo, TornTail};
 use crate::error::ReaderError;
 use crate::source::Source;
+use crate::updates::StorageBytes;
 
 /// Which tensors [`Trace::filter`] returns; empty fields match everything.
 #[derive(Clone, Debug, Default)]
@@ -60,6 +61,8 @@ pub struct Trace {
     /// Values that reads may still make beyond the bytes their views span
     /// (broadcast views): unlimited unless set ([`Trace::set_broadcast_budget`]).
     broadcast_budget: std::sync::atomic::AtomicU64,
+    /// Storage updates checked and storages materialized from them.
+    updates: crate::updates::Updates,
 }
 
 impl Trace {
@@ -128,6 +131,7 @@ impl Trace {
             tensors,
             derived: Default::default(),
             broadcast_budget: std::sync::atomic::AtomicU64::new(u64::MAX),
+            updates: Default::default(),
         })
     }
 
@@ -137,6 +141,7 @@ impl Trace {
             path: &self.path,
             bytes: self.source.bytes(),
             records: &self.records,
+            updates: &self.updates,
         }
     }
 
@@ -387,13 +392,42 @@ impl Trace {
     }
 
     /// The whole storage `info` views (empty for a tensor without one):
-    /// decoding `info` checked that it lies inside the file.
-    pub(crate) fn storage_bytes(&self, info: &TensorInfo) -> &[u8] {
-        if info.storage.is_none() {
-            return &[];
+    /// decoding `info` checked that it lies inside the file, or that its
+    /// updates are sound (then it is materialized, SPEC.md §5.7).
+    pub(crate) fn storage_bytes(&self, info: &TensorInfo) -> Result<StorageBytes<'_>, ReaderError> {
+        let Some(id) = info.storage else {
+            return Ok(StorageBytes::Mapped(&[]));
+        };
+        if info.updated {
+            return self
+                .updates
+                .materialize(self.at(), id)
+                .map(StorageBytes::Materialized)
+                .map_err(|reason| ReaderError::Tensor {
+                    path: self.path.clone(),
+                    tensor: info.name.clone(),
+                    record: info.id,
+                    offset: info.record_offset,
+                    reason: format!("its storage cannot be rebuilt: {reason}"),
+                });
         }
-        &self.source.bytes()
-            [info.storage_at as usize..(info.storage_at + info.storage_len) as usize]
+        Ok(StorageBytes::Mapped(
+            &self.source.bytes()
+                [info.storage_at as usize..(info.storage_at + info.storage_len) as usize],
+        ))
+    }
+
+    /// What holds the bytes of the storage `info` views, and the offset of
+    /// the storage's first byte in it: the file's own bytes, or, for a
+    /// storage made of updates (SPEC.md §5.7), a buffer materialized from
+    /// them, shared with the trace's cache (at offset 0). For bindings that
+    /// hand out views of the bytes: those of a materialized storage are a
+    /// copy, not the file.
+    pub fn storage_source(&self, info: &TensorInfo) -> Result<(Arc<Source>, u64), ReaderError> {
+        match self.storage_bytes(info)? {
+            StorageBytes::Materialized(s) => Ok((s, 0)),
+            StorageBytes::Mapped(_) => Ok((Arc::clone(&self.source), info.storage_at)),
+        }
     }
 
     /// The storage record `id`.
@@ -421,6 +455,14 @@ impl Trace {
             len: body.payload.len() as u64,
             file_offset: body.payload_offset,
         })
+    }
+
+    /// Check storage update record `id` and its chain (SPEC.md §5.7);
+    /// its name, or why it is unsound.
+    pub(crate) fn check_update(&self, id: u64) -> Result<String, String> {
+        self.updates
+            .check(self.at(), id)
+            .map(|c| c.desc.name.clone())
     }
 
     fn name_index(&self) -> &HashMap<String, Vec<u64>> {

@@ -151,6 +151,20 @@ impl Trace {
             }
             if let Err(e) = self.body(id) {
                 fault(&mut rep, Some(id), name.clone(), r.offset, e.to_string());
+            } else if r.kind == RecordKind::StorageUpdate as u16 {
+                // format 1.2: the update decodes, its chain down to a storage
+                // is sound, and the index names it as it names itself
+                match self.check_update(id) {
+                    Err(message) => fault(&mut rep, Some(id), None, r.offset, message),
+                    Ok(own) if Some(own.as_str()) != self.record_name(id) => fault(
+                        &mut rep,
+                        Some(id),
+                        None,
+                        r.offset,
+                        "the index's name differs from the storage update's".into(),
+                    ),
+                    Ok(_) => {}
+                }
             }
         }
         if let Some(fo) = self.footer_offset() {

@@ -9,20 +9,21 @@ use trace_format::{DType, NativeType, Stats};
 use crate::error::ReaderError;
 use crate::replay::derive;
 use crate::trace::{TensorInfo, Trace};
+use crate::updates::StorageBytes;
 use crate::values::{gather, gather_f32, value_limit, walk};
 
 /// A tensor and the bytes of its storage. Its layout was checked against
 /// the storage when the tensor was decoded, so every element it names is
 /// inside `storage_bytes()`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TensorView<'a> {
     trace: &'a Trace,
     info: &'a TensorInfo,
-    storage: &'a [u8],
+    storage: StorageBytes<'a>,
 }
 
 impl<'a> TensorView<'a> {
-    fn new(trace: &'a Trace, info: &'a TensorInfo, storage: &'a [u8]) -> Self {
+    fn new(trace: &'a Trace, info: &'a TensorInfo, storage: StorageBytes<'a>) -> Self {
         TensorView {
             trace,
             info,
@@ -35,9 +36,10 @@ impl<'a> TensorView<'a> {
         self.info
     }
 
-    /// The whole storage the tensor views.
-    pub fn storage_bytes(&self) -> &'a [u8] {
-        self.storage
+    /// The whole storage the tensor views (for a storage made of updates,
+    /// SPEC.md §5.7: its bytes as of that update, materialized).
+    pub fn storage_bytes(&self) -> &[u8] {
+        &self.storage
     }
 
     fn unsupported(&self, what: impl Into<String>) -> ReaderError {
@@ -78,7 +80,7 @@ impl<'a> TensorView<'a> {
 
     /// The tensor's bytes, without copying, when they are contiguous
     /// (row-major, dense; for block types, whole blocks from a block boundary).
-    pub fn contiguous_bytes(&self) -> Option<&'a [u8]> {
+    pub fn contiguous_bytes(&self) -> Option<&[u8]> {
         let info = self.info;
         if info.storage.is_none() || !info.is_contiguous() {
             return None;
@@ -101,7 +103,7 @@ impl<'a> TensorView<'a> {
 
     /// The values as a slice of `T`, without copying: the tensor must be
     /// contiguous, of `T`'s dtype, and aligned for `T`.
-    pub fn as_slice<T: NativeType>(&self) -> Result<&'a [T], ReaderError> {
+    pub fn as_slice<T: NativeType>(&self) -> Result<&[T], ReaderError> {
         self.check_dtype::<T>()?;
         let bytes = self
             .contiguous_bytes()
@@ -126,7 +128,7 @@ impl<'a> TensorView<'a> {
     /// overlapping included), without copying. The storage offset and every
     /// stride of a dimension longer than 1 must be whole elements, and the
     /// storage aligned for `T` (payloads start 64-byte aligned in the file).
-    pub fn array<T: NativeType>(&self) -> Result<ArrayViewD<'a, T>, ReaderError> {
+    pub fn array<T: NativeType>(&self) -> Result<ArrayViewD<'_, T>, ReaderError> {
         self.check_dtype::<T>()?;
         let layout = &self.info.layout;
         let size = std::mem::size_of::<T>() as i64;
@@ -219,16 +221,16 @@ impl<'a> TensorView<'a> {
         let total = self.info.dtype.bytes_for(layout.numel()).unwrap_or(0) as usize;
         let mut out = Vec::with_capacity(total);
         let inner_contig = layout.byte_strides().last() == Some(&(size as i64));
+        // one deref of the storage, not one per element
+        let storage: &[u8] = &self.storage;
         if inner_contig && layout.ndim() > 0 {
             let n = *layout.shape().last().unwrap_or(&1) as usize * size;
             let outer = layout.outer();
             if n > 0 {
-                walk(&outer, |o| out.extend_from_slice(&self.storage[o..o + n]));
+                walk(&outer, |o| out.extend_from_slice(&storage[o..o + n]));
             }
         } else {
-            walk(layout, |o| {
-                out.extend_from_slice(&self.storage[o..o + size])
-            });
+            walk(layout, |o| out.extend_from_slice(&storage[o..o + size]));
         }
         Ok(out)
     }
@@ -253,7 +255,7 @@ impl<'a> TensorView<'a> {
         gather(
             self.info.dtype,
             &self.info.layout,
-            self.storage,
+            &self.storage,
             value_limit(self.trace.file_len()),
             conv,
         )
@@ -279,7 +281,7 @@ impl<'a> TensorView<'a> {
             return gather_f32(
                 self.info.dtype,
                 &self.info.layout,
-                self.storage,
+                &self.storage,
                 value_limit(self.trace.file_len()),
             )
             .map_err(|reason| self.tensor_error(reason));
@@ -324,7 +326,7 @@ impl Trace {
     /// A zero-copy view of the tensor with record id `id`.
     pub fn view(&self, id: u64) -> Result<TensorView<'_>, ReaderError> {
         let info = self.tensor(id)?;
-        Ok(TensorView::new(self, info, self.storage_bytes(info)))
+        Ok(TensorView::new(self, info, self.storage_bytes(info)?))
     }
 
     /// [`Trace::view`] by name (see [`Trace::get`] for repeated names).

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use serde::Serialize;
+use trace_format::record::RecordKind;
 use trace_reader::{SourceLayout, TensorFilter, Trace};
 
 use crate::table::{join, Grid};
@@ -238,7 +239,14 @@ fn header(trace: &Trace) -> Header {
         }),
         records: trace.records().len(),
         tensors: trace.len(),
-        storages: trace.records().iter().filter(|r| r.kind == 2).count(),
+        // STORAGE records and (format 1.2) STORAGE_UPDATE records: each a storage
+        storages: trace
+            .records()
+            .iter()
+            .filter(|r| {
+                r.kind == RecordKind::Storage as u16 || r.kind == RecordKind::StorageUpdate as u16
+            })
+            .count(),
         run_metadata: trace
             .run_metadata()
             .iter()
@@ -531,6 +539,27 @@ fn tree(trace: &Trace, rows: &[Row]) -> String {
                 let _ = writeln!(
                     s,
                     "storage #{sid} {} ({len} bytes)",
+                    trace.record_name(sid).unwrap_or("")
+                );
+                for r in roots {
+                    let _ = writeln!(s, "└─ {}", line(r));
+                    walk(&mut s, r);
+                }
+            }
+            Some(sid)
+                if trace
+                    .records()
+                    .get(sid as usize)
+                    .is_some_and(|e| e.kind == RecordKind::StorageUpdate as u16) =>
+            {
+                // format 1.2: a storage as an earlier one updated (SPEC.md §5.7)
+                let len = roots
+                    .first()
+                    .and_then(|r| trace.tensor(r.id).ok())
+                    .map_or(0, |t| t.storage_len());
+                let _ = writeln!(
+                    s,
+                    "storage #{sid} {} ({len} bytes, an update of an earlier storage)",
                     trace.record_name(sid).unwrap_or("")
                 );
                 for r in roots {

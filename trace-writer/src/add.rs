@@ -4,6 +4,7 @@
 use trace_format::codec::{encode_storage, encode_tensor, DataRef, StorageDesc, TensorDesc};
 use trace_format::record::RecordKind;
 use trace_format::stats::compute_stats;
+use trace_format::update::{encode_storage_update, StorageUpdateDesc};
 use trace_format::NativeType;
 
 use crate::writer::{lock, Record};
@@ -63,6 +64,60 @@ impl Writer {
                 name: name.to_owned(),
             })?;
         lock(&self.shared.storages).insert(id, bytes.len() as u64);
+        Ok(id)
+    }
+
+    /// Record storage `base` (an earlier storage, tensor with its own bytes,
+    /// or storage update of this writer) with the byte `ranges`
+    /// (`(offset, length)`, in order, not overlapping) rewritten to
+    /// `payload` (their bytes, concatenated) and its length made `len`
+    /// (SPEC.md §5.7, format 1.2): views of the returned record see the
+    /// storage as updated, at the cost of the payload's bytes. Bytes past
+    /// the base's length must all be in ranges. Not subject to the capture
+    /// filter.
+    pub fn add_storage_update(
+        &self,
+        name: &str,
+        base: RecordId,
+        len: u64,
+        ranges: Vec<(u64, u64)>,
+        payload: &[u8],
+        metadata: Metadata,
+    ) -> Result<RecordId, WriterError> {
+        check_depth(name, &metadata)?;
+        let update_err = |reason: String| WriterError::StorageUpdate {
+            name: name.to_owned(),
+            base,
+            reason,
+        };
+        let base_len = lock(&self.shared.storages)
+            .get(base)
+            .ok_or_else(|| update_err("the base was not recorded by this writer".into()))?;
+        let desc = StorageUpdateDesc {
+            name: name.to_owned(),
+            base,
+            len,
+            ranges,
+            metadata,
+        };
+        desc.check(base_len, payload.len() as u64)
+            .map_err(update_err)?;
+        let id = self
+            .append(
+                &Record {
+                    kind: RecordKind::StorageUpdate,
+                    name,
+                    step: None,
+                    layer: None,
+                    descriptor: encode_storage_update(&desc),
+                    payload,
+                },
+                None,
+            )?
+            .ok_or_else(|| WriterError::Dropped {
+                name: name.to_owned(),
+            })?;
+        lock(&self.shared.storages).insert(id, len);
         Ok(id)
     }
 

@@ -53,6 +53,16 @@ pub enum WriterError {
         /// The storage id given.
         storage: u64,
     },
+    /// A storage update (SPEC.md §5.7) does not fit its base.
+    #[error("storage update `{name}` of record {base}: {reason}")]
+    StorageUpdate {
+        /// The storage's name.
+        name: String,
+        /// The base record given.
+        base: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// A storage could not be queued (background queue full in drop mode).
     #[error("storage `{name}` was dropped: the background queue is full")]
     Dropped {

@@ -10,7 +10,10 @@
 //!   owner's bytes: the owner is recorded once as a storage (or the owner's
 //!   own record is used, when it was recorded in this graph), and recorded
 //!   again only when its bytes have changed since (a crc32c check), so a
-//!   view never points at bytes that are not the ones it had;
+//!   view never points at bytes that are not the ones it had; recorded
+//!   again, it is an update of the last record holding only the byte
+//!   ranges that changed (format 1.2, `ggml_updates.rs`), so a decode
+//!   step costs the KV cache rows it wrote, not the whole cache;
 //! * `src[]` become parents by record id (names repeat in a graph: `Qcur-0`
 //!   is a MUL_MAT, a RESHAPE and a ROPE; the flash-attention node is
 //!   `node_N`), the op and its `op_params` the engine op, and the view ops
@@ -43,7 +46,12 @@ use trace_format::names::layer_from_name;
 use trace_format::record::crc32c;
 use trace_format::{DType, Layout, Metadata, Op};
 
+use crate::ggml_updates::Shadows;
 use crate::{RecordId, TensorMeta, Writer, WriterError};
+
+/// Set (to anything) to record views' owners whole whenever they change,
+/// as format 1.1 did, instead of as updates ([`GgmlRecorder::set_storage_updates`]).
+pub const FULL_STORAGES_ENV: &str = "TRACEDUMP_GGML_FULL_STORAGES";
 
 /// Whether `name` is one ggml made up rather than one the engine chose:
 /// none, `node_N`/`leaf_N`, or a name with ggml's suffix (`Kcur-0 (view)`).
@@ -108,7 +116,7 @@ struct Owner {
     crc: u32,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     step: Option<i64>,
     /// Tensors recorded in the current graph, by address.
@@ -116,6 +124,11 @@ struct State {
     /// Bytes recorded as storages (or as a tensor's own bytes), by the
     /// owner's address, with their crc.
     owners: HashMap<usize, Owner>,
+    /// Copies of the owners recorded as storages, to record only what
+    /// changed (`ggml_updates.rs`).
+    shadows: Shadows,
+    /// Whether views' owners are recorded as updates (format 1.2).
+    updates: bool,
     graphs: u64,
 }
 
@@ -138,8 +151,26 @@ impl GgmlRecorder {
     pub fn new(writer: Writer) -> GgmlRecorder {
         GgmlRecorder {
             writer,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                step: None,
+                graph: HashMap::new(),
+                owners: HashMap::new(),
+                shadows: Shadows::default(),
+                updates: std::env::var_os(FULL_STORAGES_ENV).is_none(),
+                graphs: 0,
+            }),
         }
+    }
+
+    /// Whether a view's owner recorded before is recorded again as an
+    /// update holding only the bytes that changed (STORAGE_UPDATE, format
+    /// 1.2: a decode step costs the KV cache rows it wrote, not the whole
+    /// cache; the default), or whole whenever it changed (every reader of
+    /// format 1.x reads that). The environment variable
+    /// `TRACEDUMP_GGML_FULL_STORAGES` (any value) turns updates off for
+    /// every recorder made while it is set.
+    pub fn set_storage_updates(&self, on: bool) {
+        self.lock().updates = on;
     }
 
     /// The writer.
@@ -290,29 +321,49 @@ impl GgmlRecorder {
                         crc,
                     },
                 );
+                st.shadows.forget(node.key);
                 (id, id)
             }
             Some(v) => {
                 meta.metadata.insert("ggml.view_src", v.owner_name);
                 meta.metadata.insert("ggml.view_offs", v.offset);
-                let crc = crc32c(node.data);
-                let storage = match st.owners.get(&v.owner_key) {
-                    Some(o) if o.len == node.data.len() && o.crc == crc => o.storage,
-                    _ => {
-                        let sid = self.writer.add_storage_with(
-                            v.owner_name,
-                            node.data,
-                            Metadata::new().with("first_view", name),
-                        )?;
-                        st.owners.insert(
-                            v.owner_key,
-                            Owner {
-                                storage: sid,
-                                len: node.data.len(),
-                                crc,
-                            },
-                        );
-                        sid
+                let storage = if st.updates && st.shadows.has(v.owner_key) {
+                    // recorded before: an update with what changed (format 1.2)
+                    st.shadows
+                        .storage_for(&self.writer, v.owner_key, v.owner_name, node.data, name)?
+                        .0
+                } else {
+                    let crc = crc32c(node.data);
+                    match st.owners.get(&v.owner_key) {
+                        Some(o) if o.len == node.data.len() && o.crc == crc => o.storage,
+                        _ if st.updates => {
+                            st.owners.remove(&v.owner_key);
+                            st.shadows
+                                .storage_for(
+                                    &self.writer,
+                                    v.owner_key,
+                                    v.owner_name,
+                                    node.data,
+                                    name,
+                                )?
+                                .0
+                        }
+                        _ => {
+                            let sid = self.writer.add_storage_with(
+                                v.owner_name,
+                                node.data,
+                                Metadata::new().with("first_view", name),
+                            )?;
+                            st.owners.insert(
+                                v.owner_key,
+                                Owner {
+                                    storage: sid,
+                                    len: node.data.len(),
+                                    crc,
+                                },
+                            );
+                            sid
+                        }
                     }
                 };
                 // a view step from the first parent when both view one storage

@@ -8,7 +8,7 @@ use pyo3::exceptions::{PyBufferError, PyImportError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyTuple};
-use trace_reader::{DType, ReaderError, TensorInfo};
+use trace_reader::{DType, ReaderError, Source, TensorInfo};
 
 use super::arrays::{numpy_type, torch_dtype, torch_type, MappedBytes};
 use super::{opt, Shared};
@@ -60,6 +60,31 @@ impl PyTensor {
             }));
         }
         Ok(())
+    }
+
+    /// What holds the bytes of `info`'s storage, and the offset of its
+    /// first byte there: the file's read-only mapping (or, `writable`, the
+    /// private copy-on-write one); for a storage made of updates (format
+    /// 1.2, SPEC.md §5.7) the copy the trace materialized (or, `writable`,
+    /// a private copy of it): such arrays are not views of the file.
+    fn storage_of(&self, info: &TensorInfo, writable: bool) -> PyResult<(Arc<Source>, u64)> {
+        if info.storage_in_file() || info.storage.is_none() {
+            let source = if writable {
+                Arc::clone(self.shared.cow()?)
+            } else {
+                Arc::clone(self.shared.trace.source())
+            };
+            return Ok((source, info.storage_file_offset()));
+        }
+        let (source, at) = self
+            .shared
+            .trace
+            .storage_source(info)
+            .map_err(reader_error)?;
+        if writable {
+            return Ok((Arc::new(Source::Owned(source.bytes().to_vec())), at));
+        }
+        Ok((source, at))
     }
 
     /// Bytes of a mapping described by `m`, as a numpy array (a view, not a copy).
@@ -129,15 +154,11 @@ impl PyTensor {
             return Ok(None);
         };
         let layout = &info.layout;
+        let (source, at) = self.storage_of(info, writable)?;
         let offset = if layout.shape().contains(&0) {
-            info.storage_file_offset()
+            at
         } else {
-            info.storage_file_offset() + layout.storage_offset()
-        };
-        let source = if writable {
-            Arc::clone(self.shared.cow()?)
-        } else {
-            Arc::clone(self.shared.trace.source())
+            at + layout.storage_offset()
         };
         let arr = self.mapped(
             py,
@@ -506,7 +527,7 @@ impl PyTensor {
             .filter(|_| layout.storage_offset() % size == 0);
         let absolute = info.storage_file_offset() + layout.storage_offset();
         if let (Some(tname), Some(strides)) = (tname, &elems) {
-            if absolute % size == 0 {
+            if absolute % size == 0 && info.storage_in_file() {
                 // the common case, kept short: one call into torch
                 let whole = self.whole_file(py, tname, size)?;
                 let as_strided = AS_STRIDED.import(py, "torch", "as_strided")?;
@@ -531,13 +552,13 @@ impl PyTensor {
             let t = t.call_method1("view", (tdtype,))?;
             return t.call_method1("reshape", (PyTuple::new(py, layout.shape())?,));
         };
-        let cow = self.shared.cow()?;
+        let (source, at) = self.storage_of(info, true)?;
         let len = info.storage_len() - info.storage_len() % size;
         let bytes = self.mapped(
             py,
             MappedBytes {
-                source: Arc::clone(cow),
-                offset: info.storage_file_offset(),
+                source,
+                offset: at,
                 shape: vec![len],
                 strides: vec![1],
                 typestr: "|u1",
@@ -629,11 +650,12 @@ impl PyTensor {
         // check_within at decode time: 0 <= start <= end <= storage_len
         let (start, end) = span.map_or((0, 0), |(s, e)| (s.max(0) as u64, e.max(0) as u64));
         let end = end.min(info.storage_len()).max(start);
+        let (source, at) = self.storage_of(info, false)?;
         self.mapped(
             py,
             MappedBytes {
-                source: Arc::clone(self.shared.trace.source()),
-                offset: info.storage_file_offset() + start,
+                source,
+                offset: at + start,
                 shape: vec![end - start],
                 strides: vec![1],
                 typestr: "|u1",

@@ -93,6 +93,7 @@ impl Describe for Tensors {
             derived: false,
             storage_at: t.file_offset,
             storage_len: t.nbytes,
+            updated: false,
         })
     }
 

@@ -124,7 +124,7 @@ pub(super) fn write_safetensors(trace: &Trace, plan: &Plan<'_>, out: &Path) -> R
         tensors.push((
             p.name.clone(),
             StTensor {
-                view: p.view,
+                view: p.view.clone(),
                 dtype,
                 shape,
                 len,
