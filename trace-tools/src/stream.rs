@@ -621,3 +621,78 @@ pub fn moments_in(
     )?;
     Ok(acc.0)
 }
+
+/// Write the values of `view` row-major to `out`, little-endian, a chunk at
+/// a time (memory stays bounded): as f32 (`as_f32`: f16, bf16, fp8 and
+/// block types converted), or in the tensor's own dtype (contiguous bytes
+/// as they are, a strided view gathered a chunk at a time). Returns the
+/// bytes written.
+pub fn write_values(
+    trace: &Trace,
+    view: TensorView<'_>,
+    as_f32: bool,
+    out: &mut dyn std::io::Write,
+) -> Result<u64, ToolsError> {
+    let info = view.info();
+    let name = &info.name;
+    let io = |e: std::io::Error| ToolsError::Invalid(format!("tensor `{name}`: {e}"));
+    let mut bytes = Vec::new();
+    if as_f32 {
+        let src = Source::of(trace, view)?;
+        let mut buf = Buf::default();
+        let mut start = 0u64;
+        while start < src.numel() {
+            let n = (src.numel() - start).min(CHUNK as u64) as usize;
+            bytes.clear();
+            match src
+                .read(start, n, &mut buf)
+                .map_err(|e| ToolsError::Invalid(format!("tensor `{name}`: {e}")))?
+            {
+                Vals::F32(v) => bytes.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+                Vals::F64(v) => bytes.extend(v.iter().flat_map(|&x| (x as f32).to_le_bytes())),
+            }
+            out.write_all(&bytes).map_err(io)?;
+            start += n as u64;
+        }
+        return Ok(src.numel() * 4);
+    }
+    if let Some(b) = view.contiguous_bytes() {
+        out.write_all(b).map_err(io)?;
+        return Ok(b.len() as u64);
+    }
+    let size = info.dtype.element_bytes();
+    if info.derived || size.is_none() {
+        // rebuilt values (or an error naming the tensor), within bounds
+        if info.layout.numel() > MATERIALIZE_LIMIT {
+            return Err(ToolsError::Invalid(format!(
+                "tensor `{name}`: {} values to rebuild is more than {MATERIALIZE_LIMIT} at once (the bound on memory)",
+                info.layout.numel()
+            )));
+        }
+        let b = view.materialize()?;
+        out.write_all(&b).map_err(io)?;
+        return Ok(b.len() as u64);
+    }
+    let size = size.unwrap_or(1);
+    view.spend_broadcast()?;
+    let storage = view.storage_bytes();
+    let (layout, numel) = (&info.layout, info.layout.numel());
+    let mut start = 0u64;
+    while start < numel {
+        let n = (numel - start).min(CHUNK as u64);
+        bytes.clear();
+        let mut outside = false;
+        layout.for_each_offset_from(start, n, |o| match storage.get(o..o + size) {
+            Some(b) => bytes.extend_from_slice(b),
+            None => outside = true,
+        });
+        if outside {
+            return Err(ToolsError::Invalid(format!(
+                "tensor `{name}`: a value near {start} lies outside its storage"
+            )));
+        }
+        out.write_all(&bytes).map_err(io)?;
+        start += n;
+    }
+    Ok(numel * size as u64)
+}
