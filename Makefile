@@ -115,6 +115,7 @@ bench: pypackage
 	$(CARGO) run --release -p tracedump-bench -- --quiet $(BENCH_ARGS)
 	$(PYTHON) bench/python_bench.py --quiet $(BENCH_ARGS)
 	$(PYTHON) bench/table.py
+	$(PYTHON) bench/streaming.py $(BENCH_ARGS)
 
 ## Fuzz every parser (fuzz/README.md) for FUZZ_SECONDS each, one after another.
 ## Installs nightly and cargo-fuzz when missing. New inputs go to FUZZ_WORK,
