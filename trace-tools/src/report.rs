@@ -150,8 +150,9 @@ fn error_map(a: &Trace, b: &Trace, ida: u64, idb: u64) -> Result<Value, ToolsErr
     let first = stream::fold_chunks(
         numel,
         sizes,
-        || (ErrorPass::new(cells), Scratch::default()),
-        |(p, s), start, n| {
+        || ErrorPass::new(cells),
+        Scratch::default,
+        |p, s, start, n| {
             read(s, start, n)?;
             for (i, &e) in s.err.iter().enumerate() {
                 if e.is_finite() {
@@ -194,10 +195,9 @@ fn error_map(a: &Trace, b: &Trace, ida: u64, idb: u64) -> Result<Value, ToolsErr
             }
             Ok(())
         },
-        |total, (p, _)| total.0.merge(p),
+        |total, p| total.merge(p),
     )
-    .map_err(ToolsError::Invalid)?
-    .0;
+    .map_err(ToolsError::Invalid)?;
     // histogram of log10 |a - b| over the finite non-zero errors
     let mut hist = json!(null);
     if first.lo.is_finite() {
@@ -207,8 +207,9 @@ fn error_map(a: &Trace, b: &Trace, ida: u64, idb: u64) -> Result<Value, ToolsErr
         let counted = stream::fold_chunks(
             numel,
             sizes,
-            || (ErrorPass::new(0), Scratch::default()),
-            |(p, s), start, n| {
+            || ErrorPass::new(0),
+            Scratch::default,
+            |p, s, start, n| {
                 read(s, start, n)?;
                 for &e in &s.err {
                     if e.is_finite() && e > 0.0 {
@@ -218,10 +219,9 @@ fn error_map(a: &Trace, b: &Trace, ida: u64, idb: u64) -> Result<Value, ToolsErr
                 }
                 Ok(())
             },
-            |total, (p, _)| total.0.merge(p),
+            |total, p| total.merge(p),
         )
-        .map_err(ToolsError::Invalid)?
-        .0;
+        .map_err(ToolsError::Invalid)?;
         hist = json!({ "log10_lo": lo, "log10_hi": hi, "counts": counted.counts });
     }
     let (worst, at, wa, wb) = match first.worst {

@@ -492,20 +492,22 @@ fn strided(
 }
 
 /// Walk `numel` values chunk by chunk (`chunk` values each, [`CHUNK`]), a
-/// group of `group` chunks ([`GROUP`]) per task, the tasks spread over the rayon
-/// pool; `f` folds one chunk into a group's accumulator, `merge` joins the
+/// group of `group` chunks ([`GROUP`]) per task, the tasks spread over the
+/// rayon pool: `f` folds one chunk into a group's accumulator (with scratch
+/// space from `scratch`, dropped when the group is done), `merge` joins the
 /// groups' accumulators in order (so the result is the same on any number
-/// of threads).
-pub fn fold_chunks<A, F, M>(
+/// of threads). At most [`WAVE`] groups' accumulators are held at once.
+pub fn fold_chunks<A, S, F, M>(
     numel: u64,
     (chunk, group): (usize, usize),
     init: impl Fn() -> A + Sync,
+    scratch: impl Fn() -> S + Sync,
     f: F,
     merge: M,
 ) -> Result<A, String>
 where
     A: Send,
-    F: Fn(&mut A, u64, usize) -> Result<(), String> + Sync,
+    F: Fn(&mut A, &mut S, u64, usize) -> Result<(), String> + Sync,
     M: Fn(&mut A, A),
 {
     use rayon::prelude::*;
@@ -513,12 +515,12 @@ where
     let per_group = (chunk * group) as u64;
     let groups = numel.div_ceil(per_group);
     let run = |g: u64| -> Result<A, String> {
-        let mut acc = init();
+        let (mut acc, mut s) = (init(), scratch());
         let end = ((g + 1) * per_group).min(numel);
         let mut at = g * per_group;
         while at < end {
             let n = (end - at).min(chunk as u64) as usize;
-            f(&mut acc, at, n)?;
+            f(&mut acc, &mut s, at, n)?;
             at += n as u64;
         }
         Ok(acc)
@@ -526,13 +528,22 @@ where
     if groups <= 1 {
         return run(0);
     }
-    let parts: Vec<Result<A, String>> = (0..groups).into_par_iter().map(run).collect();
     let mut total = init();
-    for p in parts {
-        merge(&mut total, p?);
+    let mut first = 0;
+    while first < groups {
+        let last = (first + WAVE as u64).min(groups);
+        let parts: Vec<Result<A, String>> = (first..last).into_par_iter().map(run).collect();
+        for p in parts {
+            merge(&mut total, p?);
+        }
+        first = last;
     }
     Ok(total)
 }
+
+/// Groups walked in parallel before their accumulators are merged (and
+/// dropped): what bounds the memory of accumulators that hold tables.
+pub const WAVE: usize = 64;
 
 /// Scratch for one task: a buffer per side and one for conversions.
 #[derive(Default)]
@@ -566,8 +577,9 @@ pub fn compare_in(
     let acc = fold_chunks(
         numel,
         sizes,
-        || (MetricAcc::default(), Scratch::default()),
-        |(acc, s), start, n| {
+        MetricAcc::default,
+        Scratch::default,
+        |acc, s, start, n| {
             let va = a.read(start, n, &mut s.a)?;
             let vb = b.read(start, n, &mut s.b)?;
             let wide = &mut s.wide;
@@ -589,9 +601,9 @@ pub fn compare_in(
             }
             Ok(())
         },
-        |total, (acc, _)| total.0.merge(acc),
+        |total, acc| total.merge(acc),
     )?;
-    Ok(acc.0)
+    Ok(acc)
 }
 
 /// The moments of every value of `src`, chunk by chunk.
@@ -608,8 +620,9 @@ pub fn moments_in(
     let acc = fold_chunks(
         src.numel(),
         sizes,
-        || (MomentAcc::default(), Buf::default()),
-        |(acc, buf), start, n| {
+        MomentAcc::default,
+        Buf::default,
+        |acc, buf, start, n| {
             let m = match src.read(start, n, buf)? {
                 Vals::F32(v) => MomentAcc::of_chunk(v),
                 Vals::F64(v) => MomentAcc::of_chunk(v),
@@ -617,9 +630,9 @@ pub fn moments_in(
             acc.merge(&m);
             Ok(())
         },
-        |total, (acc, _)| total.0.merge(&acc),
+        |total, acc| total.merge(&acc),
     )?;
-    Ok(acc.0)
+    Ok(acc)
 }
 
 /// Write the values of `view` row-major to `out`, little-endian, a chunk at
