@@ -454,6 +454,43 @@ impl MetricAcc {
         self.merge(chunk);
     }
 
+    /// Add the chunk of f32 values `a` and `b` of a pair with an f16 or
+    /// bf16 side (`ulp_dtype`): [`MetricAcc::add_chunk`], with the ULP
+    /// distance taken over whole slices converted at once (the CPU's vector
+    /// conversion where it has one) instead of value by value. The values
+    /// are the same: an f32 rounds to f16/bf16 as its f64 does.
+    pub fn add_chunk_f32(
+        &mut self,
+        start: u64,
+        a: &[f32],
+        b: &[f32],
+        tol: &Tolerance,
+        ulp_dtype: Option<DType>,
+    ) {
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        self.add_chunk(start, a, b, tol, None);
+        let Some(dt) = ulp_dtype else { return };
+        use half::slice::HalfFloatSliceExt;
+        let (mut ha, mut hb) = (vec![0u16; n], vec![0u16; n]);
+        if dt == DType::BF16 {
+            bytemuck::cast_slice_mut::<u16, half::bf16>(&mut ha).convert_from_f32_slice(a);
+            bytemuck::cast_slice_mut::<u16, half::bf16>(&mut hb).convert_from_f32_slice(b);
+        } else {
+            bytemuck::cast_slice_mut::<u16, half::f16>(&mut ha).convert_from_f32_slice(a);
+            bytemuck::cast_slice_mut::<u16, half::f16>(&mut hb).convert_from_f32_slice(b);
+        }
+        let mut top = 0u64;
+        for i in 0..n {
+            // NaN and infinities on either side are counted, not measured
+            if a[i].is_finite() && b[i].is_finite() {
+                let u = (ordered16(ha[i]) - ordered16(hb[i])).unsigned_abs() as u64;
+                top = top.max(u);
+            }
+        }
+        self.max_ulp = self.max_ulp.max(top);
+    }
+
     /// The metrics (`shape`: for the multi-index of the largest error).
     pub fn finish(&self, shape: &[u64], ulp_dtype: Option<DType>) -> Metrics {
         let mut m = Metrics {

@@ -588,7 +588,7 @@ pub fn compare_in(
                 wide.extend(v.iter().map(|&x| f64::from(x)));
             };
             match (va, vb) {
-                (Vals::F32(x), Vals::F32(y)) => acc.add_chunk(start, x, y, tol, ulp),
+                (Vals::F32(x), Vals::F32(y)) => acc.add_chunk_f32(start, x, y, tol, ulp),
                 (Vals::F64(x), Vals::F64(y)) => acc.add_chunk(start, x, y, tol, ulp),
                 (Vals::F32(x), Vals::F64(y)) => {
                     widen(x);

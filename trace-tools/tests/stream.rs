@@ -128,6 +128,21 @@ proptest! {
         let a: Vec<f64> = a.into_iter().map(round).collect();
         let want = compare_values(&a, &b, &[a.len() as u64], &Tolerance::default(), Some(dt));
         assert_same(&chunked(&a, &b, chunk, 3, Some(dt)), &want, 8.0);
+        // as f32 (how an f16/bf16 tensor streams), the ULPs of whole slices
+        let (fa, fb): (Vec<f32>, Vec<f32>) = (
+            a.iter().map(|&x| x as f32).collect(),
+            b.iter().map(|&x| x as f32).collect(),
+        );
+        let (wa, wb): (Vec<f64>, Vec<f64>) = (
+            fa.iter().map(|&x| f64::from(x)).collect(),
+            fb.iter().map(|&x| f64::from(x)).collect(),
+        );
+        let want = compare_values(&wa, &wb, &[a.len() as u64], &Tolerance::default(), Some(dt));
+        let mut acc = MetricAcc::default();
+        for (k, (ca, cb)) in fa.chunks(chunk).zip(fb.chunks(chunk)).enumerate() {
+            acc.add_chunk_f32((k * chunk) as u64, ca, cb, &Tolerance::default(), Some(dt));
+        }
+        assert_same(&acc.finish(&[a.len() as u64], Some(dt)), &want, 8.0);
     }
 
     #[test]
