@@ -143,6 +143,7 @@ bench: pypackage
 	TRACEDUMP_CLI=$(abspath $(TRACEDUMP)) $(CARGO) run --release -p tracedump-bench -- sweeps $(BENCH_ARGS)
 	$(PYTHON) bench/plot.py
 	$(PYTHON) bench/table.py
+	$(PYTHON) bench/streaming.py $(BENCH_ARGS)
 
 ## Fuzz every parser (fuzz/README.md) for FUZZ_SECONDS each, one after another.
 ## Installs nightly and cargo-fuzz when missing. New inputs go to FUZZ_WORK,

@@ -57,8 +57,10 @@ impl<'a> TensorView<'a> {
     }
 
     /// Spend what reading this view's values makes beyond the bytes it
-    /// spans (a broadcast view) from the trace's budget, or refuse.
-    fn spend_broadcast(&self) -> Result<(), ReaderError> {
+    /// spans (a broadcast view) from the trace's budget, or refuse (SPEC.md
+    /// §9). Every read of the values does this; a reader that walks them
+    /// by itself (a chunk at a time) calls it once before it starts.
+    pub fn spend_broadcast(&self) -> Result<(), ReaderError> {
         let beyond = self.info.values_beyond_bytes();
         if beyond == 0 || self.trace.spend_broadcast(beyond) {
             return Ok(());

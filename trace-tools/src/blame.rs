@@ -24,6 +24,11 @@ use crate::ToolsError;
 const MAX_WALK: usize = 4096;
 /// At most this many blamed ops get a diagnosis (each reads both tensors again).
 pub const MAX_DIAGNOSED: usize = 8;
+/// A pair of more values than this (per side) gets no diagnosis: it reads
+/// both tensors into memory, several times over (4M values: about 100 MiB).
+pub const MAX_DIAGNOSED_VALUES: u64 = crate::stream::MATERIALIZE_LIMIT;
+/// The other tensors compared with a blamed output, in bytes of f32 at most.
+const MAX_STALE_BYTES: u64 = 64 << 20;
 
 /// An op that made a divergent output from agreeing inputs.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -128,7 +133,8 @@ pub fn blame(report: &DiffReport, inputs: &[Vec<usize>]) -> (Vec<Blame>, Vec<Opt
 }
 
 /// Diagnose pair `p` (A's values with the pairing's transforms applied,
-/// against B's), as f32.
+/// against B's), as f32; nothing for a pair of more than
+/// [`MAX_DIAGNOSED_VALUES`] values a side (memory stays bounded).
 pub fn diagnose_pair(
     a: &Trace,
     b: &Trace,
@@ -137,6 +143,11 @@ pub fn diagnose_pair(
 ) -> Result<Vec<Finding>, ToolsError> {
     let (sa, sb) = mapping::transformed_shapes(transforms, &p.a.shape, &p.b.shape)
         .map_err(ToolsError::Invalid)?;
+    let numel = |s: &[u64]| s.iter().product::<u64>();
+    if numel(&p.a.shape).max(numel(&p.b.shape)) > MAX_DIAGNOSED_VALUES {
+        // bounded memory first: the metrics still say where it diverges
+        return Ok(Vec::new());
+    }
     let va = a.view(p.a.id)?.to_f64()?;
     let vb = b.view(p.b.id)?.to_f64()?;
     let (va, vb) = mapping::apply(transforms, va, &p.a.shape, vb, &p.b.shape);
@@ -181,7 +192,8 @@ fn stale_in(a: &Trace, b: &Trace, p: &Pair, x: Values<'_>) -> Option<Finding> {
             })
             .collect();
         ids.sort_by_key(|&id| id.abs_diff(own));
-        ids.truncate(MAX_STALE / 2);
+        let room = MAX_STALE_BYTES / numel.saturating_mul(4).max(1) / 2;
+        ids.truncate((MAX_STALE / 2).min(room as usize));
         ids
     };
     let mut others: Vec<(String, Vec<f32>)> = Vec::new();

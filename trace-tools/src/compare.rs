@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use rayon::prelude::*;
+
 use trace_format::DType;
 
 use crate::blame::{self, Blame};
@@ -16,8 +18,8 @@ use crate::mapping::{self, Mapping, Resolved, Transform};
 use crate::ToolsError;
 use trace_reader::{TensorInfo, Trace};
 
-use crate::metrics::moments;
 pub use crate::metrics::{compare_values, unravel, Metrics, Moments, Tolerance};
+use crate::stream::{self, Source};
 
 /// The verdict on one pair.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -315,7 +317,11 @@ fn compare_pair(
                     min: s.min,
                     max: s.max,
                 }),
-                _ => Ok(moments(&trace.view(t.id)?.to_f64()?)),
+                _ => {
+                    let src = Source::of(trace, trace.view(t.id)?)?;
+                    let m = stream::moments(&src).map_err(|e| read_error(t, e))?;
+                    Ok(m.moments())
+                }
             }
         };
         let (ma, mb) = (moments_of(ta, a)?, moments_of(tb, b)?);
@@ -347,13 +353,39 @@ fn compare_pair(
     if squeezed(&shape_a) != squeezed(&shape_b) {
         return Ok((Verdict::ShapeMismatch, None));
     }
-    let va = ta.view(a.id)?.to_f64()?;
-    let vb = tb.view(b.id)?.to_f64()?;
-    let (va, vb) = mapping::apply(transforms, va, a.layout.shape(), vb, b.layout.shape());
     let ulp = [a.dtype, b.dtype]
         .into_iter()
         .find(|d| matches!(d, DType::F16 | DType::BF16));
-    let m = compare_values(&va, &vb, &shape_a, tol, ulp);
+    let mut sa = Source::of(ta, ta.view(a.id)?)?;
+    let mut sb = Source::of(tb, tb.view(b.id)?)?;
+    if !stream::transform(
+        transforms,
+        &mut sa,
+        a.layout.shape(),
+        &mut sb,
+        b.layout.shape(),
+    ) {
+        // a transform no strides express: the values, within bounds
+        let numel = a.layout.numel().max(b.layout.numel());
+        if numel > stream::MATERIALIZE_LIMIT {
+            return Ok((
+                Verdict::Skipped(format!(
+                    "the mapping's transforms need the values in memory, and {numel} values is more than {} (the bound on memory)",
+                    stream::MATERIALIZE_LIMIT
+                )),
+                None,
+            ));
+        }
+        let va = ta.view(a.id)?.to_f64()?;
+        let vb = tb.view(b.id)?.to_f64()?;
+        let (va, vb) = mapping::apply(transforms, va, a.layout.shape(), vb, b.layout.shape());
+        let (na, nb) = (va.len() as u64, vb.len() as u64);
+        sa = Source::owned(va, &[na]).map_err(ToolsError::Invalid)?;
+        sb = Source::owned(vb, &[nb]).map_err(ToolsError::Invalid)?;
+    }
+    let m = stream::compare(&sa, &sb, tol, ulp)
+        .map_err(|e| read_error(a, e))?
+        .finish(&shape_a, ulp);
     let mut why = Vec::new();
     if m.outside_tolerance > 0 {
         why.push(format!(
@@ -376,6 +408,10 @@ fn compare_pair(
         Verdict::Diverge(why)
     };
     Ok((verdict, Some(m)))
+}
+
+fn read_error(t: &TensorInfo, e: String) -> ToolsError {
+    ToolsError::Invalid(format!("tensor `{}`: {e}", t.name))
 }
 
 /// The engine op that made a tensor (ggml: `MUL_MAT`, `RESHAPE`, …).
@@ -417,14 +453,16 @@ pub fn diff(
     let mut pairs = Vec::new();
     let mut unpaired = Vec::new();
     let total = a.len();
-    let mut unreadable = Vec::new();
+    // (A's index, why), sorted into A's order once the pairs are compared
+    let mut unreadable: Vec<(usize, String)> = Vec::new();
     let mut pair_transforms = Vec::new();
+    // (A's index, A's tensor, B's tensor) of each pair, compared below
+    let mut jobs = Vec::new();
     for (done, &ida) in a.tensor_ids().iter().enumerate() {
-        progress(done + 1, total);
         let ta = match a.tensor(ida) {
             Ok(t) => t,
             Err(e) => {
-                unreadable.push(format!("A: {e}"));
+                unreadable.push((done, format!("A: {e}")));
                 continue;
             }
         };
@@ -477,19 +515,11 @@ pub fn diff(
         let tb = match b.tensor(idb) {
             Ok(t) => t,
             Err(e) => {
-                unreadable.push(format!("B: {e}"));
+                unreadable.push((done, format!("B: {e}")));
                 continue;
             }
         };
-        let (verdict, metrics) = match compare_pair(a, ta, b, tb, transforms, tol) {
-            Ok(x) => x,
-            Err(e) => (Verdict::Skipped(format!("unreadable: {e}")), None),
-        };
-        if let Verdict::Skipped(why) = &verdict {
-            if why.starts_with("unreadable") {
-                unreadable.push(format!("{key}: {why}"));
-            }
-        }
+        jobs.push((done, ta, tb));
         pair_transforms.push(transforms);
         pairs.push(Pair {
             key,
@@ -498,12 +528,45 @@ pub fn diff(
             transforms: transforms.iter().map(|t| t.to_string()).collect(),
             a: Side::of(ta),
             b: Side::of(tb),
-            verdict,
-            metrics,
+            verdict: Verdict::Agree,
+            metrics: None,
             parents: ta.lineage.parents.clone(),
             inputs: Vec::new(),
             amplification: None,
         });
+    }
+    // compare the pairs on every core, a batch at a time (each pair's
+    // chunks spread over the cores too), telling progress after each batch
+    let batch = rayon::current_num_threads().max(1) * 4;
+    for (k, group) in jobs.chunks(batch).enumerate() {
+        let results: Vec<_> = group
+            .par_iter()
+            .enumerate()
+            .map(|(i, &(_, ta, tb))| {
+                let transforms = pair_transforms[k * batch + i];
+                match compare_pair(a, ta, b, tb, transforms, tol) {
+                    Ok(x) => x,
+                    Err(e) => (Verdict::Skipped(format!("unreadable: {e}")), None),
+                }
+            })
+            .collect();
+        for (i, (verdict, metrics)) in results.into_iter().enumerate() {
+            let (done, _, _) = group[i];
+            let p = &mut pairs[k * batch + i];
+            if let Verdict::Skipped(why) = &verdict {
+                if why.starts_with("unreadable") {
+                    unreadable.push((done, format!("{}: {why}", p.key)));
+                }
+            }
+            p.verdict = verdict;
+            p.metrics = metrics;
+            progress(done + 1, total);
+        }
+    }
+    unreadable.sort_by_key(|&(done, _)| done);
+    let unreadable: Vec<String> = unreadable.into_iter().map(|(_, why)| why).collect();
+    if total > 0 {
+        progress(total, total);
     }
     let only_in_a = unpaired
         .iter()

@@ -174,17 +174,29 @@ fn row(trace: &Trace, id: u64, stats: bool) -> Row {
             stored: true,
         })
     } else if stats {
-        match trace.view(id).and_then(|v| v.compute_stats()) {
-            Ok(s) => Some(StatsJson {
-                min: s.min,
-                max: s.max,
-                mean: s.mean,
-                std: s.std,
-                abs_max: s.abs_max,
-                nan: s.nan_count,
-                inf: s.inf_count,
-                stored: false,
-            }),
+        // a chunk at a time: memory stays bounded whatever the tensor's size
+        let streamed = trace
+            .view(id)
+            .map_err(crate::ToolsError::from)
+            .and_then(|v| crate::stream::Source::of(trace, v))
+            .and_then(|src| {
+                crate::stream::moments(&src)
+                    .map_err(|e| crate::ToolsError::Invalid(format!("tensor `{}`: {e}", t.name)))
+            });
+        match streamed {
+            Ok(s) => {
+                let m = s.moments();
+                Some(StatsJson {
+                    min: m.min,
+                    max: m.max,
+                    mean: m.mean,
+                    std: m.std,
+                    abs_max: s.abs_max(),
+                    nan: s.nan,
+                    inf: s.inf,
+                    stored: false,
+                })
+            }
             Err(e) => {
                 error = Some(format!("stats: {e}"));
                 None
@@ -262,14 +274,27 @@ fn rows(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<Row>> {
     let ids = trace.filter(&opts.filter)?;
-    let out = ids
-        .iter()
-        .enumerate()
-        .map(|(i, &id)| {
-            progress(i + 1, ids.len());
-            row(trace, id, opts.stats)
-        })
-        .collect();
+    if !opts.stats {
+        let out = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                progress(i + 1, ids.len());
+                row(trace, id, false)
+            })
+            .collect();
+        return Ok(out);
+    }
+    // statistics read every value: a batch of tensors at a time on every
+    // core (and a large tensor's chunks too), progress after each batch
+    use rayon::prelude::*;
+    let batch = rayon::current_num_threads().max(1) * 4;
+    let mut out = Vec::with_capacity(ids.len());
+    for group in ids.chunks(batch) {
+        let rows: Vec<Row> = group.par_iter().map(|&id| row(trace, id, true)).collect();
+        out.extend(rows);
+        progress(out.len(), ids.len());
+    }
     Ok(out)
 }
 

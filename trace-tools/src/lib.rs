@@ -20,6 +20,7 @@ pub mod report;
 pub mod shards;
 pub mod show;
 pub mod sniff;
+pub mod stream;
 pub mod table;
 
 pub use error::{ResultExt, ToolsError};

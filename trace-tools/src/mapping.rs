@@ -341,7 +341,7 @@ impl Mapping {
     }
 }
 
-fn axis(i: i64, ndim: usize) -> Result<usize, String> {
+pub(crate) fn axis(i: i64, ndim: usize) -> Result<usize, String> {
     let a = if i < 0 { ndim as i64 + i } else { i };
     usize::try_from(a)
         .ok()

@@ -10,6 +10,7 @@
 use serde_json::{json, Value};
 
 use crate::compare::{DiffReport, Verdict};
+use crate::stream::{self, Source};
 use trace_reader::Trace;
 
 use crate::ToolsError;
@@ -50,75 +51,202 @@ fn side_json(trace: &Trace, id: u64) -> Value {
     }
 }
 
-/// |a − b| of the first divergence, as a histogram and a heat map.
-fn error_map(a: &Trace, b: &Trace, ida: u64, idb: u64) -> Result<Value, ToolsError> {
-    let va = a.view(ida)?.to_f64()?;
-    let vb = b.view(idb)?.to_f64()?;
-    let shape = a.tensor(ida)?.layout.shape().to_vec();
-    if va.len() != vb.len() || va.is_empty() {
-        return Ok(Value::Null);
-    }
-    let err: Vec<f64> = va.iter().zip(&vb).map(|(x, y)| (x - y).abs()).collect();
-    // histogram of log10 |a - b| over the finite non-zero errors
-    let finite: Vec<f64> = err
-        .iter()
-        .copied()
-        .filter(|e| e.is_finite() && *e > 0.0)
-        .collect();
-    let zeros = err.iter().filter(|&&e| e == 0.0).count();
-    let nonfinite = err.iter().filter(|e| !e.is_finite()).count();
-    let mut hist = json!(null);
-    if !finite.is_empty() {
-        let lo = finite
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min)
-            .log10()
-            .floor();
-        let hi = finite
-            .iter()
-            .copied()
-            .fold(0.0, f64::max)
-            .log10()
-            .ceil()
-            .max(lo + 1.0);
-        let width = (hi - lo) / BINS as f64;
-        let mut counts = vec![0u64; BINS];
-        for e in &finite {
-            let k = (((e.log10() - lo) / width) as usize).min(BINS - 1);
-            counts[k] += 1;
+/// What one pass over |a − b| gathers, a range of values at a time.
+struct ErrorPass {
+    /// Smallest and largest finite non-zero error.
+    lo: f64,
+    hi: f64,
+    zeros: u64,
+    nonfinite: u64,
+    /// The heat map's cells (max-pooled; `f64::MAX` for a non-finite error).
+    cells: Vec<f64>,
+    /// The largest error, its flat index and the values there (the first
+    /// such; `None`: no error above 0).
+    worst: Option<(f64, u64, f64, f64)>,
+    /// Histogram counts (the second pass).
+    counts: Vec<u64>,
+}
+
+impl ErrorPass {
+    fn new(cells: usize) -> Self {
+        ErrorPass {
+            lo: f64::INFINITY,
+            hi: 0.0,
+            zeros: 0,
+            nonfinite: 0,
+            cells: vec![0.0; cells],
+            worst: None,
+            counts: vec![0; BINS],
         }
-        hist = json!({ "log10_lo": lo, "log10_hi": hi, "counts": counts });
     }
-    // heat map: the tensor as rows × the last dimension, max-pooled
-    let cols = *shape.last().unwrap_or(&1) as usize;
-    let cols = cols.max(1);
-    let rows = err.len() / cols;
-    let (hr, hc) = (rows.clamp(1, HEAT_ROWS), cols.clamp(1, HEAT_COLS));
-    let mut cells = vec![0f64; hr * hc];
-    for r in 0..rows {
-        let cr = r * hr / rows.max(1);
-        for c in 0..cols {
-            let e = err[r * cols + c];
-            let cell = &mut cells[cr * hc + c * hc / cols];
-            if e.is_nan() || e > *cell {
-                *cell = if e.is_finite() { e } else { f64::MAX };
+
+    fn merge(&mut self, o: ErrorPass) {
+        self.lo = self.lo.min(o.lo);
+        self.hi = self.hi.max(o.hi);
+        self.zeros += o.zeros;
+        self.nonfinite += o.nonfinite;
+        for (c, x) in self.cells.iter_mut().zip(o.cells) {
+            *c = c.max(x);
+        }
+        if let Some(w) = o.worst {
+            if self.worst.is_none_or(|s| w.0 > s.0) {
+                self.worst = Some(w);
             }
         }
+        for (c, x) in self.counts.iter_mut().zip(o.counts) {
+            *c += x;
+        }
     }
-    let (worst, at) =
-        err.iter().enumerate().fold(
-            (0.0f64, 0usize),
-            |(m, i), (j, &e)| if e > m { (e, j) } else { (m, i) },
-        );
+}
+
+/// The values of a chunk as f64 (into `wide` unless they already are).
+fn wide<'w>(v: stream::Vals<'w>, wide: &'w mut Vec<f64>) -> &'w [f64] {
+    match v {
+        stream::Vals::F64(x) => x,
+        stream::Vals::F32(x) => {
+            wide.clear();
+            wide.extend(x.iter().map(|&v| f64::from(v)));
+            wide
+        }
+    }
+}
+
+/// |a − b| of the first divergence, as a histogram and a heat map: two
+/// passes over the values, a chunk at a time (memory stays bounded).
+fn error_map(a: &Trace, b: &Trace, ida: u64, idb: u64) -> Result<Value, ToolsError> {
+    let sa = Source::of(a, a.view(ida)?)?;
+    let sb = Source::of(b, b.view(idb)?)?;
+    let shape = a.tensor(ida)?.layout.shape().to_vec();
+    let numel = sa.numel();
+    if numel != sb.numel() || numel == 0 {
+        return Ok(Value::Null);
+    }
+    // heat map: the tensor as rows × the last dimension, max-pooled
+    let cols = (*shape.last().unwrap_or(&1)).max(1);
+    let rows = numel / cols;
+    let (hr, hc) = (
+        rows.clamp(1, HEAT_ROWS as u64),
+        cols.clamp(1, HEAT_COLS as u64),
+    );
+    #[derive(Default)]
+    struct Scratch {
+        a: stream::Buf,
+        b: stream::Buf,
+        wa: Vec<f64>,
+        wb: Vec<f64>,
+        err: Vec<f64>,
+    }
+    let read = |s: &mut Scratch, start: u64, n: usize| -> Result<(), String> {
+        let va = sa.read(start, n, &mut s.a)?;
+        let va = wide(va, &mut s.wa);
+        let vb = sb.read(start, n, &mut s.b)?;
+        let vb = wide(vb, &mut s.wb);
+        s.err.clear();
+        s.err.extend(va.iter().zip(vb).map(|(x, y)| (x - y).abs()));
+        Ok(())
+    };
+    let sizes = (stream::CHUNK, stream::GROUP);
+    let cells = (hr * hc) as usize;
+    let first = stream::fold_chunks(
+        numel,
+        sizes,
+        || ErrorPass::new(cells),
+        Scratch::default,
+        |p, s, start, n| {
+            read(s, start, n)?;
+            for (i, &e) in s.err.iter().enumerate() {
+                if e.is_finite() {
+                    if e > 0.0 {
+                        p.lo = p.lo.min(e);
+                        p.hi = p.hi.max(e);
+                    } else {
+                        p.zeros += 1;
+                    }
+                } else {
+                    p.nonfinite += 1;
+                }
+                if e > p.worst.map_or(0.0, |w| w.0) {
+                    p.worst = Some((e, start + i as u64, 0.0, 0.0));
+                }
+            }
+            // the values there, when this chunk has the largest so far
+            if let Some((e, at, _, _)) = p.worst.filter(|w| w.1 >= start) {
+                let va = wide(sa.read(at, 1, &mut s.a)?, &mut s.wa)[0];
+                let vb = wide(sb.read(at, 1, &mut s.b)?, &mut s.wb)[0];
+                p.worst = Some((e, at, va, vb));
+            }
+            // the cells, a row's run of columns per heat map column
+            let mut i = 0usize;
+            while i < n {
+                let flat = start + i as u64;
+                let (r, c) = (flat / cols, flat % cols);
+                let cr = r * hr / rows.max(1);
+                let cc = c * hc / cols;
+                // the columns of this cell on this row, within the chunk
+                let next_c = ((cc + 1) * cols).div_ceil(hc).min(cols);
+                let run = ((next_c - c) as usize).min(n - i);
+                let cell = &mut p.cells[(cr * hc + cc) as usize];
+                for &e in &s.err[i..i + run] {
+                    if e.is_nan() || e > *cell {
+                        *cell = if e.is_finite() { e } else { f64::MAX };
+                    }
+                }
+                i += run;
+            }
+            Ok(())
+        },
+        |total, p| total.merge(p),
+    )
+    .map_err(ToolsError::Invalid)?;
+    // histogram of log10 |a - b| over the finite non-zero errors
+    let mut hist = json!(null);
+    if first.lo.is_finite() {
+        let lo = first.lo.log10().floor();
+        let hi = first.hi.log10().ceil().max(lo + 1.0);
+        let width = (hi - lo) / BINS as f64;
+        let counted = stream::fold_chunks(
+            numel,
+            sizes,
+            || ErrorPass::new(0),
+            Scratch::default,
+            |p, s, start, n| {
+                read(s, start, n)?;
+                for &e in &s.err {
+                    if e.is_finite() && e > 0.0 {
+                        let k = (((e.log10() - lo) / width) as usize).min(BINS - 1);
+                        p.counts[k] += 1;
+                    }
+                }
+                Ok(())
+            },
+            |total, p| total.merge(p),
+        )
+        .map_err(ToolsError::Invalid)?;
+        hist = json!({ "log10_lo": lo, "log10_hi": hi, "counts": counted.counts });
+    }
+    let (worst, at, wa, wb) = match first.worst {
+        Some(w) => w,
+        None => {
+            let mut s = Scratch::default();
+            let va = wide(
+                sa.read(0, 1, &mut s.a).map_err(ToolsError::Invalid)?,
+                &mut s.wa,
+            )[0];
+            let vb = wide(
+                sb.read(0, 1, &mut s.b).map_err(ToolsError::Invalid)?,
+                &mut s.wb,
+            )[0];
+            (0.0, 0, va, vb)
+        }
+    };
     Ok(json!({
-        "numel": err.len(),
-        "zeros": zeros,
-        "nonfinite": nonfinite,
+        "numel": numel,
+        "zeros": first.zeros,
+        "nonfinite": first.nonfinite,
         "histogram": hist,
-        "heatmap": { "rows": hr, "cols": hc, "tensor_rows": rows, "tensor_cols": cols, "cells": cells },
+        "heatmap": { "rows": hr, "cols": hc, "tensor_rows": rows, "tensor_cols": cols, "cells": first.cells },
         "shape": shape,
-        "worst": { "abs": worst, "flat_index": at, "a": va[at], "b": vb[at] },
+        "worst": { "abs": worst, "flat_index": at, "a": wa, "b": wb },
     }))
 }
 
@@ -272,3 +400,128 @@ fn escape(s: &str) -> String {
 }
 
 const TEMPLATE: &str = include_str!("report.html");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error map as it was computed before it streamed: every value in memory.
+    fn error_map_whole(a: &Trace, b: &Trace, ida: u64, idb: u64) -> Result<Value, ToolsError> {
+        let va = a.view(ida)?.to_f64()?;
+        let vb = b.view(idb)?.to_f64()?;
+        let shape = a.tensor(ida)?.layout.shape().to_vec();
+        if va.len() != vb.len() || va.is_empty() {
+            return Ok(Value::Null);
+        }
+        let err: Vec<f64> = va.iter().zip(&vb).map(|(x, y)| (x - y).abs()).collect();
+        // histogram of log10 |a - b| over the finite non-zero errors
+        let finite: Vec<f64> = err
+            .iter()
+            .copied()
+            .filter(|e| e.is_finite() && *e > 0.0)
+            .collect();
+        let zeros = err.iter().filter(|&&e| e == 0.0).count();
+        let nonfinite = err.iter().filter(|e| !e.is_finite()).count();
+        let mut hist = json!(null);
+        if !finite.is_empty() {
+            let lo = finite
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min)
+                .log10()
+                .floor();
+            let hi = finite
+                .iter()
+                .copied()
+                .fold(0.0, f64::max)
+                .log10()
+                .ceil()
+                .max(lo + 1.0);
+            let width = (hi - lo) / BINS as f64;
+            let mut counts = vec![0u64; BINS];
+            for e in &finite {
+                let k = (((e.log10() - lo) / width) as usize).min(BINS - 1);
+                counts[k] += 1;
+            }
+            hist = json!({ "log10_lo": lo, "log10_hi": hi, "counts": counts });
+        }
+        // heat map: the tensor as rows × the last dimension, max-pooled
+        let cols = *shape.last().unwrap_or(&1) as usize;
+        let cols = cols.max(1);
+        let rows = err.len() / cols;
+        let (hr, hc) = (rows.clamp(1, HEAT_ROWS), cols.clamp(1, HEAT_COLS));
+        let mut cells = vec![0f64; hr * hc];
+        for r in 0..rows {
+            let cr = r * hr / rows.max(1);
+            for c in 0..cols {
+                let e = err[r * cols + c];
+                let cell = &mut cells[cr * hc + c * hc / cols];
+                if e.is_nan() || e > *cell {
+                    *cell = if e.is_finite() { e } else { f64::MAX };
+                }
+            }
+        }
+        let (worst, at) =
+            err.iter().enumerate().fold(
+                (0.0f64, 0usize),
+                |(m, i), (j, &e)| if e > m { (e, j) } else { (m, i) },
+            );
+        Ok(json!({
+            "numel": err.len(),
+            "zeros": zeros,
+            "nonfinite": nonfinite,
+            "histogram": hist,
+            "heatmap": { "rows": hr, "cols": hc, "tensor_rows": rows, "tensor_cols": cols, "cells": cells },
+            "shape": shape,
+            "worst": { "abs": worst, "flat_index": at, "a": va[at], "b": vb[at] },
+        }))
+    }
+
+    /// Streamed (two passes, chunk by chunk, on several threads) it is the
+    /// same map: NaN and infinities, pooled cells, a tensor of several chunks.
+    #[test]
+    fn streamed_error_map_equals_whole() {
+        use trace_writer::{Metadata, TensorMeta, Writer, WriterOptions};
+        for (rows, cols) in [(300u64, 301u64), (3, 5), (1, 1), (2000, 70)] {
+            let n = (rows * cols) as usize;
+            let a: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 / 7.0).collect();
+            let mut b: Vec<f32> = a
+                .iter()
+                .enumerate()
+                .map(|(i, x)| x + (i % 13) as f32 * 1e-3)
+                .collect();
+            if n > 10 {
+                b[3] = f32::NAN;
+                b[n - 2] = f32::INFINITY;
+                b[n / 2] += 100.0;
+            }
+            let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+            let w = Writer::in_memory(Metadata::new(), WriterOptions::default()).unwrap();
+            let shape = [rows, cols];
+            w.add_tensor(
+                "a",
+                trace_format::DType::F32,
+                &shape,
+                &bytes(&a),
+                TensorMeta::new(),
+            )
+            .unwrap();
+            w.add_tensor(
+                "b",
+                trace_format::DType::F32,
+                &shape,
+                &bytes(&b),
+                TensorMeta::new(),
+            )
+            .unwrap();
+            let (_, file) = w.finish_into_bytes().unwrap();
+            let t = Trace::from_bytes("e.tdump", file).unwrap();
+            let (ia, ib) = (t.resolve("a").unwrap(), t.resolve("b").unwrap());
+            assert_eq!(
+                error_map(&t, &t, ia, ib).unwrap(),
+                error_map_whole(&t, &t, ia, ib).unwrap(),
+                "{rows}x{cols}"
+            );
+        }
+    }
+}

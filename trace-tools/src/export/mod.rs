@@ -283,7 +283,7 @@ pub fn export(
         }
         ExportFormat::Npz => {
             let tmp = temp_path(out);
-            let result = write_npz(&plan, &tmp, &mut summary.converted).and_then(|()| {
+            let result = write_npz(trace, &plan, &tmp, &mut summary.converted).and_then(|()| {
                 fs::rename(&tmp, out)
                     .context_with(|| format!("cannot move {} to {}", tmp.display(), out.display()))
             });

@@ -45,6 +45,7 @@ pub(super) fn npy_header(descr: &str, shape: &[u64]) -> Result<Vec<u8>> {
 }
 
 pub(super) fn write_npz(
+    trace: &Trace,
     plan: &Plan<'_>,
     path: &Path,
     converted: &mut Vec<(String, String)>,
@@ -65,8 +66,7 @@ pub(super) fn write_npz(
         let (descr, to_f32) = npy_descr(info.dtype)
             .ok_or_else(|| invalid!("{} has no numpy dtype", info.dtype))
             .context_with(|| ctx(&p.name))?;
-        let data: Cow<'_, [u8]> = if to_f32 {
-            let values = p.view.to_f32().context_with(|| ctx(&p.name))?;
+        if to_f32 {
             let how = if info.dtype.is_block() {
                 "dequantized"
             } else {
@@ -76,22 +76,26 @@ pub(super) fn write_npz(
                 p.name.clone(),
                 format!("{} → f32 ({how}; numpy has no {})", info.dtype, info.dtype),
             ));
-            Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
-        } else {
-            match p.view.contiguous_bytes() {
-                Some(b) => Cow::Borrowed(b),
-                None => Cow::Owned(p.view.materialize().context_with(|| ctx(&p.name))?),
-            }
-        };
+        }
+        // the values are written a chunk at a time (memory stays bounded)
+        let stored = if to_f32 { DType::F32 } else { info.dtype };
+        let len = stored
+            .bytes_for(info.layout.numel())
+            .ok_or_else(|| invalid!("too large"))
+            .context_with(|| ctx(&p.name))?;
         let header = npy_header(descr, info.layout.shape()).context_with(|| ctx(&p.name))?;
-        let size = (header.len() + data.len()) as u64;
+        let size = header.len() as u64 + len;
         zip.start_file(
             format!("{}.npy", p.name),
             options.large_file(size >= u64::from(u32::MAX)),
         )
         .context_with(|| ctx(&p.name))?;
         zip.write_all(&header).context_with(|| ctx(&p.name))?;
-        zip.write_all(&data).context_with(|| ctx(&p.name))?;
+        let wrote = crate::stream::write_values(trace, p.view, to_f32, &mut zip)
+            .context_with(|| ctx(&p.name))?;
+        if wrote != len {
+            bail!("{}: {wrote} bytes written, {len} expected", ctx(&p.name));
+        }
     }
     let out = zip
         .finish()
