@@ -40,7 +40,7 @@ def test_quick_run_rows_and_contenders(tmp_path):
         assert "n_ctx 512" in r["group"]
         c = r["name"][1]
         if c in bench.GOALS:
-            assert r["goal"] == f"<= {bench.GOALS[c][1]:.2f}x ({bench.GOALS[c][0]})"
+            assert r["goal"] == f"time <= {bench.GOALS[c][1]:.2f}x ({bench.GOALS[c][0]})"
         if c not in offered:
             assert r["ours"] is None and r["ok"] is None and r["ratio"] is None
             continue
