@@ -114,6 +114,7 @@ bench: pypackage
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(CARGO) run --release -p tracedump-bench -- --quiet $(BENCH_ARGS)
 	$(PYTHON) bench/python_bench.py --quiet $(BENCH_ARGS)
+	$(PYTHON) bench/engine_cost.py --quiet $(BENCH_ARGS)
 	$(PYTHON) bench/table.py
 
 ## Fuzz every parser (fuzz/README.md) for FUZZ_SECONDS each, one after another.
