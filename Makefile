@@ -142,8 +142,9 @@ bench: pypackage
 	$(PYTHON) bench/python_bench.py --quiet $(BENCH_ARGS)
 	TRACEDUMP_CLI=$(abspath $(TRACEDUMP)) $(CARGO) run --release -p tracedump-bench -- sweeps $(BENCH_ARGS)
 	$(PYTHON) bench/plot.py
-	$(PYTHON) bench/table.py
+	$(PYTHON) bench/engine_cost.py --quiet $(BENCH_ARGS)
 	$(PYTHON) bench/streaming.py $(BENCH_ARGS)
+	$(PYTHON) bench/table.py
 
 ## Fuzz every parser (fuzz/README.md) for FUZZ_SECONDS each, one after another.
 ## Installs nightly and cargo-fuzz when missing. New inputs go to FUZZ_WORK,

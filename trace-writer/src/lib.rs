@@ -14,6 +14,7 @@ pub mod regions;
 mod sink;
 mod staging;
 mod stream_copy;
+mod strided_stats;
 mod writer;
 
 pub use error::WriterError;
