@@ -234,6 +234,7 @@ def run_one(a):
         cap = tracedump.ggml.capture(llm, trace, **CONTENDERS[a.contender][1])
         cap.__enter__()
 
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     llm.eval(prompt)
     t1 = time.perf_counter()
@@ -243,7 +244,8 @@ def run_one(a):
     if cap is not None:
         cap.__exit__(None, None, None)
     t3 = time.perf_counter()
-    out.update(prompt_s=t1 - t0, decode_s=t2 - t1, close_s=t3 - t2)
+    # CPU seconds of the whole process (both threads) over prompt, steps and close
+    out.update(prompt_s=t1 - t0, decode_s=t2 - t1, close_s=t3 - t2, cpu_s=time.process_time() - cpu0)
     if lib is not None:
         out.update(copied_bytes=lib.copy_cb_bytes(), copied_tensors=lib.copy_cb_tensors())
         if lib.copy_cb_failures():
@@ -300,6 +302,8 @@ def run_rounds(model, copy_cb, n_ctxs, rounds, contenders):
                    "--n-ctx", str(n), "--contender", c, "--trace", str(trace), "--copy-cb", str(copy_cb)]
             p = subprocess.run(cmd, capture_output=True, text=True)
             trace.unlink(missing_ok=True)
+            # no dirty pages of this run's trace left for the next one to write back
+            os.sync()
             if p.returncode != 0:
                 raise SystemExit(f"engine_cost: contender {c} at n_ctx {n} failed:\n{p.stderr[-4000:]}")
             results[(c, n)].append(json.loads(p.stdout.strip().splitlines()[-1]))
