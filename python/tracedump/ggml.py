@@ -166,15 +166,69 @@ def adapter_library(cc: Optional[str] = None) -> Path:
     return out
 
 
+def _options_struct():
+    """``td_ggml_options`` (tracedump.h) as a ctypes structure."""
+    import ctypes
+
+    class Options(ctypes.Structure):
+        _fields_ = [
+            ("background", ctypes.c_int32),
+            ("queue_bytes", ctypes.c_uint64),
+            ("drop_when_full", ctypes.c_int32),
+            ("name_regex", ctypes.c_char_p),
+            ("layers", ctypes.POINTER(ctypes.c_int64)),
+            ("n_layers", ctypes.c_size_t),
+            ("steps", ctypes.POINTER(ctypes.c_int64)),
+            ("n_steps", ctypes.c_size_t),
+            ("stats_only", ctypes.c_int32),
+        ]
+
+    return Options
+
+
+def _ints(name: str, values: Any) -> Optional[List[int]]:
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be an iterable of ints, not {type(values).__name__}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) and not hasattr(v, "__index__"):
+            raise TypeError(f"{name} must be an iterable of ints, not one holding {v!r}")
+        out.append(int(v.__index__()))
+    return out
+
+
 class Capture:
     """See :func:`capture`."""
 
-    def __init__(self, llama: Any, path: str | os.PathLike[str], include: Optional[str] = None, n_seq: int = 1) -> None:
+    def __init__(
+        self,
+        llama: Any,
+        path: str | os.PathLike[str],
+        include: Optional[str] = None,
+        n_seq: int = 1,
+        *,
+        layers: Any = None,
+        steps: Any = None,
+        stats_only: bool = False,
+        background: bool = False,
+        queue_bytes: Optional[int] = None,
+        drop_when_full: bool = False,
+    ) -> None:
         if n_seq < 1:
             raise ValueError(f"n_seq must be at least 1, not {n_seq}")
+        if queue_bytes is not None and int(queue_bytes) < 1:
+            raise ValueError(f"queue_bytes must be positive, not {queue_bytes}")
         self.llama = llama
         self.path = str(path)
         self.include = include
+        self.layers = _ints("layers", layers)
+        self.steps = _ints("steps", steps)
+        self.stats_only = bool(stats_only)
+        self.background = bool(background)
+        self.queue_bytes = None if queue_bytes is None else int(queue_bytes)
+        self.drop_when_full = bool(drop_when_full)
         self.n_seq = n_seq
         self.step = 0
         self._positions: Dict[int, int] = {}
@@ -189,8 +243,9 @@ class Capture:
         from llama_cpp import _internals
 
         lib = ctypes.CDLL(str(adapter_library()))
-        lib.tracedump_ggml_open.restype = ctypes.c_void_p
-        lib.tracedump_ggml_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        Options = _options_struct()
+        lib.tracedump_ggml_open_with.restype = ctypes.c_void_p
+        lib.tracedump_ggml_open_with.argtypes = [ctypes.c_char_p, ctypes.POINTER(Options)]
         lib.tracedump_ggml_step.argtypes = [ctypes.c_void_p, ctypes.c_int64]
         lib.tracedump_ggml_close.argtypes = [ctypes.c_void_p]
         lib.tracedump_ggml_errors.argtypes = [ctypes.c_void_p]
@@ -199,7 +254,20 @@ class Capture:
         lib.tracedump_ggml_records.restype = ctypes.c_uint64
         lib.tracedump_ggml_last_error.argtypes = [ctypes.c_void_p]
         lib.tracedump_ggml_last_error.restype = ctypes.c_char_p
-        td = lib.tracedump_ggml_open(self.path.encode(), None if self.include is None else self.include.encode())
+        opts = Options()
+        opts.background = int(self.background)
+        opts.queue_bytes = self.queue_bytes or 0
+        opts.drop_when_full = int(self.drop_when_full)
+        opts.name_regex = None if self.include is None else self.include.encode()
+        opts.stats_only = int(self.stats_only)
+        keep = []
+        for field, values in (("layers", self.layers), ("steps", self.steps)):
+            if values is not None:
+                arr = (ctypes.c_int64 * max(len(values), 1))(*values)
+                keep.append(arr)
+                setattr(opts, field, ctypes.cast(arr, ctypes.POINTER(ctypes.c_int64)))
+                setattr(opts, "n_" + field, len(values))
+        td = lib.tracedump_ggml_open_with(self.path.encode(), ctypes.byref(opts))
         if not td:
             raise RuntimeError(f"{self.path}: the ggml recorder could not open it (see stderr)")
         self._lib, self._td = lib, td
@@ -324,7 +392,19 @@ class Capture:
         return False
 
 
-def capture(llama: Any, path: str | os.PathLike[str], *, include: Optional[str] = None, n_seq: int = 1) -> Capture:
+def capture(
+    llama: Any,
+    path: str | os.PathLike[str],
+    *,
+    include: Optional[str] = None,
+    layers: Any = None,
+    steps: Any = None,
+    stats_only: bool = False,
+    background: bool = False,
+    queue_bytes: Optional[int] = None,
+    drop_when_full: bool = False,
+    n_seq: int = 1,
+) -> Capture:
     """Record every tensor llama.cpp evaluates in ``llama`` (a
     ``llama_cpp.Llama``) into ``path``, with the C adapter (compiled on first
     use against llama-cpp-python's own ggml headers, :func:`adapter_library`).
@@ -336,7 +416,33 @@ def capture(llama: Any, path: str | os.PathLike[str], *, include: Optional[str] 
     Each ``llama_decode`` is a step. Inside the block ``llm`` runs on a context
     of its own with the eval callback installed (same parameters, an empty
     KV cache); the original context is back afterwards, its cache forgotten
-    (``n_tokens = 0``). ``include`` is a regex on tensor names.
+    (``n_tokens = 0``).
+
+    What is recorded:
+
+    * ``include``: a regex searched in tensor names; ``layers``, ``steps``:
+      iterables of ints. With ``layers``, tensors of no layer (``embd``,
+      ``norm``, ``result_output``) are left out too. A name ggml made up
+      (``node_N``, the flash-attention node) has the layer its sources
+      agree on. The filter is answered when ggml asks about a node, so a
+      tensor left out costs almost nothing (ggml does not stop the graph
+      there).
+    * Whatever the filter, the **graph inputs** a recorded tensor reads are
+      recorded with it, once per graph: the leaves llama.cpp flags as inputs
+      (``attn_inp_kq_mask``, ``inp_pos``, ``inp_tokens``…) and the views and
+      conversions of them it reads through (VIEW, RESHAPE, PERMUTE,
+      TRANSPOSE, CPY, CONT: the f16 copy of the mask flash attention
+      reads). So ``layers=[3]`` or ``include="-3$"`` still holds the mask and
+      positions :func:`tracedump.reference.attention` needs.
+    * ``stats_only=True``: each tensor's statistics (count, NaN/Inf counts,
+      min, max, mean, std, abs max, L2 norm; the crc of its bytes when they
+      are contiguous) computed in one pass where its values lie, instead of
+      its bytes (``Tensor.is_stats_only``; ``tensor.stats``).
+
+    How: ``background=True`` copies each record into a queue of at most
+    ``queue_bytes`` (default 256 MiB) and a writer thread does the I/O;
+    when the queue is full the recording waits, or with
+    ``drop_when_full=True`` drops the record (the trace then lacks it).
 
     For a comparison, make ``llm`` with ``logits_all=True``: otherwise
     llama.cpp computes the last layer's FFN, the final norm and the logits
@@ -348,4 +454,15 @@ def capture(llama: Any, path: str | os.PathLike[str], *, include: Optional[str] 
 
     Several sequences in one batch: ``n_seq=N`` and :meth:`Capture.decode`.
     """
-    return Capture(llama, path, include, n_seq)
+    return Capture(
+        llama,
+        path,
+        include,
+        n_seq,
+        layers=layers,
+        steps=steps,
+        stats_only=stats_only,
+        background=background,
+        queue_bytes=queue_bytes,
+        drop_when_full=drop_when_full,
+    )

@@ -19,20 +19,27 @@ struct tracedump_ggml {
     size_t scratch_len;
 };
 
-struct tracedump_ggml * tracedump_ggml_open(const char * path, const char * name_regex) {
+struct tracedump_ggml * tracedump_ggml_open_with(const char * path, const td_ggml_options * opts) {
     struct tracedump_ggml * td = calloc(1, sizeof *td);
     if (!td) {
         return NULL;
     }
     const char * keys[] = {"engine", "ggml.adapter"};
     const char * values[] = {"ggml", "tracedump_ggml.c"};
-    td->rec = td_ggml_open(path, keys, values, 2, 0, 0, 0, name_regex);
+    td->rec = td_ggml_open_with(path, keys, values, 2, opts);
     if (!td->rec) {
         fprintf(stderr, "tracedump_ggml_open: %s\n", td_last_error());
         free(td);
         return NULL;
     }
     return td;
+}
+
+struct tracedump_ggml * tracedump_ggml_open(const char * path, const char * name_regex) {
+    td_ggml_options opts;
+    memset(&opts, 0, sizeof opts);
+    opts.name_regex = name_regex;
+    return tracedump_ggml_open_with(path, &opts);
 }
 
 void tracedump_ggml_step(struct tracedump_ggml * td, int64_t step) {
@@ -119,25 +126,63 @@ static void record(struct tracedump_ggml * td, struct ggml_tensor * t, int once)
     }
 }
 
+/* Whether `s` is a graph input (a leaf with GGML_TENSOR_FLAG_INPUT:
+ * attn_inp_kq_mask, inp_pos, inp_tokens...) or a view or conversion of one
+ * (VIEW, RESHAPE, PERMUTE, TRANSPOSE, CPY, CONT of src[0]: the f16 copy of
+ * the mask that flash attention reads). */
+static int is_input(const struct ggml_tensor * s, int depth) {
+    if (s == NULL || depth > 8) {
+        return 0;
+    }
+    if (s->op == GGML_OP_NONE) {
+        return (s->flags & GGML_TENSOR_FLAG_INPUT) != 0;
+    }
+    switch (s->op) {
+        case GGML_OP_VIEW:
+        case GGML_OP_RESHAPE:
+        case GGML_OP_PERMUTE:
+        case GGML_OP_TRANSPOSE:
+        case GGML_OP_CPY:
+        case GGML_OP_CONT:
+            return is_input(s->src[0], depth + 1);
+        default:
+            return 0;
+    }
+}
+
+/* Record the graph input `s` reads from, then `s`, each once per graph.
+ * Their bytes are intact: a source outlives its users' evaluation. */
+static void record_input(struct tracedump_ggml * td, struct ggml_tensor * s) {
+    if (s->op != GGML_OP_NONE) {
+        record_input(td, s->src[0]);
+    }
+    record(td, s, 1);
+}
+
 bool tracedump_ggml_cb(struct ggml_tensor * t, bool ask, void * user_data) {
     struct tracedump_ggml * td = user_data;
     if (td == NULL || t == NULL) {
         return true;
     }
     if (ask) {
-        /* ask for the data of the wanted tensors and of those reading graph inputs */
-        if (td_ggml_wants(td->rec, ggml_get_name(t))) {
-            return true;
+        /* no for a tensor the filter leaves out: ggml's scheduler then does
+         * not stop the graph at it */
+        const void * srcs[GGML_MAX_SRC];
+        size_t n_srcs = 0;
+        for (int i = 0; i < GGML_MAX_SRC; i++) {
+            srcs[i] = t->src[i];
+            if (t->src[i]) {
+                n_srcs = (size_t) i + 1;
+            }
         }
-        return false;
+        return td_ggml_ask(td->rec, t, ggml_get_name(t), srcs, n_srcs) == 1;
     }
-    /* graph inputs this node reads (KQ_mask, inp_pos...) are leaves the
-     * callback never sees: record them first, once per graph */
+    /* the graph inputs this node reads (attn_inp_kq_mask, inp_pos...) are
+     * leaves the callback never sees: record them first, whatever the
+     * filter, once per graph */
     for (int i = 0; i < GGML_MAX_SRC; i++) {
-        struct ggml_tensor * s = t->src[i];
-        if (s && (s->flags & GGML_TENSOR_FLAG_INPUT) && s->op == GGML_OP_NONE &&
-            td_ggml_wants(td->rec, ggml_get_name(s))) {
-            record(td, s, 1);
+        if (is_input(t->src[i], 0)) {
+            record_input(td, t->src[i]);
         }
     }
     record(td, t, 0);

@@ -9,17 +9,36 @@
  *     ... for each llama_decode: tracedump_ggml_step(td, step); llama_decode(...);
  *     tracedump_ggml_close(td);   (after the context is freed or idle)
  *
- * Every evaluated tensor whose name matches the filter is recorded with its
- * name, op, type (quantized types raw), ne/nb, view_src/view_offs, op_params
- * and src[] as parents by record id (SPEC.md §7); graph inputs (KQ_mask,
- * positions) are recorded before their first user. Host and device buffers
- * both work (device data is copied out with ggml_backend_tensor_get).
+ * Every evaluated tensor the filter keeps is recorded with its name, op,
+ * type (quantized types raw), ne/nb, view_src/view_offs, op_params and src[]
+ * as parents by record id (SPEC.md §7). The graph inputs a recorded tensor
+ * reads -- leaves flagged GGML_TENSOR_FLAG_INPUT (attn_inp_kq_mask,
+ * inp_pos, inp_tokens), and the views and conversions of them it reads
+ * through (VIEW, RESHAPE, PERMUTE, TRANSPOSE, CPY, CONT: the f16 copy of the
+ * mask flash attention reads) -- are recorded before it, once per graph,
+ * whatever the filter. Host and device buffers both work (device data is
+ * copied out with ggml_backend_tensor_get).
+ *
+ * Options (tracedump_ggml_open_with, a td_ggml_options from tracedump.h,
+ * all zero by default):
+ *
+ *     td_ggml_options o = {0};
+ *     int64_t layers[] = {3};
+ *     o.layers = layers; o.n_layers = 1;   only layer 3 (and its inputs)
+ *     o.stats_only = 1;                    statistics, not bytes
+ *     o.background = 1;                    a writer thread does the I/O
+ *     struct tracedump_ggml * td = tracedump_ggml_open_with("run.tdump", &o);
+ *
+ * The filter is answered when ggml asks about a node, so a tensor left out
+ * costs ggml's scheduler nothing.
  */
 #ifndef TRACEDUMP_GGML_H
 #define TRACEDUMP_GGML_H
 
 #include <stdbool.h>
 #include <stdint.h>
+
+#include "tracedump.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -31,6 +50,10 @@ struct tracedump_ggml;
 /* Open `path`; `name_regex` (NULL: everything) selects tensor names.
  * NULL on error: tracedump_ggml_last_error() says why. */
 struct tracedump_ggml * tracedump_ggml_open(const char * path, const char * name_regex);
+
+/* Open `path` with options (NULL: everything, full bytes, sync mode; see
+ * td_ggml_options in tracedump.h). NULL on error (it is printed to stderr). */
+struct tracedump_ggml * tracedump_ggml_open_with(const char * path, const td_ggml_options * opts);
 
 /* Tag the records of the next graph(s) with `step` (a decode call). */
 void tracedump_ggml_step(struct tracedump_ggml * td, int64_t step);

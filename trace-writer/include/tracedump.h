@@ -39,6 +39,12 @@
 #define TD_NONE INT64_MIN
 
 /**
+ * The background queue's budget when `td_ggml_options.queue_bytes` is 0
+ * (256 MiB, as the Python writer's).
+ */
+#define TD_DEFAULT_QUEUE_BYTES (256 << 20)
+
+/**
  * A ggml graph recorder (opaque; `td_ggml_open`).
  */
 typedef struct td_ggml td_ggml;
@@ -58,6 +64,53 @@ typedef struct td_regions td_regions;
  * A trace being written (opaque).
  */
 typedef struct td_writer td_writer;
+
+/**
+ * What a ggml recorder records (`td_ggml_open_with`). All zero (`{0}`)
+ * is the default: everything, full bytes, sync mode.
+ */
+typedef struct td_ggml_options {
+  /**
+   * Non-zero: a writer thread does the I/O; the recording thread copies
+   * each record into a queue of at most `queue_bytes`.
+   */
+  int32_t background;
+  /**
+   * The background queue's budget in bytes; 0: `TD_DEFAULT_QUEUE_BYTES`.
+   */
+  uint64_t queue_bytes;
+  /**
+   * Non-zero: drop a record when the queue is full, rather than wait.
+   */
+  int32_t drop_when_full;
+  /**
+   * Record only names this regex matches (nullable: any name).
+   */
+  const char *name_regex;
+  /**
+   * Record only tensors of these layers (`n_layers` of them); NULL: any
+   * layer. With a layer filter, tensors of no layer (`embd`,
+   * `result_output`) are left out too.
+   */
+  const int64_t *layers;
+  /**
+   * How many `layers`.
+   */
+  size_t n_layers;
+  /**
+   * Record only these steps (`n_steps` of them); NULL: any step.
+   */
+  const int64_t *steps;
+  /**
+   * How many `steps`.
+   */
+  size_t n_steps;
+  /**
+   * Non-zero: record each tensor's statistics (data kind 0) instead of
+   * its bytes.
+   */
+  int32_t stats_only;
+} td_ggml_options;
 
 /**
  * One ggml tensor as an eval callback sees it (see `tracedump_ggml.c`).
@@ -128,7 +181,10 @@ typedef struct td_ggml_node {
    */
   uint64_t view_offs;
   /**
-   * Non-zero: skip if this address was already recorded in this graph.
+   * Non-zero: a graph input (or a view or conversion of one) that a
+   * recorded tensor reads, recorded before that user: whatever the
+   * filter, and once per graph (if this address was already recorded in
+   * this graph, its id comes back and nothing is written).
    */
   int32_t once;
 } td_ggml_node;
@@ -496,6 +552,22 @@ struct td_ggml *td_ggml_open(const char *path,
                              const char *name_regex);
 
 /**
+ * `td_ggml_open` with options (`opts` NULL: the defaults, everything). The
+ * filter (`name_regex`, `layers`, `steps`) is answered where ggml asks
+ * (`td_ggml_ask`); the graph inputs a recorded tensor reads are recorded
+ * whatever it says. NULL on error.
+ *
+ * # Safety
+ * As [`td_writer_open`]; `opts` null or valid, its arrays and string
+ * valid for this call.
+ */
+struct td_ggml *td_ggml_open_with(const char *path,
+                                  const char *const *keys,
+                                  const char *const *values,
+                                  size_t n,
+                                  const struct td_ggml_options *opts);
+
+/**
  * Close the recorder's trace; frees `g` (NULL does nothing).
  *
  * # Safety
@@ -542,6 +614,22 @@ int32_t td_ggml_set_step(const struct td_ggml *g, int64_t step);
  * `g` null or live; `name` a C string.
  */
 int32_t td_ggml_wants(const struct td_ggml *g, const char *name);
+
+/**
+ * ggml's question before it computes a node (an eval callback's `ask`):
+ * 1 if `td_ggml_record` will record the tensor at `key` named `name`
+ * whose sources are `srcs` (`n_srcs`, null entries allowed), else 0. Call
+ * it for every node, in graph order: a made-up name (`node_N`) gets the
+ * layer its sources agree on, so that a layer filter answers it right.
+ *
+ * # Safety
+ * `g` null or live; `name` a C string; `srcs` valid for `n_srcs` reads.
+ */
+int32_t td_ggml_ask(const struct td_ggml *g,
+                    const void *key,
+                    const char *name,
+                    const void *const *srcs,
+                    size_t n_srcs);
 
 /**
  * Record one ggml tensor (see `td_ggml_node`).

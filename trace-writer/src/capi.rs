@@ -55,6 +55,9 @@ pub const TD_ORDER_CANONICAL: u32 = 0;
 pub const TD_ORDER_GGML: u32 = 1;
 /// "No layer" / "no step" for `int64_t` arguments.
 pub const TD_NONE: i64 = i64::MIN;
+/// The background queue's budget when `td_ggml_options.queue_bytes` is 0
+/// (256 MiB, as the Python writer's).
+pub const TD_DEFAULT_QUEUE_BYTES: u64 = 256 << 20;
 
 /// A trace being written (opaque).
 #[derive(Debug)]
@@ -79,6 +82,35 @@ pub struct td_ggml {
 #[derive(Debug, Default)]
 pub struct td_regions {
     regions: crate::Regions<()>,
+}
+
+/// What a ggml recorder records (`td_ggml_open_with`). All zero (`{0}`)
+/// is the default: everything, full bytes, sync mode.
+#[repr(C)]
+#[derive(Debug)]
+pub struct td_ggml_options {
+    /// Non-zero: a writer thread does the I/O; the recording thread copies
+    /// each record into a queue of at most `queue_bytes`.
+    pub background: i32,
+    /// The background queue's budget in bytes; 0: `TD_DEFAULT_QUEUE_BYTES`.
+    pub queue_bytes: u64,
+    /// Non-zero: drop a record when the queue is full, rather than wait.
+    pub drop_when_full: i32,
+    /// Record only names this regex matches (nullable: any name).
+    pub name_regex: *const c_char,
+    /// Record only tensors of these layers (`n_layers` of them); NULL: any
+    /// layer. With a layer filter, tensors of no layer (`embd`,
+    /// `result_output`) are left out too.
+    pub layers: *const i64,
+    /// How many `layers`.
+    pub n_layers: usize,
+    /// Record only these steps (`n_steps` of them); NULL: any step.
+    pub steps: *const i64,
+    /// How many `steps`.
+    pub n_steps: usize,
+    /// Non-zero: record each tensor's statistics (data kind 0) instead of
+    /// its bytes.
+    pub stats_only: i32,
 }
 
 /// One ggml tensor as an eval callback sees it (see `tracedump_ggml.c`).
@@ -117,7 +149,10 @@ pub struct td_ggml_node {
     pub view_src_name: *const c_char,
     /// `t->view_offs`.
     pub view_offs: u64,
-    /// Non-zero: skip if this address was already recorded in this graph.
+    /// Non-zero: a graph input (or a view or conversion of one) that a
+    /// recorded tensor reads, recorded before that user: whatever the
+    /// filter, and once per graph (if this address was already recorded in
+    /// this graph, its id comes back and nothing is written).
     pub once: i32,
 }
 

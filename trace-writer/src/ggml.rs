@@ -32,18 +32,34 @@
 //!
 //! Names of sources that were not recorded (weights, the KV cache itself)
 //! are kept in the metadata (`ggml.srcs`, `ggml.view_src`).
+//!
+//! **Options** ([`GgmlOptions`]). The recorder's filter (a name regex,
+//! layers, steps) is applied where ggml asks whether the callback wants a
+//! tensor ([`GgmlRecorder::ask`]): a tensor it will not record is answered
+//! no there, so ggml's scheduler does not stop its graph at that node. A
+//! layer is the name's, or for a name ggml made up the layer its sources
+//! agree on (every source the graph computed, recorded or not), so a
+//! one-layer filter keeps `node_N` of that layer and nothing of the others.
+//! The graph inputs a recorded tensor reads ([`GgmlNode::once`]) are
+//! recorded whatever the filter. Stats-only mode records each tensor's
+//! statistics (data kind 0, SPEC.md §5.3) computed where its values lie,
+//! in one pass, instead of its bytes; no storages, no lineage steps (there
+//! are no values to replay them on), parents and engine op as usual.
 
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use rustc_hash::FxHashMap;
+
 use trace_format::layout::ggml as ggml_layout;
 use trace_format::names::layer_from_name;
 use trace_format::record::crc32c;
 use trace_format::{DType, Layout, Metadata, Op};
 
-use crate::{RecordId, TensorMeta, Writer, WriterError};
+use crate::strided_stats::ggml_stats;
+use crate::{CaptureFilter, RecordId, TensorMeta, Writer, WriterError};
 
 /// Whether `name` is one ggml made up rather than one the engine chose:
 /// none, `node_N`/`leaf_N`, or a name with ggml's suffix (`Kcur-0 (view)`).
@@ -75,8 +91,10 @@ pub struct GgmlNode<'a> {
     pub data: &'a [u8],
     /// For a view: the owner.
     pub view: Option<GgmlView<'a>>,
-    /// Record only if this address was not recorded in this graph yet
-    /// (graph inputs such as `KQ_mask`, recorded before their first user).
+    /// A graph input (or a view or conversion of one) that a recorded
+    /// tensor reads, such as `attn_inp_kq_mask` or `inp_pos`, recorded
+    /// before that user: recorded whatever the filter, and only if this
+    /// address was not recorded in this graph yet (else its id comes back).
     pub once: bool,
 }
 
@@ -111,6 +129,9 @@ struct Owner {
 #[derive(Debug, Default)]
 struct State {
     step: Option<i64>,
+    /// The layer of every tensor ggml asked about in the current graph, by
+    /// address (recorded or not: a made-up name takes its sources').
+    asked: FxHashMap<usize, Option<i64>>,
     /// Tensors recorded in the current graph, by address.
     graph: HashMap<usize, Recorded>,
     /// Bytes recorded as storages (or as a tensor's own bytes), by the
@@ -119,10 +140,22 @@ struct State {
     graphs: u64,
 }
 
+/// What a [`GgmlRecorder`] records.
+#[derive(Clone, Debug, Default)]
+pub struct GgmlOptions {
+    /// Which tensors (default: all). Applied by the recorder, before the
+    /// writer's own filter (which also applies: open the writer with none).
+    /// The graph inputs a recorded tensor reads are recorded whatever it says.
+    pub filter: CaptureFilter,
+    /// Record each tensor's statistics (data kind 0) instead of its bytes.
+    pub stats_only: bool,
+}
+
 /// Records ggml tensors into a [`Writer`]; thread-safe.
 #[derive(Debug)]
 pub struct GgmlRecorder {
     writer: Writer,
+    options: GgmlOptions,
     state: Mutex<State>,
 }
 
@@ -134,12 +167,23 @@ fn tensor_error(name: &str, what: String) -> WriterError {
 }
 
 impl GgmlRecorder {
-    /// Record into `writer`.
+    /// Record everything into `writer`.
     pub fn new(writer: Writer) -> GgmlRecorder {
+        Self::with_options(writer, GgmlOptions::default())
+    }
+
+    /// Record into `writer` what `options` say.
+    pub fn with_options(writer: Writer, options: GgmlOptions) -> GgmlRecorder {
         GgmlRecorder {
             writer,
+            options,
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// The options.
+    pub fn options(&self) -> &GgmlOptions {
+        &self.options
     }
 
     /// The writer.
@@ -167,6 +211,7 @@ impl GgmlRecorder {
         let mut st = self.lock();
         st.step = step;
         st.graph.clear();
+        st.asked.clear();
         st.graphs += 1;
     }
 
@@ -175,10 +220,35 @@ impl GgmlRecorder {
         self.lock().step
     }
 
-    /// Whether a tensor named `name` would be recorded (the writer's filter).
+    /// Whether a tensor named `name` would be recorded (the filters), its
+    /// layer taken from the name alone ([`GgmlRecorder::ask`] knows more).
     pub fn wants(&self, name: &str) -> bool {
         let st = self.lock();
-        self.writer.wants(name, st.step, layer_from_name(name))
+        self.accepts(name, st.step, layer_from_name(name))
+    }
+
+    fn accepts(&self, name: &str, step: Option<i64>, layer: Option<i64>) -> bool {
+        self.options.filter.accepts(name, step, layer) && self.writer.wants(name, step, layer)
+    }
+
+    /// ggml's question before it computes a node (an eval callback's
+    /// `ask`): whether [`GgmlRecorder::record`] will record the tensor at
+    /// `key` named `name`, whose sources are at `srcs` (0 for none). Call
+    /// it for every node, in graph order: it remembers each node's layer,
+    /// so that a made-up name (`node_N`) gets the layer its sources agree
+    /// on, recorded or not.
+    pub fn ask(&self, key: usize, name: &str, srcs: &[usize]) -> bool {
+        let mut st = self.lock();
+        if st.asked.contains_key(&key) {
+            // every node is asked about once per graph: this is a new graph
+            st.asked.clear();
+        }
+        let layer = derive_layer(
+            name,
+            srcs.iter().map(|k| st.asked.get(k).copied().flatten()),
+        );
+        st.asked.insert(key, layer);
+        self.accepts(name, st.step, layer)
     }
 
     /// Record one tensor; `Ok(None)` when the filter skips it (or, with
@@ -202,17 +272,15 @@ impl GgmlRecorder {
             .iter()
             .map(|(k, _)| (*k != 0).then(|| st.graph.get(k)).flatten())
             .collect();
-        let layer = layer_from_name(name).or_else(|| {
-            // a name the engine gave without a layer (llama.cpp's `embd`,
-            // `norm`, `result_output`) marks a graph-level tensor: it keeps
-            // no layer even where its inputs come from the last one
-            if !is_derived_name(name) {
-                return None;
-            }
-            let mut layers = parents.iter().flatten().filter_map(|p| p.layer);
-            let first = layers.next()?;
-            layers.all(|l| l == first).then_some(first)
-        });
+        // the layer found when ggml asked (from every source), else from
+        // the recorded sources
+        let layer = match st.asked.get(&node.key) {
+            Some(&layer) if !node.once => layer,
+            _ => derive_layer(name, parents.iter().map(|p| p.and_then(|p| p.layer))),
+        };
+        if !node.once && !self.options.filter.accepts(name, st.step, layer) {
+            return Ok(None);
+        }
         if !self.writer.wants(name, st.step, layer) {
             return Ok(None);
         }
@@ -251,6 +319,37 @@ impl GgmlRecorder {
                 error,
             }
         })?;
+        if self.options.stats_only {
+            if let Some(v) = node.view {
+                meta.metadata.insert("ggml.view_src", v.owner_name);
+                meta.metadata.insert("ggml.view_offs", v.offset);
+            }
+            layout
+                .check_within(dtype, node.data.len() as u64)
+                .map_err(|error| WriterError::Layout {
+                    name: name.into(),
+                    error,
+                })?;
+            let stats = ggml_stats(dtype, &node.ne, &node.nb, offset, node.data)
+                .map_err(|what| tensor_error(name, what))?;
+            let Some(id) = self
+                .writer
+                .add_stats(name, dtype, layout.shape(), stats, meta)?
+            else {
+                return Ok(None);
+            };
+            st.graph.insert(
+                node.key,
+                Recorded {
+                    id,
+                    shape: layout.shape().to_vec(),
+                    layer,
+                    storage: id,
+                    offset: 0,
+                },
+            );
+            return Ok(Some(id));
+        }
         let (id, storage) = match node.view {
             None => {
                 // owns its data: (only) the first parent's conversions are certain
@@ -338,6 +437,22 @@ impl GgmlRecorder {
         );
         Ok(Some(id))
     }
+}
+
+/// A tensor's layer: its name's; for a name ggml made up, the layer its
+/// sources (`None` where unknown) agree on. A name the engine gave without
+/// a layer (llama.cpp's `embd`, `norm`, `result_output`) marks a
+/// graph-level tensor: it keeps no layer even where its inputs come from
+/// the last one.
+fn derive_layer(name: &str, srcs: impl Iterator<Item = Option<i64>>) -> Option<i64> {
+    layer_from_name(name).or_else(|| {
+        if !is_derived_name(name) {
+            return None;
+        }
+        let mut layers = srcs.flatten();
+        let first = layers.next()?;
+        layers.all(|l| l == first).then_some(first)
+    })
 }
 
 /// The lineage step of a view op whose meaning is certain.

@@ -13,6 +13,7 @@ pub mod regions;
 mod sink;
 mod staging;
 mod stream_copy;
+mod strided_stats;
 mod writer;
 
 pub use error::WriterError;

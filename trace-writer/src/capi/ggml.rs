@@ -1,11 +1,12 @@
 //! `td_ggml_*`: the ggml graph recorder.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 
 use super::add::finish_add;
 use super::open::{hand_out, open_writer};
 use super::*;
-use crate::ggml::{GgmlNode, GgmlView};
+use crate::ggml::{GgmlNode, GgmlOptions, GgmlView};
+use crate::CaptureFilter;
 
 /// Open a trace for a ggml graph recorder (arguments as `td_writer_open`).
 ///
@@ -24,8 +25,8 @@ pub unsafe extern "C" fn td_ggml_open(
 ) -> *mut td_ggml {
     boxed("td_ggml_open", || {
         // SAFETY: the caller's promises.
-        let writer = unsafe {
-            open_writer(
+        unsafe {
+            open_recorder(
                 Some(path),
                 keys,
                 values,
@@ -35,10 +36,129 @@ pub unsafe extern "C" fn td_ggml_open(
                 drop_when_full,
                 name_regex,
             )
+        }
+    })
+}
+
+/// `td_ggml_open` with options (`opts` NULL: the defaults, everything). The
+/// filter (`name_regex`, `layers`, `steps`) is answered where ggml asks
+/// (`td_ggml_ask`); the graph inputs a recorded tensor reads are recorded
+/// whatever it says. NULL on error.
+///
+/// # Safety
+/// As [`td_writer_open`]; `opts` null or valid, its arrays and string
+/// valid for this call.
+#[no_mangle]
+pub unsafe extern "C" fn td_ggml_open_with(
+    path: *const c_char,
+    keys: *const *const c_char,
+    values: *const *const c_char,
+    n: usize,
+    opts: *const td_ggml_options,
+) -> *mut td_ggml {
+    boxed("td_ggml_open_with", || {
+        // SAFETY: null or valid (the caller's promise).
+        let Some(o) = (unsafe { opts.as_ref() }) else {
+            // SAFETY: the caller's promises.
+            return unsafe {
+                open_recorder(Some(path), keys, values, n, 0, 0, 0, std::ptr::null())
+            };
+        };
+        // SAFETY: the caller's promises.
+        let (regex, layers, steps) = unsafe {
+            (
+                opt_text(o.name_regex, "name_regex")?,
+                (!o.layers.is_null())
+                    .then(|| slice(o.layers, o.n_layers, "layers"))
+                    .transpose()?,
+                (!o.steps.is_null())
+                    .then(|| slice(o.steps, o.n_steps, "steps"))
+                    .transpose()?,
+            )
+        };
+        let mut filter = match regex {
+            Some(r) => CaptureFilter::names(r).map_err(|e| format!("name_regex: {e}"))?,
+            None => CaptureFilter::all(),
+        };
+        if let Some(l) = layers {
+            filter = filter.with_layers(l.iter().copied());
+            filter.require_labels = true;
+        }
+        if let Some(s) = steps {
+            filter = filter.with_steps(s.iter().copied());
+            filter.require_labels = true;
+        }
+        let queue = if o.queue_bytes == 0 {
+            TD_DEFAULT_QUEUE_BYTES
+        } else {
+            o.queue_bytes
+        };
+        // SAFETY: the caller's promises.
+        let writer = unsafe {
+            open_writer(
+                Some(path),
+                keys,
+                values,
+                n,
+                o.background,
+                queue,
+                o.drop_when_full,
+                std::ptr::null(),
+            )
         }?;
         Ok(td_ggml {
-            recorder: GgmlRecorder::new(writer),
+            recorder: GgmlRecorder::with_options(
+                writer,
+                GgmlOptions {
+                    filter,
+                    stats_only: o.stats_only != 0,
+                },
+            ),
         })
+    })
+}
+
+/// A recorder on `path` (or in memory) whose name regex is its own filter.
+///
+/// # Safety
+/// As [`td_writer_open`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn open_recorder(
+    path: Option<*const c_char>,
+    keys: *const *const c_char,
+    values: *const *const c_char,
+    n: usize,
+    background: i32,
+    queue_bytes: u64,
+    drop_when_full: i32,
+    name_regex: *const c_char,
+) -> Result<td_ggml, String> {
+    // SAFETY: the caller's promises.
+    let filter = match unsafe { opt_text(name_regex, "name_regex")? } {
+        Some(r) => CaptureFilter::names(r).map_err(|e| format!("name_regex: {e}"))?,
+        None => CaptureFilter::all(),
+    };
+    // SAFETY: the caller's promises.
+    let writer = unsafe {
+        open_writer(
+            path,
+            keys,
+            values,
+            n,
+            background,
+            queue_bytes,
+            drop_when_full,
+            std::ptr::null(),
+        )
+    }?;
+    Ok(td_ggml {
+        recorder: GgmlRecorder::with_options(
+            writer,
+            GgmlOptions {
+                filter,
+                stats_only: false,
+            },
+        ),
     })
 }
 
@@ -78,8 +198,8 @@ pub unsafe extern "C" fn td_ggml_open_memory(
 ) -> *mut td_ggml {
     boxed("td_ggml_open_memory", || {
         // SAFETY: the caller's promises.
-        let writer = unsafe {
-            open_writer(
+        unsafe {
+            open_recorder(
                 None,
                 keys,
                 values,
@@ -89,10 +209,7 @@ pub unsafe extern "C" fn td_ggml_open_memory(
                 drop_when_full,
                 name_regex,
             )
-        }?;
-        Ok(td_ggml {
-            recorder: GgmlRecorder::new(writer),
-        })
+        }
     })
 }
 
@@ -145,6 +262,41 @@ pub unsafe extern "C" fn td_ggml_wants(g: *const td_ggml, name: *const c_char) -
         return 0;
     };
     catch_unwind(AssertUnwindSafe(|| i32::from(g.recorder.wants(name)))).unwrap_or(0)
+}
+
+/// ggml's question before it computes a node (an eval callback's `ask`):
+/// 1 if `td_ggml_record` will record the tensor at `key` named `name`
+/// whose sources are `srcs` (`n_srcs`, null entries allowed), else 0. Call
+/// it for every node, in graph order: a made-up name (`node_N`) gets the
+/// layer its sources agree on, so that a layer filter answers it right.
+///
+/// # Safety
+/// `g` null or live; `name` a C string; `srcs` valid for `n_srcs` reads.
+#[no_mangle]
+pub unsafe extern "C" fn td_ggml_ask(
+    g: *const td_ggml,
+    key: *const c_void,
+    name: *const c_char,
+    srcs: *const *const c_void,
+    n_srcs: usize,
+) -> i32 {
+    // SAFETY: the caller's promises.
+    let (Some(g), Ok(name), Ok(srcs)) = (
+        unsafe { g.as_ref() },
+        unsafe { text(name, "name") },
+        unsafe { slice(srcs, n_srcs, "srcs") },
+    ) else {
+        return 0;
+    };
+    catch_unwind(AssertUnwindSafe(|| {
+        let mut keys = [0usize; 16];
+        let n = srcs.len().min(keys.len());
+        for (k, s) in keys.iter_mut().zip(srcs) {
+            *k = *s as usize;
+        }
+        i32::from(g.recorder.ask(key as usize, name, &keys[..n]))
+    }))
+    .unwrap_or(0)
 }
 
 /// Record one ggml tensor (see `td_ggml_node`).

@@ -1,5 +1,6 @@
 /* Exercises every function of tracedump.h; check_capi.py then reads the
  * trace back and checks every value. Usage: capi_test OUT.tdump */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,6 +194,61 @@ int main(int argc, char ** argv) {
     CHECK(td_ggml_record(g, NULL, NULL) == TD_ERROR);
     CHECK(td_ggml_close(g) == TD_OK);
     CHECK(td_ggml_close(NULL) == TD_OK);
+
+    /* 8b. options: layer 1 of step 0 only, statistics only, background mode;
+     * asked in graph order; a graph input recorded whatever the filter */
+    td_ggml_options o;
+    memset(&o, 0, sizeof o);
+    int64_t keep_layers[1] = {1}, keep_steps[1] = {0};
+    o.layers = keep_layers; o.n_layers = 1;
+    o.steps = keep_steps; o.n_steps = 1;
+    o.stats_only = 1; o.background = 1;
+    o.name_regex = "(";
+    CHECK(td_ggml_open_with(path2, NULL, NULL, 0, &o) == NULL && strstr(td_last_error(), "name_regex") != NULL);
+    o.name_regex = NULL;
+    snprintf(path2, sizeof path2, "%s.ggml-opts.tdump", argv[1]);
+    g = td_ggml_open_with(path2, NULL, NULL, 0, &o);
+    CHECK(g != NULL);
+    CHECK(td_ggml_set_step(g, 0) == TD_OK);
+    int k0, k1, d0, d1, embd, mask_key;
+    const void * from_k0[1] = {&k0};
+    const void * from_k1[2] = {&k1, NULL};
+    CHECK(td_ggml_ask(g, &embd, "embd", NULL, 0) == 0);
+    CHECK(td_ggml_ask(g, &k0, "kq-0", NULL, 0) == 0);
+    CHECK(td_ggml_ask(g, &d0, "node_8", from_k0, 1) == 0);
+    CHECK(td_ggml_ask(g, &k1, "kq-1", NULL, 0) == 1);
+    CHECK(td_ggml_ask(g, &d1, "node_9", from_k1, 2) == 1);
+    CHECK(td_ggml_ask(NULL, &d1, "node_9", NULL, 0) == 0);
+    float mask_vals[4] = {0, 0, -INFINITY, 0};
+    td_ggml_node mk;
+    memset(&mk, 0, sizeof mk);
+    mk.name = "mask"; mk.op = "NONE"; mk.ggml_type = 0;
+    mk.ne[0] = 4; mk.ne[1] = 1; mk.ne[2] = 1; mk.ne[3] = 1;
+    mk.nb[0] = 4; mk.nb[1] = 16; mk.nb[2] = 16; mk.nb[3] = 16;
+    mk.key = &mask_key; mk.data = mask_vals; mk.data_len = sizeof mask_vals; mk.once = 1;
+    uint64_t mask_id = 0;
+    CHECK(td_ggml_record(g, &mk, &mask_id) == TD_OK);
+    CHECK(td_ggml_record(g, &mk, &gid) == TD_OK && gid == mask_id); /* once per graph */
+    td_ggml_node n1 = n;
+    n1.name = "kq-1"; n1.key = &k1;
+    const void * n1_srcs[1] = {&mask_key};
+    const char * n1_src_names[1] = {"mask"};
+    n1.srcs = n1_srcs; n1.src_names = n1_src_names; n1.n_srcs = 1;
+    CHECK(td_ggml_record(g, &n1, &gid) == TD_OK && gid == mask_id + 1);
+    td_ggml_node dn = n1;
+    const char * dn_src_names[1] = {"kq-1"};
+    dn.name = "node_9"; dn.op = "SCALE"; dn.key = &d1;
+    dn.srcs = from_k1; dn.src_names = dn_src_names; dn.n_srcs = 1;
+    CHECK(td_ggml_record(g, &dn, &gid) == TD_OK && gid == mask_id + 2);
+    td_ggml_node n0 = n;
+    n0.key = &k0;
+    CHECK(td_ggml_record(g, &n0, &gid) == TD_SKIPPED); /* layer 0: filtered */
+    CHECK(td_ggml_set_step(g, 1) == TD_OK);
+    CHECK(td_ggml_ask(g, &k1, "kq-1", NULL, 0) == 0); /* step 1: filtered */
+    CHECK(td_ggml_close(g) == TD_OK);
+    snprintf(path2, sizeof path2, "%s.ggml-default.tdump", argv[1]);
+    g = td_ggml_open_with(path2, NULL, NULL, 0, NULL); /* NULL options: everything */
+    CHECK(g != NULL && td_ggml_ask(g, &k0, "kq-0", NULL, 0) == 1 && td_ggml_close(g) == TD_OK);
 
     /* 9. in memory: the trace's bytes handed back, written out for check_capi.py */
     uint8_t * bytes = NULL;

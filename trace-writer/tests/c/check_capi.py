@@ -65,6 +65,21 @@ assert [p["id"] for p in perm.parents] == [view.id]
 assert perm.metadata["ggml.view_src"] == "kq-0" and perm.metadata["ggml.srcs"] == "kq-0 (view)"
 np.testing.assert_array_equal(perm.numpy(), view.numpy().transpose(0, 2, 1, 3))
 
+# options: layer 1 of step 0, statistics only, background; the graph input
+# its tensor reads recorded whatever the filter
+o = tracedump.open(path + ".ggml-opts.tdump")
+assert o.verify().ok, o.verify().faults
+assert [x.name for x in o.values()] == ["mask", "kq-1", "node_9"]
+assert all(x.is_stats_only and x.step == 0 for x in o.values())
+assert [x.layer for x in o.values()] == [None, 1, 1]
+st = o["kq-1"].stats
+assert (st["count"], st["min"], st["max"], st["mean"]) == (24, 0.0, 23.0, 11.5)
+assert abs(st["std"] - np.arange(24).std()) < 1e-12 and st["bytes_crc32c"] is not None
+ms = o["mask"].stats
+assert (ms["count"], ms["inf_count"], ms["max"]) == (4, 1, 0.0)
+assert [p["id"] for p in o["kq-1"].parents] == [o["mask"].id]
+assert [p["id"] for p in o["node_9"].parents] == [o["kq-1"].id]
+
 # the in-memory writer and recorder's bytes, as capi_test.c wrote them out
 m = tracedump.open(path + ".memory.tdump")
 assert m.verify().ok, m.verify().faults

@@ -1,0 +1,155 @@
+//! Statistics of a ggml tensor's values where they lie (its `ne`/`nb` over
+//! its owner's bytes), in one pass and without copying them out: what the
+//! ggml recorder's stats-only mode records.
+
+#![forbid(unsafe_code)]
+
+use trace_format::record::crc32c;
+use trace_format::stats::StatsAccumulator;
+use trace_format::{DType, Stats};
+
+/// The statistics of the tensor `ne`/`nb` (ggml order, fastest first) at
+/// byte `offset` of `data`. Rows (`ne[0]` values) that lie contiguously go
+/// through the vectorized pass ([`StatsAccumulator::push_bytes`]); block
+/// types are dequantized a row at a time. `bytes_crc32c` is the crc of the
+/// tensor's bytes when they are one contiguous run, else absent. `Err`
+/// says why not: a row outside `data`, a block type whose rows are not
+/// whole contiguous blocks, a dtype without values.
+pub(crate) fn ggml_stats(
+    dtype: DType,
+    ne: &[i64; 4],
+    nb: &[u64; 4],
+    offset: u64,
+    data: &[u8],
+) -> Result<Stats, String> {
+    let ne: Vec<u64> = ne
+        .iter()
+        .map(|&n| u64::try_from(n).map_err(|_| format!("ne {n}")))
+        .collect::<Result<_, _>>()?;
+    let mut acc = StatsAccumulator::new();
+    if ne.contains(&0) {
+        return Ok(acc.finish(Some(crc32c(&[]))));
+    }
+    let (unit_elems, unit_bytes) = match dtype.element_bytes() {
+        Some(b) => (1, b as u64),
+        None => (dtype.block_elems(), dtype.block_bytes()),
+    };
+    if ne[0] % unit_elems != 0 {
+        return Err(format!(
+            "rows of {} values of {dtype}: not whole blocks",
+            ne[0]
+        ));
+    }
+    let row_bytes = ne[0] / unit_elems * unit_bytes;
+    let row_contiguous = nb[0] == unit_bytes || ne[0] == 1;
+    let whole = row_contiguous
+        && (ne[1] == 1 || nb[1] == row_bytes)
+        && (ne[2] == 1 || nb[2] == row_bytes * ne[1])
+        && (ne[3] == 1 || nb[3] == row_bytes * ne[1] * ne[2]);
+    let span = |start: u64, len: u64| -> Result<&[u8], String> {
+        let end = start.checked_add(len).ok_or("offset overflows")?;
+        usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(end).ok())
+            .and_then(|(s, e)| data.get(s..e))
+            .ok_or_else(|| format!("bytes {start}..{end} outside the {} bytes read", data.len()))
+    };
+    let mut values = Vec::new();
+    let mut push_run = |acc: &mut StatsAccumulator, bytes: &[u8]| -> Result<(), String> {
+        if dtype.is_block() {
+            values.resize(
+                (bytes.len() as u64 / unit_bytes * unit_elems) as usize,
+                0f32,
+            );
+            trace_quant::dequantize(dtype, bytes, &mut values)
+                .map_err(|e| format!("statistics of {dtype} values: {e}"))?;
+            acc.push_f32s(&values);
+            Ok(())
+        } else if acc.push_bytes(dtype, bytes) {
+            Ok(())
+        } else {
+            Err(format!("statistics of {dtype} values"))
+        }
+    };
+    if whole {
+        let bytes = span(offset, row_bytes * ne[1] * ne[2] * ne[3])?;
+        if dtype.is_block() {
+            // a row at a time: a bounded buffer of dequantized values
+            for row in bytes.chunks(row_bytes as usize) {
+                push_run(&mut acc, row)?;
+            }
+        } else {
+            push_run(&mut acc, bytes)?;
+        }
+        return Ok(acc.finish(Some(crc32c(bytes))));
+    }
+    let size = unit_bytes as usize;
+    for i3 in 0..ne[3] {
+        for i2 in 0..ne[2] {
+            for i1 in 0..ne[1] {
+                let start = offset + i1 * nb[1] + i2 * nb[2] + i3 * nb[3];
+                if row_contiguous {
+                    push_run(&mut acc, span(start, row_bytes)?)?;
+                } else if dtype.is_block() {
+                    return Err(format!("{dtype} rows with a stride of {} bytes", nb[0]));
+                } else {
+                    for i0 in 0..ne[0] {
+                        let v = span(start + i0 * nb[0], unit_bytes)?;
+                        acc.push(
+                            dtype
+                                .decode_f64(&v[..size])
+                                .ok_or_else(|| format!("statistics of {dtype} values"))?,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(acc.finish(None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trace_format::stats::compute_stats;
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn contiguous_strided_and_quantized() {
+        let x: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let b = f32_bytes(&x);
+        // the whole [2,3,4] tensor: the same as compute_stats, crc included
+        let s = ggml_stats(DType::F32, &[4, 3, 2, 1], &[4, 16, 48, 96], 0, &b).unwrap();
+        assert_eq!(s, compute_stats(DType::F32, &b).unwrap());
+        // a view of rows 1..3 of each of the 2 matrices (at byte 16)
+        let s = ggml_stats(DType::F32, &[4, 2, 2, 1], &[4, 16, 48, 96], 16, &b).unwrap();
+        let want: Vec<f32> = [4..12, 16..24]
+            .into_iter()
+            .flat_map(|r| x[r].to_vec())
+            .collect();
+        let w = compute_stats(DType::F32, &f32_bytes(&want)).unwrap();
+        assert_eq!(
+            (s.count, s.min, s.max, s.bytes_crc32c),
+            (8 * 2, w.min, w.max, None)
+        );
+        assert!((s.mean - w.mean).abs() < 1e-12 && (s.std - w.std).abs() < 1e-12);
+        // transposed (nb[0] is not the element size): value by value
+        let t = ggml_stats(DType::F32, &[3, 4, 1, 1], &[16, 4, 48, 48], 0, &b).unwrap();
+        let w = compute_stats(DType::F32, &f32_bytes(&x[..12])).unwrap();
+        assert_eq!((t.count, t.min, t.max), (12, w.min, w.max));
+        // q8_0: dequantized
+        let vals: Vec<f32> = (0..64).map(|i| (i as f32 - 20.0) / 8.0).collect();
+        let q = trace_quant::quantize_to_vec(DType::Q8_0, &vals).unwrap();
+        let deq = trace_quant::dequantize_to_vec(DType::Q8_0, &q).unwrap();
+        let s = ggml_stats(DType::Q8_0, &[32, 2, 1, 1], &[34, 34, 68, 68], 0, &q).unwrap();
+        let w = compute_stats(DType::F32, &f32_bytes(&deq)).unwrap();
+        assert_eq!((s.count, s.min, s.max), (64, w.min, w.max));
+        // out of bounds is an error, not a panic
+        let e = ggml_stats(DType::F32, &[4, 3, 2, 1], &[4, 16, 48, 96], 8, &b).unwrap_err();
+        assert!(e.contains("outside the 96 bytes"), "{e}");
+        assert!(ggml_stats(DType::Q8_0, &[32, 2, 1, 1], &[68, 34, 68, 68], 0, &q).is_err());
+    }
+}
