@@ -436,8 +436,9 @@ def capture(
       positions :func:`tracedump.reference.attention` needs.
     * ``stats_only=True``: each tensor's statistics (count, NaN/Inf counts,
       min, max, mean, std, abs max, L2 norm; the crc of its bytes when they
-      are contiguous) computed in one pass where its values lie, instead of
-      its bytes (``Tensor.is_stats_only``; ``tensor.stats``).
+      are its own and contiguous) computed in one pass where its values lie,
+      instead of its bytes (``Tensor.is_stats_only``; ``tensor.stats``);
+      the pieces of the KV cache a step did not change are not read again.
 
     How: ``background=True`` copies each record into a queue of at most
     ``queue_bytes`` (default 256 MiB) and a writer thread does the I/O;

@@ -58,7 +58,7 @@ use trace_format::names::layer_from_name;
 use trace_format::record::crc32c;
 use trace_format::{DType, Layout, Metadata, Op};
 
-use crate::strided_stats::ggml_stats;
+use crate::strided_stats::{ggml_stats, PieceCache};
 use crate::{CaptureFilter, RecordId, TensorMeta, Writer, WriterError};
 
 /// Whether `name` is one ggml made up rather than one the engine chose:
@@ -134,6 +134,8 @@ struct State {
     asked: FxHashMap<usize, Option<i64>>,
     /// Tensors recorded in the current graph, by address.
     graph: HashMap<usize, Recorded>,
+    /// Stats-only mode: statistics of pieces of views' owners.
+    pieces: PieceCache,
     /// Bytes recorded as storages (or as a tensor's own bytes), by the
     /// owner's address, with their crc.
     owners: HashMap<usize, Owner>,
@@ -330,7 +332,10 @@ impl GgmlRecorder {
                     name: name.into(),
                     error,
                 })?;
-            let stats = ggml_stats(dtype, &node.ne, &node.nb, offset, node.data)
+            // views read memory that outlives the graph (the KV cache): its
+            // unchanged pieces are not read again
+            let cache = node.view.map(|v| (v.owner_key, &mut st.pieces));
+            let stats = ggml_stats(dtype, &node.ne, &node.nb, offset, node.data, cache)
                 .map_err(|what| tensor_error(name, what))?;
             let Some(id) = self
                 .writer

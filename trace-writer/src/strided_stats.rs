@@ -4,23 +4,43 @@
 
 #![forbid(unsafe_code)]
 
+use rustc_hash::FxHashMap;
 use trace_format::record::crc32c;
 use trace_format::stats::StatsAccumulator;
 use trace_format::{DType, Stats};
+
+/// Bytes per piece of a view's run whose statistics [`PieceCache`] keeps.
+const PIECE_BYTES: u64 = 16 << 10;
+/// Pieces kept before the cache starts over (about 6 MiB of entries).
+const MAX_PIECES: usize = 100_000;
+
+/// The statistics of pieces of memory that outlive a graph (the KV cache,
+/// which every decode step views whole and changes by a row), by owner
+/// address, offset, length and dtype, with the pieces' crc32c: a piece
+/// whose bytes have not changed is not read twice, only checksummed
+/// (about 10 GB/s against about 1.5 GB/s for the statistics).
+#[derive(Debug, Default)]
+pub(crate) struct PieceCache {
+    pieces: FxHashMap<(usize, u64, u64, u16), (u32, StatsAccumulator)>,
+}
 
 /// The statistics of the tensor `ne`/`nb` (ggml order, fastest first) at
 /// byte `offset` of `data`. Rows (`ne[0]` values) that lie contiguously go
 /// through the vectorized pass ([`StatsAccumulator::push_bytes`]); block
 /// types are dequantized a row at a time. `bytes_crc32c` is the crc of the
-/// tensor's bytes when they are one contiguous run, else absent. `Err`
+/// tensor's bytes when they are one contiguous run read without the cache,
+/// else absent. `Err`
 /// says why not: a row outside `data`, a block type whose rows are not
-/// whole contiguous blocks, a dtype without values.
+/// whole contiguous blocks, a dtype without values. With `cache` (the
+/// owner's address and the cache), contiguous runs go piece by piece
+/// through it.
 pub(crate) fn ggml_stats(
     dtype: DType,
     ne: &[i64; 4],
     nb: &[u64; 4],
     offset: u64,
     data: &[u8],
+    mut cache: Option<(usize, &mut PieceCache)>,
 ) -> Result<Stats, String> {
     let ne: Vec<u64> = ne
         .iter()
@@ -55,7 +75,7 @@ pub(crate) fn ggml_stats(
             .ok_or_else(|| format!("bytes {start}..{end} outside the {} bytes read", data.len()))
     };
     let mut values = Vec::new();
-    let mut push_run = |acc: &mut StatsAccumulator, bytes: &[u8]| -> Result<(), String> {
+    let mut push_fresh = |acc: &mut StatsAccumulator, bytes: &[u8]| -> Result<(), String> {
         if dtype.is_block() {
             values.resize(
                 (bytes.len() as u64 / unit_bytes * unit_elems) as usize,
@@ -71,17 +91,44 @@ pub(crate) fn ggml_stats(
             Err(format!("statistics of {dtype} values"))
         }
     };
+    let cached = cache.is_some();
+    // a run at `start`: through the piece cache when there is one
+    let mut push_run =
+        |acc: &mut StatsAccumulator, start: u64, bytes: &[u8]| -> Result<(), String> {
+            let Some((owner, cache)) = cache.as_mut() else {
+                return push_fresh(acc, bytes);
+            };
+            if cache.pieces.len() > MAX_PIECES {
+                cache.pieces.clear();
+            }
+            let piece = (PIECE_BYTES / unit_bytes).max(1) * unit_bytes;
+            for (i, p) in bytes.chunks(piece as usize).enumerate() {
+                let key = (*owner, start + i as u64 * piece, p.len() as u64, dtype.id());
+                let c = crc32c(p);
+                match cache.pieces.get(&key) {
+                    Some((kc, part)) if *kc == c => acc.merge(part),
+                    _ => {
+                        let mut part = StatsAccumulator::new();
+                        push_fresh(&mut part, p)?;
+                        acc.merge(&part);
+                        cache.pieces.insert(key, (c, part));
+                    }
+                }
+            }
+            Ok(())
+        };
     if whole {
         let bytes = span(offset, row_bytes * ne[1] * ne[2] * ne[3])?;
-        if dtype.is_block() {
+        if dtype.is_block() && !cached {
             // a row at a time: a bounded buffer of dequantized values
             for row in bytes.chunks(row_bytes as usize) {
-                push_run(&mut acc, row)?;
+                push_run(&mut acc, 0, row)?;
             }
         } else {
-            push_run(&mut acc, bytes)?;
+            push_run(&mut acc, offset, bytes)?;
         }
-        return Ok(acc.finish(Some(crc32c(bytes))));
+        // (through the cache: the pieces' crcs are not the whole's)
+        return Ok(acc.finish((!cached).then(|| crc32c(bytes))));
     }
     let size = unit_bytes as usize;
     for i3 in 0..ne[3] {
@@ -89,7 +136,7 @@ pub(crate) fn ggml_stats(
             for i1 in 0..ne[1] {
                 let start = offset + i1 * nb[1] + i2 * nb[2] + i3 * nb[3];
                 if row_contiguous {
-                    push_run(&mut acc, span(start, row_bytes)?)?;
+                    push_run(&mut acc, start, span(start, row_bytes)?)?;
                 } else if dtype.is_block() {
                     return Err(format!("{dtype} rows with a stride of {} bytes", nb[0]));
                 } else {
@@ -122,10 +169,15 @@ mod tests {
         let x: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
         let b = f32_bytes(&x);
         // the whole [2,3,4] tensor: the same as compute_stats, crc included
-        let s = ggml_stats(DType::F32, &[4, 3, 2, 1], &[4, 16, 48, 96], 0, &b).unwrap();
-        assert_eq!(s, compute_stats(DType::F32, &b).unwrap());
+        let s = ggml_stats(DType::F32, &[4, 3, 2, 1], &[4, 16, 48, 96], 0, &b, None).unwrap();
+        let w = compute_stats(DType::F32, &b).unwrap();
+        assert_eq!(
+            (s.count, s.min, s.max, s.bytes_crc32c),
+            (w.count, w.min, w.max, w.bytes_crc32c)
+        );
+        assert!((s.mean - w.mean).abs() < 1e-12 && (s.std - w.std).abs() < 1e-12);
         // a view of rows 1..3 of each of the 2 matrices (at byte 16)
-        let s = ggml_stats(DType::F32, &[4, 2, 2, 1], &[4, 16, 48, 96], 16, &b).unwrap();
+        let s = ggml_stats(DType::F32, &[4, 2, 2, 1], &[4, 16, 48, 96], 16, &b, None).unwrap();
         let want: Vec<f32> = [4..12, 16..24]
             .into_iter()
             .flat_map(|r| x[r].to_vec())
@@ -137,19 +189,72 @@ mod tests {
         );
         assert!((s.mean - w.mean).abs() < 1e-12 && (s.std - w.std).abs() < 1e-12);
         // transposed (nb[0] is not the element size): value by value
-        let t = ggml_stats(DType::F32, &[3, 4, 1, 1], &[16, 4, 48, 48], 0, &b).unwrap();
+        let t = ggml_stats(DType::F32, &[3, 4, 1, 1], &[16, 4, 48, 48], 0, &b, None).unwrap();
         let w = compute_stats(DType::F32, &f32_bytes(&x[..12])).unwrap();
         assert_eq!((t.count, t.min, t.max), (12, w.min, w.max));
         // q8_0: dequantized
         let vals: Vec<f32> = (0..64).map(|i| (i as f32 - 20.0) / 8.0).collect();
         let q = trace_quant::quantize_to_vec(DType::Q8_0, &vals).unwrap();
         let deq = trace_quant::dequantize_to_vec(DType::Q8_0, &q).unwrap();
-        let s = ggml_stats(DType::Q8_0, &[32, 2, 1, 1], &[34, 34, 68, 68], 0, &q).unwrap();
+        let s = ggml_stats(DType::Q8_0, &[32, 2, 1, 1], &[34, 34, 68, 68], 0, &q, None).unwrap();
         let w = compute_stats(DType::F32, &f32_bytes(&deq)).unwrap();
         assert_eq!((s.count, s.min, s.max), (64, w.min, w.max));
         // out of bounds is an error, not a panic
-        let e = ggml_stats(DType::F32, &[4, 3, 2, 1], &[4, 16, 48, 96], 8, &b).unwrap_err();
+        let e = ggml_stats(DType::F32, &[4, 3, 2, 1], &[4, 16, 48, 96], 8, &b, None).unwrap_err();
         assert!(e.contains("outside the 96 bytes"), "{e}");
-        assert!(ggml_stats(DType::Q8_0, &[32, 2, 1, 1], &[68, 34, 68, 68], 0, &q).is_err());
+        assert!(ggml_stats(DType::Q8_0, &[32, 2, 1, 1], &[68, 34, 68, 68], 0, &q, None).is_err());
+    }
+
+    #[test]
+    fn the_piece_cache_reads_only_what_changed_and_agrees() {
+        // a "KV cache" of 3 pieces and a bit, f16, viewed whole twice with a
+        // row changed in between, and as a strided view
+        let n = (PIECE_BYTES as usize / 2) * 3 + 100;
+        let mut h: Vec<u8> = (0..n)
+            .flat_map(|i| half::f16::from_f32((i % 97) as f32 * 0.25 - 7.0).to_le_bytes())
+            .collect();
+        let ne = [n as i64, 1, 1, 1];
+        let nb = [2, 2 * n as u64, 2 * n as u64, 2 * n as u64];
+        let mut cache = PieceCache::default();
+        let mut before = Vec::new();
+        for round in 0..3 {
+            if round == 2 {
+                h[PIECE_BYTES as usize + 10..PIECE_BYTES as usize + 14]
+                    .copy_from_slice(&[0, 0x3c, 0, 0xbc]);
+            }
+            let fresh = ggml_stats(DType::F16, &ne, &nb, 0, &h, None).unwrap();
+            let cached = ggml_stats(DType::F16, &ne, &nb, 0, &h, Some((7, &mut cache))).unwrap();
+            assert_eq!(cache.pieces.len(), 4);
+            let crcs: Vec<u32> = (0..4u64)
+                .map(|i| {
+                    let len = if i == 3 { 200 } else { PIECE_BYTES };
+                    cache.pieces[&(7, i * PIECE_BYTES, len, DType::F16.id())].0
+                })
+                .collect();
+            if round == 1 {
+                before = crcs;
+            } else if round == 2 {
+                // the changed piece alone has new bytes (the others came from the cache)
+                let changed: Vec<bool> = crcs.iter().zip(&before).map(|(a, b)| a != b).collect();
+                assert_eq!(changed, [false, true, false, false]);
+            }
+            assert_eq!(
+                (cached.count, cached.min, cached.max, cached.bytes_crc32c),
+                (fresh.count, fresh.min, fresh.max, None)
+            );
+            assert!(fresh.bytes_crc32c.is_some());
+            assert!(
+                (cached.mean - fresh.mean).abs() < 1e-12 && (cached.std - fresh.std).abs() < 1e-12
+            );
+        }
+        // rows of 64 values 128 values apart, through the cache
+        let (ne, nb) = ([64, 40, 1, 1], [2, 256, 256 * 40, 256 * 40]);
+        let fresh = ggml_stats(DType::F16, &ne, &nb, 6, &h, None).unwrap();
+        let cached = ggml_stats(DType::F16, &ne, &nb, 6, &h, Some((7, &mut cache))).unwrap();
+        assert_eq!(
+            (cached.count, cached.min, cached.max, cached.bytes_crc32c),
+            (fresh.count, fresh.min, fresh.max, None)
+        );
+        assert!((cached.mean - fresh.mean).abs() < 1e-12);
     }
 }
