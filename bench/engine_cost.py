@@ -43,8 +43,10 @@ MIB = 1 << 20
 
 # TinyLlama 1.1B's width
 HIDDEN, N_HEAD, N_HEAD_KV, HEAD_DIM, N_FF, N_VOCAB = 2048, 32, 4, 64, 5632, 32000
-# layers: 4 keep the whole scenario (6 contenders x 5 rounds x 2 contexts) near
-# 3 minutes on 2 cores; TinyLlama has 22
+# layers (TinyLlama has 22): with 4 the whole scenario (6 contenders x 2
+# contexts x 5 rounds) took 160 s on this 2-core machine at load average 2.3
+# (bench/README.md), under the 3 minutes it may take; 4 is also the model of
+# issue 21's figures
 LAYERS = 4
 PROMPT, STEPS = 128, 32
 SEED = 0
@@ -234,6 +236,7 @@ def run_one(a):
         cap = tracedump.ggml.capture(llm, trace, **CONTENDERS[a.contender][1])
         cap.__enter__()
 
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     llm.eval(prompt)
     t1 = time.perf_counter()
@@ -243,7 +246,8 @@ def run_one(a):
     if cap is not None:
         cap.__exit__(None, None, None)
     t3 = time.perf_counter()
-    out.update(prompt_s=t1 - t0, decode_s=t2 - t1, close_s=t3 - t2)
+    # CPU seconds of the whole process (both threads) over prompt, steps and close
+    out.update(prompt_s=t1 - t0, decode_s=t2 - t1, close_s=t3 - t2, cpu_s=time.process_time() - cpu0)
     if lib is not None:
         out.update(copied_bytes=lib.copy_cb_bytes(), copied_tensors=lib.copy_cb_tensors())
         if lib.copy_cb_failures():
@@ -298,11 +302,15 @@ def run_rounds(model, copy_cb, n_ctxs, rounds, contenders):
             trace = scratch / f"{c}-{n}.tdump"
             cmd = [sys.executable, str(Path(__file__).resolve()), "_run", "--model", str(model),
                    "--n-ctx", str(n), "--contender", c, "--trace", str(trace), "--copy-cb", str(copy_cb)]
+            t0 = time.perf_counter()
             p = subprocess.run(cmd, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
             trace.unlink(missing_ok=True)
+            # no dirty pages of this run's trace left for the next one to write back
+            os.sync()
             if p.returncode != 0:
                 raise SystemExit(f"engine_cost: contender {c} at n_ctx {n} failed:\n{p.stderr[-4000:]}")
-            results[(c, n)].append(json.loads(p.stdout.strip().splitlines()[-1]))
+            results[(c, n)].append(dict(json.loads(p.stdout.strip().splitlines()[-1]), wall_s=wall))
         progress(f"round {r + 1}/{rounds} done")
     return results
 
@@ -420,6 +428,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     results = run_rounds(model, copy_cb, n_ctxs, rounds, sorted(avail))
     progress(f"{rounds} rounds in {time.perf_counter() - t0:.0f} s")
+    # every run's own figures (CPU seconds, set-up time, tensor counts), for a closer look
+    (WORK / "last-run.json").write_text(json.dumps([r for rs in results.values() for r in rs], indent=1) + "\n")
     rows = rows_of(results, n_ctxs, avail, desc, rounds)
     Path(a.json).write_text(json.dumps(rows, indent=1) + "\n")
     if not a.quiet:
