@@ -42,6 +42,12 @@ impl<'a> TensorView<'a> {
         &self.storage
     }
 
+    /// The same bytes as [`storage_bytes`](Self::storage_bytes), as a handle
+    /// that lives as long as the trace (a reader of chunks keeps it).
+    pub fn storage(&self) -> StorageBytes<'a> {
+        self.storage.clone()
+    }
+
     fn unsupported(&self, what: impl Into<String>) -> ReaderError {
         ReaderError::Unsupported {
             tensor: self.info.name.clone(),

@@ -15,7 +15,7 @@
 
 use half::slice::HalfFloatSliceExt;
 use trace_format::{DType, Layout};
-use trace_reader::{TensorView, Trace};
+use trace_reader::{StorageBytes, TensorView, Trace};
 
 use crate::mapping::{self, Transform};
 use crate::ToolsError;
@@ -40,9 +40,9 @@ type Axis = Vec<(u64, i64)>;
 #[derive(Debug)]
 enum Kind<'a> {
     /// A scalar dtype; strides and offset in bytes of `storage`.
-    Dense { dtype: DType, storage: &'a [u8] },
+    Dense { dtype: DType, storage: StorageBytes<'a> },
     /// A block type; strides and offset in elements of `storage`'s blocks.
-    Blocks { dtype: DType, storage: &'a [u8] },
+    Blocks { dtype: DType, storage: StorageBytes<'a> },
     /// Materialized values; strides and offset in elements.
     Owned(Vec<f64>),
 }
@@ -109,7 +109,7 @@ impl<'a> Source<'a> {
             return Source::owned(v, info.layout.shape()).map_err(refuse);
         }
         view.spend_broadcast()?;
-        let storage = view.storage_bytes();
+        let storage = view.storage();
         let dtype = info.dtype;
         let (kind, shape, strides, offset) = if dtype.is_block() {
             let el = info

@@ -91,7 +91,7 @@ pub(super) fn write_npz(
         )
         .context_with(|| ctx(&p.name))?;
         zip.write_all(&header).context_with(|| ctx(&p.name))?;
-        let wrote = crate::stream::write_values(trace, p.view, to_f32, &mut zip)
+        let wrote = crate::stream::write_values(trace, p.view.clone(), to_f32, &mut zip)
             .context_with(|| ctx(&p.name))?;
         if wrote != len {
             bail!("{}: {wrote} bytes written, {len} expected", ctx(&p.name));
