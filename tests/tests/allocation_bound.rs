@@ -80,6 +80,11 @@ static GLOBAL: Counting = Counting;
 /// for while reading and while running the verbs, and whether anything
 /// panicked.
 fn exercise(path: &Path) -> (usize, usize, bool) {
+    // rayon's global pool (the verbs' diff runs on it) starts its workers
+    // lazily and they allocate as they come up, on their own threads: let
+    // every one of them start before counting, or a worker starting late
+    // is charged to the file after the one that started the pool
+    rayon::broadcast(|_| ());
     LARGEST.store(0, Ordering::Relaxed);
     ARMED.store(true, Ordering::Relaxed);
     let mut reading = 0;
