@@ -135,7 +135,7 @@ lint:
 ## torch, numpy and gguf-py in one run, one table, bench/results.json; and
 ## the scaling sweeps, drawn to bench/scaling.svg (bench/README.md).
 ## A quick run: make bench BENCH_ARGS="--scale 0.05".
-bench: pypackage
+bench: pypackage llama
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(CARGO) build --release -p tracedump-bench -p tracedump-cli
 	$(CARGO) run --release -p tracedump-bench -- --quiet $(BENCH_ARGS)

@@ -40,9 +40,15 @@ type Axis = Vec<(u64, i64)>;
 #[derive(Debug)]
 enum Kind<'a> {
     /// A scalar dtype; strides and offset in bytes of `storage`.
-    Dense { dtype: DType, storage: StorageBytes<'a> },
+    Dense {
+        dtype: DType,
+        storage: StorageBytes<'a>,
+    },
     /// A block type; strides and offset in elements of `storage`'s blocks.
-    Blocks { dtype: DType, storage: StorageBytes<'a> },
+    Blocks {
+        dtype: DType,
+        storage: StorageBytes<'a>,
+    },
     /// Materialized values; strides and offset in elements.
     Owned(Vec<f64>),
 }
