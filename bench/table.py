@@ -193,10 +193,14 @@ def part_order(path):
 
 
 def load_parts(paths):
-    """The parts (files with rows) among `paths`, in `part_order`."""
+    """The parts (files with rows) among `paths`, in `part_order`. A file is
+    either an object with `rows` (the two halves) or a bare list of rows
+    (streaming.py, engine_cost.py)."""
     parts = []
     for path in sorted(paths, key=part_order):
         data = json.loads(Path(path).read_text())
+        if isinstance(data, list):
+            data = dict(rows=data)
         if "rows" not in data:
             continue
         check_rows(path, data["rows"])
