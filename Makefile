@@ -83,9 +83,11 @@ spark: pyenv
 			-r tests/parquet/requirements.txt; \
 		rc=$$?; rm -rf "$$tmp"; exit $$rc
 
-## Every test, Rust, C and Python. `spark` comes before the Rust build so that
-## its transient ~1 GB (download, wheel build) is gone before target/ grows.
-test: pyenv spark test-rust test-c test-python
+## Every test, Rust, C and Python. `spark` and `wheel` come before the Rust
+## build so that their transient disk (pyspark's download and unpacking, ~1 GB;
+## the wheel's own target dir, ~0.9 GB) is gone before target/ grows: a fresh
+## clone's peak stays under 10 GB.
+test: pyenv spark wheel test-rust test-c test-python
 
 ## The debug build the C and Python tests use: libtrace_writer.a/.so and the
 ## CLI (with Parquet, a default feature of tracedump-cli).
