@@ -57,23 +57,24 @@ impl StatsAccumulator {
 
     /// Add `values` in one vectorizable pass: chunks of [`CHUNK`] values,
     /// each reduced in f64 lanes (sum, then the squared deviations from its
-    /// own mean, min, max, largest magnitude) and merged into the running
-    /// statistics with Chan's formula; a chunk holding a NaN or an infinity
-    /// goes value by value. The result agrees with [`push`](Self::push) to
-    /// rounding (about 1e-15 relative).
+    /// own first value, min, max) and merged into the running statistics
+    /// with Chan's formula; a chunk holding a NaN or an infinity goes value
+    /// by value. The result agrees with [`push`](Self::push) to rounding
+    /// (about 1e-15 relative) and does not depend on the CPU (AVX2 or not).
     pub fn push_f32s(&mut self, values: &[f32]) {
         for chunk in values.chunks(CHUNK) {
-            // a fold rather than any(): no early exit, so it vectorizes
-            let special = chunk.iter().fold(0u32, |acc, v| {
-                acc | u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
-            });
-            if special != 0 {
+            let Some(&first) = chunk.first() else {
+                continue;
+            };
+            let k = f64::from(first);
+            let sums = crate::stats_kernel::chunk_sums(chunk, k);
+            if sums.special {
                 for &v in chunk {
                     self.push(f64::from(v));
                 }
                 continue;
             }
-            self.merge_finite_chunk(chunk);
+            self.merge_finite_chunk(chunk.len(), k, &sums);
         }
     }
 
@@ -83,9 +84,18 @@ impl StatsAccumulator {
     /// `false` (nothing added) for a dtype with no scalar decoding (block
     /// types: dequantize first).
     pub fn push_bytes(&mut self, dtype: DType, bytes: &[u8]) -> bool {
-        let mut buf = [0f32; CHUNK];
+        // sized to the values (a row can be short), not zeroed per call
+        let mut buf = Vec::new();
         match dtype {
             DType::F32 => {
+                // the bytes as they lie where they are f32-aligned (ggml's
+                // and our own buffers are), else a copy a chunk at a time
+                #[cfg(target_endian = "little")]
+                if let Ok(values) = bytemuck::try_cast_slice::<u8, f32>(bytes) {
+                    self.push_f32s(values);
+                    return true;
+                }
+                buf.resize((bytes.len() / 4).min(CHUNK), 0f32);
                 for c in bytes.chunks(CHUNK * 4) {
                     let n = c.len() / 4;
                     for (d, s) in buf[..n].iter_mut().zip(c.chunks_exact(4)) {
@@ -95,20 +105,34 @@ impl StatsAccumulator {
                 }
             }
             DType::F16 | DType::BF16 => {
-                let mut bits = [0u16; CHUNK];
+                let n_all = (bytes.len() / 2).min(CHUNK);
+                buf.resize(n_all, 0f32);
+                let mut bits = Vec::new();
                 for c in bytes.chunks(CHUNK * 2) {
                     let n = c.len() / 2;
-                    for (d, s) in bits[..n].iter_mut().zip(c.chunks_exact(2)) {
-                        *d = u16::from_le_bytes([s[0], s[1]]);
-                    }
+                    // the bytes as they lie where they are aligned
+                    #[cfg(target_endian = "little")]
+                    let aligned = bytemuck::try_cast_slice::<u8, u16>(&c[..n * 2]).ok();
+                    #[cfg(not(target_endian = "little"))]
+                    let aligned: Option<&[u16]> = None;
+                    let bits: &[u16] = match aligned {
+                        Some(b) => b,
+                        None => {
+                            bits.resize(n_all, 0u16);
+                            for (d, s) in bits[..n].iter_mut().zip(c.chunks_exact(2)) {
+                                *d = u16::from_le_bytes([s[0], s[1]]);
+                            }
+                            &bits[..n]
+                        }
+                    };
                     if dtype == DType::F16 {
                         // F16C where the CPU has it (half picks at run time)
                         half::slice::HalfFloatSliceExt::convert_to_f32_slice(
-                            bytemuck::cast_slice::<u16, half::f16>(&bits[..n]),
+                            bytemuck::cast_slice::<u16, half::f16>(bits),
                             &mut buf[..n],
                         );
                     } else {
-                        for (d, &b) in buf[..n].iter_mut().zip(&bits[..n]) {
+                        for (d, &b) in buf[..n].iter_mut().zip(bits) {
                             *d = f32::from_bits(u32::from(b) << 16);
                         }
                     }
@@ -130,50 +154,33 @@ impl StatsAccumulator {
         true
     }
 
-    /// Merge the statistics of a chunk of finite values: one pass of
-    /// sums shifted by the chunk's first value (so that the variance does
-    /// not cancel), in independent f64 lanes the compiler vectorizes.
-    fn merge_finite_chunk(&mut self, chunk: &[f32]) {
-        let Some(&first) = chunk.first() else {
-            return;
-        };
-        const L: usize = 8;
-        let k = f64::from(first);
-        let (mut s1, mut s2) = ([0f64; L], [0f64; L]);
-        let (mut lo, mut hi) = ([first; L], [first; L]);
-        let lanes = chunk.chunks_exact(L);
-        let tail = lanes.remainder();
-        for c in lanes {
-            for i in 0..L {
-                let v = c[i];
-                let d = f64::from(v) - k;
-                s1[i] += d;
-                s2[i] += d * d;
-                lo[i] = if v < lo[i] { v } else { lo[i] };
-                hi[i] = if v > hi[i] { v } else { hi[i] };
-            }
-        }
-        for (i, &v) in tail.iter().enumerate() {
-            let d = f64::from(v) - k;
-            s1[i] += d;
-            s2[i] += d * d;
-            lo[i] = if v < lo[i] { v } else { lo[i] };
-            hi[i] = if v > hi[i] { v } else { hi[i] };
-        }
-        let n = chunk.len() as f64;
-        let (s1, s2): (f64, f64) = (s1.iter().sum(), s2.iter().sum());
+    /// Merge the statistics of a chunk of `n` finite values from its
+    /// sums shifted by `k` (its first value: so that the variance does not
+    /// cancel).
+    fn merge_finite_chunk(&mut self, n: usize, k: f64, sums: &crate::stats_kernel::ChunkSums) {
+        let count = n as u64;
+        let n = n as f64;
+        let (s1, s2): (f64, f64) = (sums.s1.iter().sum(), sums.s2.iter().sum());
         let mean_b = k + s1 / n;
         let m2_b = (s2 - s1 * s1 / n).max(0.0);
         let sum_sq_b = s2 + 2.0 * k * s1 + n * k * k;
-        let min_b = f64::from(lo.iter().fold(first, |a, &b| if b < a { b } else { a }));
-        let max_b = f64::from(hi.iter().fold(first, |a, &b| if b > a { b } else { a }));
+        let min_b = f64::from(
+            sums.lo
+                .iter()
+                .fold(f32::INFINITY, |a, &b| if b < a { b } else { a }),
+        );
+        let max_b = f64::from(
+            sums.hi
+                .iter()
+                .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a }),
+        );
         let na = self.finite as f64;
         let total = na + n;
         let delta = mean_b - self.mean;
         self.mean += delta * n / total;
         self.m2 += m2_b + delta * delta * na * n / total;
-        self.count += chunk.len() as u64;
-        self.finite += chunk.len() as u64;
+        self.count += count;
+        self.finite += count;
         self.min = self.min.min(min_b);
         self.max = self.max.max(max_b);
         self.abs_max = self.abs_max.max(min_b.abs()).max(max_b.abs());
