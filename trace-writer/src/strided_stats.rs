@@ -91,6 +91,15 @@ pub(crate) fn ggml_stats(
             Err(format!("statistics of {dtype} values"))
         }
     };
+    // a permutation of one packed run (a KV cache view permuted for the
+    // attention): its values are that run's, read in storage order
+    let dense = !whole && !dtype.is_block() && is_packed(&ne, nb, unit_bytes);
+    // rows shorter than a piece, read one by one: a piece per row would
+    // cost a crc and a lookup per row, and a decode step changes every row
+    // of a transposed V cache anyway; read them afresh
+    if !(whole || dense) && row_bytes < PIECE_BYTES {
+        cache = None;
+    }
     let cached = cache.is_some();
     // a run at `start`: through the piece cache when there is one
     let mut push_run =
@@ -117,7 +126,7 @@ pub(crate) fn ggml_stats(
             }
             Ok(())
         };
-    if whole {
+    if whole || dense {
         let bytes = span(offset, row_bytes * ne[1] * ne[2] * ne[3])?;
         if dtype.is_block() && !cached {
             // a row at a time: a bounded buffer of dequantized values
@@ -127,8 +136,9 @@ pub(crate) fn ggml_stats(
         } else {
             push_run(&mut acc, offset, bytes)?;
         }
-        // (through the cache: the pieces' crcs are not the whole's)
-        return Ok(acc.finish((!cached).then(|| crc32c(bytes))));
+        // (through the cache: the pieces' crcs are not the whole's; a
+        // permutation's bytes are not in its order)
+        return Ok(acc.finish((!cached && whole).then(|| crc32c(bytes))));
     }
     let size = unit_bytes as usize;
     for i3 in 0..ne[3] {
@@ -153,6 +163,30 @@ pub(crate) fn ggml_stats(
         }
     }
     Ok(acc.finish(None))
+}
+
+/// Whether the elements of `ne`/`nb` (`unit_bytes` each, ggml order) tile
+/// one run of bytes from the view's offset exactly once, in some order of
+/// the dimensions: a permutation of a packed tensor.
+fn is_packed(ne: &[u64], nb: &[u64; 4], unit_bytes: u64) -> bool {
+    let mut dims: Vec<(u64, u64)> = ne
+        .iter()
+        .zip(nb)
+        .filter(|(&n, _)| n > 1)
+        .map(|(&n, &b)| (b, n))
+        .collect();
+    dims.sort_unstable();
+    let mut expected = unit_bytes;
+    for (stride, n) in dims {
+        if stride != expected {
+            return false;
+        }
+        let Some(next) = expected.checked_mul(n) else {
+            return false;
+        };
+        expected = next;
+    }
+    true
 }
 
 #[cfg(test)]
@@ -188,6 +222,20 @@ mod tests {
             (8 * 2, w.min, w.max, None)
         );
         assert!((s.mean - w.mean).abs() < 1e-12 && (s.std - w.std).abs() < 1e-12);
+        // the whole tensor with its two outer dimensions swapped (packed):
+        // the whole's statistics, without its crc (not in the view's order)
+        let p = ggml_stats(DType::F32, &[4, 2, 3, 1], &[4, 48, 16, 96], 0, &b, None).unwrap();
+        let w = compute_stats(DType::F32, &b).unwrap();
+        assert_eq!(
+            (p.count, p.min, p.max, p.bytes_crc32c),
+            (w.count, w.min, w.max, None)
+        );
+        assert!((p.mean - w.mean).abs() < 1e-12 && (p.std - w.std).abs() < 1e-12);
+        assert!(is_packed(&[4, 2, 3, 1], &[4, 48, 16, 96], 4));
+        assert!(!is_packed(&[4, 2, 2, 1], &[4, 48, 16, 96], 4));
+        // 3 of every 4 values of 2 rows: gaps
+        assert!(!is_packed(&[3, 2, 1, 1], &[4, 16, 48, 48], 4));
+        assert!(is_packed(&[3, 4, 1, 1], &[16, 4, 48, 48], 4));
         // transposed (nb[0] is not the element size): value by value
         let t = ggml_stats(DType::F32, &[3, 4, 1, 1], &[16, 4, 48, 48], 0, &b, None).unwrap();
         let w = compute_stats(DType::F32, &f32_bytes(&x[..12])).unwrap();
