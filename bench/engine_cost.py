@@ -2,8 +2,10 @@
 TinyLlama's width, a 128-token prompt and 32 single-token decode steps
 through llama-cpp-python, with and without an eval callback installed.
 
-Contenders (each round runs every one, in a fresh subprocess, in a random
-order; see bench/README.md, "engine cost"):
+Contenders (per context, one process loads the model and times every
+contender once per round, in a random order, each on a fresh context; then
+each contender runs once alone in a process of its own for its peak memory;
+see bench/README.md, "engine cost"):
 
   a  no callback
   b  a C callback that copies every tensor out (bench/engine_copy_cb.c): the
@@ -44,10 +46,13 @@ MIB = 1 << 20
 # TinyLlama 1.1B's width
 HIDDEN, N_HEAD, N_HEAD_KV, HEAD_DIM, N_FF, N_VOCAB = 2048, 32, 4, 64, 5632, 32000
 # layers (TinyLlama has 22): with 4 the whole scenario (6 contenders x 2
-# contexts x 5 rounds) took 160 s on this 2-core machine at load average 2.3
-# (bench/README.md), under the 3 minutes it may take; 4 is also the model of
-# issue 21's figures
+# contexts x 9 rounds, and a run alone per contender) takes 137 s on this
+# 2-core machine at load average 1.5 (bench/README.md), under the 3 minutes
+# it may take; 4 is also the model of issue 21's figures
 LAYERS = 4
+# rounds: medians of 9 interleaved runs hold a verdict to about 2% on this
+# machine, where single runs drift by 10% (bench/README.md, "engine cost")
+ROUNDS = 9
 PROMPT, STEPS = 128, 32
 SEED = 0
 # bump when the model writer changes: the cached model is rebuilt
@@ -197,43 +202,55 @@ def tokens(n_vocab):
 
 # --- one contender, one round (a subprocess of its own) ----------------------
 
-def run_one(a):
-    """Load the model, warm up, then time the prompt and the decode steps of
-    one contender on a fresh context. Prints one JSON object."""
+def load_llm(model, n_ctx):
+    """The model on a llama-cpp-python Llama, warmed up (outside the
+    timings: every weight paged in, the threads started), and the tokens."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(model), n_ctx=n_ctx, n_batch=512, n_threads=2, n_threads_batch=2, verbose=False)
+    prompt, steps = tokens(llm.n_vocab())
+    llm.eval(prompt[:8])
+    llm.eval(steps[:1])
+    return llm, prompt, steps
+
+
+def copy_cb_lib(path):
+    import ctypes
+
+    lib = ctypes.CDLL(str(path))
+    for f in ("copy_cb_bytes", "copy_cb_tensors", "copy_cb_failures"):
+        getattr(lib, f).restype = ctypes.c_uint64
+    return lib
+
+
+def time_one(llm, prompt, steps, contender, trace, lib):
+    """Time the prompt and the decode steps of one contender on a fresh
+    context (an empty KV cache, as capture() makes one): a dict of its
+    figures; the trace, if any, is inspected and removed."""
     import ctypes
 
     import llama_cpp
     from llama_cpp import _internals
 
-    t_start = time.perf_counter()
-    llm = llama_cpp.Llama(str(a.model), n_ctx=a.n_ctx, n_batch=512, n_threads=2, n_threads_batch=2, verbose=False)
-    prompt, steps = tokens(llm.n_vocab())
-    # warm-up, outside the timings, on llama-cpp-python's own context: every
-    # weight paged in, the threads started (short: it is not what is timed)
-    llm.eval(prompt[:8])
-    llm.eval(steps[:1])
-
-    out = {"contender": a.contender, "n_ctx": a.n_ctx}
+    out = {"contender": contender}
     cap = None
-    lib = None
-    trace = Path(a.trace)
-    out["setup_s"] = time.perf_counter() - t_start
-    if a.contender in ("a", "b"):
+    copied = None
+    if contender in ("a", "b"):
         params = llm.context_params
-        if a.contender == "b":
-            lib = ctypes.CDLL(str(a.copy_cb))
-            for f in ("copy_cb_bytes", "copy_cb_tensors", "copy_cb_failures"):
-                getattr(lib, f).restype = ctypes.c_uint64
+        saved = (params.cb_eval, params.cb_eval_user_data)
+        if contender == "b":
             cb = llama_cpp.ggml_backend_sched_eval_callback(ctypes.cast(lib.copy_cb, ctypes.c_void_p).value)
             params.cb_eval = cb
             params.cb_eval_user_data = None
-        # a fresh context, as capture() makes one: an empty KV cache
+            copied = (lib.copy_cb_bytes(), lib.copy_cb_tensors())
         llm._ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        # the context keeps its own copy of the parameters
+        params.cb_eval, params.cb_eval_user_data = saved
         llm.n_tokens = 0
     else:
         import tracedump
 
-        cap = tracedump.ggml.capture(llm, trace, **CONTENDERS[a.contender][1])
+        cap = tracedump.ggml.capture(llm, trace, **CONTENDERS[contender][1])
         cap.__enter__()
 
     cpu0 = time.process_time()
@@ -248,12 +265,11 @@ def run_one(a):
     t3 = time.perf_counter()
     # CPU seconds of the whole process (both threads) over prompt, steps and close
     out.update(prompt_s=t1 - t0, decode_s=t2 - t1, close_s=t3 - t2, cpu_s=time.process_time() - cpu0)
-    if lib is not None:
-        out.update(copied_bytes=lib.copy_cb_bytes(), copied_tensors=lib.copy_cb_tensors())
+    out["loadavg"] = os.getloadavg()[0]
+    if copied is not None:
+        out.update(copied_bytes=lib.copy_cb_bytes() - copied[0], copied_tensors=lib.copy_cb_tensors() - copied[1])
         if lib.copy_cb_failures():
             raise SystemExit("engine_cost: the copy-out callback could not allocate its buffer")
-    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    out["loadavg"] = os.getloadavg()[0]
     if cap is not None:
         import tracedump
 
@@ -271,7 +287,41 @@ def run_one(a):
                 names=sorted({x.name for x in ts if x.layer is None}),
             )
         trace.unlink()
+    # no dirty pages of this run's trace left for the next one to write back
+    os.sync()
+    return out
+
+
+def run_one(a):
+    """One contender alone in this process (for its peak memory): load,
+    warm up, time it once. Prints one JSON object."""
+    llm, prompt, steps = load_llm(a.model, a.n_ctx)
+    lib = copy_cb_lib(a.copy_cb) if a.contender == "b" else None
+    out = time_one(llm, prompt, steps, a.contender, Path(a.trace), lib)
+    out.update(n_ctx=a.n_ctx, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     print(json.dumps(out), flush=True)
+
+
+def run_interleaved(a):
+    """Every round times every contender once, in a random order, in this
+    one process on one loaded model: a contender and its baseline run
+    seconds apart on the same warm weights, so the machine's drift falls
+    on both. Prints a JSON list of every run's figures."""
+    llm, prompt, steps = load_llm(a.model, a.n_ctx)
+    contenders = a.contenders.split(",")
+    lib = copy_cb_lib(a.copy_cb) if "b" in contenders else None
+    order = random.Random(f"{SEED}-{a.n_ctx}")
+    # an untimed run first: the first fresh context of a process pays for
+    # what later ones find ready (the compute buffers' first faults)
+    time_one(llm, prompt, steps, "a", None, lib)
+    runs = []
+    for r in range(a.rounds):
+        jobs = list(contenders)
+        order.shuffle(jobs)
+        for c in jobs:
+            trace = Path(a.trace_dir) / f"{c}-{a.n_ctx}.tdump"
+            runs.append(dict(time_one(llm, prompt, steps, c, trace, lib), n_ctx=a.n_ctx, round=r))
+    print(json.dumps(runs), flush=True)
 
 
 # --- the rounds ---------------------------------------------------------------
@@ -289,29 +339,34 @@ def available():
 
 
 def run_rounds(model, copy_cb, n_ctxs, rounds, contenders):
-    """{(contender, n_ctx): [result of each round]}: every round runs every
-    (contender, n_ctx) pair once, in a random order, each in a subprocess."""
+    """{(contender, n_ctx): [result of each round]}. Per n_ctx, one process
+    times every contender `rounds` times, interleaved in a random order
+    (`_rounds`); then each contender runs once more alone in a process of
+    its own (`_run`), for its peak memory."""
     scratch = WORK / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     results = {(c, n): [] for c in contenders for n in n_ctxs}
-    order = random.Random(SEED)
-    for r in range(rounds):
-        jobs = list(results)
-        order.shuffle(jobs)
-        for c, n in jobs:
-            trace = scratch / f"{c}-{n}.tdump"
-            cmd = [sys.executable, str(Path(__file__).resolve()), "_run", "--model", str(model),
-                   "--n-ctx", str(n), "--contender", c, "--trace", str(trace), "--copy-cb", str(copy_cb)]
-            t0 = time.perf_counter()
-            p = subprocess.run(cmd, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            trace.unlink(missing_ok=True)
-            # no dirty pages of this run's trace left for the next one to write back
-            os.sync()
-            if p.returncode != 0:
-                raise SystemExit(f"engine_cost: contender {c} at n_ctx {n} failed:\n{p.stderr[-4000:]}")
-            results[(c, n)].append(dict(json.loads(p.stdout.strip().splitlines()[-1]), wall_s=wall))
-        progress(f"round {r + 1}/{rounds} done")
+
+    def child(args, what):
+        cmd = [sys.executable, str(Path(__file__).resolve()), *args, "--model", str(model), "--copy-cb", str(copy_cb)]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        for t in scratch.glob("*.tdump"):
+            t.unlink()
+        if p.returncode != 0:
+            raise SystemExit(f"engine_cost: {what} failed:\n{p.stderr[-4000:]}")
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    for n in n_ctxs:
+        for run in child(["_rounds", "--n-ctx", str(n), "--rounds", str(rounds), "--contenders",
+                          ",".join(contenders), "--trace-dir", str(scratch)], f"the rounds at n_ctx {n}"):
+            results[(run["contender"], n)].append(run)
+        progress(f"n_ctx {n}: {rounds} interleaved rounds done")
+        for c in contenders:
+            alone = child(["_run", "--n-ctx", str(n), "--contender", c, "--trace", str(scratch / f"{c}-{n}.tdump")],
+                          f"contender {c} at n_ctx {n}")
+            for run in results[(c, n)]:
+                run["peak_rss_bytes"] = alone["peak_rss_bytes"]
+        progress(f"n_ctx {n}: peak memory of each contender measured")
     return results
 
 
@@ -395,9 +450,16 @@ def main(argv=None):
     one.add_argument("--contender", choices=sorted(CONTENDERS), required=True)
     one.add_argument("--trace", required=True)
     one.add_argument("--copy-cb", required=True)
+    many = sub.add_parser("_rounds", help="internal: every contender, interleaved rounds")
+    many.add_argument("--model", required=True)
+    many.add_argument("--n-ctx", type=int, required=True)
+    many.add_argument("--rounds", type=int, required=True)
+    many.add_argument("--contenders", required=True)
+    many.add_argument("--trace-dir", required=True)
+    many.add_argument("--copy-cb", required=True)
     ap.add_argument("--layers", type=int, default=None, help=f"model layers (default {LAYERS}; --quick: 2)")
     ap.add_argument("--quant", choices=("q8_0", "q4_0"), default="q8_0")
-    ap.add_argument("--rounds", "--repeat", type=int, default=None, help="rounds (default 5; --quick: 1)")
+    ap.add_argument("--rounds", "--repeat", type=int, default=None, help="rounds (default 9; --quick: 1)")
     ap.add_argument("--n-ctx", default=None, help="comma-separated contexts (default 512,2048)")
     ap.add_argument("--scale", type=float, default=None,
                     help="model width as a fraction of TinyLlama's (default 1; --quick: 0.05)")
@@ -407,8 +469,9 @@ def main(argv=None):
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
     if a.cmd == "_run":
-        a.model, a.copy_cb = Path(a.model), Path(a.copy_cb)
         return run_one(a)
+    if a.cmd == "_rounds":
+        return run_interleaved(a)
 
     if a.only is not None and "engine" not in a.only.split(","):
         Path(a.json).write_text("[]\n")
@@ -417,7 +480,7 @@ def main(argv=None):
     if not 0 < scale <= 1:
         raise SystemExit("--scale must be in (0, 1]")
     layers = a.layers if a.layers is not None else (2 if a.quick else LAYERS)
-    rounds = a.rounds if a.rounds is not None else (1 if a.quick else 5)
+    rounds = a.rounds if a.rounds is not None else (1 if a.quick else ROUNDS)
     n_ctxs = [int(x) for x in (a.n_ctx or ("512" if a.quick else "512,2048")).split(",")]
     shape = model_shape(scale)
     model = model_path(shape, layers, a.quant)
