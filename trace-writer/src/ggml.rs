@@ -166,7 +166,10 @@ pub struct GgmlOptions {
     pub stats_only: bool,
 }
 
-/// Records ggml tensors into a [`Writer`]; thread-safe.
+/// Records ggml tensors into a [`Writer`]; thread-safe. Give it a writer
+/// opened with [`WriterOptions::checksum_thread`](crate::WriterOptions::checksum_thread)
+/// off, as the C adapter does: the engine's threads hold the cores while
+/// the callback runs.
 #[derive(Debug)]
 pub struct GgmlRecorder {
     writer: Writer,

@@ -89,6 +89,13 @@ pub struct WriterOptions {
     /// own size, at most 4 MiB, its disk blocks given back. `false` writes
     /// every record, and a file exactly as long as its records.
     pub allocate_ahead: bool,
+    /// Sync mode: checksum a payload of 1 MiB or more on a second thread
+    /// while this one writes it (default), rather than piece by piece
+    /// right after writing it. The second thread pays where a core is
+    /// idle; where an engine's own threads hold every core (a ggml eval
+    /// callback: llama.cpp's workers wait, spinning, for the callback to
+    /// return), it only contends with them: the ggml recorder turns it off.
+    pub checksum_thread: bool,
 }
 
 impl Default for WriterOptions {
@@ -97,6 +104,7 @@ impl Default for WriterOptions {
             mode: Mode::Sync,
             filter: CaptureFilter::default(),
             allocate_ahead: true,
+            checksum_thread: true,
         }
     }
 }

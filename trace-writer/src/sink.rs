@@ -267,6 +267,9 @@ pub(crate) struct Sink {
     /// crc32c of every record's payload, by record id (callers that
     /// recognise recorded bytes later ask for it: [`Sink::payload_crc32c`]).
     payload_crcs: Vec<u32>,
+    /// Large payloads are checksummed on a second thread while written
+    /// ([`crate::WriterOptions::checksum_thread`]).
+    pub(crate) checksum_thread: bool,
 }
 
 impl Sink {
@@ -301,6 +304,7 @@ impl Sink {
             index: Vec::new(),
             names: Vec::new(),
             payload_crcs: Vec::new(),
+            checksum_thread: true,
         })
     }
 
@@ -540,7 +544,7 @@ impl Sink {
                     file.write_all(piece)?;
                 }
                 known
-            } else if r.checksum_inline {
+            } else if r.checksum_inline || !self.checksum_thread {
                 // each piece right after it is written, while it is still
                 // in the cache
                 let mut crc = 0;

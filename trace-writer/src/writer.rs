@@ -206,6 +206,7 @@ impl Writer {
         if matches!(options.mode, Mode::Sync) && options.allocate_ahead {
             sink.map_small_records();
         }
+        sink.checksum_thread = options.checksum_thread;
         let shared = Arc::new(Shared {
             path,
             sink: Mutex::new(sink),

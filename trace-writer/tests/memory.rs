@@ -84,3 +84,23 @@ fn memory_ignores_allocate_ahead() {
     let (_, b) = record(Writer::in_memory(Metadata::new(), options(Mode::Sync)).unwrap());
     assert!(a == b);
 }
+
+#[test]
+fn the_checksum_thread_changes_no_byte() {
+    // the 2 MiB tensor is checksummed on a second thread, or on the
+    // recording thread after each write: the same file either way
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for checksum_thread in [true, false] {
+        let path = dir.path().join(format!("{checksum_thread}.tdump"));
+        let o = WriterOptions {
+            checksum_thread,
+            ..options(Mode::Sync)
+        };
+        let (_, bytes) = record(Writer::with_options(&path, Metadata::new(), o).unwrap());
+        assert_eq!(bytes, std::fs::read(&path).unwrap());
+        files.push(bytes);
+    }
+    assert!(files[0] == files[1]);
+    assert!(WriterOptions::default().checksum_thread);
+}

@@ -104,6 +104,8 @@ pub unsafe extern "C" fn td_ggml_open_with(
                 queue,
                 o.drop_when_full,
                 std::ptr::null(),
+                // llama.cpp's threads hold the cores: no checksum thread
+                false,
             )
         }?;
         Ok(td_ggml {
@@ -149,6 +151,8 @@ unsafe fn open_recorder(
             queue_bytes,
             drop_when_full,
             std::ptr::null(),
+            // llama.cpp's threads hold the cores: no checksum thread
+            false,
         )
     }?;
     Ok(td_ggml {

@@ -37,6 +37,7 @@ pub unsafe extern "C" fn td_writer_open(
                 queue_bytes,
                 drop_when_full,
                 name_regex,
+                true,
             )
         }?;
         Ok(td_writer { writer })
@@ -71,6 +72,7 @@ pub unsafe extern "C" fn td_writer_open_memory(
                 queue_bytes,
                 drop_when_full,
                 name_regex,
+                true,
             )
         }?;
         Ok(td_writer { writer })
@@ -91,6 +93,7 @@ pub(super) unsafe fn open_writer(
     queue_bytes: u64,
     drop_when_full: i32,
     name_regex: *const c_char,
+    checksum_thread: bool,
 ) -> Result<Writer, String> {
     // SAFETY: the caller's promises.
     let (path, meta, regex) = unsafe {
@@ -119,6 +122,7 @@ pub(super) unsafe fn open_writer(
     let options = WriterOptions {
         mode,
         filter,
+        checksum_thread,
         ..WriterOptions::default()
     };
     match path {
