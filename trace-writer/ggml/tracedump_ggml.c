@@ -175,7 +175,14 @@ bool tracedump_ggml_cb(struct ggml_tensor * t, bool ask, void * user_data) {
                 n_srcs = (size_t) i + 1;
             }
         }
-        return td_ggml_ask(td->rec, t, ggml_get_name(t), srcs, n_srcs) == 1;
+        /* a node that writes into memory it views (SET_ROWS, CPY into a
+         * view of the KV cache): the owner's bytes change here */
+        const void * writes = NULL;
+        if (t->view_src != NULL && t->op != GGML_OP_VIEW && t->op != GGML_OP_RESHAPE &&
+            t->op != GGML_OP_PERMUTE && t->op != GGML_OP_TRANSPOSE && t->op != GGML_OP_NONE) {
+            writes = t->view_src;
+        }
+        return td_ggml_ask_node(td->rec, t, ggml_get_name(t), srcs, n_srcs, writes) == 1;
     }
     /* the graph inputs this node reads (attn_inp_kq_mask, inp_pos...) are
      * leaves the callback never sees: record them first, whatever the

@@ -632,6 +632,26 @@ int32_t td_ggml_ask(const struct td_ggml *g,
                     size_t n_srcs);
 
 /**
+ * `td_ggml_ask`, told also what computing the node writes besides its
+ * own bytes: `writes` is `t->view_src` where the node writes into memory
+ * it views (an op other than VIEW, RESHAPE, PERMUTE, TRANSPOSE: SET_ROWS,
+ * CPY into a view of the KV cache), else null. A recorder asked only this
+ * way, with `td_ggml_set_step` called before each graph, knows when a
+ * view's owner is unchanged since it last read it in the same graph, and
+ * reads it once: a decode step's many views of one KV cache cost one
+ * pass, not one each.
+ *
+ * # Safety
+ * As `td_ggml_ask`.
+ */
+int32_t td_ggml_ask_node(const struct td_ggml *g,
+                         const void *key,
+                         const char *name,
+                         const void *const *srcs,
+                         size_t n_srcs,
+                         const void *writes);
+
+/**
  * Record one ggml tensor (see `td_ggml_node`).
  *
  * # Safety

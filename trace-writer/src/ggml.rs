@@ -62,7 +62,7 @@ use trace_format::record::crc32c;
 use trace_format::{DType, Layout, Metadata, Op};
 
 use crate::ggml_updates::Shadows;
-use crate::strided_stats::{ggml_stats, PieceCache};
+use crate::strided_stats::{ggml_stats, PieceCache, Token};
 use crate::{CaptureFilter, RecordId, TensorMeta, Writer, WriterError};
 
 /// Set (to anything) to record views' owners whole whenever they change,
@@ -153,6 +153,56 @@ struct State {
     /// Whether views' owners are recorded as updates (format 1.2).
     updates: bool,
     graphs: u64,
+    /// What the engine said it writes ([`GgmlRecorder::ask_node`]).
+    writes: WriteTracking,
+}
+
+/// Which owners' bytes changed since the recorder last read them in this
+/// graph, from what ggml said each node writes: views of an owner that
+/// nothing wrote since the last one reuse what that one found (its
+/// storage record, its pieces' statistics) instead of reading the owner
+/// again.
+#[derive(Debug, Default)]
+struct WriteTracking {
+    /// Every question came through [`GgmlRecorder::ask_node`] (a plain
+    /// [`GgmlRecorder::ask`] turns tracking off for good).
+    asked_nodes: bool,
+    plain_asks: bool,
+    /// This graph began with [`GgmlRecorder::set_step`]: a graph found
+    /// only by its repeated addresses is not trusted (memory may have
+    /// been written between graphs, outside any node).
+    stepped: bool,
+    /// Bumped at every graph.
+    epoch: u64,
+    /// Per owner (by address), writes seen in this graph.
+    gen: FxHashMap<usize, u64>,
+    /// Full dumps: the storage record holding each owner's bytes as of
+    /// (epoch, gen), and their length.
+    clean: FxHashMap<usize, (Token, RecordId, usize)>,
+    /// Stats-only: statistics of views by (owner, dtype, offset, dims
+    /// sorted by stride), as of (epoch, gen): a permutation of a view
+    /// holds the same values.
+    view_stats: FxHashMap<ViewKey, (Token, trace_format::Stats)>,
+}
+
+/// A view's values: owner, dtype, offset, (stride, extent) of its
+/// dimensions of more than one element, sorted.
+type ViewKey = (usize, u16, u64, [(u64, u64); 4]);
+
+impl WriteTracking {
+    fn new_graph(&mut self, stepped: bool) {
+        self.epoch += 1;
+        self.stepped = stepped;
+        self.gen.clear();
+        self.clean.clear();
+        self.view_stats.clear();
+    }
+
+    /// What owner `key`'s bytes are as of, when that is known.
+    fn token(&self, key: usize) -> Option<Token> {
+        (self.asked_nodes && !self.plain_asks && self.stepped)
+            .then(|| (self.epoch, self.gen.get(&key).copied().unwrap_or(0)))
+    }
 }
 
 /// What a [`GgmlRecorder`] records.
@@ -245,6 +295,7 @@ impl GgmlRecorder {
         st.graph.clear();
         st.asked.clear();
         st.graphs += 1;
+        st.writes.new_graph(true);
     }
 
     /// The step records get.
@@ -271,9 +322,32 @@ impl GgmlRecorder {
     /// on, recorded or not.
     pub fn ask(&self, key: usize, name: &str, srcs: &[usize]) -> bool {
         let mut st = self.lock();
+        st.writes.plain_asks = true;
+        self.ask_locked(&mut st, key, name, srcs)
+    }
+
+    /// [`GgmlRecorder::ask`], told also which owner computing the node
+    /// writes into besides its own bytes (`t->view_src` of a SET_ROWS, of
+    /// a CPY into a view: any op other than VIEW, RESHAPE, PERMUTE,
+    /// TRANSPOSE), `None` for none. Asked only this way, with
+    /// [`GgmlRecorder::set_step`] before each graph, the recorder reads an
+    /// owner once for all its views that no node wrote in between.
+    pub fn ask_node(&self, key: usize, name: &str, srcs: &[usize], writes: Option<usize>) -> bool {
+        let mut st = self.lock();
+        st.writes.asked_nodes = true;
+        let wanted = self.ask_locked(&mut st, key, name, srcs);
+        // the node's own bytes, and the owner it writes into, change now
+        for k in std::iter::once(key).chain(writes) {
+            *st.writes.gen.entry(k).or_insert(0) += 1;
+        }
+        wanted
+    }
+
+    fn ask_locked(&self, st: &mut State, key: usize, name: &str, srcs: &[usize]) -> bool {
         if st.asked.contains_key(&key) {
             // every node is asked about once per graph: this is a new graph
             st.asked.clear();
+            st.writes.new_graph(false);
         }
         let layer = derive_layer(
             name,
@@ -298,6 +372,7 @@ impl GgmlRecorder {
             // every node is evaluated once per graph: this is a new graph
             st.graph.clear();
             st.graphs += 1;
+            st.writes.new_graph(false);
         }
         let parents: Vec<Option<&Recorded>> = node
             .srcs
@@ -363,10 +438,38 @@ impl GgmlRecorder {
                     error,
                 })?;
             // views read memory that outlives the graph (the KV cache): its
-            // unchanged pieces are not read again
-            let cache = node.view.map(|v| (v.owner_key, &mut st.pieces));
-            let stats = ggml_stats(dtype, &node.ne, &node.nb, offset, node.data, cache)
-                .map_err(|what| tensor_error(name, what))?;
+            // unchanged pieces are not read again; a view of values another
+            // view of this graph found, nothing having written them since,
+            // takes that one's statistics
+            let token = node.view.and_then(|v| st.writes.token(v.owner_key));
+            let memo = node.view.zip(token).map(|(v, token)| {
+                let mut dims = [(0u64, 0u64); 4];
+                for (d, (&n, &b)) in dims.iter_mut().zip(node.ne.iter().zip(&node.nb)) {
+                    *d = if n > 1 { (b, n as u64) } else { (0, 0) };
+                }
+                dims.sort_unstable();
+                ((v.owner_key, dtype.id(), offset, dims), token)
+            });
+            let known = memo.as_ref().and_then(|(key, token)| {
+                st.writes
+                    .view_stats
+                    .get(key)
+                    .filter(|(t, _)| t == token)
+                    .map(|(_, s)| s.clone())
+            });
+            let stats = match known {
+                Some(stats) => stats,
+                None => {
+                    let st = &mut *st;
+                    let cache = node.view.map(|v| (v.owner_key, token, &mut st.pieces));
+                    let stats = ggml_stats(dtype, &node.ne, &node.nb, offset, node.data, cache)
+                        .map_err(|what| tensor_error(name, what))?;
+                    if let Some((key, token)) = memo {
+                        st.writes.view_stats.insert(key, (token, stats.clone()));
+                    }
+                    stats
+                }
+            };
             let Some(id) = self
                 .writer
                 .add_stats(name, dtype, layout.shape(), stats, meta)?
@@ -425,12 +528,28 @@ impl GgmlRecorder {
                     },
                 );
                 st.shadows.forget(node.key);
+                if let Some(token) = st.writes.token(node.key) {
+                    st.writes
+                        .clean
+                        .insert(node.key, (token, id, node.data.len()));
+                }
                 (id, id)
             }
             Some(v) => {
                 meta.metadata.insert("ggml.view_src", v.owner_name);
                 meta.metadata.insert("ggml.view_offs", v.offset);
-                let storage = if st.updates && st.shadows.has(v.owner_key) {
+                let token = st.writes.token(v.owner_key);
+                let clean = token.and_then(|t| {
+                    st.writes
+                        .clean
+                        .get(&v.owner_key)
+                        .filter(|c| c.0 == t && c.2 == node.data.len())
+                        .map(|c| c.1)
+                });
+                let storage = if let Some(sid) = clean {
+                    // read by a view of this graph, written by no node since
+                    sid
+                } else if st.updates && st.shadows.has(v.owner_key) {
                     // recorded before: an update with what changed (format 1.2)
                     st.shadows
                         .storage_for(&self.writer, v.owner_key, v.owner_name, node.data, name)?
@@ -469,6 +588,11 @@ impl GgmlRecorder {
                         }
                     }
                 };
+                if let Some(t) = token {
+                    st.writes
+                        .clean
+                        .insert(v.owner_key, (t, storage, node.data.len()));
+                }
                 // a view step from the first parent when both view one storage
                 if let Some(p) = first_parent.as_ref().filter(|p| p.storage == storage) {
                     if let Some(op) = view_step(node, p, offset, &layout) {

@@ -21,7 +21,19 @@ const MAX_PIECES: usize = 100_000;
 /// (about 10 GB/s against about 1.5 GB/s for the statistics).
 #[derive(Debug, Default)]
 pub(crate) struct PieceCache {
-    pieces: FxHashMap<(usize, u64, u64, u16), (u32, StatsAccumulator)>,
+    pieces: FxHashMap<(usize, u64, u64, u16), Piece>,
+}
+
+/// What an owner's bytes are as of: (graph epoch, writes seen in it).
+pub(crate) type Token = (u64, u64);
+
+#[derive(Debug)]
+struct Piece {
+    crc: u32,
+    stats: StatsAccumulator,
+    /// The owner's (epoch, writes) when the piece was last read or
+    /// checked: the same token later means no node wrote it since.
+    token: Option<Token>,
 }
 
 /// The statistics of the tensor `ne`/`nb` (ggml order, fastest first) at
@@ -33,14 +45,16 @@ pub(crate) struct PieceCache {
 /// says why not: a row outside `data`, a block type whose rows are not
 /// whole contiguous blocks, a dtype without values. With `cache` (the
 /// owner's address and the cache), contiguous runs go piece by piece
-/// through it.
+/// through it; with a token (what the owner's bytes are as of: see
+/// `ggml.rs`, `WriteTracking`), a piece last read or checked at the same
+/// token is taken without its crc.
 pub(crate) fn ggml_stats(
     dtype: DType,
     ne: &[i64; 4],
     nb: &[u64; 4],
     offset: u64,
     data: &[u8],
-    mut cache: Option<(usize, &mut PieceCache)>,
+    mut cache: Option<(usize, Option<Token>, &mut PieceCache)>,
 ) -> Result<Stats, String> {
     let ne: Vec<u64> = ne
         .iter()
@@ -104,23 +118,35 @@ pub(crate) fn ggml_stats(
     // a run at `start`: through the piece cache when there is one
     let mut push_run =
         |acc: &mut StatsAccumulator, start: u64, bytes: &[u8]| -> Result<(), String> {
-            let Some((owner, cache)) = cache.as_mut() else {
+            let Some((owner, token, cache)) = cache.as_mut() else {
                 return push_fresh(acc, bytes);
             };
+            let token = *token;
             if cache.pieces.len() > MAX_PIECES {
                 cache.pieces.clear();
             }
             let piece = (PIECE_BYTES / unit_bytes).max(1) * unit_bytes;
             for (i, p) in bytes.chunks(piece as usize).enumerate() {
                 let key = (*owner, start + i as u64 * piece, p.len() as u64, dtype.id());
-                let c = crc32c(p);
-                match cache.pieces.get(&key) {
-                    Some((kc, part)) if *kc == c => acc.merge(part),
+                if let Some(known) = cache
+                    .pieces
+                    .get(&key)
+                    .filter(|k| token.is_some() && k.token == token)
+                {
+                    acc.merge(&known.stats);
+                    continue;
+                }
+                let crc = crc32c(p);
+                match cache.pieces.get_mut(&key) {
+                    Some(k) if k.crc == crc => {
+                        k.token = token;
+                        acc.merge(&k.stats);
+                    }
                     _ => {
-                        let mut part = StatsAccumulator::new();
-                        push_fresh(&mut part, p)?;
-                        acc.merge(&part);
-                        cache.pieces.insert(key, (c, part));
+                        let mut stats = StatsAccumulator::new();
+                        push_fresh(&mut stats, p)?;
+                        acc.merge(&stats);
+                        cache.pieces.insert(key, Piece { crc, stats, token });
                     }
                 }
             }
@@ -271,12 +297,13 @@ mod tests {
                     .copy_from_slice(&[0, 0x3c, 0, 0xbc]);
             }
             let fresh = ggml_stats(DType::F16, &ne, &nb, 0, &h, None).unwrap();
-            let cached = ggml_stats(DType::F16, &ne, &nb, 0, &h, Some((7, &mut cache))).unwrap();
+            let cached =
+                ggml_stats(DType::F16, &ne, &nb, 0, &h, Some((7, None, &mut cache))).unwrap();
             assert_eq!(cache.pieces.len(), 4);
             let crcs: Vec<u32> = (0..4u64)
                 .map(|i| {
                     let len = if i == 3 { 200 } else { PIECE_BYTES };
-                    cache.pieces[&(7, i * PIECE_BYTES, len, DType::F16.id())].0
+                    cache.pieces[&(7, i * PIECE_BYTES, len, DType::F16.id())].crc
                 })
                 .collect();
             if round == 1 {
@@ -298,7 +325,7 @@ mod tests {
         // rows of 64 values 128 values apart, through the cache
         let (ne, nb) = ([64, 40, 1, 1], [2, 256, 256 * 40, 256 * 40]);
         let fresh = ggml_stats(DType::F16, &ne, &nb, 6, &h, None).unwrap();
-        let cached = ggml_stats(DType::F16, &ne, &nb, 6, &h, Some((7, &mut cache))).unwrap();
+        let cached = ggml_stats(DType::F16, &ne, &nb, 6, &h, Some((7, None, &mut cache))).unwrap();
         assert_eq!(
             (cached.count, cached.min, cached.max, cached.bytes_crc32c),
             (fresh.count, fresh.min, fresh.max, None)

@@ -303,6 +303,46 @@ pub unsafe extern "C" fn td_ggml_ask(
     .unwrap_or(0)
 }
 
+/// `td_ggml_ask`, told also what computing the node writes besides its
+/// own bytes: `writes` is `t->view_src` where the node writes into memory
+/// it views (an op other than VIEW, RESHAPE, PERMUTE, TRANSPOSE: SET_ROWS,
+/// CPY into a view of the KV cache), else null. A recorder asked only this
+/// way, with `td_ggml_set_step` called before each graph, knows when a
+/// view's owner is unchanged since it last read it in the same graph, and
+/// reads it once: a decode step's many views of one KV cache cost one
+/// pass, not one each.
+///
+/// # Safety
+/// As `td_ggml_ask`.
+#[no_mangle]
+pub unsafe extern "C" fn td_ggml_ask_node(
+    g: *const td_ggml,
+    key: *const c_void,
+    name: *const c_char,
+    srcs: *const *const c_void,
+    n_srcs: usize,
+    writes: *const c_void,
+) -> i32 {
+    // SAFETY: the caller's promises.
+    let (Some(g), Ok(name), Ok(srcs)) = (
+        unsafe { g.as_ref() },
+        unsafe { text(name, "name") },
+        unsafe { slice(srcs, n_srcs, "srcs") },
+    ) else {
+        return 0;
+    };
+    catch_unwind(AssertUnwindSafe(|| {
+        let mut keys = [0usize; 16];
+        let n = srcs.len().min(keys.len());
+        for (k, s) in keys.iter_mut().zip(srcs) {
+            *k = *s as usize;
+        }
+        let writes = (!writes.is_null()).then_some(writes as usize);
+        i32::from(g.recorder.ask_node(key as usize, name, &keys[..n], writes))
+    }))
+    .unwrap_or(0)
+}
+
 /// Record one ggml tensor (see `td_ggml_node`).
 ///
 /// # Safety
