@@ -27,23 +27,28 @@ fn word_start(name: &str, at: usize) -> bool {
         )
 }
 
-/// The first `<word><sep?><digits>` in `name` for one of `words`.
+/// The first `<word><sep?><digits>` in `name` for one of `words` (lower
+/// case; matched in any case). Byte by byte, without a lower-cased copy:
+/// the ggml recorder asks this of every node of every graph.
 fn number_after_word(name: &str, words: &[&str]) -> Option<i64> {
-    let lower = name.to_ascii_lowercase();
+    let b = name.as_bytes();
     for word in words {
-        let mut from = 0;
-        while let Some(i) = lower[from..].find(word) {
-            let at = from + i;
-            if word_start(&lower, at) {
-                let mut j = at + word.len();
-                if matches!(lower.as_bytes().get(j), Some(b'.' | b'_' | b'-')) {
-                    j += 1;
-                }
-                if let Some(n) = digits_after(&lower, j) {
-                    return Some(n);
-                }
+        let w = word.as_bytes();
+        let Some(last) = b.len().checked_sub(w.len()) else {
+            continue;
+        };
+        for at in 0..=last {
+            // an ASCII match: `at` and its end are char boundaries
+            if !word_start(name, at) || !b[at..at + w.len()].eq_ignore_ascii_case(w) {
+                continue;
             }
-            from = at + word.len();
+            let mut j = at + w.len();
+            if matches!(b.get(j), Some(b'.' | b'_' | b'-')) {
+                j += 1;
+            }
+            if let Some(n) = digits_after(name, j) {
+                return Some(n);
+            }
         }
     }
     None
