@@ -249,6 +249,13 @@ int main(int argc, char ** argv) {
     snprintf(path2, sizeof path2, "%s.ggml-default.tdump", argv[1]);
     g = td_ggml_open_with(path2, NULL, NULL, 0, NULL); /* NULL options: everything */
     CHECK(g != NULL && td_ggml_ask(g, &k0, "kq-0", NULL, 0) == 1 && td_ggml_close(g) == TD_OK);
+    /* asked with what a node writes: the same answers */
+    g = td_ggml_open_with(path2, NULL, NULL, 0, NULL);
+    CHECK(g != NULL && td_ggml_set_step(g, 0) == TD_OK);
+    CHECK(td_ggml_ask_node(g, &k0, "kq-0", NULL, 0, NULL) == 1);
+    CHECK(td_ggml_ask_node(g, &d0, "node_8", from_k0, 1, &k0) == 1);
+    CHECK(td_ggml_ask_node(NULL, &d0, "node_8", NULL, 0, NULL) == 0);
+    CHECK(td_ggml_close(g) == TD_OK);
 
     /* 9. in memory: the trace's bytes handed back, written out for check_capi.py */
     uint8_t * bytes = NULL;
