@@ -46,13 +46,13 @@ MIB = 1 << 20
 # TinyLlama 1.1B's width
 HIDDEN, N_HEAD, N_HEAD_KV, HEAD_DIM, N_FF, N_VOCAB = 2048, 32, 4, 64, 5632, 32000
 # layers (TinyLlama has 22): with 4 the whole scenario (6 contenders x 2
-# contexts x 9 rounds, and a run alone per contender) takes 137 s on this
+# contexts x 11 rounds, and a run alone per contender) takes 157 s on this
 # 2-core machine at load average 1.5 (bench/README.md), under the 3 minutes
 # it may take; 4 is also the model of issue 21's figures
 LAYERS = 4
-# rounds: medians of 9 interleaved runs hold a verdict to about 2% on this
+# rounds: medians of 11 interleaved runs hold a verdict to about 2% on this
 # machine, where single runs drift by 10% (bench/README.md, "engine cost")
-ROUNDS = 9
+ROUNDS = 11
 PROMPT, STEPS = 128, 32
 SEED = 0
 # bump when the model writer changes: the cached model is rebuilt
@@ -459,7 +459,7 @@ def main(argv=None):
     many.add_argument("--copy-cb", required=True)
     ap.add_argument("--layers", type=int, default=None, help=f"model layers (default {LAYERS}; --quick: 2)")
     ap.add_argument("--quant", choices=("q8_0", "q4_0"), default="q8_0")
-    ap.add_argument("--rounds", "--repeat", type=int, default=None, help="rounds (default 9; --quick: 1)")
+    ap.add_argument("--rounds", "--repeat", type=int, default=None, help="rounds (default 11; --quick: 1)")
     ap.add_argument("--n-ctx", default=None, help="comma-separated contexts (default 512,2048)")
     ap.add_argument("--scale", type=float, default=None,
                     help="model width as a fraction of TinyLlama's (default 1; --quick: 0.05)")
