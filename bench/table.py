@@ -122,6 +122,12 @@ def also(row):
     return "; ".join(f"{o['label']}: {fmt(o['value'], o['unit'])}" for o in row["others"])
 
 
+def engine_rounds(report):
+    """', engine cost N' when the engine rows ran their own number of rounds."""
+    n = sorted({r["rounds"] for r in report["rows"] if r.get("part") == "engine" and r.get("rounds")})
+    return f", engine cost {'/'.join(map(str, n))}" if n and n != [report["repeat"]] else ""
+
+
 def machine_line(report):
     m = report["machine"]
     v = report["versions"]
@@ -129,7 +135,7 @@ def machine_line(report):
     return (f"{report['date']} | {m['cores']} cores, {m['memory_gib']} GiB RAM, {m['cpu']}, {m['os']}, "
             f"scratch on {m['scratch_fs']}, load average {load} at the end | "
             f"scale {report['scale']}, median of {report['repeat']} rounds (writes and opens "
-            f"{2 * report['repeat'] + 1}), contenders in a random order each round | "
+            f"{2 * report['repeat'] + 1}{engine_rounds(report)}), contenders in a random order each round | "
             f"torch {v.get('torch')} ({v.get('torch_threads')} threads), "
             f"safetensors {v.get('safetensors')}, numpy {v.get('numpy')}")
 
