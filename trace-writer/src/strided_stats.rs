@@ -22,7 +22,9 @@ const MAX_PIECES: usize = 100_000;
 /// which every decode step views whole and changes by a row), by owner
 /// address, offset, length and dtype, with the pieces' crc32c: a piece
 /// whose bytes have not changed is not read twice, only checksummed
-/// (about 10 GB/s against about 1.5 GB/s for the statistics).
+/// (crc32c: about 20 GB/s on one core; the statistics of f16 values,
+/// converted, about 6 GB/s), or not even that when the recorder knows no
+/// node wrote the owner since the piece was last read (its token).
 #[derive(Debug, Default)]
 pub(crate) struct PieceCache {
     pieces: FxHashMap<(usize, u64, u64, u16), Piece>,
