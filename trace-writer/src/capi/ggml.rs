@@ -285,6 +285,23 @@ pub unsafe extern "C" fn td_ggml_ask(
     n_srcs: usize,
 ) -> i32 {
     // SAFETY: the caller's promises.
+    unsafe { ask(g, key, name, srcs, n_srcs, None) }
+}
+
+/// Both asks: `writes` `None` for a plain `td_ggml_ask`, else what the
+/// node writes (`Some(None)`: nothing besides its own bytes).
+///
+/// # Safety
+/// As `td_ggml_ask`.
+unsafe fn ask(
+    g: *const td_ggml,
+    key: *const c_void,
+    name: *const c_char,
+    srcs: *const *const c_void,
+    n_srcs: usize,
+    writes: Option<Option<usize>>,
+) -> i32 {
+    // SAFETY: the caller's promises.
     let (Some(g), Ok(name), Ok(srcs)) = (
         unsafe { g.as_ref() },
         unsafe { text(name, "name") },
@@ -298,7 +315,11 @@ pub unsafe extern "C" fn td_ggml_ask(
         for (k, s) in keys.iter_mut().zip(srcs) {
             *k = *s as usize;
         }
-        i32::from(g.recorder.ask(key as usize, name, &keys[..n]))
+        let (key, keys) = (key as usize, &keys[..n]);
+        i32::from(match writes {
+            None => g.recorder.ask(key, name, keys),
+            Some(writes) => g.recorder.ask_node(key, name, keys, writes),
+        })
     }))
     .unwrap_or(0)
 }
@@ -323,24 +344,9 @@ pub unsafe extern "C" fn td_ggml_ask_node(
     n_srcs: usize,
     writes: *const c_void,
 ) -> i32 {
+    let writes = (!writes.is_null()).then_some(writes as usize);
     // SAFETY: the caller's promises.
-    let (Some(g), Ok(name), Ok(srcs)) = (
-        unsafe { g.as_ref() },
-        unsafe { text(name, "name") },
-        unsafe { slice(srcs, n_srcs, "srcs") },
-    ) else {
-        return 0;
-    };
-    catch_unwind(AssertUnwindSafe(|| {
-        let mut keys = [0usize; 16];
-        let n = srcs.len().min(keys.len());
-        for (k, s) in keys.iter_mut().zip(srcs) {
-            *k = *s as usize;
-        }
-        let writes = (!writes.is_null()).then_some(writes as usize);
-        i32::from(g.recorder.ask_node(key as usize, name, &keys[..n], writes))
-    }))
-    .unwrap_or(0)
+    unsafe { ask(g, key, name, srcs, n_srcs, Some(writes)) }
 }
 
 /// Record one ggml tensor (see `td_ggml_node`).
