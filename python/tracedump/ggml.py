@@ -244,8 +244,14 @@ class Capture:
 
         lib = ctypes.CDLL(str(adapter_library()))
         Options = _options_struct()
-        lib.tracedump_ggml_open_with.restype = ctypes.c_void_p
-        lib.tracedump_ggml_open_with.argtypes = [ctypes.c_char_p, ctypes.POINTER(Options)]
+        lib.tracedump_ggml_open_meta.restype = ctypes.c_void_p
+        lib.tracedump_ggml_open_meta.argtypes = [
+            ctypes.c_char_p,
+            ctypes.POINTER(Options),
+            ctypes.POINTER(ctypes.c_char_p),
+            ctypes.POINTER(ctypes.c_char_p),
+            ctypes.c_size_t,
+        ]
         lib.tracedump_ggml_step.argtypes = [ctypes.c_void_p, ctypes.c_int64]
         lib.tracedump_ggml_close.argtypes = [ctypes.c_void_p]
         lib.tracedump_ggml_errors.argtypes = [ctypes.c_void_p]
@@ -267,7 +273,12 @@ class Capture:
                 keep.append(arr)
                 setattr(opts, field, ctypes.cast(arr, ctypes.POINTER(ctypes.c_int64)))
                 setattr(opts, "n_" + field, len(values))
-        td = lib.tracedump_ggml_open_with(self.path.encode(), ctypes.byref(opts))
+        # the build that runs (its SIMD: how ggml sums a dot product), for
+        # tracedump.reference.attention's emulation of its kernels
+        run_meta = {"ggml.system_info": llama_cpp.llama_print_system_info().decode(errors="replace")}
+        keys = (ctypes.c_char_p * len(run_meta))(*(k.encode() for k in run_meta))
+        values = (ctypes.c_char_p * len(run_meta))(*(v.encode() for v in run_meta.values()))
+        td = lib.tracedump_ggml_open_meta(self.path.encode(), ctypes.byref(opts), keys, values, len(run_meta))
         if not td:
             raise RuntimeError(f"{self.path}: the ggml recorder could not open it (see stderr)")
         self._lib, self._td = lib, td

@@ -158,6 +158,9 @@ def test_llama_cpp_python_capture(runs, tmp_path):
     assert cap.records > 100
     t = tracedump.open(path)
     assert t.verify().ok and sorted({x.step for x in t.values()}) == [0, 1]
+    # the build that ran, for the reference's emulation of its kernels
+    assert t.metadata["engine"] == "ggml"
+    assert t.metadata["ggml.system_info"] == llama_cpp.llama_print_system_info().decode()
     for step, n_tok in ((0, 6), (1, 1)):
         r = tracedump.reference.attention(t, 0, step, round_q="ggml")
         assert r.dims["n_tokens"] == n_tok and r.metrics["sdpa"]["max_rel"] <= 1e-3

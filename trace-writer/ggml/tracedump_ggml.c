@@ -19,20 +19,43 @@ struct tracedump_ggml {
     size_t scratch_len;
 };
 
-struct tracedump_ggml * tracedump_ggml_open_with(const char * path, const td_ggml_options * opts) {
-    struct tracedump_ggml * td = calloc(1, sizeof *td);
-    if (!td) {
+struct tracedump_ggml * tracedump_ggml_open_meta(const char * path, const td_ggml_options * opts,
+                                                 const char * const * keys, const char * const * values,
+                                                 size_t n) {
+    if (n > 0 && (keys == NULL || values == NULL)) {
+        fprintf(stderr, "tracedump_ggml_open: %zu metadata pairs without keys or values\n", n);
         return NULL;
     }
-    const char * keys[] = {"engine", "ggml.adapter"};
-    const char * values[] = {"ggml", "tracedump_ggml.c"};
-    td->rec = td_ggml_open_with(path, keys, values, 2, opts);
+    struct tracedump_ggml * td = calloc(1, sizeof *td);
+    const char ** all_keys = calloc(n + 2, sizeof *all_keys);
+    const char ** all_values = calloc(n + 2, sizeof *all_values);
+    if (!td || !all_keys || !all_values) {
+        free(td);
+        free(all_keys);
+        free(all_values);
+        return NULL;
+    }
+    all_keys[0] = "engine";
+    all_values[0] = "ggml";
+    all_keys[1] = "ggml.adapter";
+    all_values[1] = "tracedump_ggml.c";
+    for (size_t i = 0; i < n; i++) {
+        all_keys[i + 2] = keys[i];
+        all_values[i + 2] = values[i];
+    }
+    td->rec = td_ggml_open_with(path, all_keys, all_values, n + 2, opts);
+    free(all_keys);
+    free(all_values);
     if (!td->rec) {
         fprintf(stderr, "tracedump_ggml_open: %s\n", td_last_error());
         free(td);
         return NULL;
     }
     return td;
+}
+
+struct tracedump_ggml * tracedump_ggml_open_with(const char * path, const td_ggml_options * opts) {
+    return tracedump_ggml_open_meta(path, opts, NULL, NULL, 0);
 }
 
 struct tracedump_ggml * tracedump_ggml_open(const char * path, const char * name_regex) {

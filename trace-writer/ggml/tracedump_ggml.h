@@ -36,6 +36,7 @@
 #define TRACEDUMP_GGML_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "tracedump.h"
@@ -54,6 +55,15 @@ struct tracedump_ggml * tracedump_ggml_open(const char * path, const char * name
 /* Open `path` with options (NULL: everything, full bytes, sync mode; see
  * td_ggml_options in tracedump.h). NULL on error (it is printed to stderr). */
 struct tracedump_ggml * tracedump_ggml_open_with(const char * path, const td_ggml_options * opts);
+
+/* tracedump_ggml_open_with, and `n` run metadata pairs beside the adapter's
+ * own (engine, ggml.adapter): what a reader needs to know about the build
+ * that ran, e.g. "ggml.system_info" = llama_print_system_info(), which
+ * tracedump.reference.attention reads to sum K·Q in the order of ggml's
+ * SIMD vec_dot. The strings are copied. */
+struct tracedump_ggml * tracedump_ggml_open_meta(const char * path, const td_ggml_options * opts,
+                                                 const char * const * keys, const char * const * values,
+                                                 size_t n);
 
 /* Tag the records of the next graph(s) with `step` (a decode call). */
 void tracedump_ggml_step(struct tracedump_ggml * td, int64_t step);
