@@ -11,7 +11,12 @@ tiled kernel keeps it in f32 was 2.4e-3 off. ``r.ggml`` /
 ``r.metrics["ggml"]`` emulates the kernel llama.cpp ran (the one-chunk
 kernel, the tiled one for 64+ query tokens, the split-KV one for a single
 token over 512+ cached positions, or SOFT_MAX and MUL_MATs without flash
-attention) and stays within 1e-3 on every seed, layer and step.
+attention) and stays within 1e-3 on every seed, layer and step. Its K·Q
+sums follow the build's ggml_vec_dot_f16 (the SIMD width from the trace's
+ggml.system_info): exact math rounded once differs from them in the last
+f32 bit now and then, enough to flip an f16 rounding of the V accumulator
+(3.5e-4 on seed 0 of an AVX2 build); with that order the emulation is
+exact, and the last test checks the order against ggml's own vec_dot.
 
 Needs llama-cpp-python (tests/llama/requirements.txt) and a C compiler (the
 adapter that tracedump.ggml.capture compiles on first use).
@@ -145,3 +150,55 @@ def test_long_context_kernels(models, tmp_path):
             r = tracedump.reference.attention(t, layer, step, round_q="ggml")
             assert any("the softmax rounded to f16" in n for n in r.notes), r.notes
             assert r.metrics["ggml"]["max_rel"] <= 1e-3, (step, layer, r.metrics)
+
+
+def test_dot_order_is_ggml_vec_dot_f16s_bit_for_bit():
+    """The K·Q sums the emulation makes, against the build's own
+    ggml_vec_dot_f16 (ggml-cpu.h: ggml_get_type_traits_cpu(GGML_TYPE_F16)->vec_dot),
+    called through ctypes on random f16 rows of several head sizes (whole SIMD
+    steps, a step and a rest, less than a step): every sum bit for bit."""
+    import ctypes
+
+    import numpy as np
+    import torch
+
+    from tracedump.reference._kernels import _ggml_dot_f16, _ggml_simd
+
+    lc = llama_cpp()
+    lib = ctypes.CDLL(str(Path(lc.__file__).resolve().parent / "lib" / "libggml-cpu.so"))
+    vec_dot_t = ctypes.CFUNCTYPE(
+        None, ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t,
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+    )
+
+    class Traits(ctypes.Structure):  # struct ggml_type_traits_cpu, ggml-cpu.h
+        _fields_ = [("from_float", ctypes.c_void_p), ("vec_dot", vec_dot_t),
+                    ("vec_dot_type", ctypes.c_int), ("nrows", ctypes.c_int64)]
+
+    lib.ggml_cpu_init.restype = None
+    lib.ggml_cpu_init()
+    lib.ggml_get_type_traits_cpu.restype = ctypes.POINTER(Traits)
+    lib.ggml_get_type_traits_cpu.argtypes = [ctypes.c_int]
+    vec_dot = lib.ggml_get_type_traits_cpu(lc.GGML_TYPE_F16).contents.vec_dot
+    simd = _ggml_simd(lc.llama_print_system_info().decode())
+    assert simd is not None, lc.llama_print_system_info()
+
+    rng = np.random.default_rng(7)
+    order_mattered = 0
+    for d in (16, 32, 40, 64, 80, 96, 128, 256):
+        q = rng.normal(0, 1, (1, 200, d)).astype(np.float16)
+        k = rng.normal(0, 1, (1, 300, d)).astype(np.float16)
+        ours = _ggml_dot_f16(torch.from_numpy(q).double(), torch.from_numpy(k).double(), simd)
+        exact = torch.matmul(torch.from_numpy(q).double(), torch.from_numpy(k).double().transpose(-1, -2))
+        exact = exact.to(torch.float32).double()
+        theirs = np.empty((200, 300), dtype=np.float32)
+        out = ctypes.c_float()
+        for i in range(200):
+            for j in range(300):
+                vec_dot(d, ctypes.byref(out), 0, q[0, i].ctypes.data, 0, k[0, j].ctypes.data, 0, 1)
+                theirs[i, j] = out.value
+        assert np.array_equal(ours[0].numpy().astype(np.float32), theirs), (d, simd)
+        order_mattered += int((exact[0].numpy().astype(np.float32) != theirs).sum())
+    # the exact sum would not do: the test tells the orders apart (on a
+    # SIMD build; a scalar one sums in double, which rounds like the exact sum)
+    assert order_mattered > 0 or simd[0] == "scalar", simd

@@ -273,7 +273,13 @@ def attention(
         without flash attention (SOFT_MAX and MUL_MATs) the softmax is rounded
         to V's vec_dot type (f16 for an f16 V) before its product with V;
         otherwise (f32 or dequantized V, the tiled kernel) ``ggml`` is the
-        exact result in f32. The notes say which kernel was emulated.
+        exact result in f32. FLASH_ATTN_EXT's K·Q dot products are summed in
+        the order of the build's ggml_vec_dot_f16 (AVX/AVX2: 8 f32 lanes x 4
+        accumulators; AVX-512: 16 x 4; the values past the last whole step in
+        double), read from the trace's ``ggml.system_info`` run metadata
+        (``tracedump.ggml.capture`` records it); without it, or for another
+        SIMD (NEON...), they are exact sums rounded to f32. The notes say
+        which kernel and which order were emulated.
     ggml_threads: the ggml thread count of the recorded step (llama.cpp's
         ``n_threads`` for a one-token batch). Only FLASH_ATTN_EXT's split-KV
         kernel (one query token, batch 1, n_kv >= 512, f16 K and V) depends
@@ -459,7 +465,8 @@ def attention(
     ggml_out = None
     if round_q == "ggml":
         ggml_out = _ggml_attention(
-            path, qa, k_full, v_full, add_mask, scale, softcap, operands["v"].dtype, ggml_threads, naive, notes
+            path, qa, k_full, v_full, add_mask, scale, softcap, operands["v"].dtype, ggml_threads, naive, notes,
+            _run_metadata(trace).get("ggml.system_info"),
         )
 
     engine = arranged["out"].to(torch.float64) if "out" in arranged else None
@@ -513,6 +520,12 @@ def attention(
         notes=notes,
         ggml=ggml_out,
     )
+
+
+def _run_metadata(trace) -> Dict[str, Any]:
+    """The trace's run metadata (a dict), or none."""
+    md = getattr(trace, "metadata", None)
+    return md if isinstance(md, dict) else {}
 
 
 def _operand_mask(spec, trace):

@@ -43,6 +43,83 @@ def _ggml_fa_path(n_tok: int, batch: int, n_kv: int, qd: str, kd: str, vd: str) 
     return "fa_one_chunk"
 
 
+def _ggml_simd(system_info: Optional[str]):
+    """How the recorded build's ggml_vec_dot_f16 sums (ggml-cpu/vec.cpp,
+    simd-mappings.h), from its ``llama_print_system_info()``: ``("avx512",
+    16)`` (__AVX512F__: 16-lane f32 vectors), ``("avx", 8)`` (__AVX__ or
+    __AVX2__: 8 lanes), both with 4 accumulators over steps of 4 vectors;
+    ``("scalar", 0)`` for a build without x86 SIMD flags; None when unknown
+    (no system info, or another SIMD: NEON, SVE, RISC-V V...)."""
+    if not system_info:
+        return None
+    flags = {}
+    for part in system_info.replace("\n", "|").split("|"):
+        if "=" in part:
+            k, _, v = part.partition("=")
+            flags[k.strip().rsplit(" ", 1)[-1].upper()] = v.strip()
+    on = {k for k, v in flags.items() if v == "1"}
+    if "AVX512" in on:
+        return ("avx512", 16)
+    if "AVX" in on or "AVX2" in on:
+        return ("avx", 8)
+    if not on & {"NEON", "ARM_FMA", "SVE", "RISCV_V", "VSX", "WASM_SIMD", "LASX", "LSX", "VXE", "SSE3"}:
+        return ("scalar", 0)
+    return None
+
+
+def _ggml_dot_f16(q, k, simd):
+    """q·k as ggml_vec_dot_f16 sums it, float64 tensors holding the f16
+    values of q ``[.., t, d]`` and k ``[.., s, d]``: ``[.., t, s]`` holding
+    f32 values. Products of two f16 values are exact in f32, so only the
+    order of the sums matters: per 4·lanes values, lane j of accumulator a
+    adds q[i+a·lanes+j]·k[..] (f32); the accumulators are added (0+2, 1+3,
+    then 0+1), then the lanes (AVX: j+4, then adjacent pairs twice;
+    AVX-512's _mm512_reduce_add_ps: j+8, j+4, j+2, j+1), all in f32; the
+    values past the last whole step are added one by one in double, and the
+    sum is rounded to f32. ``simd`` scalar: every value one by one in double;
+    None (unknown): the exact sum, rounded."""
+    import torch
+
+    if simd is None:
+        return _f32(torch.matmul(q, k.transpose(-1, -2)))
+    d = q.shape[-1]
+    lanes = simd[1]
+    step = 4 * lanes
+    whole = d - d % step if step else 0
+    kt = k.transpose(-1, -2)
+
+    def product(c):
+        return q[..., c : c + 1] * kt[..., c : c + 1, :]
+
+    if not whole:
+        total = torch.zeros(q.shape[:-1] + kt.shape[-1:], dtype=torch.float64)
+        for c in range(d):
+            total = total + product(c)  # double, one by one
+        return _f32(total)
+
+    lane_sums = []
+    for j in range(lanes):
+        acc = []
+        for a in range(4):
+            x = None
+            for i in range(0, whole, step):
+                p = product(i + a * lanes + j)
+                x = p if x is None else _f32(x + p)
+            acc.append(x)
+        lane_sums.append(_f32(_f32(acc[0] + acc[2]) + _f32(acc[1] + acc[3])))
+    while len(lane_sums) > 1:
+        half = len(lane_sums) // 2
+        lane_sums = [_f32(lane_sums[j] + lane_sums[j + half]) for j in range(half)]
+        if simd[0] == "avx" and half == 4:
+            # _mm_hadd_ps twice: adjacent pairs, then the two pair sums
+            t = lane_sums
+            lane_sums = [_f32(_f32(t[0] + t[1]) + _f32(t[2] + t[3]))]
+    total = lane_sums[0]
+    for c in range(whole, d):
+        total = total + product(c)  # double, one by one
+    return _f32(total)
+
+
 def _f32(x):
     import torch
 
@@ -55,7 +132,7 @@ def _f16(x):
     return x.to(torch.float32).to(torch.float16).to(torch.float64)
 
 
-def _ggml_fa_f16(q, k, v, mask, scale: float, softcap: Optional[float], n_chunks: int):
+def _ggml_fa_f16(q, k, v, mask, scale: float, softcap: Optional[float], n_chunks: int, simd=None):
     """ggml_compute_forward_flash_attn_ext_f16_one_chunk with an f16 V, float64
     tensors holding the f32/f16 values ggml holds. q ``[b, h, t, d]`` (already
     converted to K's vec_dot type), k/v ``[b, h, s, d]`` (GQA repeated), mask
@@ -67,6 +144,7 @@ def _ggml_fa_f16(q, k, v, mask, scale: float, softcap: Optional[float], n_chunks
     to f16 per step); out = f32(VKQ) * (1/S). With ``n_chunks`` > 1 (the split-KV
     path, one chunk of ceil(s/n_chunks) keys per thread) each chunk does that
     from scratch and the chunks are merged in f32 (ggml_flash_attn_ext_reduce_partials).
+    ``simd`` (:func:`_ggml_simd`): the order of q·k's sums.
     """
     import torch
 
@@ -78,7 +156,7 @@ def _ggml_fa_f16(q, k, v, mask, scale: float, softcap: Optional[float], n_chunks
     q, k, v = (x.to(f64) for x in (q, k, v))
     b, h, t, _ = q.shape
     n_kv, dv = k.shape[2], v.shape[-1]
-    s = _f32(torch.matmul(q, k.transpose(-1, -2)))  # ggml_vec_dot_f16 & co: an f32 sum
+    s = _ggml_dot_f16(q, k, simd)  # ggml_vec_dot_f16, in the build's order
     if softcap:
         sc = float(torch.tensor(scale, dtype=torch.float32) / torch.tensor(softcap, dtype=torch.float32))
         s = _f32(softcap * torch.tanh(_f32(s * sc)))
@@ -131,7 +209,7 @@ def _ggml_fa_f16(q, k, v, mask, scale: float, softcap: Optional[float], n_chunks
     return _f32(Vf * inv.unsqueeze(-1)).to(torch.float32)
 
 
-def _ggml_attention(path, q, k, v, mask, scale, softcap, vd: str, threads, naive, notes: List[str]):
+def _ggml_attention(path, q, k, v, mask, scale, softcap, vd: str, threads, naive, notes: List[str], system_info=None):
     """The output of ggml's CPU kernel for ``path`` (see :func:`attention`), float32, or None."""
     import torch
 
@@ -177,9 +255,28 @@ def _ggml_attention(path, q, k, v, mask, scale, softcap, vd: str, threads, naive
             f"ggml: FLASH_ATTN_EXT's split-KV kernel on {threads} threads: f16 V accumulation per chunk of "
             f"{-(-k.shape[2] // threads)} keys, chunks merged in f32"
         )
-        return _ggml_fa_f16(q, k, v, mask, scale, softcap, int(threads))
+        return _ggml_fa_f16(q, k, v, mask, scale, softcap, int(threads), _dot_order(system_info, notes))
     notes.append("ggml: FLASH_ATTN_EXT with an f16 V: V·softmax accumulated in f16, key by key")
-    return _ggml_fa_f16(q, k, v, mask, scale, softcap, 1)
+    return _ggml_fa_f16(q, k, v, mask, scale, softcap, 1, _dot_order(system_info, notes))
+
+
+def _dot_order(system_info: Optional[str], notes: List[str]):
+    """The build's SIMD for FLASH_ATTN_EXT's q·k (:func:`_ggml_simd`), with a note."""
+    simd = _ggml_simd(system_info)
+    if simd is None:
+        why = "the trace does not say" if not system_info else "not an x86-64 build"
+        notes.append(
+            f"ggml: K·Q summed exactly, then rounded to f32: the order of ggml's SIMD sums is unknown ({why}; "
+            "tracedump.ggml.capture records ggml.system_info)"
+        )
+    elif simd[0] == "scalar":
+        notes.append("ggml: K·Q summed one by one in double (a build without SIMD), rounded to f32")
+    else:
+        notes.append(
+            f"ggml: K·Q summed as {simd[0].upper()} ggml_vec_dot_f16 does: {simd[1]} f32 lanes x 4 accumulators, "
+            "the rest in double (ggml.system_info)"
+        )
+    return simd
 
 
 def _arrange_mask(m, n_tokens: int, n_kv: int):
