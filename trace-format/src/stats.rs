@@ -78,9 +78,31 @@ impl StatsAccumulator {
         }
     }
 
+    /// Add f16 values, by their bits: the same statistics as
+    /// [`push_f32s`](Self::push_f32s) of the values converted to f32 (in
+    /// the same chunks), in one pass (F16C converts in the loop where the
+    /// CPU has it).
+    pub(crate) fn push_f16_bits(&mut self, bits: &[u16]) {
+        for chunk in bits.chunks(CHUNK) {
+            let Some(&first) = chunk.first() else {
+                continue;
+            };
+            let k = f64::from(half::f16::from_bits(first).to_f32());
+            let sums = crate::stats_kernel::chunk_sums_f16(chunk, k);
+            if sums.special {
+                for &b in chunk {
+                    self.push(f64::from(half::f16::from_bits(b).to_f32()));
+                }
+                continue;
+            }
+            self.merge_finite_chunk(chunk.len(), k, &sums);
+        }
+    }
+
     /// Add little-endian values of `dtype` (any length: a trailing partial
-    /// element is ignored): f32, f16 and bf16 through
-    /// [`push_f32s`](Self::push_f32s), other scalar dtypes value by value.
+    /// element is ignored): f32, f16 and bf16 as
+    /// [`push_f32s`](Self::push_f32s) of their values (f16 converted in the
+    /// statistics' own pass), other scalar dtypes value by value.
     /// `false` (nothing added) for a dtype with no scalar decoding (block
     /// types: dequantize first).
     pub fn push_bytes(&mut self, dtype: DType, bytes: &[u8]) -> bool {
@@ -104,37 +126,30 @@ impl StatsAccumulator {
                     self.push_f32s(&buf[..n]);
                 }
             }
-            DType::F16 | DType::BF16 => {
-                let n_all = (bytes.len() / 2).min(CHUNK);
-                buf.resize(n_all, 0f32);
-                let mut bits = Vec::new();
+            DType::F16 => {
+                // the bytes as they lie where they are aligned, else a copy
+                // a chunk at a time
+                #[cfg(target_endian = "little")]
+                if let Ok(bits) = bytemuck::try_cast_slice::<u8, u16>(&bytes[..bytes.len() / 2 * 2])
+                {
+                    self.push_f16_bits(bits);
+                    return true;
+                }
+                let mut bits = vec![0u16; (bytes.len() / 2).min(CHUNK)];
                 for c in bytes.chunks(CHUNK * 2) {
                     let n = c.len() / 2;
-                    // the bytes as they lie where they are aligned
-                    #[cfg(target_endian = "little")]
-                    let aligned = bytemuck::try_cast_slice::<u8, u16>(&c[..n * 2]).ok();
-                    #[cfg(not(target_endian = "little"))]
-                    let aligned: Option<&[u16]> = None;
-                    let bits: &[u16] = match aligned {
-                        Some(b) => b,
-                        None => {
-                            bits.resize(n_all, 0u16);
-                            for (d, s) in bits[..n].iter_mut().zip(c.chunks_exact(2)) {
-                                *d = u16::from_le_bytes([s[0], s[1]]);
-                            }
-                            &bits[..n]
-                        }
-                    };
-                    if dtype == DType::F16 {
-                        // F16C where the CPU has it (half picks at run time)
-                        half::slice::HalfFloatSliceExt::convert_to_f32_slice(
-                            bytemuck::cast_slice::<u16, half::f16>(bits),
-                            &mut buf[..n],
-                        );
-                    } else {
-                        for (d, &b) in buf[..n].iter_mut().zip(bits) {
-                            *d = f32::from_bits(u32::from(b) << 16);
-                        }
+                    for (d, s) in bits[..n].iter_mut().zip(c.chunks_exact(2)) {
+                        *d = u16::from_le_bytes([s[0], s[1]]);
+                    }
+                    self.push_f16_bits(&bits[..n]);
+                }
+            }
+            DType::BF16 => {
+                buf.resize((bytes.len() / 2).min(CHUNK), 0f32);
+                for c in bytes.chunks(CHUNK * 2) {
+                    let n = c.len() / 2;
+                    for (d, s) in buf[..n].iter_mut().zip(c.chunks_exact(2)) {
+                        *d = f32::from_bits(u32::from(u16::from_le_bytes([s[0], s[1]])) << 16);
                     }
                     self.push_f32s(&buf[..n]);
                 }
