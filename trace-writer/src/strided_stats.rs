@@ -183,11 +183,32 @@ pub(crate) fn ggml_stats(
         return Ok(acc.finish((!cached && whole).then(|| crc32c(bytes))));
     }
     let size = unit_bytes as usize;
+    // rows read afresh, short ones above all (a transposed V cache's rows
+    // are its cells): gathered into whole chunks of the statistics, so that
+    // each costs a copy rather than a pass of its own, and the values group
+    // as the same values read in one run would
+    let gather_rows = row_contiguous && !cached && !dtype.is_block();
+    let chunk_bytes = trace_format::stats::CHUNK * size;
+    let mut gathered: Vec<u8> = Vec::new();
+    if gather_rows {
+        gathered.reserve(chunk_bytes.min((row_bytes * ne[1] * ne[2] * ne[3]) as usize));
+    }
     for i3 in 0..ne[3] {
         for i2 in 0..ne[2] {
             for i1 in 0..ne[1] {
                 let start = offset + i1 * nb[1] + i2 * nb[2] + i3 * nb[3];
-                if row_contiguous {
+                if gather_rows {
+                    let mut row = span(start, row_bytes)?;
+                    while !row.is_empty() {
+                        let take = (chunk_bytes - gathered.len()).min(row.len());
+                        gathered.extend_from_slice(&row[..take]);
+                        row = &row[take..];
+                        if gathered.len() == chunk_bytes {
+                            push_run(&mut acc, 0, &gathered)?;
+                            gathered.clear();
+                        }
+                    }
+                } else if row_contiguous {
                     push_run(&mut acc, start, span(start, row_bytes)?)?;
                 } else if dtype.is_block() {
                     return Err(format!("{dtype} rows with a stride of {} bytes", nb[0]));
@@ -203,6 +224,9 @@ pub(crate) fn ggml_stats(
                 }
             }
         }
+    }
+    if !gathered.is_empty() {
+        push_run(&mut acc, 0, &gathered)?;
     }
     Ok(acc.finish(None))
 }
@@ -315,6 +339,41 @@ mod tests {
         let e = ggml_stats(DType::F32, &[4, 3, 2, 1], &[4, 16, 48, 96], 8, &b, None).unwrap_err();
         assert!(e.contains("outside the 96 bytes"), "{e}");
         assert!(ggml_stats(DType::Q8_0, &[32, 2, 1, 1], &[68, 34, 68, 68], 0, &q, None).is_err());
+    }
+
+    /// A transposed f16 V cache's view (rows of a few cells, a stride of the
+    /// whole context): its short rows, gathered into whole chunks, give the
+    /// statistics of the same values read in one run, bit for bit.
+    #[test]
+    fn short_rows_group_as_one_run() {
+        let (n_ctx, rows, n_kv) = (512u64, 300u64, 37u64);
+        let cache: Vec<u8> = (0..n_ctx * rows)
+            .flat_map(|i| {
+                half::f16::from_f32(((i * 7919) % 1013) as f32 / 9.0 - 50.0).to_le_bytes()
+            })
+            .collect();
+        let s = ggml_stats(
+            DType::F16,
+            &[n_kv as i64, rows as i64, 1, 1],
+            &[2, n_ctx * 2, 0, 0],
+            6,
+            &cache,
+            None,
+        )
+        .unwrap();
+        let run: Vec<u8> = (0..rows)
+            .flat_map(|r| {
+                let at = (6 + r * n_ctx * 2) as usize;
+                cache[at..at + n_kv as usize * 2].to_vec()
+            })
+            .collect();
+        let mut one = StatsAccumulator::new();
+        assert!(one.push_bytes(DType::F16, &run));
+        let w = one.finish(None);
+        assert_eq!(
+            (s.count, s.min, s.max, s.mean.to_bits(), s.std.to_bits()),
+            (w.count, w.min, w.max, w.mean.to_bits(), w.std.to_bits())
+        );
     }
 
     #[test]
