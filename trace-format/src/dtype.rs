@@ -2,7 +2,7 @@
 //!
 //! Every dtype ggml knows keeps ggml's own numeric id (`ggml_type`), so a
 //! ggml tensor's `type` field can be written as it is. Types ggml lacks take
-//! ids from 256 up. The table in [`DType::ALL`] is the single source of
+//! ids from 256 up. The table [`DTYPE_TABLE`] is the single source of
 //! ids, names, block sizes and block byte sizes; `SPEC.md` repeats it and a
 //! test checks the two agree.
 
