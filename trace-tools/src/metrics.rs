@@ -4,6 +4,8 @@
 
 use trace_format::DType;
 
+mod kernel;
+
 /// When two tensors count as agreeing.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Tolerance {
@@ -362,6 +364,7 @@ impl MomentAcc {
 }
 
 /// Σ (x − mean)² over a chunk of finite values, in lanes.
+#[inline(always)]
 fn sum_sq_dev<T: Copy + Into<f64>>(v: &[T], mean: f64) -> f64 {
     let mut s = [0.0f64; LANES];
     let chunks = v.chunks_exact(LANES);
@@ -446,7 +449,7 @@ impl MetricAcc {
         let n = a.len().min(b.len());
         let (a, b) = (&a[..n], &b[..n]);
         let chunk = if ulp_dtype.is_none() {
-            fast_chunk(start, a, b, tol, self.at.map(|_| self.max_abs))
+            kernel::fast_chunk(start, a, b, tol, self.at.map(|_| self.max_abs))
         } else {
             None
         };
@@ -528,8 +531,11 @@ impl MetricAcc {
 
 /// The chunk's metrics when every value on both sides is finite (`None`
 /// otherwise): branch-free lanes. The largest error's index is looked for
-/// (a second scan) only when it beats `beat`, the largest so far.
-fn fast_chunk<T: Copy + Into<f64>>(
+/// (a second scan) only when it beats `beat`, the largest so far. Compiled
+/// for AVX2 too, picked at run time ([`kernel`]): the same IEEE operations
+/// in the same order, so the metrics do not depend on the CPU.
+#[inline(always)]
+fn fast_chunk_portable<T: Copy + Into<f64>>(
     start: u64,
     a: &[T],
     b: &[T],
