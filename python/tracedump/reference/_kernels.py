@@ -48,8 +48,8 @@ def _ggml_simd(system_info: Optional[str]):
     simd-mappings.h), from its ``llama_print_system_info()``: ``("avx512",
     16)`` (__AVX512F__: 16-lane f32 vectors), ``("avx", 8)`` (__AVX__ or
     __AVX2__: 8 lanes), both with 4 accumulators over steps of 4 vectors;
-    ``("scalar", 0)`` for a build without x86 SIMD flags; None when unknown
-    (no system info, or another SIMD: NEON, SVE, RISC-V V...)."""
+    ``("scalar", 0)`` for a build without SIMD flags; None when unknown (no
+    system info, or a SIMD not modelled: SSE3 alone, NEON, SVE, RISC-V V...)."""
     if not system_info:
         return None
     flags = {}
@@ -264,7 +264,7 @@ def _dot_order(system_info: Optional[str], notes: List[str]):
     """The build's SIMD for FLASH_ATTN_EXT's q·k (:func:`_ggml_simd`), with a note."""
     simd = _ggml_simd(system_info)
     if simd is None:
-        why = "the trace does not say" if not system_info else "not an x86-64 build"
+        why = "the trace does not say" if not system_info else "a SIMD not modelled: SSE3-only, NEON, SVE..."
         notes.append(
             f"ggml: K·Q summed exactly, then rounded to f32: the order of ggml's SIMD sums is unknown ({why}; "
             "tracedump.ggml.capture records ggml.system_info)"
