@@ -28,6 +28,38 @@ pub(crate) struct ChunkSums {
     pub special: bool,
 }
 
+impl ChunkSums {
+    /// No values yet; `first` seeds the lanes' extremes.
+    #[inline(always)]
+    fn new(first: f32) -> ChunkSums {
+        ChunkSums {
+            s1: [0.0; LANES],
+            s2: [0.0; LANES],
+            lo: [first; LANES],
+            hi: [first; LANES],
+            special: false,
+        }
+    }
+
+    /// Value `v` into lane `i` (`k`: the shift).
+    #[inline(always)]
+    fn add(&mut self, i: usize, v: f32, k: f64) {
+        let d = f64::from(v) - k;
+        self.s1[i] += d;
+        self.s2[i] += d * d;
+        self.lo[i] = if v < self.lo[i] { v } else { self.lo[i] };
+        self.hi[i] = if v > self.hi[i] { v } else { self.hi[i] };
+    }
+
+    /// A NaN or an infinity makes its lane's sums NaN or infinite (an f32
+    /// squared cannot overflow an f64): no test per value.
+    #[inline(always)]
+    fn finish(mut self) -> ChunkSums {
+        self.special = !self.s1.iter().chain(&self.s2).all(|x| x.is_finite());
+        self
+    }
+}
+
 /// The sums of `chunk` (not empty) shifted by `k`.
 pub(crate) fn chunk_sums(chunk: &[f32], k: f64) -> ChunkSums {
     #[cfg(target_arch = "x86_64")]
@@ -87,13 +119,7 @@ fn f16_to_f32(bits: u16) -> f32 {
 fn chunk_sums_f16_avx2(bits: &[u16], k: f64) -> ChunkSums {
     use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
     let first = f16_to_f32(bits[0]);
-    let mut s = ChunkSums {
-        s1: [0.0; LANES],
-        s2: [0.0; LANES],
-        lo: [first; LANES],
-        hi: [first; LANES],
-        special: false,
-    };
+    let mut s = ChunkSums::new(first);
     let lanes = bits.chunks_exact(LANES);
     let tail = lanes.remainder();
     for c16 in lanes {
@@ -110,23 +136,14 @@ fn chunk_sums_f16_avx2(bits: &[u16], k: f64) -> ChunkSums {
         }
         for i in 0..LANES {
             let v = c[i];
-            let d = f64::from(v) - k;
-            s.s1[i] += d;
-            s.s2[i] += d * d;
-            s.lo[i] = if v < s.lo[i] { v } else { s.lo[i] };
-            s.hi[i] = if v > s.hi[i] { v } else { s.hi[i] };
+            s.add(i, v, k);
         }
     }
     for (i, &b) in tail.iter().enumerate() {
         let v = f16_to_f32(b);
-        let d = f64::from(v) - k;
-        s.s1[i] += d;
-        s.s2[i] += d * d;
-        s.lo[i] = if v < s.lo[i] { v } else { s.lo[i] };
-        s.hi[i] = if v > s.hi[i] { v } else { s.hi[i] };
+        s.add(i, v, k);
     }
-    s.special = !s.s1.iter().chain(&s.s2).all(|x| x.is_finite());
-    s
+    s.finish()
 }
 
 // lanes by index: one statement per lane array, the form that vectorizes
@@ -134,36 +151,19 @@ fn chunk_sums_f16_avx2(bits: &[u16], k: f64) -> ChunkSums {
 #[inline(always)]
 fn chunk_sums_portable(chunk: &[f32], k: f64) -> ChunkSums {
     let first = chunk[0];
-    let mut s = ChunkSums {
-        s1: [0.0; LANES],
-        s2: [0.0; LANES],
-        lo: [first; LANES],
-        hi: [first; LANES],
-        special: false,
-    };
+    let mut s = ChunkSums::new(first);
     let lanes = chunk.chunks_exact(LANES);
     let tail = lanes.remainder();
     for c in lanes {
         for i in 0..LANES {
             let v = c[i];
-            let d = f64::from(v) - k;
-            s.s1[i] += d;
-            s.s2[i] += d * d;
-            s.lo[i] = if v < s.lo[i] { v } else { s.lo[i] };
-            s.hi[i] = if v > s.hi[i] { v } else { s.hi[i] };
+            s.add(i, v, k);
         }
     }
     for (i, &v) in tail.iter().enumerate() {
-        let d = f64::from(v) - k;
-        s.s1[i] += d;
-        s.s2[i] += d * d;
-        s.lo[i] = if v < s.lo[i] { v } else { s.lo[i] };
-        s.hi[i] = if v > s.hi[i] { v } else { s.hi[i] };
+        s.add(i, v, k);
     }
-    // a NaN or an infinity makes its lane's sums NaN or infinite (an f32
-    // squared cannot overflow an f64): no test per value
-    s.special = !s.s1.iter().chain(&s.s2).all(|x| x.is_finite());
-    s
+    s.finish()
 }
 
 #[cfg(test)]
