@@ -122,6 +122,30 @@ impl Metadata {
     /// assert_eq!(Metadata::new().with("x", 1i64).too_deep(), None);
     /// ```
     pub fn too_deep(&self) -> Option<String> {
+        // a first walk without paths: metadata is checked for every record
+        // written, and is nearly always flat (a top-level scalar is at depth
+        // 0); the paths are built only for metadata that is too deep
+        let mut nested: Vec<(&Value, usize)> = self
+            .0
+            .iter()
+            .filter(|(_, v)| matches!(v, Value::List(_) | Value::Map(_)))
+            .map(|(_, v)| (v, 0))
+            .collect();
+        let mut deep = false;
+        while let Some((v, depth)) = nested.pop() {
+            if depth > MAX_VALUE_DEPTH {
+                deep = true;
+                break;
+            }
+            match v {
+                Value::List(items) => nested.extend(items.iter().map(|x| (x, depth + 1))),
+                Value::Map(items) => nested.extend(items.iter().map(|(_, x)| (x, depth + 1))),
+                _ => {}
+            }
+        }
+        if !deep {
+            return None;
+        }
         let mut stack: Vec<(&Value, usize, String)> =
             self.0.iter().map(|(k, v)| (v, 0, k.clone())).collect();
         stack.reverse();
