@@ -19,7 +19,7 @@ pub mod update;
 
 pub use codec::{
     DataRef, EngineOp, IndexEntry, Lineage, Metadata, Op, SourceLayout, Stats, StorageDesc,
-    TensorDesc, Value,
+    TensorDesc, TensorDescRef, Value,
 };
 pub use dtype::{DType, NativeType};
 pub use error::{FormatError, LayoutError};

@@ -12,8 +12,12 @@ pub struct Encoder {
 impl Encoder {
     /// A new, empty encoder.
     pub fn new() -> Self {
+        Self::with_capacity(256)
+    }
+    /// A new, empty encoder with room for `bytes` bytes.
+    pub fn with_capacity(bytes: usize) -> Self {
         Encoder {
-            buf: Vec::with_capacity(256),
+            buf: Vec::with_capacity(bytes),
         }
     }
     /// Append a u8.
@@ -188,8 +192,17 @@ impl Encoder {
 
 /// Encode a TENSOR descriptor.
 pub fn encode_tensor(t: &TensorDesc) -> Vec<u8> {
-    let mut e = Encoder::new();
-    e.str(&t.name);
+    encode_tensor_ref(&t.borrowed())
+}
+
+/// Encode a TENSOR descriptor from borrowed fields: the same bytes as
+/// [`encode_tensor`] of the same values.
+pub fn encode_tensor_ref(t: &TensorDescRef<'_>) -> Vec<u8> {
+    // a ggml node's descriptor (layouts, engine op with its 64 bytes of
+    // op_params, statistics, metadata) is 400–700 bytes: room for it up
+    // front, not a reallocation or two on the way
+    let mut e = Encoder::with_capacity(1024);
+    e.str(t.name);
     e.u16(t.dtype.id());
     match t.data {
         DataRef::StatsOnly => e.u8(0),
@@ -204,18 +217,18 @@ pub fn encode_tensor(t: &TensorDesc) -> Vec<u8> {
         }
         DataRef::Derived => e.u8(3),
     }
-    e.u64s(&t.shape);
-    e.i64s(&t.byte_strides);
+    e.u64s(t.shape);
+    e.i64s(t.byte_strides);
     e.opt_i64(t.step);
     e.opt_i64(t.layer);
-    match &t.role {
+    match t.role {
         Some(r) => {
             e.u8(1);
             e.str(r);
         }
         None => e.u8(0),
     }
-    match &t.source_layout {
+    match t.source_layout {
         Some(SourceLayout::Ggml { ne, nb }) => {
             e.u8(1);
             e.i64s(ne);
@@ -223,10 +236,10 @@ pub fn encode_tensor(t: &TensorDesc) -> Vec<u8> {
         }
         None => e.u8(0),
     }
-    e.u64s(&t.lineage.parents);
-    e.count(t.lineage.ops.len());
-    t.lineage.ops.iter().for_each(|op| e.op(op));
-    match &t.lineage.engine_op {
+    e.u64s(t.parents);
+    e.count(t.ops.len());
+    t.ops.iter().for_each(|op| e.op(op));
+    match t.engine_op {
         Some(op) => {
             e.u8(1);
             e.str(&op.engine);
@@ -235,14 +248,14 @@ pub fn encode_tensor(t: &TensorDesc) -> Vec<u8> {
         }
         None => e.u8(0),
     }
-    match &t.stats {
+    match t.stats {
         Some(s) => {
             e.u8(1);
             e.stats(s);
         }
         None => e.u8(0),
     }
-    e.metadata(&t.metadata);
+    e.metadata(t.metadata);
     e.buf
 }
 

@@ -12,7 +12,9 @@ mod encode;
 mod tests;
 
 pub use decode::{decode_footer, decode_run_metadata, decode_storage, decode_tensor, Decoder};
-pub use encode::{encode_footer, encode_run_metadata, encode_storage, encode_tensor, Encoder};
+pub use encode::{
+    encode_footer, encode_run_metadata, encode_storage, encode_tensor, encode_tensor_ref, Encoder,
+};
 
 /// Deepest nesting of lists and maps a metadata value may have.
 pub const MAX_VALUE_DEPTH: usize = 32;
@@ -415,6 +417,64 @@ pub struct TensorDesc {
     pub stats: Option<Stats>,
     /// Free typed metadata.
     pub metadata: Metadata,
+}
+
+impl TensorDesc {
+    /// The descriptor's fields, borrowed.
+    pub fn borrowed(&self) -> TensorDescRef<'_> {
+        TensorDescRef {
+            name: &self.name,
+            dtype: self.dtype,
+            data: self.data,
+            shape: &self.shape,
+            byte_strides: &self.byte_strides,
+            step: self.step,
+            layer: self.layer,
+            role: self.role.as_deref(),
+            source_layout: self.source_layout.as_ref(),
+            parents: &self.lineage.parents,
+            ops: &self.lineage.ops,
+            engine_op: self.lineage.engine_op.as_ref(),
+            stats: self.stats.as_ref(),
+            metadata: &self.metadata,
+        }
+    }
+}
+
+/// A [`TensorDesc`] whose fields are borrowed: what a writer that keeps
+/// the parts that repeat from record to record (a graph's node names, ops
+/// and metadata, recorded again at every decode step) encodes without
+/// copying them into a [`TensorDesc`] first ([`encode_tensor_ref`]).
+#[derive(Clone, Copy, Debug)]
+pub struct TensorDescRef<'a> {
+    /// [`TensorDesc::name`].
+    pub name: &'a str,
+    /// [`TensorDesc::dtype`].
+    pub dtype: DType,
+    /// [`TensorDesc::data`].
+    pub data: DataRef,
+    /// [`TensorDesc::shape`].
+    pub shape: &'a [u64],
+    /// [`TensorDesc::byte_strides`].
+    pub byte_strides: &'a [i64],
+    /// [`TensorDesc::step`].
+    pub step: Option<i64>,
+    /// [`TensorDesc::layer`].
+    pub layer: Option<i64>,
+    /// [`TensorDesc::role`].
+    pub role: Option<&'a str>,
+    /// [`TensorDesc::source_layout`].
+    pub source_layout: Option<&'a SourceLayout>,
+    /// [`Lineage::parents`].
+    pub parents: &'a [u64],
+    /// [`Lineage::ops`].
+    pub ops: &'a [Op],
+    /// [`Lineage::engine_op`].
+    pub engine_op: Option<&'a EngineOp>,
+    /// [`TensorDesc::stats`].
+    pub stats: Option<&'a Stats>,
+    /// [`TensorDesc::metadata`].
+    pub metadata: &'a Metadata,
 }
 
 /// The descriptor of a STORAGE record.
