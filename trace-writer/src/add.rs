@@ -1,7 +1,10 @@
 //! The `add_*` methods: each tensor kind's checks and descriptor, then
 //! [`Writer::append`].
 
-use trace_format::codec::{encode_storage, encode_tensor, DataRef, StorageDesc, TensorDesc};
+use trace_format::codec::{
+    encode_storage, encode_tensor, encode_tensor_ref, DataRef, StorageDesc, TensorDesc,
+    TensorDescRef,
+};
 use trace_format::record::RecordKind;
 use trace_format::stats::compute_stats;
 use trace_format::update::{encode_storage_update, StorageUpdateDesc};
@@ -28,6 +31,30 @@ impl Writer {
             payload,
         };
         self.append(&record, payload_crc32c)
+    }
+
+    /// Append a statistics-only tensor record of `desc` (its data
+    /// [`DataRef::StatsOnly`], its stats set, its metadata within
+    /// [`check_depth`]: the caller's checks) if the filter wants it: the
+    /// ggml recorder's path, whose descriptors borrow the parts that repeat
+    /// at every decode step instead of copying them into a [`TensorDesc`].
+    pub(crate) fn append_stats_ref(
+        &self,
+        desc: &TensorDescRef<'_>,
+    ) -> Result<Option<RecordId>, WriterError> {
+        debug_assert!(matches!(desc.data, DataRef::StatsOnly) && desc.stats.is_some());
+        if !self.wants(desc.name, desc.step, desc.layer) {
+            return Ok(None);
+        }
+        let record = Record {
+            kind: RecordKind::Tensor,
+            name: desc.name,
+            step: desc.step,
+            layer: desc.layer,
+            descriptor: encode_tensor_ref(desc),
+            payload: &[],
+        };
+        self.append(&record, None)
     }
 
     /// Record raw bytes that tensors can view ([`Writer::add_view`]).

@@ -51,7 +51,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use rustc_hash::FxHashMap;
@@ -59,8 +58,9 @@ use rustc_hash::FxHashMap;
 use trace_format::layout::ggml as ggml_layout;
 use trace_format::names::layer_from_name;
 use trace_format::record::crc32c;
-use trace_format::{DType, Layout, Metadata, Op};
+use trace_format::{DType, DataRef, Layout, Metadata, Op, TensorDescRef};
 
+use crate::ggml_facts::{FactsCache, NamesCache};
 use crate::ggml_updates::Shadows;
 use crate::strided_stats::{ggml_stats, PieceCache, Token};
 use crate::{CaptureFilter, RecordId, TensorMeta, Writer, WriterError};
@@ -141,12 +141,16 @@ struct State {
     /// address (recorded or not: a made-up name takes its sources').
     asked: FxHashMap<usize, Option<i64>>,
     /// Tensors recorded in the current graph, by address.
-    graph: HashMap<usize, Recorded>,
+    graph: FxHashMap<usize, Recorded>,
     /// Stats-only mode: statistics of pieces of views' owners.
     pieces: PieceCache,
+    /// Stats-only mode: what each node's record takes from the node alone.
+    facts: FactsCache,
+    /// What each node's name says of its layer.
+    names: NamesCache,
     /// Bytes recorded as storages (or as a tensor's own bytes), by the
     /// owner's address, with their crc.
-    owners: HashMap<usize, Owner>,
+    owners: FxHashMap<usize, Owner>,
     /// Copies of the owners recorded as storages, to record only what
     /// changed (`ggml_updates.rs`).
     shadows: Shadows,
@@ -349,8 +353,10 @@ impl GgmlRecorder {
             st.asked.clear();
             st.writes.new_graph(false);
         }
-        let layer = derive_layer(
-            name,
+        // (a node's name is read at every step: what it says is kept)
+        let name_facts = st.names.get(key, name);
+        let layer = layer_of(
+            name_facts,
             srcs.iter().map(|k| st.asked.get(k).copied().flatten()),
         );
         st.asked.insert(key, layer);
@@ -391,6 +397,10 @@ impl GgmlRecorder {
         if !self.writer.wants(name, st.step, layer) {
             return Ok(None);
         }
+        if self.options.stats_only {
+            let parents: Vec<RecordId> = parents.iter().flatten().map(|p| p.id).collect();
+            return self.record_stats(&mut st, node, dtype, layer, &parents);
+        }
         let mut meta = TensorMeta {
             step: st.step,
             layer,
@@ -426,68 +436,6 @@ impl GgmlRecorder {
                 error,
             }
         })?;
-        if self.options.stats_only {
-            if let Some(v) = node.view {
-                meta.metadata.insert("ggml.view_src", v.owner_name);
-                meta.metadata.insert("ggml.view_offs", v.offset);
-            }
-            layout
-                .check_within(dtype, node.data.len() as u64)
-                .map_err(|error| WriterError::Layout {
-                    name: name.into(),
-                    error,
-                })?;
-            // views read memory that outlives the graph (the KV cache): its
-            // unchanged pieces are not read again; a view of values another
-            // view of this graph found, nothing having written them since,
-            // takes that one's statistics
-            let token = node.view.and_then(|v| st.writes.token(v.owner_key));
-            let memo = node.view.zip(token).map(|(v, token)| {
-                let mut dims = [(0u64, 0u64); 4];
-                for (d, (&n, &b)) in dims.iter_mut().zip(node.ne.iter().zip(&node.nb)) {
-                    *d = if n > 1 { (b, n as u64) } else { (0, 0) };
-                }
-                dims.sort_unstable();
-                ((v.owner_key, dtype.id(), offset, dims), token)
-            });
-            let known = memo.as_ref().and_then(|(key, token)| {
-                st.writes
-                    .view_stats
-                    .get(key)
-                    .filter(|(t, _)| t == token)
-                    .map(|(_, s)| s.clone())
-            });
-            let stats = match known {
-                Some(stats) => stats,
-                None => {
-                    let st = &mut *st;
-                    let cache = node.view.map(|v| (v.owner_key, token, &mut st.pieces));
-                    let stats = ggml_stats(dtype, &node.ne, &node.nb, offset, node.data, cache)
-                        .map_err(|what| tensor_error(name, what))?;
-                    if let Some((key, token)) = memo {
-                        st.writes.view_stats.insert(key, (token, stats.clone()));
-                    }
-                    stats
-                }
-            };
-            let Some(id) = self
-                .writer
-                .add_stats(name, dtype, layout.shape(), stats, meta)?
-            else {
-                return Ok(None);
-            };
-            st.graph.insert(
-                node.key,
-                Recorded {
-                    id,
-                    shape: layout.shape().to_vec(),
-                    layer,
-                    storage: id,
-                    offset: 0,
-                },
-            );
-            return Ok(Some(id));
-        }
         let (id, storage) = match node.view {
             None => {
                 // owns its data: (only) the first parent's conversions are certain
@@ -618,20 +566,138 @@ impl GgmlRecorder {
     }
 }
 
+impl GgmlRecorder {
+    /// Stats-only mode: record `node`'s statistics, computed where its
+    /// values lie, with the parts of its descriptor that depend on the node
+    /// alone kept from earlier graphs ([`FactsCache`]).
+    fn record_stats(
+        &self,
+        st: &mut State,
+        node: &GgmlNode<'_>,
+        dtype: DType,
+        layer: Option<i64>,
+        parents: &[RecordId],
+    ) -> Result<Option<RecordId>, WriterError> {
+        let name = node.name;
+        let State {
+            step,
+            graph,
+            pieces,
+            writes,
+            facts,
+            ..
+        } = st;
+        let facts = facts.get(node, dtype)?;
+        facts
+            .layout
+            .check_within(dtype, node.data.len() as u64)
+            .map_err(|error| WriterError::Layout {
+                name: name.into(),
+                error,
+            })?;
+        let offset = node.view.map_or(0, |v| v.offset);
+        // views read memory that outlives the graph (the KV cache): its
+        // unchanged pieces are not read again; a view of values another
+        // view of this graph found, nothing having written them since,
+        // takes that one's statistics
+        let token = node.view.and_then(|v| writes.token(v.owner_key));
+        let memo = node.view.zip(token).map(|(v, token)| {
+            let mut dims = [(0u64, 0u64); 4];
+            for (d, (&n, &b)) in dims.iter_mut().zip(node.ne.iter().zip(&node.nb)) {
+                *d = if n > 1 { (b, n as u64) } else { (0, 0) };
+            }
+            dims.sort_unstable();
+            ((v.owner_key, dtype.id(), offset, dims), token)
+        });
+        let known = memo.as_ref().and_then(|(key, token)| {
+            writes
+                .view_stats
+                .get(key)
+                .filter(|(t, _)| t == token)
+                .map(|(_, s)| s.clone())
+        });
+        let stats = match known {
+            Some(stats) => stats,
+            None => {
+                let cache = node.view.map(|v| (v.owner_key, token, &mut *pieces));
+                let stats = ggml_stats(dtype, &node.ne, &node.nb, offset, node.data, cache)
+                    .map_err(|what| tensor_error(name, what))?;
+                if let Some((key, token)) = memo {
+                    writes.view_stats.insert(key, (token, stats.clone()));
+                }
+                stats
+            }
+        };
+        let desc = TensorDescRef {
+            name,
+            dtype,
+            data: DataRef::StatsOnly,
+            shape: facts.layout.shape(),
+            byte_strides: &facts.contiguous_strides,
+            step: *step,
+            layer,
+            role: None,
+            source_layout: Some(&facts.source_layout),
+            parents,
+            ops: &[],
+            engine_op: Some(&facts.engine_op),
+            stats: Some(&stats),
+            metadata: &facts.metadata,
+        };
+        let Some(id) = self.writer.append_stats_ref(&desc)? else {
+            return Ok(None);
+        };
+        graph.insert(
+            node.key,
+            Recorded {
+                id,
+                shape: facts.layout.shape().to_vec(),
+                layer,
+                storage: id,
+                offset: 0,
+            },
+        );
+        Ok(Some(id))
+    }
+}
+
 /// A tensor's layer: its name's; for a name ggml made up, the layer its
 /// sources (`None` where unknown) agree on. A name the engine gave without
 /// a layer (llama.cpp's `embd`, `norm`, `result_output`) marks a
 /// graph-level tensor: it keeps no layer even where its inputs come from
 /// the last one.
 fn derive_layer(name: &str, srcs: impl Iterator<Item = Option<i64>>) -> Option<i64> {
-    layer_from_name(name).or_else(|| {
-        if !is_derived_name(name) {
+    layer_of(NameFacts::of(name), srcs)
+}
+
+/// [`derive_layer`] from what the name says.
+fn layer_of(name: NameFacts, srcs: impl Iterator<Item = Option<i64>>) -> Option<i64> {
+    name.layer.or_else(|| {
+        if !name.derived {
             return None;
         }
         let mut layers = srcs.flatten();
         let first = layers.next()?;
         layers.all(|l| l == first).then_some(first)
     })
+}
+
+/// What a tensor's name says of its layer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NameFacts {
+    /// The name's layer ([`layer_from_name`]).
+    pub layer: Option<i64>,
+    /// Whether ggml made the name up ([`is_derived_name`]).
+    pub derived: bool,
+}
+
+impl NameFacts {
+    pub(crate) fn of(name: &str) -> NameFacts {
+        NameFacts {
+            layer: layer_from_name(name),
+            derived: is_derived_name(name),
+        }
+    }
 }
 
 /// The lineage step of a view op whose meaning is certain.

@@ -8,6 +8,7 @@ pub mod capi;
 mod error;
 mod filter;
 pub mod ggml;
+mod ggml_facts;
 mod ggml_updates;
 mod queue;
 pub mod regions;
