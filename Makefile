@@ -139,6 +139,7 @@ lint:
 ## A quick run: make bench BENCH_ARGS="--scale 0.05".
 bench: pypackage llama
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(PYTHON) bench/table.py --mark-start
 	$(CARGO) build --release -p tracedump-bench -p tracedump-cli
 	$(CARGO) run --release -p tracedump-bench -- --quiet $(BENCH_ARGS)
 	$(PYTHON) bench/python_bench.py --quiet $(BENCH_ARGS)

@@ -6,6 +6,7 @@ a line naming the machine, and writes bench/results.json. Files without
 rows (results-sweeps.json: points for bench/plot.py) are skipped.
 
 Usage:
+  python bench/table.py --mark-start    # note the CPU counters (make bench's first step)
   python bench/table.py                 # merge, print, write bench/results.json
   python bench/table.py --markdown      # print bench/results.json as the README's table
   python bench/table.py --readme README.md bench/README.md
@@ -62,6 +63,35 @@ def fs_type(path):
         return "unknown"
 
 
+# the CPU counters at the start of the run (--mark-start); tests move it
+START_STAT = Path(os.environ.get("TRACEDUMP_BENCH_START_STAT", HERE.parent / "target" / "bench-start-stat"))
+
+
+def cpu_counters():
+    """/proc/stat's aggregate `cpu` line: (steal, total) in clock ticks, or
+    None where there is none."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is in user)
+    return (fields[7], sum(fields[:8])) if len(fields) >= 8 else None
+
+
+def steal_share():
+    """The share of the machine's CPU time a hypervisor gave to others
+    (steal) since --mark-start, in percent: a virtual machine's rows are
+    only as steady as this is low. None without the start's counters."""
+    try:
+        start = [int(x) for x in START_STAT.read_text().split()]
+    except (OSError, ValueError):
+        return None
+    now = cpu_counters()
+    if now is None or len(start) != 2 or now[1] <= start[1]:
+        return None
+    return round(100 * (now[0] - start[0]) / (now[1] - start[1]), 1)
+
+
 def machine_info(scratch):
     def field(path, key):
         try:
@@ -80,6 +110,7 @@ def machine_info(scratch):
         os=f"{platform.system()} {platform.release()}",
         scratch_fs=fs_type(scratch),
         load_average=[round(x, 2) for x in os.getloadavg()],
+        steal_percent=steal_share(),
     )
 
 
@@ -132,8 +163,10 @@ def machine_line(report):
     m = report["machine"]
     v = report["versions"]
     load = ", ".join(str(x) for x in m.get("load_average") or [])
+    steal = m.get("steal_percent")
+    steal = "" if steal is None else f", {steal}% of the CPU time stolen by the hypervisor during the run"
     return (f"{report['date']} | {m['cores']} cores, {m['memory_gib']} GiB RAM, {m['cpu']}, {m['os']}, "
-            f"scratch on {m['scratch_fs']}, load average {load} at the end | "
+            f"scratch on {m['scratch_fs']}, load average {load} at the end{steal} | "
             f"scale {report['scale']}, median of {report['repeat']} rounds (writes and opens "
             f"{2 * report['repeat'] + 1}{engine_rounds(report)}), contenders in a random order each round | "
             f"torch {v.get('torch')} ({v.get('torch_threads')} threads), "
@@ -252,9 +285,16 @@ def main():
     ap.add_argument("--dir", default=HERE, type=Path, help="where the results-*.json files are")
     ap.add_argument("--json", default=HERE / "results.json", type=Path)
     ap.add_argument("--markdown", action="store_true", help="print --json's table as Markdown, merge nothing")
+    ap.add_argument("--mark-start", action="store_true",
+                    help="note the CPU counters, for the steal share the table reports; nothing else")
     ap.add_argument("--readme", nargs="+", type=Path, metavar="FILE",
                     help="put --json's Markdown table between FILE's markers, merge nothing")
     args = ap.parse_args()
+    if args.mark_start:
+        counters = cpu_counters()
+        START_STAT.parent.mkdir(parents=True, exist_ok=True)
+        START_STAT.write_text("" if counters is None else f"{counters[0]} {counters[1]}\n")
+        return
     if args.markdown or args.readme:
         table = markdown(json.loads(args.json.read_text()))
         for path in args.readme or []:

@@ -5,6 +5,7 @@ table.py's merge of every bench/results-*.json, and plot.py's figure."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,8 +77,18 @@ def test_table_merges_every_results_file(tmp_path: Path) -> None:
     # points, not rows: skipped
     (tmp_path / "results-sweeps.json").write_text(json.dumps(dict(part="sweeps", sweeps=[])))
     out = tmp_path / "results.json"
-    shown = run(BENCH / "table.py", "--dir", tmp_path, "--json", out).stdout
+    # the steal share is counted from --mark-start's counters
+    os.environ["TRACEDUMP_BENCH_START_STAT"] = str(tmp_path / "start-stat")
+    try:
+        run(BENCH / "table.py", "--mark-start")
+        shown = run(BENCH / "table.py", "--dir", tmp_path, "--json", out).stdout
+    finally:
+        del os.environ["TRACEDUMP_BENCH_START_STAT"]
     report = json.loads(out.read_text())
+    steal = report["machine"]["steal_percent"]
+    if Path("/proc/stat").exists():
+        assert isinstance(steal, float) and 0 <= steal <= 100, steal
+        assert f"{steal}% of the CPU time stolen by the hypervisor" in shown
     assert [r["name"] for r in report["rows"]] == ["w", "pw", "r", "diff", "dq", "z", "crc"]
     assert report["summary"] == {"goals": 5, "pass": 4, "miss": 1}
     assert set(report["parts"]) == {"rust", "python", "streaming", "zeta"}
