@@ -409,33 +409,10 @@ impl GgmlRecorder {
         .ggml_layout(&node.ne, &node.nb)
         .engine_op("ggml", node.op, node.op_params);
         meta.lineage.parents = parents.iter().flatten().map(|p| p.id).collect();
-        let srcs: Vec<&str> = node.srcs.iter().map(|(_, n)| *n).collect();
-        if !srcs.is_empty() {
-            meta.metadata.insert("ggml.srcs", srcs.join(","));
-        }
+        meta.metadata = node_metadata(node);
         let first_parent = parents.first().copied().flatten().cloned();
-        // format 1.1's op relation: ggml's view ops are views of src[0]; any
-        // other op (a CPY into a cache view included) computed its values
-        // from its sources; a leaf (NONE: weights, inputs) has no op
-        if node.op != "NONE" {
-            let name = node.op.to_ascii_lowercase();
-            let op = match node.op {
-                "VIEW" | "PERMUTE" | "RESHAPE" | "TRANSPOSE" => {
-                    trace_format::op::OpInfo::view(Some(name))
-                }
-                _ => trace_format::op::OpInfo::computed(name),
-            };
-            meta.metadata
-                .insert(trace_format::op::OP_KEY, op.to_value());
-        }
-
         let offset = node.view.map_or(0, |v| v.offset);
-        let layout = ggml_layout::to_canonical(&node.ne, &node.nb, offset).map_err(|error| {
-            WriterError::Layout {
-                name: name.into(),
-                error,
-            }
-        })?;
+        let layout = canonical_layout(node)?;
         let (id, storage) = match node.view {
             None => {
                 // owns its data: (only) the first parent's conversions are certain
@@ -659,6 +636,38 @@ impl GgmlRecorder {
         );
         Ok(Some(id))
     }
+}
+
+/// A node's metadata from its sources and op: `ggml.srcs`, and format
+/// 1.1's op relation: ggml's view ops are views of src[0]; any other op (a
+/// CPY into a cache view included) computed its values from its sources;
+/// a leaf (NONE: weights, inputs) has no op.
+pub(crate) fn node_metadata(node: &GgmlNode<'_>) -> Metadata {
+    let mut metadata = Metadata::new();
+    if !node.srcs.is_empty() {
+        let srcs: Vec<&str> = node.srcs.iter().map(|(_, n)| *n).collect();
+        metadata.insert("ggml.srcs", srcs.join(","));
+    }
+    if node.op != "NONE" {
+        let name = node.op.to_ascii_lowercase();
+        let op = match node.op {
+            "VIEW" | "PERMUTE" | "RESHAPE" | "TRANSPOSE" => {
+                trace_format::op::OpInfo::view(Some(name))
+            }
+            _ => trace_format::op::OpInfo::computed(name),
+        };
+        metadata.insert(trace_format::op::OP_KEY, op.to_value());
+    }
+    metadata
+}
+
+/// A node's canonical layout at its view's offset in its owner's bytes.
+pub(crate) fn canonical_layout(node: &GgmlNode<'_>) -> Result<Layout, WriterError> {
+    let offset = node.view.map_or(0, |v| v.offset);
+    ggml_layout::to_canonical(&node.ne, &node.nb, offset).map_err(|error| WriterError::Layout {
+        name: node.name.into(),
+        error,
+    })
 }
 
 /// A tensor's layer: its name's; for a name ggml made up, the layer its

@@ -16,11 +16,10 @@
 
 use rustc_hash::FxHashMap;
 
-use trace_format::layout::ggml as ggml_layout;
 use trace_format::{DType, EngineOp, Layout, Metadata, SourceLayout};
 
 use crate::add::check_depth;
-use crate::ggml::{GgmlNode, NameFacts};
+use crate::ggml::{canonical_layout, node_metadata, GgmlNode, NameFacts};
 use crate::WriterError;
 
 /// Nodes kept before the cache starts over (graphs reallocated at new
@@ -77,36 +76,13 @@ impl NodeFacts {
 
     fn new(node: &GgmlNode<'_>, dtype: DType) -> Result<NodeFacts, WriterError> {
         let name = node.name;
-        let offset = node.view.map_or(0, |v| v.offset);
-        let layout = ggml_layout::to_canonical(&node.ne, &node.nb, offset).map_err(|error| {
-            WriterError::Layout {
-                name: name.into(),
-                error,
-            }
-        })?;
+        let layout = canonical_layout(node)?;
         let contiguous =
             Layout::contiguous(dtype, layout.shape(), 0).map_err(|error| WriterError::Layout {
                 name: name.into(),
                 error,
             })?;
-        let mut metadata = Metadata::new();
-        if !node.srcs.is_empty() {
-            let srcs: Vec<&str> = node.srcs.iter().map(|(_, n)| *n).collect();
-            metadata.insert("ggml.srcs", srcs.join(","));
-        }
-        // format 1.1's op relation: ggml's view ops are views of src[0]; any
-        // other op (a CPY into a cache view included) computed its values
-        // from its sources; a leaf (NONE: weights, inputs) has none
-        if node.op != "NONE" {
-            let op_name = node.op.to_ascii_lowercase();
-            let op = match node.op {
-                "VIEW" | "PERMUTE" | "RESHAPE" | "TRANSPOSE" => {
-                    trace_format::op::OpInfo::view(Some(op_name))
-                }
-                _ => trace_format::op::OpInfo::computed(op_name),
-            };
-            metadata.insert(trace_format::op::OP_KEY, op.to_value());
-        }
+        let mut metadata = node_metadata(node);
         if let Some(v) = node.view {
             metadata.insert("ggml.view_src", v.owner_name);
             metadata.insert("ggml.view_offs", v.offset);
