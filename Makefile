@@ -1,5 +1,9 @@
 # tracedump — the two set-up commands: `make demo` and `make test`.
 CARGO ?= cargo
+# make's builds are a fresh machine's (CI, a new user): incremental
+# compilation's caches (0.6 GB of target/debug in a fresh `make test`)
+# buy nothing there. Set CARGO_INCREMENTAL=1 to keep them.
+export CARGO_INCREMENTAL ?= 0
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 TRACEDUMP := $(TARGET_DIR)/release/tracedump
 DEMO := $(TARGET_DIR)/demo/demo.tdump
