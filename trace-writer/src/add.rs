@@ -2,8 +2,7 @@
 //! [`Writer::append`].
 
 use trace_format::codec::{
-    encode_storage, encode_tensor, encode_tensor_ref, DataRef, StorageDesc, TensorDesc,
-    TensorDescRef,
+    encode_storage, encode_tensor_ref, DataRef, StorageDesc, TensorDesc, TensorDescRef,
 };
 use trace_format::record::RecordKind;
 use trace_format::stats::compute_stats;
@@ -18,16 +17,16 @@ impl Writer {
     /// a derived or a statistics-only tensor).
     fn append_tensor(
         &self,
-        desc: &TensorDesc,
+        desc: &TensorDescRef<'_>,
         payload: &[u8],
         payload_crc32c: Option<&mut Option<u32>>,
     ) -> Result<Option<RecordId>, WriterError> {
         let record = Record {
             kind: RecordKind::Tensor,
-            name: &desc.name,
+            name: desc.name,
             step: desc.step,
             layer: desc.layer,
-            descriptor: encode_tensor(desc),
+            descriptor: encode_tensor_ref(desc),
             payload,
         };
         self.append(&record, payload_crc32c)
@@ -46,15 +45,7 @@ impl Writer {
         if !self.wants(desc.name, desc.step, desc.layer) {
             return Ok(None);
         }
-        let record = Record {
-            kind: RecordKind::Tensor,
-            name: desc.name,
-            step: desc.step,
-            layer: desc.layer,
-            descriptor: encode_tensor_ref(desc),
-            payload: &[],
-        };
-        self.append(&record, None)
+        self.append_tensor(desc, &[], None)
     }
 
     /// Record raw bytes that tensors can view ([`Writer::add_view`]).
@@ -262,7 +253,7 @@ impl Writer {
             layout,
             meta,
         )?;
-        let id = self.append_tensor(&desc, bytes, payload_crc32c)?;
+        let id = self.append_tensor(&desc.borrowed(), bytes, payload_crc32c)?;
         if let Some(id) = id {
             // a tensor's own bytes are a storage other views may use
             lock(&self.shared.storages).insert(id, bytes.len() as u64);
@@ -306,7 +297,7 @@ impl Writer {
             layout.clone(),
             meta,
         )?;
-        self.append_tensor(&desc, &[], None)
+        self.append_tensor(&desc.borrowed(), &[], None)
     }
 
     /// Record an `ndarray` view with its real strides: a standard-layout
@@ -396,7 +387,7 @@ impl Writer {
             error: source,
         })?;
         let desc = tensor_desc(name, dtype, DataRef::Derived, layout, meta)?;
-        self.append_tensor(&desc, &[], None)
+        self.append_tensor(&desc.borrowed(), &[], None)
     }
 
     /// Quantize row-major f32 `values` of `shape` to the block dtype `dtype`
@@ -455,7 +446,7 @@ impl Writer {
         })?;
         meta.stats = Some(stats);
         let desc = tensor_desc(name, dtype, DataRef::StatsOnly, layout, meta)?;
-        self.append_tensor(&desc, &[], None)
+        self.append_tensor(&desc.borrowed(), &[], None)
     }
 
     /// Compute statistics of contiguous `bytes` and record them without the data.
