@@ -128,6 +128,7 @@ fn iq4_xs_scale(scales_h: u16, scales_l: &[u8; 4], ib: usize) -> i8 {
 
 /// Q2_K: 16 sub-blocks of 16, 2-bit quants, 4-bit scale and min each:
 /// `(d * (sc & 15)) * q - dmin * (sc >> 4)`.
+#[inline(always)]
 pub(crate) fn dequantize_q2_k(blocks: &[u8], out: &mut [f32]) {
     for (b, y) in blocks
         .chunks_exact(Q2_K_BYTES)
@@ -180,6 +181,7 @@ pub(crate) fn dequantize_q2_k(blocks: &[u8], out: &mut [f32]) {
 /// Q3_K: 16 sub-blocks of 16, 3-bit quants (2 low bits in qs, the high bit
 /// in hmask, *set* meaning no offset), signed 6-bit scales:
 /// `(d * (sc - 32)) * (q - 4 * !h)`.
+#[inline(always)]
 pub(crate) fn dequantize_q3_k(blocks: &[u8], out: &mut [f32]) {
     for (b, y) in blocks
         .chunks_exact(Q3_K_BYTES)
@@ -238,6 +240,7 @@ pub(crate) fn dequantize_q3_k(blocks: &[u8], out: &mut [f32]) {
 
 /// Q4_K: 8 sub-blocks of 32, 4-bit quants, 6-bit scale and min each:
 /// `(d * sc) * q - dmin * m`.
+#[inline(always)]
 pub(crate) fn dequantize_q4_k(blocks: &[u8], out: &mut [f32]) {
     for (b, y) in blocks
         .chunks_exact(Q4_K_BYTES)
@@ -269,6 +272,7 @@ pub(crate) fn dequantize_q4_k(blocks: &[u8], out: &mut [f32]) {
 
 /// Q5_K: Q4_K plus a fifth bit per value from qh:
 /// `(d * sc) * (q | h << 4) - dmin * m`.
+#[inline(always)]
 pub(crate) fn dequantize_q5_k(blocks: &[u8], out: &mut [f32]) {
     for (b, y) in blocks
         .chunks_exact(Q5_K_BYTES)
@@ -303,6 +307,7 @@ pub(crate) fn dequantize_q5_k(blocks: &[u8], out: &mut [f32]) {
 
 /// Q6_K: 16 sub-blocks of 16, 6-bit quants (4 low bits in ql, 2 high in
 /// qh) minus 32, signed 8-bit scales: `(d * sc) * q`.
+#[inline(always)]
 pub(crate) fn dequantize_q6_k(blocks: &[u8], out: &mut [f32]) {
     for (b, y) in blocks
         .chunks_exact(Q6_K_BYTES)
@@ -359,6 +364,7 @@ pub(crate) fn dequantize_q6_k(blocks: &[u8], out: &mut [f32]) {
 
 /// Q8_K: an f32 scale and 256 signed bytes (the 16 `bsums` are ignored):
 /// `d * q`.
+#[inline(always)]
 pub(crate) fn dequantize_q8_k(blocks: &[u8], out: &mut [f32]) {
     for (b, y) in blocks
         .chunks_exact(Q8_K_BYTES)
@@ -376,6 +382,7 @@ pub(crate) fn dequantize_q8_k(blocks: &[u8], out: &mut [f32]) {
 /// IQ4_XS: 8 sub-blocks of 32, 4-bit indices into `kvalues_iq4nl`, signed
 /// 6-bit scales (low nibble in scales_l, top two bits in scales_h):
 /// `(d * (ls - 32)) * kvalues[q]`.
+#[inline(always)]
 pub(crate) fn dequantize_iq4_xs(blocks: &[u8], out: &mut [f32]) {
     for (b, y) in blocks
         .chunks_exact(IQ4_XS_BYTES)

@@ -69,6 +69,7 @@ fn nibbles(qs: &[u8], o: &mut [f32; QK], map: impl Fn(u8) -> f32) {
 }
 
 /// Q4_0: `{f16 d, u8 qs[16]}`; `x = d * (nibble - 8)`.
+#[inline(always)]
 pub(crate) fn dequantize_q4_0(blocks: &[u8], out: &mut [f32]) {
     each_block::<18>(blocks, out, |b, o| {
         let d = f16_le(b[0], b[1]);
@@ -77,6 +78,7 @@ pub(crate) fn dequantize_q4_0(blocks: &[u8], out: &mut [f32]) {
 }
 
 /// Q4_1: `{f16 d, f16 m, u8 qs[16]}`; `x = d * nibble + m`.
+#[inline(always)]
 pub(crate) fn dequantize_q4_1(blocks: &[u8], out: &mut [f32]) {
     each_block::<20>(blocks, out, |b, o| {
         let d = f16_le(b[0], b[1]);
@@ -99,6 +101,7 @@ fn five_bits(qh: u32, qs: &[u8], o: &mut [f32; QK], map: impl Fn(u8) -> f32) {
 }
 
 /// Q5_0: `{f16 d, u8 qh[4], u8 qs[16]}`; `x = d * (q5 - 16)`.
+#[inline(always)]
 pub(crate) fn dequantize_q5_0(blocks: &[u8], out: &mut [f32]) {
     each_block::<22>(blocks, out, |b, o| {
         let d = f16_le(b[0], b[1]);
@@ -108,6 +111,7 @@ pub(crate) fn dequantize_q5_0(blocks: &[u8], out: &mut [f32]) {
 }
 
 /// Q5_1: `{f16 d, f16 m, u8 qh[4], u8 qs[16]}`; `x = d * q5 + m`.
+#[inline(always)]
 pub(crate) fn dequantize_q5_1(blocks: &[u8], out: &mut [f32]) {
     each_block::<24>(blocks, out, |b, o| {
         let d = f16_le(b[0], b[1]);
@@ -126,6 +130,7 @@ fn scaled_i8(d: f32, qs: &[u8], o: &mut [f32; QK]) {
 }
 
 /// Q8_0: `{f16 d, i8 qs[32]}`; `x = d * q`.
+#[inline(always)]
 pub(crate) fn dequantize_q8_0(blocks: &[u8], out: &mut [f32]) {
     each_block::<34>(blocks, out, |b, o| {
         scaled_i8(f16_le(b[0], b[1]), &b[2..], o)
@@ -134,6 +139,7 @@ pub(crate) fn dequantize_q8_0(blocks: &[u8], out: &mut [f32]) {
 
 /// Q8_1: `{f16 d, f16 s, i8 qs[32]}` (36 bytes); `x = d * q`. `s` (d times
 /// the sum of the quants, kept for dot products) plays no part.
+#[inline(always)]
 pub(crate) fn dequantize_q8_1(blocks: &[u8], out: &mut [f32]) {
     each_block::<36>(blocks, out, |b, o| {
         scaled_i8(f16_le(b[0], b[1]), &b[4..], o)
@@ -141,6 +147,7 @@ pub(crate) fn dequantize_q8_1(blocks: &[u8], out: &mut [f32]) {
 }
 
 /// IQ4_NL: `{f16 d, u8 qs[16]}`; `x = d * kvalues_iq4nl[nibble]`.
+#[inline(always)]
 pub(crate) fn dequantize_iq4_nl(blocks: &[u8], out: &mut [f32]) {
     each_block::<18>(blocks, out, |b, o| {
         let d = f16_le(b[0], b[1]);
@@ -149,6 +156,7 @@ pub(crate) fn dequantize_iq4_nl(blocks: &[u8], out: &mut [f32]) {
 }
 
 /// MXFP4: `{u8 e, u8 qs[16]}`; `x = e8m0_half(e) * kvalues_mxfp4[nibble]`.
+#[inline(always)]
 pub(crate) fn dequantize_mxfp4(blocks: &[u8], out: &mut [f32]) {
     each_block::<17>(blocks, out, |b, o| {
         let d = e8m0_to_f32_half(b[0]);
