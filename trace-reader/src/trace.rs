@@ -3,7 +3,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -53,7 +52,7 @@ pub struct Trace {
     run_metadata: Metadata,
     /// Decoded tensors, filled on first use (boxed: an unused slot costs 8 bytes).
     infos: Vec<OnceLock<Box<TensorInfo>>>,
-    by_name: OnceLock<HashMap<String, Vec<u64>>>,
+    by_name: OnceLock<crate::name_index::NameIndex>,
     /// How the container describes its tensors.
     tensors: Box<dyn Describe>,
     /// Derived tensors already rebuilt, shared by every read of this trace.
@@ -258,7 +257,8 @@ impl Trace {
         let slot = *self
             .tensor_slot
             .get(id as usize)
-            .ok_or(ReaderError::NoSuchTensor {
+            // built only on failure: this runs on every access by id
+            .ok_or_else(|| ReaderError::NoSuchTensor {
                 path: self.path.clone(),
                 record: id,
             })?;
@@ -279,9 +279,7 @@ impl Trace {
     /// Record ids of every tensor named `name`, in order.
     pub fn find(&self, name: &str) -> &[u64] {
         self.name_index()
-            .get(name)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+            .find(name, |id| self.record_name(id).unwrap_or(""))
     }
 
     /// Which occurrence of its name tensor `id` is: `(k, n)`, the k-th (from 0) of n.
@@ -435,7 +433,7 @@ impl Trace {
         let r = self
             .records
             .get(id as usize)
-            .ok_or(ReaderError::NoSuchTensor {
+            .ok_or_else(|| ReaderError::NoSuchTensor {
                 path: self.path.clone(),
                 record: id,
             })?;
@@ -465,15 +463,11 @@ impl Trace {
             .map(|c| c.desc.name.clone())
     }
 
-    fn name_index(&self) -> &HashMap<String, Vec<u64>> {
+    fn name_index(&self) -> &crate::name_index::NameIndex {
         self.by_name.get_or_init(|| {
-            let mut m: HashMap<String, Vec<u64>> = HashMap::with_capacity(self.tensor_ids.len());
-            for &id in &self.tensor_ids {
-                m.entry(self.record_name(id).unwrap_or("").to_owned())
-                    .or_default()
-                    .push(id);
-            }
-            m
+            crate::name_index::NameIndex::new(&self.tensor_ids, |id| {
+                self.record_name(id).unwrap_or("")
+            })
         })
     }
 
