@@ -8,6 +8,7 @@ mod container;
 mod error;
 pub mod gguf;
 mod halves;
+mod name_index;
 mod pool;
 mod replay;
 /// Layer and step numbers read from tensor names (shared with the writer).
