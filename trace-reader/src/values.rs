@@ -207,16 +207,18 @@ pub(crate) fn gather_f32_with(
 }
 
 /// From how many values on [`gather_f32`] shares a conversion of rows out
-/// between the threads of the [`pool`] (where there is one): 2^16 values,
-/// 256 KiB of f32. Measured on a 2-core VM with the hand-written pool this
-/// replaced
-/// (permuted f16 views, best of 200 calls, one thread against shared):
-/// 2^14 values 2.0 against 2.4 µs (one chunk: nothing to share), 3·2^13
-/// about even, 2^15 4.1 against 3.4 µs, 2^16 7.8 against 5.8 µs, 2^18 34
-/// against 20 µs. From 2^16 on the gain is a third or more, enough to pay
-/// for a helper that has to be woken (measured with `gather_f32_with`,
-/// `Threads::One` against `Threads::Shared`, 10 calls a round, 20 rounds).
-pub(crate) const SHARED_MIN_VALUES: u64 = 1 << 16;
+/// between the threads of the [`pool`] (where there is one): 2^21 values,
+/// 8 MiB of f32. The pool's threads sleep between calls, and waking them
+/// is slow where the cores idle in a virtual machine: on this project's
+/// 2-core VM, permuted f16 views converted five calls in a row after 20 ms
+/// of idleness (best of the five, median of 100 such blocks; steady state,
+/// calls back to back, in brackets), one thread against shared: 2^18 values
+/// 52 against 102 µs (45 against 34), 2^20 255 against 306 µs (208 against
+/// 125), 2^22 1477 against 903 µs (1409 against 797). Below about 2^21 a
+/// call after a pause loses more to the wake-up than sharing saves, and
+/// calls come after pauses: a user's, or another program's (the bench's
+/// torch rounds). Before, from 2^16 values on, the rows were shared.
+pub(crate) const SHARED_MIN_VALUES: u64 = 1 << 21;
 
 /// The size of the pieces of a shared conversion, in values: rayon hands
 /// them out as its threads ask, so a thread that joins late takes only
@@ -485,10 +487,11 @@ mod tests {
     /// and over the threshold.
     #[test]
     fn shared_rows_match_one_thread() {
-        let storage: Vec<u8> = (0..(1u32 << 21))
+        let t = SHARED_MIN_VALUES;
+        // room for every layout below in f32
+        let storage: Vec<u8> = (0..(t as u32 + 4096) * 4)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
             .collect();
-        let t = SHARED_MIN_VALUES;
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             let size = dtype.element_bytes().unwrap() as u64;
             let layouts = [
