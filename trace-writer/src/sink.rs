@@ -139,9 +139,23 @@ impl Window {
     }
 }
 
+/// Write zeros over `[from, to)` of `file` (nothing when `from >= to`).
+#[cfg(target_os = "linux")]
+fn zero_fill(file: &File, from: u64, to: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// Whether `file` lies on a file system where a store into a mapped page
-/// that `posix_fallocate` allocated can never fail for want of space: ext4,
-/// XFS and tmpfs. A store that cannot be backed is a SIGBUS, not an error,
+/// that a write has backed can never fail for want of space: ext4, XFS and
+/// tmpfs. A store that cannot be backed is a SIGBUS, not an error,
 /// so copy-on-write file systems (btrfs, ZFS: an allocated block may still
 /// need a new one when written), network and FUSE file systems, overlayfs
 /// and any other get records written instead.
@@ -354,7 +368,6 @@ impl Sink {
 
     #[cfg(target_os = "linux")]
     fn map_window(&mut self, at: u64) -> io::Result<Window> {
-        use std::os::fd::AsRawFd;
         self.file.flush()?;
         let start = at - at % WINDOW_ALIGN;
         let bytes = window_bytes(at);
@@ -362,20 +375,21 @@ impl Sink {
             .file
             .file()
             .ok_or_else(|| io::Error::from(io::ErrorKind::Unsupported))?;
-        let (Ok(off), Ok(len)) = (libc::off_t::try_from(start), libc::off_t::try_from(bytes))
-        else {
-            return Err(io::Error::other("window offset out of range"));
-        };
-        // allocate the blocks first: a store to a mapped page the file
-        // system cannot back would be a SIGBUS, not an error
-        // SAFETY: a plain system call on the open descriptor of `file`.
-        let err = unsafe { libc::posix_fallocate(file.as_raw_fd(), off, len) };
-        if err != 0 {
-            return Err(io::Error::from_raw_os_error(err));
-        }
+        // back every page first, by writing zeros where the file has
+        // nothing yet (from `at`, or from the end of the last window):
+        // a store to a mapped page the file system cannot back would be a
+        // SIGBUS, not an error, and a write reserves the blocks (or fails
+        // here, ENOSPC). Zeros written put the pages in the page cache,
+        // dirty: mapping and storing into them then costs a third of what
+        // it costs over `posix_fallocate`d blocks, which the kernel reads
+        // in (as zeros) and converts at the first store (256 KiB records
+        // of 600 B copied into a 4 MiB window on ext4: 0.25 µs a record
+        // against 0.80; a `pwrite` per record: 1.67)
+        zero_fill(file, at.max(self.allocated_end), start + bytes)?;
         // SAFETY: `file` is this sink's own file, created (truncated) by it
-        // and written only through it; the range was just allocated, so
-        // every page of the mapping is backed. Another process truncating
+        // and written only through it; every byte of the range was just
+        // written (records before `at`, zeros after), so every page of the
+        // mapping is backed. Another process truncating
         // the file while it is written would make a store fault (SIGBUS):
         // the same contract as any writer that maps its output.
         let map = unsafe {
