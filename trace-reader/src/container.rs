@@ -212,10 +212,14 @@ pub(crate) struct Records<'a> {
 impl<'a> Records<'a> {
     /// The name of record `id`, from the index.
     pub(crate) fn name(&self, id: u64) -> Option<&'a str> {
+        std::str::from_utf8(self.name_bytes(id)?).ok()
+    }
+
+    /// The bytes of record `id`'s name, from the index: UTF-8, which every
+    /// container checks at open.
+    pub(crate) fn name_bytes(&self, id: u64) -> Option<&'a [u8]> {
         let r = self.records.get(id as usize)?;
-        let b = self
-            .bytes
-            .get(r.name_at as usize..(r.name_at + u64::from(r.name_len)) as usize)?;
-        std::str::from_utf8(b).ok()
+        self.bytes
+            .get(r.name_at as usize..(r.name_at + u64::from(r.name_len)) as usize)
     }
 }

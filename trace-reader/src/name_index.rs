@@ -3,16 +3,23 @@
 //! A map from owned names (`HashMap<String, Vec<u64>>`) costs two
 //! allocations per tensor, most of the time it takes to open a trace of
 //! 100,000 tensors and reach each by name. This one maps a keyed hash of
-//! each name (the standard library's SipHash with a random key, so a file
-//! cannot choose names that collide) to the ids of that name, one id held
-//! inline; the names themselves are compared where they lie, in the
-//! file's index. Two different names with the same 64-bit hash (never by
-//! chance in practice, but possible) put the second in a map by owned
-//! name, so every lookup stays exact.
+//! each name to the ids of that name, one id held inline; the names
+//! themselves are compared where they lie, in the file's index (as bytes:
+//! the reader checked at open that every name is UTF-8). Two different
+//! names with the same 64-bit hash (never by chance in practice, but
+//! possible) put the second in a map by owned name, so every lookup stays
+//! exact.
+//!
+//! The hash is foldhash with a random seed (a file cannot choose names
+//! whose hashes collide without knowing it): about five times as fast as
+//! the standard library's SipHash on names of 20 bytes, which was a tenth
+//! of the time to reach 20,000 tensors by name.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+use foldhash::fast::RandomState;
 
 /// Record ids by name (see the module's comment).
 #[derive(Debug)]
@@ -20,22 +27,22 @@ pub(crate) struct NameIndex<S = RandomState> {
     keys: S,
     by_hash: HashMap<u64, Ids, BuildHasherDefault<AlreadyHashed>>,
     /// Names whose hash an earlier, different name took.
-    collided: HashMap<String, Vec<u64>>,
+    collided: HashMap<Vec<u8>, Vec<u64>>,
 }
 
 impl NameIndex {
     /// The index of `ids` (in order), whose names `name_of` gives.
-    pub(crate) fn new<'a>(ids: &[u64], name_of: impl Fn(u64) -> &'a str) -> NameIndex {
-        NameIndex::with_keys(RandomState::new(), ids, name_of)
+    pub(crate) fn new<'a>(ids: &[u64], name_of: impl Fn(u64) -> &'a [u8]) -> NameIndex {
+        NameIndex::with_keys(RandomState::default(), ids, name_of)
     }
 }
 
 impl<S: BuildHasher> NameIndex<S> {
     /// [`NameIndex::new`], hashing with `keys`.
-    fn with_keys<'a>(keys: S, ids: &[u64], name_of: impl Fn(u64) -> &'a str) -> NameIndex<S> {
+    fn with_keys<'a>(keys: S, ids: &[u64], name_of: impl Fn(u64) -> &'a [u8]) -> NameIndex<S> {
         let mut by_hash: HashMap<u64, Ids, BuildHasherDefault<AlreadyHashed>> =
             HashMap::with_capacity_and_hasher(ids.len(), BuildHasherDefault::default());
-        let mut collided: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut collided: HashMap<Vec<u8>, Vec<u64>> = HashMap::new();
         for &id in ids {
             let name = name_of(id);
             match by_hash.entry(keys.hash_one(name)) {
@@ -46,7 +53,7 @@ impl<S: BuildHasher> NameIndex<S> {
                     if name_of(e.get().first()) == name {
                         e.get_mut().push(id);
                     } else {
-                        collided.entry(name.to_owned()).or_default().push(id);
+                        collided.entry(name.to_vec()).or_default().push(id);
                     }
                 }
             }
@@ -61,8 +68,8 @@ impl<S: BuildHasher> NameIndex<S> {
     /// The ids named `name`, in order (empty when none is).
     pub(crate) fn find<'s, 'a>(
         &'s self,
-        name: &str,
-        name_of: impl Fn(u64) -> &'a str,
+        name: &[u8],
+        name_of: impl Fn(u64) -> &'a [u8],
     ) -> &'s [u64] {
         if let Some(ids) = self.by_hash.get(&self.keys.hash_one(name)) {
             if name_of(ids.first()) == name {
@@ -132,13 +139,13 @@ mod tests {
     fn repeated_and_unique_names_keep_their_order() {
         let names = ["a", "b", "a", "c", "a", "b"];
         let ids: Vec<u64> = (0..names.len() as u64).collect();
-        let name_of = |id: u64| names[id as usize];
+        let name_of = |id: u64| names[id as usize].as_bytes();
         let index = NameIndex::new(&ids, name_of);
-        assert_eq!(index.find("a", name_of), [0, 2, 4]);
-        assert_eq!(index.find("b", name_of), [1, 5]);
-        assert_eq!(index.find("c", name_of), [3]);
-        assert!(index.find("d", name_of).is_empty());
-        assert!(index.find("", name_of).is_empty());
+        assert_eq!(index.find(b"a", name_of), [0, 2, 4]);
+        assert_eq!(index.find(b"b", name_of), [1, 5]);
+        assert_eq!(index.find(b"c", name_of), [3]);
+        assert!(index.find(b"d", name_of).is_empty());
+        assert!(index.find(b"", name_of).is_empty());
     }
 
     /// Hashes every name to the same value.
@@ -164,12 +171,12 @@ mod tests {
     fn names_whose_hashes_collide_stay_apart() {
         let names = ["x", "y", "x", "z", "y"];
         let ids: Vec<u64> = (0..names.len() as u64).collect();
-        let name_of = |id: u64| names[id as usize];
+        let name_of = |id: u64| names[id as usize].as_bytes();
         let index = NameIndex::with_keys(OneHash, &ids, name_of);
         assert_eq!(index.by_hash.len(), 1, "every name has the same hash");
-        assert_eq!(index.find("x", name_of), [0, 2]);
-        assert_eq!(index.find("y", name_of), [1, 4]);
-        assert_eq!(index.find("z", name_of), [3]);
-        assert!(index.find("w", name_of).is_empty());
+        assert_eq!(index.find(b"x", name_of), [0, 2]);
+        assert_eq!(index.find(b"y", name_of), [1, 4]);
+        assert_eq!(index.find(b"z", name_of), [3]);
+        assert!(index.find(b"w", name_of).is_empty());
     }
 }

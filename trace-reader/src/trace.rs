@@ -278,8 +278,9 @@ impl Trace {
 
     /// Record ids of every tensor named `name`, in order.
     pub fn find(&self, name: &str) -> &[u64] {
-        self.name_index()
-            .find(name, |id| self.record_name(id).unwrap_or(""))
+        self.name_index().find(name.as_bytes(), |id| {
+            self.at().name_bytes(id).unwrap_or_default()
+        })
     }
 
     /// Which occurrence of its name tensor `id` is: `(k, n)`, the k-th (from 0) of n.
@@ -466,7 +467,7 @@ impl Trace {
     fn name_index(&self) -> &crate::name_index::NameIndex {
         self.by_name.get_or_init(|| {
             crate::name_index::NameIndex::new(&self.tensor_ids, |id| {
-                self.record_name(id).unwrap_or("")
+                self.at().name_bytes(id).unwrap_or_default()
             })
         })
     }
