@@ -1,9 +1,7 @@
 //! The `add_*` methods: each tensor kind's checks and descriptor, then
 //! [`Writer::append`].
 
-use trace_format::codec::{
-    encode_storage, encode_tensor_ref, DataRef, StorageDesc, TensorDesc, TensorDescRef,
-};
+use trace_format::codec::{encode_storage, encode_tensor_ref, DataRef, StorageDesc, TensorDescRef};
 use trace_format::record::RecordKind;
 use trace_format::stats::compute_stats;
 use trace_format::update::{encode_storage_update, StorageUpdateDesc};
@@ -250,10 +248,10 @@ impl Writer {
             DataRef::Inline {
                 offset: layout.storage_offset(),
             },
-            layout,
-            meta,
+            &layout,
+            &meta,
         )?;
-        let id = self.append_tensor(&desc.borrowed(), bytes, payload_crc32c)?;
+        let id = self.append_tensor(&desc, bytes, payload_crc32c)?;
         if let Some(id) = id {
             // a tensor's own bytes are a storage other views may use
             lock(&self.shared.storages).insert(id, bytes.len() as u64);
@@ -294,10 +292,10 @@ impl Writer {
                 storage,
                 offset: layout.storage_offset(),
             },
-            layout.clone(),
-            meta,
+            layout,
+            &meta,
         )?;
-        self.append_tensor(&desc.borrowed(), &[], None)
+        self.append_tensor(&desc, &[], None)
     }
 
     /// Record an `ndarray` view with its real strides: a standard-layout
@@ -386,8 +384,8 @@ impl Writer {
             name: name.into(),
             error: source,
         })?;
-        let desc = tensor_desc(name, dtype, DataRef::Derived, layout, meta)?;
-        self.append_tensor(&desc.borrowed(), &[], None)
+        let desc = tensor_desc(name, dtype, DataRef::Derived, &layout, &meta)?;
+        self.append_tensor(&desc, &[], None)
     }
 
     /// Quantize row-major f32 `values` of `shape` to the block dtype `dtype`
@@ -445,8 +443,8 @@ impl Writer {
             error: source,
         })?;
         meta.stats = Some(stats);
-        let desc = tensor_desc(name, dtype, DataRef::StatsOnly, layout, meta)?;
-        self.append_tensor(&desc.borrowed(), &[], None)
+        let desc = tensor_desc(name, dtype, DataRef::StatsOnly, &layout, &meta)?;
+        self.append_tensor(&desc, &[], None)
     }
 
     /// Compute statistics of contiguous `bytes` and record them without the data.
@@ -483,29 +481,32 @@ impl Writer {
     }
 }
 
-/// The descriptor of a tensor record; `layout` is moved in (its shape and
-/// strides become the descriptor's, no copy).
-pub(crate) fn tensor_desc(
-    name: &str,
+/// The descriptor of a tensor record, borrowing every field from the
+/// caller's name, layout and metadata: nothing is copied or allocated (the
+/// descriptor is encoded at once, [`Writer::append_tensor`]).
+pub(crate) fn tensor_desc<'a>(
+    name: &'a str,
     dtype: DType,
     data: DataRef,
-    layout: Layout,
-    meta: TensorMeta,
-) -> Result<TensorDesc, WriterError> {
+    layout: &'a Layout,
+    meta: &'a TensorMeta,
+) -> Result<TensorDescRef<'a>, WriterError> {
     check_depth(name, &meta.metadata)?;
-    Ok(TensorDesc {
-        name: name.to_owned(),
+    Ok(TensorDescRef {
+        name,
         dtype,
         data,
-        shape: layout.shape().to_vec(),
-        byte_strides: layout.byte_strides().to_vec(),
+        shape: layout.shape(),
+        byte_strides: layout.byte_strides(),
         step: meta.step,
         layer: meta.layer,
-        role: meta.role,
-        source_layout: meta.source_layout,
-        lineage: meta.lineage,
-        stats: meta.stats,
-        metadata: meta.metadata,
+        role: meta.role.as_deref(),
+        source_layout: meta.source_layout.as_ref(),
+        parents: &meta.lineage.parents,
+        ops: &meta.lineage.ops,
+        engine_op: meta.lineage.engine_op.as_ref(),
+        stats: meta.stats.as_ref(),
+        metadata: &meta.metadata,
     })
 }
 
