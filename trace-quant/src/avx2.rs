@@ -17,6 +17,8 @@
 
 use trace_format::DType;
 
+// the copies' sources (only x86-64 has copies; the tests compare both)
+#[cfg(any(target_arch = "x86_64", test))]
 use crate::{kquants, legacy};
 
 /// A dequantizer: whole blocks in, their values out (lengths checked by the caller).
