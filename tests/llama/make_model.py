@@ -2,7 +2,9 @@
 
 2 layers, n_embd 128, 4 heads and 2 KV heads (GQA) of head_dim 32, FFN 256,
 an SPM vocab with the 256 byte tokens; weights in f32 (norms), f16, Q8_0 and
-Q4_0. Usage: make_model.py OUT.gguf [--seed N]
+Q4_0. `--head-dim 64` makes 2 heads and 1 KV head of 64 instead (llama.cpp
+rotates K and V before a quantized cache only when the head dim is a
+multiple of 64). Usage: make_model.py OUT.gguf [--seed N] [--head-dim D]
 """
 
 import argparse
@@ -32,7 +34,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--head-dim", type=int, default=HEAD_DIM, choices=[32, 64])
     args = ap.parse_args()
+    head_dim = args.head_dim
+    n_head = N_EMBD // head_dim
+    n_head_kv = n_head // 2
     rng = np.random.default_rng(args.seed)
     tokens, scores, types = vocab()
     n_vocab = len(tokens)
@@ -43,9 +49,9 @@ def main():
     w.add_embedding_length(N_EMBD)
     w.add_block_count(N_LAYER)
     w.add_feed_forward_length(N_FF)
-    w.add_head_count(N_HEAD)
-    w.add_head_count_kv(N_HEAD_KV)
-    w.add_rope_dimension_count(HEAD_DIM)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(head_dim)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
     w.add_file_type(1)  # mostly f16
@@ -76,10 +82,10 @@ def main():
         p = f"blk.{il}."
         add(p + "attn_norm.weight", 1 + 0.1 * rng.standard_normal(N_EMBD).astype(np.float32), "f32")
         # larger Q/K weights: attention that is far from uniform
-        add(p + "attn_q.weight", mat(N_HEAD * HEAD_DIM, N_EMBD, 3 / np.sqrt(N_EMBD)), "q8_0" if il == 0 else "f16")
-        add(p + "attn_k.weight", mat(N_HEAD_KV * HEAD_DIM, N_EMBD, 3 / np.sqrt(N_EMBD)), "f16")
-        add(p + "attn_v.weight", mat(N_HEAD_KV * HEAD_DIM, N_EMBD), "q4_0" if il == 1 else "f16")
-        add(p + "attn_output.weight", mat(N_EMBD, N_HEAD * HEAD_DIM), "q8_0")
+        add(p + "attn_q.weight", mat(n_head * head_dim, N_EMBD, 3 / np.sqrt(N_EMBD)), "q8_0" if il == 0 else "f16")
+        add(p + "attn_k.weight", mat(n_head_kv * head_dim, N_EMBD, 3 / np.sqrt(N_EMBD)), "f16")
+        add(p + "attn_v.weight", mat(n_head_kv * head_dim, N_EMBD), "q4_0" if il == 1 else "f16")
+        add(p + "attn_output.weight", mat(N_EMBD, n_head * head_dim), "q8_0")
         add(p + "ffn_norm.weight", 1 + 0.1 * rng.standard_normal(N_EMBD).astype(np.float32), "f32")
         add(p + "ffn_gate.weight", mat(N_FF, N_EMBD), "q4_0")
         add(p + "ffn_up.weight", mat(N_FF, N_EMBD), "f16")
