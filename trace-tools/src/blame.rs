@@ -180,11 +180,14 @@ const MAX_STALE: usize = 32;
 fn stale_in(a: &Trace, b: &Trace, p: &Pair, x: Values<'_>) -> Option<Finding> {
     let numel = x.data.len() as u64;
     let near = |t: &Trace, own: u64| -> Vec<u64> {
+        // views of the tensor's own bytes hold its values: no other buffer
+        let storage = t.tensor(own).ok().and_then(|i| i.storage);
         let mut ids: Vec<u64> = t
             .tensor_ids()
             .iter()
             .copied()
             .filter(|&id| id != own)
+            .filter(|&id| storage.is_none() || t.tensor(id).is_ok_and(|i| i.storage != storage))
             .filter(|&id| {
                 t.tensor(id).is_ok_and(|i| {
                     !i.is_stats_only() && i.layout.shape().iter().product::<u64>() == numel
