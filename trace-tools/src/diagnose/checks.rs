@@ -389,28 +389,44 @@ fn rounds_to(format: &str, x: &[f32], r: &[f32]) -> bool {
                 && (half::bf16::from_f32(x).to_f32() - r).abs() <= ulp_bf16(r) * 0.5001
         }),
         "q8_0" | "q4_0" => x.chunks(32).zip(r.chunks(32)).all(|(xb, rb)| {
-            let d = if format == "q8_0" {
-                xb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0
-            } else {
-                // ggml's q4_0 keeps the sign of the largest magnitude: d = max / -8
-                xb.iter()
-                    .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m })
-                    / -8.0
-            };
-            let d = half::f16::from_f32(d).to_f32();
-            if d == 0.0 {
-                return rb.iter().all(|&v| v == 0.0);
-            }
             let (lo, hi) = if format == "q8_0" {
                 (-127.0, 127.0)
             } else {
                 (-8.0, 7.0)
             };
-            xb.iter().zip(rb).all(|(&x, &r)| {
-                let q = r / d;
-                (q - q.round()).abs() <= 1e-3
-                    && (lo..=hi).contains(&q.round())
-                    && (x - r).abs() <= d.abs() * 1.01
+            let largest = |b: &[f32]| {
+                b.iter()
+                    .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m })
+            };
+            // the block's scale as ggml derives it from x (q8_0: max |x| / 127;
+            // q4_0 keeps the sign of the largest magnitude: max / -8), or
+            // as r's largest value says it is (r = q·d with q at an end of
+            // the range): x may itself be rounded (an f16 copy of what was
+            // quantized), which moves ggml's scale by an f16 step
+            let from_x = half::f16::from_f32(if format == "q8_0" {
+                largest(xb).abs() / 127.0
+            } else {
+                largest(xb) / -8.0
+            })
+            .to_f32();
+            let m = largest(rb);
+            // (NaN: no third candidate; it fails every comparison)
+            let candidates = if format == "q8_0" {
+                [from_x, m.abs() / 127.0, f32::NAN]
+            } else {
+                [from_x, m / -8.0, m / 7.0]
+            };
+            candidates.iter().any(|&d| {
+                if d == 0.0 {
+                    // (a block of zeros: only x's own scale can say so)
+                    return from_x == 0.0 && rb.iter().all(|&v| v == 0.0);
+                }
+                xb.iter().zip(rb).all(|(&x, &r)| {
+                    let q = r / d;
+                    (q - q.round()).abs() <= 1e-3
+                        && (lo..=hi).contains(&q.round())
+                        && (x - r).abs() <= d.abs() * 1.01
+                })
             })
         }),
         _ => false,

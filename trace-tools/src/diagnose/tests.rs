@@ -353,6 +353,32 @@ fn clean_pairs(seed: u64, round: fn(f32) -> f32) -> Vec<(Vec<f32>, Vec<f32>, Vec
     out
 }
 
+/// A quantized KV cache against an f16 one: both hold what one f32 K was,
+/// one rounded to q8_0 (or q4_0) by ggml, the other to f16. The block
+/// scales ggml took from the f32 values are not the f16 values' own (an f16
+/// step apart in some blocks), and the pair is still that format's rounding.
+#[test]
+fn a_quantized_copy_against_an_f16_copy_is_that_formats_rounding() {
+    for seed in 0..20 {
+        let mut r = Rng(seed * 7 + 3);
+        let k: Vec<f32> = (0..64 * 64).map(|_| r.normal() * 2.0).collect();
+        let b: Vec<f32> = k.iter().map(|&x| f16_round(x)).collect();
+        for (q4, format) in [(false, "q8_0"), (true, "q4_0")] {
+            let a = q_round(&k, q4);
+            let shape = [64, 64];
+            let found = diagnose(
+                Values::new(&a, &shape).unwrap(),
+                Values::new(&b, &shape).unwrap(),
+            );
+            assert!(
+                matches!(found.first().map(|f| &f.cause), Some(Cause::Precision { format: f, .. }) if f == format),
+                "seed {seed} {format}: {:?}",
+                found.first().map(|f| &f.evidence)
+            );
+        }
+    }
+}
+
 #[test]
 fn clean_pairs_get_nothing_but_precision() {
     for seed in 0..20 {
