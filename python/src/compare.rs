@@ -281,9 +281,12 @@ impl DiffResult {
     /// execution order: dicts with `index` (into `pairs`), `key`, `inputs`
     /// (indices of its compared inputs, which agree), `amplification`
     /// (relative error out over in; None when its inputs agree exactly),
-    /// `by_graph` (False: blamed by execution order, no inputs recorded) and
+    /// `by_graph` (False: blamed by execution order, no inputs recorded),
     /// `diagnosis` (findings, strongest first: `kind`, its fields,
-    /// `strength`, `evidence`).
+    /// `strength`, `evidence`), `diagnosed` (False: the values were not
+    /// tested, too many of them or beyond the first distinct blamed ops) and
+    /// `same_op_as` (the index of the first blame of the same op, when this
+    /// is that op again at a later step; else None).
     #[getter]
     fn blamed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
@@ -299,6 +302,8 @@ impl DiffResult {
                 findings.append(finding_dict(py, f)?)?;
             }
             d.set_item("diagnosis", findings)?;
+            d.set_item("diagnosed", bl.diagnosed)?;
+            d.set_item("same_op_as", bl.same_op_as)?;
             list.append(d)?;
         }
         Ok(list)
@@ -336,7 +341,7 @@ impl DiffResult {
             _ => Vec::new(),
         };
         let found = py
-            .detach(|| trace_tools::blame::diagnose_pair(ta, tb, p, &transforms))
+            .detach(|| trace_tools::blame::diagnose_in(ta, tb, pairs, index, &transforms))
             .map_err(tools_error)?;
         let list = PyList::empty(py);
         for f in &found {

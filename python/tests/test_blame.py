@@ -92,6 +92,7 @@ def test_blame_names_the_planted_module_and_its_bug(tmp_path, seed, bug, module,
     blamed = r.blamed
     assert [x["key"].split("/")[0].removesuffix(".output") for x in blamed][:1] == [module], blamed
     assert all(x["by_graph"] for x in blamed)
+    assert blamed[0]["diagnosed"] and blamed[0]["same_op_as"] is None
     top = blamed[0]["diagnosis"][0]
     assert top["kind"] == kind, top
     assert isinstance(top["evidence"], str) and 0 < top["strength"] <= 1

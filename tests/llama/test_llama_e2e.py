@@ -172,3 +172,35 @@ def test_llama_cpp_python_capture(runs, tmp_path):
     # the Llama goes on with its own context afterwards
     llm.eval([1, 260])
     assert llm.n_tokens == 2
+
+
+def test_a_quantized_cache_against_an_f16_one_names_the_rotation(tmp_path):
+    # with a head dim of 64, llama.cpp rotates K (a MUL_MAT with
+    # attn_inp_k_rot) before writing a quantized cache: against an f16-cache
+    # run of the same model and tokens, the cache's blame names that op,
+    # once, with the later decode steps as repeats of it
+    import llama_cpp
+
+    model = tmp_path / "tiny-64.gguf"
+    subprocess.run([sys.executable, str(ROOT / "tests/llama/make_model.py"), str(model), "--head-dim", "64"], check=True)
+    paths = {}
+    for label, kw in (("q8_0", dict(flash_attn=True, type_k=llama_cpp.GGML_TYPE_Q8_0, type_v=llama_cpp.GGML_TYPE_Q8_0)),
+                      ("f16", dict(flash_attn=False))):
+        llm = llama_cpp.Llama(model_path=str(model), n_ctx=64, n_batch=64, n_threads=2, verbose=False, **kw)
+        paths[label] = tmp_path / f"{label}.tdump"
+        with tracedump.ggml.capture(llm, paths[label]):
+            llm.eval([1, 260, 262, 263, 100, 120])
+            for token in (264, 265, 266):
+                llm.eval([token])
+    r = tracedump.compare(str(paths["q8_0"]), str(paths["f16"]))
+    assert not r.agrees
+    cache = [x for x in r.blamed if x["key"].startswith("cache_k_l0")]
+    assert cache, [x["key"] for x in r.blamed]
+    first, later = cache[0], cache[1:]
+    path = [f for f in first["diagnosis"] if f["kind"] == "path"]
+    assert first["diagnosed"] and path, first
+    assert any("attn_inp_k_rot" in op and "mul_mat" in op for op in path[0]["only_a"]), path
+    assert path[0]["only_b"] == [], path
+    assert later and all(x["same_op_as"] == first["index"] and not x["diagnosed"] for x in later), later
+    steps = {r.pairs[x["index"]]["step"] for x in cache}
+    assert steps == {0, 1, 2, 3}, steps

@@ -45,6 +45,14 @@ pub struct Blame {
     pub by_graph: bool,
     /// What the values say about why (strongest first).
     pub diagnosis: Vec<Finding>,
+    /// Whether the diagnosis ran (only the first [`MAX_DIAGNOSED`] distinct
+    /// blamed ops are diagnosed, and an op blamed again at a later step is
+    /// not diagnosed twice): `false` says nothing about the hypotheses.
+    pub diagnosed: bool,
+    /// The pair (index into the report's pairs) of the first blame of the
+    /// same op, when this one is that op again at a later step: the same
+    /// names, pair key and layer.
+    pub same_op_as: Option<usize>,
 }
 
 /// ‖A − B‖ / ‖B‖ of a pair, where values were compared.
@@ -126,10 +134,187 @@ pub fn blame(report: &DiffReport, inputs: &[Vec<usize>]) -> (Vec<Blame>, Vec<Opt
                 amplification: amplification[i],
                 by_graph,
                 diagnosis: Vec::new(),
+                diagnosed: false,
+                same_op_as: None,
             });
         }
     }
+    link_repeats(pairs, &mut blamed);
     (blamed, amplification)
+}
+
+/// Marks each blamed op that is an earlier blamed op again at another
+/// step (a decode re-running one wrong kernel blames it at every step):
+/// [`Blame::same_op_as`].
+fn link_repeats(pairs: &[Pair], blamed: &mut [Blame]) {
+    let mut first: HashMap<(&str, &str, &str, Option<i64>), usize> = HashMap::new();
+    for bl in blamed.iter_mut() {
+        let p = &pairs[bl.pair];
+        let op = (
+            p.key.as_str(),
+            p.a.name.as_str(),
+            p.b.name.as_str(),
+            p.a.layer,
+        );
+        match first.get(&op) {
+            Some(&at) if pairs[at].step != p.step => bl.same_op_as = Some(at),
+            Some(_) => {}
+            None => {
+                first.insert(op, bl.pair);
+            }
+        }
+    }
+}
+
+/// Whether [`diagnose_pair`] tests its hypotheses on pair `p`'s values:
+/// not on more than [`MAX_DIAGNOSED_VALUES`] values a side.
+pub fn diagnosable(p: &Pair) -> bool {
+    let numel = |s: &[u64]| s.iter().product::<u64>();
+    numel(&p.a.shape).max(numel(&p.b.shape)) <= MAX_DIAGNOSED_VALUES
+}
+
+/// Pair `i` of `pairs` diagnosed: [`diagnose_pair`]'s findings on its
+/// values and [`path_differs`]'s on the two graphs, strongest first.
+pub fn diagnose_in(
+    a: &Trace,
+    b: &Trace,
+    pairs: &[Pair],
+    i: usize,
+    transforms: &[Transform],
+) -> Result<Vec<Finding>, ToolsError> {
+    let p = pairs
+        .get(i)
+        .ok_or_else(|| ToolsError::Invalid(format!("pair {i} of {}", pairs.len())))?;
+    let mut found = diagnose_pair(a, b, p, transforms)?;
+    found.extend(path_differs(a, b, pairs, i));
+    found.sort_by(|x, y| y.strength.total_cmp(&x.strength));
+    Ok(found)
+}
+
+/// At most this many unpaired ops are named per run in a path finding.
+const MAX_PATH_OPS: usize = 4;
+
+/// The ops each run computes between pair `i`'s compared inputs and its
+/// output that pair with nothing in the other run (views are walked
+/// through, not counted; weights and inputs are leaves, not ops): a
+/// [`Cause::Path`] finding when a run has any and both record the
+/// output's parents. Stronger when only one run has them: it computes
+/// something the other does not (or records it under no name the pairing
+/// knows).
+///
+/// [`Cause::Path`]: crate::diagnose::Cause::Path
+pub fn path_differs(a: &Trace, b: &Trace, pairs: &[Pair], i: usize) -> Option<Finding> {
+    let p = pairs.get(i)?;
+    if parents(a, p.a.id).is_empty() || parents(b, p.b.id).is_empty() {
+        return None;
+    }
+    let paired_a: HashSet<u64> = pairs.iter().map(|p| p.a.id).collect();
+    let paired_b: HashSet<u64> = pairs.iter().map(|p| p.b.id).collect();
+    let only_a = unpaired_ops(a, p.a.id, &paired_a);
+    let only_b = unpaired_ops(b, p.b.id, &paired_b);
+    if only_a.is_empty() && only_b.is_empty() {
+        return None;
+    }
+    let list = |ops: &[String]| {
+        let mut s = ops
+            .iter()
+            .take(MAX_PATH_OPS)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ");
+        if ops.len() > MAX_PATH_OPS {
+            s.push_str(&format!("; … {} more", ops.len() - MAX_PATH_OPS));
+        }
+        s
+    };
+    let count = |n: usize| {
+        if n == 1 {
+            "1 op that pairs".to_string()
+        } else {
+            format!("{n} ops that pair")
+        }
+    };
+    let (evidence, strength) = match (only_a.is_empty(), only_b.is_empty()) {
+        (false, true) | (true, false) => {
+            let (run, other, ops) = if only_b.is_empty() {
+                ("A", "B", &only_a)
+            } else {
+                ("B", "A", &only_b)
+            };
+            (
+                format!(
+                    "from the agreeing inputs, {run} computes it through {} with nothing \
+                     in {other} ({}), {other} through none: the runs compute it \
+                     differently, or {other} records less",
+                    count(ops.len()),
+                    list(ops)
+                ),
+                0.6,
+            )
+        }
+        _ => (
+            format!(
+                "the runs compute it along different paths from the agreeing inputs: A \
+                 through {} with nothing in B ({}), B through {} with nothing in A ({})",
+                count(only_a.len()),
+                list(&only_a),
+                count(only_b.len()),
+                list(&only_b)
+            ),
+            0.5,
+        ),
+    };
+    Some(Finding {
+        evidence,
+        cause: crate::diagnose::Cause::Path { only_a, only_b },
+        strength,
+    })
+}
+
+/// The computed (non-view, non-leaf) ancestors of `id` in `t` reached
+/// before any paired record, in execution order, as `name (#id) =
+/// op(parents)` (`name (#id) from parents` where no op is recorded).
+fn unpaired_ops(t: &Trace, id: u64, paired: &HashSet<u64>) -> Vec<String> {
+    let mut ops = Vec::new();
+    let mut seen = HashSet::new();
+    let mut todo = parents(t, id);
+    while let Some(id) = todo.pop() {
+        if paired.contains(&id) || !seen.insert(id) || seen.len() > MAX_WALK {
+            continue;
+        }
+        let Ok(info) = t.tensor(id) else { continue };
+        if info.lineage.parents.is_empty() {
+            continue;
+        }
+        if info.is_computed() {
+            ops.push(id);
+        }
+        todo.extend(info.lineage.parents.iter().copied());
+    }
+    ops.sort_unstable();
+    let name = |id: u64| match t.record_name(id).map(str::trim) {
+        Some(n) if !n.is_empty() => format!("{n} (#{id})"),
+        _ => format!("#{id}"),
+    };
+    ops.into_iter()
+        .map(|id| {
+            let info = t.tensor(id).ok();
+            let op = info
+                .and_then(|i| i.op().and_then(Result::ok))
+                .and_then(|o| o.name)
+                .or_else(|| {
+                    info.and_then(|i| i.lineage.engine_op.as_ref())
+                        .map(|e| e.op.to_ascii_lowercase())
+                });
+            let inputs: Vec<String> = info
+                .map(|i| i.lineage.parents.iter().map(|&p| name(p)).collect())
+                .unwrap_or_default();
+            match op {
+                Some(op) => format!("{} = {op}({})", name(id), inputs.join(", ")),
+                None => format!("{} from {}", name(id), inputs.join(", ")),
+            }
+        })
+        .collect()
 }
 
 /// Diagnose pair `p` (A's values with the pairing's transforms applied,
@@ -143,8 +328,7 @@ pub fn diagnose_pair(
 ) -> Result<Vec<Finding>, ToolsError> {
     let (sa, sb) = mapping::transformed_shapes(transforms, &p.a.shape, &p.b.shape)
         .map_err(ToolsError::Invalid)?;
-    let numel = |s: &[u64]| s.iter().product::<u64>();
-    if numel(&p.a.shape).max(numel(&p.b.shape)) > MAX_DIAGNOSED_VALUES {
+    if !diagnosable(p) {
         // bounded memory first: the metrics still say where it diverges
         return Ok(Vec::new());
     }
@@ -161,6 +345,9 @@ pub fn diagnose_pair(
         return Ok(Vec::new());
     };
     let mut found = diagnose(x, y);
+    if p.verdict == Verdict::ShapeMismatch {
+        found.extend(crate::diagnose::reshaped(x, y));
+    }
     found.extend(params_differ(a, b, p));
     found.extend(rope_in(a, p.a.id, x, y));
     // an agreeing pair equals its copies elsewhere: that is no staleness

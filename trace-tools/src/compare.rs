@@ -602,9 +602,15 @@ pub fn diff(
         p.inputs = i;
         p.amplification = x;
     }
-    for bl in blamed.iter_mut().take(blame::MAX_DIAGNOSED) {
-        let p = &report.pairs[bl.pair];
-        bl.diagnosis = blame::diagnose_pair(a, b, p, pair_transforms[bl.pair]).unwrap_or_default();
+    // the first distinct ops: a repeat at a later step would say the same
+    for bl in blamed
+        .iter_mut()
+        .filter(|bl| bl.same_op_as.is_none())
+        .take(blame::MAX_DIAGNOSED)
+    {
+        bl.diagnosis = blame::diagnose_in(a, b, &report.pairs, bl.pair, pair_transforms[bl.pair])
+            .unwrap_or_default();
+        bl.diagnosed = blame::diagnosable(&report.pairs[bl.pair]);
     }
     report.blamed = blamed;
     Ok(report)

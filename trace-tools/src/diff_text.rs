@@ -71,6 +71,19 @@ fn some(names: &[String], all: bool) -> String {
     )
 }
 
+/// A list cut to its first dozen items, with the count of the rest.
+fn few(items: &[String]) -> String {
+    const SHOWN: usize = 12;
+    if items.len() <= SHOWN {
+        return items.join(", ");
+    }
+    format!(
+        "{}, … {} more",
+        items[..SHOWN].join(", "),
+        items.len() - SHOWN
+    )
+}
+
 /// "A's name = B's name", or the one name both sides share.
 fn pair_names(p: &Pair) -> String {
     if p.a.name == p.b.name {
@@ -307,10 +320,12 @@ pub fn diff_text(a: &Trace, b: &Trace, r: &DiffReport, all: bool) -> Result<Stri
 }
 
 /// The blamed ops: for each, the inputs that agree, the amplification and
-/// the likely causes the values support.
+/// the likely causes the values support; an op blamed again at later steps
+/// once, with those steps.
 pub fn blame_text(r: &DiffReport) -> Result<String> {
     let mut s = String::new();
-    for bl in &r.blamed {
+    let step = |i: usize| r.pairs[i].step.map_or("?".to_string(), |x| x.to_string());
+    for bl in r.blamed.iter().filter(|bl| bl.same_op_as.is_none()) {
         let p = &r.pairs[bl.pair];
         let inputs: Vec<String> = bl.inputs.iter().map(|&i| r.pairs[i].key.clone()).collect();
         let how = if !bl.by_graph {
@@ -346,10 +361,40 @@ pub fn blame_text(r: &DiffReport) -> Result<String> {
             let label = if k == 0 { "likely cause" } else { "also" };
             writeln!(s, "  {label}: {}", f.evidence)?;
         }
-        if bl.diagnosis.is_empty() {
+        if !bl.diagnosed {
+            let why = if crate::blame::diagnosable(p) {
+                format!(
+                    "only the first {} distinct blamed ops are",
+                    crate::blame::MAX_DIAGNOSED
+                )
+            } else {
+                format!(
+                    "more than {} values a side",
+                    crate::blame::MAX_DIAGNOSED_VALUES
+                )
+            };
+            writeln!(s, "  values not diagnosed: {why}")?;
+        } else if bl.diagnosis.is_empty() {
             writeln!(
                 s,
                 "  likely cause: none of the diagnosis's hypotheses holds"
+            )?;
+        }
+        let again: Vec<&crate::blame::Blame> = r
+            .blamed
+            .iter()
+            .filter(|x| x.same_op_as == Some(bl.pair))
+            .collect();
+        if !again.is_empty() {
+            let steps: Vec<String> = again.iter().map(|x| step(x.pair)).collect();
+            let at: Vec<String> = again.iter().map(|x| (x.pair + 1).to_string()).collect();
+            writeln!(
+                s,
+                "  blamed again at {} later step{} ({}: pairs {})",
+                again.len(),
+                if again.len() == 1 { "" } else { "s" },
+                few(&steps),
+                few(&at)
             )?;
         }
     }

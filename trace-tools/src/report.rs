@@ -349,11 +349,15 @@ pub fn report_data(a: &Trace, b: &Trace, r: &DiffReport) -> Result<Value, ToolsE
                     "verdict": verdict_text(&r.pairs[i].verdict),
                 })).collect::<Vec<_>>(),
                 "diagnosis": bl.diagnosis,
+                "diagnosed": bl.diagnosed,
+                "same_op_as": bl.same_op_as.map(|i| i + 1),
+                "step": p.step,
             })
         })
         .collect();
     Ok(json!({
         "blamed": blamed,
+        "max_diagnosed": crate::blame::MAX_DIAGNOSED,
         "a": a.path().display().to_string(),
         "b": b.path().display().to_string(),
         "tolerance": { "atol": r.tolerance.atol, "rtol": r.tolerance.rtol, "min_cosine": r.tolerance.min_cosine },

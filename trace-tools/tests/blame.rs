@@ -312,3 +312,131 @@ fn rope_with_the_other_pairing_is_named() {
         other => panic!("{other:?}: {}", top.evidence),
     }
 }
+
+/// One op of a decode recorded at three steps, as llama.cpp with a
+/// quantized KV cache records it against an f16 one: run A rotates K
+/// (a MUL_MAT with a matrix B has no counterpart of) before writing its
+/// cache; both view V under their own shapes. The cache is blamed once,
+/// with the path finding naming A's extra op and the later steps as
+/// repeats; the two views of V are the same values in another shape.
+#[test]
+fn a_graph_only_one_run_has_is_named_and_repeats_are_grouped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (dir.path().join("a.tdump"), dir.path().join("b.tdump"));
+    let shape = [T as u64, D as u64];
+    for (path, rotated) in [(&pa, true), (&pb, false)] {
+        let w = Writer::create(path, Metadata::new()).unwrap();
+        let add = |name: &str, v: &[f32], shape: &[u64], step: i64, parents: &[Option<u64>]| {
+            let mut m = TensorMeta::new().step(step).layer(0);
+            let parents: Vec<u64> = parents.iter().flatten().copied().collect();
+            if name == "node_18" {
+                m = m.computed_from("mul_mat", &parents);
+            } else {
+                m.lineage.parents.extend(parents);
+            }
+            w.add_tensor(name, DType::F32, shape, bytemuck::cast_slice(v), m)
+                .unwrap()
+        };
+        // (A's rotation: each row's values in reverse order, negated)
+        let rot: Vec<f32> = (0..D * D)
+            .map(|i| if i / D + i % D == D - 1 { -1.0 } else { 0.0 })
+            .collect();
+        let rot_id = rotated.then(|| add("attn_inp_k_rot", &rot, &[D as u64, D as u64], 0, &[]));
+        for step in 0..3 {
+            let k = weights(40 + step as u64, T * D);
+            let k_id = add("Kcur-0", &k, &shape, step, &[]);
+            let (cache, from) = if rotated {
+                let r: Vec<f32> = k
+                    .chunks(D)
+                    .flat_map(|row| row.iter().rev().map(|v| -v))
+                    .collect();
+                let r_id = add("node_18", &r, &shape, step, &[rot_id.flatten(), k_id]);
+                // (stored rounded, as a quantized cache holds it)
+                let q: Vec<f32> = r.iter().map(|v| (v * 64.0).round() / 64.0).collect();
+                (q, r_id)
+            } else {
+                (k.clone(), k_id)
+            };
+            let cache_id = add("cache_k_l0", &cache, &shape, step, &[from]).unwrap();
+            // a view of the cache's own bytes: the same values, no stale buffer
+            let whole = trace_format::Layout::contiguous(DType::F32, &shape, 0).unwrap();
+            let mut m = TensorMeta::new().step(step).layer(0);
+            m.lineage.parents.push(cache_id);
+            w.add_view("cache_k_l0 (view)", DType::F32, cache_id, &whole, m)
+                .unwrap();
+            let v = weights(80 + step as u64, T * D);
+            let v_id = add("Vcur-0", &v, &shape, step, &[]);
+            let v_shape = if rotated {
+                [2 * T as u64, D as u64 / 2]
+            } else {
+                shape
+            };
+            add("Vcur-0 (reshaped)", &v, &v_shape, step, &[v_id]);
+        }
+        w.finish().unwrap();
+    }
+    let (a, b) = (Trace::open(&pa).unwrap(), Trace::open(&pb).unwrap());
+    let r = diff(&a, &b, &Mapping::none(), &Tolerance::default(), |_, _| {}).unwrap();
+    let blamed: Vec<(&str, Option<i64>, Option<&str>)> = r
+        .blamed
+        .iter()
+        .map(|bl| {
+            (
+                r.pairs[bl.pair].key.as_str(),
+                r.pairs[bl.pair].step,
+                bl.same_op_as.map(|i| r.pairs[i].key.as_str()),
+            )
+        })
+        .collect();
+    let (cache, view) = ("cache_k_l0", "Vcur-0 (reshaped)");
+    assert_eq!(
+        blamed,
+        [
+            (cache, Some(0), None),
+            (view, Some(0), None),
+            (cache, Some(1), Some(cache)),
+            (view, Some(1), Some(view)),
+            (cache, Some(2), Some(cache)),
+            (view, Some(2), Some(view)),
+        ]
+    );
+    // only the first of each op is diagnosed
+    let diagnosed: Vec<bool> = r.blamed.iter().map(|bl| bl.diagnosed).collect();
+    assert_eq!(diagnosed, [true, true, false, false, false, false]);
+    let cache_findings = &r.blamed[0].diagnosis;
+    assert!(
+        !cache_findings
+            .iter()
+            .any(|f| matches!(f.cause, Cause::Stale { .. })),
+        "a view of its own bytes is not a stale buffer: {cache_findings:?}"
+    );
+    let path = cache_findings
+        .iter()
+        .find_map(|f| match &f.cause {
+            Cause::Path { only_a, only_b } => Some((only_a.clone(), only_b.clone(), &f.evidence)),
+            _ => None,
+        })
+        .expect("a path finding");
+    assert_eq!(
+        (path.0.as_slice(), path.1.as_slice()),
+        (
+            ["node_18 (#3) = mul_mat(attn_inp_k_rot (#1), Kcur-0 (#2))".to_string()].as_slice(),
+            [].as_slice()
+        ),
+        "{}",
+        path.2
+    );
+    assert_eq!(
+        r.blamed[1].diagnosis.first().map(|f| &f.cause),
+        Some(&Cause::Reshaped {
+            a: vec![2 * T, D / 2],
+            b: vec![T, D]
+        })
+    );
+    let text = trace_tools::diff_text::blame_text(&r).unwrap();
+    assert_eq!(text.matches("BLAMED OP").count(), 2, "{text}");
+    assert!(
+        text.contains("blamed again at 2 later steps (1, 2: pairs"),
+        "{text}"
+    );
+}

@@ -443,6 +443,35 @@ fn ulp_bf16(r: f32) -> f32 {
     half::bf16::from_bits(h.to_bits() + 1).to_f32() - h.to_f32()
 }
 
+/// A and B of different shapes hold the same values in row-major order
+/// (each element close, as every check takes it): strength 1, the whole
+/// difference is the shape.
+pub fn reshaped(a: Values<'_>, b: Values<'_>) -> Option<Finding> {
+    if a.shape == b.shape || a.data.len() != b.data.len() || a.data.is_empty() {
+        return None;
+    }
+    let close = Close::for_reference(b.data);
+    if !a.data.iter().zip(b.data).all(|(&x, &y)| close.eq(x, y)) {
+        return None;
+    }
+    let dims = |s: &[usize]| s.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    Some(Finding {
+        evidence: format!(
+            "the same {} values in row-major order under another shape (A [{}], B [{}]): \
+             the runs view one tensor differently and no value differs; a `reshape` \
+             transform in the pairing's mapping compares them",
+            a.data.len(),
+            dims(a.shape),
+            dims(b.shape)
+        ),
+        cause: Cause::Reshaped {
+            a: a.shape.to_vec(),
+            b: b.shape.to_vec(),
+        },
+        strength: 1.0,
+    })
+}
+
 /// A is B within the rounding of a narrower format, either exactly (every
 /// element within that format's rounding of the larger of the two: f16,
 /// bf16, or ggml's q8_0/q4_0 blocks of 32 along the last axis) or as the

@@ -25,7 +25,7 @@ mod stale;
 #[cfg(test)]
 mod tests;
 
-pub use checks::{collapse, non_finite, precision, scale, written};
+pub use checks::{collapse, non_finite, precision, reshaped, scale, written};
 pub use layout::{heads, permutation, shift};
 pub use region::partial;
 pub use stale::stale;
@@ -142,6 +142,25 @@ pub enum Cause {
     Params {
         /// (parameter, A's value, B's value); `op` when the ops differ.
         differ: Vec<(String, String, String)>,
+    },
+    /// A and B hold the same values in row-major order under different
+    /// shapes: the runs view one tensor differently, no value differs (the
+    /// pair is a shape mismatch, not a numerical divergence).
+    Reshaped {
+        /// A's shape.
+        a: Vec<usize>,
+        /// B's shape.
+        b: Vec<usize>,
+    },
+    /// Between the pair's agreeing inputs and its output, a run computes
+    /// through ops the other run has no paired counterpart of (a rotation
+    /// of K before a quantized cache, another attention kernel): the runs
+    /// compute the output another way, or one of them records less.
+    Path {
+        /// A's unpaired ops, as `name = op(inputs)`, in execution order.
+        only_a: Vec<String>,
+        /// B's unpaired ops, likewise.
+        only_b: Vec<String>,
     },
     /// A equals B's input rotated with another RoPE variant.
     Rope {

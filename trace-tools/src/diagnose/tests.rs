@@ -279,6 +279,8 @@ fn kind(c: &Cause) -> &'static str {
         Cause::Stale { .. } => "stale",
         Cause::Rope { .. } => "rope",
         Cause::Params { .. } => "params",
+        Cause::Reshaped { .. } => "reshaped",
+        Cause::Path { .. } => "path",
     }
 }
 
