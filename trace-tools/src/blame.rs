@@ -271,9 +271,9 @@ pub fn path_differs(a: &Trace, b: &Trace, pairs: &[Pair], i: usize) -> Option<Fi
     })
 }
 
-/// The computed (non-view, non-leaf) ancestors of `id` in `t` reached
-/// before any paired record, in execution order, as `name (#id) =
-/// op(parents)` (`name (#id) from parents` where no op is recorded).
+/// The computed (non-view, non-leaf, with an op name) ancestors of `id` in
+/// `t` reached before any paired record, in execution order, as `name
+/// (#id) = op(parents)`.
 fn unpaired_ops(t: &Trace, id: u64, paired: &HashSet<u64>) -> Vec<String> {
     let mut ops = Vec::new();
     let mut seen = HashSet::new();
@@ -286,7 +286,11 @@ fn unpaired_ops(t: &Trace, id: u64, paired: &HashSet<u64>) -> Vec<String> {
         if info.lineage.parents.is_empty() {
             continue;
         }
-        if info.is_computed() {
+        // an op is what a record says computed it: a record that names
+        // none (a module's input, as torch capture keeps it) is walked through
+        let named = matches!(info.op(), Some(Ok(ref op)) if op.name.is_some())
+            || info.lineage.engine_op.is_some();
+        if info.is_computed() && named {
             ops.push(id);
         }
         todo.extend(info.lineage.parents.iter().copied());
@@ -309,10 +313,12 @@ fn unpaired_ops(t: &Trace, id: u64, paired: &HashSet<u64>) -> Vec<String> {
             let inputs: Vec<String> = info
                 .map(|i| i.lineage.parents.iter().map(|&p| name(p)).collect())
                 .unwrap_or_default();
-            match op {
-                Some(op) => format!("{} = {op}({})", name(id), inputs.join(", ")),
-                None => format!("{} from {}", name(id), inputs.join(", ")),
-            }
+            format!(
+                "{} = {}({})",
+                name(id),
+                op.unwrap_or_default(),
+                inputs.join(", ")
+            )
         })
         .collect()
 }

@@ -350,7 +350,10 @@ fn a_graph_only_one_run_has_is_named_and_repeats_are_grouped() {
                     .chunks(D)
                     .flat_map(|row| row.iter().rev().map(|v| -v))
                     .collect();
-                let r_id = add("node_18", &r, &shape, step, &[rot_id.flatten(), k_id]);
+                // (the op's input as a record that names no op, as torch
+                // capture keeps a module's input: walked through, not listed)
+                let k_in = add("node_18.input.0", &k, &shape, step, &[k_id]);
+                let r_id = add("node_18", &r, &shape, step, &[rot_id.flatten(), k_in]);
                 // (stored rounded, as a quantized cache holds it)
                 let q: Vec<f32> = r.iter().map(|v| (v * 64.0).round() / 64.0).collect();
                 (q, r_id)
@@ -420,7 +423,8 @@ fn a_graph_only_one_run_has_is_named_and_repeats_are_grouped() {
     assert_eq!(
         (path.0.as_slice(), path.1.as_slice()),
         (
-            ["node_18 (#3) = mul_mat(attn_inp_k_rot (#1), Kcur-0 (#2))".to_string()].as_slice(),
+            ["node_18 (#4) = mul_mat(attn_inp_k_rot (#1), node_18.input.0 (#3))".to_string()]
+                .as_slice(),
             [].as_slice()
         ),
         "{}",
