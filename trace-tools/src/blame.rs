@@ -410,8 +410,12 @@ fn stale_in(a: &Trace, b: &Trace, p: &Pair, x: Values<'_>) -> Option<Finding> {
 fn params_differ(a: &Trace, b: &Trace, p: &Pair) -> Option<Finding> {
     let op_of = |t: &Trace, id: u64| t.tensor(id).ok().and_then(|i| i.op()).and_then(Result::ok);
     let (oa, ob) = (op_of(a, p.a.id)?, op_of(b, p.b.id)?);
+    // op names and parameter keys are each engine's own words (ggml's
+    // mul_mat is torch's matmul, ggml's rope torch's add of rotated
+    // halves): between two engines only a parameter both record counts
+    let same_engine = a.run_metadata().get("engine") == b.run_metadata().get("engine");
     let mut differ = Vec::new();
-    if oa.name != ob.name {
+    if oa.name != ob.name && same_engine {
         let name = |o: &trace_format::op::OpInfo| o.name.clone().unwrap_or_else(|| "?".into());
         differ.push(("op".to_string(), name(&oa), name(&ob)));
     }
@@ -419,7 +423,7 @@ fn params_differ(a: &Trace, b: &Trace, p: &Pair) -> Option<Finding> {
     let keys = oa.params.iter().chain(&ob.params).map(|(k, _)| k.as_str());
     for k in keys.filter(|k| seen.insert(*k)) {
         let (va, vb) = (oa.get(k), ob.get(k));
-        if va != vb {
+        if va != vb && (same_engine || (va.is_some() && vb.is_some())) {
             let text =
                 |v: Option<&trace_format::Value>| v.map_or("(none)".to_string(), |v| v.to_string());
             differ.push((k.to_string(), text(va), text(vb)));
