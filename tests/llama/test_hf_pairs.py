@@ -202,6 +202,15 @@ def test_planted_bug_is_named(arch, bug, layer, expected, pairs, tmp_path):
     assert got == expected, (bug, got, first["name_b"], first["reasons"])
     # everything before it agrees
     assert not any(p["divergent"] for p in r.pairs[: r.first_divergence_index])
+    # the diagnosis: ggml's and torch's op names are each engine's own words,
+    # no finding; a RoPE base planted twice the model's is fitted and named
+    for b in r.blamed:
+        params = [f for f in b["diagnosis"] if f["kind"] == "params"]
+        assert not any(d[0] == "op" for f in params for d in f["differ"]), (b["key"], params)
+    if bug == "rope_base":
+        rope = [f for b in r.blamed if b["diagnosed"] for f in b["diagnosis"] if f["kind"] == "rope"]
+        assert rope, [(b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]
+        assert rope[0]["b"]["base"] == 2 * rope[0]["a"]["base"], rope[0]["evidence"]
 
 
 def test_every_bug_is_planted_somewhere():

@@ -355,7 +355,7 @@ pub fn diagnose_pair(
         found.extend(crate::diagnose::reshaped(x, y));
     }
     found.extend(params_differ(a, b, p));
-    found.extend(rope_in(a, p.a.id, x, y));
+    found.extend(rope_in(a, p, transforms, x, y));
     // an agreeing pair equals its copies elsewhere: that is no staleness
     if p.verdict.is_divergent() && found.iter().all(|f| f.strength < 0.95) {
         found.extend(stale_in(a, b, p, x));
@@ -449,20 +449,68 @@ fn params_differ(a: &Trace, b: &Trace, p: &Pair) -> Option<Finding> {
 
 /// For a RoPE output (its op relation names `rope`, as ggml's ROPE and
 /// `TensorMeta::computed_from("rope", ..)` do) whose first parent is the
-/// rotated input (`[T, H, D]`, as many values) and second the positions
-/// (`T` integers): which RoPE variant gives A, and which B.
-fn rope_in(a: &Trace, id: u64, x: Values<'_>, y: Values<'_>) -> Option<Finding> {
-    let &[t, _, _] = x.shape else { return None };
-    let info = a.tensor(id).ok()?;
+/// rotated input (as many values) and second the positions (`T`
+/// integers): which RoPE variant gives A, and which B. The input goes
+/// through the pairing's transforms as A did (llama.cpp's Q against HF's:
+/// `rope_rows`, then heads before tokens), and the comparison frame is
+/// `[T, H, D]` once leading axes of 1 are dropped: `[H, T, D]` is read
+/// transposed.
+fn rope_in(
+    a: &Trace,
+    p: &Pair,
+    transforms: &[Transform],
+    x: Values<'_>,
+    y: Values<'_>,
+) -> Option<Finding> {
+    let info = a.tensor(p.a.id).ok()?;
     let op = info.op()?.ok()?;
     if op.name.as_deref() != Some("rope") {
         return None;
     }
     let (&input, &pos) = (info.lineage.parents.first()?, info.lineage.parents.get(1)?);
-    let input = a.view(input).ok()?.to_f32().ok()?;
+    let input = a.view(input).ok()?.to_f64().ok()?;
     let positions = a.view(pos).ok()?.to_f64().ok()?;
-    if input.len() != x.data.len() || positions.len() != t {
+    if input.len() != x.data.len() {
         return None;
     }
-    crate::diagnose::rope::rope(x, y, &input, &positions)
+    let b_values: Vec<f64> = y.data.iter().map(|&v| f64::from(v)).collect();
+    let (input, _) = mapping::apply(transforms, input, &p.a.shape, b_values, &p.b.shape);
+    let input: Vec<f32> = input.iter().map(|&v| v as f32).collect();
+    let dims: Vec<usize> = {
+        let first = x
+            .shape
+            .iter()
+            .position(|&n| n != 1)
+            .unwrap_or(x.shape.len());
+        x.shape[first..].to_vec()
+    };
+    let &[n0, n1, d] = dims.as_slice() else {
+        return None;
+    };
+    let t = positions.len();
+    if n0 == t {
+        let frame = [n0, n1, d];
+        let (xa, yb) = (Values::new(x.data, &frame)?, Values::new(y.data, &frame)?);
+        if let Some(found) = crate::diagnose::rope::rope(xa, yb, &input, &positions) {
+            return Some(found);
+        }
+    }
+    if n1 == t {
+        // heads before tokens: each of the three read as [T, H, D]
+        let swap = |v: &[f32]| -> Vec<f32> {
+            let mut out = vec![0f32; v.len()];
+            for h in 0..n0 {
+                for i in 0..n1 {
+                    let (from, to) = ((h * n1 + i) * d, (i * n0 + h) * d);
+                    out[to..to + d].copy_from_slice(&v[from..from + d]);
+                }
+            }
+            out
+        };
+        let (xs, ys, is) = (swap(x.data), swap(y.data), swap(&input));
+        let frame = [n1, n0, d];
+        let (xa, yb) = (Values::new(&xs, &frame)?, Values::new(&ys, &frame)?);
+        return crate::diagnose::rope::rope(xa, yb, &is, &positions);
+    }
+    None
 }

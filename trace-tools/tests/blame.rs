@@ -444,3 +444,114 @@ fn a_graph_only_one_run_has_is_named_and_repeats_are_grouped() {
         "{text}"
     );
 }
+
+/// The same RoPE as the llama.cpp ↔ HF pairing meets it: A `[1, T, H, D]`,
+/// B `[1, H, T, D]` compared through `transpose(-3, -2)`, B rotated with a
+/// base none of the usual ones (twice Llama's): the diagnosis reads A's
+/// input through the same transform and fits B's base.
+#[test]
+fn rope_with_another_base_is_named_through_the_pairings_transform() {
+    use trace_tools::diagnose::rope::{apply, Pairing, Variant};
+    let (t, h, d) = (5usize, 4usize, 16usize);
+    let dir = tempfile::tempdir().unwrap();
+    let x = weights(23, t * h * d);
+    let pos: Vec<i32> = (0..t as i32).collect();
+    let pos_f: Vec<f64> = pos.iter().map(|&p| p as f64).collect();
+    // [T, H, D] -> [H, T, D]
+    let heads_first = |v: &[f32]| -> Vec<f32> {
+        let mut out = vec![0f32; v.len()];
+        for ti in 0..t {
+            for hi in 0..h {
+                let (from, to) = ((ti * h + hi) * d, (hi * t + ti) * d);
+                out[to..to + d].copy_from_slice(&v[from..from + d]);
+            }
+        }
+        out
+    };
+    let mut traces = Vec::new();
+    for (name, base, engine) in [
+        ("a.tdump", 10_000.0, "ggml"),
+        ("b.tdump", 20_000.0, "torch"),
+    ] {
+        let path = dir.path().join(name);
+        let w = Writer::create(&path, Metadata::new().with("engine", engine)).unwrap();
+        let neox = Variant {
+            pairing: Pairing::Neox,
+            base,
+        };
+        let y = apply(&x, [t, h, d], &pos_f, neox);
+        let (xs, ys, shape) = if engine == "ggml" {
+            (x.clone(), y, [1, t as u64, h as u64, d as u64])
+        } else {
+            (
+                heads_first(&x),
+                heads_first(&y),
+                [1, h as u64, t as u64, d as u64],
+            )
+        };
+        let xid = w
+            .add_tensor(
+                "q",
+                DType::F32,
+                &shape,
+                bytemuck::cast_slice(&xs),
+                TensorMeta::new(),
+            )
+            .unwrap()
+            .unwrap();
+        let pid = w
+            .add_tensor(
+                "pos",
+                DType::I32,
+                &[t as u64],
+                bytemuck::cast_slice(&pos),
+                TensorMeta::new(),
+            )
+            .unwrap()
+            .unwrap();
+        // each engine's own name for the op: not a finding between engines
+        let op = if engine == "ggml" { "rope" } else { "add" };
+        let meta = TensorMeta::new().computed_from(op, &[xid, pid]);
+        w.add_tensor(
+            "q_rope",
+            DType::F32,
+            &shape,
+            bytemuck::cast_slice(&ys),
+            meta,
+        )
+        .unwrap();
+        w.finish().unwrap();
+        traces.push(Trace::open(&path).unwrap());
+    }
+    let mut mapping = Mapping::none();
+    mapping.push_rule("q => q | transpose(-3, -2)").unwrap();
+    mapping
+        .push_rule("q_rope => q_rope | transpose(-3, -2)")
+        .unwrap();
+    let r = diff(
+        &traces[0],
+        &traces[1],
+        &mapping,
+        &Tolerance::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(r.blamed.len(), 1);
+    let found = &r.blamed[0].diagnosis;
+    assert!(
+        !found
+            .iter()
+            .any(|f| matches!(f.cause, Cause::Params { .. })),
+        "ggml's rope and torch's add are one op in two engines' words: {found:?}"
+    );
+    match &found[0].cause {
+        Cause::Rope { a, b } => {
+            assert_eq!((a.pairing, a.base), (Pairing::Neox, 10_000.0));
+            assert_eq!(
+                b.map(|v| (v.pairing, v.base)),
+                Some((Pairing::Neox, 20_000.0))
+            );
+        }
+        other => panic!("{other:?}: {}", found[0].evidence),
+    }
+}

@@ -60,18 +60,73 @@ pub fn apply(x: &[f32], shape: [usize; 3], positions: &[f64], variant: Variant) 
     out
 }
 
-/// The variant (of both pairings and [`BASES`]) that gives `target` from `x`.
+/// The variant (of both pairings and [`BASES`], else a base fitted to the
+/// values) that gives `target` from `x`.
 fn which(x: &[f32], shape: [usize; 3], positions: &[f64], target: &[f32]) -> Option<Variant> {
     let close = Close::for_reference(target);
-    [Pairing::Adjacent, Pairing::Neox]
+    let gives = |v: Variant| {
+        apply(x, shape, positions, v)
+            .iter()
+            .zip(target)
+            .all(|(&p, &q)| close.eq(p, q))
+    };
+    let pairings = [Pairing::Adjacent, Pairing::Neox];
+    pairings
         .into_iter()
         .flat_map(|pairing| BASES.into_iter().map(move |base| Variant { pairing, base }))
-        .find(|&v| {
-            apply(x, shape, positions, v)
-                .iter()
-                .zip(target)
-                .all(|(&p, &q)| close.eq(p, q))
+        .find(|&v| gives(v))
+        .or_else(|| {
+            pairings.into_iter().find_map(|pairing| {
+                let base = fit_base(x, shape, positions, target, pairing)?;
+                // a round base where one fits (a config says 20000, not 19999.97)
+                let round = base.round();
+                [round, base]
+                    .into_iter()
+                    .map(|base| Variant { pairing, base })
+                    .find(|&v| gives(v))
+            })
         })
+}
+
+/// The base a rotation of `x` into `target` with `pairing` used, from the
+/// angle of the second frequency at the first non-zero position (in the
+/// head where that pair is largest): θ₁ = base^(−2/D). `None` when the
+/// angle says no base (a rotation by another rule); the caller checks the
+/// base on every value.
+fn fit_base(
+    x: &[f32],
+    shape: [usize; 3],
+    positions: &[f64],
+    target: &[f32],
+    pairing: Pairing,
+) -> Option<f64> {
+    let [t, h, d] = shape;
+    if d < 4 || x.len() != t * h * d || target.len() != x.len() {
+        return None;
+    }
+    let (row, &pos) = positions
+        .iter()
+        .enumerate()
+        .take(t)
+        .find(|(_, &p)| p > 0.0)?;
+    let (p, q) = match pairing {
+        Pairing::Adjacent => (2, 3),
+        Pairing::Neox => (1, 1 + d / 2),
+    };
+    let at = |head: usize| (row * h + head) * d;
+    let head = (0..h).max_by(|&i, &j| {
+        let norm = |k: usize| (x[at(k) + p] as f64).hypot(x[at(k) + q] as f64);
+        norm(i).total_cmp(&norm(j))
+    })?;
+    let (x0, x1) = (x[at(head) + p] as f64, x[at(head) + q] as f64);
+    let (y0, y1) = (target[at(head) + p] as f64, target[at(head) + q] as f64);
+    let angle = (x0 * y1 - x1 * y0).atan2(x0 * y0 + x1 * y1);
+    let theta = angle / pos;
+    if !(theta > 0.0 && theta < 1.0) {
+        return None;
+    }
+    let base = theta.powf(-(d as f64) / 2.0);
+    base.is_finite().then_some(base)
 }
 
 /// A is `x` rotated with another RoPE variant than B: the other pairing

@@ -443,8 +443,13 @@ fn rope_pairing_and_base_are_told_apart() {
             pairing: Pairing::Neox,
             base: 500_000.0,
         };
+        // a base none of the usual: fitted from the values
+        let twice = Variant {
+            pairing: Pairing::Neox,
+            base: 20_000.0,
+        };
         let b = apply(&x, shape, &pos, neox);
-        for want in [normal, other_base] {
+        for want in [normal, other_base, twice] {
             let a = apply(&x, shape, &pos, want);
             let f = rope::rope(
                 Values::new(&a, &shape).unwrap(),
