@@ -373,14 +373,26 @@ const MAX_STALE: usize = 32;
 fn stale_in(a: &Trace, b: &Trace, p: &Pair, x: Values<'_>) -> Option<Finding> {
     let numel = x.data.len() as u64;
     let near = |t: &Trace, own: u64| -> Vec<u64> {
-        // views of the tensor's own bytes hold its values: no other buffer
-        let storage = t.tensor(own).ok().and_then(|i| i.storage);
+        // views of the tensor's own bytes hold its values: no other
+        // buffer; nor does the input of a copy (ggml's CONT of a permuted
+        // view, torch's contiguous()), nor views of that input's bytes
+        let info = t.tensor(own).ok();
+        let mut storages: Vec<u64> = info.and_then(|i| i.storage).into_iter().collect();
+        let mut inputs: Vec<u64> = Vec::new();
+        if info.is_some_and(is_copy) {
+            inputs = info.map(|i| i.lineage.parents.clone()).unwrap_or_default();
+            storages.extend(inputs.iter().filter_map(|&p| t.tensor(p).ok()?.storage));
+        }
         let mut ids: Vec<u64> = t
             .tensor_ids()
             .iter()
             .copied()
-            .filter(|&id| id != own)
-            .filter(|&id| storage.is_none() || t.tensor(id).is_ok_and(|i| i.storage != storage))
+            .filter(|&id| id != own && !inputs.contains(&id))
+            .filter(|&id| {
+                storages.is_empty()
+                    || t.tensor(id)
+                        .is_ok_and(|i| i.storage.is_none_or(|s| !storages.contains(&s)))
+            })
             .filter(|&id| {
                 t.tensor(id).is_ok_and(|i| {
                     !i.is_stats_only() && i.layout.shape().iter().product::<u64>() == numel
@@ -392,17 +404,59 @@ fn stale_in(a: &Trace, b: &Trace, p: &Pair, x: Values<'_>) -> Option<Finding> {
         ids.truncate((MAX_STALE / 2).min(room as usize));
         ids
     };
-    let mut others: Vec<(String, Vec<f32>)> = Vec::new();
+    // (label, values, B's record id)
+    let mut others: Vec<(String, Vec<f32>, Option<u64>)> = Vec::new();
     for (t, own, run) in [(a, p.a.id, "A"), (b, p.b.id, "B")] {
         for id in near(t, own) {
             if let Ok(v) = t.view(id).and_then(|v| v.to_f32()) {
                 let name = t.record_name(id).unwrap_or("?");
-                others.push((format!("{name} (record #{id} of {run})"), v));
+                let of_b = (run == "B").then_some(id);
+                others.push((format!("{name} (record #{id} of {run})"), v, of_b));
             }
         }
     }
     // B's own value is not "another tensor": a match there is no bug
-    crate::diagnose::stale(x, others.iter().map(|(n, v)| (n.as_str(), v.as_slice())))
+    let mut found =
+        crate::diagnose::stale(x, others.iter().map(|(n, v, _)| (n.as_str(), v.as_slice())))?;
+    // a tensor B computes its output from, through ops of its own: A
+    // holds what B had before those ops, which then changed it
+    let crate::diagnose::Cause::Stale { other } = &found.cause else {
+        return Some(found);
+    };
+    let of_b = others.iter().find(|o| &o.0 == other).and_then(|o| o.2);
+    if of_b.is_some_and(|id| ancestors(b, p.b.id).contains(&id)) {
+        found.evidence = format!(
+            "A equals `{other}`, which B computes its output from: the ops B applies \
+             after it change the values, and A's run has none of them"
+        );
+    }
+    Some(found)
+}
+
+/// The records `id` is computed from in `t`, through its lineage (at most
+/// [`MAX_WALK`] of them).
+fn ancestors(t: &Trace, id: u64) -> HashSet<u64> {
+    let mut seen = HashSet::new();
+    let mut todo = parents(t, id);
+    while let Some(id) = todo.pop() {
+        if seen.len() < MAX_WALK && seen.insert(id) {
+            todo.extend(parents(t, id));
+        }
+    }
+    seen
+}
+
+/// Ops whose output holds its input's values in a new buffer or layout.
+const COPY_OPS: [&str; 7] = ["cont", "cpy", "dup", "contiguous", "clone", "copy", "copy_"];
+
+/// Whether `info` was made by a copy op (its `tracedump.op`, else the
+/// engine's op), whose output equals its input by design.
+fn is_copy(info: &trace_reader::TensorInfo) -> bool {
+    let name = match info.op() {
+        Some(Ok(op)) => op.name,
+        _ => info.lineage.engine_op.as_ref().map(|e| e.op.clone()),
+    };
+    name.is_some_and(|n| COPY_OPS.contains(&n.to_ascii_lowercase().as_str()))
 }
 
 /// The op's typed parameters (or the op itself) differ between the runs,

@@ -555,3 +555,61 @@ fn rope_with_another_base_is_named_through_the_pairings_transform() {
         other => panic!("{other:?}: {}", found[0].evidence),
     }
 }
+
+/// A copy op's output equals its input by design; B (another engine, whose
+/// op names are its own) computes something else where A copies: A equals
+/// B's input, from which B computes its output.
+#[test]
+fn a_copy_is_not_stale_and_a_match_upstream_in_b_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = weights(31, T * D);
+    let shape = [T as u64, D as u64];
+    let mut traces = Vec::new();
+    for (name, copy) in [("a.tdump", true), ("b.tdump", false)] {
+        let path = dir.path().join(name);
+        let engine = if copy { "ggml" } else { "torch" };
+        let w = Writer::create(&path, Metadata::new().with("engine", engine)).unwrap();
+        let xid = w
+            .add_tensor(
+                "x",
+                DType::F32,
+                &shape,
+                bytemuck::cast_slice(&x),
+                TensorMeta::new(),
+            )
+            .unwrap()
+            .unwrap();
+        let y: Vec<f32> = if copy {
+            x.clone()
+        } else {
+            x.iter().map(|v| (v * 7.0).sin()).collect()
+        };
+        let op = if copy { "cont" } else { "sin" };
+        let meta = TensorMeta::new().computed_from(op, &[xid]);
+        w.add_tensor("y", DType::F32, &shape, bytemuck::cast_slice(&y), meta)
+            .unwrap();
+        w.finish().unwrap();
+        traces.push(Trace::open(&path).unwrap());
+    }
+    let r = diff(
+        &traces[0],
+        &traces[1],
+        &Mapping::none(),
+        &Tolerance::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(r.blamed.len(), 1);
+    let stale: Vec<&str> = r.blamed[0]
+        .diagnosis
+        .iter()
+        .filter(|f| matches!(f.cause, Cause::Stale { .. }))
+        .map(|f| f.evidence.as_str())
+        .collect();
+    assert_eq!(stale.len(), 1, "{stale:?} {:?}", r.blamed[0].diagnosis);
+    assert!(
+        stale[0].starts_with("A equals `x (record #1 of B)`, which B computes its output from"),
+        "A's own input (of a copy) is no stale buffer; B's is upstream: {}",
+        stale[0]
+    );
+}
