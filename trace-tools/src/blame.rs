@@ -507,8 +507,8 @@ fn params_differ(a: &Trace, b: &Trace, p: &Pair) -> Option<Finding> {
 /// integers): which RoPE variant gives A, and which B. The input goes
 /// through the pairing's transforms as A did (llama.cpp's Q against HF's:
 /// `rope_rows`, then heads before tokens), and the comparison frame is
-/// `[T, H, D]` once leading axes of 1 are dropped: `[H, T, D]` is read
-/// transposed.
+/// `[T, H, D]` once leading axes of 1 are dropped (down to three axes):
+/// `[H, T, D]` is read transposed.
 fn rope_in(
     a: &Trace,
     p: &Pair,
@@ -530,15 +530,12 @@ fn rope_in(
     let b_values: Vec<f64> = y.data.iter().map(|&v| f64::from(v)).collect();
     let (input, _) = mapping::apply(transforms, input, &p.a.shape, b_values, &p.b.shape);
     let input: Vec<f32> = input.iter().map(|&v| v as f32).collect();
-    let dims: Vec<usize> = {
-        let first = x
-            .shape
-            .iter()
-            .position(|&n| n != 1)
-            .unwrap_or(x.shape.len());
-        x.shape[first..].to_vec()
-    };
-    let &[n0, n1, d] = dims.as_slice() else {
+    // (leading axes of 1 dropped down to three: one KV head stays an axis)
+    let mut dims: &[usize] = x.shape;
+    while dims.len() > 3 && dims[0] == 1 {
+        dims = &dims[1..];
+    }
+    let &[n0, n1, d] = dims else {
         return None;
     };
     let t = positions.len();

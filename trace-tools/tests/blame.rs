@@ -451,8 +451,15 @@ fn a_graph_only_one_run_has_is_named_and_repeats_are_grouped() {
 /// input through the same transform and fits B's base.
 #[test]
 fn rope_with_another_base_is_named_through_the_pairings_transform() {
+    // four heads, and one (a single KV head: still an axis of the frame)
+    for h in [4usize, 1] {
+        rope_with_another_base_for(h);
+    }
+}
+
+fn rope_with_another_base_for(h: usize) {
     use trace_tools::diagnose::rope::{apply, Pairing, Variant};
-    let (t, h, d) = (5usize, 4usize, 16usize);
+    let (t, d) = (5usize, 16usize);
     let dir = tempfile::tempdir().unwrap();
     let x = weights(23, t * h * d);
     let pos: Vec<i32> = (0..t as i32).collect();
