@@ -198,9 +198,12 @@ const MAX_PATH_OPS: usize = 4;
 /// output that pair with nothing in the other run (views are walked
 /// through, not counted; weights and inputs are leaves, not ops): a
 /// [`Cause::Path`] finding when a run has any and both record the
-/// output's parents. Stronger when only one run has them: it computes
-/// something the other does not (or records it under no name the pairing
-/// knows).
+/// output's parents. Strongest between two runs of one engine (the run
+/// metadata's `engine`), whose graphs record ops alike, and when only one
+/// run has them: it computes something the other does not. Between two
+/// engines (ggml's nodes against torch's modules) a run often records
+/// what the other computes inside one op: a weak hint, below what the
+/// values say.
 ///
 /// [`Cause::Path`]: crate::diagnose::Cause::Path
 pub fn path_differs(a: &Trace, b: &Trace, pairs: &[Pair], i: usize) -> Option<Finding> {
@@ -234,6 +237,7 @@ pub fn path_differs(a: &Trace, b: &Trace, pairs: &[Pair], i: usize) -> Option<Fi
             format!("{n} ops that pair")
         }
     };
+    let same_engine = a.run_metadata().get("engine") == b.run_metadata().get("engine");
     let (evidence, strength) = match (only_a.is_empty(), only_b.is_empty()) {
         (false, true) | (true, false) => {
             let (run, other, ops) = if only_b.is_empty() {
@@ -249,7 +253,7 @@ pub fn path_differs(a: &Trace, b: &Trace, pairs: &[Pair], i: usize) -> Option<Fi
                     count(ops.len()),
                     list(ops)
                 ),
-                0.6,
+                if same_engine { 0.9 } else { 0.5 },
             )
         }
         _ => (
@@ -261,7 +265,7 @@ pub fn path_differs(a: &Trace, b: &Trace, pairs: &[Pair], i: usize) -> Option<Fi
                 count(only_b.len()),
                 list(&only_b)
             ),
-            0.5,
+            if same_engine { 0.75 } else { 0.4 },
         ),
     };
     Some(Finding {

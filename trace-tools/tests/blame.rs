@@ -407,6 +407,11 @@ fn a_graph_only_one_run_has_is_named_and_repeats_are_grouped() {
     let diagnosed: Vec<bool> = r.blamed.iter().map(|bl| bl.diagnosed).collect();
     assert_eq!(diagnosed, [true, true, false, false, false, false]);
     let cache_findings = &r.blamed[0].diagnosis;
+    // one engine's two runs record ops alike: the extra op is the likely cause
+    assert!(
+        matches!(cache_findings.first().map(|f| &f.cause), Some(Cause::Path { .. })),
+        "{cache_findings:?}"
+    );
     assert!(
         !cache_findings
             .iter()
