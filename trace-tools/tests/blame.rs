@@ -255,29 +255,6 @@ fn rope_with_the_other_pairing_is_named() {
     let pos_f: Vec<f64> = pos.iter().map(|&p| p as f64).collect();
     let mut traces = Vec::new();
     for (name, pairing) in [("a.tdump", Pairing::Adjacent), ("b.tdump", Pairing::Neox)] {
-        let path = dir.path().join(name);
-        let w = Writer::create(&path, Metadata::new()).unwrap();
-        let shape = [t as u64, h as u64, d as u64];
-        let xid = w
-            .add_tensor(
-                "q",
-                DType::F32,
-                &shape,
-                bytemuck::cast_slice(&x),
-                TensorMeta::new(),
-            )
-            .unwrap()
-            .unwrap();
-        let pid = w
-            .add_tensor(
-                "pos",
-                DType::I32,
-                &[t as u64],
-                bytemuck::cast_slice(&pos),
-                TensorMeta::new(),
-            )
-            .unwrap()
-            .unwrap();
         let y = apply(
             &x,
             [t, h, d],
@@ -287,11 +264,17 @@ fn rope_with_the_other_pairing_is_named() {
                 base: 10_000.0,
             },
         );
-        let meta = TensorMeta::new().computed_from("rope", &[xid, pid]);
-        w.add_tensor("q_rope", DType::F32, &shape, bytemuck::cast_slice(&y), meta)
-            .unwrap();
-        w.finish().unwrap();
-        traces.push(Trace::open(&path).unwrap());
+        let shape = [t as u64, h as u64, d as u64];
+        let path = dir.path().join(name);
+        traces.push(rope_trace(
+            &path,
+            Metadata::new(),
+            &shape,
+            &x,
+            &pos,
+            "rope",
+            &y,
+        ));
     }
     let r = diff(
         &traces[0],
@@ -409,7 +392,10 @@ fn a_graph_only_one_run_has_is_named_and_repeats_are_grouped() {
     let cache_findings = &r.blamed[0].diagnosis;
     // one engine's two runs record ops alike: the extra op is the likely cause
     assert!(
-        matches!(cache_findings.first().map(|f| &f.cause), Some(Cause::Path { .. })),
+        matches!(
+            cache_findings.first().map(|f| &f.cause),
+            Some(Cause::Path { .. })
+        ),
         "{cache_findings:?}"
     );
     assert!(
@@ -450,6 +436,50 @@ fn a_graph_only_one_run_has_is_named_and_repeats_are_grouped() {
     );
 }
 
+/// A trace of one RoPE: its input `q` and the positions `pos`, and its
+/// output `q_rope` computed by `op` from both.
+fn rope_trace(
+    path: &Path,
+    metadata: Metadata,
+    shape: &[u64],
+    q: &[f32],
+    pos: &[i32],
+    op: &str,
+    q_rope: &[f32],
+) -> Trace {
+    let w = Writer::create(path, metadata).unwrap();
+    let add = |name: &str, dtype, shape: &[u64], bytes: &[u8], meta| {
+        w.add_tensor(name, dtype, shape, bytes, meta)
+            .unwrap()
+            .unwrap()
+    };
+    let q_id = add(
+        "q",
+        DType::F32,
+        shape,
+        bytemuck::cast_slice(q),
+        TensorMeta::new(),
+    );
+    let n = [pos.len() as u64];
+    let pos_id = add(
+        "pos",
+        DType::I32,
+        &n,
+        bytemuck::cast_slice(pos),
+        TensorMeta::new(),
+    );
+    let meta = TensorMeta::new().computed_from(op, &[q_id, pos_id]);
+    add(
+        "q_rope",
+        DType::F32,
+        shape,
+        bytemuck::cast_slice(q_rope),
+        meta,
+    );
+    w.finish().unwrap();
+    Trace::open(path).unwrap()
+}
+
 /// The same RoPE as the llama.cpp ↔ HF pairing meets it: A `[1, T, H, D]`,
 /// B `[1, H, T, D]` compared through `transpose(-3, -2)`, B rotated with a
 /// base none of the usual ones (twice Llama's): the diagnosis reads A's
@@ -486,7 +516,6 @@ fn rope_with_another_base_for(h: usize) {
         ("b.tdump", 20_000.0, "torch"),
     ] {
         let path = dir.path().join(name);
-        let w = Writer::create(&path, Metadata::new().with("engine", engine)).unwrap();
         let neox = Variant {
             pairing: Pairing::Neox,
             base,
@@ -501,39 +530,10 @@ fn rope_with_another_base_for(h: usize) {
                 [1, h as u64, t as u64, d as u64],
             )
         };
-        let xid = w
-            .add_tensor(
-                "q",
-                DType::F32,
-                &shape,
-                bytemuck::cast_slice(&xs),
-                TensorMeta::new(),
-            )
-            .unwrap()
-            .unwrap();
-        let pid = w
-            .add_tensor(
-                "pos",
-                DType::I32,
-                &[t as u64],
-                bytemuck::cast_slice(&pos),
-                TensorMeta::new(),
-            )
-            .unwrap()
-            .unwrap();
         // each engine's own name for the op: not a finding between engines
         let op = if engine == "ggml" { "rope" } else { "add" };
-        let meta = TensorMeta::new().computed_from(op, &[xid, pid]);
-        w.add_tensor(
-            "q_rope",
-            DType::F32,
-            &shape,
-            bytemuck::cast_slice(&ys),
-            meta,
-        )
-        .unwrap();
-        w.finish().unwrap();
-        traces.push(Trace::open(&path).unwrap());
+        let metadata = Metadata::new().with("engine", engine);
+        traces.push(rope_trace(&path, metadata, &shape, &xs, &pos, op, &ys));
     }
     let mut mapping = Mapping::none();
     mapping.push_rule("q => q | transpose(-3, -2)").unwrap();
