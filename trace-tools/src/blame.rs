@@ -528,7 +528,8 @@ fn rope_in(
     let (&input, &pos) = (info.lineage.parents.first()?, info.lineage.parents.get(1)?);
     let input = a.view(input).ok()?.to_f64().ok()?;
     let positions = a.view(pos).ok()?.to_f64().ok()?;
-    if input.len() != x.data.len() {
+    // (a pair of two shapes, a shape mismatch, has no one frame)
+    if input.len() != x.data.len() || y.data.len() != x.data.len() {
         return None;
     }
     let b_values: Vec<f64> = y.data.iter().map(|&v| f64::from(v)).collect();

@@ -625,3 +625,86 @@ fn a_copy_is_not_stale_and_a_match_upstream_in_b_says_so() {
         stale[0]
     );
 }
+
+/// A RoPE pair of two shapes (B keeps only the last 4 of 5 tokens' rows,
+/// as llama.cpp keeps only the rows it outputs): a shape mismatch from
+/// agreeing inputs, diagnosed without a frame for the RoPE check (whose
+/// heads-first reading would index B's shorter values), and no panic.
+#[test]
+fn a_rope_pair_of_two_shapes_is_diagnosed_without_a_panic() {
+    use trace_tools::diagnose::rope::{apply, Pairing, Variant};
+    let (t, h, d) = (5usize, 4usize, 16usize);
+    let dir = tempfile::tempdir().unwrap();
+    let neox = Variant {
+        pairing: Pairing::Neox,
+        base: 10_000.0,
+    };
+    // [T, H, D] -> [H, T, D], keeping the tokens from `from` on
+    let heads_first = |v: &[f32], from: usize| -> Vec<f32> {
+        let mut out = Vec::new();
+        for hi in 0..h {
+            for ti in from..t {
+                out.extend_from_slice(&v[(ti * h + hi) * d..][..d]);
+            }
+        }
+        out
+    };
+    let x = weights(25, t * h * d);
+    let pos: Vec<i32> = (0..t as i32).collect();
+    let pos_f: Vec<f64> = pos.iter().map(|&p| p as f64).collect();
+    let y = apply(&x, [t, h, d], &pos_f, neox);
+    let mut traces = Vec::new();
+    for (name, from) in [("a.tdump", 0usize), ("b.tdump", 1)] {
+        let path = dir.path().join(name);
+        let w = Writer::create(&path, Metadata::new()).unwrap();
+        let add = |name: &str, dtype, shape: &[u64], bytes: &[u8], meta| {
+            w.add_tensor(name, dtype, shape, bytes, meta)
+                .unwrap()
+                .unwrap()
+        };
+        let q_shape = [1, h as u64, t as u64, d as u64];
+        let q_id = add(
+            "q",
+            DType::F32,
+            &q_shape,
+            bytemuck::cast_slice(&heads_first(&x, 0)),
+            TensorMeta::new(),
+        );
+        let pos_id = add(
+            "pos",
+            DType::I32,
+            &[t as u64],
+            bytemuck::cast_slice(&pos),
+            TensorMeta::new(),
+        );
+        let meta = TensorMeta::new().computed_from("rope", &[q_id, pos_id]);
+        let out_shape = [1, h as u64, (t - from) as u64, d as u64];
+        add(
+            "q_rope",
+            DType::F32,
+            &out_shape,
+            bytemuck::cast_slice(&heads_first(&y, from)),
+            meta,
+        );
+        w.finish().unwrap();
+        traces.push(Trace::open(&path).unwrap());
+    }
+    let r = diff(
+        &traces[0],
+        &traces[1],
+        &Mapping::none(),
+        &Tolerance::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    let rope = r.pairs.iter().position(|p| p.key == "q_rope").unwrap();
+    assert_eq!(
+        r.pairs[rope].verdict,
+        trace_tools::compare::Verdict::ShapeMismatch
+    );
+    assert!(
+        r.blamed.iter().any(|bl| bl.pair == rope && bl.diagnosed),
+        "{:?}",
+        r.blamed
+    );
+}
