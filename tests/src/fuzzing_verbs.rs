@@ -9,7 +9,7 @@
 
 use trace_reader::values::value_limit;
 use trace_reader::Trace;
-use trace_tools::compare::{diff, Tolerance};
+use trace_tools::compare::{diff, Pair, Side, Tolerance, Verdict};
 use trace_tools::export::{export, ExportFormat};
 use trace_tools::inspect::{inspect_json, inspect_text, InspectOptions};
 use trace_tools::mapping::Mapping;
@@ -18,7 +18,8 @@ use crate::fuzzing::Scratch;
 
 /// A trace file's bytes through `inspect` (table, `--tree`, `--stats`,
 /// `--json`), `show` of its first tensors, `verify`, `diff` and `report` of
-/// the trace against itself, and `export` to npz and safetensors. Only a
+/// the trace against itself, the blame's diagnosis of its first tensors
+/// paired with each other, and `export` to npz and safetensors. Only a
 /// panic, a crash or a limit is a finding: hostile files give errors.
 pub fn verbs(data: &[u8]) {
     let Ok(trace) = Trace::from_bytes("fuzz.tdump", data.to_vec()) else {
@@ -54,8 +55,72 @@ pub fn verbs(data: &[u8]) {
     ) {
         let _ = trace_tools::report::html(&trace, &trace, &report);
     }
+    diagnose_mismatched(&trace);
     for format in [ExportFormat::Npz, ExportFormat::Safetensors] {
         let out = Scratch::new();
         let _ = export(&trace, format, &out.0, None);
+    }
+}
+
+/// The diagnosis of divergent pairs on hostile records: a diff of a trace
+/// against itself diverges nowhere, so its first tensors are paired with
+/// each other (each as A against each other as B, as a shape mismatch and
+/// as a divergence) and each pair diagnosed: values, RoPE, stale buffers,
+/// the graph paths.
+fn diagnose_mismatched(trace: &Trace) {
+    let side = |id: u64| -> Option<Side> {
+        let t = trace.tensor(id).ok()?;
+        Some(Side {
+            id,
+            name: t.name.clone(),
+            dtype: t.dtype.to_string(),
+            shape: t.layout.shape().to_vec(),
+            byte_strides: t.layout.byte_strides().to_vec(),
+            contiguous: t.is_contiguous(),
+            layer: t.layer,
+        })
+    };
+    // (small tensors only: the diagnosis reads each pair several times)
+    let small = |id: &u64| {
+        trace.tensor(*id).is_ok_and(|t| {
+            t.layout
+                .shape()
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d))
+                .is_some_and(|n| n <= 1 << 16)
+        })
+    };
+    let ids: Vec<u64> = trace
+        .tensor_ids()
+        .iter()
+        .filter(|id| small(id))
+        .take(4)
+        .copied()
+        .collect();
+    let mut pairs = Vec::new();
+    for &a in &ids {
+        for &b in ids.iter().filter(|&&b| b != a) {
+            let (Some(sa), Some(sb)) = (side(a), side(b)) else {
+                continue;
+            };
+            for verdict in [Verdict::ShapeMismatch, Verdict::Diverge(Vec::new())] {
+                pairs.push(Pair {
+                    key: sb.name.clone(),
+                    step: None,
+                    rule: None,
+                    transforms: Vec::new(),
+                    a: sa.clone(),
+                    b: sb.clone(),
+                    verdict,
+                    metrics: None,
+                    parents: Vec::new(),
+                    inputs: Vec::new(),
+                    amplification: None,
+                });
+            }
+        }
+    }
+    for i in 0..pairs.len() {
+        let _ = trace_tools::blame::diagnose_in(trace, trace, &pairs, i, &[]);
     }
 }
