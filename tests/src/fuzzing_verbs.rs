@@ -68,18 +68,7 @@ pub fn verbs(data: &[u8]) {
 /// as a divergence) and each pair diagnosed: values, RoPE, stale buffers,
 /// the graph paths.
 fn diagnose_mismatched(trace: &Trace) {
-    let side = |id: u64| -> Option<Side> {
-        let t = trace.tensor(id).ok()?;
-        Some(Side {
-            id,
-            name: t.name.clone(),
-            dtype: t.dtype.to_string(),
-            shape: t.layout.shape().to_vec(),
-            byte_strides: t.layout.byte_strides().to_vec(),
-            contiguous: t.is_contiguous(),
-            layer: t.layer,
-        })
-    };
+    let side = |id: u64| trace.tensor(id).ok().map(Side::of);
     // (small tensors only: the diagnosis reads each pair several times)
     let small = |id: &u64| {
         trace.tensor(*id).is_ok_and(|t| {

@@ -96,7 +96,8 @@ pub struct Side {
 }
 
 impl Side {
-    fn of(t: &TensorInfo) -> Self {
+    /// The side a pair shows of tensor `t`.
+    pub fn of(t: &TensorInfo) -> Self {
         Side {
             id: t.id,
             name: t.name.clone(),
