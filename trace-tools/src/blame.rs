@@ -237,7 +237,7 @@ pub fn path_differs(a: &Trace, b: &Trace, pairs: &[Pair], i: usize) -> Option<Fi
             format!("{n} ops that pair")
         }
     };
-    let same_engine = a.run_metadata().get("engine") == b.run_metadata().get("engine");
+    let same_engine = same_engine(a, b);
     let (evidence, strength) = match (only_a.is_empty(), only_b.is_empty()) {
         (false, true) | (true, false) => {
             let (run, other, ops) = if only_b.is_empty() {
@@ -292,9 +292,7 @@ fn unpaired_ops(t: &Trace, id: u64, paired: &HashSet<u64>) -> Vec<String> {
         }
         // an op is what a record says computed it: a record that names
         // none (a module's input, as torch capture keeps it) is walked through
-        let named = matches!(info.op(), Some(Ok(ref op)) if op.name.is_some())
-            || info.lineage.engine_op.is_some();
-        if info.is_computed() && named {
+        if info.is_computed() && op_name(info).is_some() {
             ops.push(id);
         }
         todo.extend(info.lineage.parents.iter().copied());
@@ -307,22 +305,11 @@ fn unpaired_ops(t: &Trace, id: u64, paired: &HashSet<u64>) -> Vec<String> {
     ops.into_iter()
         .map(|id| {
             let info = t.tensor(id).ok();
-            let op = info
-                .and_then(|i| i.op().and_then(Result::ok))
-                .and_then(|o| o.name)
-                .or_else(|| {
-                    info.and_then(|i| i.lineage.engine_op.as_ref())
-                        .map(|e| e.op.to_ascii_lowercase())
-                });
+            let op = info.and_then(op_name).unwrap_or_default();
             let inputs: Vec<String> = info
                 .map(|i| i.lineage.parents.iter().map(|&p| name(p)).collect())
                 .unwrap_or_default();
-            format!(
-                "{} = {}({})",
-                name(id),
-                op.unwrap_or_default(),
-                inputs.join(", ")
-            )
+            format!("{} = {op}({})", name(id), inputs.join(", "))
         })
         .collect()
 }
@@ -453,14 +440,32 @@ fn ancestors(t: &Trace, id: u64) -> HashSet<u64> {
 /// Ops whose output holds its input's values in a new buffer or layout.
 const COPY_OPS: [&str; 7] = ["cont", "cpy", "dup", "contiguous", "clone", "copy", "copy_"];
 
-/// Whether `info` was made by a copy op (its `tracedump.op`, else the
-/// engine's op), whose output equals its input by design.
+/// Whether `info` was made by a copy op, whose output equals its input by
+/// design.
 fn is_copy(info: &trace_reader::TensorInfo) -> bool {
-    let name = match info.op() {
-        Some(Ok(op)) => op.name,
-        _ => info.lineage.engine_op.as_ref().map(|e| e.op.clone()),
-    };
-    name.is_some_and(|n| COPY_OPS.contains(&n.to_ascii_lowercase().as_str()))
+    op_name(info).is_some_and(|n| COPY_OPS.contains(&n.to_ascii_lowercase().as_str()))
+}
+
+/// The op that made `info`: its `tracedump.op` name (as recorded: a torch
+/// module's class keeps its case), else the engine's op in lower case
+/// (ggml's `MUL_MAT` as `mul_mat`); `None` where neither says.
+fn op_name(info: &trace_reader::TensorInfo) -> Option<String> {
+    info.op()
+        .and_then(Result::ok)
+        .and_then(|op| op.name)
+        .or_else(|| {
+            info.lineage
+                .engine_op
+                .as_ref()
+                .map(|e| e.op.to_ascii_lowercase())
+        })
+}
+
+/// Whether both runs name the same engine in their run metadata (ggml and
+/// ggml, torch and torch; neither naming one counts as the same): op
+/// names and recording grain are then alike.
+fn same_engine(a: &Trace, b: &Trace) -> bool {
+    a.run_metadata().get("engine") == b.run_metadata().get("engine")
 }
 
 /// The op's typed parameters (or the op itself) differ between the runs,
@@ -471,7 +476,7 @@ fn params_differ(a: &Trace, b: &Trace, p: &Pair) -> Option<Finding> {
     // op names and parameter keys are each engine's own words (ggml's
     // mul_mat is torch's matmul, ggml's rope torch's add of rotated
     // halves): between two engines only a parameter both record counts
-    let same_engine = a.run_metadata().get("engine") == b.run_metadata().get("engine");
+    let same_engine = same_engine(a, b);
     let mut differ = Vec::new();
     if oa.name != ob.name && same_engine {
         let name = |o: &trace_format::op::OpInfo| o.name.clone().unwrap_or_else(|| "?".into());
@@ -532,8 +537,8 @@ fn rope_in(
     if input.len() != x.data.len() || y.data.len() != x.data.len() {
         return None;
     }
-    let b_values: Vec<f64> = y.data.iter().map(|&v| f64::from(v)).collect();
-    let (input, _) = mapping::apply(transforms, input, &p.a.shape, b_values, &p.b.shape);
+    // (B's values are not transformed: none are passed)
+    let (input, _) = mapping::apply(transforms, input, &p.a.shape, Vec::new(), &p.b.shape);
     let input: Vec<f32> = input.iter().map(|&v| v as f32).collect();
     // (leading axes of 1 dropped down to three: one KV head stays an axis)
     let mut dims: &[usize] = x.shape;
@@ -553,16 +558,8 @@ fn rope_in(
     }
     if n1 == t {
         // heads before tokens: each of the three read as [T, H, D]
-        let swap = |v: &[f32]| -> Vec<f32> {
-            let mut out = vec![0f32; v.len()];
-            for h in 0..n0 {
-                for i in 0..n1 {
-                    let (from, to) = ((h * n1 + i) * d, (i * n0 + h) * d);
-                    out[to..to + d].copy_from_slice(&v[from..from + d]);
-                }
-            }
-            out
-        };
+        let shape = [n0 as u64, n1 as u64, d as u64];
+        let swap = |v: &[f32]| mapping::transpose(v, &shape, 0, 1);
         let (xs, ys, is) = (swap(x.data), swap(y.data), swap(&input));
         let frame = [n1, n0, d];
         let (xa, yb) = (Values::new(&xs, &frame)?, Values::new(&ys, &frame)?);

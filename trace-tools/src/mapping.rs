@@ -412,7 +412,7 @@ fn strides(shape: &[u64]) -> Vec<u64> {
 }
 
 /// `values` (row-major of `shape`) with axes `i` and `j` swapped.
-fn transpose(values: &[f64], shape: &[u64], i: usize, j: usize) -> Vec<f64> {
+pub(crate) fn transpose<T: Copy>(values: &[T], shape: &[u64], i: usize, j: usize) -> Vec<T> {
     let src = strides(shape);
     let mut out_shape = shape.to_vec();
     out_shape.swap(i, j);
