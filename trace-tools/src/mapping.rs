@@ -478,10 +478,13 @@ pub fn apply(
                         let inner = numel(&sb[rb + 1..]) as usize;
                         let block = have as usize * inner;
                         let skip = (have - keep) as usize * inner;
-                        b = b
-                            .chunks_exact(block)
-                            .flat_map(|c| c[skip..].iter().copied())
-                            .collect();
+                        // (a block of no values: B holds none to drop)
+                        if block > 0 {
+                            b = b
+                                .chunks_exact(block)
+                                .flat_map(|c| c[skip..].iter().copied())
+                                .collect();
+                        }
                         sb[rb] = keep;
                     }
                 }
@@ -496,10 +499,13 @@ pub fn apply(
                     let inner = numel(&sa[ia + 1..]) as usize;
                     let block = have as usize * inner;
                     let take = keep as usize * inner;
-                    a = a
-                        .chunks_exact(block)
-                        .flat_map(|c| c[..take].iter().copied())
-                        .collect();
+                    // (a block of no values: A holds none to drop)
+                    if block > 0 {
+                        a = a
+                            .chunks_exact(block)
+                            .flat_map(|c| c[..take].iter().copied())
+                            .collect();
+                    }
                     sa[ia] = keep;
                 }
             }
@@ -567,6 +573,15 @@ mod tests {
         }
         let (a, _) = apply(&[Transform::RopeRows], llama, &[2, 8], vec![], &[]);
         assert_eq!(a, hf);
+    }
+
+    #[test]
+    fn rows_of_no_values_are_kept_and_dropped_without_a_panic() {
+        // an axis of 0 after the rows: there is nothing to keep or drop
+        let (_, b) = apply(&[Transform::LastRows], vec![], &[1, 0], vec![], &[3, 0]);
+        assert!(b.is_empty());
+        let (a, _) = apply(&[Transform::Crop(0)], vec![], &[4, 0], vec![], &[2, 0]);
+        assert!(a.is_empty());
     }
 
     #[test]
