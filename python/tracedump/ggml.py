@@ -435,7 +435,8 @@ def capture(
       iterables of ints. With ``layers``, tensors of no layer (``embd``,
       ``norm``, ``result_output``) are left out too. A name ggml made up
       (``node_N``, the flash-attention node) has the layer its sources
-      agree on. The filter is answered when ggml asks about a node, so a
+      agree on, or the later layer among whose nodes ggml computes it. The
+      filter is answered when ggml asks about a node, so a
       tensor left out costs almost nothing (ggml does not stop the graph
       there).
     * Whatever the filter, the **graph inputs** a recorded tensor reads are

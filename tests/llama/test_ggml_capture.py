@@ -54,6 +54,12 @@ def test_graph_level_tensors_have_no_layer(llm, tmp_path):
     t = tracedump.open(tmp_path / "run.tdump")
     layers = {x.name: x.layer for x in t.values() if x.name in ("embd", "norm", "result_norm", "result_output", "l_out-1", "kqv_out-0")}
     assert layers == {"embd": None, "norm": None, "result_norm": None, "result_output": None, "l_out-1": 1, "kqv_out-0": 0}
+    # the last layer keeps only the output rows: llama.cpp's made-up
+    # GET_ROWS nodes there, the one of the layer before's output included,
+    # belong to the last layer (a layer filter keeps them with it)
+    rows = [x for x in t.values() if x.engine_op["op"] == "GET_ROWS" and x.name.startswith("node_")]
+    assert {p["name"] for x in rows for p in x.parents} >= {"l_out-0", "out_ids"}, rows
+    assert {x.layer for x in rows} == {1}
     logits = t["result_output"].numpy()
     np.testing.assert_allclose(logits.reshape(-1, llm.n_vocab())[-1], last[0], rtol=1e-6)
 

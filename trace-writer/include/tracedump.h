@@ -620,7 +620,8 @@ int32_t td_ggml_wants(const struct td_ggml *g, const char *name);
  * 1 if `td_ggml_record` will record the tensor at `key` named `name`
  * whose sources are `srcs` (`n_srcs`, null entries allowed), else 0. Call
  * it for every node, in graph order: a made-up name (`node_N`) gets the
- * layer its sources agree on, so that a layer filter answers it right.
+ * layer its sources agree on (or the later layer whose nodes come before
+ * it), so that a layer filter answers it right.
  *
  * # Safety
  * `g` null or live; `name` a C string; `srcs` valid for `n_srcs` reads.

@@ -29,7 +29,10 @@
 //!   ggml's implementation, not its interface;
 //! * the layer comes from the name (`kqv_out-0`, `cache_k_l0`); a tensor
 //!   whose name ggml made up (`node_N`, `Kcur-0 (view)`) takes its parents'
-//!   when they agree (so the flash-attention `node_N` gets its layer); one
+//!   when they agree (so the flash-attention `node_N` gets its layer), or
+//!   the later layer whose nodes ggml is computing when it comes (llama.cpp's
+//!   last layer selects the output rows of the previous layer's output: a
+//!   `node_N` of the last layer, not of the one before); one
 //!   the engine named without a layer (`embd`, `norm`, `result_norm`,
 //!   `result_output`) has none: it belongs to the graph, not a layer.
 //!
@@ -41,7 +44,8 @@
 //! tensor ([`GgmlRecorder::ask`]): a tensor it will not record is answered
 //! no there, so ggml's scheduler does not stop its graph at that node. A
 //! layer is the name's, or for a name ggml made up the layer its sources
-//! agree on (every source the graph computed, recorded or not), so a
+//! agree on (every source the graph computed, recorded or not; a later
+//! layer when ggml computes it among that layer's nodes), so a
 //! one-layer filter keeps `node_N` of that layer and nothing of the others.
 //! The graph inputs a recorded tensor reads ([`GgmlNode::once`]) are
 //! recorded whatever the filter. Stats-only mode records each tensor's
@@ -140,6 +144,9 @@ struct State {
     /// The layer of every tensor ggml asked about in the current graph, by
     /// address (recorded or not: a made-up name takes its sources').
     asked: FxHashMap<usize, Option<i64>>,
+    /// The latest layer a node's name stated in the current graph's asks:
+    /// the layer block ggml is computing.
+    block_layer: Option<i64>,
     /// Tensors recorded in the current graph, by address.
     graph: FxHashMap<usize, Recorded>,
     /// Stats-only mode: statistics of pieces of views' owners.
@@ -298,6 +305,7 @@ impl GgmlRecorder {
         st.step = step;
         st.graph.clear();
         st.asked.clear();
+        st.block_layer = None;
         st.graphs += 1;
         st.writes.new_graph(true);
     }
@@ -323,7 +331,7 @@ impl GgmlRecorder {
     /// `key` named `name`, whose sources are at `srcs` (0 for none). Call
     /// it for every node, in graph order: it remembers each node's layer,
     /// so that a made-up name (`node_N`) gets the layer its sources agree
-    /// on, recorded or not.
+    /// on, recorded or not, or the later layer whose nodes come before it.
     pub fn ask(&self, key: usize, name: &str, srcs: &[usize]) -> bool {
         let mut st = self.lock();
         st.writes.plain_asks = true;
@@ -351,6 +359,7 @@ impl GgmlRecorder {
         if st.asked.contains_key(&key) {
             // every node is asked about once per graph: this is a new graph
             st.asked.clear();
+            st.block_layer = None;
             st.writes.new_graph(false);
         }
         // (a node's name is read at every step: what it says is kept)
@@ -359,6 +368,18 @@ impl GgmlRecorder {
             name_facts,
             srcs.iter().map(|k| st.asked.get(k).copied().flatten()),
         );
+        let layer = match (name_facts.layer, layer, st.block_layer) {
+            (Some(stated), _, _) => {
+                st.block_layer = st.block_layer.max(Some(stated));
+                Some(stated)
+            }
+            // a made-up name computed inside a later layer's nodes from an
+            // earlier layer's output (llama.cpp's last layer keeps only the
+            // output rows of the residual it reads: `get_rows(l_out-(n-2),
+            // inp_out_ids)`) belongs to the layer computing it
+            (None, Some(from_sources), Some(block)) if block > from_sources => Some(block),
+            (None, layer, _) => layer,
+        };
         st.asked.insert(key, layer);
         self.accepts(name, st.step, layer)
     }
@@ -744,5 +765,50 @@ fn copy_step(op: &str, dtype: DType) -> Option<Op> {
         "CONT" | "DUP" => Some(Op::Cont),
         "CPY" => Some(Op::Convert { dtype }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CaptureFilter;
+
+    fn recorder(layers: &[i64]) -> GgmlRecorder {
+        let writer = Writer::in_memory(Metadata::new(), Default::default()).unwrap();
+        GgmlRecorder::with_options(
+            writer,
+            GgmlOptions {
+                filter: CaptureFilter::all().with_layers(layers.iter().copied()),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// llama.cpp's last layer (3 here) keeps only the output rows: two
+    /// made-up GET_ROWS nodes, one of its own attention output, one of the
+    /// layer before's output (its residual), both computed among layer
+    /// 3's nodes.
+    fn last_layer(rec: &GgmlRecorder) -> [bool; 4] {
+        rec.set_step(Some(0));
+        let (l_out_2, attn_out_3, out_ids, rows_attn, rows_residual) = (1, 2, 3, 4, 5);
+        rec.ask(l_out_2, "l_out-2", &[]);
+        rec.ask(out_ids, "out_ids", &[]);
+        [
+            rec.ask(attn_out_3, "attn_out-3", &[l_out_2]),
+            rec.ask(rows_attn, "node_137", &[attn_out_3, out_ids]),
+            rec.ask(rows_residual, "node_138", &[l_out_2, out_ids]),
+            // a later graph starts over: layer 2's made-up node is layer 2's
+            {
+                rec.set_step(Some(1));
+                rec.ask(l_out_2, "l_out-2", &[]);
+                rec.ask(rows_residual, "node_138", &[l_out_2, out_ids])
+            },
+        ]
+    }
+
+    #[test]
+    fn a_made_up_name_belongs_to_the_layer_computing_it() {
+        assert_eq!(last_layer(&recorder(&[3])), [true, true, true, false]);
+        assert_eq!(last_layer(&recorder(&[2])), [false, false, false, true]);
     }
 }
