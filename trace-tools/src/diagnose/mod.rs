@@ -219,9 +219,13 @@ impl Close {
         }
     }
 
+    /// (An infinite B is close only to itself: its relative tolerance
+    /// would accept any A.)
     #[inline]
     pub(crate) fn eq(&self, a: f32, b: f32) -> bool {
-        (a - b).abs() <= self.atol + self.rtol * b.abs() || (a.is_nan() && b.is_nan()) || a == b
+        a == b
+            || (a.is_nan() && b.is_nan())
+            || (b.is_finite() && (a - b).abs() <= self.atol + self.rtol * b.abs())
     }
 }
 

@@ -497,3 +497,12 @@ fn diagnosing_a_large_pair_is_bounded() {
     assert_eq!(kind(&got[0].cause), "partial");
     assert!(start.elapsed().as_secs() < 60, "{:?}", start.elapsed());
 }
+
+#[test]
+fn an_infinite_reference_is_close_only_to_itself() {
+    let close = Close::for_reference(&[1.0, f32::INFINITY]);
+    assert!(!close.eq(1.0, f32::INFINITY));
+    assert!(!close.eq(f32::NEG_INFINITY, f32::INFINITY));
+    assert!(close.eq(f32::INFINITY, f32::INFINITY));
+    assert!(close.eq(1.0005, 1.0) && !close.eq(f32::INFINITY, 1.0));
+}
