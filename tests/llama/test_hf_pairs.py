@@ -207,6 +207,12 @@ def test_planted_bug_is_named(arch, bug, layer, expected, pairs, tmp_path):
     for b in r.blamed:
         params = [f for f in b["diagnosis"] if f["kind"] == "params"]
         assert not any(d[0] == "op" for f in params for d in f["differ"]), (b["key"], params)
+    if bug == "silu_zero":
+        # the zeros are HF's, the reference's: named as B's
+        zeros = [f for b in r.blamed if b["diagnosed"] for f in b["diagnosis"]
+                 if f["kind"] == "in_reference" and f["cause"]["kind"] == "zeros"]
+        assert zeros and "values of B are 0" in zeros[0]["evidence"], [
+            (b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]
     if bug == "rope_base":
         rope = [f for b in r.blamed if b["diagnosed"] for f in b["diagnosis"] if f["kind"] == "rope"]
         assert rope, [(b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]

@@ -8,7 +8,9 @@
 //! another order: a permutation, a transpose, a head split the other way,
 //! column-major for row-major), a shift along an axis, heads in another
 //! order or repeated the other way, a divergence confined to a region, or
-//! only the rounding of a narrower format. [`stale`] checks A against other
+//! only the rounding of a narrower format; and the value checks again with
+//! the roles swapped, for a reference that is the one at fault
+//! ([`Cause::InReference`]). [`stale`] checks A against other
 //! tensors (a buffer reused without being written) and [`rope`] against
 //! the other RoPE pairing or another base.
 //!
@@ -169,6 +171,14 @@ pub enum Cause {
         /// The variant that gives B, where one does.
         b: Option<rope::Variant>,
     },
+    /// What is wrong is B's: `cause` holds for B against A (B all zeros,
+    /// a region of B never written, NaN or Inf in B, B's variance
+    /// collapsed), where the runs were given the other way round or the
+    /// reference is the one at fault.
+    InReference {
+        /// The cause, with A and B's roles swapped.
+        cause: Box<Cause>,
+    },
 }
 
 /// A hypothesis that holds, with how strongly and why.
@@ -301,10 +311,63 @@ pub fn diagnose(a: Values<'_>, b: Values<'_>) -> Vec<Finding> {
         (found, order)
     });
     found.extend(order);
+    // the same value checks with the runs' roles swapped: a reference that
+    // holds zeros, NaNs or a collapsed variance where the run under test
+    // does not (checks that A = f(B) already cover B = f⁻¹(A))
+    let a_as_b = Values {
+        data: a.data,
+        shape: a.shape,
+    };
+    found.extend(
+        [
+            non_finite(b_as_a, a_as_b),
+            written(b_as_a, a_as_b),
+            collapse(b_as_a, a_as_b),
+        ]
+        .into_iter()
+        .flatten()
+        .map(in_reference),
+    );
     // a region is a weaker statement than any exact explanation of it
     if !found.iter().any(|f| f.strength >= 0.9) {
         found.extend(partial(a, b_as_a));
     }
     found.sort_by(|x, y| y.strength.total_cmp(&x.strength));
     found
+}
+
+/// A finding of B against A (the roles swapped) as one about B.
+fn in_reference(found: Finding) -> Finding {
+    Finding {
+        cause: Cause::InReference {
+            cause: Box::new(found.cause),
+        },
+        strength: found.strength,
+        evidence: swap_sides(&found.evidence),
+    }
+}
+
+/// `text` with the words `A` and `B` swapped (`A's` included): the
+/// evidence of a check run with the roles swapped, told the right way.
+fn swap_sides(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        out.push_str(match word.as_str() {
+            "A" => "B",
+            "B" => "A",
+            w => w,
+        });
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_alphanumeric() || c == '_' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }

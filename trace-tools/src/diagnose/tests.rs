@@ -281,6 +281,7 @@ fn kind(c: &Cause) -> &'static str {
         Cause::Params { .. } => "params",
         Cause::Reshaped { .. } => "reshaped",
         Cause::Path { .. } => "path",
+        Cause::InReference { .. } => "in_reference",
     }
 }
 
@@ -314,6 +315,50 @@ fn the_top_hypothesis_names_the_planted_bug() {
         eprintln!("  missed: {w}");
     }
     assert!(rate >= 0.95, "{right} of {total}:\n{}", wrong.join("\n"));
+}
+
+/// The planted bugs the value checks find, planted in B instead: the top
+/// hypothesis names the same cause, as B's ([`Cause::InReference`]), and
+/// its evidence speaks of B.
+#[test]
+fn a_bug_in_the_reference_is_named_as_the_references() {
+    let swappable = ["zeros", "constant", "unwritten", "non_finite", "collapse"];
+    let (mut total, mut right) = (0, 0);
+    let mut wrong = Vec::new();
+    for seed in 0..40 {
+        for (want, buggy, reference, shape) in planted(seed) {
+            if !swappable.contains(&want) {
+                continue;
+            }
+            let got = diagnose(
+                Values::new(&reference, &shape).unwrap(),
+                Values::new(&buggy, &shape).unwrap(),
+            );
+            total += 1;
+            match got.first() {
+                Some(Finding {
+                    cause: Cause::InReference { cause },
+                    evidence,
+                    ..
+                }) if kind(cause) == want && !evidence.contains(" of A ") => right += 1,
+                other => wrong.push(format!(
+                    "seed {seed} {want} {shape:?}: {:?}",
+                    other.map(|f| &f.evidence)
+                )),
+            }
+        }
+    }
+    assert!(total >= 100, "{total} cases");
+    let rate = right as f64 / total as f64;
+    assert!(rate >= 0.95, "{right} of {total}:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn swapping_sides_swaps_only_the_words_a_and_b() {
+    assert_eq!(
+        swap_sides("all 4 values of A are 0; B's are not (A 1, B 2) at [A_B, AB]"),
+        "all 4 values of B are 0; A's are not (B 1, A 2) at [A_B, AB]"
+    );
 }
 
 /// B's shape for a planted case: A's, unless A's is a transposed shape.
