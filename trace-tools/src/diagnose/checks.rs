@@ -204,7 +204,10 @@ pub fn non_finite(a: Values<'_>, b: Values<'_>) -> Option<Finding> {
 
 /// The spread (standard deviation) of the values along `axis` at every
 /// position of the other axes, summed row-major so that memory is read in
-/// order: (A's median spread) / (B's median spread).
+/// order: the median, over the positions where B's values vary, of A's
+/// spread over B's. (Only where B varies: a causal softmax is zero above
+/// the diagonal in both runs, and a median over every position would call
+/// a mask one position off a collapse.)
 fn spread_ratio(a: Values<'_>, b: Values<'_>, axis: usize) -> Option<f64> {
     let n = a.shape[axis];
     let inner = strides(a.shape)[axis];
@@ -230,17 +233,22 @@ fn spread_ratio(a: Values<'_>, b: Values<'_>, axis: usize) -> Option<f64> {
         }
         out
     };
-    let (mut sa, mut sb) = (spreads(a.data), spreads(b.data));
-    let median = |v: &mut Vec<f64>| {
-        let mid = v.len() / 2;
-        *v.select_nth_unstable_by(mid, f64::total_cmp).1
-    };
-    let (ma, mb) = (median(&mut sa), median(&mut sb));
-    (mb > 0.0 && mb.is_finite() && ma.is_finite()).then(|| ma / mb)
+    let (sa, sb) = (spreads(a.data), spreads(b.data));
+    let mut ratios: Vec<f64> = sa
+        .iter()
+        .zip(&sb)
+        .filter(|&(&x, &y)| y > 0.0 && y.is_finite() && x.is_finite())
+        .map(|(&x, &y)| x / y)
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    let mid = ratios.len() / 2;
+    Some(*ratios.select_nth_unstable_by(mid, f64::total_cmp).1)
 }
 
 /// A's spread along an axis collapsed (≤ 10⁻³ of B's, median over the
-/// other axes) while A itself is not one value: uniform logits, a softmax
+/// other axes where B varies) while A itself is not one value: uniform logits, a softmax
 /// over a constant, a broadcast of one row.
 pub fn collapse(a: Values<'_>, b: Values<'_>) -> Option<Finding> {
     let first = a.data[0];
@@ -255,7 +263,7 @@ pub fn collapse(a: Values<'_>, b: Values<'_>) -> Option<Finding> {
         let ratio = spread_ratio(a, b, axis)?;
         (ratio <= 1e-3).then(|| Finding {
             evidence: format!(
-                "along axis {axis} A's values are all but constant: their spread is {ratio:.2e} of B's (median over the other axes)"
+                "along axis {axis} A's values are all but constant: their spread is {ratio:.2e} of B's (median over the other axes, where B's vary)"
             ),
             cause: Cause::Collapse { axis, ratio },
             strength: 0.93,

@@ -551,3 +551,43 @@ fn an_infinite_reference_is_close_only_to_itself() {
     assert!(close.eq(f32::INFINITY, f32::INFINITY));
     assert!(close.eq(1.0005, 1.0) && !close.eq(f32::INFINITY, 1.0));
 }
+
+/// A causal softmax whose mask is one position off (the diagonal masked
+/// too, from row 1 on) against the right one: both are zero above the
+/// diagonal, which is no collapse of either run's variance.
+#[test]
+fn a_mask_one_position_off_is_no_collapse() {
+    let (h, t) = (4, 8);
+    let mut r = Rng(11);
+    let logits = r.vec(h * t * t);
+    let softmax = |strict: bool| -> Vec<f32> {
+        let mut out = vec![0f32; h * t * t];
+        for hi in 0..h {
+            for i in 0..t {
+                let seen = |j: usize| if strict && i > 0 { j < i } else { j <= i };
+                let row = &logits[(hi * t + i) * t..][..t];
+                let z: f32 = (0..t).filter(|&j| seen(j)).map(|j| row[j].exp()).sum();
+                for j in (0..t).filter(|&j| seen(j)) {
+                    out[(hi * t + i) * t + j] = row[j].exp() / z;
+                }
+            }
+        }
+        out
+    };
+    let (right, off) = (softmax(false), softmax(true));
+    let shape = [1, h, t, t];
+    let (a, b) = (
+        Values::new(&off, &shape).unwrap(),
+        Values::new(&right, &shape).unwrap(),
+    );
+    for found in [diagnose(a, b), diagnose(b, a)] {
+        assert!(!found.is_empty());
+        for f in found {
+            let collapse = match &f.cause {
+                Cause::InReference { cause } => matches!(**cause, Cause::Collapse { .. }),
+                c => matches!(c, Cause::Collapse { .. }),
+            };
+            assert!(!collapse, "{}", f.evidence);
+        }
+    }
+}
