@@ -284,6 +284,14 @@ fn head_pattern(
             ), true);
         }
     }
+    if let Some(k) = rotation(map) {
+        return (
+            format!(
+                "rolled by {k} (A[i] = B[(i + {k}) mod {n}], torch.roll by −{k}): positions read at an offset that wraps around, e.g. a ring buffer's start"
+            ),
+            false,
+        );
+    }
     let mut seen = map.to_vec();
     seen.sort_unstable();
     seen.dedup();
@@ -298,6 +306,13 @@ fn head_pattern(
             false,
         )
     }
+}
+
+/// k when `map` is a cyclic rotation by k ≠ 0: map[i] = (i + k) mod n.
+pub(crate) fn rotation(map: &[usize]) -> Option<usize> {
+    let n = map.len();
+    let k = *map.first()?;
+    (k != 0 && map.iter().enumerate().all(|(i, &g)| g == (i + k) % n)).then_some(k)
 }
 
 /// A list, its first 16 items and a count of the rest.

@@ -291,7 +291,7 @@ pub fn diagnose(a: Values<'_>, b: Values<'_>) -> Vec<Finding> {
         shape: a.shape,
     };
     // two independent halves of the catalogue, on two threads
-    let (mut found, order): (Vec<Finding>, Vec<Finding>) = std::thread::scope(|s| {
+    let (mut found, mut order): (Vec<Finding>, Vec<Finding>) = std::thread::scope(|s| {
         let values = s.spawn(|| {
             let mut f = Vec::new();
             f.extend(non_finite(a, b_as_a));
@@ -310,6 +310,16 @@ pub fn diagnose(a: Values<'_>, b: Values<'_>) -> Vec<Finding> {
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
         (found, order)
     });
+    // a roll along an axis (slices rotated, wrapping around) implies the
+    // shift it makes where both overlap: the shift says less
+    let rolled: Vec<usize> = order
+        .iter()
+        .filter_map(|f| match &f.cause {
+            Cause::Heads { axis, map, .. } if layout::rotation(map).is_some() => Some(*axis),
+            _ => None,
+        })
+        .collect();
+    order.retain(|f| !matches!(f.cause, Cause::Shift { axis, .. } if rolled.contains(&axis)));
     found.extend(order);
     // the same value checks with the runs' roles swapped: a reference that
     // holds zeros, NaNs or a collapsed variance where the run under test

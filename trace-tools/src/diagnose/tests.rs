@@ -591,3 +591,41 @@ fn a_mask_one_position_off_is_no_collapse() {
         }
     }
 }
+
+/// K rolled by one position along the sequence (a ring buffer read from
+/// the wrong start): named as a roll, and the shift it implies is not
+/// named again.
+#[test]
+fn a_roll_is_named_as_one_and_not_also_as_a_shift() {
+    let mut r = Rng(3);
+    let (h, t, d) = (2, 9, 16);
+    let b = r.vec(h * t * d);
+    let mut a = vec![0f32; b.len()];
+    for hi in 0..h {
+        for i in 0..t {
+            let from = (i + 1) % t;
+            a[(hi * t + i) * d..][..d].copy_from_slice(&b[(hi * t + from) * d..][..d]);
+        }
+    }
+    let shape = [h, t, d];
+    let found = diagnose(
+        Values::new(&a, &shape).unwrap(),
+        Values::new(&b, &shape).unwrap(),
+    );
+    match &found[0].cause {
+        Cause::Heads {
+            axis: 1,
+            map,
+            pattern,
+        } => {
+            assert_eq!(map, &[1, 2, 3, 4, 5, 6, 7, 8, 0]);
+            assert!(pattern.starts_with("rolled by 1"), "{pattern}");
+        }
+        other => panic!("{other:?}: {}", found[0].evidence),
+    }
+    assert!(
+        !found.iter().any(|f| matches!(f.cause, Cause::Shift { .. })),
+        "{:?}",
+        found.iter().map(|f| &f.evidence).collect::<Vec<_>>()
+    );
+}
