@@ -214,21 +214,28 @@ fn spread_ratio(a: Values<'_>, b: Values<'_>, axis: usize) -> Option<f64> {
     let outer = a.data.len() / (n * inner);
     let spreads = |v: &[f32]| {
         let mut out = Vec::with_capacity(outer * inner);
-        let (mut s, mut s2) = (vec![0f64; inner], vec![0f64; inner]);
+        let (mut s, mut s2, mut c) = (vec![0f64; inner], vec![0f64; inner], vec![0u32; inner]);
         for o in 0..outer {
             s.fill(0.0);
             s2.fill(0.0);
+            c.fill(0);
             for k in 0..n {
                 let row = &v[(o * n + k) * inner..][..inner];
-                for ((s, s2), &x) in s.iter_mut().zip(s2.iter_mut()).zip(row) {
-                    let x = x as f64;
-                    *s += x;
-                    *s2 += x * x;
+                for (((s, s2), c), &x) in s.iter_mut().zip(s2.iter_mut()).zip(c.iter_mut()).zip(row)
+                {
+                    // masked scores (−∞, a framework's most negative float) are no spread
+                    if x.is_finite() && x > -1e30 {
+                        let x = x as f64;
+                        *s += x;
+                        *s2 += x * x;
+                        *c += 1;
+                    }
                 }
             }
-            out.extend(s.iter().zip(&s2).map(|(&s, &s2)| {
-                let m = s / n as f64;
-                (s2 / n as f64 - m * m).max(0.0).sqrt()
+            out.extend(s.iter().zip(&s2).zip(&c).map(|((&s, &s2), &c)| {
+                let c = f64::from(c.max(1));
+                let m = s / c;
+                (s2 / c - m * m).max(0.0).sqrt()
             }));
         }
         out

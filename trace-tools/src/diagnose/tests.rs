@@ -629,3 +629,35 @@ fn a_roll_is_named_as_one_and_not_also_as_a_shift() {
         found.iter().map(|f| &f.evidence).collect::<Vec<_>>()
     );
 }
+
+/// HF adds `finfo.min` where it masks scores: that is no magnitude for the
+/// closeness tolerance (a millionth of 3.4e38 would call every score
+/// equal) nor any spread (every row would look collapsed beside it).
+#[test]
+fn masked_scores_at_the_most_negative_float_are_no_magnitude() {
+    let (h, t) = (2, 6);
+    let mut r = Rng(19);
+    let scores = r.vec(h * t * t);
+    let masked: Vec<f32> = (0..h * t * t)
+        .map(|k| {
+            if k % t > k / t % t {
+                f32::MIN
+            } else {
+                scores[k]
+            }
+        })
+        .collect();
+    let shape = [1, h, t, t];
+    let close = Close::for_reference(&masked);
+    assert!(!close.eq(1.0, 1.5));
+    for f in diagnose(
+        Values::new(&scores, &shape).unwrap(),
+        Values::new(&masked, &shape).unwrap(),
+    ) {
+        assert!(
+            !matches!(f.cause, Cause::Heads { .. } | Cause::Collapse { .. }),
+            "{}",
+            f.evidence
+        );
+    }
+}
