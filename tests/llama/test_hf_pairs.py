@@ -219,6 +219,11 @@ def test_planted_bug_is_named(arch, bug, layer, expected, pairs, tmp_path):
                  if f["kind"] == "heads" and f["pattern"].startswith("rolled by 1 ")]
         assert rolls and not any(f["kind"] == "shift" for b in r.blamed for f in b["diagnosis"]), [
             (b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]
+    if bug == "mask_off_by_one" and arch != "gemma2":
+        # HF masks the diagonal too: llama.cpp's rows see one key more
+        masks = [f for b in r.blamed if b["diagnosed"] for f in b["diagnosis"] if f["kind"] == "mask"]
+        assert masks and masks[0]["end"] == 1 and masks[0]["start"] is None, [
+            (b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]
     if bug == "rope_base":
         rope = [f for b in r.blamed if b["diagnosed"] for f in b["diagnosis"] if f["kind"] == "rope"]
         assert rope, [(b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]

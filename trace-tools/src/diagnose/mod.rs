@@ -7,7 +7,8 @@
 //! a scale/offset/sign/per-row scale, a layout (A holds B's values in
 //! another order: a permutation, a transpose, a head split the other way,
 //! column-major for row-major), a shift along an axis, heads in another
-//! order or repeated the other way, a divergence confined to a region, or
+//! order or repeated the other way, an attention mask that hides other
+//! keys, a divergence confined to a region, or
 //! only the rounding of a narrower format; and the value checks again with
 //! the roles swapped, for a reference that is the one at fault
 //! ([`Cause::InReference`]). [`stale`] checks A against other
@@ -21,6 +22,7 @@
 
 mod checks;
 mod layout;
+mod mask;
 mod region;
 pub mod rope;
 mod stale;
@@ -29,6 +31,7 @@ mod tests;
 
 pub use checks::{collapse, non_finite, precision, reshaped, scale, written};
 pub use layout::{heads, permutation, shift};
+pub use mask::mask;
 pub use region::partial;
 pub use stale::stale;
 
@@ -171,6 +174,22 @@ pub enum Cause {
         /// The variant that gives B, where one does.
         b: Option<rope::Variant>,
     },
+    /// The runs mask attention differently: in the last two axes (query
+    /// rows, keys) each row sees one interval of keys in both runs (the
+    /// rest exactly 0 or −∞), and the intervals differ.
+    Mask {
+        /// A's last visible key minus B's, where that is the same in every
+        /// row that differs (±1: a causal mask off by one).
+        end: Option<i64>,
+        /// A's first visible key minus B's, likewise (a sliding window).
+        start: Option<i64>,
+        /// The first row where they differ.
+        row: usize,
+        /// The keys A's row sees, `[first, last]`.
+        a: (usize, usize),
+        /// The keys B's row sees.
+        b: (usize, usize),
+    },
     /// What is wrong is B's: `cause` holds for B against A (B all zeros,
     /// a region of B never written, NaN or Inf in B, B's variance
     /// collapsed), where the runs were given the other way round or the
@@ -220,6 +239,7 @@ pub(crate) struct Close {
 
 impl Close {
     pub(crate) fn for_reference(b: &[f32]) -> Close {
+        // (the most negative float a framework adds as a mask is no magnitude)
         let max = b
             .iter()
             .filter(|x| x.is_finite() && **x > -1e30)
@@ -299,6 +319,7 @@ pub fn diagnose(a: Values<'_>, b: Values<'_>) -> Vec<Finding> {
             f.extend(written(a, b_as_a));
             f.extend(scale(a, b_as_a));
             f.extend(collapse(a, b_as_a));
+            f.extend(mask(a, b_as_a));
             f
         });
         let mut order = Vec::new();

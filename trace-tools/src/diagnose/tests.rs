@@ -282,6 +282,7 @@ fn kind(c: &Cause) -> &'static str {
         Cause::Reshaped { .. } => "reshaped",
         Cause::Path { .. } => "path",
         Cause::InReference { .. } => "in_reference",
+        Cause::Mask { .. } => "mask",
     }
 }
 
@@ -554,9 +555,10 @@ fn an_infinite_reference_is_close_only_to_itself() {
 
 /// A causal softmax whose mask is one position off (the diagonal masked
 /// too, from row 1 on) against the right one: both are zero above the
-/// diagonal, which is no collapse of either run's variance.
+/// diagonal, which is no collapse of either run's variance: a mask off by
+/// one.
 #[test]
-fn a_mask_one_position_off_is_no_collapse() {
+fn a_mask_one_position_off_is_named_and_no_collapse() {
     let (h, t) = (4, 8);
     let mut r = Rng(11);
     let logits = r.vec(h * t * t);
@@ -580,8 +582,13 @@ fn a_mask_one_position_off_is_no_collapse() {
         Values::new(&off, &shape).unwrap(),
         Values::new(&right, &shape).unwrap(),
     );
-    for found in [diagnose(a, b), diagnose(b, a)] {
-        assert!(!found.is_empty());
+    // named as the mask it is, either way round
+    for (found, d) in [(diagnose(a, b), -1), (diagnose(b, a), 1)] {
+        assert!(
+            matches!(found[0].cause, Cause::Mask { end: Some(e), start: None, row: 1, .. } if e == d),
+            "{:?}",
+            found.iter().map(|f| &f.evidence).collect::<Vec<_>>()
+        );
         for f in found {
             let collapse = match &f.cause {
                 Cause::InReference { cause } => matches!(**cause, Cause::Collapse { .. }),
@@ -625,6 +632,43 @@ fn a_roll_is_named_as_one_and_not_also_as_a_shift() {
     }
     assert!(
         !found.iter().any(|f| matches!(f.cause, Cause::Shift { .. })),
+        "{:?}",
+        found.iter().map(|f| &f.evidence).collect::<Vec<_>>()
+    );
+}
+
+/// Masked scores (HF adds `finfo.min`, llama.cpp −∞) of a run that applies
+/// no mask against a causal one: named as a run that masks nothing.
+#[test]
+fn scores_without_a_mask_are_named() {
+    let (h, t) = (2, 6);
+    let mut r = Rng(17);
+    let scores = r.vec(h * t * t);
+    let masked: Vec<f32> = (0..h * t * t)
+        .map(|k| {
+            let (i, j) = (k / t % t, k % t);
+            if j > i {
+                f32::MIN
+            } else {
+                scores[k]
+            }
+        })
+        .collect();
+    let shape = [1, h, t, t];
+    let found = diagnose(
+        Values::new(&scores, &shape).unwrap(),
+        Values::new(&masked, &shape).unwrap(),
+    );
+    assert!(
+        matches!(
+            found[0].cause,
+            Cause::Mask {
+                row: 0,
+                a: (0, 5),
+                b: (0, 0),
+                ..
+            }
+        ) && found[0].evidence.contains("A masks nothing"),
         "{:?}",
         found.iter().map(|f| &f.evidence).collect::<Vec<_>>()
     );
