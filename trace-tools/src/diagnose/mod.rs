@@ -312,26 +312,40 @@ pub fn diagnose(a: Values<'_>, b: Values<'_>) -> Vec<Finding> {
         shape: a.shape,
     };
     // two independent halves of the catalogue, on two threads
-    let (mut found, mut order): (Vec<Finding>, Vec<Finding>) = std::thread::scope(|s| {
-        let values = s.spawn(|| {
-            let mut f = Vec::new();
-            f.extend(non_finite(a, b_as_a));
-            f.extend(written(a, b_as_a));
-            f.extend(scale(a, b_as_a));
-            f.extend(collapse(a, b_as_a));
-            f.extend(mask(a, b_as_a));
-            f
+    let (mut found, mut order, swapped): (Vec<Finding>, Vec<Finding>, Vec<Finding>) =
+        std::thread::scope(|s| {
+            let values = s.spawn(|| {
+                let mut f = Vec::new();
+                f.extend(non_finite(a, b_as_a));
+                f.extend(written(a, b_as_a));
+                f.extend(scale(a, b_as_a));
+                f.extend(collapse(a, b_as_a));
+                f.extend(mask(a, b_as_a));
+                f
+            });
+            let mut order = Vec::new();
+            order.extend(permutation(a, b));
+            order.extend(shift(a, b_as_a));
+            order.extend(heads(a, b_as_a));
+            // the same value checks with the runs' roles swapped: a reference
+            // that holds zeros, NaNs or a collapsed variance where the run
+            // under test does not (checks that A = f(B) already cover
+            // B = f⁻¹(A))
+            let swapped: Vec<Finding> = [
+                non_finite(b_as_a, a),
+                written(b_as_a, a),
+                collapse(b_as_a, a),
+            ]
+            .into_iter()
+            .flatten()
+            .map(in_reference)
+            .collect();
+            // a panic in a check is a bug of ours: let it surface as one
+            let found = values
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (found, order, swapped)
         });
-        let mut order = Vec::new();
-        order.extend(permutation(a, b));
-        order.extend(shift(a, b_as_a));
-        order.extend(heads(a, b_as_a));
-        // a panic in a check is a bug of ours: let it surface as one
-        let found = values
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        (found, order)
-    });
     // a roll along an axis (slices rotated, wrapping around) implies the
     // shift it makes where both overlap: the shift says less
     let rolled: Vec<usize> = order
@@ -343,23 +357,7 @@ pub fn diagnose(a: Values<'_>, b: Values<'_>) -> Vec<Finding> {
         .collect();
     order.retain(|f| !matches!(f.cause, Cause::Shift { axis, .. } if rolled.contains(&axis)));
     found.extend(order);
-    // the same value checks with the runs' roles swapped: a reference that
-    // holds zeros, NaNs or a collapsed variance where the run under test
-    // does not (checks that A = f(B) already cover B = f⁻¹(A))
-    let a_as_b = Values {
-        data: a.data,
-        shape: a.shape,
-    };
-    found.extend(
-        [
-            non_finite(b_as_a, a_as_b),
-            written(b_as_a, a_as_b),
-            collapse(b_as_a, a_as_b),
-        ]
-        .into_iter()
-        .flatten()
-        .map(in_reference),
-    );
+    found.extend(swapped);
     // a region is a weaker statement than any exact explanation of it
     if !found.iter().any(|f| f.strength >= 0.9) {
         found.extend(partial(a, b_as_a));
