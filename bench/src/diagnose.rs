@@ -100,7 +100,13 @@ pub(crate) fn rows(args: &Args, dir: &Path) -> Res<Vec<Row>> {
         let inputs = pair_inputs(&ta, &report.pairs);
         let (blamed, _) = blame(&report, &inputs);
         for bl in &blamed {
-            std::hint::black_box(diagnose_pair(&ta, &tb, &report.pairs[bl.pair], &[])?);
+            std::hint::black_box(diagnose_pair(
+                &ta,
+                &tb,
+                &report.pairs[bl.pair],
+                &[],
+                &report.tolerance,
+            )?);
         }
         blaming.push(start.elapsed());
         if blamed.len() != 1 || report.pairs[blamed[0].pair].key != format!("t{}", pairs / 2) {

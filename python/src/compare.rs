@@ -341,7 +341,16 @@ impl DiffResult {
             _ => Vec::new(),
         };
         let found = py
-            .detach(|| trace_tools::blame::diagnose_in(ta, tb, pairs, index, &transforms))
+            .detach(|| {
+                trace_tools::blame::diagnose_in(
+                    ta,
+                    tb,
+                    pairs,
+                    index,
+                    &transforms,
+                    &self.report.tolerance,
+                )
+            })
             .map_err(tools_error)?;
         let list = PyList::empty(py);
         for f in &found {

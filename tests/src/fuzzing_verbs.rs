@@ -110,6 +110,6 @@ fn diagnose_mismatched(trace: &Trace) {
         }
     }
     for i in 0..pairs.len() {
-        let _ = trace_tools::blame::diagnose_in(trace, trace, &pairs, i, &[]);
+        let _ = trace_tools::blame::diagnose_in(trace, trace, &pairs, i, &[], &Default::default());
     }
 }

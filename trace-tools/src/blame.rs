@@ -18,6 +18,7 @@ use trace_reader::Trace;
 use crate::compare::{DiffReport, Pair, Verdict};
 use crate::diagnose::{diagnose, Finding, Values};
 use crate::mapping::{self, Transform};
+use crate::metrics::Tolerance;
 use crate::ToolsError;
 
 /// At most this many ancestors are visited per pair, looking for compared ones.
@@ -175,17 +176,19 @@ pub fn diagnosable(p: &Pair) -> bool {
 
 /// Pair `i` of `pairs` diagnosed: [`diagnose_pair`]'s findings on its
 /// values and [`path_differs`]'s on the two graphs, strongest first.
+/// `tolerance` is the one the pairs were compared with.
 pub fn diagnose_in(
     a: &Trace,
     b: &Trace,
     pairs: &[Pair],
     i: usize,
     transforms: &[Transform],
+    tolerance: &Tolerance,
 ) -> Result<Vec<Finding>, ToolsError> {
     let p = pairs
         .get(i)
         .ok_or_else(|| ToolsError::Invalid(format!("pair {i} of {}", pairs.len())))?;
-    let mut found = diagnose_pair(a, b, p, transforms)?;
+    let mut found = diagnose_pair(a, b, p, transforms, tolerance)?;
     found.extend(path_differs(a, b, pairs, i));
     found.sort_by(|x, y| y.strength.total_cmp(&x.strength));
     Ok(found)
@@ -317,11 +320,14 @@ fn unpaired_ops(t: &Trace, id: u64, paired: &HashSet<u64>) -> Vec<String> {
 /// Diagnose pair `p` (A's values with the pairing's transforms applied,
 /// against B's), as f32; nothing for a pair of more than
 /// [`MAX_DIAGNOSED_VALUES`] values a side (memory stays bounded).
+/// `tolerance` (the comparison's) is how close A must be to a tensor B
+/// computes its output from for the stale-buffer check to name it.
 pub fn diagnose_pair(
     a: &Trace,
     b: &Trace,
     p: &Pair,
     transforms: &[Transform],
+    tolerance: &Tolerance,
 ) -> Result<Vec<Finding>, ToolsError> {
     let (sa, sb) = mapping::transformed_shapes(transforms, &p.a.shape, &p.b.shape)
         .map_err(ToolsError::Invalid)?;
@@ -349,7 +355,7 @@ pub fn diagnose_pair(
     found.extend(rope_in(a, p, transforms, x, y));
     // an agreeing pair equals its copies elsewhere: that is no staleness
     if p.verdict.is_divergent() && found.iter().all(|f| f.strength < 0.95) {
-        found.extend(stale_in(a, b, p, x));
+        found.extend(stale_in(a, b, p, x, tolerance));
     }
     found.sort_by(|x, y| y.strength.total_cmp(&x.strength));
     Ok(found)
@@ -360,8 +366,17 @@ const MAX_STALE: usize = 32;
 
 /// A's values equal another tensor of either run with as many values (the
 /// nearest ones in execution order first): a buffer reused without being
-/// written, or read from another step or layer.
-fn stale_in(a: &Trace, b: &Trace, p: &Pair, x: Values<'_>) -> Option<Finding> {
+/// written, or read from another step or layer. A tensor B computes its
+/// output from need only agree with A within `tolerance` (the pair's own
+/// comparison: between engines, f16 tables and fused kernels leave more
+/// than the 10⁻³ of an exact match).
+fn stale_in(
+    a: &Trace,
+    b: &Trace,
+    p: &Pair,
+    x: Values<'_>,
+    tolerance: &Tolerance,
+) -> Option<Finding> {
     let numel = x.data.len() as u64;
     let near = |t: &Trace, own: u64| -> Vec<u64> {
         // views of the tensor's own bytes hold its values: no other
@@ -407,8 +422,11 @@ fn stale_in(a: &Trace, b: &Trace, p: &Pair, x: Values<'_>) -> Option<Finding> {
         }
     }
     // B's own value is not "another tensor": a match there is no bug
-    let mut found =
-        crate::diagnose::stale(x, others.iter().map(|(n, v, _)| (n.as_str(), v.as_slice())))?;
+    let Some(mut found) =
+        crate::diagnose::stale(x, others.iter().map(|(n, v, _)| (n.as_str(), v.as_slice())))
+    else {
+        return upstream_in_b(b, p, x, &others, tolerance);
+    };
     // a tensor B computes its output from, through ops of its own: A
     // holds what B had before those ops, which then changed it
     let crate::diagnose::Cause::Stale { other } = &found.cause else {
@@ -422,6 +440,41 @@ fn stale_in(a: &Trace, b: &Trace, p: &Pair, x: Values<'_>) -> Option<Finding> {
         );
     }
     Some(found)
+}
+
+/// A equals, within `tolerance`, one of `others` that B computes pair
+/// `p`'s output from (B's record id in `others`' third field).
+fn upstream_in_b(
+    b: &Trace,
+    p: &Pair,
+    x: Values<'_>,
+    others: &[(String, Vec<f32>, Option<u64>)],
+    tolerance: &Tolerance,
+) -> Option<Finding> {
+    let upstream = ancestors(b, p.b.id);
+    let within = |v: &[f32]| {
+        x.data.iter().zip(v).all(|(&s, &t)| {
+            let (s, t) = (f64::from(s), f64::from(t));
+            s == t
+                || (s.is_nan() && t.is_nan())
+                || (s - t).abs() <= tolerance.atol + tolerance.rtol * t.abs()
+        })
+    };
+    let (other, _, _) = others
+        .iter()
+        .find(|(_, v, id)| id.is_some_and(|id| upstream.contains(&id)) && within(v))?;
+    Some(Finding {
+        evidence: format!(
+            "A equals `{other}` within the comparison's tolerance (atol {:e}, rtol {:e}), \
+             which B computes its output from: the ops B applies after it change the \
+             values, and A's run has none of them",
+            tolerance.atol, tolerance.rtol
+        ),
+        cause: crate::diagnose::Cause::Stale {
+            other: other.clone(),
+        },
+        strength: 0.9,
+    })
 }
 
 /// The records `id` is computed from in `t`, through its lineage (at most

@@ -609,8 +609,15 @@ pub fn diff(
         .filter(|bl| bl.same_op_as.is_none())
         .take(blame::MAX_DIAGNOSED)
     {
-        bl.diagnosis = blame::diagnose_in(a, b, &report.pairs, bl.pair, pair_transforms[bl.pair])
-            .unwrap_or_default();
+        bl.diagnosis = blame::diagnose_in(
+            a,
+            b,
+            &report.pairs,
+            bl.pair,
+            pair_transforms[bl.pair],
+            &report.tolerance,
+        )
+        .unwrap_or_default();
         bl.diagnosed = blame::diagnosable(&report.pairs[bl.pair]);
     }
     report.blamed = blamed;

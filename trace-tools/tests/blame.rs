@@ -7,7 +7,7 @@ use std::path::Path;
 
 use trace_reader::Trace;
 use trace_tools::compare::{diff, Tolerance};
-use trace_tools::diagnose::Cause;
+use trace_tools::diagnose::{Cause, Finding};
 use trace_tools::mapping::Mapping;
 use trace_writer::{DType, Metadata, TensorMeta, Writer};
 
@@ -624,6 +624,75 @@ fn a_copy_is_not_stale_and_a_match_upstream_in_b_says_so() {
         "A's own input (of a copy) is no stale buffer; B's is upstream: {}",
         stale[0]
     );
+}
+
+/// Between engines A's kernel may differ from B's input by more than an
+/// exact match allows (here 0.3 %: an f16 table, a fused kernel) and still
+/// within the comparison's tolerance: A then equals, as far as the
+/// comparison can tell, a tensor B computes its output from.
+#[test]
+fn a_match_upstream_in_b_within_the_tolerance_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = weights(37, T * D);
+    let shape = [T as u64, D as u64];
+    let mut traces = Vec::new();
+    for (name, engine) in [("a.tdump", "ggml"), ("b.tdump", "torch")] {
+        let path = dir.path().join(name);
+        let w = Writer::create(&path, Metadata::new().with("engine", engine)).unwrap();
+        let xid = w
+            .add_tensor(
+                "x",
+                DType::F32,
+                &shape,
+                bytemuck::cast_slice(&x),
+                TensorMeta::new(),
+            )
+            .unwrap()
+            .unwrap();
+        let (op, y): (&str, Vec<f32>) = if engine == "ggml" {
+            ("scale", x.iter().map(|v| v * 1.003).collect())
+        } else {
+            ("sin", x.iter().map(|v| (v * 7.0).sin()).collect())
+        };
+        let meta = TensorMeta::new().computed_from(op, &[xid]);
+        w.add_tensor("y", DType::F32, &shape, bytemuck::cast_slice(&y), meta)
+            .unwrap();
+        w.finish().unwrap();
+        traces.push(Trace::open(&path).unwrap());
+    }
+    let r = diff(
+        &traces[0],
+        &traces[1],
+        &Mapping::none(),
+        &Tolerance::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(r.blamed.len(), 1);
+    let stale: Vec<&Finding> = r.blamed[0]
+        .diagnosis
+        .iter()
+        .filter(|f| matches!(f.cause, Cause::Stale { .. }))
+        .collect();
+    assert_eq!(stale.len(), 1, "{:?}", r.blamed[0].diagnosis);
+    assert!(
+        stale[0].evidence.starts_with(
+            "A equals `x (record #1 of B)` within the comparison's tolerance (atol 1e-3, rtol 1e-2)"
+        ),
+        "{}",
+        stale[0].evidence
+    );
+    // with a tolerance that does not accept 0.3 %, no such finding
+    let tight = Tolerance {
+        atol: 1e-6,
+        rtol: 1e-3,
+        ..Tolerance::default()
+    };
+    let r = diff(&traces[0], &traces[1], &Mapping::none(), &tight, |_, _| {}).unwrap();
+    assert!(!r.blamed[0]
+        .diagnosis
+        .iter()
+        .any(|f| matches!(f.cause, Cause::Stale { .. })));
 }
 
 /// A RoPE pair of two shapes (B keeps only the last 4 of 5 tokens' rows,
