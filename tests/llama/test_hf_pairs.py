@@ -213,8 +213,9 @@ def test_planted_bug_is_named(arch, bug, layer, expected, pairs, tmp_path):
                  if f["kind"] == "in_reference" and f["cause"]["kind"] == "zeros"]
         assert zeros and "values of B are 0" in zeros[0]["evidence"], [
             (b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]
-    if bug == "kv_wrong_position" and arch != "gemma2":
+    if bug == "kv_wrong_position":
         # HF's K and V rolled by one position: the scores' key axis, rolled
+        # (Gemma 2's within the test's tolerance)
         rolls = [f for b in r.blamed if b["diagnosed"] for f in b["diagnosis"]
                  if f["kind"] == "heads" and f["pattern"].startswith("rolled by 1 ")]
         assert rolls and not any(f["kind"] == "shift" for b in r.blamed for f in b["diagnosis"]), [

@@ -67,6 +67,11 @@ fn splits(shape: &[usize]) -> Vec<(Split, Vec<usize>)> {
 /// one axis in two, at most), then read as A. Screened on sampled
 /// positions, then checked on every element within 10⁻³.
 pub fn permutation(a: Values<'_>, b: Values<'_>) -> Option<Finding> {
+    permutation_with(a, b, Close::for_reference(b.data))
+}
+
+/// [`permutation`], elements compared with `close`.
+pub(crate) fn permutation_with(a: Values<'_>, b: Values<'_>, close: Close) -> Option<Finding> {
     if a.data.len() != b.data.len() || a.data.len() < 2 {
         return None;
     }
@@ -83,7 +88,6 @@ pub fn permutation(a: Values<'_>, b: Values<'_>) -> Option<Finding> {
     {
         return None;
     }
-    let close = Close::for_reference(b.data);
     let mut tried = 0;
     // the unsplit shape first, then splits: the simplest explanation wins
     for (split, shape) in splits(b.shape) {
@@ -154,7 +158,11 @@ fn describe(a_shape: &[usize], b_shape: &[usize], split: Split, perm: &[usize]) 
 /// A equals B moved by k positions along an axis, where they overlap (at
 /// least half of the axis): A[.., i, ..] = B[.., i − k, ..], |k| ≤ 64.
 pub fn shift(a: Values<'_>, b: Values<'_>) -> Option<Finding> {
-    let close = Close::for_reference(b.data);
+    shift_with(a, b, Close::for_reference(b.data))
+}
+
+/// [`shift`], elements compared with `close`.
+pub(crate) fn shift_with(a: Values<'_>, b: Values<'_>, close: Close) -> Option<Finding> {
     let st = strides(a.shape);
     for (axis, &n) in a.shape.iter().enumerate() {
         if n < 2 {
@@ -200,7 +208,11 @@ pub fn shift(a: Values<'_>, b: Values<'_>) -> Option<Finding> {
 /// another way (GQA's `repeat` against `repeat_interleave`): every slice of
 /// A equals some slice of B within 10⁻³, and not the same one.
 pub fn heads(a: Values<'_>, b: Values<'_>) -> Option<Finding> {
-    let close = Close::for_reference(b.data);
+    heads_with(a, b, Close::for_reference(b.data))
+}
+
+/// [`heads`], elements compared with `close`.
+pub(crate) fn heads_with(a: Values<'_>, b: Values<'_>, close: Close) -> Option<Finding> {
     let st = strides(a.shape);
     for (axis, &n) in a.shape.iter().enumerate() {
         if !(2..=256).contains(&n) || n == a.data.len() {

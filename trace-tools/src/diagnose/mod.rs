@@ -252,6 +252,16 @@ impl Close {
 
     /// (An infinite B is close only to itself: its relative tolerance
     /// would accept any A.)
+    /// [`Close::for_reference`] loosened to a comparison's tolerance
+    /// (`|a − b| ≤ atol + rtol·|b|`) where that is looser.
+    pub(crate) fn within(b: &[f32], atol: f64, rtol: f64) -> Close {
+        let base = Close::for_reference(b);
+        Close {
+            atol: base.atol.max(atol as f32),
+            rtol: base.rtol.max(rtol as f32),
+        }
+    }
+
     #[inline]
     pub(crate) fn eq(&self, a: f32, b: f32) -> bool {
         a == b
@@ -346,16 +356,7 @@ pub fn diagnose(a: Values<'_>, b: Values<'_>) -> Vec<Finding> {
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
             (found, order, swapped)
         });
-    // a roll along an axis (slices rotated, wrapping around) implies the
-    // shift it makes where both overlap: the shift says less
-    let rolled: Vec<usize> = order
-        .iter()
-        .filter_map(|f| match &f.cause {
-            Cause::Heads { axis, map, .. } if layout::rotation(map).is_some() => Some(*axis),
-            _ => None,
-        })
-        .collect();
-    order.retain(|f| !matches!(f.cause, Cause::Shift { axis, .. } if rolled.contains(&axis)));
+    drop_implied_shifts(&mut order);
     found.extend(order);
     found.extend(swapped);
     // a region is a weaker statement than any exact explanation of it
@@ -400,4 +401,51 @@ fn swap_sides(text: &str) -> String {
     }
     flush(&mut word, &mut out);
     out
+}
+
+/// A roll along an axis (slices rotated, wrapping around) implies the
+/// shift it makes where both overlap: the shift says less and goes.
+fn drop_implied_shifts(order: &mut Vec<Finding>) {
+    let rolled: Vec<usize> = order
+        .iter()
+        .filter_map(|f| match &f.cause {
+            Cause::Heads { axis, map, .. } if layout::rotation(map).is_some() => Some(*axis),
+            _ => None,
+        })
+        .collect();
+    order.retain(|f| !matches!(f.cause, Cause::Shift { axis, .. } if rolled.contains(&axis)));
+}
+
+/// The order hypotheses (a permutation of axes, a shift or roll, heads in
+/// another order) with elements compared within a comparison's tolerance
+/// (`|a − b| ≤ atol + rtol·|b|`) where that is looser than [`diagnose`]'s
+/// 10⁻³: between engines, f16 tables and fused kernels leave an output
+/// that is B rearranged only up to that noise. Each finding is 0.05
+/// weaker than its exact form and says so.
+pub fn order_within(a: Values<'_>, b: Values<'_>, atol: f64, rtol: f64) -> Vec<Finding> {
+    if a.data.len() != b.data.len() || a.data.is_empty() {
+        return Vec::new();
+    }
+    let close = Close::within(b.data, atol, rtol);
+    let b_as_a = Values {
+        data: b.data,
+        shape: a.shape,
+    };
+    let mut order: Vec<Finding> = [
+        layout::permutation_with(a, b, close),
+        layout::shift_with(a, b_as_a, close),
+        layout::heads_with(a, b_as_a, close),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    drop_implied_shifts(&mut order);
+    for f in &mut order {
+        f.strength -= 0.05;
+        f.evidence = format!(
+            "{} (within the comparison's tolerance: atol {atol:e}, rtol {rtol:e})",
+            f.evidence
+        );
+    }
+    order
 }

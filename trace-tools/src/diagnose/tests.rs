@@ -705,3 +705,45 @@ fn masked_scores_at_the_most_negative_float_are_no_magnitude() {
         );
     }
 }
+
+/// A rolled K whose values carry 0.3 % of noise (another engine's
+/// kernels): no exact hypothesis holds, and within a comparison's
+/// tolerance the roll is named, weaker by 0.05 and saying so.
+#[test]
+fn a_roll_under_noise_is_named_within_the_tolerance() {
+    let mut r = Rng(23);
+    let (h, t, d) = (2, 9, 16);
+    let b = r.vec(h * t * d);
+    let mut a = vec![0f32; b.len()];
+    for hi in 0..h {
+        for i in 0..t {
+            let from = (i + 1) % t;
+            for k in 0..d {
+                let noise = if (i + k) % 2 == 0 { 1.003 } else { 0.997 };
+                a[(hi * t + i) * d + k] = b[(hi * t + from) * d + k] * noise;
+            }
+        }
+    }
+    let shape = [h, t, d];
+    let (va, vb) = (
+        Values::new(&a, &shape).unwrap(),
+        Values::new(&b, &shape).unwrap(),
+    );
+    assert!(!diagnose(va, vb)
+        .iter()
+        .any(|f| matches!(f.cause, Cause::Heads { .. } | Cause::Shift { .. })));
+    let found = order_within(va, vb, 1e-3, 1e-2);
+    assert_eq!(
+        found.len(),
+        1,
+        "{:?}",
+        found.iter().map(|f| &f.evidence).collect::<Vec<_>>()
+    );
+    assert!(matches!(&found[0].cause, Cause::Heads { axis: 1, map, .. } if map[0] == 1));
+    assert!((found[0].strength - 0.915).abs() < 1e-9);
+    assert!(found[0]
+        .evidence
+        .ends_with("(within the comparison's tolerance: atol 1e-3, rtol 1e-2)"));
+    // a tolerance that does not reach the noise finds nothing
+    assert!(order_within(va, vb, 1e-6, 1e-3).is_empty());
+}
