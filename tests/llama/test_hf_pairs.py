@@ -232,6 +232,12 @@ def test_planted_bug_is_named(arch, bug, layer, expected, pairs, tmp_path):
         assert stale and "/contiguous/0 (record #" in stale[0]["other"], [
             (b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]
         assert "which B computes its output from" in stale[0]["evidence"]
+    if bug == "norm_scaled" and arch == "gemma2":
+        # Gemma's norm multiplies by (1 + weight): HF's weight scaled is a
+        # factor per feature, named as the norm's weight
+        rows = [f for b in r.blamed if b["diagnosed"] for f in b["diagnosis"] if f["kind"] == "row_scale"]
+        assert rows and "weight (gamma)" in rows[0]["evidence"], [
+            (b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]
     if bug == "rope_base":
         rope = [f for b in r.blamed if b["diagnosed"] for f in b["diagnosis"] if f["kind"] == "rope"]
         assert rope, [(b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]

@@ -416,9 +416,16 @@ fn row_scale(a: Values<'_>, b: Values<'_>, aa: f64) -> Option<Finding> {
                 (l.min(x), h.max(x))
             });
         if (resid / aa).sqrt() <= 1e-3 && hi - lo > 1e-2 * hi.abs().max(lo.abs()) {
+            // one factor per feature (the last axis) is a norm's weight;
+            // one per row, token or head, the statistics it divides by
+            let why = if axis + 1 == a.shape.len() {
+                "a normalization's weight (gamma) that differs per feature, not its statistics"
+            } else {
+                "a normalization with the wrong statistics"
+            };
             return Some(Finding {
                 evidence: format!(
-                    "each slice along axis {axis} is B's times its own factor ({lo:.4} to {hi:.4}): a normalization with the wrong statistics"
+                    "each slice along axis {axis} is B's times its own factor ({lo:.4} to {hi:.4}): {why}"
                 ),
                 cause: Cause::RowScale {
                     axis,

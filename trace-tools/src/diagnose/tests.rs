@@ -747,3 +747,36 @@ fn a_roll_under_noise_is_named_within_the_tolerance() {
     // a tolerance that does not reach the noise finds nothing
     assert!(order_within(va, vb, 1e-6, 1e-3).is_empty());
 }
+
+/// One factor per row is a norm's statistics; one per feature (the last
+/// axis) its weight: the evidence tells them apart.
+#[test]
+fn a_factor_per_feature_is_a_norm_weight() {
+    let mut r = Rng(29);
+    let (t, d) = (6, 32);
+    let b = r.vec(t * d);
+    let shape = [t, d];
+    let per_row: Vec<f32> = b
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x * (1.0 + (i / d) as f32 * 0.1))
+        .collect();
+    let per_feature: Vec<f32> = b
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x * (1.0 + (i % d) as f32 * 0.02))
+        .collect();
+    let vb = Values::new(&b, &shape).unwrap();
+    for (a, axis, why) in [
+        (per_row, 0, "the wrong statistics"),
+        (per_feature, 1, "weight (gamma)"),
+    ] {
+        let found = diagnose(Values::new(&a, &shape).unwrap(), vb);
+        assert!(
+            matches!(found[0].cause, Cause::RowScale { axis: x, .. } if x == axis)
+                && found[0].evidence.contains(why),
+            "{}",
+            found[0].evidence
+        );
+    }
+}
