@@ -238,6 +238,10 @@ def test_planted_bug_is_named(arch, bug, layer, expected, pairs, tmp_path):
         rows = [f for b in r.blamed if b["diagnosed"] for f in b["diagnosis"] if f["kind"] == "row_scale"]
         assert rows and "weight (gamma)" in rows[0]["evidence"], [
             (b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]
+    if bug == "gqa_repeat":
+        groups = [f for b in r.blamed if b["diagnosed"] for f in b["diagnosis"] if f["kind"] == "grouping"]
+        assert groups and groups[0]["agree"][0] == 0, [
+            (b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]
     if bug == "rope_base":
         rope = [f for b in r.blamed if b["diagnosed"] for f in b["diagnosis"] if f["kind"] == "rope"]
         assert rope, [(b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]

@@ -320,6 +320,63 @@ fn head_pattern(
     }
 }
 
+/// Query heads grouped onto KV heads the other way: along an axis of n
+/// slices (heads), exactly those slices agree whose KV head is the same
+/// under `repeat` (head h reads KV head h mod g) and `repeat_interleave`
+/// (h / r), for one split n = g·r (g, r ≥ 2). The scores and outputs of
+/// the other heads mix a different K into each, so no slice map holds;
+/// the pattern of the heads that agree is the evidence.
+pub fn grouping(a: Values<'_>, b: Values<'_>) -> Option<Finding> {
+    let close = Close::for_reference(b.data);
+    let st = strides(a.shape);
+    // (heads are never the last axis: that is features or keys)
+    for (axis, &n) in a
+        .shape
+        .iter()
+        .enumerate()
+        .take(a.shape.len().saturating_sub(1))
+    {
+        if !(4..=256).contains(&n) {
+            continue;
+        }
+        let inner = st[axis];
+        let outer = a.data.len() / (n * inner);
+        let agree: Vec<bool> = (0..n)
+            .map(|h| {
+                (0..outer).all(|o| {
+                    let at = (o * n + h) * inner;
+                    (at..at + inner).all(|i| close.eq(a.data[i], b.data[i]))
+                })
+            })
+            .collect();
+        let fits: Vec<usize> = (2..n)
+            .filter(|r| n % r == 0 && n / r >= 2)
+            .filter(|&r| (0..n).all(|h| agree[h] == (h / r == h % (n / r))))
+            .collect();
+        let [r] = fits[..] else {
+            continue;
+        };
+        let g = n / r;
+        let same: Vec<usize> = (0..n).filter(|&h| agree[h]).collect();
+        return Some(Finding {
+            evidence: format!(
+                "along axis {axis}, only heads {} agree: those whose KV head is the same whether \
+                 {n} query heads read {g} KV heads with `repeat` (head h reads KV head h mod {g}) \
+                 or with `repeat_interleave` (h / {r}): the runs group query heads onto KV heads \
+                 differently (GQA)",
+                short_list(&same)
+            ),
+            cause: Cause::Grouping {
+                axis,
+                kv_heads: g,
+                agree: same,
+            },
+            strength: 0.9,
+        });
+    }
+    None
+}
+
 /// k when `map` is a cyclic rotation by k ≠ 0: map[i] = (i + k) mod n.
 pub(crate) fn rotation(map: &[usize]) -> Option<usize> {
     let n = map.len();

@@ -30,7 +30,7 @@ mod stale;
 mod tests;
 
 pub use checks::{collapse, non_finite, precision, reshaped, scale, written};
-pub use layout::{heads, permutation, shift};
+pub use layout::{grouping, heads, permutation, shift};
 pub use mask::mask;
 pub use region::partial;
 pub use stale::stale;
@@ -173,6 +173,17 @@ pub enum Cause {
         a: rope::Variant,
         /// The variant that gives B, where one does.
         b: Option<rope::Variant>,
+    },
+    /// Query heads grouped onto KV heads differently (GQA `repeat` against
+    /// `repeat_interleave`): along `axis` only the heads whose KV head is
+    /// the same either way agree.
+    Grouping {
+        /// The heads axis.
+        axis: usize,
+        /// KV heads.
+        kv_heads: usize,
+        /// The heads that agree.
+        agree: Vec<usize>,
     },
     /// The runs mask attention differently: in the last two axes (query
     /// rows, keys) each row sees one interval of keys in both runs (the
@@ -337,6 +348,7 @@ pub fn diagnose(a: Values<'_>, b: Values<'_>) -> Vec<Finding> {
             order.extend(permutation(a, b));
             order.extend(shift(a, b_as_a));
             order.extend(heads(a, b_as_a));
+            order.extend(grouping(a, b_as_a));
             // the same value checks with the runs' roles swapped: a reference
             // that holds zeros, NaNs or a collapsed variance where the run
             // under test does not (checks that A = f(B) already cover

@@ -283,6 +283,7 @@ fn kind(c: &Cause) -> &'static str {
         Cause::Path { .. } => "path",
         Cause::InReference { .. } => "in_reference",
         Cause::Mask { .. } => "mask",
+        Cause::Grouping { .. } => "grouping",
     }
 }
 
@@ -779,4 +780,39 @@ fn a_factor_per_feature_is_a_norm_weight() {
             found[0].evidence
         );
     }
+}
+
+/// Attention scores with 6 query heads on 3 KV heads, K repeated with
+/// `repeat` in A and `repeat_interleave` in B: heads 0 and 5 read the same
+/// KV head either way and agree; the pattern names the grouping.
+#[test]
+fn kv_heads_grouped_the_other_way_are_named() {
+    let (h, g, t, d) = (6, 3, 5, 8);
+    let mut r = Rng(31);
+    let (q, k) = (r.vec(h * t * d), r.vec(g * t * d));
+    let scores = |kv_of: &dyn Fn(usize) -> usize| -> Vec<f32> {
+        let mut out = vec![0f32; h * t * t];
+        for hi in 0..h {
+            let kh = kv_of(hi);
+            for i in 0..t {
+                for j in 0..t {
+                    out[(hi * t + i) * t + j] = (0..d)
+                        .map(|x| q[(hi * t + i) * d + x] * k[(kh * t + j) * d + x])
+                        .sum();
+                }
+            }
+        }
+        out
+    };
+    let (a, b) = (scores(&|hi| hi % g), scores(&|hi| hi / (h / g)));
+    let shape = [1, h, t, t];
+    let found = diagnose(
+        Values::new(&a, &shape).unwrap(),
+        Values::new(&b, &shape).unwrap(),
+    );
+    assert!(
+        matches!(&found[0].cause, Cause::Grouping { axis: 1, kv_heads: 3, agree } if agree == &[0, 5]),
+        "{:?}",
+        found.iter().map(|f| &f.evidence).collect::<Vec<_>>()
+    );
 }
