@@ -242,6 +242,12 @@ def test_planted_bug_is_named(arch, bug, layer, expected, pairs, tmp_path):
         groups = [f for b in r.blamed if b["diagnosed"] for f in b["diagnosis"] if f["kind"] == "grouping"]
         assert groups and groups[0]["agree"][0] == 0, [
             (b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]
+    if bug == "rope_type":
+        # HF's cos/sin (cat(freqs, freqs)) turning adjacent pairs: named
+        rope = [f for b in r.blamed if b["diagnosed"] for f in b["diagnosis"] if f["kind"] == "rope"]
+        assert rope and rope[0]["b"]["pairing"] == "adjacent_with_neox_frequencies", [
+            (b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]
+        assert rope[0]["a"]["pairing"] == "neox"
     if bug == "rope_base":
         rope = [f for b in r.blamed if b["diagnosed"] for f in b["diagnosis"] if f["kind"] == "rope"]
         assert rope, [(b["key"], [f["evidence"] for f in b["diagnosis"]]) for b in r.blamed]

@@ -7,14 +7,63 @@
 
 use super::{Cause, Close, Finding, Values};
 
-/// How RoPE pairs the dimensions of a head.
+/// How RoPE pairs the dimensions of a head, and which frequency each
+/// dimension turns at.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pairing {
-    /// Dimensions (2i, 2i+1): llama.cpp's normal mode, GPT-J.
+    /// Dimensions (2i, 2i+1), both at frequency i: llama.cpp's normal
+    /// mode, GPT-J.
     Adjacent,
-    /// Dimensions (i, i + D/2): NEOX mode, HF transformers' `rotate_half`.
+    /// Dimensions (i, i + D/2), both at frequency i: NEOX mode, HF
+    /// transformers' `rotate_half`.
     Neox,
+    /// Dimensions (2i, 2i+1) paired, but dimension j turning at frequency
+    /// j mod D/2: HF's cos/sin (`cat(freqs, freqs)`) applied to adjacent
+    /// pairs. Not a rotation: a port of one layout onto the other.
+    AdjacentWithNeoxFrequencies,
+    /// Dimensions (i, i + D/2) paired, but dimension j turning at
+    /// frequency j / 2: interleaved cos/sin (`repeat_interleave(freqs,
+    /// 2)`) applied with `rotate_half`.
+    NeoxWithAdjacentFrequencies,
+}
+
+impl Pairing {
+    /// The pairings tried: the two RoPEs, then their mixtures.
+    const ALL: [Pairing; 4] = [
+        Pairing::Adjacent,
+        Pairing::Neox,
+        Pairing::AdjacentWithNeoxFrequencies,
+        Pairing::NeoxWithAdjacentFrequencies,
+    ];
+
+    /// The dimensions of pair i of a head of `d`, and the frequency index
+    /// each turns at.
+    fn pair(self, i: usize, d: usize) -> ((usize, usize), (usize, usize)) {
+        let half = d / 2;
+        match self {
+            Pairing::Adjacent => ((2 * i, 2 * i + 1), (i, i)),
+            Pairing::Neox => ((i, i + half), (i, i)),
+            Pairing::AdjacentWithNeoxFrequencies => {
+                ((2 * i, 2 * i + 1), ((2 * i) % half, (2 * i + 1) % half))
+            }
+            Pairing::NeoxWithAdjacentFrequencies => ((i, i + half), (i / 2, (i + half) / 2)),
+        }
+    }
+
+    /// In words.
+    fn describe(self) -> &'static str {
+        match self {
+            Pairing::Adjacent => "adjacent (normal)",
+            Pairing::Neox => "NEOX (rotate_half)",
+            Pairing::AdjacentWithNeoxFrequencies => {
+                "adjacent pairs turned at NEOX's frequencies (cat(freqs, freqs) cos/sin applied to interleaved pairs)"
+            }
+            Pairing::NeoxWithAdjacentFrequencies => {
+                "NEOX halves turned at interleaved frequencies (repeat_interleave cos/sin applied with rotate_half)"
+            }
+        }
+    }
 }
 
 /// One RoPE: a pairing and a frequency base.
@@ -45,15 +94,13 @@ pub fn apply(x: &[f32], shape: [usize; 3], positions: &[f64], variant: Variant) 
         for hi in 0..h {
             let base = (ti * h + hi) * d;
             for i in 0..half {
-                let theta = pos * variant.base.powf(-2.0 * i as f64 / d as f64);
-                let (s, c) = theta.sin_cos();
-                let (p, q) = match variant.pairing {
-                    Pairing::Adjacent => (base + 2 * i, base + 2 * i + 1),
-                    Pairing::Neox => (base + i, base + i + half),
-                };
+                let ((p, q), (fp, fq)) = variant.pairing.pair(i, d);
+                let angle = |f: usize| pos * variant.base.powf(-2.0 * f as f64 / d as f64);
+                let ((sp, cp), (sq, cq)) = (angle(fp).sin_cos(), angle(fq).sin_cos());
+                let (p, q) = (base + p, base + q);
                 let (x0, x1) = (x[p] as f64, x[q] as f64);
-                out[p] = (x0 * c - x1 * s) as f32;
-                out[q] = (x0 * s + x1 * c) as f32;
+                out[p] = (x0 * cp - x1 * sp) as f32;
+                out[q] = (x0 * sq + x1 * cq) as f32;
             }
         }
     }
@@ -70,21 +117,23 @@ fn which(x: &[f32], shape: [usize; 3], positions: &[f64], target: &[f32]) -> Opt
             .zip(target)
             .all(|(&p, &q)| close.eq(p, q))
     };
-    let pairings = [Pairing::Adjacent, Pairing::Neox];
-    pairings
+    Pairing::ALL
         .into_iter()
         .flat_map(|pairing| BASES.into_iter().map(move |base| Variant { pairing, base }))
         .find(|&v| gives(v))
         .or_else(|| {
-            pairings.into_iter().find_map(|pairing| {
-                let base = fit_base(x, shape, positions, target, pairing)?;
-                // a round base where one fits (a config says 20000, not 19999.97)
-                let round = base.round();
-                [round, base]
-                    .into_iter()
-                    .map(|base| Variant { pairing, base })
-                    .find(|&v| gives(v))
-            })
+            // (a base is fitted for the two RoPEs only)
+            [Pairing::Adjacent, Pairing::Neox]
+                .into_iter()
+                .find_map(|pairing| {
+                    let base = fit_base(x, shape, positions, target, pairing)?;
+                    // a round base where one fits (a config says 20000, not 19999.97)
+                    let round = base.round();
+                    [round, base]
+                        .into_iter()
+                        .map(|base| Variant { pairing, base })
+                        .find(|&v| gives(v))
+                })
         })
 }
 
@@ -109,10 +158,10 @@ fn fit_base(
         .enumerate()
         .take(t)
         .find(|(_, &p)| p > 0.0)?;
-    let (p, q) = match pairing {
-        Pairing::Adjacent => (2, 3),
-        Pairing::Neox => (1, 1 + d / 2),
-    };
+    let ((p, q), (fp, fq)) = pairing.pair(1, d);
+    if (fp, fq) != (1, 1) {
+        return None; // no one angle to read a base from
+    }
     let at = |head: usize| (row * h + head) * d;
     let head = (0..h).max_by(|&i, &j| {
         let norm = |k: usize| (x[at(k) + p] as f64).hypot(x[at(k) + q] as f64);
@@ -143,16 +192,7 @@ pub fn rope(a: Values<'_>, b: Values<'_>, x: &[f32], positions: &[f64]) -> Optio
     if vb == Some(va) {
         return None;
     }
-    let name = |v: Variant| {
-        format!(
-            "{} pairing, base {}",
-            match v.pairing {
-                Pairing::Adjacent => "adjacent (normal)",
-                Pairing::Neox => "NEOX (rotate_half)",
-            },
-            v.base
-        )
-    };
+    let name = |v: Variant| format!("{} pairing, base {}", v.pairing.describe(), v.base);
     Some(Finding {
         evidence: format!(
             "A is the input rotated with {}{}",

@@ -495,8 +495,17 @@ fn rope_pairing_and_base_are_told_apart() {
             pairing: Pairing::Neox,
             base: 20_000.0,
         };
+        // HF's cos/sin on adjacent pairs, interleaved cos/sin on halves
+        let mixed = [
+            Pairing::AdjacentWithNeoxFrequencies,
+            Pairing::NeoxWithAdjacentFrequencies,
+        ]
+        .map(|pairing| Variant {
+            pairing,
+            base: 10_000.0,
+        });
         let b = apply(&x, shape, &pos, neox);
-        for want in [normal, other_base, twice] {
+        for want in [normal, other_base, twice, mixed[0], mixed[1]] {
             let a = apply(&x, shape, &pos, want);
             let f = rope::rope(
                 Values::new(&a, &shape).unwrap(),
