@@ -7,7 +7,7 @@ use std::path::Path;
 
 use trace_reader::Trace;
 use trace_tools::compare::{diff, Tolerance};
-use trace_tools::diagnose::{Cause, Finding};
+use trace_tools::diagnose::Cause;
 use trace_tools::mapping::Mapping;
 use trace_writer::{DType, Metadata, TensorMeta, Writer};
 
@@ -568,6 +568,35 @@ fn rope_with_another_base_for(h: usize) {
     }
 }
 
+/// Two runs of one step each, in `dir`: a ggml run (A) and a torch run
+/// (B), each recording `x` and then `y`, computed from it by the run's op
+/// (`(op, y)` of `a` and `b`).
+fn x_then_y(dir: &Path, x: &[f32], a: (&str, Vec<f32>), b: (&str, Vec<f32>)) -> Vec<Trace> {
+    let shape = [T as u64, D as u64];
+    [("a.tdump", "ggml", a), ("b.tdump", "torch", b)]
+        .into_iter()
+        .map(|(name, engine, (op, y))| {
+            let path = dir.join(name);
+            let w = Writer::create(&path, Metadata::new().with("engine", engine)).unwrap();
+            let xid = w
+                .add_tensor(
+                    "x",
+                    DType::F32,
+                    &shape,
+                    bytemuck::cast_slice(x),
+                    TensorMeta::new(),
+                )
+                .unwrap()
+                .unwrap();
+            let meta = TensorMeta::new().computed_from(op, &[xid]);
+            w.add_tensor("y", DType::F32, &shape, bytemuck::cast_slice(&y), meta)
+                .unwrap();
+            w.finish().unwrap();
+            Trace::open(&path).unwrap()
+        })
+        .collect()
+}
+
 /// A copy op's output equals its input by design; B (another engine, whose
 /// op names are its own) computes something else where A copies: A equals
 /// B's input, from which B computes its output.
@@ -575,50 +604,10 @@ fn rope_with_another_base_for(h: usize) {
 fn a_copy_is_not_stale_and_a_match_upstream_in_b_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let x = weights(31, T * D);
-    let shape = [T as u64, D as u64];
-    let mut traces = Vec::new();
-    for (name, copy) in [("a.tdump", true), ("b.tdump", false)] {
-        let path = dir.path().join(name);
-        let engine = if copy { "ggml" } else { "torch" };
-        let w = Writer::create(&path, Metadata::new().with("engine", engine)).unwrap();
-        let xid = w
-            .add_tensor(
-                "x",
-                DType::F32,
-                &shape,
-                bytemuck::cast_slice(&x),
-                TensorMeta::new(),
-            )
-            .unwrap()
-            .unwrap();
-        let y: Vec<f32> = if copy {
-            x.clone()
-        } else {
-            x.iter().map(|v| (v * 7.0).sin()).collect()
-        };
-        let op = if copy { "cont" } else { "sin" };
-        let meta = TensorMeta::new().computed_from(op, &[xid]);
-        w.add_tensor("y", DType::F32, &shape, bytemuck::cast_slice(&y), meta)
-            .unwrap();
-        w.finish().unwrap();
-        traces.push(Trace::open(&path).unwrap());
-    }
-    let r = diff(
-        &traces[0],
-        &traces[1],
-        &Mapping::none(),
-        &Tolerance::default(),
-        |_, _| {},
-    )
-    .unwrap();
-    assert_eq!(r.blamed.len(), 1);
-    let stale: Vec<&str> = r.blamed[0]
-        .diagnosis
-        .iter()
-        .filter(|f| matches!(f.cause, Cause::Stale { .. }))
-        .map(|f| f.evidence.as_str())
-        .collect();
-    assert_eq!(stale.len(), 1, "{stale:?} {:?}", r.blamed[0].diagnosis);
+    let sin = x.iter().map(|v| (v * 7.0).sin()).collect();
+    let traces = x_then_y(dir.path(), &x, ("cont", x.clone()), ("sin", sin));
+    let stale = stale_findings(&traces, &Tolerance::default());
+    assert_eq!(stale.len(), 1, "{stale:?}");
     assert!(
         stale[0].starts_with("A equals `x (record #1 of B)`, which B computes its output from"),
         "A's own input (of a copy) is no stale buffer; B's is upstream: {}",
@@ -634,53 +623,17 @@ fn a_copy_is_not_stale_and_a_match_upstream_in_b_says_so() {
 fn a_match_upstream_in_b_within_the_tolerance_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let x = weights(37, T * D);
-    let shape = [T as u64, D as u64];
-    let mut traces = Vec::new();
-    for (name, engine) in [("a.tdump", "ggml"), ("b.tdump", "torch")] {
-        let path = dir.path().join(name);
-        let w = Writer::create(&path, Metadata::new().with("engine", engine)).unwrap();
-        let xid = w
-            .add_tensor(
-                "x",
-                DType::F32,
-                &shape,
-                bytemuck::cast_slice(&x),
-                TensorMeta::new(),
-            )
-            .unwrap()
-            .unwrap();
-        let (op, y): (&str, Vec<f32>) = if engine == "ggml" {
-            ("scale", x.iter().map(|v| v * 1.003).collect())
-        } else {
-            ("sin", x.iter().map(|v| (v * 7.0).sin()).collect())
-        };
-        let meta = TensorMeta::new().computed_from(op, &[xid]);
-        w.add_tensor("y", DType::F32, &shape, bytemuck::cast_slice(&y), meta)
-            .unwrap();
-        w.finish().unwrap();
-        traces.push(Trace::open(&path).unwrap());
-    }
-    let r = diff(
-        &traces[0],
-        &traces[1],
-        &Mapping::none(),
-        &Tolerance::default(),
-        |_, _| {},
-    )
-    .unwrap();
-    assert_eq!(r.blamed.len(), 1);
-    let stale: Vec<&Finding> = r.blamed[0]
-        .diagnosis
-        .iter()
-        .filter(|f| matches!(f.cause, Cause::Stale { .. }))
-        .collect();
-    assert_eq!(stale.len(), 1, "{:?}", r.blamed[0].diagnosis);
+    let scaled = x.iter().map(|v| v * 1.003).collect();
+    let sin = x.iter().map(|v| (v * 7.0).sin()).collect();
+    let traces = x_then_y(dir.path(), &x, ("scale", scaled), ("sin", sin));
+    let stale = stale_findings(&traces, &Tolerance::default());
+    assert_eq!(stale.len(), 1, "{stale:?}");
     assert!(
-        stale[0].evidence.starts_with(
+        stale[0].starts_with(
             "A equals `x (record #1 of B)` within the comparison's tolerance (atol 1e-3, rtol 1e-2)"
         ),
         "{}",
-        stale[0].evidence
+        stale[0]
     );
     // with a tolerance that does not accept 0.3 %, no such finding
     let tight = Tolerance {
@@ -688,11 +641,27 @@ fn a_match_upstream_in_b_within_the_tolerance_is_named() {
         rtol: 1e-3,
         ..Tolerance::default()
     };
-    let r = diff(&traces[0], &traces[1], &Mapping::none(), &tight, |_, _| {}).unwrap();
-    assert!(!r.blamed[0]
+    assert!(stale_findings(&traces, &tight).is_empty());
+}
+
+/// The evidence of the stale-buffer findings of the one op blamed when
+/// `traces` are compared within `tolerance`.
+fn stale_findings(traces: &[Trace], tolerance: &Tolerance) -> Vec<String> {
+    let r = diff(
+        &traces[0],
+        &traces[1],
+        &Mapping::none(),
+        tolerance,
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(r.blamed.len(), 1);
+    r.blamed[0]
         .diagnosis
         .iter()
-        .any(|f| matches!(f.cause, Cause::Stale { .. })));
+        .filter(|f| matches!(f.cause, Cause::Stale { .. }))
+        .map(|f| f.evidence.clone())
+        .collect()
 }
 
 /// A RoPE pair of two shapes (B keeps only the last 4 of 5 tokens' rows,

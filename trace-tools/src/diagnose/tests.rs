@@ -609,22 +609,35 @@ fn a_mask_one_position_off_is_named_and_no_collapse() {
     }
 }
 
+/// Random K (`[2, 9, 16]`: heads, positions, dims) as B, and A the same
+/// rolled by one position (A[i] = B[(i + 1) mod 9]), each value off by
+/// ± `noise` relative (alternating).
+fn rolled(seed: u64, noise: f32) -> (Vec<f32>, Vec<f32>, [usize; 3]) {
+    let (h, t, d) = (2, 9, 16);
+    let b = Rng(seed).vec(h * t * d);
+    let mut a = vec![0f32; b.len()];
+    for hi in 0..h {
+        for i in 0..t {
+            let from = (i + 1) % t;
+            for k in 0..d {
+                let off = if (i + k) % 2 == 0 {
+                    1.0 + noise
+                } else {
+                    1.0 - noise
+                };
+                a[(hi * t + i) * d + k] = b[(hi * t + from) * d + k] * off;
+            }
+        }
+    }
+    (a, b, [h, t, d])
+}
+
 /// K rolled by one position along the sequence (a ring buffer read from
 /// the wrong start): named as a roll, and the shift it implies is not
 /// named again.
 #[test]
 fn a_roll_is_named_as_one_and_not_also_as_a_shift() {
-    let mut r = Rng(3);
-    let (h, t, d) = (2, 9, 16);
-    let b = r.vec(h * t * d);
-    let mut a = vec![0f32; b.len()];
-    for hi in 0..h {
-        for i in 0..t {
-            let from = (i + 1) % t;
-            a[(hi * t + i) * d..][..d].copy_from_slice(&b[(hi * t + from) * d..][..d]);
-        }
-    }
-    let shape = [h, t, d];
+    let (a, b, shape) = rolled(3, 0.0);
     let found = diagnose(
         Values::new(&a, &shape).unwrap(),
         Values::new(&b, &shape).unwrap(),
@@ -647,24 +660,29 @@ fn a_roll_is_named_as_one_and_not_also_as_a_shift() {
     );
 }
 
-/// Masked scores (HF adds `finfo.min`, llama.cpp −∞) of a run that applies
-/// no mask against a causal one: named as a run that masks nothing.
-#[test]
-fn scores_without_a_mask_are_named() {
+/// Random attention scores of 2 heads and 6 tokens, unmasked and with a
+/// causal mask as HF adds it (`finfo.min` above the diagonal), and their
+/// shape `[1, 2, 6, 6]`.
+fn causal_scores(seed: u64) -> (Vec<f32>, Vec<f32>, [usize; 4]) {
     let (h, t) = (2, 6);
-    let mut r = Rng(17);
-    let scores = r.vec(h * t * t);
-    let masked: Vec<f32> = (0..h * t * t)
+    let scores = Rng(seed).vec(h * t * t);
+    let masked = (0..h * t * t)
         .map(|k| {
-            let (i, j) = (k / t % t, k % t);
-            if j > i {
+            if k % t > k / t % t {
                 f32::MIN
             } else {
                 scores[k]
             }
         })
         .collect();
-    let shape = [1, h, t, t];
+    (scores, masked, [1, h, t, t])
+}
+
+/// Masked scores (HF adds `finfo.min`, llama.cpp −∞) of a run that applies
+/// no mask against a causal one: named as a run that masks nothing.
+#[test]
+fn scores_without_a_mask_are_named() {
+    let (scores, masked, shape) = causal_scores(17);
     let found = diagnose(
         Values::new(&scores, &shape).unwrap(),
         Values::new(&masked, &shape).unwrap(),
@@ -689,19 +707,7 @@ fn scores_without_a_mask_are_named() {
 /// equal) nor any spread (every row would look collapsed beside it).
 #[test]
 fn masked_scores_at_the_most_negative_float_are_no_magnitude() {
-    let (h, t) = (2, 6);
-    let mut r = Rng(19);
-    let scores = r.vec(h * t * t);
-    let masked: Vec<f32> = (0..h * t * t)
-        .map(|k| {
-            if k % t > k / t % t {
-                f32::MIN
-            } else {
-                scores[k]
-            }
-        })
-        .collect();
-    let shape = [1, h, t, t];
+    let (scores, masked, shape) = causal_scores(19);
     let close = Close::for_reference(&masked);
     assert!(!close.eq(1.0, 1.5));
     for f in diagnose(
@@ -721,20 +727,7 @@ fn masked_scores_at_the_most_negative_float_are_no_magnitude() {
 /// tolerance the roll is named, weaker by 0.05 and saying so.
 #[test]
 fn a_roll_under_noise_is_named_within_the_tolerance() {
-    let mut r = Rng(23);
-    let (h, t, d) = (2, 9, 16);
-    let b = r.vec(h * t * d);
-    let mut a = vec![0f32; b.len()];
-    for hi in 0..h {
-        for i in 0..t {
-            let from = (i + 1) % t;
-            for k in 0..d {
-                let noise = if (i + k) % 2 == 0 { 1.003 } else { 0.997 };
-                a[(hi * t + i) * d + k] = b[(hi * t + from) * d + k] * noise;
-            }
-        }
-    }
-    let shape = [h, t, d];
+    let (a, b, shape) = rolled(23, 0.003);
     let (va, vb) = (
         Values::new(&a, &shape).unwrap(),
         Values::new(&b, &shape).unwrap(),
