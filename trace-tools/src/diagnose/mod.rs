@@ -439,6 +439,11 @@ pub fn order_within(a: Values<'_>, b: Values<'_>, atol: f64, rtol: f64) -> Vec<F
         return Vec::new();
     }
     let close = Close::within(b.data, atol, rtol);
+    // A already B within it (a pair parted by its cosine alone): any
+    // rearrangement of B would be as close, and none means anything
+    if a.data.iter().zip(b.data).all(|(&x, &y)| close.eq(x, y)) {
+        return Vec::new();
+    }
     let b_as_a = Values {
         data: b.data,
         shape: a.shape,

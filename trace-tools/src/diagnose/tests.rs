@@ -749,6 +749,8 @@ fn a_roll_under_noise_is_named_within_the_tolerance() {
         .ends_with("(within the comparison's tolerance: atol 1e-3, rtol 1e-2)"));
     // a tolerance that does not reach the noise finds nothing
     assert!(order_within(va, vb, 1e-6, 1e-3).is_empty());
+    // nor one under which A is B already (every value within atol)
+    assert!(order_within(va, vb, 10.0, 0.0).is_empty());
 }
 
 /// One factor per row is a norm's statistics; one per feature (the last
