@@ -6,14 +6,16 @@
 //! zeros or a region never written, the first NaN/Inf, collapsed variance,
 //! a scale/offset/sign/per-row scale, a layout (A holds B's values in
 //! another order: a permutation, a transpose, a head split the other way,
-//! column-major for row-major), a shift along an axis, heads in another
-//! order or repeated the other way, an attention mask that hides other
-//! keys, a divergence confined to a region, or
-//! only the rounding of a narrower format; and the value checks again with
-//! the roles swapped, for a reference that is the one at fault
-//! ([`Cause::InReference`]). [`stale`] checks A against other
+//! column-major for row-major), a shift or roll along an axis, heads in
+//! another order or repeated the other way (or, in scores, grouped onto KV
+//! heads the other way), an attention mask that hides other keys, a
+//! divergence confined to a region, or only the rounding of a narrower
+//! format; and the value checks again with the roles swapped, for a
+//! reference that is the one at fault ([`Cause::InReference`]).
+//! [`order_within`] tries the order hypotheses again within a
+//! comparison's own tolerance. [`stale`] checks A against other
 //! tensors (a buffer reused without being written) and [`rope`] against
-//! the other RoPE pairing or another base.
+//! the other RoPE pairing, frequency layout or base.
 //!
 //! Each hypothesis is a small function with its acceptance threshold in
 //! its documentation. Searches are bounded: candidates are screened on a
@@ -261,8 +263,6 @@ impl Close {
         }
     }
 
-    /// (An infinite B is close only to itself: its relative tolerance
-    /// would accept any A.)
     /// [`Close::for_reference`] loosened to a comparison's tolerance
     /// (`|a − b| ≤ atol + rtol·|b|`) where that is looser.
     pub(crate) fn within(b: &[f32], atol: f64, rtol: f64) -> Close {
@@ -273,6 +273,8 @@ impl Close {
         }
     }
 
+    /// (An infinite B is close only to itself: its relative tolerance
+    /// would accept any A.)
     #[inline]
     pub(crate) fn eq(&self, a: f32, b: f32) -> bool {
         a == b
