@@ -196,7 +196,7 @@ pub fn unravel(mut flat: u64, shape: &[u64]) -> Vec<u64> {
     idx
 }
 
-/// One side's moments, mergeable (Chan et al.): what [`moments`] gives,
+/// One side's moments, mergeable (Chan et al.): what `moments` gives,
 /// built a chunk at a time.
 #[derive(Clone, Copy, Debug)]
 pub struct MomentAcc {

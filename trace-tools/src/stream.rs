@@ -6,7 +6,7 @@
 //! negative or zero strides) walked from the chunk's first element, block
 //! types dequantized a few blocks at a time. A pairing's transforms
 //! (`transpose`, `rope_rows`, `reshape`, `crop`, `last_rows`) are views too:
-//! they become strides over the source ([`Source::transform`]), so they
+//! they become strides over the source ([`transform`]), so they
 //! stream the same way. What cannot be streamed (a derived tensor, a reshape
 //! no strides express) is materialized only up to [`MATERIALIZE_LIMIT`]
 //! values, never beyond.

@@ -108,7 +108,7 @@ pub enum Cause {
     Shift {
         /// The axis.
         axis: usize,
-        /// A[i] = B[i − by].
+        /// `A[i] = B[i − by]`.
         by: i64,
     },
     /// A's slices along `axis` (heads) are B's in another order or
