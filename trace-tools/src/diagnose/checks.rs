@@ -1,7 +1,7 @@
 //! Hypotheses on the values themselves: written or not, finite or not,
 //! variance, scale and offset, and the rounding of a narrower format.
 
-use super::{sample, strides, Cause, Close, Finding, Values};
+use super::{median, sample, strides, unmasked, Cause, Close, Finding, Values};
 
 /// Sum of products in f64 (values are f32; sums of millions need f64).
 fn dot(x: &[f32], y: &[f32]) -> f64 {
@@ -224,7 +224,7 @@ fn spread_ratio(a: Values<'_>, b: Values<'_>, axis: usize) -> Option<f64> {
                 for (((s, s2), c), &x) in s.iter_mut().zip(s2.iter_mut()).zip(c.iter_mut()).zip(row)
                 {
                     // masked scores (−∞, a framework's most negative float) are no spread
-                    if x.is_finite() && x > -1e30 {
+                    if unmasked(x) {
                         let x = x as f64;
                         *s += x;
                         *s2 += x * x;
@@ -247,11 +247,7 @@ fn spread_ratio(a: Values<'_>, b: Values<'_>, axis: usize) -> Option<f64> {
         .filter(|&(&x, &y)| y > 0.0 && y.is_finite() && x.is_finite())
         .map(|(&x, &y)| x / y)
         .collect();
-    if ratios.is_empty() {
-        return None;
-    }
-    let mid = ratios.len() / 2;
-    Some(*ratios.select_nth_unstable_by(mid, f64::total_cmp).1)
+    median(&mut ratios)
 }
 
 /// The spread (standard deviation) of the unmasked values of `v` along
@@ -261,7 +257,7 @@ fn spread_at(v: &[f32], n: usize, inner: usize, p: usize) -> f64 {
     let (mut s, mut s2, mut c) = (0f64, 0f64, 0f64);
     for k in 0..n {
         let x = v[(o * n + k) * inner + i];
-        if x.is_finite() && x > -1e30 {
+        if unmasked(x) {
             s += x as f64;
             s2 += x as f64 * x as f64;
             c += 1.0;
@@ -285,11 +281,7 @@ fn sampled_spread_ratio(a: Values<'_>, b: Values<'_>, axis: usize) -> Option<f64
         })
         .filter(|r| r.is_finite())
         .collect();
-    if ratios.is_empty() {
-        return None;
-    }
-    let mid = ratios.len() / 2;
-    Some(*ratios.select_nth_unstable_by(mid, f64::total_cmp).1)
+    median(&mut ratios)
 }
 
 /// A's spread along an axis collapsed (≤ 10⁻³ of B's, median over the

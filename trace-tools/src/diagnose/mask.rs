@@ -2,7 +2,7 @@
 //! values are masked (a softmax's exact zeros, a score's −∞ or the most
 //! negative float a framework adds instead), compared between the runs.
 
-use super::{Cause, Finding, Values};
+use super::{Cause, Finding, Values, MASKED_BELOW};
 
 /// The keys a query row sees: `[first, last]`.
 type Keys = (usize, usize);
@@ -12,7 +12,7 @@ type Row = (usize, Keys, Keys);
 /// A value a mask hid: an attention probability of exactly 0, or a score
 /// at −∞ (or at torch's `finfo.min`, which HF adds instead of −∞).
 fn masked(x: f32) -> bool {
-    x == 0.0 || x <= -1e30
+    x == 0.0 || x <= MASKED_BELOW
 }
 
 /// The keys `[first, last]` each query row of the last two axes sees,

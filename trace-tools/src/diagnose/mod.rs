@@ -240,6 +240,24 @@ impl<'a> Values<'a> {
     }
 }
 
+/// Below this a score is masked: torch adds `finfo.min` (−3.4e38), not
+/// −∞, where it masks attention.
+pub(crate) const MASKED_BELOW: f32 = -1e30;
+
+/// A value that counts: finite and not a masked score.
+pub(crate) fn unmasked(x: f32) -> bool {
+    x.is_finite() && x > MASKED_BELOW
+}
+
+/// The median of `v` (reordered), `None` when it is empty.
+pub(crate) fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mid = v.len() / 2;
+    Some(*v.select_nth_unstable_by(mid, f64::total_cmp).1)
+}
+
 /// Element closeness used by every check: |a − b| ≤ atol + rtol·|b|, with
 /// atol a millionth of B's largest magnitude (so that exact zeros and
 /// denormal noise agree; masked scores at a framework's most negative
@@ -255,7 +273,7 @@ impl Close {
         // (the most negative float a framework adds as a mask is no magnitude)
         let max = b
             .iter()
-            .filter(|x| x.is_finite() && **x > -1e30)
+            .filter(|&&x| unmasked(x))
             .fold(0f32, |m, x| m.max(x.abs()));
         Close {
             atol: (max * 1e-6).max(f32::MIN_POSITIVE),
