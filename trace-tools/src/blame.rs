@@ -463,12 +463,8 @@ fn upstream_in_b(
 ) -> Option<Finding> {
     let upstream = ancestors(b, p.b.id);
     let within = |v: &[f32]| {
-        x.data.iter().zip(v).all(|(&s, &t)| {
-            let (s, t) = (f64::from(s), f64::from(t));
-            s == t
-                || (s.is_nan() && t.is_nan())
-                || (s - t).abs() <= tolerance.atol + tolerance.rtol * t.abs()
-        })
+        let close = crate::diagnose::Close::within(v, tolerance.atol, tolerance.rtol);
+        x.data.iter().zip(v).all(|(&s, &t)| close.eq(s, t))
     };
     let (other, _, _) = others
         .iter()
