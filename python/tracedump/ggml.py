@@ -450,7 +450,12 @@ def capture(
       min, max, mean, std, abs max, L2 norm; the crc of its bytes when they
       are its own and contiguous) computed in one pass where its values lie,
       instead of its bytes (``Tensor.is_stats_only``; ``tensor.stats``);
-      the pieces of the KV cache a step did not change are not read again.
+      the statistics of the KV cache's pieces a step did not change are
+      not computed again, but each step still checksums every layer's
+      whole cache at least once (llama.cpp also writes it outside any
+      graph: a memory clear, a state load), so a step's cost grows with
+      ``n_ctx`` times the layers kept (``layers``, ``steps`` and
+      ``include`` bound it).
 
     How: ``background=True`` copies each record into a queue of at most
     ``queue_bytes`` (default 256 MiB) and a writer thread does the I/O;
